@@ -1,0 +1,262 @@
+"""Typed configuration: one dataclass per component, composed into `TrainConfig`.
+
+Read from a YAML preset and `key=value` command-line overrides (dotted keys, values in
+YAML syntax). Unknown keys, wrong types and out-of-range values raise `UserError` naming
+the key; the command line turns that into a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from k15rl.errors import UserError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    path: str = "builtin"  # "builtin" (the project's tiny model) or a local Hugging Face folder
+    dtype: str = "float32"  # master weights; bfloat16 autocast is algorithm.autocast_bf16
+    chat_template: str | None = None  # None: the tokenizer's; "plain"; or a Jinja string
+
+
+@dataclass
+class DataConfig:
+    tasks: list[str] = field(default_factory=lambda: ["arith"])
+    train_levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
+    test_levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
+    train_per_level: int = 2000
+    test_per_level: int = 50
+    seed: int = 0
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "uniform"
+
+
+@dataclass
+class RolloutConfig:
+    k: int = 8  # samples per prompt (the group of report §2.3.2)
+    prompts_per_iteration: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    stop_strings: list[str] = field(default_factory=list)
+    max_batch: int = 128  # sequences decoded together
+
+
+@dataclass
+class RewardConfig:
+    length_weight: float = 0.0  # w of report §2.3.3 (not given there)
+    length_warmup_iterations: int = 0  # no length reward before this iteration
+
+
+@dataclass
+class AlgorithmConfig:
+    loss: str = "k15"  # k15 | grpo | rest
+    tau: float = 1.0  # k15: weight of the l2 term (report §2.3.2; value not given there)
+    normalization: str = "sequence"  # k15: sequence (report) | token
+    clip_eps: float = 0.2  # grpo
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    minibatches: int = 1  # optimizer steps per epoch; each takes whole groups
+    epochs: int = 1  # passes over the iteration's samples
+    micro_batch: int = 64  # rows per forward pass (gradient accumulation)
+    recompute_old_logprobs: bool = False  # True: pi_i log-probs from the trainer, not the sampler
+    autocast_bf16: bool = False
+
+
+@dataclass
+class EvalConfig:
+    every: int = 10  # iterations between evaluations (and at start and end); 0 = only start/end
+    temperature: float = 1.0  # 0 = greedy
+    samples_per_prompt: int = 1
+    max_new_tokens: int | None = None  # None: rollout.max_new_tokens
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/train"
+    iterations: int = 60
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 = all cores
+    checkpoint_every: int = 0  # 0 = only at the end
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "TrainConfig":
+        """Range checks that types alone cannot express. Raises UserError naming the key."""
+        from k15rl.algorithms import LOSSES
+        from k15rl.sampling import SAMPLERS
+        from k15rl.tasks import TASKS
+
+        checks: list[tuple[bool, str, Any, str]] = [
+            (self.iterations >= 1, "iterations", self.iterations, "must be >= 1"),
+            (self.rollout.k >= 1, "rollout.k", self.rollout.k, "must be >= 1"),
+            (self.rollout.k >= 2 or self.algorithm.loss == "rest", "rollout.k", self.rollout.k,
+             "must be >= 2: the mean-reward baseline needs several samples per prompt"),
+            (self.rollout.prompts_per_iteration >= 1, "rollout.prompts_per_iteration",
+             self.rollout.prompts_per_iteration, "must be >= 1"),
+            (self.rollout.temperature >= 0, "rollout.temperature", self.rollout.temperature, "must be >= 0"),
+            (0 < self.rollout.top_p <= 1, "rollout.top_p", self.rollout.top_p, "must be in (0, 1]"),
+            (self.rollout.max_new_tokens >= 1, "rollout.max_new_tokens", self.rollout.max_new_tokens, "must be >= 1"),
+            (self.rollout.max_batch >= 1, "rollout.max_batch", self.rollout.max_batch, "must be >= 1"),
+            (self.algorithm.tau > 0, "algorithm.tau", self.algorithm.tau, "must be > 0"),
+            (self.algorithm.lr > 0, "algorithm.lr", self.algorithm.lr, "must be > 0"),
+            (self.algorithm.minibatches >= 1, "algorithm.minibatches", self.algorithm.minibatches, "must be >= 1"),
+            (self.algorithm.minibatches <= self.rollout.prompts_per_iteration, "algorithm.minibatches",
+             self.algorithm.minibatches, "must be <= rollout.prompts_per_iteration (mini-batches hold whole groups)"),
+            (self.algorithm.epochs >= 1, "algorithm.epochs", self.algorithm.epochs, "must be >= 1"),
+            (self.algorithm.micro_batch >= 1, "algorithm.micro_batch", self.algorithm.micro_batch, "must be >= 1"),
+            (self.algorithm.loss in LOSSES, "algorithm.loss", self.algorithm.loss, f"must be one of {sorted(LOSSES)}"),
+            (self.algorithm.normalization in ("sequence", "token"), "algorithm.normalization",
+             self.algorithm.normalization, "must be 'sequence' or 'token'"),
+            (self.sampler.name in SAMPLERS, "sampler.name", self.sampler.name, f"must be one of {sorted(SAMPLERS)}"),
+            (self.reward.length_weight >= 0, "reward.length_weight", self.reward.length_weight, "must be >= 0"),
+            (self.data.train_per_level >= 1, "data.train_per_level", self.data.train_per_level, "must be >= 1"),
+            (self.data.test_per_level >= 1, "data.test_per_level", self.data.test_per_level, "must be >= 1"),
+            (self.eval.temperature >= 0, "eval.temperature", self.eval.temperature, "must be >= 0"),
+            (self.eval.samples_per_prompt >= 1, "eval.samples_per_prompt", self.eval.samples_per_prompt, "must be >= 1"),
+            (self.eval.every >= 0, "eval.every", self.eval.every, "must be >= 0"),
+            (self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be >= 0"),
+            (self.threads >= 0, "threads", self.threads, "must be >= 0"),
+            (self.model.dtype in ("float32", "bfloat16"), "model.dtype", self.model.dtype,
+             "must be 'float32' or 'bfloat16' (float16 is unusably slow on CPUs)"),
+        ]
+        for ok, key, value, why in checks:
+            if not ok:
+                raise UserError(f"config key {key}: {why} (got {value!r})")
+        for name in self.data.tasks:
+            if name not in TASKS:
+                raise UserError(f"config key data.tasks: unknown task {name!r} (built-in: {', '.join(sorted(TASKS))})")
+        return self
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting where lossless (int -> float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except UserError:
+                pass
+        raise UserError(f"config key {key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise UserError(f"config key {key}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"config key {key}: expected a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool):
+        raise UserError(f"config key {key}: expected {_type_name(tp)}, got {value!r}")
+    if not isinstance(value, tp):
+        raise UserError(f"config key {key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            raise UserError(f"unknown config key {prefix}{k!r}; known keys here: {', '.join(sorted(names))}")
+    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise UserError(f"config key {dotted}: {p!r} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def preset_path(name_or_path: str) -> Path:
+    """A YAML file path, or the name of a preset shipped in k15rl/configs/."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    shipped = CONFIG_DIR / f"{name_or_path}.yaml"
+    if shipped.exists():
+        return shipped
+    raise UserError(f"config file {name_or_path} does not exist (presets: {', '.join(list_presets())})")
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_config(config: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """TrainConfig from an optional YAML file/preset plus `key=value` overrides."""
+    tree: dict = {}
+    if config:
+        path = preset_path(config)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise UserError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise UserError(f"{path}: the top level must be a mapping of config keys")
+        tree = loaded or {}
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return _build(TrainConfig, tree).validate()
+
+
+def loss_kwargs(loss_fn, algorithm: AlgorithmConfig) -> dict[str, Any]:
+    """The keyword-only hyper-parameters `loss_fn` takes, read from `algorithm` by name:
+    one source of truth for each setting, no per-loss branches in the loop."""
+    sig = inspect.signature(loss_fn)
+    return {
+        n: getattr(algorithm, n)
+        for n, p in sig.parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and hasattr(algorithm, n)
+    }

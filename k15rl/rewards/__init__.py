@@ -1,0 +1,88 @@
+"""Rewards (report §2.3.3, §2.3.5): verifiers give r in {0, 1}; shaping terms add to it.
+
+`score` fills in each trajectory's `correct`, `reward` and `reward_terms`. A verifier is
+looked up by the prompt's task name, so new tasks and rewards plug in without touching
+the training loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from k15rl.rewards.length import length_reward, length_weight
+from k15rl.rewards.verifiers import extract_answer, extract_boxed, verify_integer, verify_math
+from k15rl.types import Trajectory
+
+log = logging.getLogger(__name__)
+Verifier = Callable[[str, str], bool]
+
+# Verifiers for answers that are not tied to a built-in task.
+VERIFIERS: dict[str, Verifier] = {"math": verify_math, "integer": verify_integer}
+
+
+def verifier_for(task: str) -> Verifier:
+    """The verifier of a task name: a built-in task's own, or one of VERIFIERS."""
+    from k15rl.tasks import TASKS, get_task
+
+    if task in TASKS:
+        return get_task(task).verify
+    if task in VERIFIERS:
+        return VERIFIERS[task]
+    raise ValueError(f"no verifier for task {task!r}")
+
+
+@dataclass
+class ScoreStats:
+    verifier_errors: int = 0
+
+
+def score(
+    trajectories: Sequence[Trajectory],
+    *,
+    length_penalty_weight: float = 0.0,
+) -> ScoreStats:
+    """Verify every trajectory and set its total reward r + w * len_reward (§2.3.3).
+
+    A verifier that raises scores the sample 0; the error is counted and logged, and
+    training continues.
+    """
+    stats = ScoreStats()
+    cache: dict[str, Verifier] = {}
+    for t in trajectories:
+        verify = cache.get(t.prompt.task) or cache.setdefault(t.prompt.task, verifier_for(t.prompt.task))
+        try:
+            t.correct = bool(verify(t.text, t.prompt.answer))
+        except Exception as e:  # a broken verifier must not stop training
+            stats.verifier_errors += 1
+            log.warning("verifier for task %s raised %s: %s", t.prompt.task, type(e).__name__, e)
+            t.correct = False
+        t.reward_terms = {"task": float(t.correct)}
+    if length_penalty_weight > 0 and trajectories:
+        lr = length_reward(
+            torch.tensor([t.num_tokens for t in trajectories]),
+            torch.tensor([t.correct for t in trajectories]),
+            torch.tensor([t.group for t in trajectories]),
+        )
+        for t, v in zip(trajectories, lr.tolist()):
+            t.reward_terms["length"] = length_penalty_weight * v
+    for t in trajectories:
+        t.reward = sum(t.reward_terms.values())
+    return stats
+
+
+__all__ = [
+    "VERIFIERS",
+    "ScoreStats",
+    "extract_answer",
+    "extract_boxed",
+    "length_reward",
+    "length_weight",
+    "score",
+    "verifier_for",
+    "verify_integer",
+    "verify_math",
+]

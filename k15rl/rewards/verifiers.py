@@ -1,0 +1,104 @@
+"""Rule-based verifiers: r(x, y, y*) in {0, 1} (report §2.3.1, §2.3.5).
+
+A verifier is a plain function `(response: str, answer: str) -> bool`. Answers are read
+from a fixed final-answer format: the last line that starts with ``answer:``, or the last
+``\\boxed{...}``.
+"""
+
+from __future__ import annotations
+
+import re
+
+_ANSWER_LINE = re.compile(r"^\s*(?:final\s+)?answer\s*[:=]\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+def extract_boxed(text: str) -> str | None:
+    r"""Content of the last ``\boxed{...}``, with nested braces.
+
+    >>> extract_boxed(r"so \boxed{\frac{1}{2}} and \boxed{3}")
+    '3'
+    >>> extract_boxed(r"\boxed{\frac{1}{2}}")
+    '\\frac{1}{2}'
+    >>> extract_boxed("none") is None
+    True
+    """
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    i = start + len("\\boxed{")
+    depth = 1
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i:j]
+    return None  # unbalanced: no answer
+
+
+def extract_answer(text: str) -> str | None:
+    r"""The final answer of a response: the last ``answer:`` line, else the last ``\boxed{}``.
+
+    >>> extract_answer("plan...\nanswer: 42")
+    '42'
+    >>> extract_answer("Answer = x+1\nthen\nanswer: 7\n")
+    '7'
+    >>> extract_answer(r"thus \boxed{12}")
+    '12'
+    >>> extract_answer("no final line") is None
+    True
+    """
+    matches = _ANSWER_LINE.findall(text)
+    if matches:
+        return matches[-1]
+    return extract_boxed(text)
+
+
+def verify_integer(response: str, answer: str) -> bool:
+    """True iff the response's final answer is the integer `answer`.
+
+    >>> verify_integer("...\\nanswer: 1,234", "1234")
+    True
+    >>> verify_integer("answer: 1234.0", "1234")
+    False
+    >>> verify_integer("answer: -7", "-7")
+    True
+    >>> verify_integer("answer: 12 or 13", "12")
+    False
+    """
+    got = extract_answer(response)
+    if got is None:
+        return False
+    got = got.replace(",", "").replace(" ", "").rstrip(".")
+    return re.fullmatch(r"[+-]?\d+", got) is not None and int(got) == int(answer)
+
+
+def verify_math(response: str, answer: str, timeout_seconds: int | None = None) -> bool:
+    r"""Mathematical equivalence of the final answer with `answer`, via `math-verify`.
+
+    Handles LaTeX, fractions, sets, intervals and symbolic equality
+    (``a^2-4`` vs ``(a+2)(a-2)``, report §2.3.5). `math-verify` uses `signal.alarm` for
+    its own time limit, which works only in the main thread; the default (None) turns it
+    off so the verifier also runs in worker threads.
+
+    >>> verify_math("answer: (a+2)(a-2)", "a^2-4")
+    True
+    >>> verify_math(r"so \boxed{\frac{1}{2}}", "0.5")
+    True
+    >>> verify_math("answer: 3", "4")
+    False
+    >>> verify_math("no answer here", "4")
+    False
+    """
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    got = extract_answer(response)
+    if got is None:
+        return False
+    configs = [LatexExtractionConfig(), ExprExtractionConfig()]
+    gold_parsed = parse(f"${answer}$", extraction_config=configs, parsing_timeout=timeout_seconds)
+    pred_parsed = parse(f"${got}$", extraction_config=configs, parsing_timeout=timeout_seconds)
+    if not gold_parsed or not pred_parsed:
+        return False
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout_seconds))

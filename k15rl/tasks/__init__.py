@@ -1,0 +1,20 @@
+"""Built-in procedural tasks with verifiable answers and difficulty levels."""
+
+from __future__ import annotations
+
+from k15rl.tasks.arith import ArithTask
+from k15rl.tasks.base import Problem, Task, make_prompts, split_of
+from k15rl.tasks.countdown import CountdownTask
+from k15rl.tasks.long_add import LongAddTask
+
+TASKS: dict[str, type] = {"arith": ArithTask, "countdown": CountdownTask, "long_add": LongAddTask}
+
+
+def get_task(name: str) -> Task:
+    """The built-in task family called `name`."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[name]()
+
+
+__all__ = ["TASKS", "ArithTask", "CountdownTask", "LongAddTask", "Problem", "Task", "get_task", "make_prompts", "split_of"]

@@ -1,0 +1,95 @@
+"""The task protocol and split construction shared by all built-in task families."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from k15rl.types import Prompt
+
+SPLITS = ("train", "test")
+# One question in TEST_BUCKETS out of HASH_BUCKETS belongs to the test split. The split
+# of a question is a function of its text alone, so train and test are disjoint by
+# construction, whatever sizes and seeds are asked for.
+HASH_BUCKETS = 10
+TEST_BUCKETS = 1
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One generated problem: the question text, its ground-truth answer, extra data."""
+
+    question: str
+    answer: str
+    level: int
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+class Task(Protocol):
+    """A procedural task family with verifiable answers and difficulty levels.
+
+    `generate` draws one problem of a level; `verify` is the rule-based reward
+    (report §2.3.5) on a model response; `warmup_trace` writes a long chain of thought
+    for the problem (report §2.2: planning, checking, noticing a mistake, backtracking).
+    """
+
+    name: str
+    levels: tuple[int, ...]
+
+    def generate(self, rng: random.Random, level: int) -> Problem: ...
+
+    def verify(self, response: str, answer: str) -> bool: ...
+
+    def warmup_trace(self, problem: Problem, rng: random.Random) -> str: ...
+
+
+def split_of(question: str) -> str:
+    """Which split a question belongs to (stable across runs, Python versions, seeds).
+
+    >>> split_of("Compute 12+34.") in SPLITS
+    True
+    """
+    h = int.from_bytes(hashlib.sha256(question.encode()).digest()[:8], "big")
+    return "test" if h % HASH_BUCKETS < TEST_BUCKETS else "train"
+
+
+def make_prompts(
+    task: Task, split: str, n_per_level: int, levels: tuple[int, ...], seed: int
+) -> list[Prompt]:
+    """`n_per_level` distinct problems of each level from one split, deterministic by seed.
+
+    Raises ValueError if a level has fewer distinct problems in the split than asked.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    prompts: list[Prompt] = []
+    for level in levels:
+        if level not in task.levels:
+            raise ValueError(f"task {task.name!r} has levels {task.levels}, got level {level}")
+        rng = random.Random(f"{task.name}/{split}/{level}/{seed}")
+        seen: set[str] = set()
+        attempts = 0
+        while len(seen) < n_per_level:
+            attempts += 1
+            if attempts > 50 * n_per_level + 1000:
+                raise ValueError(
+                    f"task {task.name!r} level {level}: could not draw {n_per_level} distinct "
+                    f"{split} problems (got {len(seen)})"
+                )
+            p = task.generate(rng, level)
+            if p.question in seen or split_of(p.question) != split:
+                continue
+            seen.add(p.question)
+            prompts.append(
+                Prompt(
+                    id=f"{task.name}-{split}-L{level}-{len(seen) - 1}",
+                    messages=(("user", p.question),),
+                    answer=p.answer,
+                    task=task.name,
+                    level=level,
+                    meta=dict(p.meta),
+                )
+            )
+    return prompts

@@ -1,0 +1,47 @@
+"""Evaluation on held-out prompts: accuracy and mean response tokens, overall and per level."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Sequence
+
+from k15rl.rewards import score
+from k15rl.rollout.collect import rollout
+from k15rl.rollout.engine import RolloutEngine, SamplingParams
+from k15rl.types import Prompt, Trajectory
+
+
+def summarize(trajectories: Sequence[Trajectory]) -> dict:
+    """Accuracy (with a 95% normal-approximation half-width) and mean response tokens,
+    overall and per difficulty level."""
+
+    def block(ts: Sequence[Trajectory]) -> dict:
+        n = len(ts)
+        acc = sum(t.correct for t in ts) / n
+        return {
+            "accuracy": acc,
+            "accuracy_ci95": 1.96 * math.sqrt(max(acc * (1 - acc), 1e-12) / n),
+            "mean_tokens": sum(t.num_tokens for t in ts) / n,
+            "n": n,
+        }
+
+    by_level: dict[int, list[Trajectory]] = defaultdict(list)
+    for t in trajectories:
+        by_level[t.prompt.level].append(t)
+    out = block(trajectories)
+    out["per_level"] = {str(level): block(ts) for level, ts in sorted(by_level.items())}
+    return out
+
+
+def evaluate(
+    engine: RolloutEngine,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    params: SamplingParams,
+    samples_per_prompt: int = 1,
+) -> tuple[dict, list[Trajectory]]:
+    """Sample `samples_per_prompt` responses per prompt (temperature 0: greedy) and score them."""
+    trajectories = rollout(engine, tokenizer, prompts, samples_per_prompt, params)
+    score(trajectories)
+    return summarize(trajectories), trajectories

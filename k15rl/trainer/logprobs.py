@@ -1,0 +1,73 @@
+"""Per-token log-probabilities of response tokens under a causal LM.
+
+Shapes: N samples, L = padded prompt+response length, T = padded response length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass
+class TokenBatch:
+    """Prompt+response sequences, right-padded, with response positions indexed."""
+
+    input_ids: torch.Tensor  # [N, L] prompt tokens, then response tokens, then padding
+    attention_mask: torch.Tensor  # [N, L] 1 on real tokens
+    gather_idx: torch.Tensor  # [N, T] position whose logits predict response token t
+    response_ids: torch.Tensor  # [N, T] response tokens (padding where mask is 0)
+    response_mask: torch.Tensor  # [N, T] float, 1 on real response tokens
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, rows: torch.Tensor | Sequence[int]) -> "TokenBatch":
+        """The sub-batch of the given rows, trimmed of columns that are padding in all of them."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        am = self.attention_mask[rows]
+        L = int(am.sum(1).max())
+        rm = self.response_mask[rows]
+        T = max(int(rm.sum(1).max()), 1)
+        return TokenBatch(
+            self.input_ids[rows, :L], am[:, :L], self.gather_idx[rows, :T], self.response_ids[rows, :T], rm[:, :T]
+        )
+
+
+def collate(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int) -> TokenBatch:
+    """Pack (prompt, response) token lists into a right-padded TokenBatch."""
+    n = len(prompt_ids)
+    L = max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids))
+    T = max(max((len(r) for r in response_ids), default=1), 1)
+    input_ids = torch.full((n, L), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, L), dtype=torch.long)
+    gather_idx = torch.zeros((n, T), dtype=torch.long)
+    resp = torch.full((n, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, T), dtype=torch.float32)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        seq = list(p) + list(r)
+        input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[i, : len(seq)] = 1
+        if r:
+            resp[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+            mask[i, : len(r)] = 1.0
+            # token t of the response sits at len(p)+t and is predicted from len(p)+t-1
+            gather_idx[i, : len(r)] = torch.arange(len(p) - 1, len(p) - 1 + len(r))
+    return TokenBatch(input_ids, attention_mask, gather_idx, resp, mask)
+
+
+def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / temperature) of each response token: [N, T], 0 on padding.
+
+    The policy that samples at temperature T is softmax(logits / T); the trainer scores
+    tokens under the same distribution so old and new log-probs are comparable.
+    """
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    hidden_logits = out.logits  # [N, L, V]
+    idx = batch.gather_idx.unsqueeze(-1).expand(-1, -1, hidden_logits.shape[-1])  # [N, T, V]
+    logits = torch.gather(hidden_logits, 1, idx).float() / temperature  # [N, T, V]
+    logp = torch.log_softmax(logits, dim=-1)  # [N, T, V]
+    tok = torch.gather(logp, 2, batch.response_ids.unsqueeze(-1)).squeeze(-1)  # [N, T]
+    return tok * batch.response_mask

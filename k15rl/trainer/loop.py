@@ -1,0 +1,236 @@
+"""The k1.5 RL loop (report §2.3, §2.6.1): one function that reads top to bottom.
+
+    sample prompts -> rollout -> reward -> update -> weight sync -> log -> evaluate -> checkpoint
+
+Every other part is a component with a small interface; this is the only place that
+orchestrates them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import yaml
+
+from k15rl.algorithms import LOSSES
+from k15rl.config import TrainConfig, loss_kwargs, to_dict
+from k15rl.errors import UserError
+from k15rl.models.loading import check_model_path, load_model, load_tokenizer, stop_token_ids
+from k15rl.rewards import length_weight, score
+from k15rl.rollout.collect import rollout
+from k15rl.rollout.engine import HFEngine, SamplingParams
+from k15rl.sampling import make_sampler
+from k15rl.tasks import get_task, make_prompts
+from k15rl.trainer.checkpoint import JsonlLog, read_jsonl, save_hf, write_json_atomic
+from k15rl.trainer.evaluate import evaluate
+from k15rl.trainer.plots import plot_run
+from k15rl.trainer.update import UpdateSettings, policy_update
+from k15rl.types import Prompt, Trajectory
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "summary.json", "final", "checkpoints", "curves.png")
+
+
+@dataclass
+class Policy:
+    model: object
+    tokenizer: object
+    path: Path
+
+
+def resolve_model_path(cfg: TrainConfig, log: Callable[[str], None]) -> Path:
+    """The model folder: the built-in model (built and cached on first use) or a path."""
+    if cfg.model.path == "builtin":
+        from k15rl.models.builtin import ensure_builtin
+
+        return ensure_builtin(log=log)
+    return check_model_path(cfg.model.path)
+
+
+def load_policy(cfg: TrainConfig, log: Callable[[str], None]) -> Policy:
+    path = resolve_model_path(cfg, log)
+    tokenizer = load_tokenizer(path, cfg.model.chat_template)
+    return Policy(load_model(path, cfg.model.dtype), tokenizer, path)
+
+
+def build_prompts(cfg: TrainConfig) -> tuple[list[Prompt], list[Prompt]]:
+    """Train and held-out test prompts of the configured built-in tasks (disjoint splits)."""
+    train, test = [], []
+    for name in cfg.data.tasks:
+        task = get_task(name)
+        try:
+            tr_levels = tuple(lv for lv in cfg.data.train_levels if lv in task.levels)
+            te_levels = tuple(lv for lv in cfg.data.test_levels if lv in task.levels)
+            train += make_prompts(task, "train", cfg.data.train_per_level, tr_levels, cfg.data.seed)
+            test += make_prompts(task, "test", cfg.data.test_per_level, te_levels, cfg.data.seed)
+        except ValueError as e:
+            raise UserError(f"config key data: {e}") from None
+    if not train:
+        raise UserError("config key data: no training prompts (check data.tasks and data.train_levels)")
+    return train, test
+
+
+def prepare_out(out: Path, cfg: TrainConfig, overwrite: bool) -> None:
+    """Create the run folder. A folder that already holds a run is refused unless
+    `overwrite` (then only the run's own files are removed)."""
+    if out.exists() and any((out / f).exists() for f in RUN_FILES):
+        if not overwrite:
+            raise UserError(f"output folder {out} already holds a run: pass --overwrite or choose another out=")
+        for f in RUN_FILES:
+            p = out / f
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rollout_metrics(trajs: list[Trajectory], seconds: float) -> dict[str, float]:
+    lens = [t.num_tokens for t in trajs]
+    n = len(trajs)
+    out = {
+        "reward/mean": sum(t.reward for t in trajs) / n,
+        "reward/accuracy": sum(t.correct for t in trajs) / n,
+        "rollout/len_mean": sum(lens) / n,
+        "rollout/len_max": float(max(lens)),
+        "rollout/tokens_per_s": sum(lens) / max(seconds, 1e-9),
+    }
+    for reason in ("stop", "length"):
+        out[f"rollout/frac_{reason}"] = sum(t.finish_reason == reason for t in trajs) / n
+    groups: dict[int, list[bool]] = {}
+    for t in trajs:
+        groups.setdefault(t.group, []).append(t.correct)
+    out["rollout/frac_groups_all_equal"] = sum(len(set(g)) == 1 for g in groups.values()) / len(groups)
+    return out
+
+
+def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Run RL as configured; returns the summary also written to OUT/summary.json."""
+    from tqdm import tqdm
+
+    t_start = time.time()
+    out = Path(cfg.out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    # Everything that can fail on bad input happens before OUT is touched.
+    train_prompts, test_prompts = build_prompts(cfg)
+    policy = load_policy(cfg, log)
+    prepare_out(out, cfg, overwrite)
+
+    tok = policy.tokenizer
+    engine = HFEngine(copy.deepcopy(policy.model), tok, max_batch=cfg.rollout.max_batch)
+    sampler = make_sampler(cfg.sampler.name, train_prompts, cfg.seed)
+    loss_fn = LOSSES[cfg.algorithm.loss]
+    loss_kw = loss_kwargs(loss_fn, cfg.algorithm)
+    stops = stop_token_ids(tok, policy.model)
+    a = cfg.algorithm
+    settings = UpdateSettings(
+        lr=a.lr, betas=(a.betas[0], a.betas[1]), weight_decay=a.weight_decay, grad_clip=a.grad_clip,
+        minibatches=a.minibatches, epochs=a.epochs, micro_batch=a.micro_batch,
+        temperature=cfg.rollout.temperature or 1.0, recompute_old_logprobs=a.recompute_old_logprobs,
+        autocast_bf16=a.autocast_bf16, seed=cfg.seed,
+    )
+    eval_params = SamplingParams(
+        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens, temperature=cfg.eval.temperature,
+        top_p=cfg.rollout.top_p, stop_token_ids=stops, stop_strings=cfg.rollout.stop_strings, seed=cfg.seed + 10**6,
+    )
+    metrics_log, eval_log = JsonlLog(out / "metrics.jsonl"), JsonlLog(out / "eval.jsonl")
+
+    def run_eval(iteration: int) -> dict:
+        t0 = time.time()
+        result, _ = evaluate(engine, tok, test_prompts, eval_params, cfg.eval.samples_per_prompt)
+        row = {"iteration": iteration, **result, "time/eval": time.time() - t0}
+        eval_log.write(row)
+        return row
+
+    evals = [run_eval(0)] if test_prompts else []
+    bar = tqdm(range(cfg.iterations), desc="rl", unit="it", dynamic_ncols=True)
+    for it in bar:
+        t0 = time.time()
+        # 1. sample prompts (report §2.3.4)
+        prompts = sampler.sample(cfg.rollout.prompts_per_iteration)
+        # 2. rollout: K samples per prompt from pi_i, with log pi_i of each token
+        params = SamplingParams(
+            max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p, stop_token_ids=stops, stop_strings=cfg.rollout.stop_strings,
+            seed=cfg.seed * 100003 + it,
+        )
+        trajs = rollout(engine, tok, prompts, cfg.rollout.k, params, first_group=it * len(prompts))
+        t1 = time.time()
+        # 3. rewards: verifier + length penalty after its warm-up (report §2.3.3, §2.3.5)
+        w = length_weight(it, cfg.reward.length_weight, cfg.reward.length_warmup_iterations)
+        score_stats = score(trajs, length_penalty_weight=w)
+        t2 = time.time()
+        # 4. update: mirror-descent loss, optimizer reset each iteration (report §2.3.2)
+        settings.seed = cfg.seed * 7919 + it
+        train_metrics = policy_update(policy.model, trajs, loss_fn, loss_kw, settings, tok.pad_token_id)
+        t3 = time.time()
+        # 5. weight sync: the trainer's new weights become pi_{i+1} in the engine
+        engine.load_weights(policy.model.state_dict())
+        sampler.update(trajs)
+        t4 = time.time()
+        row = {
+            "iteration": it + 1,
+            **rollout_metrics(trajs, t1 - t0),
+            **train_metrics,
+            "reward/length_weight": w,
+            "reward/verifier_errors": score_stats.verifier_errors,
+            "time/rollout": t1 - t0,
+            "time/reward": t2 - t1,
+            "time/train": t3 - t2,
+            "time/sync": t4 - t3,
+            "time/iteration": t4 - t0,
+        }
+        metrics_log.write(row)
+        bar.set_postfix(reward=f"{row['reward/mean']:.3f}", acc=f"{row['reward/accuracy']:.3f}",
+                        len=f"{row['rollout/len_mean']:.0f}")
+        last = it + 1 == cfg.iterations
+        if test_prompts and (last or (cfg.eval.every and (it + 1) % cfg.eval.every == 0)):
+            evals.append(run_eval(it + 1))
+            bar.write(f"iteration {it + 1}: test accuracy {evals[-1]['accuracy']:.3f} "
+                      f"mean tokens {evals[-1]['mean_tokens']:.1f}")
+        if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and not last:
+            save_hf(policy.model, tok, out / "checkpoints" / f"iter_{it + 1:06d}",
+                    {"iteration": it + 1, "sampler": sampler.state_dict()})
+    bar.close()
+    metrics_log.close()
+    eval_log.close()
+
+    save_hf(policy.model, tok, out / "final", {"iteration": cfg.iterations, "sampler": sampler.state_dict()})
+    metrics = read_jsonl(out / "metrics.jsonl")
+    plot_run(metrics, evals, out / "curves.png")
+    summary = {
+        "model": str(policy.path),
+        "iterations": cfg.iterations,
+        "wall_time_s": time.time() - t_start,
+        "train_reward_first": metrics[0]["reward/mean"],
+        "train_reward_last": metrics[-1]["reward/mean"],
+    }
+    if evals:
+        summary.update({
+            "test_accuracy_before": evals[0]["accuracy"],
+            "test_accuracy_after": evals[-1]["accuracy"],
+            "test_accuracy_gain_points": 100 * (evals[-1]["accuracy"] - evals[0]["accuracy"]),
+            "test_mean_tokens_before": evals[0]["mean_tokens"],
+            "test_mean_tokens_after": evals[-1]["mean_tokens"],
+            "test_per_level_before": {k: v["accuracy"] for k, v in evals[0]["per_level"].items()},
+            "test_per_level_after": {k: v["accuracy"] for k, v in evals[-1]["per_level"].items()},
+            "eval_temperature": cfg.eval.temperature,
+            "eval_prompts": len(test_prompts),
+        })
+    write_json_atomic(out / "summary.json", summary)
+    log(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,130 @@
+"""Supervised fine-tuning with loss on response tokens only (long-CoT warm-up, report §2.2)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from k15rl.errors import UserError
+from k15rl.models.loading import encode_prompt, encode_response
+from k15rl.trainer.logprobs import collate, token_logprobs
+
+
+@dataclass
+class SFTConfig:
+    epochs: int = 1
+    lr: float = 1e-4
+    batch_size: int = 16
+    warmup_frac: float = 0.05
+    weight_decay: float = 0.0
+    max_length: int = 1024
+    autocast_bf16: bool = False
+    seed: int = 0
+
+
+def load_sft_jsonl(path: str | Path) -> list[tuple[list[dict], str]]:
+    """(messages, response) pairs from a JSONL file of {"prompt", "response"} objects.
+
+    `prompt` is a string (one user message) or a list of chat messages. A bad line raises
+    UserError naming the file, line and field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file {path} does not exist")
+    out = []
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            for key in ("prompt", "response"):
+                if key not in row:
+                    raise UserError(f"{path}:{lineno}: missing field {key!r}")
+            prompt, response = row["prompt"], row["response"]
+            if isinstance(prompt, str):
+                messages = [{"role": "user", "content": prompt}]
+            elif isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+                messages = prompt
+            else:
+                raise UserError(f"{path}:{lineno}: field 'prompt' must be a string or a list of chat messages")
+            if not isinstance(response, str):
+                raise UserError(f"{path}:{lineno}: field 'response' must be a string")
+            out.append((messages, response))
+    if not out:
+        raise UserError(f"data file {path} holds no examples")
+    return out
+
+
+def _length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of similar lengths (less padding): shuffle, sort within windows
+    of 16 batches, cut into batches, shuffle the batches."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = 16 * batch_size
+    order = [i for s in range(0, len(order), window) for i in sorted(order[s : s + window], key=lengths.__getitem__)]
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def sft_train(
+    model,
+    tokenizer,
+    examples: Sequence[tuple[list[dict], str]],
+    cfg: SFTConfig,
+    log: Callable[[str], None] = print,
+) -> list[float]:
+    """Train `model` in place on (messages, response) pairs; returns the loss per step.
+
+    Loss = mean negative log-likelihood over response tokens (prompt tokens masked out).
+    """
+    from tqdm import tqdm
+
+    encoded = []
+    for messages, response in examples:
+        p = encode_prompt(tokenizer, [(m["role"], m["content"]) for m in messages])
+        r = encode_response(tokenizer, response)
+        if len(p) + len(r) > cfg.max_length:
+            r = r[: max(cfg.max_length - len(p), 1)]
+        encoded.append((p, r))
+    rng = random.Random(cfg.seed)
+    steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warmup = max(1, int(cfg.warmup_frac * total))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
+    )
+    model.train()
+    losses = []
+    bar = tqdm(total=total, desc="sft", unit="step", dynamic_ncols=True)
+    for _ in range(cfg.epochs):
+        batches = _length_bucketed_batches([len(p) + len(r) for p, r in encoded], cfg.batch_size, rng)
+        for rows in batches:
+            chunk = [encoded[i] for i in rows]
+            batch = collate([p for p, _ in chunk], [r for _, r in chunk], tokenizer.pad_token_id)
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.autocast_bf16 else nullcontext()
+            with ctx:
+                logp = token_logprobs(model, batch)  # [N, T]
+            loss = -(logp.sum() / batch.response_mask.sum())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    model.eval()
+    return losses

@@ -1,0 +1,151 @@
+"""One training phase: optimizer steps on one iteration's trajectories (report §2.3.2)."""
+
+from __future__ import annotations
+
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from k15rl.trainer.logprobs import TokenBatch, collate, token_logprobs
+from k15rl.types import Trajectory
+
+
+@dataclass
+class UpdateSettings:
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    minibatches: int = 1
+    epochs: int = 1
+    micro_batch: int = 64
+    temperature: float = 1.0
+    recompute_old_logprobs: bool = False
+    autocast_bf16: bool = False
+    seed: int = 0
+
+
+@dataclass
+class TrainBatch:
+    """One iteration's trajectories as tensors."""
+
+    tokens: TokenBatch
+    old_logprobs: torch.Tensor  # [N, T] log pi_i of each response token
+    rewards: torch.Tensor  # [N]
+    group_ids: torch.Tensor  # [N]
+
+
+def make_train_batch(trajectories: Sequence[Trajectory], pad_id: int) -> TrainBatch:
+    tokens = collate([t.prompt_ids for t in trajectories], [t.response_ids for t in trajectories], pad_id)
+    old = torch.zeros(tokens.response_ids.shape, dtype=torch.float32)  # [N, T]
+    for i, t in enumerate(trajectories):
+        old[i, : len(t.logprobs)] = torch.tensor(t.logprobs, dtype=torch.float32)
+    return TrainBatch(
+        tokens=tokens,
+        old_logprobs=old,
+        rewards=torch.tensor([t.reward for t in trajectories], dtype=torch.float32),
+        group_ids=torch.tensor([t.group for t in trajectories], dtype=torch.long),
+    )
+
+
+def _autocast(enabled: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+def _pad_to(x: torch.Tensor, T: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, T - x.shape[1]))
+
+
+@torch.no_grad()
+def batched_logprobs(model, tokens: TokenBatch, micro_batch: int, temperature: float, bf16: bool) -> torch.Tensor:
+    """token_logprobs over micro-batches without gradient: [N, T]."""
+    T = tokens.response_ids.shape[1]
+    parts = []
+    for s in range(0, len(tokens), micro_batch):
+        with _autocast(bf16):
+            parts.append(_pad_to(token_logprobs(model, tokens.select(range(s, min(s + micro_batch, len(tokens)))), temperature), T))
+    return torch.cat(parts)
+
+
+def loss_backward(model, batch: TrainBatch, loss_fn: Callable, loss_kw: dict, s: UpdateSettings) -> dict[str, float]:
+    """Backpropagate loss_fn over `batch`, exactly as if it were one forward pass.
+
+    If the batch fits in one micro-batch, one forward and backward. Otherwise the loss
+    is taken on log-probs computed without gradient, its gradient w.r.t. the log-probs
+    [N, T] is kept, and each micro-batch's recomputed log-probs are back-propagated
+    with their slice of that gradient. This keeps any loss exact under micro-batching
+    (group baselines and sequence/token normalisations span the whole batch) at the
+    cost of one extra forward pass.
+    """
+    tk = batch.tokens
+    if len(tk) <= s.micro_batch:
+        with _autocast(s.autocast_bf16):
+            logp = token_logprobs(model, tk, s.temperature)  # [N, T]
+        loss, metrics = loss_fn(logp, batch.old_logprobs, batch.rewards, tk.response_mask, batch.group_ids, **loss_kw)
+        loss.backward()
+        return metrics
+    logp = batched_logprobs(model, tk, s.micro_batch, s.temperature, s.autocast_bf16).requires_grad_(True)
+    loss, metrics = loss_fn(logp, batch.old_logprobs, batch.rewards, tk.response_mask, batch.group_ids, **loss_kw)
+    loss.backward()
+    grad = logp.grad  # [N, T]
+    for st in range(0, len(tk), s.micro_batch):
+        rows = list(range(st, min(st + s.micro_batch, len(tk))))
+        sub = tk.select(rows)
+        with _autocast(s.autocast_bf16):
+            lp = token_logprobs(model, sub, s.temperature)  # [n, t]
+        lp.backward(grad[rows, : lp.shape[1]])
+    return metrics
+
+
+def _subset(batch: TrainBatch, rows: list[int]) -> TrainBatch:
+    tokens = batch.tokens.select(rows)
+    T = tokens.response_ids.shape[1]
+    idx = torch.tensor(rows)
+    return TrainBatch(tokens, batch.old_logprobs[idx, :T], batch.rewards[idx], batch.group_ids[idx])
+
+
+def policy_update(
+    model, trajectories: Sequence[Trajectory], loss_fn: Callable, loss_kw: dict, s: UpdateSettings, pad_id: int
+) -> dict[str, float]:
+    """All optimizer steps of one iteration on `trajectories`.
+
+    The optimizer is created afresh here, i.e. reset at the start of every iteration, as
+    the report prescribes (§2.3.2). Mini-batches hold whole groups, so each one's
+    mean-reward baselines are those of the full group. Returns averaged metrics.
+    """
+    batch = make_train_batch(trajectories, pad_id)
+    if s.recompute_old_logprobs:
+        batch.old_logprobs = batched_logprobs(model, batch.tokens, s.micro_batch, s.temperature, s.autocast_bf16)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+    groups = sorted(set(batch.group_ids.tolist()))
+    rows_of = {g: [i for i, x in enumerate(batch.group_ids.tolist()) if x == g] for g in groups}
+    rng = random.Random(s.seed)
+    model.train()
+    sums: dict[str, float] = {}
+    steps = 0
+    for _ in range(s.epochs):
+        order = groups[:]
+        rng.shuffle(order)
+        for m in range(s.minibatches):
+            mb_groups = order[m :: s.minibatches]
+            rows = sorted(i for g in mb_groups for i in rows_of[g])
+            if not rows:
+                continue
+            opt.zero_grad(set_to_none=True)
+            metrics = loss_backward(model, _subset(batch, rows), loss_fn, loss_kw, s)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+            metrics["train/grad_norm"] = float(grad_norm)
+            if torch.isfinite(grad_norm):
+                opt.step()
+            else:
+                metrics["train/skipped_steps"] = 1.0
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            steps += 1
+    model.eval()
+    out = {k: v / max(steps, 1) for k, v in sums.items()}
+    out["train/steps"] = float(steps)
+    return out
