@@ -32,15 +32,15 @@ CHAT_TEMPLATE = (
 class BuiltinSpec:
     """Everything that determines the built-in model; its hash names the cache folder."""
 
-    tasks: list[str] = field(default_factory=lambda: ["arith"])
+    tasks: list[str] = field(default_factory=lambda: ["hops"])
     levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
     # Warm-up data per level; fewer hard examples keep the warm-up model imperfect there.
-    sft_per_level: list[int] = field(default_factory=lambda: [8, 70, 600, 800, 600, 500])
+    sft_per_level: list[int] = field(default_factory=lambda: [200, 600, 600, 600, 500, 400])
     vocab_size: int = 512
     hidden_size: int = 192
     intermediate_size: int = 512
     num_layers: int = 4
-    num_heads: int = 4
+    num_heads: int = 6
     max_positions: int = 1024
     sft_epochs: int = 2
     sft_lr: float = 2e-3

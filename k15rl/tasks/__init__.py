@@ -5,9 +5,10 @@ from __future__ import annotations
 from k15rl.tasks.arith import ArithTask
 from k15rl.tasks.base import Problem, Task, make_prompts, split_of
 from k15rl.tasks.countdown import CountdownTask
+from k15rl.tasks.hops import HopsTask
 from k15rl.tasks.long_add import LongAddTask
 
-TASKS: dict[str, type] = {"arith": ArithTask, "countdown": CountdownTask, "long_add": LongAddTask}
+TASKS: dict[str, type] = {"arith": ArithTask, "countdown": CountdownTask, "hops": HopsTask, "long_add": LongAddTask}
 
 
 def get_task(name: str) -> Task:
@@ -17,4 +18,4 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["TASKS", "ArithTask", "CountdownTask", "LongAddTask", "Problem", "Task", "get_task", "make_prompts", "split_of"]
+__all__ = ["TASKS", "ArithTask", "CountdownTask", "HopsTask", "LongAddTask", "Problem", "Task", "get_task", "make_prompts", "split_of"]

@@ -23,6 +23,7 @@ class SFTConfig:
     lr: float = 1e-4
     batch_size: int = 16
     warmup_frac: float = 0.05
+    min_lr_frac: float = 0.1  # cosine decay to this fraction of lr
     weight_decay: float = 0.0
     max_length: int = 1024
     autocast_bf16: bool = False
@@ -103,7 +104,7 @@ def sft_train(
     warmup = max(1, int(cfg.warmup_frac * total))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
+        opt, lambda s: min((s + 1) / warmup, cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
     )
     model.train()
     losses = []

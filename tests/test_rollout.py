@@ -1,0 +1,91 @@
+"""The rollout engine: exact sampling distribution, greedy parity with HF, log-probs."""
+
+import math
+
+import pytest
+import torch
+
+from k15rl.models.loading import encode_prompt, load_model, load_tokenizer
+from k15rl.rollout.engine import HFEngine, SamplingParams, sample_token
+from k15rl.trainer.logprobs import collate, token_logprobs
+from k15rl.types import GenerationRequest
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_model_dir):
+    return load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+
+
+def _prompts(tok):
+    qs = ["Rules: a->b b->a. Start at a and make 1 hops.", "Compute 12+7.", "Rules: c->d d->c. Start at d and make 2 hops."]
+    return [encode_prompt(tok, (("user", q),)) for q in qs]
+
+
+def test_greedy_equals_hf_generate(policy):
+    model, tok = policy
+    prompts = _prompts(tok)
+    engine = HFEngine(model, tok, max_batch=2)  # two chunks, mixed lengths: left padding exercised
+    segs = engine.generate([GenerationRequest(p) for p in prompts], SamplingParams(max_new_tokens=12, temperature=0))
+    for p, seg in zip(prompts, segs):
+        ref = model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, len(p):].tolist()
+        assert seg.token_ids == ref
+
+
+def test_first_token_distribution_matches_softmax(policy):
+    model, tok = policy
+    p = _prompts(tok)[1]
+    T = 1.7
+    with torch.no_grad():
+        logits = model(torch.tensor([p])).logits[0, -1]
+    probs = torch.softmax(logits / T, -1)
+    n = 4000
+    engine = HFEngine(model, tok, max_batch=n)
+    segs = engine.generate([GenerationRequest(p)] * n, SamplingParams(max_new_tokens=1, temperature=T, seed=1))
+    counts = torch.bincount(torch.tensor([s.token_ids[0] for s in segs]), minlength=probs.numel()).float()
+    # total variation distance between empirical and exact distribution
+    tv = 0.5 * (counts / n - probs).abs().sum().item()
+    # expected TV for multinomial noise is about sum sqrt(p(1-p)/n) / 2 * sqrt(2/pi)
+    noise = 0.5 * math.sqrt(2 / math.pi) * (probs * (1 - probs) / n).sqrt().sum().item()
+    assert tv < 2 * noise + 0.01, (tv, noise)
+
+
+def test_top_p_keeps_smallest_set():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    g = torch.Generator().manual_seed(0)
+    seen = {int(sample_token(logits, 1.0, 0.75, g)[0]) for _ in range(300)}
+    assert seen == {0, 1}  # 0.5 + 0.3 >= 0.75: tokens 2 and 3 never drawn
+
+
+def test_logprobs_match_trainer_recomputation(policy):
+    model, tok = policy
+    prompts = _prompts(tok)
+    engine = HFEngine(model, tok, max_batch=8)
+    params = SamplingParams(max_new_tokens=10, temperature=0.8, seed=3, stop_token_ids=[tok.eos_token_id])
+    segs = engine.generate([GenerationRequest(p) for p in prompts], params)
+    batch = collate(prompts, [s.token_ids for s in segs], tok.pad_token_id)
+    with torch.no_grad():
+        lp = token_logprobs(model, batch, temperature=0.8)
+    for i, s in enumerate(segs):
+        torch.testing.assert_close(lp[i, : len(s.token_ids)], torch.tensor(s.logprobs), atol=1e-4, rtol=1e-4)
+
+
+def test_seeded_sampling_is_reproducible(policy):
+    model, tok = policy
+    engine = HFEngine(model, tok)
+    reqs = [GenerationRequest(p) for p in _prompts(tok)]
+    a = engine.generate(reqs, SamplingParams(max_new_tokens=8, seed=5))
+    b = engine.generate(reqs, SamplingParams(max_new_tokens=8, seed=5))
+    assert [s.token_ids for s in a] == [s.token_ids for s in b]
+
+
+def test_stop_strings_and_length(policy):
+    model, tok = policy
+    engine = HFEngine(model, tok)
+    p = _prompts(tok)[0]
+    free = engine.generate([GenerationRequest(p)], SamplingParams(max_new_tokens=20, temperature=0))[0]
+    assert free.finish_reason == "length" and len(free.token_ids) == 20
+    text = tok.decode(free.token_ids[:3])
+    stopped = engine.generate([GenerationRequest(p)], SamplingParams(max_new_tokens=20, temperature=0,
+                                                                     stop_strings=[text[-1]]))[0]
+    assert stopped.finish_reason == "stop" and len(stopped.token_ids) <= 3

@@ -1,0 +1,68 @@
+"""Built-in tasks: determinism, disjoint splits, verifiers, warm-up traces."""
+
+import random
+
+import pytest
+
+from k15rl.tasks import TASKS, Problem, get_task, make_prompts, split_of
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_deterministic_by_seed(name):
+    task = get_task(name)
+    a = make_prompts(task, "train", 5, task.levels, seed=3)
+    b = make_prompts(task, "train", 5, task.levels, seed=3)
+    c = make_prompts(task, "train", 5, task.levels, seed=4)
+    assert [p.question for p in a] == [p.question for p in b]
+    assert [p.question for p in a] != [p.question for p in c]
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_splits_are_disjoint(name):
+    task = get_task(name)
+    levels = task.levels[1:]  # level 1 of a task can be small
+    train = {p.question for p in make_prompts(task, "train", 200, levels, seed=0)}
+    test = {p.question for p in make_prompts(task, "test", 20, levels, seed=0)}
+    assert train and test and not train & test
+    assert all(split_of(q) == "test" for q in test)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_at_least_five_levels_and_traces_verify(name):
+    task = get_task(name)
+    assert len(task.levels) >= 5
+    rng = random.Random(0)
+    for level in task.levels:
+        for p in make_prompts(task, "train", 10, (level,), seed=1):
+            trace = task.warmup_trace(Problem(p.question, p.answer, p.level, p.meta), rng)
+            assert task.verify(trace, p.answer), (p.question, trace)
+            assert not task.verify(trace.rsplit("answer:", 1)[0], p.answer)  # no final line -> 0
+
+
+def test_levels_get_harder():
+    task = get_task("arith")
+    lens = [len(task.generate(random.Random(0), lv).meta["terms"]) for lv in task.levels]
+    assert lens == sorted(lens) and lens[0] < lens[-1]
+
+
+def test_warmup_traces_show_mistakes_and_corrections():
+    task = get_task("arith")
+    rng = random.Random(0)
+    traces = [task.warmup_trace(task.generate(rng, 6), rng) for _ in range(50)]
+    assert any("wait," in t for t in traces)
+    assert all(t.startswith("plan:") and "check:" in t for t in traces)
+
+
+def test_countdown_verifier_rejects_wrong_use_of_numbers():
+    task = get_task("countdown")
+    answer = "2 3 5 7=24"
+    assert task.verify("answer: (7*3+5)-2", answer)
+    assert not task.verify("answer: 7*3+3", answer)  # wrong numbers
+    assert not task.verify("answer: 7*3+5-2+0", answer)  # extra number
+    assert not task.verify("answer: 24", answer)
+    assert not task.verify("answer: open('x')", answer)
+
+
+def test_unknown_task():
+    with pytest.raises(ValueError, match="unknown task"):
+        get_task("nope")
