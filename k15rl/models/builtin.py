@@ -32,19 +32,19 @@ CHAT_TEMPLATE = (
 class BuiltinSpec:
     """Everything that determines the built-in model; its hash names the cache folder."""
 
-    tasks: list[str] = field(default_factory=lambda: ["hops"])
+    tasks: list[str] = field(default_factory=lambda: ["sort"])
     levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
     # Warm-up data per level; fewer hard examples keep the warm-up model imperfect there.
-    sft_per_level: list[int] = field(default_factory=lambda: [200, 600, 600, 600, 500, 400])
+    sft_per_level: list[int] = field(default_factory=lambda: [700, 700, 700, 600, 300, 150])
     vocab_size: int = 512
     hidden_size: int = 192
     intermediate_size: int = 512
     num_layers: int = 4
     num_heads: int = 6
     max_positions: int = 1024
-    sft_epochs: int = 2
-    sft_lr: float = 2e-3
-    sft_batch_size: int = 32
+    sft_epochs: int = 5
+    sft_lr: float = 3e-3
+    sft_batch_size: int = 16
     seed: int = 0
 
 

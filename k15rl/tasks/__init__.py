@@ -7,8 +7,9 @@ from k15rl.tasks.base import Problem, Task, make_prompts, split_of
 from k15rl.tasks.countdown import CountdownTask
 from k15rl.tasks.hops import HopsTask
 from k15rl.tasks.long_add import LongAddTask
+from k15rl.tasks.sort import SortTask
 
-TASKS: dict[str, type] = {"arith": ArithTask, "countdown": CountdownTask, "hops": HopsTask, "long_add": LongAddTask}
+TASKS: dict[str, type] = {"arith": ArithTask, "countdown": CountdownTask, "hops": HopsTask, "long_add": LongAddTask, "sort": SortTask}
 
 
 def get_task(name: str) -> Task:
@@ -18,4 +19,4 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["TASKS", "ArithTask", "CountdownTask", "HopsTask", "LongAddTask", "Problem", "Task", "get_task", "make_prompts", "split_of"]
+__all__ = ["TASKS", "ArithTask", "CountdownTask", "HopsTask", "LongAddTask", "SortTask", "Problem", "Task", "get_task", "make_prompts", "split_of"]

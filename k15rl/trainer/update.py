@@ -55,19 +55,21 @@ def _autocast(enabled: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()
 
 
-def _pad_to(x: torch.Tensor, T: int) -> torch.Tensor:
-    return torch.nn.functional.pad(x, (0, T - x.shape[1]))
+def micro_batches(tokens: TokenBatch, micro_batch: int) -> list[list[int]]:
+    """Row indices in chunks of `micro_batch`, rows of similar length together (less padding)."""
+    order = sorted(range(len(tokens)), key=lambda i: int(tokens.attention_mask[i].sum()))
+    return [order[s : s + micro_batch] for s in range(0, len(order), micro_batch)]
 
 
 @torch.no_grad()
 def batched_logprobs(model, tokens: TokenBatch, micro_batch: int, temperature: float, bf16: bool) -> torch.Tensor:
     """token_logprobs over micro-batches without gradient: [N, T]."""
-    T = tokens.response_ids.shape[1]
-    parts = []
-    for s in range(0, len(tokens), micro_batch):
+    out = torch.zeros(tokens.response_ids.shape, dtype=torch.float32)  # [N, T]
+    for rows in micro_batches(tokens, micro_batch):
         with _autocast(bf16):
-            parts.append(_pad_to(token_logprobs(model, tokens.select(range(s, min(s + micro_batch, len(tokens)))), temperature), T))
-    return torch.cat(parts)
+            lp = token_logprobs(model, tokens.select(rows), temperature)  # [n, t]
+        out[rows, : lp.shape[1]] = lp.float()
+    return out
 
 
 def loss_backward(model, batch: TrainBatch, loss_fn: Callable, loss_kw: dict, s: UpdateSettings) -> dict[str, float]:
@@ -91,8 +93,7 @@ def loss_backward(model, batch: TrainBatch, loss_fn: Callable, loss_kw: dict, s:
     loss, metrics = loss_fn(logp, batch.old_logprobs, batch.rewards, tk.response_mask, batch.group_ids, **loss_kw)
     loss.backward()
     grad = logp.grad  # [N, T]
-    for st in range(0, len(tk), s.micro_batch):
-        rows = list(range(st, min(st + s.micro_batch, len(tk))))
+    for rows in micro_batches(tk, s.micro_batch):
         sub = tk.select(rows)
         with _autocast(s.autocast_bf16):
             lp = token_logprobs(model, sub, s.temperature)  # [n, t]

@@ -1,0 +1,83 @@
+"""Command-line errors: one line naming the key or path, exit code 2, OUT untouched."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from k15rl.cli import main
+
+
+def run(argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["rollout.tempreture=1"], "rollout.tempreture"),
+        (["rollout.k=abc"], "rollout.k"),
+        (["rollout.k=1"], "rollout.k"),
+        (["rollout.prompts_per_iteration=0"], "rollout.prompts_per_iteration"),
+        (["rollout.prompts_per_iteration=-4"], "rollout.prompts_per_iteration"),
+        (["algorithm.tau=0"], "algorithm.tau"),
+        (["algorithm.tau=-1"], "algorithm.tau"),
+        (["rollout.temperature=-0.5"], "rollout.temperature"),
+        (["algorithm.loss=ppo2"], "algorithm.loss"),
+        (["model.path=/no/such/model"], "/no/such/model"),
+        (["data.tasks=[nope]"], "data.tasks"),
+        (["model.dtype=float16"], "model.dtype"),
+        (["iterations"], "iterations"),
+        (["algorithm.normalization=tokens"], "algorithm.normalization"),
+    ],
+)
+def test_bad_config_is_one_line_exit_2(tmp_path, capsys, overrides, needle):
+    code, err = run(["train", f"out={tmp_path / 'run'}", *overrides], capsys)
+    assert code == 2
+    assert len(err) == 1 and needle in err[0] and err[0].startswith("k15rl: error:")
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_yaml_names_file_and_line(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("rollout:\n  k: 8\n  temperature: [1,\n")
+    code, err = run(["train", "--config", str(cfg)], capsys)
+    assert code == 2 and str(cfg) in err[0] and len(err) == 1
+
+
+def test_missing_config_file(capsys):
+    code, err = run(["train", "--config", "nope.yaml"], capsys)
+    assert code == 2 and "nope.yaml" in err[0]
+
+
+def test_tokenizer_without_chat_template(tmp_path, capsys, tiny_model_dir):
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = model / "tokenizer_config.json"
+    import json
+
+    data = json.loads(cfg.read_text())
+    data.pop("chat_template", None)
+    cfg.write_text(json.dumps(data))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    code, err = run(["train", f"out={tmp_path / 'run'}", f"model.path={model}", "data.tasks=[sort]"], capsys)
+    assert code == 2 and "chat template" in err[0] and "model.chat_template" in err[0]
+
+
+def test_existing_run_is_not_destroyed(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"iteration": 1}\n')
+    code, err = run(["train", f"out={out}", "model.path=/no/such/model"], capsys)
+    assert code == 2
+    assert (out / "metrics.jsonl").read_text() == '{"iteration": 1}\n'
+
+
+def test_console_script_exit_code(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "k15rl.cli", "train", "algorithm.tau=0"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "algorithm.tau" in r.stderr
