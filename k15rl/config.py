@@ -37,6 +37,7 @@ class DataConfig:
     train_per_level: int = 2000
     test_per_level: int = 50
     seed: int = 0
+    system_prompt: str | None = None  # prepended to every prompt as a system message
 
 
 @dataclass
@@ -183,6 +184,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return _build(tp, value, key + ".")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool):
         raise UserError(f"config key {key}: expected {_type_name(tp)}, got {value!r}")
     if not isinstance(value, tp):

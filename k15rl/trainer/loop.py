@@ -9,6 +9,7 @@ orchestrates them.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import random
 import shutil
@@ -75,6 +76,9 @@ def build_prompts(cfg: TrainConfig) -> tuple[list[Prompt], list[Prompt]]:
             raise UserError(f"config key data: {e}") from None
     if not train:
         raise UserError("config key data: no training prompts (check data.tasks and data.train_levels)")
+    if cfg.data.system_prompt:
+        system = (("system", cfg.data.system_prompt),)
+        train, test = ([dataclasses.replace(p, messages=system + p.messages) for p in ps] for ps in (train, test))
     return train, test
 
 
