@@ -42,7 +42,7 @@ class BuiltinSpec:
     num_layers: int = 4
     num_heads: int = 6
     max_positions: int = 1024
-    sft_epochs: int = 5
+    sft_epochs: int = 4
     sft_lr: float = 3e-3
     sft_batch_size: int = 16
     seed: int = 0
