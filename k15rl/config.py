@@ -31,7 +31,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    tasks: list[str] = field(default_factory=lambda: ["arith"])
+    tasks: list[str] = field(default_factory=lambda: ["sort"])
     train_levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
     test_levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
     train_per_level: int = 2000
@@ -201,7 +201,7 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for k in data:
         if k not in names:
-            raise UserError(f"unknown config key {prefix}{k!r}; known keys here: {', '.join(sorted(names))}")
+            raise UserError(f"unknown config key '{prefix}{k}'; known keys here: {', '.join(sorted(names))}")
     return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
 
 

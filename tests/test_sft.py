@@ -30,7 +30,7 @@ def test_sft_lowers_the_loss(tiny_model_dir):
     tok = load_tokenizer(tiny_model_dir)
     model = load_model(tiny_model_dir)
     ex = [([{"role": "user", "content": f"Sort these letters: {c} a."}], f"answer: a {c}") for c in "bcdefg"]
-    losses = sft_train(model, tok, ex * 8, SFTConfig(epochs=2, lr=5e-3, batch_size=8))
+    losses = sft_train(model, tok, ex * 8, SFTConfig(epochs=6, lr=1e-2, batch_size=8))
     assert losses[-1] < 0.5 * losses[0]
 
 

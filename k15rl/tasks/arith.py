@@ -15,12 +15,12 @@ from k15rl.tasks.base import Problem
 
 # level -> (number of terms, largest term, subtraction allowed)
 ARITH_LEVELS: dict[int, tuple[int, int, bool]] = {
-    1: (2, 9, False),
-    2: (3, 9, False),
-    3: (4, 9, False),
-    4: (6, 9, False),
-    5: (8, 9, False),
-    6: (10, 9, False),
+    1: (3, 9, False),
+    2: (4, 9, False),
+    3: (5, 9, False),
+    4: (6, 19, True),
+    5: (8, 19, True),
+    6: (10, 19, True),
 }
 
 
