@@ -158,8 +158,21 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+class _Raw(str):
+    """A command-line override value, not yet parsed: kept verbatim where the key is a
+    string (so "a: b" stays text), parsed as YAML elsewhere (numbers, lists, null)."""
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`, converting where lossless (int -> float)."""
+    if isinstance(value, _Raw):
+        if tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp)
+                         and value not in ("null", "~", "")):
+            return str(value)
+        try:
+            value = yaml.safe_load(value) if value != "" else None
+        except yaml.YAMLError:
+            value = str(value)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -249,11 +262,7 @@ def load_config(config: str | None = None, overrides: list[str] | tuple[str, ...
         if "=" not in item:
             raise UserError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
-        _set_dotted(tree, key.strip(), value)
+        _set_dotted(tree, key.strip(), _Raw(raw))
     return _build(TrainConfig, tree).validate()
 
 
