@@ -81,3 +81,11 @@ def test_existing_run_is_not_destroyed(tmp_path, capsys):
 def test_console_script_exit_code(tmp_path):
     r = subprocess.run([sys.executable, "-m", "k15rl.cli", "train", "algorithm.tau=0"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "algorithm.tau" in r.stderr
+
+
+def test_overrides_may_follow_flags(tmp_path, capsys):
+    code, err = run(["train", f"out={tmp_path / 'run'}", "--overwrite", "algorithm.tau=0"], capsys)
+    assert code == 2 and "algorithm.tau" in err[0]
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--overwrite", "--nope"])
+    assert e.value.code == 2

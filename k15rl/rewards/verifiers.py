@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 
 _ANSWER_LINE = re.compile(r"^\s*(?:final\s+)?answer\s*[:=]\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+# Instruction-tuned models often end with "The answer is 10." instead of the fixed format.
+_ANSWER_IS = re.compile(r"\banswer is\s*:?\s*([^\n]+?)\s*\.?\s*$", re.IGNORECASE | re.MULTILINE)
 
 
 def extract_boxed(text: str) -> str | None:
@@ -38,7 +40,8 @@ def extract_boxed(text: str) -> str | None:
 
 
 def extract_answer(text: str) -> str | None:
-    r"""The final answer of a response: the last ``answer:`` line, else the last ``\boxed{}``.
+    r"""The final answer of a response: the last ``answer:`` line, else the last
+    ``\boxed{}``, else the last "the answer is X" at the end of a line.
 
     >>> extract_answer("plan...\nanswer: 42")
     '42'
@@ -46,13 +49,19 @@ def extract_answer(text: str) -> str | None:
     '7'
     >>> extract_answer(r"thus \boxed{12}")
     '12'
+    >>> extract_answer("3 + 5 + 2 = 10\n\nThe answer is 10.")
+    '10'
     >>> extract_answer("no final line") is None
     True
     """
     matches = _ANSWER_LINE.findall(text)
     if matches:
         return matches[-1]
-    return extract_boxed(text)
+    boxed = extract_boxed(text)
+    if boxed is not None:
+        return boxed
+    matches = _ANSWER_IS.findall(text)
+    return matches[-1] if matches else None
 
 
 def verify_integer(response: str, answer: str) -> bool:
