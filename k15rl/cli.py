@@ -42,28 +42,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from k15rl.config import load_config
-    from k15rl.models.loading import check_model_path, load_model, load_tokenizer, stop_token_ids
-    from k15rl.rollout.engine import HFEngine, SamplingParams
-    from k15rl.trainer.evaluate import evaluate
+    from k15rl.models import resolve_model_path
+    from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
+    from k15rl.rollout.engine import HFEngine
+    from k15rl.trainer.evaluate import eval_sampling_params, evaluate
     from k15rl.trainer.loop import build_prompts
 
     cfg = load_config(args.config, args.overrides)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if args.model == "builtin":
-        from k15rl.models.builtin import ensure_builtin
-
-        path = ensure_builtin()
-    else:
-        path = check_model_path(args.model, "--model")
+    path = resolve_model_path(args.model, "--model")
     _, test = build_prompts(cfg)
     tok = load_tokenizer(path, cfg.model.chat_template)
     model = load_model(path, cfg.model.dtype)
-    params = SamplingParams(
-        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens, temperature=cfg.eval.temperature,
-        top_p=cfg.rollout.top_p, stop_token_ids=stop_token_ids(tok, model), stop_strings=cfg.rollout.stop_strings,
-        seed=cfg.seed,
-    )
+    params = eval_sampling_params(cfg, stop_token_ids(tok, model), seed=cfg.seed)
     result, _ = evaluate(HFEngine(model, tok, cfg.rollout.max_batch), tok, test, params, cfg.eval.samples_per_prompt)
     result = {"model": str(path), "temperature": cfg.eval.temperature, **result}
     print(f"accuracy {result['accuracy']:.4f} (+/- {result['accuracy_ci95']:.4f}), "
@@ -78,7 +70,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_sft(args: argparse.Namespace) -> int:
     import torch
 
-    from k15rl.models.loading import check_model_path, load_model, load_tokenizer
+    from k15rl.models import resolve_model_path
+    from k15rl.models.loading import load_model, load_tokenizer
     from k15rl.trainer.checkpoint import save_hf
     from k15rl.trainer.sft import SFTConfig, load_sft_jsonl, sft_train
 
@@ -88,12 +81,7 @@ def _cmd_sft(args: argparse.Namespace) -> int:
     if args.lr <= 0:
         raise UserError(f"--lr must be > 0 (got {args.lr})")
     examples = load_sft_jsonl(args.data)
-    if args.model == "builtin":
-        from k15rl.models.builtin import ensure_builtin
-
-        path = ensure_builtin()
-    else:
-        path = check_model_path(args.model, "--model")
+    path = resolve_model_path(args.model, "--model")
     out = Path(args.out)
     if (out / "config.json").exists() and not args.overwrite:
         raise UserError(f"output folder {out} already holds a model: pass --overwrite or choose another --out")

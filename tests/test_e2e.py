@@ -1,7 +1,6 @@
 """End-to-end: the loop learns, writes its logs, plots, summary and an HF model."""
 
 import json
-import random
 
 import pytest
 

@@ -5,7 +5,7 @@ import copy
 import torch
 
 from k15rl.algorithms import k15_loss
-from k15rl.models.loading import encode_prompt, load_model, load_tokenizer
+from k15rl.models.loading import load_model, load_tokenizer
 from k15rl.rollout.collect import rollout
 from k15rl.rollout.engine import HFEngine, SamplingParams
 from k15rl.tasks import get_task, make_prompts

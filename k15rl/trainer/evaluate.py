@@ -34,6 +34,14 @@ def summarize(trajectories: Sequence[Trajectory]) -> dict:
     return out
 
 
+def eval_sampling_params(cfg, stop_token_ids: list[int], seed: int) -> SamplingParams:
+    """Sampling settings of an evaluation: `cfg.eval` over `cfg.rollout` (a TrainConfig)."""
+    return SamplingParams(
+        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens, temperature=cfg.eval.temperature,
+        top_p=cfg.rollout.top_p, stop_token_ids=stop_token_ids, stop_strings=cfg.rollout.stop_strings, seed=seed,
+    )
+
+
 def evaluate(
     engine: RolloutEngine,
     tokenizer,

@@ -25,14 +25,15 @@ import yaml
 from k15rl.algorithms import LOSSES
 from k15rl.config import TrainConfig, loss_kwargs, to_dict
 from k15rl.errors import UserError
-from k15rl.models.loading import check_model_path, load_model, load_tokenizer, stop_token_ids
+from k15rl.models import resolve_model_path
+from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
 from k15rl.rewards import length_weight, score
 from k15rl.rollout.collect import rollout
 from k15rl.rollout.engine import HFEngine, SamplingParams
 from k15rl.sampling import make_sampler
 from k15rl.tasks import get_task, make_prompts
 from k15rl.trainer.checkpoint import JsonlLog, read_jsonl, save_hf, write_json_atomic
-from k15rl.trainer.evaluate import evaluate
+from k15rl.trainer.evaluate import eval_sampling_params, evaluate
 from k15rl.trainer.plots import plot_run
 from k15rl.trainer.update import UpdateSettings, policy_update
 from k15rl.types import Prompt, Trajectory
@@ -47,17 +48,8 @@ class Policy:
     path: Path
 
 
-def resolve_model_path(cfg: TrainConfig, log: Callable[[str], None]) -> Path:
-    """The model folder: the built-in model (built and cached on first use) or a path."""
-    if cfg.model.path == "builtin":
-        from k15rl.models.builtin import ensure_builtin
-
-        return ensure_builtin(log=log)
-    return check_model_path(cfg.model.path)
-
-
 def load_policy(cfg: TrainConfig, log: Callable[[str], None]) -> Policy:
-    path = resolve_model_path(cfg, log)
+    path = resolve_model_path(cfg.model.path, "model.path", log)
     tokenizer = load_tokenizer(path, cfg.model.chat_template)
     return Policy(load_model(path, cfg.model.dtype), tokenizer, path)
 
@@ -147,10 +139,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
         temperature=cfg.rollout.temperature or 1.0, recompute_old_logprobs=a.recompute_old_logprobs,
         autocast_bf16=a.autocast_bf16, seed=cfg.seed,
     )
-    eval_params = SamplingParams(
-        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens, temperature=cfg.eval.temperature,
-        top_p=cfg.rollout.top_p, stop_token_ids=stops, stop_strings=cfg.rollout.stop_strings, seed=cfg.seed + 10**6,
-    )
+    eval_params = eval_sampling_params(cfg, stops, seed=cfg.seed + 10**6)
     metrics_log, eval_log = JsonlLog(out / "metrics.jsonl"), JsonlLog(out / "eval.jsonl")
 
     def run_eval(iteration: int) -> dict:
