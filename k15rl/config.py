@@ -42,7 +42,13 @@ class DataConfig:
 
 @dataclass
 class SamplerConfig:
-    name: str = "uniform"
+    name: str = "uniform"  # uniform | prioritized | curriculum (report §2.3.4)
+    prior: float = 0.5  # prioritized: success rate assumed for an unseen prompt
+    prior_weight: float = 1.0  # prioritized: how many rollouts the prior counts as
+    min_weight: float = 0.05  # prioritized: floor of 1 - s_p, so solved prompts still come back
+    schedule: str = "warmup_then_hard"  # curriculum: warmup_then_hard | gradual
+    warmup_iterations: int = 10  # curriculum: uniform (or rising) phase length
+    hard_min_level: int = 4  # curriculum: lowest level after the warm-up (warmup_then_hard)
 
 
 @dataclass
@@ -130,6 +136,13 @@ class TrainConfig:
             (self.algorithm.normalization in ("sequence", "token"), "algorithm.normalization",
              self.algorithm.normalization, "must be 'sequence' or 'token'"),
             (self.sampler.name in SAMPLERS, "sampler.name", self.sampler.name, f"must be one of {sorted(SAMPLERS)}"),
+            (0 <= self.sampler.prior <= 1, "sampler.prior", self.sampler.prior, "must be in [0, 1]"),
+            (self.sampler.prior_weight > 0, "sampler.prior_weight", self.sampler.prior_weight, "must be > 0"),
+            (0 < self.sampler.min_weight <= 1, "sampler.min_weight", self.sampler.min_weight, "must be in (0, 1]"),
+            (self.sampler.schedule in ("warmup_then_hard", "gradual"), "sampler.schedule", self.sampler.schedule,
+             "must be 'warmup_then_hard' or 'gradual'"),
+            (self.sampler.warmup_iterations >= 0, "sampler.warmup_iterations", self.sampler.warmup_iterations,
+             "must be >= 0"),
             (self.reward.length_weight >= 0, "reward.length_weight", self.reward.length_weight, "must be >= 0"),
             (self.data.train_per_level >= 1, "data.train_per_level", self.data.train_per_level, "must be >= 1"),
             (self.data.test_per_level >= 1, "data.test_per_level", self.data.test_per_level, "must be >= 1"),

@@ -63,8 +63,126 @@ class UniformSampler:
         self.order, self.pos = list(state["order"]), int(state["pos"])
 
 
-SAMPLERS = {"uniform": UniformSampler}
+class PrioritizedSampler:
+    """Prioritized sampling (report §2.3.4): prompt p is drawn with probability
+    proportional to max(1 - s_p, min_weight), without replacement within an iteration.
+
+    s_p is the prompt's success rate over all its rollouts so far, smoothed by a prior:
+    s_p = (successes + prior * prior_weight) / (attempts + prior_weight). An unseen
+    prompt has s_p = prior. `min_weight` keeps solved prompts (s_p = 1) from being
+    starved forever, since a policy can forget.
+
+    >>> from k15rl.types import Prompt
+    >>> ps = [Prompt(str(i), (("user", str(i)),), "", "sort") for i in range(3)]
+    >>> s = PrioritizedSampler(ps, prior=0.5, prior_weight=1.0, min_weight=0.05)
+    >>> s.stats["0"] = [4, 4]  # 4 successes in 4 attempts -> s = 4.5/5 = 0.9
+    >>> [round(w, 3) for w in s.weights()]
+    [0.1, 0.5, 0.5]
+    """
+
+    def __init__(self, prompts: Sequence[Prompt], seed: int = 0, prior: float = 0.5, prior_weight: float = 1.0,
+                 min_weight: float = 0.05):
+        if not prompts:
+            raise ValueError("the sampler got no prompts")
+        self.prompts = list(prompts)
+        self.prior, self.prior_weight, self.min_weight = prior, prior_weight, min_weight
+        self.stats: dict[str, list[float]] = {}  # prompt id -> [successes, attempts]
+        self.rng = random.Random(seed)
+
+    def success_rate(self, prompt_id: str) -> float:
+        succ, n = self.stats.get(prompt_id, (0.0, 0.0))
+        return (succ + self.prior * self.prior_weight) / (n + self.prior_weight)
+
+    def weights(self) -> list[float]:
+        return [max(1.0 - self.success_rate(p.id), self.min_weight) for p in self.prompts]
+
+    def sample(self, n: int) -> list[Prompt]:
+        w = self.weights()
+        # Efraimidis-Spirakis: the n largest u^(1/w) are a weighted sample without replacement.
+        keys = [self.rng.random() ** (1.0 / wi) for wi in w]
+        order = sorted(range(len(w)), key=keys.__getitem__, reverse=True)
+        chosen = order[: min(n, len(order))]
+        while len(chosen) < n:  # fewer prompts than asked: draw again
+            chosen.append(self.rng.choices(range(len(w)), weights=w)[0])
+        return [self.prompts[i] for i in chosen]
+
+    def update(self, trajectories: Sequence[Trajectory]) -> None:
+        for t in trajectories:
+            st = self.stats.setdefault(t.prompt.id, [0.0, 0.0])
+            st[0] += float(t.correct)
+            st[1] += 1.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.getstate(), "stats": self.stats}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        r = state["rng"]
+        self.rng.setstate((r[0], tuple(r[1]), r[2]))
+        self.stats = {k: list(v) for k, v in state["stats"].items()}
 
 
-def make_sampler(name: str, prompts: Sequence[Prompt], seed: int) -> Sampler:
-    return SAMPLERS[name](prompts, seed=seed)
+class CurriculumSampler:
+    """Curriculum sampling by difficulty level (report §2.3.4), uniform within the
+    levels allowed at the current iteration.
+
+    schedule "warmup_then_hard" (the report's ablation): all levels for
+    `warmup_iterations`, then only levels >= `hard_min_level`.
+    schedule "gradual": the highest allowed level rises linearly from the lowest level
+    to the highest over `warmup_iterations`, then all levels.
+
+    >>> from k15rl.types import Prompt
+    >>> ps = [Prompt(str(i), (("user", str(i)),), "", "sort", level=1 + i % 4) for i in range(40)]
+    >>> s = CurriculumSampler(ps, schedule="warmup_then_hard", warmup_iterations=1, hard_min_level=3)
+    >>> sorted({p.level for p in s.sample(40)}), sorted({p.level for p in s.sample(40)})
+    ([1, 2, 3, 4], [3, 4])
+    """
+
+    def __init__(self, prompts: Sequence[Prompt], seed: int = 0, schedule: str = "warmup_then_hard",
+                 warmup_iterations: int = 10, hard_min_level: int = 4):
+        if schedule not in ("warmup_then_hard", "gradual"):
+            raise ValueError(f"curriculum schedule must be 'warmup_then_hard' or 'gradual', got {schedule!r}")
+        self.prompts = list(prompts)
+        self.levels = sorted({p.level for p in self.prompts})
+        self.schedule, self.warmup, self.hard_min = schedule, warmup_iterations, hard_min_level
+        if schedule == "warmup_then_hard" and not any(lv >= hard_min_level for lv in self.levels):
+            raise ValueError(f"no prompt has level >= hard_min_level={hard_min_level} (levels: {self.levels})")
+        self.iteration = 0
+        self.rng = random.Random(seed)
+
+    def allowed_levels(self, iteration: int) -> list[int]:
+        if self.schedule == "warmup_then_hard":
+            return self.levels if iteration < self.warmup else [lv for lv in self.levels if lv >= self.hard_min]
+        if iteration >= self.warmup:  # gradual, after its ramp
+            return self.levels
+        lo, hi = self.levels[0], self.levels[-1]
+        top = lo + (hi - lo) * (iteration + 1) / self.warmup
+        return [lv for lv in self.levels if lv <= top]
+
+    def sample(self, n: int) -> list[Prompt]:
+        allowed = set(self.allowed_levels(self.iteration))
+        pool = [p for p in self.prompts if p.level in allowed]
+        self.iteration += 1
+        return self.rng.sample(pool, n) if n <= len(pool) else [self.rng.choice(pool) for _ in range(n)]
+
+    def update(self, trajectories: Sequence[Trajectory]) -> None:
+        """The schedule depends on the iteration only."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.getstate(), "iteration": self.iteration}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        r = state["rng"]
+        self.rng.setstate((r[0], tuple(r[1]), r[2]))
+        self.iteration = int(state["iteration"])
+
+
+SAMPLERS = {"uniform": UniformSampler, "prioritized": PrioritizedSampler, "curriculum": CurriculumSampler}
+
+
+def make_sampler(name: str, prompts: Sequence[Prompt], seed: int, **options: Any) -> Sampler:
+    """The sampler called `name`; `options` are its keyword settings (those it takes)."""
+    import inspect
+
+    cls = SAMPLERS[name]
+    accepted = inspect.signature(cls).parameters
+    return cls(prompts, seed=seed, **{k: v for k, v in options.items() if k in accepted})

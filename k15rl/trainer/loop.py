@@ -123,12 +123,15 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
     seed_everything(cfg.seed)
     # Everything that can fail on bad input happens before OUT is touched.
     train_prompts, test_prompts = build_prompts(cfg)
+    try:
+        sampler = make_sampler(cfg.sampler.name, train_prompts, cfg.seed, **to_dict(cfg.sampler))
+    except ValueError as e:
+        raise UserError(f"config key sampler: {e}") from None
     policy = load_policy(cfg, log)
     prepare_out(out, cfg, overwrite)
 
     tok = policy.tokenizer
     engine = HFEngine(copy.deepcopy(policy.model), tok, max_batch=cfg.rollout.max_batch)
-    sampler = make_sampler(cfg.sampler.name, train_prompts, cfg.seed)
     loss_fn = LOSSES[cfg.algorithm.loss]
     loss_kw = loss_kwargs(loss_fn, cfg.algorithm)
     stops = stop_token_ids(tok, policy.model)
