@@ -124,7 +124,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
     # Everything that can fail on bad input happens before OUT is touched.
     train_prompts, test_prompts = build_prompts(cfg)
     try:
-        sampler = make_sampler(cfg.sampler.name, train_prompts, cfg.seed, **to_dict(cfg.sampler))
+        options = {k: v for k, v in to_dict(cfg.sampler).items() if k != "name"}
+        sampler = make_sampler(cfg.sampler.name, train_prompts, cfg.seed, **options)
     except ValueError as e:
         raise UserError(f"config key sampler: {e}") from None
     policy = load_policy(cfg, log)
