@@ -70,3 +70,16 @@ def test_refuses_existing_run_without_overwrite(tmp_path, tiny_model_dir, toy_ta
     with pytest.raises(UserError, match="already holds a run"):
         train(load_config(None, args), log=lambda s: None)
     train(load_config(None, args), overwrite=True, log=lambda s: None)
+
+
+@pytest.mark.parametrize("sampler", ["prioritized", "curriculum"])
+def test_loop_runs_with_each_sampler(tmp_path, tiny_model_dir, toy_task, sampler):
+    cfg = load_config(None, [
+        f"out={tmp_path / 'run'}", f"model.path={tiny_model_dir}", "data.tasks=[digit_first]",
+        "data.train_per_level=10", "data.test_per_level=2", "iterations=2", "rollout.k=2",
+        "rollout.prompts_per_iteration=3", "rollout.max_new_tokens=2", "threads=1", f"sampler.name={sampler}",
+        "sampler.warmup_iterations=1", "sampler.hard_min_level=4",
+    ])
+    train(cfg, log=lambda s: None)
+    state = json.loads((tmp_path / "run" / "final" / "state.json").read_text())
+    assert state["iteration"] == 2 and "rng" in state["sampler"]
