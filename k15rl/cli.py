@@ -32,7 +32,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"\ndemo: test accuracy {100 * summary['test_accuracy_before']:.1f}% -> "
         f"{100 * summary['test_accuracy_after']:.1f}% "
-        f"({summary['test_accuracy_gain_points']:+.1f} points) in {summary['wall_time_s'] / 60:.1f} min; "
+        f"({summary['test_accuracy_gain_points']:+.1f} points, sampled at T={cfg.eval.temperature:g}); "
+        f"greedy {100 * summary.get('test_accuracy_greedy_before', float('nan')):.1f}% -> "
+        f"{100 * summary.get('test_accuracy_greedy_after', float('nan')):.1f}%; "
+        f"{summary['wall_time_s'] / 60:.1f} min; "
         f"curves in {Path(cfg.out) / 'curves.png'}"
     )
     return 0

@@ -44,7 +44,9 @@ def test_training_reward_rises(tmp_path, tiny_model_dir, toy_task):
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == list(range(1, 13))
-    assert [e["iteration"] for e in evals] == [0, 6, 12]
+    assert [e["iteration"] for e in evals if e["temperature"] == 1.0] == [0, 6, 12]
+    assert [e["iteration"] for e in evals if e["temperature"] == 0.0] == [0, 12]  # greedy at both ends
+    assert 0 <= summary["test_accuracy_greedy_after"] <= 1
     first = sum(m["reward/accuracy"] for m in metrics[:3]) / 3
     last = sum(m["reward/accuracy"] for m in metrics[-3:]) / 3
     assert last > first + 0.3, (first, last)

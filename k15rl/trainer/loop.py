@@ -146,14 +146,19 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
     eval_params = eval_sampling_params(cfg, stops, seed=cfg.seed + 10**6)
     metrics_log, eval_log = JsonlLog(out / "metrics.jsonl"), JsonlLog(out / "eval.jsonl")
 
-    def run_eval(iteration: int) -> dict:
+    def run_eval(iteration: int, params: SamplingParams = eval_params) -> dict:
         t0 = time.time()
-        result, _ = evaluate(engine, tok, test_prompts, eval_params, cfg.eval.samples_per_prompt)
-        row = {"iteration": iteration, **result, "time/eval": time.time() - t0}
+        result, _ = evaluate(engine, tok, test_prompts, params, cfg.eval.samples_per_prompt)
+        row = {"iteration": iteration, "temperature": params.temperature, **result, "time/eval": time.time() - t0}
         eval_log.write(row)
         return row
 
     evals = [run_eval(0)] if test_prompts else []
+    # Sampled accuracy can rise while greedy accuracy does not: a sampled evaluation is
+    # joined by a greedy one at the start and the end, so both are on record.
+    greedy_params = dataclasses.replace(eval_params, temperature=0.0)
+    also_greedy = bool(test_prompts) and cfg.eval.temperature > 0
+    greedy_evals = [run_eval(0, greedy_params)] if also_greedy else []
     bar = tqdm(range(cfg.iterations), desc="rl", unit="it", dynamic_ncols=True)
     for it in bar:
         t0 = time.time()
@@ -203,6 +208,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
             save_hf(policy.model, tok, out / "checkpoints" / f"iter_{it + 1:06d}",
                     {"iteration": it + 1, "sampler": sampler.state_dict()})
     bar.close()
+    if also_greedy:
+        greedy_evals.append(run_eval(cfg.iterations, greedy_params))
     metrics_log.close()
     eval_log.close()
 
@@ -227,6 +234,11 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
             "test_per_level_after": {k: v["accuracy"] for k, v in evals[-1]["per_level"].items()},
             "eval_temperature": cfg.eval.temperature,
             "eval_prompts": len(test_prompts),
+        })
+    if greedy_evals:
+        summary.update({
+            "test_accuracy_greedy_before": greedy_evals[0]["accuracy"],
+            "test_accuracy_greedy_after": greedy_evals[-1]["accuracy"],
         })
     write_json_atomic(out / "summary.json", summary)
     log(json.dumps(summary, indent=2))

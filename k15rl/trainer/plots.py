@@ -6,7 +6,8 @@ from pathlib import Path
 
 
 def plot_run(metrics: list[dict], evals: list[dict], dest: Path) -> Path:
-    """Three panels side by side, written to `dest` (PNG)."""
+    """Three panels side by side, written to `dest` (PNG). `evals` holds the rows of one
+    evaluation temperature."""
     import matplotlib
 
     matplotlib.use("Agg")
