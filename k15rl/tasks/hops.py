@@ -1,9 +1,8 @@
 """Pointer hops: follow a chain of rules ``a->c`` from a start node for a number of hops.
 
 State tracking: every hop is one lookup, and one wrong lookup ruins the rest, so the
-chance of a slip grows with the number of hops (the levels). Short traces and no
-arithmetic facts make it learnable by a tiny model on a CPU in minutes: the default task
-of the built-in demo.
+chance of a slip grows with the number of hops (the levels). Each lookup is by position
+(the node after the matching ``->``), which tiny models learn slowly (docs/design.md).
 """
 
 from __future__ import annotations
