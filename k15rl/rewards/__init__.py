@@ -53,7 +53,9 @@ def score(
     stats = ScoreStats()
     cache: dict[str, Verifier] = {}
     for t in trajectories:
-        verify = cache.get(t.prompt.task) or cache.setdefault(t.prompt.task, verifier_for(t.prompt.task))
+        if t.prompt.task not in cache:
+            cache[t.prompt.task] = verifier_for(t.prompt.task)
+        verify = cache[t.prompt.task]
         try:
             t.correct = bool(verify(t.text, t.prompt.answer))
         except Exception as e:  # a broken verifier must not stop training

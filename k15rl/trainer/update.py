@@ -121,8 +121,10 @@ def policy_update(
     if s.recompute_old_logprobs:
         batch.old_logprobs = batched_logprobs(model, batch.tokens, s.micro_batch, s.temperature, s.autocast_bf16)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
-    groups = sorted(set(batch.group_ids.tolist()))
-    rows_of = {g: [i for i, x in enumerate(batch.group_ids.tolist()) if x == g] for g in groups}
+    rows_of: dict[int, list[int]] = {}  # group id -> its rows, one pass over the batch
+    for i, g in enumerate(batch.group_ids.tolist()):
+        rows_of.setdefault(g, []).append(i)
+    groups = sorted(rows_of)
     rng = random.Random(s.seed)
     model.train()
     sums: dict[str, float] = {}
