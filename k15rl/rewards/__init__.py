@@ -44,8 +44,12 @@ def score(
     trajectories: Sequence[Trajectory],
     *,
     length_penalty_weight: float = 0.0,
+    repeat_penalty: float = 0.0,
 ) -> ScoreStats:
     """Verify every trajectory and set its total reward r + w * len_reward (§2.3.3).
+
+    A trajectory stopped by repeat detection (report §2.6.2) also gets
+    `-repeat_penalty` (term "repeat").
 
     A verifier that raises scores the sample 0; the error is counted and logged, and
     training continues.
@@ -71,6 +75,10 @@ def score(
         )
         for t, v in zip(trajectories, lr.tolist()):
             t.reward_terms["length"] = length_penalty_weight * v
+    if repeat_penalty:
+        for t in trajectories:
+            if t.finish_reason == "repeat":
+                t.reward_terms["repeat"] = -repeat_penalty
     for t in trajectories:
         t.reward = sum(t.reward_terms.values())
     return stats
