@@ -17,7 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-FinishReason = Literal["stop", "length", "repeat", "cut"]
+# Why an engine stopped a segment: EOS or a stop string; its token budget; repeat detection.
+SegmentEnd = Literal["stop", "length", "repeat"]
+# A trajectory's outcome (report §2.6.2): normal stop; cut by the per-iteration budget and
+# saved for continuation; stopped early by repeat detection; hit the global maximum length.
+Outcome = Literal["stop", "cut", "repeat", "max_len"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class GenerationRequest:
 
     prompt_ids: list[int]
     prefix_ids: list[int] = field(default_factory=list)
+    max_new_tokens: int | None = None  # this request's budget, if below SamplingParams.max_new_tokens
 
 
 @dataclass
@@ -57,7 +62,7 @@ class Segment:
 
     token_ids: list[int]
     logprobs: list[float]
-    finish_reason: FinishReason
+    finish_reason: SegmentEnd
 
 
 @dataclass
@@ -72,12 +77,15 @@ class Trajectory:
     group: int
     prompt_ids: list[int]
     response_ids: list[int]
-    logprobs: list[float]  # log pi_i(token) at sampling time, one per response token
-    finish_reason: FinishReason
+    logprobs: list[float]  # log pi(token) at sampling time, one per response token
+    finish_reason: Outcome
     text: str = ""
     correct: bool = False  # verifier outcome, r in {0, 1}
     reward: float = 0.0  # total reward used for the update (task + shaping terms)
     reward_terms: dict[str, float] = field(default_factory=dict)
+    # Policy version (iteration) that sampled each response token; empty means all by
+    # the current one. Partial rollouts (report §2.6.2) mix versions in one trajectory.
+    versions: list[int] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:

@@ -85,3 +85,31 @@ def test_loop_runs_with_each_sampler(tmp_path, tiny_model_dir, toy_task, sampler
     train(cfg, log=lambda s: None)
     state = json.loads((tmp_path / "run" / "final" / "state.json").read_text())
     assert state["iteration"] == 2 and "rng" in state["sampler"]
+
+
+@pytest.mark.parametrize("continue_first", [True, False])
+def test_loop_with_partial_rollouts(tmp_path, tiny_model_dir, toy_task, continue_first):
+    """Segments of 2 tokens, responses up to 6: trajectories are cut, continued and trained."""
+    cfg = load_config(None, [
+        f"out={tmp_path / 'run'}", f"model.path={tiny_model_dir}", "data.tasks=[digit_first]",
+        "data.train_per_level=20", "data.test_per_level=2", "iterations=5", "rollout.k=2",
+        "rollout.prompts_per_iteration=4", "rollout.max_new_tokens=6", "rollout.segment_tokens=2",
+        f"rollout.continue_first={str(continue_first).lower()}", "rollout.train_on_stale_segments=false",
+        "eval.every=0", "threads=1", "checkpoint_every=2",
+    ])
+    train(cfg, log=lambda s: None)
+    out = tmp_path / "run"
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics] == [1, 2, 3, 4, 5]
+    assert metrics[0]["rollout/frac_cut"] > 0 and metrics[1]["rollout/continued"] > 0
+    for m in metrics:
+        rows = sum(m[f"rollout/num_{o}"] for o in ("stop", "cut", "repeat", "max_len"))
+        new_rows = rows - m["rollout/continued"]
+        assert new_rows % 2 == 0  # whole groups of k = 2 are started
+        if continue_first:
+            assert rows <= 8  # cut trajectories take their rows first; new prompts fill the rest
+        else:
+            assert new_rows == 8
+    assert sum(m["rollout/trained"] for m in metrics) > 0
+    state = json.loads((out / "checkpoints" / "iter_000002" / "state.json").read_text())
+    assert "replay_buffer" in state and state["next_group"] >= 4

@@ -1,12 +1,23 @@
-"""Turn prompts into trajectories: K samples per prompt from a rollout engine."""
+"""Turn prompts into trajectories: K samples per prompt from a rollout engine.
+
+`rollout` samples whole responses (evaluation, and training without partial rollouts).
+`partial_rollout` is one iteration of report §2.6.2: continue the replay buffer's cut
+trajectories, start the new prompts' groups, give every trajectory at most
+`segment_tokens` new tokens, and release the groups whose members have all finished.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from k15rl.models.loading import encode_prompt
 from k15rl.rollout.engine import RolloutEngine, SamplingParams
-from k15rl.types import GenerationRequest, Prompt, Trajectory
+from k15rl.rollout.replay import Member, ReplayBuffer
+from k15rl.types import GenerationRequest, Outcome, Prompt, Segment, Trajectory
+
+OUTCOMES: tuple[Outcome, ...] = ("stop", "cut", "repeat", "max_len")
 
 
 def rollout(
@@ -17,7 +28,7 @@ def rollout(
     params: SamplingParams,
     first_group: int = 0,
 ) -> list[Trajectory]:
-    """K trajectories for each prompt; prompt i's samples get group id first_group + i.
+    """K whole trajectories for each prompt; prompt i's samples get group id first_group + i.
 
     Response text is decoded without special tokens; the EOS token stays in
     `response_ids` (the policy learns to stop) with its log-prob.
@@ -25,18 +36,90 @@ def rollout(
     prompt_ids = [encode_prompt(tokenizer, p.messages) for p in prompts]
     requests = [GenerationRequest(prompt_ids[i]) for i in range(len(prompts)) for _ in range(k)]
     segments = engine.generate(requests, params)
-    trajectories = []
-    for j, seg in enumerate(segments):
-        i = j // k
-        trajectories.append(
-            Trajectory(
-                prompt=prompts[i],
-                group=first_group + i,
-                prompt_ids=prompt_ids[i],
-                response_ids=seg.token_ids,
-                logprobs=seg.logprobs,
-                finish_reason=seg.finish_reason,
-                text=tokenizer.decode(seg.token_ids, skip_special_tokens=True),
-            )
-        )
-    return trajectories
+    return [
+        _trajectory(tokenizer, Member(prompts[j // k], first_group + j // k, prompt_ids[j // k], seg.token_ids,
+                                      seg.logprobs, outcome=_outcome(seg, len(seg.token_ids), params.max_new_tokens)))
+        for j, seg in enumerate(segments)
+    ]
+
+
+@dataclass
+class PartialRolloutResult:
+    """What one iteration of partial rollouts produced."""
+
+    trajectories: list[Trajectory]  # members of the groups completed this iteration, oldest group first
+    outcomes: Counter = field(default_factory=Counter)  # outcome of each segment generated this iteration
+    tokens_generated: int = 0
+    continued: int = 0  # trajectories resumed from the buffer this iteration
+    next_group: int = 0  # first free group id
+
+
+def partial_rollout(
+    engine: RolloutEngine,
+    tokenizer,
+    buffer: ReplayBuffer,
+    prompts: Sequence[Prompt],
+    k: int,
+    params: SamplingParams,
+    *,
+    version: int,
+    segment_tokens: int,
+    max_tokens: int,
+    first_group: int,
+) -> PartialRolloutResult:
+    """One rollout phase with partial rollouts (report §2.6.2).
+
+    The buffer's unfinished trajectories are continued first (their requests come first,
+    so they take the first slots), then K new trajectories per prompt are started as new
+    groups. Every trajectory gets at most `segment_tokens` new tokens (0: no cut) and
+    at most `max_tokens` in total. A segment that hits the budget with room left is
+    `cut` and stays in the buffer; at `max_tokens` it is `max_len`. Every token records
+    `version`, the policy that sampled it.
+    """
+    segment = segment_tokens or max_tokens
+    continued = buffer.unfinished()
+    for i, p in enumerate(prompts):
+        ids = encode_prompt(tokenizer, p.messages)
+        buffer.add_group([Member(p, first_group + i, ids) for _ in range(k)])
+    active = continued + [m for i in range(len(prompts)) for m in buffer.groups[first_group + i]]
+    requests = [
+        GenerationRequest(m.prompt_ids, m.response_ids, max_new_tokens=min(segment, max_tokens - len(m.response_ids)))
+        for m in active
+    ]
+    segments = engine.generate(requests, replace(params, max_new_tokens=segment))
+    outcomes: Counter = Counter()
+    for m, seg in zip(active, segments):
+        m.response_ids = m.response_ids + seg.token_ids
+        m.logprobs = m.logprobs + seg.logprobs
+        m.versions = m.versions + [version] * len(seg.token_ids)
+        out = _outcome(seg, len(m.response_ids), max_tokens)
+        m.outcome = None if out == "cut" else out
+        outcomes[out] += 1
+    trajectories = [_trajectory(tokenizer, m) for group in buffer.pop_complete() for m in group]
+    return PartialRolloutResult(
+        trajectories=trajectories,
+        outcomes=outcomes,
+        tokens_generated=sum(len(s.token_ids) for s in segments),
+        continued=len(continued),
+        next_group=first_group + len(prompts),
+    )
+
+
+def _outcome(seg: Segment, total_tokens: int, max_tokens: int) -> Outcome:
+    if seg.finish_reason != "length":
+        return seg.finish_reason  # "stop" or "repeat"
+    return "max_len" if total_tokens >= max_tokens else "cut"
+
+
+def _trajectory(tokenizer, m: Member) -> Trajectory:
+    assert m.outcome is not None
+    return Trajectory(
+        prompt=m.prompt,
+        group=m.group,
+        prompt_ids=m.prompt_ids,
+        response_ids=m.response_ids,
+        logprobs=m.logprobs,
+        finish_reason=m.outcome,
+        text=tokenizer.decode(m.response_ids, skip_special_tokens=True),
+        versions=m.versions,
+    )

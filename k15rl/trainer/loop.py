@@ -24,19 +24,19 @@ import yaml
 
 from k15rl.algorithms import LOSSES
 from k15rl.config import TrainConfig, loss_kwargs, to_dict
+from k15rl.data import build_prompts, fit_context, prompt_token_limit
 from k15rl.errors import UserError
 from k15rl.models import resolve_model_path
 from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
 from k15rl.rewards import length_weight, score
-from k15rl.rollout.collect import rollout
+from k15rl.rollout.collect import OUTCOMES, PartialRolloutResult, partial_rollout
 from k15rl.rollout.engine import HFEngine, SamplingParams
+from k15rl.rollout.replay import ReplayBuffer
 from k15rl.sampling import make_sampler
-from k15rl.tasks import get_task, make_prompts
 from k15rl.trainer.checkpoint import JsonlLog, read_jsonl, save_hf, write_json_atomic
 from k15rl.trainer.evaluate import eval_sampling_params, evaluate
 from k15rl.trainer.plots import plot_run
 from k15rl.trainer.update import UpdateSettings, policy_update
-from k15rl.types import Prompt, Trajectory
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "summary.json", "final", "checkpoints", "curves.png")
 
@@ -52,26 +52,6 @@ def load_policy(cfg: TrainConfig, log: Callable[[str], None]) -> Policy:
     path = resolve_model_path(cfg.model.path, "model.path", log)
     tokenizer = load_tokenizer(path, cfg.model.chat_template)
     return Policy(load_model(path, cfg.model.dtype), tokenizer, path)
-
-
-def build_prompts(cfg: TrainConfig) -> tuple[list[Prompt], list[Prompt]]:
-    """Train and held-out test prompts of the configured built-in tasks (disjoint splits)."""
-    train, test = [], []
-    for name in cfg.data.tasks:
-        task = get_task(name)
-        try:
-            tr_levels = tuple(lv for lv in cfg.data.train_levels if lv in task.levels)
-            te_levels = tuple(lv for lv in cfg.data.test_levels if lv in task.levels)
-            train += make_prompts(task, "train", cfg.data.train_per_level, tr_levels, cfg.data.seed)
-            test += make_prompts(task, "test", cfg.data.test_per_level, te_levels, cfg.data.seed)
-        except ValueError as e:
-            raise UserError(f"config key data: {e}") from None
-    if not train:
-        raise UserError("config key data: no training prompts (check data.tasks and data.train_levels)")
-    if cfg.data.system_prompt:
-        system = (("system", cfg.data.system_prompt),)
-        train, test = ([dataclasses.replace(p, messages=system + p.messages) for p in ps] for ps in (train, test))
-    return train, test
 
 
 def prepare_out(out: Path, cfg: TrainConfig, overwrite: bool) -> None:
@@ -93,22 +73,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rollout_metrics(trajs: list[Trajectory], seconds: float) -> dict[str, float]:
+def rollout_metrics(result: PartialRolloutResult, buffer: ReplayBuffer, seconds: float) -> dict[str, float]:
+    """Rollout statistics of one iteration: outcomes of the segments generated (report
+    §2.6.2), the replay buffer, and reward/length of the trajectories trained on."""
+    segments = sum(result.outcomes.values())
+    out = {f"rollout/frac_{o}": result.outcomes[o] / max(segments, 1) for o in OUTCOMES}
+    out.update({f"rollout/num_{o}": float(result.outcomes[o]) for o in OUTCOMES})
+    out.update({
+        "rollout/tokens_per_s": result.tokens_generated / max(seconds, 1e-9),
+        "rollout/continued": float(result.continued),
+        "rollout/buffer_unfinished": float(buffer.num_unfinished()),
+        "rollout/buffer_waiting": float(buffer.num_waiting()),
+    })
+    trajs = result.trajectories
+    out["rollout/trained"] = float(len(trajs))
+    if not trajs:
+        return out
     lens = [t.num_tokens for t in trajs]
     n = len(trajs)
-    out = {
+    groups: dict[int, list[bool]] = {}
+    for t in trajs:
+        groups.setdefault(t.group, []).append(t.correct)
+    out.update({
         "reward/mean": sum(t.reward for t in trajs) / n,
         "reward/accuracy": sum(t.correct for t in trajs) / n,
         "rollout/len_mean": sum(lens) / n,
         "rollout/len_max": float(max(lens)),
-        "rollout/tokens_per_s": sum(lens) / max(seconds, 1e-9),
-    }
-    for reason in ("stop", "length"):
-        out[f"rollout/frac_{reason}"] = sum(t.finish_reason == reason for t in trajs) / n
-    groups: dict[int, list[bool]] = {}
-    for t in trajs:
-        groups.setdefault(t.group, []).append(t.correct)
-    out["rollout/frac_groups_all_equal"] = sum(len(set(g)) == 1 for g in groups.values()) / len(groups)
+        "rollout/frac_groups_all_equal": sum(len(set(g)) == 1 for g in groups.values()) / len(groups),
+    })
     return out
 
 
@@ -122,13 +114,16 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     # Everything that can fail on bad input happens before OUT is touched.
-    train_prompts, test_prompts = build_prompts(cfg)
+    train_prompts, test_prompts = build_prompts(cfg, log)
+    policy = load_policy(cfg, log)
+    limit = prompt_token_limit(cfg, policy.model.config)  # prompts must leave room for the response
+    train_prompts, _ = fit_context(train_prompts, policy.tokenizer, limit, "train", log)
+    test_prompts, _ = fit_context(test_prompts, policy.tokenizer, limit, "test", log)
     try:
         options = {k: v for k, v in to_dict(cfg.sampler).items() if k != "name"}
         sampler = make_sampler(cfg.sampler.name, train_prompts, cfg.seed, **options)
     except ValueError as e:
         raise UserError(f"config key sampler: {e}") from None
-    policy = load_policy(cfg, log)
     prepare_out(out, cfg, overwrite)
 
     tok = policy.tokenizer
@@ -138,7 +133,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
     stops = stop_token_ids(tok, policy.model)
     a = cfg.algorithm
     settings = UpdateSettings(
-        lr=a.lr, betas=(a.betas[0], a.betas[1]), weight_decay=a.weight_decay, grad_clip=a.grad_clip,
+        train_on_stale=cfg.rollout.train_on_stale_segments, lr=a.lr, betas=(a.betas[0], a.betas[1]), weight_decay=a.weight_decay, grad_clip=a.grad_clip,
         minibatches=a.minibatches, epochs=a.epochs, micro_batch=a.micro_batch,
         temperature=cfg.rollout.temperature or 1.0, recompute_old_logprobs=a.recompute_old_logprobs,
         autocast_bf16=a.autocast_bf16, seed=cfg.seed,
@@ -159,34 +154,46 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
     greedy_params = dataclasses.replace(eval_params, temperature=0.0)
     also_greedy = bool(test_prompts) and cfg.eval.temperature > 0
     greedy_evals = [run_eval(0, greedy_params)] if also_greedy else []
+    r = cfg.rollout
+    buffer, next_group = ReplayBuffer(), 0
     bar = tqdm(range(cfg.iterations), desc="rl", unit="it", dynamic_ncols=True)
     for it in bar:
         t0 = time.time()
-        # 1. sample prompts (report §2.3.4)
-        prompts = sampler.sample(cfg.rollout.prompts_per_iteration)
-        # 2. rollout: K samples per prompt from pi_i, with log pi_i of each token
+        # 1. sample prompts (report §2.3.4); cut trajectories first take their rows (§2.6.2)
+        n_new = r.prompts_per_iteration
+        if r.continue_first:
+            n_new = max(0, (r.prompts_per_iteration * r.k - buffer.num_unfinished()) // r.k)
+        prompts = sampler.sample(n_new) if n_new else []
+        # 2. rollout: continue the buffer's trajectories, start K per new prompt, each at most
+        # segment_tokens new tokens; groups whose members have all finished come back
         params = SamplingParams(
-            max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-            top_p=cfg.rollout.top_p, stop_token_ids=stops, stop_strings=cfg.rollout.stop_strings,
-            seed=cfg.seed * 100003 + it,
+            max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, stop_token_ids=stops,
+            stop_strings=r.stop_strings, seed=cfg.seed * 100003 + it, repeat_ngram=r.repeat_ngram,
+            repeat_times=r.repeat_times, repeat_min_tokens=r.repeat_min_tokens,
         )
-        trajs = rollout(engine, tok, prompts, cfg.rollout.k, params, first_group=it * len(prompts))
+        result = partial_rollout(engine, tok, buffer, prompts, r.k, params, version=it,
+                                 segment_tokens=r.segment_tokens, max_tokens=r.max_new_tokens, first_group=next_group)
+        next_group = result.next_group
+        trajs = result.trajectories
         t1 = time.time()
         # 3. rewards: verifier + length penalty after its warm-up (report §2.3.3, §2.3.5)
         w = length_weight(it, cfg.reward.length_weight, cfg.reward.length_warmup_iterations)
-        score_stats = score(trajs, length_penalty_weight=w)
+        score_stats = score(trajs, length_penalty_weight=w, repeat_penalty=cfg.reward.repeat_penalty)
         t2 = time.time()
         # 4. update: mirror-descent loss, optimizer reset each iteration (report §2.3.2)
-        settings.seed = cfg.seed * 7919 + it
-        train_metrics = policy_update(policy.model, trajs, loss_fn, loss_kw, settings, tok.pad_token_id)
+        train_metrics: dict[str, float] = {}
+        if trajs:
+            settings.seed, settings.version = cfg.seed * 7919 + it, it
+            train_metrics = policy_update(policy.model, trajs, loss_fn, loss_kw, settings, tok.pad_token_id)
         t3 = time.time()
         # 5. weight sync: the trainer's new weights become pi_{i+1} in the engine
-        engine.load_weights(policy.model.state_dict())
-        sampler.update(trajs)
+        if trajs:
+            engine.load_weights(policy.model.state_dict())
+            sampler.update(trajs)
         t4 = time.time()
         row = {
             "iteration": it + 1,
-            **rollout_metrics(trajs, t1 - t0),
+            **rollout_metrics(result, buffer, t1 - t0),
             **train_metrics,
             "reward/length_weight": w,
             "reward/verifier_errors": score_stats.verifier_errors,
@@ -197,8 +204,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
             "time/iteration": t4 - t0,
         }
         metrics_log.write(row)
-        bar.set_postfix(reward=f"{row['reward/mean']:.3f}", acc=f"{row['reward/accuracy']:.3f}",
-                        len=f"{row['rollout/len_mean']:.0f}")
+        bar.set_postfix(reward=f"{row.get('reward/mean', float('nan')):.3f}",
+                        acc=f"{row.get('reward/accuracy', float('nan')):.3f}",
+                        len=f"{row.get('rollout/len_mean', float('nan')):.0f}")
         last = it + 1 == cfg.iterations
         if test_prompts and (last or (cfg.eval.every and (it + 1) % cfg.eval.every == 0)):
             evals.append(run_eval(it + 1))
@@ -206,22 +214,24 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
                       f"mean tokens {evals[-1]['mean_tokens']:.1f}")
         if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and not last:
             save_hf(policy.model, tok, out / "checkpoints" / f"iter_{it + 1:06d}",
-                    {"iteration": it + 1, "sampler": sampler.state_dict()})
+                    {"iteration": it + 1, "sampler": sampler.state_dict(), "replay_buffer": buffer.state_dict(),
+                     "next_group": next_group})
     bar.close()
     if also_greedy:
         greedy_evals.append(run_eval(cfg.iterations, greedy_params))
     metrics_log.close()
     eval_log.close()
 
-    save_hf(policy.model, tok, out / "final", {"iteration": cfg.iterations, "sampler": sampler.state_dict()})
+    save_hf(policy.model, tok, out / "final", {"iteration": cfg.iterations, "sampler": sampler.state_dict(),
+                                               "replay_buffer": buffer.state_dict(), "next_group": next_group})
     metrics = read_jsonl(out / "metrics.jsonl")
     plot_run(metrics, evals, out / "curves.png")
     summary = {
         "model": str(policy.path),
         "iterations": cfg.iterations,
         "wall_time_s": time.time() - t_start,
-        "train_reward_first": metrics[0]["reward/mean"],
-        "train_reward_last": metrics[-1]["reward/mean"],
+        "train_reward_first": next((m["reward/mean"] for m in metrics if "reward/mean" in m), None),
+        "train_reward_last": next((m["reward/mean"] for m in reversed(metrics) if "reward/mean" in m), None),
     }
     if evals:
         summary.update({

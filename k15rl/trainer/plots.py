@@ -14,6 +14,7 @@ def plot_run(metrics: list[dict], evals: list[dict], dest: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    metrics = [m for m in metrics if "reward/mean" in m]  # iterations that trained (partial rollouts may skip)
     it = [m["iteration"] for m in metrics]
     axes[0].plot(it, [m["reward/mean"] for m in metrics], label="reward (total)")
     axes[0].plot(it, [m["reward/accuracy"] for m in metrics], label="train accuracy")

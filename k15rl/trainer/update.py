@@ -26,6 +26,8 @@ class UpdateSettings:
     recompute_old_logprobs: bool = False
     autocast_bf16: bool = False
     seed: int = 0
+    version: int = 0  # the policy version being updated (pi_i)
+    train_on_stale: bool = True  # tokens sampled by older versions (partial rollouts) count in the loss
 
 
 @dataclass
@@ -33,21 +35,34 @@ class TrainBatch:
     """One iteration's trajectories as tensors."""
 
     tokens: TokenBatch
-    old_logprobs: torch.Tensor  # [N, T] log pi_i of each response token
+    old_logprobs: torch.Tensor  # [N, T] log pi of each response token when it was sampled
     rewards: torch.Tensor  # [N]
     group_ids: torch.Tensor  # [N]
+    stale: torch.Tensor  # [N, T] bool, token sampled by an older policy version (partial rollouts)
+    loss_mask: torch.Tensor  # [N, T] float, tokens that count in the loss
 
 
-def make_train_batch(trajectories: Sequence[Trajectory], pad_id: int) -> TrainBatch:
+def make_train_batch(
+    trajectories: Sequence[Trajectory], pad_id: int, version: int = 0, train_on_stale: bool = True
+) -> TrainBatch:
+    """Tensors of `trajectories`. Tokens sampled by a policy older than `version` are
+    `stale`; unless `train_on_stale`, they are left out of the loss (they still
+    condition the later tokens) - report §2.6.2."""
     tokens = collate([t.prompt_ids for t in trajectories], [t.response_ids for t in trajectories], pad_id)
     old = torch.zeros(tokens.response_ids.shape, dtype=torch.float32)  # [N, T]
+    stale = torch.zeros(tokens.response_ids.shape, dtype=torch.bool)  # [N, T]
     for i, t in enumerate(trajectories):
         old[i, : len(t.logprobs)] = torch.tensor(t.logprobs, dtype=torch.float32)
+        if t.versions:
+            stale[i, : len(t.versions)] = torch.tensor(t.versions) < version
+    mask = tokens.response_mask if train_on_stale else tokens.response_mask * ~stale
     return TrainBatch(
         tokens=tokens,
         old_logprobs=old,
         rewards=torch.tensor([t.reward for t in trajectories], dtype=torch.float32),
         group_ids=torch.tensor([t.group for t in trajectories], dtype=torch.long),
+        stale=stale,
+        loss_mask=mask,
     )
 
 
@@ -86,11 +101,11 @@ def loss_backward(model, batch: TrainBatch, loss_fn: Callable, loss_kw: dict, s:
     if len(tk) <= s.micro_batch:
         with _autocast(s.autocast_bf16):
             logp = token_logprobs(model, tk, s.temperature)  # [N, T]
-        loss, metrics = loss_fn(logp, batch.old_logprobs, batch.rewards, tk.response_mask, batch.group_ids, **loss_kw)
+        loss, metrics = loss_fn(logp, batch.old_logprobs, batch.rewards, batch.loss_mask, batch.group_ids, **loss_kw)
         loss.backward()
         return metrics
     logp = batched_logprobs(model, tk, s.micro_batch, s.temperature, s.autocast_bf16).requires_grad_(True)
-    loss, metrics = loss_fn(logp, batch.old_logprobs, batch.rewards, tk.response_mask, batch.group_ids, **loss_kw)
+    loss, metrics = loss_fn(logp, batch.old_logprobs, batch.rewards, batch.loss_mask, batch.group_ids, **loss_kw)
     loss.backward()
     grad = logp.grad  # [N, T]
     for rows in micro_batches(tk, s.micro_batch):
@@ -105,7 +120,8 @@ def _subset(batch: TrainBatch, rows: list[int]) -> TrainBatch:
     tokens = batch.tokens.select(rows)
     T = tokens.response_ids.shape[1]
     idx = torch.tensor(rows)
-    return TrainBatch(tokens, batch.old_logprobs[idx, :T], batch.rewards[idx], batch.group_ids[idx])
+    return TrainBatch(tokens, batch.old_logprobs[idx, :T], batch.rewards[idx], batch.group_ids[idx],
+                      batch.stale[idx, :T], batch.loss_mask[idx, :T])
 
 
 def policy_update(
@@ -117,9 +133,13 @@ def policy_update(
     the report prescribes (§2.3.2). Mini-batches hold whole groups, so each one's
     mean-reward baselines are those of the full group. Returns averaged metrics.
     """
-    batch = make_train_batch(trajectories, pad_id)
-    if s.recompute_old_logprobs:
-        batch.old_logprobs = batched_logprobs(model, batch.tokens, s.micro_batch, s.temperature, s.autocast_bf16)
+    batch = make_train_batch(trajectories, pad_id, s.version, s.train_on_stale)
+    if s.recompute_old_logprobs or (s.train_on_stale and batch.stale.any()):
+        # pi_i's log-probs from the trainer: for every token, or for the stale ones whose
+        # recorded log-probs come from an older policy (the loss's reference is pi_i).
+        current = batched_logprobs(model, batch.tokens, s.micro_batch, s.temperature, s.autocast_bf16)  # [N, T]
+        batch.old_logprobs = current if s.recompute_old_logprobs else torch.where(batch.stale, current,
+                                                                                   batch.old_logprobs)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
     rows_of: dict[int, list[int]] = {}  # group id -> its rows, one pass over the batch
     for i, g in enumerate(batch.group_ids.tolist()):
