@@ -57,15 +57,26 @@ class RolloutConfig:
     prompts_per_iteration: int = 32
     temperature: float = 1.0
     top_p: float = 1.0
-    max_new_tokens: int = 256
+    max_new_tokens: int = 256  # maximum response length, over all segments
     stop_strings: list[str] = field(default_factory=list)
-    max_batch: int = 128  # sequences decoded together
+    max_batch: int = 128  # slots of the continuous-batching engine (sequences decoded together)
+    # Partial rollouts (report §2.6.2): new tokens per trajectory per iteration; a trajectory
+    # that uses them up is cut, kept in the replay buffer and continued next iteration. 0 = off.
+    segment_tokens: int = 0
+    continue_first: bool = True  # cut trajectories take their rows first; new prompts fill the rest
+    train_on_stale_segments: bool = True  # tokens sampled by older policies count in the loss
+    # Repeat detection: stop when the tail is one n-gram (n <= repeat_ngram) repeated
+    # repeat_times times in a row over at least repeat_min_tokens tokens. 0 = off.
+    repeat_ngram: int = 20
+    repeat_times: int = 4
+    repeat_min_tokens: int = 32
 
 
 @dataclass
 class RewardConfig:
     length_weight: float = 0.0  # w of report §2.3.3 (not given there)
     length_warmup_iterations: int = 0  # no length reward before this iteration
+    repeat_penalty: float = 0.0  # subtracted from the reward of a trajectory stopped by repeat detection
 
 
 @dataclass
@@ -125,6 +136,12 @@ class TrainConfig:
             (0 < self.rollout.top_p <= 1, "rollout.top_p", self.rollout.top_p, "must be in (0, 1]"),
             (self.rollout.max_new_tokens >= 1, "rollout.max_new_tokens", self.rollout.max_new_tokens, "must be >= 1"),
             (self.rollout.max_batch >= 1, "rollout.max_batch", self.rollout.max_batch, "must be >= 1"),
+            (self.rollout.segment_tokens >= 0, "rollout.segment_tokens", self.rollout.segment_tokens, "must be >= 0"),
+            (self.rollout.repeat_ngram >= 0, "rollout.repeat_ngram", self.rollout.repeat_ngram, "must be >= 0"),
+            (self.rollout.repeat_times >= 2, "rollout.repeat_times", self.rollout.repeat_times, "must be >= 2"),
+            (self.rollout.repeat_min_tokens >= 1, "rollout.repeat_min_tokens", self.rollout.repeat_min_tokens,
+             "must be >= 1"),
+            (self.reward.repeat_penalty >= 0, "reward.repeat_penalty", self.reward.repeat_penalty, "must be >= 0"),
             (self.algorithm.tau > 0, "algorithm.tau", self.algorithm.tau, "must be > 0"),
             (self.algorithm.lr > 0, "algorithm.lr", self.algorithm.lr, "must be > 0"),
             (self.algorithm.minibatches >= 1, "algorithm.minibatches", self.algorithm.minibatches, "must be >= 1"),
