@@ -1,4 +1,5 @@
-"""Command line: k15rl train | eval | sft | demo | warmup-data | build-model | convert-gguf.
+"""Command line: k15rl train | eval | sft | demo | warmup-data | build-model | convert-gguf |
+export-data | curate | difficulty.
 
 Bad input (config keys, values, paths) ends with one line on stderr and exit code 2.
 """
@@ -140,6 +141,143 @@ def _cmd_convert_gguf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_config(args: argparse.Namespace):
+    """A TrainConfig from --config and key=value overrides (data.*, model.*, threads ...)."""
+    import torch
+
+    from k15rl.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return cfg
+
+
+def _load_engine(model_arg: str, cfg):
+    """(engine, tokenizer, stop ids, model) for a model folder or 'builtin'."""
+    from k15rl.models import resolve_model_path
+    from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
+    from k15rl.rollout.engine import HFEngine
+
+    path = resolve_model_path(model_arg, "--model")
+    tok = load_tokenizer(path, cfg.model.chat_template)
+    model = load_model(path, cfg.model.dtype)
+    return HFEngine(model, tok, cfg.rollout.max_batch), tok, stop_token_ids(tok, model), model
+
+
+def _load_data_files(paths: list[str], cfg) -> list:
+    """Prompts of the --data files, deduplicated; bad rows per data.on_bad_row."""
+    from k15rl.data import load_files
+    from k15rl.data.build import dedupe, unique_ids
+
+    prompts, _ = load_files(paths, cfg.data)
+    prompts, dups, conflicting, example = dedupe(prompts)
+    if dups:
+        print(f"data: {dups} duplicate prompts removed, the first of each kept ({conflicting} with a different "
+              f"answer; e.g. {example})")
+    return unique_ids(prompts)
+
+
+def _cmd_export_data(args: argparse.Namespace) -> int:
+    from k15rl.data import write_jsonl
+    from k15rl.data.export import export_rows
+
+    try:
+        levels = tuple(int(x) for x in args.levels.split(","))
+    except ValueError:
+        raise UserError(f"--levels must be comma-separated integers (got {args.levels!r})") from None
+    if args.n < 1:
+        raise UserError(f"--n must be >= 1 (got {args.n})")
+    rows = []
+    for task in args.task.split(","):
+        rows += export_rows(task.strip(), levels=levels, n=args.n, split=args.split, seed=args.seed,
+                            verifier=args.verifier)
+    n = write_jsonl(args.out, rows)
+    print(f"wrote {n} prompts to {args.out}")
+    return 0
+
+
+def _cmd_curate(args: argparse.Namespace) -> int:
+    from k15rl.data import fit_context, prompt_to_row, prompt_token_limit, write_jsonl
+    from k15rl.data.curate import HEURISTICS, easy_to_hack, heuristic_reasons, summary_table
+
+    if args.attempts < 1:
+        raise UserError(f"--attempts must be >= 1 (got {args.attempts})")
+    cfg = _data_config(args)
+    prompts = _load_data_files(args.data, cfg)
+    counts = {name: 0 for name in HEURISTICS}
+    dropped: list[tuple] = []
+    kept = []
+    for p in prompts:
+        reasons = heuristic_reasons(p) if not args.no_heuristics else []
+        for r in reasons:
+            counts[r] += 1
+        if reasons:
+            dropped.append((p, reasons))
+        else:
+            kept.append(p)
+    if args.model:
+        engine, tok, stops, model = _load_engine(args.model, cfg)
+        kept, too_long = fit_context(kept, tok, prompt_token_limit(cfg, model.config), "curate")
+        counts["too_long"] = too_long
+        hacked = easy_to_hack(engine, tok, kept, attempts=args.attempts, max_new_tokens=args.max_new_tokens,
+                              temperature=args.temperature, seed=cfg.seed, prompts_per_batch=args.batch,
+                              stop_token_ids=stops)
+        counts["easy_to_hack"] = sum(hacked)
+        dropped += [(p, ["easy_to_hack"]) for p, h in zip(kept, hacked) if h]
+        kept = [p for p, h in zip(kept, hacked) if not h]
+    print(f"curate: {len(prompts)} prompts in")
+    for name, c in counts.items():
+        print(f"  dropped by {name:<16} {c}")
+    if not args.model:
+        print("  easy-to-hack filter not run (give --model to run it)")
+    print(f"  kept {len(kept)}")
+    if not kept:
+        raise UserError("every prompt was dropped; nothing written")
+    write_jsonl(args.out, (prompt_to_row(p) for p in kept))
+    print(f"wrote {len(kept)} prompts to {args.out}")
+    if args.dropped:
+        write_jsonl(args.dropped, (prompt_to_row(p) | {"dropped_by": r} for p, r in dropped))
+        print(f"wrote {len(dropped)} dropped prompts to {args.dropped}")
+    print(summary_table(kept))
+    return 0
+
+
+def _cmd_difficulty(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from k15rl.data import fit_context, prompt_to_row, prompt_token_limit, write_jsonl
+    from k15rl.data.difficulty import SampleSettings, histogram, pass_rates
+
+    if args.samples < 1:
+        raise UserError(f"--samples must be >= 1 (got {args.samples})")
+    if args.temperature <= 0:
+        raise UserError(f"--temperature must be > 0 (got {args.temperature})")
+    cfg = _data_config(args)
+    prompts = _load_data_files(args.data, cfg)
+    engine, tok, stops, model = _load_engine(args.model, cfg)
+    max_new = args.max_new_tokens or cfg.rollout.max_new_tokens
+    cfg.rollout.max_new_tokens = max_new
+    prompts, _ = fit_context(prompts, tok, prompt_token_limit(cfg, model.config), "difficulty")
+    settings = SampleSettings(samples=args.samples, temperature=args.temperature, top_p=cfg.rollout.top_p,
+                              max_new_tokens=max_new, prompts_per_batch=args.batch, seed=cfg.seed)
+    rates = pass_rates(engine, tok, prompts, settings, stops)
+    rated = [dataclasses.replace(p, meta={**p.meta, "pass_rate": r}) for p, r in zip(prompts, rates)]
+    print(f"difficulty: {len(rated)} prompts, {args.samples} samples each at temperature {args.temperature:g}; "
+          f"mean pass rate {sum(rates) / len(rates):.3f}")
+    for label, c in histogram(rates):
+        print(f"  pass rate {label:<11} {c}")
+    if args.drop_solved:
+        solved = sum(r == 1.0 for r in rates)
+        rated = [p for p in rated if p.meta["pass_rate"] < 1.0]
+        print(f"  dropped {solved} prompts with pass rate 1")
+        if not rated:
+            raise UserError("every prompt has pass rate 1; nothing written")
+    write_jsonl(args.out, (prompt_to_row(p) for p in rated))
+    print(f"wrote {len(rated)} prompts with their pass rate to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="k15rl", description="The Kimi k1.5 RL recipe for LLM reasoning.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -192,6 +330,43 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gguf", required=True, help="a .gguf file or a wheel/zip that contains one")
     g.add_argument("--out", required=True)
     g.set_defaults(fn=_cmd_convert_gguf)
+
+    x = sub.add_parser("export-data", help="built-in or reasoning-gym (rg:NAME) tasks as a prompt-set JSONL")
+    x.add_argument("--task", required=True, help="built-in task(s), comma-separated, or rg:NAME (reasoning-gym)")
+    x.add_argument("--levels", default="1,2,3,4,5,6", help="built-in tasks: levels to export")
+    x.add_argument("--n", type=int, default=100, help="prompts per level (built-in) or in all (reasoning-gym)")
+    x.add_argument("--split", default="train", choices=["train", "test"], help="built-in tasks: which split")
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--verifier", default="math", help="reasoning-gym: verifier written with each row")
+    x.add_argument("--out", required=True)
+    x.set_defaults(fn=_cmd_export_data)
+
+    c = sub.add_parser("curate", help="drop multiple-choice, true/false, proof and easy-to-hack prompts (report §2.1)")
+    c.add_argument("--data", required=True, nargs="+", help="prompt-set file(s): JSONL, JSON, CSV, Parquet, folder")
+    c.add_argument("--out", required=True, help="JSONL of the prompts kept")
+    c.add_argument("--model", help="model for the easy-to-hack filter (a folder or 'builtin'); without it, skipped")
+    c.add_argument("--attempts", type=int, default=8, help="direct answers asked per prompt (report: 8)")
+    c.add_argument("--max-new-tokens", type=int, default=32, help="token budget of a direct answer")
+    c.add_argument("--temperature", type=float, default=1.0)
+    c.add_argument("--batch", type=int, default=32, help="prompts per generation call")
+    c.add_argument("--no-heuristics", action="store_true", help="run only the easy-to-hack filter")
+    c.add_argument("--dropped", help="also write the dropped prompts, with the filters that dropped them")
+    c.add_argument("--config", help="YAML file or preset for data.* and model.* settings")
+    c.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.columns.prompt=question")
+    c.set_defaults(fn=_cmd_curate)
+
+    f = sub.add_parser("difficulty", help="pass rate of each prompt under a model (report §2.3.4)")
+    f.add_argument("--model", required=True, help="a Hugging Face model folder, or 'builtin'")
+    f.add_argument("--data", required=True, nargs="+", help="prompt-set file(s)")
+    f.add_argument("--out", required=True, help="JSONL of the prompts with a pass_rate field")
+    f.add_argument("--samples", type=int, default=10, help="answers per prompt (report: 10)")
+    f.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (report: relatively high)")
+    f.add_argument("--max-new-tokens", type=int, default=0, help="0: rollout.max_new_tokens")
+    f.add_argument("--batch", type=int, default=32, help="prompts per generation call")
+    f.add_argument("--drop-solved", action="store_true", help="leave out prompts with pass rate 1")
+    f.add_argument("--config", help="YAML file or preset for data.* and model.* settings")
+    f.add_argument("overrides", nargs="*", help="key=value overrides")
+    f.set_defaults(fn=_cmd_difficulty)
     return p
 
 

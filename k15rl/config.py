@@ -30,14 +30,38 @@ class ModelConfig:
 
 
 @dataclass
+class ColumnsConfig:
+    """Field names in data files (dotted for nested: reward_model.ground_truth). None: the
+    first of the usual names the file has (k15rl/data/rows.py CANDIDATES; docs/data.md)."""
+
+    prompt: str | None = None  # prompt | problem | question | messages: text or a chat list
+    answer: str | None = None  # answer | ground_truth | reward_model.ground_truth | final_answer | solution | target
+    difficulty: str | None = None  # difficulty | level: a number, "Level N" or easy/medium/hard
+    domain: str | None = None  # domain | data_source | subject | type | category
+    test_cases: str | None = None  # test_cases | tests | input_output
+    pass_rate: str | None = None  # pass_rate (written by `k15rl difficulty`)
+    id: str | None = None  # id | uid | problem_id
+    verifier: str | None = None  # verifier: a row's own verifier name (else data.verifier)
+
+
+@dataclass
 class DataConfig:
-    tasks: list[str] = field(default_factory=lambda: ["sort"])
+    # Built-in procedural tasks. None: [sort] when no files are given, none when files are.
+    tasks: list[str] | None = None
     train_levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
     test_levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
     train_per_level: int = 2000
     test_per_level: int = 50
     seed: int = 0
-    system_prompt: str | None = None  # prepended to every prompt as a system message
+    system_prompt: str | None = None  # prepended to every prompt that has no system message
+    # Prompt-set files (JSONL, JSON, CSV/TSV, Parquet, datasets folders); mixable with tasks.
+    train_files: list[str] = field(default_factory=list)
+    test_files: list[str] = field(default_factory=list)
+    test_fraction: float = 0.0  # without test_files: share of file prompts held out (by a hash of the prompt)
+    verifier: str = "math"  # verifier of file rows without their own (a rewards.VERIFIERS key or a task name)
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    on_bad_row: str = "error"  # error: stop at the first bad row | skip: skip, count and report bad rows
+    max_prompt_tokens: int = 0  # 0: the model's context minus rollout.max_new_tokens
 
 
 @dataclass
@@ -48,7 +72,9 @@ class SamplerConfig:
     min_weight: float = 0.05  # prioritized: floor of 1 - s_p, so solved prompts still come back
     schedule: str = "warmup_then_hard"  # curriculum: warmup_then_hard | gradual
     warmup_iterations: int = 10  # curriculum: uniform (or rising) phase length
-    hard_min_level: int = 4  # curriculum: lowest level after the warm-up (warmup_then_hard)
+    difficulty: str = "level"  # curriculum: level (Prompt.level) | label (data difficulty) | pass_rate (estimated)
+    hard_min_level: int = 4  # curriculum, level or label: lowest difficulty after the warm-up (warmup_then_hard)
+    hard_max_pass_rate: float = 0.5  # curriculum, pass_rate: highest pass rate after the warm-up
 
 
 @dataclass
@@ -111,6 +137,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch threads; 0 = all cores
     checkpoint_every: int = 0  # 0 = only at the end
+    time_budget_minutes: float = 0.0  # stop after this much iteration time (evaluations excluded); 0 = none
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -167,6 +194,7 @@ class TrainConfig:
             (self.eval.samples_per_prompt >= 1, "eval.samples_per_prompt", self.eval.samples_per_prompt, "must be >= 1"),
             (self.eval.every >= 0, "eval.every", self.eval.every, "must be >= 0"),
             (self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be >= 0"),
+            (self.time_budget_minutes >= 0, "time_budget_minutes", self.time_budget_minutes, "must be >= 0"),
             (self.threads >= 0, "threads", self.threads, "must be >= 0"),
             (self.model.dtype in ("float32", "bfloat16"), "model.dtype", self.model.dtype,
              "must be 'float32' or 'bfloat16' (float16 is unusably slow on CPUs)"),
@@ -174,10 +202,30 @@ class TrainConfig:
         for ok, key, value, why in checks:
             if not ok:
                 raise UserError(f"config key {key}: {why} (got {value!r})")
-        for name in self.data.tasks:
+        for name in self.data.tasks or []:
             if name not in TASKS:
                 raise UserError(f"config key data.tasks: unknown task {name!r} (built-in: {', '.join(sorted(TASKS))})")
+        self._validate_data()
         return self
+
+    def _validate_data(self) -> None:
+        from k15rl.rewards import VERIFIERS
+        from k15rl.tasks import TASKS
+
+        d, s = self.data, self.sampler
+        checks: list[tuple[bool, str, Any, str]] = [
+            (d.on_bad_row in ("error", "skip"), "data.on_bad_row", d.on_bad_row, "must be 'error' or 'skip'"),
+            (0 <= d.test_fraction < 1, "data.test_fraction", d.test_fraction, "must be in [0, 1)"),
+            (d.verifier in VERIFIERS or d.verifier in TASKS, "data.verifier", d.verifier,
+             f"must be one of {sorted(VERIFIERS)} or a task name ({', '.join(sorted(TASKS))})"),
+            (d.max_prompt_tokens >= 0, "data.max_prompt_tokens", d.max_prompt_tokens, "must be >= 0"),
+            (s.difficulty in ("level", "label", "pass_rate"), "sampler.difficulty", s.difficulty,
+             "must be 'level', 'label' or 'pass_rate'"),
+            (0 <= s.hard_max_pass_rate <= 1, "sampler.hard_max_pass_rate", s.hard_max_pass_rate, "must be in [0, 1]"),
+        ]
+        for ok, key, value, why in checks:
+            if not ok:
+                raise UserError(f"config key {key}: {why} (got {value!r})")
 
 
 def to_dict(cfg: Any) -> dict:

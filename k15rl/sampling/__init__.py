@@ -68,9 +68,11 @@ class PrioritizedSampler:
     proportional to max(1 - s_p, min_weight), without replacement within an iteration.
 
     s_p is the prompt's success rate over all its rollouts so far, smoothed by a prior:
-    s_p = (successes + prior * prior_weight) / (attempts + prior_weight). An unseen
-    prompt has s_p = prior. `min_weight` keeps solved prompts (s_p = 1) from being
-    starved forever, since a policy can forget.
+    s_p = (successes + prior_p * prior_weight) / (attempts + prior_weight). The prior
+    prior_p of a prompt is its estimated pass rate (`meta["pass_rate"]`, written by
+    `k15rl difficulty`) where it has one, else `prior`; an unseen prompt has s_p = prior_p.
+    `min_weight` keeps solved prompts (s_p = 1) from being starved forever, since a
+    policy can forget.
 
     >>> from k15rl.types import Prompt
     >>> ps = [Prompt(str(i), (("user", str(i)),), "", "sort") for i in range(3)]
@@ -86,12 +88,14 @@ class PrioritizedSampler:
             raise ValueError("the sampler got no prompts")
         self.prompts = list(prompts)
         self.prior, self.prior_weight, self.min_weight = prior, prior_weight, min_weight
+        self.priors = {p.id: float(p.meta.get("pass_rate", prior)) for p in self.prompts}
         self.stats: dict[str, list[float]] = {}  # prompt id -> [successes, attempts]
         self.rng = random.Random(seed)
 
     def success_rate(self, prompt_id: str) -> float:
         succ, n = self.stats.get(prompt_id, (0.0, 0.0))
-        return (succ + self.prior * self.prior_weight) / (n + self.prior_weight)
+        prior = self.priors.get(prompt_id, self.prior)
+        return (succ + prior * self.prior_weight) / (n + self.prior_weight)
 
     def weights(self) -> list[float]:
         return [max(1.0 - self.success_rate(p.id), self.min_weight) for p in self.prompts]
@@ -121,14 +125,43 @@ class PrioritizedSampler:
         self.stats = {k: list(v) for k, v in state["stats"].items()}
 
 
-class CurriculumSampler:
-    """Curriculum sampling by difficulty level (report §2.3.4), uniform within the
-    levels allowed at the current iteration.
+DIFFICULTIES = ("level", "label", "pass_rate")
 
-    schedule "warmup_then_hard" (the report's ablation): all levels for
-    `warmup_iterations`, then only levels >= `hard_min_level`.
-    schedule "gradual": the highest allowed level rises linearly from the lowest level
-    to the highest over `warmup_iterations`, then all levels.
+
+def hardness(p: Prompt, difficulty: str) -> float:
+    """How hard a prompt is, higher = harder: its built-in `level`, its dataset
+    difficulty label (`meta["difficulty"]`), or 1 - its estimated pass rate
+    (`meta["pass_rate"]`, report §2.3.4). Raises ValueError if the prompt has none.
+
+    >>> from k15rl.types import Prompt
+    >>> round(hardness(Prompt("a", (("user", "q"),), "", "math", level=3, meta={"pass_rate": 0.8}), "pass_rate"), 6)
+    0.2
+    """
+    if difficulty == "level":
+        return float(p.level)
+    key = {"label": "difficulty", "pass_rate": "pass_rate"}.get(difficulty)
+    if key is None:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
+    if key not in p.meta:
+        hint = "run `k15rl difficulty` first" if key == "pass_rate" else "map data.columns.difficulty"
+        raise ValueError(f"prompt {p.id} has no {key} for difficulty={difficulty} ({hint})")
+    value = float(p.meta[key])
+    return 1.0 - value if difficulty == "pass_rate" else value
+
+
+class CurriculumSampler:
+    """Curriculum sampling (report §2.3.4): easy problems first, then harder ones; uniform
+    among the prompts allowed at the current iteration.
+
+    Difficulty is `difficulty`: "level" (the built-in tasks' levels), "label" (a
+    dataset's difficulty column) or "pass_rate" (estimated by `k15rl difficulty`; a lower
+    pass rate is harder).
+
+    schedule "warmup_then_hard" (the report's ablation): all prompts for
+    `warmup_iterations`, then only hard ones: difficulty >= `hard_min_level` (level,
+    label) or pass rate <= `hard_max_pass_rate` (pass_rate).
+    schedule "gradual": the hardest allowed difficulty rises linearly from the easiest
+    to the hardest over `warmup_iterations`, then all prompts.
 
     >>> from k15rl.types import Prompt
     >>> ps = [Prompt(str(i), (("user", str(i)),), "", "sort", level=1 + i % 4) for i in range(40)]
@@ -138,29 +171,40 @@ class CurriculumSampler:
     """
 
     def __init__(self, prompts: Sequence[Prompt], seed: int = 0, schedule: str = "warmup_then_hard",
-                 warmup_iterations: int = 10, hard_min_level: int = 4):
+                 warmup_iterations: int = 10, hard_min_level: int = 4, difficulty: str = "level",
+                 hard_max_pass_rate: float = 0.5):
         if schedule not in ("warmup_then_hard", "gradual"):
             raise ValueError(f"curriculum schedule must be 'warmup_then_hard' or 'gradual', got {schedule!r}")
+        if not prompts:
+            raise ValueError("the sampler got no prompts")
         self.prompts = list(prompts)
-        self.levels = sorted({p.level for p in self.prompts})
-        self.schedule, self.warmup, self.hard_min = schedule, warmup_iterations, hard_min_level
-        if schedule == "warmup_then_hard" and not any(lv >= hard_min_level for lv in self.levels):
-            raise ValueError(f"no prompt has level >= hard_min_level={hard_min_level} (levels: {self.levels})")
+        self.hardness = [hardness(p, difficulty) for p in self.prompts]
+        self.levels = sorted(set(self.hardness))  # distinct difficulties, easiest first
+        self.schedule, self.warmup = schedule, warmup_iterations
+        # Hard = hardness >= hard_min, in the units of `hardness`.
+        self.hard_min = 1.0 - hard_max_pass_rate if difficulty == "pass_rate" else float(hard_min_level)
+        if schedule == "warmup_then_hard" and not any(h >= self.hard_min - 1e-12 for h in self.levels):
+            what = (f"pass rate <= hard_max_pass_rate={hard_max_pass_rate}" if difficulty == "pass_rate"
+                    else f"{difficulty} >= hard_min_level={hard_min_level}")
+            raise ValueError(f"no prompt has {what}")
         self.iteration = 0
         self.rng = random.Random(seed)
 
-    def allowed_levels(self, iteration: int) -> list[int]:
+    def allowed_levels(self, iteration: int) -> list[float]:
+        """The difficulties (in `hardness` units) sampled at `iteration`."""
         if self.schedule == "warmup_then_hard":
-            return self.levels if iteration < self.warmup else [lv for lv in self.levels if lv >= self.hard_min]
+            if iteration < self.warmup:
+                return self.levels
+            return [lv for lv in self.levels if lv >= self.hard_min - 1e-12]
         if iteration >= self.warmup:  # gradual, after its ramp
             return self.levels
         lo, hi = self.levels[0], self.levels[-1]
         top = lo + (hi - lo) * (iteration + 1) / self.warmup
-        return [lv for lv in self.levels if lv <= top]
+        return [lv for lv in self.levels if lv <= top + 1e-12]
 
     def sample(self, n: int) -> list[Prompt]:
         allowed = set(self.allowed_levels(self.iteration))
-        pool = [p for p in self.prompts if p.level in allowed]
+        pool = [p for p, h in zip(self.prompts, self.hardness) if h in allowed]
         self.iteration += 1
         return self.rng.sample(pool, n) if n <= len(pool) else [self.rng.choice(pool) for _ in range(n)]
 

@@ -1,0 +1,256 @@
+"""Train and test prompt sets from built-in tasks and data files (report §2.1).
+
+`load_file` reads one file with the column mapping of `DataConfig` and applies the
+bad-row policy; `build_prompt_sets` mixes built-in tasks and files, holds out a test
+share where asked, removes duplicate prompts (and train prompts that are also test
+prompts) and reports every count. `fit_context` drops prompts that do not fit the
+model's context once the tokenizer is known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from k15rl.config import DataConfig, TrainConfig
+from k15rl.data.readers import detect_format, read_rows
+from k15rl.data.rows import BadRow, row_to_prompt
+from k15rl.errors import UserError
+from k15rl.types import Prompt
+
+Log = Callable[[str], None]
+_WS = re.compile(r"\s+")
+
+
+@dataclass
+class FileReport:
+    """What loading one file did: rows read, prompts kept, bad rows skipped."""
+
+    path: str
+    rows: int = 0
+    kept: int = 0
+    skipped: int = 0
+    first_skipped: str | None = None  # the first skipped row's message
+
+    def line(self) -> str:
+        s = f"data: {self.path}: {self.rows} rows, {self.kept} prompts"
+        if self.skipped:
+            s += f", {self.skipped} bad rows skipped (first: {self.first_skipped})"
+        return s
+
+
+@dataclass
+class DataReport:
+    """Counts of everything `build_prompt_sets` removed, so none of it is silent."""
+
+    files: list[FileReport] = field(default_factory=list)
+    duplicates: int = 0  # repeated prompts removed (first kept), within train and within test
+    conflicting: int = 0  # of those, repeats whose answer differed from the first
+    overlap: int = 0  # train prompts removed because the test set holds them
+    too_long: int = 0  # prompts removed by fit_context
+
+    @property
+    def skipped(self) -> int:
+        return sum(f.skipped for f in self.files)
+
+
+@dataclass
+class PromptSets:
+    train: list[Prompt]
+    test: list[Prompt]
+    report: DataReport
+
+
+def known_verifiers() -> frozenset[str]:
+    from k15rl.rewards import VERIFIERS
+    from k15rl.tasks import TASKS
+
+    return frozenset(VERIFIERS) | frozenset(TASKS)
+
+
+def load_file(path: str | Path, data: DataConfig, log: Log = print) -> tuple[list[Prompt], FileReport]:
+    """Prompts of one data file. A bad row raises UserError naming the file, the line
+    or row index, and the field (data.on_bad_row=error), or is skipped and counted
+    (data.on_bad_row=skip). A file without rows, or without any good row, is an error."""
+    path = Path(path)
+    fmt = detect_format(path) if path.exists() else None
+    report = FileReport(str(path))
+    configured = {k: v for k, v in dataclasses.asdict(data.columns).items() if v is not None}
+    verifiers = known_verifiers()
+    prompts: list[Prompt] = []
+    for raw in read_rows(path):
+        report.rows += 1
+        try:
+            if raw.data is None:
+                raise BadRow("-", raw.error or "unreadable")
+            prompts.append(row_to_prompt(
+                raw.data, configured, default_id=f"{path.stem}-{report.rows - 1}", default_verifier=data.verifier,
+                known_verifiers=verifiers, source=f"{path} {raw.where}", system_prompt=data.system_prompt,
+                chat_in_text=fmt in ("csv", "tsv"),
+            ))
+        except BadRow as e:
+            where = f"{path}, {raw.where}" + ("" if raw.data is None else f", field {e.field!r}")
+            msg = f"{where}: {e.why}"
+            if data.on_bad_row == "error":
+                raise UserError(f"{msg} (data.on_bad_row=skip skips bad rows)") from None
+            report.skipped += 1
+            report.first_skipped = report.first_skipped or msg
+    report.kept = len(prompts)
+    if report.rows == 0:
+        raise UserError(f"{path}: no rows (empty dataset)")
+    if not prompts:
+        raise UserError(f"{path}: all {report.rows} rows are bad (first: {report.first_skipped})")
+    log(report.line())
+    return prompts, report
+
+
+def load_files(paths: Sequence[str], data: DataConfig, log: Log = print) -> tuple[list[Prompt], list[FileReport]]:
+    prompts: list[Prompt] = []
+    reports = []
+    for p in paths:
+        ps, rep = load_file(p, data, log)
+        prompts += ps
+        reports.append(rep)
+    return prompts, reports
+
+
+def prompt_key(p: Prompt) -> str:
+    """What makes two prompts the same: their messages, whitespace collapsed, case kept."""
+    return "\x00".join(r + "\x01" + _WS.sub(" ", c).strip() for r, c in p.messages)
+
+
+def dedupe(prompts: Sequence[Prompt]) -> tuple[list[Prompt], int, int, str | None]:
+    """First occurrence of each prompt; returns (kept, removed, removed with a different
+    answer, an example message)."""
+    first: dict[str, Prompt] = {}
+    removed = conflicting = 0
+    example = None
+    for p in prompts:
+        k = prompt_key(p)
+        if k in first:
+            removed += 1
+            conflicting += first[k].answer != p.answer
+            example = example or f"{p.meta.get('source', p.id)} repeats {first[k].meta.get('source', first[k].id)}"
+        else:
+            first[k] = p
+    return list(first.values()), removed, conflicting, example
+
+
+def unique_ids(prompts: Sequence[Prompt]) -> list[Prompt]:
+    """Samplers key statistics by id: a repeated id gets a suffix (#2, #3, ...)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in prompts:
+        n = seen.get(p.id, 0) + 1
+        seen[p.id] = n
+        out.append(p if n == 1 else dataclasses.replace(p, id=f"{p.id}#{n}"))
+    return out
+
+
+def in_test_share(p: Prompt, fraction: float) -> bool:
+    """Whether a file prompt falls in the held-out share: a hash of its text, so the
+    split does not depend on order, seed or which other prompts are loaded."""
+    h = int.from_bytes(hashlib.sha256(prompt_key(p).encode()).digest()[:8], "big")
+    return h / 2**64 < fraction
+
+
+def builtin_prompts(data: DataConfig) -> tuple[list[Prompt], list[Prompt]]:
+    """Train and test prompts of the built-in tasks (disjoint splits by construction)."""
+    from k15rl.tasks import get_task, make_prompts
+
+    tasks = data.tasks if data.tasks is not None else ([] if data.train_files else ["sort"])
+    train: list[Prompt] = []
+    test: list[Prompt] = []
+    for name in tasks:
+        task = get_task(name)
+        try:
+            tr_levels = tuple(lv for lv in data.train_levels if lv in task.levels)
+            te_levels = tuple(lv for lv in data.test_levels if lv in task.levels)
+            train += make_prompts(task, "train", data.train_per_level, tr_levels, data.seed)
+            test += make_prompts(task, "test", data.test_per_level, te_levels, data.seed)
+        except ValueError as e:
+            raise UserError(f"config key data: {e}") from None
+    if data.system_prompt:
+        system = (("system", data.system_prompt),)
+        train, test = ([dataclasses.replace(p, messages=system + p.messages) for p in ps] for ps in (train, test))
+    return train, test
+
+
+def build_prompt_sets(data: DataConfig, log: Log = print) -> PromptSets:
+    """Train and test prompts: built-in tasks plus files, deduplicated, reported."""
+    report = DataReport()
+    train, test = builtin_prompts(data)
+    if data.train_files:
+        file_train, reps = load_files(data.train_files, data, log)
+        report.files += reps
+        if data.test_files:
+            file_test, reps = load_files(data.test_files, data, log)
+            report.files += reps
+        else:
+            file_test = [p for p in file_train if in_test_share(p, data.test_fraction)]
+            file_train = [p for p in file_train if not in_test_share(p, data.test_fraction)]
+        train, test = train + file_train, test + file_test
+    elif data.test_files:
+        file_test, reps = load_files(data.test_files, data, log)
+        report.files += reps
+        test += file_test
+    train, d1, c1, ex1 = dedupe(train)
+    test, d2, c2, ex2 = dedupe(test)
+    report.duplicates, report.conflicting = d1 + d2, c1 + c2
+    if report.duplicates:
+        log(f"data: {report.duplicates} duplicate prompts removed, the first of each kept "
+            f"({report.conflicting} with a different answer; e.g. {ex1 or ex2})")
+    test_keys = {prompt_key(p) for p in test}
+    n = len(train)
+    train = [p for p in train if prompt_key(p) not in test_keys]
+    report.overlap = n - len(train)
+    if report.overlap:
+        log(f"data: {report.overlap} train prompts removed because the test set holds them")
+    if not train:
+        raise UserError("config key data: no training prompts (check data.tasks, data.train_files, data.train_levels)")
+    return PromptSets(unique_ids(train), unique_ids(test), report)
+
+
+def build_prompts(cfg: TrainConfig, log: Log = print) -> tuple[list[Prompt], list[Prompt]]:
+    """Train and held-out test prompts of a run: `build_prompt_sets(cfg.data)`."""
+    sets = build_prompt_sets(cfg.data, log)
+    return sets.train, sets.test
+
+
+def prompt_token_limit(cfg: TrainConfig, model_config) -> int | None:
+    """The most prompt tokens a run allows: data.max_prompt_tokens if set, else the
+    model's context (max_position_embeddings) minus rollout.max_new_tokens; None if the
+    model states no context length."""
+    if cfg.data.max_prompt_tokens:
+        return cfg.data.max_prompt_tokens
+    ctx = getattr(model_config, "max_position_embeddings", None)
+    return None if ctx is None else ctx - cfg.rollout.max_new_tokens
+
+
+def fit_context(prompts: Sequence[Prompt], tokenizer, limit: int | None, name: str = "train",
+                log: Log = print) -> tuple[list[Prompt], int]:
+    """Prompts whose chat-rendered token count is at most `limit`; the others are
+    dropped and their number logged. None: no limit."""
+    from k15rl.models.loading import encode_prompt
+
+    if limit is None or not prompts:
+        return list(prompts), 0
+    kept, longest = [], None
+    for p in prompts:
+        n = len(encode_prompt(tokenizer, p.messages))
+        if n <= limit:
+            kept.append(p)
+        elif longest is None or n > longest[0]:
+            longest = (n, p.meta.get("source", p.id))
+    dropped = len(prompts) - len(kept)
+    if dropped:
+        log(f"data: {dropped} {name} prompts longer than {limit} tokens removed (longest: {longest[0]} tokens, "
+            f"{longest[1]})")
+    if not kept:
+        raise UserError(f"every {name} prompt is longer than {limit} tokens (the model's context minus "
+                        "rollout.max_new_tokens, or data.max_prompt_tokens)")
+    return kept, dropped

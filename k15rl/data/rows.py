@@ -1,0 +1,291 @@
+"""From a file's rows to `Prompt`s: the column mapping and the checks on each field.
+
+A field name may be dotted to reach into nested objects (`reward_model.ground_truth`,
+verl's layout); a column literally named with dots (a flattened table) is found too.
+Fields the config leaves unset (None) are found in each row by trying the usual names
+in order (`CANDIDATES`), so the layouts in common use load without a mapping:
+
+- plain:  {"problem": "...", "answer": "..."} or {"question": ..., "solution": ...}
+- TRL:    {"prompt": [{"role": "user", "content": "..."}], "solution": "..."} or
+          {"messages": [..., {"role": "assistant", "content": "... \\boxed{7}"}]}
+- verl:   {"prompt": [chat], "reward_model": {"ground_truth": "7"}, "data_source": ..., "extra_info": {...}}
+
+A field that holds a worked solution rather than a bare answer is reduced to its answer:
+the last `\\boxed{...}` (MATH), else the text after the last `####` (GSM8K).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from k15rl.rewards.verifiers import extract_boxed
+from k15rl.types import Prompt
+
+# Names tried, in order, for each field the config leaves unset.
+CANDIDATES: dict[str, tuple[str, ...]] = {
+    "prompt": ("prompt", "problem", "question", "messages"),
+    "answer": ("answer", "ground_truth", "reward_model.ground_truth", "final_answer", "solution", "target"),
+    "difficulty": ("difficulty", "level"),
+    "domain": ("domain", "data_source", "subject", "type", "category"),
+    "test_cases": ("test_cases", "tests", "input_output"),
+    "pass_rate": ("pass_rate",),
+    "id": ("id", "uid", "problem_id"),
+    "verifier": ("verifier",),
+}
+FIELDS = tuple(CANDIDATES)
+ROLES = ("system", "user", "assistant")
+DIFFICULTY_WORDS = {"easy": 1.0, "medium": 2.0, "hard": 3.0}
+_MISSING = object()
+
+
+class BadRow(Exception):
+    """A row that cannot become a prompt: `field` is the offending field's name."""
+
+    def __init__(self, field: str, why: str):
+        super().__init__(f"field {field!r}: {why}")
+        self.field, self.why = field, why
+
+
+def get_field(row: dict[str, Any], name: str) -> Any:
+    """`row[name]`, or the nested value a dotted name points to; `_MISSING` if absent.
+    None and empty strings count as absent.
+
+    >>> get_field({"reward_model": {"ground_truth": "7"}}, "reward_model.ground_truth")
+    '7'
+    >>> get_field({"a.b": 1}, "a.b")
+    1
+    """
+    if name in row:
+        value = row[name]
+    else:
+        value = row
+        for part in name.split("."):
+            if not isinstance(value, dict) or part not in value:
+                return _MISSING
+            value = value[part]
+    return _MISSING if value is None or value == "" else value
+
+
+def find_field(row: dict[str, Any], role: str, columns: dict[str, str | None]) -> tuple[str, Any]:
+    """(name, value) of a role's field in `row`: the configured name, else the first of
+    `CANDIDATES[role]` the row has; value `_MISSING` if absent.
+
+    >>> find_field({"problem": "1+1?", "solution": "2"}, "answer", {})
+    ('solution', '2')
+    """
+    name = columns.get(role)
+    if name is not None:
+        return name, get_field(row, name)
+    for name in CANDIDATES[role]:
+        value = get_field(row, name)
+        if value is not _MISSING:
+            return name, value
+    return role, _MISSING
+
+
+def _absent(row: dict[str, Any], role: str, columns: dict[str, str | None]) -> str:
+    if columns.get(role) is not None:
+        return "missing or empty"
+    fields = ", ".join(map(str, row)) or "none"
+    return f"missing: none of {', '.join(CANDIDATES[role])} (the row has {fields}); set data.columns.{role}"
+
+
+def _chat(value: list, field: str) -> list[tuple[str, str]]:
+    messages = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise BadRow(field, f"message {i} is not an object with 'role' and 'content'")
+        role, content = m["role"], m["content"]
+        if role not in ROLES:
+            raise BadRow(field, f"message {i} has role {role!r} (expected one of {', '.join(ROLES)})")
+        if isinstance(content, list):  # content parts, as in multimodal chat layouts
+            texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            if len(texts) != len(content) or not all(isinstance(t, str) for t in texts):
+                raise BadRow(field, f"message {i} has non-text content parts (only text is supported)")
+            content = "".join(texts)
+        if not isinstance(content, str):
+            raise BadRow(field, f"message {i} content is {type(content).__name__}, not text")
+        messages.append((role, content))
+    return messages
+
+
+def parse_prompt(value: Any, field: str) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    """Chat messages from a prompt field, and the content of trailing assistant turns
+    (a `messages` layout carries the reference response there; it is not part of the
+    prompt). A string is one user message.
+
+    >>> parse_prompt("1+1?", "prompt")
+    ((('user', '1+1?'),), None)
+    >>> parse_prompt([{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}], "messages")
+    ((('user', '1+1?'),), '2')
+    """
+    if isinstance(value, str):
+        if not value.strip():
+            raise BadRow(field, "empty prompt")
+        return (("user", value),), None
+    if not isinstance(value, (list, tuple)):
+        raise BadRow(field, f"expected a string or a list of chat messages, got {type(value).__name__}")
+    messages = _chat(list(value), field)
+    reference = None
+    while messages and messages[-1][0] == "assistant":
+        reference = messages.pop()[1]
+    if not messages or messages[-1][0] != "user":
+        raise BadRow(field, "the chat must end with a user message (before any assistant reply)")
+    if not messages[-1][1].strip():
+        raise BadRow(field, "the last user message is empty")
+    return tuple(messages), reference
+
+
+def normalize_answer(value: Any, field: str) -> str:
+    r"""The answer a verifier compares with: a bare value, or the answer inside a worked
+    solution (the last \boxed{}, else the text after the last ####).
+
+    >>> normalize_answer("so the total is \\boxed{\\frac{1}{2}}.", "solution")
+    '\\frac{1}{2}'
+    >>> normalize_answer("3 + 4 = 7\n#### 7", "answer"), normalize_answer(12, "answer")
+    ('7', '12')
+    """
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    if isinstance(value, (int, float)):
+        value = str(value)
+    if not isinstance(value, str):
+        raise BadRow(field, f"expected one answer (text or a number), got {type(value).__name__}")
+    boxed = extract_boxed(value) if "\\boxed{" in value else None
+    if boxed is not None:
+        value = boxed
+    elif "####" in value:
+        value = value.rsplit("####", 1)[1]
+    value = value.strip()
+    if not value:
+        raise BadRow(field, "empty answer")
+    return value
+
+
+def parse_difficulty(value: Any, field: str) -> float:
+    """A difficulty label as a number (higher = harder): a number, "Level 3", or
+    easy / medium / hard (1 / 2 / 3).
+
+    >>> parse_difficulty("Level 4", "level"), parse_difficulty("hard", "difficulty"), parse_difficulty(2, "d")
+    (4.0, 3.0, 2.0)
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in DIFFICULTY_WORDS:
+            return DIFFICULTY_WORDS[v]
+        m = re.fullmatch(r"(?:level\s*)?([-+]?\d+(?:\.\d+)?)", v)
+        if m:
+            return float(m.group(1))
+    raise BadRow(field, f"not a difficulty (a number, 'Level N', easy/medium/hard): {value!r}")
+
+
+def _maybe_json(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def row_to_prompt(
+    row: dict[str, Any],
+    columns: dict[str, str | None],
+    *,
+    default_id: str,
+    default_verifier: str,
+    known_verifiers: frozenset[str] | set[str],
+    source: str,
+    system_prompt: str | None = None,
+    chat_in_text: bool = False,
+) -> Prompt:
+    """One row as a `Prompt`; raises BadRow naming the field at fault.
+
+    `columns` maps a role (a `CANDIDATES` key) to a field name; a role left out or None
+    is found by its usual names, row by row. `prompt.task` is the row's verifier (its
+    `verifier` field, else `default_verifier`). Difficulty, domain, test cases, pass rate
+    and verl's `extra_info` go into `meta`; an integer difficulty also becomes `level`
+    (per-level evaluation, curriculum). `chat_in_text`: a prompt string that holds a JSON
+    chat list is read as the chat (CSV cells).
+    """
+    name, value = find_field(row, "prompt", columns)
+    if value is _MISSING:
+        raise BadRow(name, _absent(row, "prompt", columns))
+    if chat_in_text and isinstance(value, str) and value.lstrip().startswith("[{"):
+        value = _maybe_json(value)
+    messages, reference = parse_prompt(value, name)
+    if system_prompt and messages[0][0] != "system":
+        messages = (("system", system_prompt),) + messages
+
+    meta: dict[str, Any] = {"source": source}
+    _, tests = find_field(row, "test_cases", columns)
+    if tests is not _MISSING:
+        meta["test_cases"] = _maybe_json(tests)
+
+    name, value = find_field(row, "answer", columns)
+    if value is not _MISSING:
+        answer = normalize_answer(value, name)
+    elif reference is not None:  # TRL `messages`: the reference reply holds the answer
+        answer = normalize_answer(reference, find_field(row, "prompt", columns)[0])
+    elif "test_cases" in meta:
+        answer = ""  # code: the test cases are the ground truth
+    else:
+        raise BadRow(name, _absent(row, "answer", columns) + " (and no test cases)")
+
+    level = 0
+    name, value = find_field(row, "difficulty", columns)
+    if value is not _MISSING:
+        meta["difficulty"] = parse_difficulty(value, name)
+        if meta["difficulty"].is_integer():
+            level = int(meta["difficulty"])
+    _, value = find_field(row, "domain", columns)
+    if value is not _MISSING:
+        meta["domain"] = str(value)
+    name, value = find_field(row, "pass_rate", columns)
+    if value is not _MISSING:
+        try:
+            rate = float(value)
+        except (TypeError, ValueError):
+            raise BadRow(name, f"not a number: {value!r}") from None
+        if not 0.0 <= rate <= 1.0:
+            raise BadRow(name, f"must be in [0, 1], got {rate}")
+        meta["pass_rate"] = rate
+    extra = row.get("extra_info")
+    if isinstance(extra, dict):
+        meta["extra_info"] = extra
+
+    verifier = default_verifier
+    name, value = find_field(row, "verifier", columns)
+    if value is not _MISSING:
+        if not isinstance(value, str) or value not in known_verifiers:
+            raise BadRow(name, f"unknown verifier {value!r} (known: {', '.join(sorted(known_verifiers))})")
+        verifier = value
+
+    _, value = find_field(row, "id", columns)
+    pid = default_id if value is _MISSING else str(value)
+    return Prompt(id=pid, messages=messages, answer=answer, task=verifier, level=level, meta=meta)
+
+
+def prompt_to_row(p: Prompt) -> dict[str, Any]:
+    """A prompt as a row in this package's own JSONL layout, which loads back unchanged
+    (used by `k15rl export-data`, `curate` and `difficulty`).
+
+    >>> prompt_to_row(Prompt("a-1", (("user", "1+1?"),), "2", "math", meta={"domain": "arith"}))
+    {'id': 'a-1', 'prompt': '1+1?', 'answer': '2', 'verifier': 'math', 'domain': 'arith'}
+    """
+    prompt: Any = p.messages[0][1] if len(p.messages) == 1 else [{"role": r, "content": c} for r, c in p.messages]
+    row: dict[str, Any] = {"id": p.id, "prompt": prompt, "answer": p.answer, "verifier": p.task}
+    if "difficulty" in p.meta:
+        row["difficulty"] = p.meta["difficulty"]
+    elif p.level:
+        row["difficulty"] = p.level
+    for key in ("domain", "test_cases", "pass_rate", "extra_info"):
+        if key in p.meta:
+            row[key] = p.meta[key]
+    return row
