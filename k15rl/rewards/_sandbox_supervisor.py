@@ -189,6 +189,15 @@ def kill_leftovers(namespaces, pgid, uid):
             break
 
 
+def _wait(pid, flags):
+    """(exit status as Popen reports it, CPU seconds) once `pid` ended, else None."""
+    got, st, ru = os.wait4(pid, flags)
+    if got == 0:
+        return None
+    status = -os.WTERMSIG(st) if os.WIFSIGNALED(st) else os.WEXITSTATUS(st)
+    return status, ru.ru_utime + ru.ru_stime
+
+
 def run_one(job, workdir, stdin_bytes, uid, env, extra_fd_data):
     """One runner process: returns a dict with exit status, capped output and flags."""
     lim = job["limits"]
@@ -236,14 +245,16 @@ def run_one(job, workdir, stdin_bytes, uid, env, extra_fd_data):
         proc.stdin.close()
     deadline = t0 + lim["wall_s"]
     timed_out = over = False
-    exited_at = None
-    while sel.get_map():
+    exited_at = reaped = None
+    while sel.get_map() or reaped is None:  # a program may close its pipes and go on
         now = time.monotonic()
         if now >= deadline:
             timed_out = True
             break
-        if exited_at is None and proc.poll() is not None:
-            exited_at = now
+        if exited_at is None and reaped is None:
+            reaped = _wait(proc.pid, os.WNOHANG)
+            if reaped is not None:
+                exited_at = now
         if exited_at is not None and now - exited_at > 0.2:
             break  # the runner is gone; something it spawned still holds a pipe
         for key, _ in sel.select(timeout=min(0.05, deadline - now)):
@@ -271,12 +282,16 @@ def run_one(job, workdir, stdin_bytes, uid, env, extra_fd_data):
         if over:
             break
     wall = time.monotonic() - t0
-    if proc.poll() is None:
+    if reaped is None:
+        reaped = _wait(proc.pid, os.WNOHANG)
+    if reaped is None:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except OSError:
             pass
-    status = proc.wait()
+        reaped = _wait(proc.pid, 0)
+    status, cpu = reaped
+    proc.returncode = status  # reaped here, with its CPU time (Popen would lose that)
     kill_leftovers(job["namespaces"], proc.pid, uid)
     for f in (proc.stdout, proc.stderr, proc.stdin):
         try:
@@ -295,7 +310,7 @@ def run_one(job, workdir, stdin_bytes, uid, env, extra_fd_data):
         os.close(verdict_r)
     shutil.rmtree(workdir, ignore_errors=True)
     return {
-        "returncode": status, "timed_out": timed_out, "output_exceeded": over, "wall_s": wall,
+        "returncode": status, "cpu_s": cpu, "timed_out": timed_out, "output_exceeded": over, "wall_s": wall,
         "stdout": bufs["stdout"][:cap].decode("utf-8", "replace"),
         "stderr": bufs["stderr"][-4000:].decode("utf-8", "replace"),
         "verdict": bufs["verdict"][:4096].decode("utf-8", "replace"),

@@ -22,6 +22,7 @@ output_limit or sandbox_error; the reward is 1 only for pass.
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
@@ -168,7 +169,9 @@ class _Slots:
     """Distinct uids for concurrent runs (used only when the trainer is root)."""
 
     def __init__(self, n: int = 512):
-        self._free = list(range(n))
+        # first in, first out: a uid is reused as late as possible, after the kernel
+        # has finished tearing down whatever ran under it
+        self._free = collections.deque(range(n))
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
 
@@ -176,7 +179,7 @@ class _Slots:
         with self._cv:
             while not self._free:
                 self._cv.wait()
-            return self._free.pop()
+            return self._free.popleft()
 
     def release(self, slot: int) -> None:
         with self._cv:
@@ -235,12 +238,13 @@ def _execute(program: str, mode: str, runs: list[dict], limits: Limits, *, isola
     return res["results"], mode_iso, res.get("error")
 
 
-def _classify(raw: dict) -> Reason:
+def _classify(raw: dict, limits: Limits) -> Reason:
     """The reason of one execution, from how the runner ended (not from its output)."""
     rc = raw["returncode"]
     if raw["output_exceeded"] or rc == -signal.SIGXFSZ:
         return "output_limit"
-    if raw["timed_out"] or rc in (-signal.SIGXCPU, -signal.SIGKILL):
+    over_cpu = rc in (-signal.SIGXCPU, -signal.SIGKILL) and raw["cpu_s"] >= int(limits.cpu_s + 0.999) - 0.05
+    if raw["timed_out"] or over_cpu:
         return "timeout"
     if rc == MEMORY_EXIT:
         return "memory"
@@ -266,7 +270,7 @@ def run_stdio(program: str, tests: Sequence[StdioTest], limits: Limits = Limits(
         if "error" in r:
             error = r["error"]
             break
-        reason = _classify(r)
+        reason = _classify(r, limits)
         if reason == "pass" and normalize_output(r["stdout"]) != normalize_output(t.output):
             reason = "wrong_answer"
         outcomes.append(TestOutcome(reason, r["stdout"], r["stderr"], r["wall_s"], r["returncode"]))
@@ -292,7 +296,7 @@ def run_outputs(program: str, inputs: Sequence[str], limits: Limits = Limits(), 
         return []
     raw, _, error = _execute(program, "stdio", [{"stdin": x} for x in inputs], limits, isolation=isolation,
                              stop_at_first_failure=False, python=python)
-    out = [TestOutcome(_classify(r), r["stdout"], r["stderr"], r["wall_s"], r["returncode"])
+    out = [TestOutcome(_classify(r, limits), r["stdout"], r["stderr"], r["wall_s"], r["returncode"])
            if "error" not in r else TestOutcome("sandbox_error", stderr=r["error"]) for r in raw]
     out += [TestOutcome("sandbox_error", stderr=error or "not run")] * (len(inputs) - len(out))
     return out
@@ -312,7 +316,7 @@ def run_function(program: str, check: str, entry_point: str, limits: Limits = Li
     if not raw or "error" in raw[0]:
         return RunResult("sandbox_error", 0, 1, error or (raw[0]["error"] if raw else "not run"), iso, wall)
     r = raw[0]
-    reason = _classify(r)
+    reason = _classify(r, limits)
     if reason == "pass" and r["verdict"] != nonce:
         reason = "runtime_error"  # exited 0 without the checks finishing
     if r["verdict"] == "fail" and reason == "runtime_error":

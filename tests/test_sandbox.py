@@ -1,0 +1,122 @@
+"""The code sandbox, pool and code rewards on ordinary programs (report §2.3.5)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from k15rl.rewards.code import code_reward, extract_program, job_from_spec, verify_code
+from k15rl.rewards.sandbox import Limits, StdioTest, run_function, run_outputs, run_stdio
+from k15rl.rewards.sandbox_pool import CodeJob, SandboxPool
+from k15rl.types import Prompt
+
+FAST = Limits(cpu_s=1, wall_s=1.5)
+ADD = "a, b = map(int, input().split())\nprint(a + b)\n"
+
+
+def test_stdio_pass_and_each_failure_reason():
+    tests = [StdioTest("1 2", "3"), StdioTest("-5 5\n", "0\n")]
+    r = run_stdio(ADD, tests, FAST)
+    assert (r.reason, r.passed, r.total, r.reward) == ("pass", 2, 2, 1.0)
+    assert run_stdio("print(3)", tests, FAST).reason == "wrong_answer"
+    assert run_stdio("raise ValueError", tests, FAST).reason == "runtime_error"
+    assert run_stdio("while True: pass", tests, FAST).reason == "timeout"
+    assert run_stdio("x = bytearray(2**33)", tests, FAST).reason == "memory"
+    assert run_stdio("print('y' * 10**6)", tests, FAST).reason == "output_limit"
+    assert run_stdio(ADD, [], FAST).reason == "sandbox_error"
+
+
+def test_stop_at_first_failure_or_run_all():
+    tests = [StdioTest("1 1", "3"), StdioTest("1 2", "3")]
+    first = run_stdio(ADD, tests, FAST)
+    assert first.reason == "wrong_answer" and len(first.outcomes) == 1
+    full = run_stdio(ADD, tests, FAST, stop_at_first_failure=False)
+    assert [o.reason for o in full.outcomes] == ["wrong_answer", "pass"] and full.passed == 1
+
+
+def test_outputs_are_compared_up_to_trailing_whitespace():
+    assert run_stdio("print('1 2  ')\nprint()\n", [StdioTest("", "1 2\n")], FAST).reason == "pass"
+    assert run_stdio("print('1  2')", [StdioTest("", "1 2")], FAST).reason == "wrong_answer"
+
+
+def test_run_outputs_returns_what_was_printed():
+    outs = run_outputs("print(int(input()) ** 2)", ["3", "x", "4"], FAST)
+    assert [o.reason for o in outs] == ["pass", "runtime_error", "pass"]
+    assert [o.stdout.strip() for o in outs] == ["9", "", "16"]
+
+
+def test_function_style():
+    check = "def check(candidate):\n    assert candidate([3, 1, 2]) == [1, 2, 3]\n"
+    assert run_function("def srt(xs):\n    return sorted(xs)\n", check, "srt", FAST).reason == "pass"
+    assert run_function("def srt(xs):\n    return xs\n", check, "srt", FAST).reason == "wrong_answer"
+    assert run_function("def other(xs):\n    return xs\n", check, "srt", FAST).reason == "runtime_error"
+    # modules of the standard library still work (namedtuple and warnings use frames)
+    prog = "import collections, warnings\nP = collections.namedtuple('P', 'x')\ndef srt(xs):\n" \
+           "    warnings.warn('w')\n    return sorted(xs)\n"
+    assert run_function(prog, check, "srt", FAST).reason == "pass"
+
+
+def test_the_program_sees_a_fresh_private_directory():
+    prog = "import os\nopen('mine', 'w').write('x')\nprint(sorted(os.listdir('.')), os.environ.get('HOME') == os.getcwd())"
+    r1 = run_stdio(prog, [StdioTest("", "['mine'] True"), StdioTest("", "['mine'] True")], FAST)
+    assert r1.reason == "pass", r1  # the second test does not see the first one's file
+
+
+def test_extract_program_and_specs():
+    resp = "think\n```python\nprint(1)\n```\nthen better:\n```python\nprint(2)\n```"
+    assert extract_program(resp) == "print(2)\n"
+    with pytest.raises(ValueError, match="tests\\[0\\]"):
+        job_from_spec("print(1)", {"tests": [{"input": 1, "output": "1"}]})
+    with pytest.raises(ValueError, match="no tests"):
+        job_from_spec("print(1)", {})
+    job = job_from_spec("    return a + b\n", {"check": "x", "entry_point": "add", "prefix": "def add(a, b):\n"})
+    assert job.program.startswith("def add(a, b):\n")
+
+
+def test_code_reward_reads_tests_from_meta_or_answer():
+    tests = [{"input": "2 3", "output": "5"}]
+    good = f"```python\n{ADD}```"
+    p_meta = Prompt("p", (("user", "add"),), "", "mycode", meta={"tests": tests})
+    p_answer = Prompt("q", (("user", "add"),), json.dumps({"tests": tests}), "mycode")
+    assert code_reward(good, p_meta) == 1.0 and code_reward(good, p_answer) == 1.0
+    assert code_reward("no code", p_meta) == 0.0
+    assert verify_code(good, json.dumps({"tests": tests}))
+
+
+def test_pool_runs_in_parallel_and_keeps_order():
+    jobs = [CodeJob("import time\ntime.sleep(0.5)\nprint(int(input()) + 1)", tests=(StdioTest(str(i), str(i + 1)),))
+            for i in range(4)]
+    t0 = time.monotonic()
+    with SandboxPool(workers=4, limits=FAST) as pool:
+        futures = [pool.submit(j) for j in jobs]
+        results = [f.result() for f in futures]
+    wall = time.monotonic() - t0
+    assert [r.reason for r in results] == ["pass"] * 4
+    assert wall < 4 * 0.5 + 0.5, f"4 sleeping programs took {wall:.2f} s with 4 workers"
+
+
+def _world_usable_python() -> str | None:
+    """An interpreter another uid can run (process isolation as root drops to one)."""
+    for cand in (sys._base_executable, "/usr/bin/python3"):
+        p = Path(os.path.realpath(cand))
+        if all(q.stat().st_mode & stat.S_IXOTH for q in [p, *p.parents]):
+            return str(p)
+    return None
+
+
+def test_process_isolation_fallback():
+    """Without namespaces: limits, network audit hook and uid cleanup still hold."""
+    py = _world_usable_python()
+    if py is None:
+        pytest.skip("no Python interpreter that another uid may execute on this machine")
+    assert run_stdio(ADD, [StdioTest("1 2", "3")], FAST, isolation="process", python=py).reason == "pass"
+    assert run_stdio("while True: pass", [StdioTest("", "")], FAST, isolation="process", python=py).reason == "timeout"
+    net = run_stdio("import socket\nsocket.socket().connect(('127.0.0.1', 9))", [StdioTest("", "")], FAST,
+                    isolation="process", python=py)
+    assert net.reason == "runtime_error" and "network access is disabled" in net.detail
