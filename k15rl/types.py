@@ -53,6 +53,7 @@ class GenerationRequest:
     prompt_ids: list[int]
     prefix_ids: list[int] = field(default_factory=list)
     max_new_tokens: int | None = None  # this request's budget, if below SamplingParams.max_new_tokens
+    id: str = ""  # names the trajectory across segments ("g<group>m<member>"), for engines and logs
 
 
 @dataclass

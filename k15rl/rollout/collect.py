@@ -34,7 +34,8 @@ def rollout(
     `response_ids` (the policy learns to stop) with its log-prob.
     """
     prompt_ids = [encode_prompt(tokenizer, p.messages) for p in prompts]
-    requests = [GenerationRequest(prompt_ids[i]) for i in range(len(prompts)) for _ in range(k)]
+    requests = [GenerationRequest(prompt_ids[i], id=f"g{first_group + i}m{j}") for i in range(len(prompts))
+                for j in range(k)]
     segments = engine.generate(requests, params)
     return [
         _trajectory(tokenizer, Member(prompts[j // k], first_group + j // k, prompt_ids[j // k], seg.token_ids,
@@ -80,10 +81,11 @@ def partial_rollout(
     continued = buffer.unfinished()
     for i, p in enumerate(prompts):
         ids = encode_prompt(tokenizer, p.messages)
-        buffer.add_group([Member(p, first_group + i, ids) for _ in range(k)])
+        buffer.add_group([Member(p, first_group + i, ids, index=j) for j in range(k)])
     active = continued + [m for i in range(len(prompts)) for m in buffer.groups[first_group + i]]
     requests = [
-        GenerationRequest(m.prompt_ids, m.response_ids, max_new_tokens=min(segment, max_tokens - len(m.response_ids)))
+        GenerationRequest(m.prompt_ids, m.response_ids, max_new_tokens=min(segment, max_tokens - len(m.response_ids)),
+                          id=f"g{m.group}m{m.index}")
         for m in active
     ]
     segments = engine.generate(requests, replace(params, max_new_tokens=segment))

@@ -243,9 +243,11 @@ class HFEngine:
 
     @staticmethod
     def _layers(cache) -> list:
+        from transformers.cache_utils import DynamicLayer
+
         layers = cache.layers
         for layer in layers:
-            if type(layer).__name__ != "DynamicLayer":
+            if not isinstance(layer, DynamicLayer) or layer.is_sliding:
                 raise NotImplementedError(
                     f"continuous batching needs full-attention KV-cache layers, this model uses "
                     f"{type(layer).__name__}; set rollout.max_batch >= the number of sequences per iteration"

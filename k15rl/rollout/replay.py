@@ -30,6 +30,7 @@ class Member:
     logprobs: list[float] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)  # policy version of each response token
     outcome: Outcome | None = None
+    index: int = 0  # position in its group
 
     @property
     def finished(self) -> bool:

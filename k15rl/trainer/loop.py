@@ -156,6 +156,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
     greedy_evals = [run_eval(0, greedy_params)] if also_greedy else []
     r = cfg.rollout
     buffer, next_group = ReplayBuffer(), 0
+    train_seconds, done = 0.0, 0  # time spent in iterations (evaluations excluded); iterations run
     bar = tqdm(range(cfg.iterations), desc="rl", unit="it", dynamic_ncols=True)
     for it in bar:
         t0 = time.time()
@@ -204,10 +205,12 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
             "time/iteration": t4 - t0,
         }
         metrics_log.write(row)
+        train_seconds, done = train_seconds + row["time/iteration"], it + 1
+        out_of_time = bool(cfg.time_budget_minutes) and train_seconds >= 60 * cfg.time_budget_minutes
         bar.set_postfix(reward=f"{row.get('reward/mean', float('nan')):.3f}",
                         acc=f"{row.get('reward/accuracy', float('nan')):.3f}",
                         len=f"{row.get('rollout/len_mean', float('nan')):.0f}")
-        last = it + 1 == cfg.iterations
+        last = it + 1 == cfg.iterations or out_of_time
         if test_prompts and (last or (cfg.eval.every and (it + 1) % cfg.eval.every == 0)):
             evals.append(run_eval(it + 1))
             bar.write(f"iteration {it + 1}: test accuracy {evals[-1]['accuracy']:.3f} "
@@ -216,19 +219,23 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
             save_hf(policy.model, tok, out / "checkpoints" / f"iter_{it + 1:06d}",
                     {"iteration": it + 1, "sampler": sampler.state_dict(), "replay_buffer": buffer.state_dict(),
                      "next_group": next_group})
+        if out_of_time:
+            bar.write(f"time budget of {cfg.time_budget_minutes:g} min used up after {done} iterations")
+            break
     bar.close()
     if also_greedy:
-        greedy_evals.append(run_eval(cfg.iterations, greedy_params))
+        greedy_evals.append(run_eval(done, greedy_params))
     metrics_log.close()
     eval_log.close()
 
-    save_hf(policy.model, tok, out / "final", {"iteration": cfg.iterations, "sampler": sampler.state_dict(),
+    save_hf(policy.model, tok, out / "final", {"iteration": done, "sampler": sampler.state_dict(),
                                                "replay_buffer": buffer.state_dict(), "next_group": next_group})
     metrics = read_jsonl(out / "metrics.jsonl")
     plot_run(metrics, evals, out / "curves.png")
     summary = {
         "model": str(policy.path),
-        "iterations": cfg.iterations,
+        "iterations": done,
+        "train_time_s": train_seconds,
         "wall_time_s": time.time() - t_start,
         "train_reward_first": next((m["reward/mean"] for m in metrics if "reward/mean" in m), None),
         "train_reward_last": next((m["reward/mean"] for m in reversed(metrics) if "reward/mean" in m), None),

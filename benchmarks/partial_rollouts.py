@@ -1,0 +1,100 @@
+"""Partial rollouts (report §2.6.2) vs whole rollouts, side by side in one run.
+
+Part 1, speed: the built-in model on the heavy-tailed workload (every trajectory ends at
+a Pareto-distributed length, 16 to 896 tokens; see workloads.py), K = 4 samples of 16
+prompts per iteration, one 64-slot engine. "whole" generates every trajectory to its
+end within the iteration (rollout.segment_tokens = 0); "partial" gives each trajectory
+at most --segment tokens per iteration and continues cut ones from the replay buffer
+first. Both run until the same number of trajectories has been trained, and the
+partial run then drains its replay buffer (no new prompts) so that all the work it
+started is counted; the weights stay fixed, so only scheduling differs. Prints wall time per iteration and per
+finished trajectory, and the ratio.
+
+Part 2, learning (--learn-minutes > 0): the demo configuration trained for the same
+wall-time budget (evaluations excluded) with and without partial rollouts; prints test
+accuracy at the end of each.
+
+    python benchmarks/partial_rollouts.py                     # part 1, about 3 minutes
+    python benchmarks/partial_rollouts.py --learn-minutes 4   # and part 2, about 12 more
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from workloads import ForcedLengthEngine, pareto_length, sort_prompts  # noqa: E402
+
+from k15rl.models.builtin import ensure_builtin  # noqa: E402
+from k15rl.models.loading import load_model, load_tokenizer  # noqa: E402
+from k15rl.rollout.collect import partial_rollout  # noqa: E402
+from k15rl.rollout.engine import HFEngine, SamplingParams  # noqa: E402
+from k15rl.rollout.replay import ReplayBuffer  # noqa: E402
+
+
+def speed(engine, tok, prompts, k, per_iter, segment, max_tokens, target_trained):
+    """Iterations until `target_trained` trajectories are trained, then (partial) no new
+    prompts until the replay buffer is empty, so every trajectory started is finished and
+    counted. Returns (seconds, iterations, trained)."""
+    buffer, group, trained, it, pos = ReplayBuffer(), 0, 0, 0, 0
+    t0 = time.perf_counter()
+    while trained < target_trained or len(buffer):
+        n_new = max(0, (per_iter * k - buffer.num_unfinished()) // k) if trained < target_trained else 0
+        batch, pos = prompts[pos:pos + n_new], pos + n_new
+        res = partial_rollout(engine, tok, buffer, batch, k, SamplingParams(max_tokens, seed=it), version=it,
+                              segment_tokens=segment, max_tokens=max_tokens, first_group=group)
+        group, trained, it = res.next_group, trained + len(res.trajectories), it + 1
+    return time.perf_counter() - t0, it, trained
+
+
+def learn(minutes: float, segment: int, out: str) -> dict:
+    from k15rl.config import load_config
+    from k15rl.trainer.loop import train
+
+    cfg = load_config("demo", [f"out={out}", f"time_budget_minutes={minutes}", f"rollout.segment_tokens={segment}",
+                               "iterations=1000", "eval.every=0", "data.test_per_level=50"])
+    return train(cfg, overwrite=True, log=lambda s: None)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--segment", type=int, default=64, help="rollout.segment_tokens of the partial runs")
+    ap.add_argument("--trajectories", type=int, default=512, help="trajectories trained per mode")
+    ap.add_argument("--learn-minutes", type=float, default=0.0)
+    ap.add_argument("--learn-segment", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = ensure_builtin()
+    model, tok = load_model(path), load_tokenizer(path)
+    k, per_iter, max_tokens = 4, 16, 896
+    prompts = sort_prompts(4 * args.trajectories)
+    engine = ForcedLengthEngine(HFEngine(model, tok, max_batch=per_iter * k), lambda rid: pareto_length(rid, seed=1))
+    print(f"speed: heavy-tailed lengths (Pareto 1.2, 16-896), k={k} x {per_iter} prompts per iteration, "
+          f"{args.trajectories} trajectories trained per mode, {torch.get_num_threads()} threads")
+    print(f"{'mode':22s} {'iterations':>10s} {'seconds':>8s} {'s/iteration':>11s} {'ms/trajectory':>13s} {'speed-up':>8s}")
+    rows = {}
+    for name, seg in (("whole", 0), (f"partial (segment {args.segment})", args.segment)):
+        secs, its, trained = speed(engine, tok, prompts, k, per_iter, seg, max_tokens, args.trajectories)
+        rows[name] = (its, secs, trained)
+    base = rows["whole"][1] / rows["whole"][2]
+    for name, (its, secs, trained) in rows.items():
+        per = secs / trained
+        print(f"{name:22s} {its:10d} {secs:8.1f} {secs / its:11.2f} {1000 * per:13.1f} {base / per:7.2f}x")
+    if args.learn_minutes > 0:
+        print(f"\nlearning: demo configuration, {args.learn_minutes:g} min of iterations each (evaluations excluded)")
+        print(f"{'mode':22s} {'iterations':>10s} {'test acc before':>15s} {'after':>7s} {'mean tokens':>11s}")
+        for name, seg in (("whole", 0), (f"partial (segment {args.learn_segment})", args.learn_segment)):
+            s = learn(args.learn_minutes, seg, f"runs/bench_partial_{seg}")
+            print(f"{name:22s} {s['iterations']:10d} {100 * s['test_accuracy_before']:14.1f}% "
+                  f"{100 * s['test_accuracy_after']:6.1f}% {s['test_mean_tokens_after']:11.1f}")
+
+
+if __name__ == "__main__":
+    main()
