@@ -138,7 +138,6 @@ class TrainConfig:
     threads: int = 0  # torch threads; 0 = all cores
     checkpoint_every: int = 0  # 0 = only at the end
     time_budget_minutes: float = 0.0  # stop after this much iteration time (evaluations excluded); 0 = none
-    time_budget_minutes: float = 0.0  # stop after this much iteration time (evaluations excluded); 0 = none
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -195,7 +194,6 @@ class TrainConfig:
             (self.eval.samples_per_prompt >= 1, "eval.samples_per_prompt", self.eval.samples_per_prompt, "must be >= 1"),
             (self.eval.every >= 0, "eval.every", self.eval.every, "must be >= 0"),
             (self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be >= 0"),
-            (self.time_budget_minutes >= 0, "time_budget_minutes", self.time_budget_minutes, "must be >= 0"),
             (self.time_budget_minutes >= 0, "time_budget_minutes", self.time_budget_minutes, "must be >= 0"),
             (self.threads >= 0, "threads", self.threads, "must be >= 0"),
             (self.model.dtype in ("float32", "bfloat16"), "model.dtype", self.model.dtype,
