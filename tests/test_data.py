@@ -394,3 +394,27 @@ def test_cli_bad_row_is_one_line_exit_2(tmp_path, capsys):
     assert code == 2 and len(err) == 1
     assert str(f) in err[0] and "line 2" in err[0] and "'answer'" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_training_on_a_file_with_curriculum_by_label(tmp_path, tiny_model_dir):
+    """The loop trains on a data file: held-out share, curriculum by the file's
+    difficulty labels, prompts over data.max_prompt_tokens reported and excluded."""
+    from k15rl.trainer.loop import train
+
+    rows = [{"problem": f"Sort these letters: {' '.join('dcba'[:2 + i % 3])}.", "answer": "x",
+             "difficulty": 1 + i % 3, "verifier": "sort", "id": f"r{i}"} for i in range(3)]
+    rows += [{"problem": f"Sort these letters: {'e ' * (i + 1)}{i}.", "answer": "e", "difficulty": 1 + i % 3,
+              "verifier": "sort"} for i in range(40)]
+    rows.append({"problem": "Sort these letters: " + "z y " * 100, "answer": "y z", "difficulty": 3, "verifier": "sort"})
+    f = write_jsonl(tmp_path / "sort.jsonl", rows)
+    logged = []
+    cfg = load_config(None, [
+        f"out={tmp_path / 'run'}", f"model.path={tiny_model_dir}", f"data.train_files=[{f}]", "data.test_fraction=0.2",
+        "data.max_prompt_tokens=120", "iterations=2", "rollout.k=2", "rollout.prompts_per_iteration=3",
+        "rollout.max_new_tokens=2", "threads=1", "sampler.name=curriculum", "sampler.difficulty=label",
+        "sampler.warmup_iterations=1", "sampler.hard_min_level=3", "eval.every=0",
+    ])
+    summary = train(cfg, log=logged.append)
+    assert any("44 rows, 44 prompts" in line for line in logged)
+    assert any("prompts longer than 120 tokens removed" in line for line in logged)
+    assert summary["iterations"] == 2 and 0 < summary["eval_prompts"] < 44
