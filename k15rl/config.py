@@ -91,6 +91,9 @@ class RolloutConfig:
     segment_tokens: int = 0
     continue_first: bool = True  # cut trajectories take their rows first; new prompts fill the rest
     train_on_stale_segments: bool = True  # tokens sampled by older policies count in the loss
+    # Start the next iteration's rollout (by pi_i) while the trainer updates pi_i: generation
+    # and training overlap, at the price of samples one policy version old.
+    overlap: bool = False
     # Repeat detection: stop when the tail is one n-gram (n <= repeat_ngram) repeated
     # repeat_times times in a row over at least repeat_min_tokens tokens. 0 = off.
     repeat_ngram: int = 20
@@ -103,6 +106,12 @@ class RewardConfig:
     length_weight: float = 0.0  # w of report §2.3.3 (not given there)
     length_warmup_iterations: int = 0  # no length reward before this iteration
     repeat_penalty: float = 0.0  # subtracted from the reward of a trajectory stopped by repeat detection
+    # per data source ("source=reward": a verifier or task name, code_tests, judge, or module:function;
+    # rewards/compose.py); sources not listed use their task's verifier
+    sources: list[str] = field(default_factory=list)
+    timeout_s: float = 60.0  # per reward call; 0 = none. A timeout or an exception scores 0 and is counted
+    workers: int = 2  # reward calls in parallel (code runs in sandbox processes)
+    judge_model: str | None = None  # model folder or "builtin" for the 'judge' reward
 
 
 @dataclass
@@ -206,6 +215,9 @@ class TrainConfig:
             if name not in TASKS:
                 raise UserError(f"config key data.tasks: unknown task {name!r} (built-in: {', '.join(sorted(TASKS))})")
         self._validate_data()
+        from k15rl.rewards.compose import check_reward_config
+
+        check_reward_config(self.reward)
         return self
 
     def _validate_data(self) -> None:

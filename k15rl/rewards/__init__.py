@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from concurrent.futures import Future
 from typing import Callable, Sequence
 
 import torch
 
+from k15rl.rewards.code import verify_code
+from k15rl.rewards.compose import PROMPT_REWARDS, RewardRouter, router_from_config
 from k15rl.rewards.length import length_reward, length_weight
 from k15rl.rewards.verifiers import extract_answer, extract_boxed, verify_integer, verify_math
 from k15rl.types import Trajectory
@@ -21,7 +24,8 @@ log = logging.getLogger(__name__)
 Verifier = Callable[[str, str], bool]
 
 # Verifiers for answers that are not tied to a built-in task.
-VERIFIERS: dict[str, Verifier] = {"math": verify_math, "integer": verify_integer}
+VERIFIERS: dict[str, Verifier] = {"math": verify_math, "integer": verify_integer,
+                                   "code_tests": verify_code, "humaneval": verify_code}
 
 
 def verifier_for(task: str) -> Verifier:
@@ -38,6 +42,7 @@ def verifier_for(task: str) -> Verifier:
 @dataclass
 class ScoreStats:
     verifier_errors: int = 0
+    reward_timeouts: int = 0
 
 
 def score(
@@ -45,6 +50,7 @@ def score(
     *,
     length_penalty_weight: float = 0.0,
     repeat_penalty: float = 0.0,
+    rewards: "RewardRouter | None" = None,
 ) -> ScoreStats:
     """Verify every trajectory and set its total reward r + w * len_reward (§2.3.3).
 
@@ -52,11 +58,23 @@ def score(
     `-repeat_penalty` (term "repeat").
 
     A verifier that raises scores the sample 0; the error is counted and logged, and
-    training continues.
+    training continues. `rewards` (a `RewardRouter`, `router_from_config(cfg.reward)`)
+    picks each data source's reward function and runs them in parallel with a time
+    limit; prompts of code tasks go through one even when it is not given.
     """
     stats = ScoreStats()
+    routed = rewards is not None or any(t.prompt.task in PROMPT_REWARDS for t in trajectories)
+    if routed:
+        # per-source reward functions, in parallel, with time limits (rewards/compose.py)
+        router = rewards if rewards is not None else RewardRouter()
+        outcomes, rstats = router.score([t.text for t in trajectories], [t.prompt for t in trajectories])
+        stats.verifier_errors += rstats.errors
+        stats.reward_timeouts += rstats.timeouts
+        for t, o in zip(trajectories, outcomes):
+            t.correct = o.value >= 1.0
+            t.reward_terms = {"task": o.value}
     cache: dict[str, Verifier] = {}
-    for t in trajectories:
+    for t in () if routed else trajectories:
         if t.prompt.task not in cache:
             cache[t.prompt.task] = verifier_for(t.prompt.task)
         verify = cache[t.prompt.task]
@@ -84,8 +102,22 @@ def score(
     return stats
 
 
+def score_async(trajectories: Sequence[Trajectory], **kw) -> "Future[ScoreStats]":
+    """`score` in a background thread: the caller goes on (e.g. while code is graded in
+    the sandbox) and collects the stats, with the trajectories filled in, from the future."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    executor = ThreadPoolExecutor(1, thread_name_prefix="score")
+    fut = executor.submit(score, trajectories, **kw)
+    executor.shutdown(wait=False)
+    return fut
+
+
 __all__ = [
     "VERIFIERS",
+    "RewardRouter",
+    "router_from_config",
+    "score_async",
     "ScoreStats",
     "extract_answer",
     "extract_boxed",

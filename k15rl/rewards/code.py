@@ -63,10 +63,41 @@ def job_from_spec(program: str, spec: Mapping[str, Any]) -> CodeJob:
     return CodeJob(program, tests=tuple(cases))
 
 
+def _from_test_cases(cases: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A spec from a data row's `test_cases` field in its common shapes: a list of
+    {"input", "output"}; {"inputs": [...], "outputs": [...]} (APPS/TACO, with "fn_name"
+    for call-based problems); {"check"/"test": code, "entry_point": name}."""
+    if isinstance(cases, list):
+        return {"tests": cases}
+    if isinstance(cases, Mapping):
+        if "check" in cases or "test" in cases:
+            return {"check": cases.get("check", cases.get("test")),
+                    "entry_point": cases.get("entry_point", meta.get("entry_point")), "prefix": cases.get("prefix")}
+        if "inputs" in cases and "outputs" in cases:
+            ins, outs = cases["inputs"], cases["outputs"]
+            if not isinstance(ins, list) or not isinstance(outs, list) or len(ins) != len(outs):
+                raise ValueError("test_cases: 'inputs' and 'outputs' must be lists of equal length")
+            if cases.get("fn_name"):  # APPS wraps a return value in a list: accept both
+                check = (f"CASES = {list(zip(ins, outs))!r}\n\ndef check(candidate):\n    for args, want in CASES:\n"
+                         "        got = candidate(*args)\n        assert got == want or [got] == want\n")
+                return {"check": check, "entry_point": cases["fn_name"]}
+            return {"tests": [{"input": _text(i), "output": _text(o)} for i, o in zip(ins, outs)]}
+    if isinstance(cases, str) and "def check" in cases:
+        return {"check": cases, "entry_point": meta.get("entry_point"), "prefix": meta.get("prefix")}
+    raise ValueError(f"test_cases of an unknown shape: {str(cases)[:80]!r}")
+
+
+def _text(v: Any) -> str:
+    return "\n".join(map(str, v)) if isinstance(v, list) else str(v)
+
+
 def spec_of(prompt: Prompt) -> Mapping[str, Any]:
-    """The test spec of a prompt: its meta if that holds tests, else the JSON answer."""
+    """The test spec of a prompt: from its meta ("tests", "check", or a data row's
+    "test_cases"), else the JSON answer."""
     if "tests" in prompt.meta or "check" in prompt.meta:
         return prompt.meta
+    if "test_cases" in prompt.meta:
+        return _from_test_cases(prompt.meta["test_cases"], prompt.meta)
     try:
         spec = json.loads(prompt.answer)
     except (json.JSONDecodeError, TypeError):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from k15rl.tasks.arith import ArithTask
 from k15rl.tasks.base import Problem, Task, make_prompts, split_of
+from k15rl.tasks.code import CodeTask
 from k15rl.tasks.countdown import CountdownTask
 from k15rl.tasks.hops import HopsTask
 from k15rl.tasks.long_add import LongAddTask
 from k15rl.tasks.sort import SortTask
 
-TASKS: dict[str, type] = {"arith": ArithTask, "countdown": CountdownTask, "hops": HopsTask, "long_add": LongAddTask, "sort": SortTask}
+TASKS: dict[str, type] = {"arith": ArithTask, "code": CodeTask, "countdown": CountdownTask, "hops": HopsTask, "long_add": LongAddTask, "sort": SortTask}
 
 
 def get_task(name: str) -> Task:
@@ -19,4 +20,4 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["TASKS", "ArithTask", "CountdownTask", "HopsTask", "LongAddTask", "SortTask", "Problem", "Task", "get_task", "make_prompts", "split_of"]
+__all__ = ["TASKS", "ArithTask", "CodeTask", "CountdownTask", "HopsTask", "LongAddTask", "SortTask", "Problem", "Task", "get_task", "make_prompts", "split_of"]

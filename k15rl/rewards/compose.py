@@ -1,0 +1,248 @@
+"""Reward functions chosen per data source, run in parallel with time limits
+(report §2.3.5, §2.6.1: math, code and judge rewards side by side).
+
+A reward function takes the response text and its prompt and returns a number in
+[0, 1]: `(text: str, prompt: Prompt) -> float`. A *batched* one (an attribute
+`batched = True`) takes lists and returns a list: the judge model grades a whole batch
+in one generate call.
+
+`reward.sources` in the config maps a data source (the prompt's `meta["source"]`, else
+its task name) to a reward, by name:
+- a built-in reward: `code_tests` (run the program against the prompt's tests in the
+  sandbox), `judge` (the chain-of-thought judge model, `reward.judge_model`);
+- a verifier (`math`, `integer`, ...) or a task name (`sort`, `code`, ...), applied to
+  the prompt's answer;
+- a user function `package.module:function`.
+A source without an entry uses its task's own verifier, as before.
+
+An exception or a timeout scores 0, is counted and logged, and the rest goes on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from k15rl.errors import UserError
+from k15rl.types import Prompt
+
+log = logging.getLogger(__name__)
+RewardFn = Callable[[str, Prompt], float]
+
+
+def _code_tests(text: str, prompt: Prompt) -> float:
+    from k15rl.rewards.code import code_reward
+
+    return code_reward(text, prompt)
+
+
+# Rewards that need the whole prompt (its meta), not only the answer string.
+PROMPT_REWARDS: dict[str, RewardFn] = {"code_tests": _code_tests, "code": _code_tests, "humaneval": _code_tests}
+
+
+def _from_verifier(name: str) -> RewardFn:
+    from k15rl.rewards import verifier_for
+
+    verify = verifier_for(name)
+
+    def reward(text: str, prompt: Prompt) -> float:
+        return float(bool(verify(text, prompt.answer)))
+
+    reward.__name__ = f"verifier:{name}"
+    return reward
+
+
+def resolve_reward(spec: str, *, judge_model: str | None = None, key: str = "reward.sources") -> RewardFn:
+    """The reward function a config names. Raises UserError naming `key` and `spec`."""
+    if spec in PROMPT_REWARDS:
+        return PROMPT_REWARDS[spec]
+    if spec == "judge":
+        if not judge_model:
+            raise UserError(f"config key {key}: 'judge' needs reward.judge_model (a model folder or 'builtin')")
+        from k15rl.rewards.judge import judge_reward
+
+        return judge_reward(judge_model)
+    if ":" in spec:
+        module, _, name = spec.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as e:
+            raise UserError(f"config key {key}: cannot load {spec!r} ({type(e).__name__}: {e})") from None
+        if not callable(fn):
+            raise UserError(f"config key {key}: {spec!r} is not callable")
+        return fn
+    try:
+        return _from_verifier(spec)
+    except ValueError:
+        from k15rl.rewards import VERIFIERS
+        from k15rl.tasks import TASKS
+
+        known = sorted({*PROMPT_REWARDS, "judge", *VERIFIERS, *TASKS})
+        raise UserError(f"config key {key}: unknown reward {spec!r} (known: {', '.join(known)}, "
+                        "or package.module:function)") from None
+
+
+def parse_sources(entries: Sequence[str], key: str = "reward.sources") -> dict[str, str]:
+    """`["gsm8k=math", "apps=code_tests"]` -> {"gsm8k": "math", "apps": "code_tests"}.
+
+    >>> parse_sources(["a=math", "b=pkg.mod:fn"])
+    {'a': 'math', 'b': 'pkg.mod:fn'}
+    """
+    out: dict[str, str] = {}
+    for i, e in enumerate(entries):
+        source, sep, reward = e.partition("=")
+        if not sep or not source.strip() or not reward.strip():
+            raise UserError(f"config key {key}[{i}]: expected 'source=reward', got {e!r}")
+        if source.strip() in out:
+            raise UserError(f"config key {key}[{i}]: source {source.strip()!r} given twice")
+        out[source.strip()] = reward.strip()
+    return out
+
+
+@dataclass
+class RewardStats:
+    """What happened while scoring one batch."""
+
+    errors: int = 0
+    timeouts: int = 0
+    by_source: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RewardOutcome:
+    value: float
+    status: str  # ok | error | timeout
+    message: str = ""
+
+
+def source_of(prompt: Prompt) -> str:
+    """The data source a prompt came from: `meta["source"]`, else its task name."""
+    return str(prompt.meta.get("source") or prompt.task)
+
+
+class RewardRouter:
+    """Picks each prompt's reward function by source and runs them, `workers` at a time,
+    each call within `timeout_s` seconds (None: no limit).
+
+    A call that times out keeps its thread until it returns (Python cannot stop a
+    thread); the router stops waiting for it and uses fresh threads for the next batch.
+    Code runs in sandbox processes with their own limits, so only user functions can
+    hold a thread that long.
+    """
+
+    def __init__(self, sources: dict[str, str] | None = None, *, timeout_s: float | None = 60.0, workers: int = 2,
+                 judge_model: str | None = None):
+        if workers < 1:
+            raise UserError(f"config key reward.workers: must be >= 1 (got {workers})")
+        if timeout_s is not None and timeout_s <= 0:
+            raise UserError(f"config key reward.timeout_s: must be > 0 (got {timeout_s})")
+        self.timeout_s = timeout_s
+        self.workers = workers
+        self.judge_model = judge_model
+        self.sources = dict(sources or {})
+        self._fns: dict[str, RewardFn] = {src: resolve_reward(spec, judge_model=judge_model)
+                                          for src, spec in self.sources.items()}
+        self._lock = threading.Lock()
+
+    def fn_for(self, prompt: Prompt) -> RewardFn:
+        src = source_of(prompt)
+        with self._lock:
+            if src in self._fns:
+                return self._fns[src]
+            if prompt.task in self._fns:
+                return self._fns[prompt.task]
+            fn = PROMPT_REWARDS.get(prompt.task) or _from_verifier(prompt.task)
+            self._fns[prompt.task] = fn
+            return fn
+
+    def score(self, texts: Sequence[str], prompts: Sequence[Prompt]) -> tuple[list[RewardOutcome], RewardStats]:
+        """One outcome per (text, prompt), in order."""
+        stats = RewardStats()
+        fns = [self.fn_for(p) for p in prompts]
+        outcomes: list[RewardOutcome | None] = [None] * len(texts)
+        executor = ThreadPoolExecutor(self.workers, thread_name_prefix="reward")
+        started: dict[int, float] = {}
+        jobs: list[tuple[list[int], Future]] = []
+
+        def timed(idx: int, call: Callable[[], Any]) -> Any:
+            started[idx] = time.monotonic()
+            return call()
+
+        batched: dict[int, list[int]] = {}
+        for i, fn in enumerate(fns):
+            if getattr(fn, "batched", False):
+                batched.setdefault(id(fn), []).append(i)
+            else:
+                jobs.append(([i], executor.submit(timed, i, lambda fn=fn, i=i: fn(texts[i], prompts[i]))))
+        for idxs in batched.values():
+            fn = fns[idxs[0]]
+            call = (lambda fn=fn, idxs=idxs: fn([texts[i] for i in idxs], [prompts[i] for i in idxs]))
+            jobs.append((idxs, executor.submit(timed, idxs[0], call)))
+        for idxs, fut in jobs:
+            values, status, msg = self._wait(fut, started, idxs[0])
+            if getattr(fns[idxs[0]], "batched", False):
+                if status == "ok" and (not isinstance(values, (list, tuple)) or len(values) != len(idxs)):
+                    values, status, msg = None, "error", f"batched reward returned {type(values).__name__}"
+                vals = list(values) if status == "ok" else [0.0] * len(idxs)
+            else:
+                vals = [values if status == "ok" else 0.0]
+            for i, v in zip(idxs, vals):
+                outcomes[i] = self._check_value(v, status, msg, prompts[i], stats)
+        executor.shutdown(wait=False, cancel_futures=True)
+        return [o for o in outcomes if o is not None], stats
+
+    def _wait(self, fut: Future, started: dict[int, float], idx: int) -> tuple[Any, str, str]:
+        """The call's value, or why there is none; the clock starts when the call does."""
+        while not fut.done():
+            t0 = started.get(idx)
+            if self.timeout_s is None:
+                wait([fut])
+                continue
+            if t0 is not None and time.monotonic() >= t0 + self.timeout_s:
+                fut.cancel()
+                return None, "timeout", f"no result within {self.timeout_s:g} s"
+            wait([fut], timeout=0.05 if t0 is None else max(t0 + self.timeout_s - time.monotonic(), 0.001))
+        exc = fut.exception()
+        if exc is not None:  # a broken reward must not stop training
+            return None, "error", f"{type(exc).__name__}: {exc}"
+        return fut.result(), "ok", ""
+
+    def _check_value(self, v: Any, status: str, msg: str, prompt: Prompt, stats: RewardStats) -> RewardOutcome:
+        if status == "ok":
+            try:
+                v = float(v)
+                if not 0.0 <= v <= 1.0:
+                    raise ValueError(f"reward {v} outside [0, 1]")
+                return RewardOutcome(v, "ok")
+            except (TypeError, ValueError) as e:
+                status, msg = "error", f"{type(e).__name__}: {e}"
+        src = source_of(prompt)
+        stats.by_source[src] = stats.by_source.get(src, 0) + 1
+        if status == "timeout":
+            stats.timeouts += 1
+        else:
+            stats.errors += 1
+        log.warning("reward for %s (source %s) scored 0: %s %s", prompt.id, src, status, msg)
+        return RewardOutcome(0.0, status, msg)
+
+
+def router_from_config(reward_cfg: Any) -> RewardRouter:
+    """The router a `RewardConfig` describes (reward.sources, timeout_s, workers, judge_model)."""
+    timeout = reward_cfg.timeout_s if reward_cfg.timeout_s > 0 else None
+    return RewardRouter(parse_sources(reward_cfg.sources), timeout_s=timeout, workers=reward_cfg.workers,
+                        judge_model=reward_cfg.judge_model)
+
+
+def check_reward_config(reward_cfg: Any) -> None:
+    """Validate the fields this module reads; raises UserError naming the key."""
+    for i, spec in enumerate(parse_sources(reward_cfg.sources).values()):
+        resolve_reward(spec, judge_model=reward_cfg.judge_model, key=f"reward.sources[{i}]")
+    if reward_cfg.workers < 1:
+        raise UserError(f"config key reward.workers: must be >= 1 (got {reward_cfg.workers})")
+    if reward_cfg.timeout_s < 0:
+        raise UserError(f"config key reward.timeout_s: must be >= 0 (0 = no limit) (got {reward_cfg.timeout_s})")

@@ -1,0 +1,106 @@
+"""Reward composition per data source, with time limits (rewards/compose.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from k15rl.config import load_config
+from k15rl.errors import UserError
+from k15rl.rewards import score
+from k15rl.rewards import verify_math
+from k15rl.rewards.compose import RewardRouter, parse_sources, resolve_reward, router_from_config
+from k15rl.types import Prompt, Trajectory
+
+
+def slow_reward(text: str, prompt: Prompt) -> float:
+    time.sleep(5)
+    return 1.0
+
+
+def broken_reward(text: str, prompt: Prompt) -> float:
+    raise RuntimeError("boom")
+
+
+def length_reward_fn(text: str, prompt: Prompt) -> float:
+    return 1.0 if len(text) == 3 else 0.0
+
+
+def too_big(text: str, prompt: Prompt) -> float:
+    return 3.0
+
+
+def batched_reward(texts, prompts):
+    return [1.0 if t == "yes" else 0.0 for t in texts]
+
+
+batched_reward.batched = True
+
+
+def _prompt(i: int, source: str, answer: str = "4", task: str = "math", meta=None) -> Prompt:
+    return Prompt(f"p{i}", (("user", "q"),), answer, task, meta={"source": source, **(meta or {})})
+
+
+def _traj(p: Prompt, text: str, group: int = 0) -> Trajectory:
+    return Trajectory(p, group, [1], [1, 2, 3], [0.0, 0.0, 0.0], "stop", text=text)
+
+
+def test_sources_pick_functions_and_failures_score_zero():
+    verify_math("answer: 1", "1")  # its first call imports sympy: not part of the timed calls
+    router = RewardRouter({"a": "math", "b": f"{__name__}:length_reward_fn", "slow": f"{__name__}:slow_reward",
+                           "bad": f"{__name__}:broken_reward"}, timeout_s=1.0, workers=4)
+    prompts = [_prompt(0, "a"), _prompt(1, "a"), _prompt(2, "b"), _prompt(3, "slow"), _prompt(4, "bad"),
+               _prompt(5, "unlisted", task="integer")]
+    texts = ["answer: 4", "answer: 5", "abc", "answer: 4", "answer: 4", "answer: 4"]
+    t0 = time.monotonic()
+    outcomes, stats = router.score(texts, prompts)
+    assert time.monotonic() - t0 < 3.0  # the 5 s function was not waited for
+    assert [o.value for o in outcomes] == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+    assert [o.status for o in outcomes] == ["ok", "ok", "ok", "timeout", "error", "ok"]
+    assert (stats.timeouts, stats.errors, stats.by_source) == (1, 1, {"slow": 1, "bad": 1})
+
+
+def test_batched_functions_get_one_call():
+    router = RewardRouter({"j": f"{__name__}:batched_reward"})
+    outcomes, _ = router.score(["yes", "no", "yes"], [_prompt(i, "j") for i in range(3)])
+    assert [o.value for o in outcomes] == [1.0, 0.0, 1.0]
+
+
+def test_out_of_range_values_are_errors():
+    router = RewardRouter({"x": f"{__name__}:too_big"})
+    outcomes, stats = router.score(["abc"], [_prompt(0, "x")])
+    assert outcomes[0].value == 0.0 and stats.errors == 1 and "outside" in outcomes[0].message
+
+
+def test_score_uses_the_router_and_counts():
+    prompts = [_prompt(0, "a"), _prompt(1, "bad")]
+    trajs = [_traj(prompts[0], "answer: 4"), _traj(prompts[1], "answer: 4", group=1)]
+    stats = score(trajs, rewards=RewardRouter({"bad": f"{__name__}:broken_reward"}))
+    assert [t.reward for t in trajs] == [1.0, 0.0] and [t.correct for t in trajs] == [True, False]
+    assert stats.verifier_errors == 1
+
+
+def test_code_prompts_are_graded_without_a_router():
+    tests = [{"input": "3", "output": "6"}]
+    p = Prompt("c", (("user", "double"),), json.dumps({"tests": tests}), "code_tests", meta={"tests": tests})
+    good = _traj(p, "```python\nprint(int(input()) * 2)\n```")
+    bad = _traj(p, "```python\nprint(5)\n```")
+    score([good, bad])
+    assert (good.reward, bad.reward) == (1.0, 0.0)
+
+
+def test_config_errors_name_the_key():
+    assert parse_sources(["x=math"]) == {"x": "math"}
+    with pytest.raises(UserError, match=r"reward.sources\[0\]: expected 'source=reward'"):
+        load_config(None, ["reward.sources=[nonsense]"])
+    with pytest.raises(UserError, match=r"reward.sources\[0\]: unknown reward 'nope'"):
+        load_config(None, ["reward.sources=[a=nope]"])
+    with pytest.raises(UserError, match="cannot load 'no_such_module:f'"):
+        load_config(None, ["reward.sources=[a=no_such_module:f]"])
+    with pytest.raises(UserError, match="judge_model"):
+        resolve_reward("judge")
+    cfg = load_config(None, ["reward.sources=[a=math, b=code_tests]", "reward.timeout_s=5"])
+    router = router_from_config(cfg.reward)
+    assert router.timeout_s == 5 and set(router.sources) == {"a", "b"}
