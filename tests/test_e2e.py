@@ -113,3 +113,26 @@ def test_loop_with_partial_rollouts(tmp_path, tiny_model_dir, toy_task, continue
     assert sum(m["rollout/trained"] for m in metrics) > 0
     state = json.loads((out / "checkpoints" / "iter_000002" / "state.json").read_text())
     assert "replay_buffer" in state and state["next_group"] >= 4
+
+
+def test_loop_with_overlapped_rollouts(tmp_path, tiny_model_dir, toy_task):
+    """rollout.overlap: the next rollout runs during the update, by the policy one version
+    behind; its tokens are stale when trained on, and learning still happens."""
+    cfg = load_config(None, [
+        f"out={tmp_path / 'run'}", f"model.path={tiny_model_dir}", "data.tasks=[digit_first]",
+        "data.train_per_level=50", "data.test_per_level=8", "iterations=12", "rollout.k=8",
+        "rollout.prompts_per_iteration=16", "rollout.max_new_tokens=3", "algorithm.lr=0.01",
+        "algorithm.tau=0.01", "eval.every=6", "threads=1", "rollout.overlap=true", "checkpoint_every=4",
+    ])
+    summary = train(cfg, log=lambda s: None)
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics] == list(range(1, 13))
+    # iterations after an overlapped rollout train on pi_{i-1}'s samples; after a boundary
+    # (evaluation at 6, checkpoint at 4 and 8) the rollout is synchronous and fresh
+    stale = [m["train/stale_token_frac"] for m in metrics]
+    assert [i + 1 for i, f in enumerate(stale) if f == 0.0] == [1, 5, 7, 9], stale
+    assert all(f == 1.0 for i, f in enumerate(stale) if i + 1 not in (1, 5, 7, 9))
+    first = sum(m["reward/accuracy"] for m in metrics[:3]) / 3
+    last = sum(m["reward/accuracy"] for m in metrics[-3:]) / 3
+    assert last > first + 0.2, (first, last)
+    assert summary["test_accuracy_after"] > summary["test_accuracy_before"]

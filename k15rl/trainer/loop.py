@@ -14,7 +14,9 @@ import json
 import random
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -133,10 +135,10 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
     stops = stop_token_ids(tok, policy.model)
     a = cfg.algorithm
     settings = UpdateSettings(
-        train_on_stale=cfg.rollout.train_on_stale_segments, lr=a.lr, betas=(a.betas[0], a.betas[1]), weight_decay=a.weight_decay, grad_clip=a.grad_clip,
+        lr=a.lr, betas=(a.betas[0], a.betas[1]), weight_decay=a.weight_decay, grad_clip=a.grad_clip,
         minibatches=a.minibatches, epochs=a.epochs, micro_batch=a.micro_batch,
         temperature=cfg.rollout.temperature or 1.0, recompute_old_logprobs=a.recompute_old_logprobs,
-        autocast_bf16=a.autocast_bf16, seed=cfg.seed,
+        autocast_bf16=a.autocast_bf16, seed=cfg.seed, train_on_stale=cfg.rollout.train_on_stale_segments,
     )
     eval_params = eval_sampling_params(cfg, stops, seed=cfg.seed + 10**6)
     metrics_log, eval_log = JsonlLog(out / "metrics.jsonl"), JsonlLog(out / "eval.jsonl")
@@ -157,73 +159,106 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
     r = cfg.rollout
     buffer, next_group = ReplayBuffer(), 0
     train_seconds, done = 0.0, 0  # time spent in iterations (evaluations excluded); iterations run
-    bar = tqdm(range(cfg.iterations), desc="rl", unit="it", dynamic_ncols=True)
-    for it in bar:
-        t0 = time.time()
-        # 1. sample prompts (report §2.3.4); cut trajectories first take their rows (§2.6.2)
+    engine_version, prefetched = 0, None  # policy version in the engine; a rollout running ahead (rollout.overlap)
+    background = ThreadPoolExecutor(1, thread_name_prefix="rollout") if r.overlap else None
+
+    def start_rollout(it: int) -> Callable[[], PartialRolloutResult]:
+        """Sample prompts (report §2.3.4) and roll out with the engine's policy: continue the
+        buffer's trajectories first, start K per new prompt, each at most segment_tokens new
+        tokens (§2.6.2). Runs now, or in the background while the trainer updates."""
+        nonlocal next_group
         n_new = r.prompts_per_iteration
-        if r.continue_first:
+        if r.continue_first:  # cut trajectories take their rows first; new prompts fill the rest
             n_new = max(0, (r.prompts_per_iteration * r.k - buffer.num_unfinished()) // r.k)
         prompts = sampler.sample(n_new) if n_new else []
-        # 2. rollout: continue the buffer's trajectories, start K per new prompt, each at most
-        # segment_tokens new tokens; groups whose members have all finished come back
         params = SamplingParams(
             max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, stop_token_ids=stops,
             stop_strings=r.stop_strings, seed=cfg.seed * 100003 + it, repeat_ngram=r.repeat_ngram,
             repeat_times=r.repeat_times, repeat_min_tokens=r.repeat_min_tokens,
         )
-        result = partial_rollout(engine, tok, buffer, prompts, r.k, params, version=it,
-                                 segment_tokens=r.segment_tokens, max_tokens=r.max_new_tokens, first_group=next_group)
-        next_group = result.next_group
+        first, next_group = next_group, next_group + len(prompts)
+        job = partial(partial_rollout, engine, tok, buffer, prompts, r.k, params, version=engine_version,
+                      segment_tokens=r.segment_tokens, max_tokens=r.max_new_tokens, first_group=first)
+        if background:
+            return background.submit(job).result
+        result = job()
+        return lambda: result
+
+    def sync_engine() -> None:
+        """Weight sync: the trainer's newest weights become the engine's policy."""
+        nonlocal engine_version
+        if engine_version != done:
+            engine.load_weights(policy.model.state_dict())
+            engine_version = done
+
+    bar = tqdm(range(cfg.iterations), desc="rl", unit="it", dynamic_ncols=True)
+    for it in bar:
+        t0 = time.time()
+        # 1-2. prompts and rollout: K samples per prompt; groups whose members have all
+        # finished come back. With rollout.overlap it was started during the last update.
+        if prefetched is None:
+            sync_engine()
+            prefetched = start_rollout(it)
+        result, prefetched = prefetched(), None
         trajs = result.trajectories
         t1 = time.time()
         # 3. rewards: verifier + length penalty after its warm-up (report §2.3.3, §2.3.5)
         w = length_weight(it, cfg.reward.length_weight, cfg.reward.length_warmup_iterations)
         score_stats = score(trajs, length_penalty_weight=w, repeat_penalty=cfg.reward.repeat_penalty)
+        rollout_row = rollout_metrics(result, buffer, t1 - t0)
+        last = it + 1 == cfg.iterations
+        evaluate_now = bool(test_prompts) and (last or bool(cfg.eval.every and (it + 1) % cfg.eval.every == 0))
+        checkpoint_now = bool(cfg.checkpoint_every) and (it + 1) % cfg.checkpoint_every == 0 and not last
+        if background and not (last or evaluate_now or checkpoint_now):
+            sync_engine()
+            prefetched = start_rollout(it + 1)  # by pi_i, one version behind when it is trained on
         t2 = time.time()
         # 4. update: mirror-descent loss, optimizer reset each iteration (report §2.3.2)
         train_metrics: dict[str, float] = {}
         if trajs:
             settings.seed, settings.version = cfg.seed * 7919 + it, it
             train_metrics = policy_update(policy.model, trajs, loss_fn, loss_kw, settings, tok.pad_token_id)
-        t3 = time.time()
-        # 5. weight sync: the trainer's new weights become pi_{i+1} in the engine
-        if trajs:
-            engine.load_weights(policy.model.state_dict())
             sampler.update(trajs)
-        t4 = time.time()
+        t3 = time.time()
+        done = it + 1
+        # 5. weight sync happens before the engine's next use (rollout or evaluation)
         row = {
             "iteration": it + 1,
-            **rollout_metrics(result, buffer, t1 - t0),
+            **rollout_row,
             **train_metrics,
             "reward/length_weight": w,
             "reward/verifier_errors": score_stats.verifier_errors,
             "time/rollout": t1 - t0,
             "time/reward": t2 - t1,
             "time/train": t3 - t2,
-            "time/sync": t4 - t3,
-            "time/iteration": t4 - t0,
+            "time/iteration": t3 - t0,
         }
         metrics_log.write(row)
-        train_seconds, done = train_seconds + row["time/iteration"], it + 1
+        train_seconds += row["time/iteration"]
         out_of_time = bool(cfg.time_budget_minutes) and train_seconds >= 60 * cfg.time_budget_minutes
         bar.set_postfix(reward=f"{row.get('reward/mean', float('nan')):.3f}",
                         acc=f"{row.get('reward/accuracy', float('nan')):.3f}",
                         len=f"{row.get('rollout/len_mean', float('nan')):.0f}")
-        last = it + 1 == cfg.iterations or out_of_time
-        if test_prompts and (last or (cfg.eval.every and (it + 1) % cfg.eval.every == 0)):
+        if out_of_time and prefetched is not None:
+            prefetched()  # let the rollout running ahead finish; its trajectories stay in the buffer
+            prefetched = None
+        if test_prompts and (evaluate_now or out_of_time):
+            sync_engine()
             evals.append(run_eval(it + 1))
             bar.write(f"iteration {it + 1}: test accuracy {evals[-1]['accuracy']:.3f} "
                       f"mean tokens {evals[-1]['mean_tokens']:.1f}")
-        if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and not last:
+        if checkpoint_now:
             save_hf(policy.model, tok, out / "checkpoints" / f"iter_{it + 1:06d}",
                     {"iteration": it + 1, "sampler": sampler.state_dict(), "replay_buffer": buffer.state_dict(),
                      "next_group": next_group})
         if out_of_time:
             bar.write(f"time budget of {cfg.time_budget_minutes:g} min used up after {done} iterations")
             break
+    if background:
+        background.shutdown()
     bar.close()
     if also_greedy:
+        sync_engine()
         greedy_evals.append(run_eval(done, greedy_params))
     metrics_log.close()
     eval_log.close()

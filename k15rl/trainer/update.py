@@ -171,4 +171,5 @@ def policy_update(
     model.eval()
     out = {k: v / max(steps, 1) for k, v in sums.items()}
     out["train/steps"] = float(steps)
+    out["train/stale_token_frac"] = float(batch.stale[batch.tokens.response_mask > 0].float().mean())
     return out
