@@ -228,6 +228,8 @@ class TrainConfig:
         checks: list[tuple[bool, str, Any, str]] = [
             (d.on_bad_row in ("error", "skip"), "data.on_bad_row", d.on_bad_row, "must be 'error' or 'skip'"),
             (0 <= d.test_fraction < 1, "data.test_fraction", d.test_fraction, "must be in [0, 1)"),
+            (not (d.test_fraction and d.test_files), "data.test_fraction", d.test_fraction,
+             "must be 0 when data.test_files are given (one source of test prompts)"),
             (d.verifier in VERIFIERS or d.verifier in TASKS, "data.verifier", d.verifier,
              f"must be one of {sorted(VERIFIERS)} or a task name ({', '.join(sorted(TASKS))})"),
             (d.max_prompt_tokens >= 0, "data.max_prompt_tokens", d.max_prompt_tokens, "must be >= 0"),

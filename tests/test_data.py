@@ -326,6 +326,7 @@ def test_fit_context_drops_long_prompts(tiny_model_dir):
 @pytest.mark.parametrize("override, key", [
     ("data.on_bad_row=ignore", "data.on_bad_row"),
     ("data.test_fraction=1.5", "data.test_fraction"),
+    ("data.test_fraction=0.1 data.test_files=[t.jsonl]", "data.test_fraction"),
     ("data.verifier=chess", "data.verifier"),
     ("data.max_prompt_tokens=-1", "data.max_prompt_tokens"),
     ("data.columns.promt=q", "data.columns.promt"),
@@ -334,7 +335,7 @@ def test_fit_context_drops_long_prompts(tiny_model_dir):
 ])
 def test_data_config_errors_name_the_key(override, key):
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
-        load_config(None, [override])
+        load_config(None, override.split())
 
 
 @pytest.mark.parametrize("name", ["math.jsonl", "trl_chat.jsonl", "verl.parquet", "problems.csv"])

@@ -8,6 +8,11 @@ difficulty estimation.
     k15rl.data.export               built-in and reasoning-gym tasks as JSONL
 """
 
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
 from k15rl.data.build import (
     DataReport,
     FileReport,
@@ -24,12 +29,9 @@ from k15rl.data.readers import FORMATS, RawRow, detect_format, read_rows
 from k15rl.data.rows import CANDIDATES, BadRow, prompt_to_row, row_to_prompt
 
 
-def write_jsonl(path, rows) -> int:
-    """Write dict rows as JSON lines (atomically: a temporary file, then a rename)."""
-    import json
-    import os
-    from pathlib import Path
-
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
+    """Write dict rows as JSON lines (atomically: a temporary file, then a rename);
+    returns the number of rows."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
