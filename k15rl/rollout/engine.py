@@ -187,23 +187,23 @@ class HFEngine:
             tok, lp = sample_token(logits, params.temperature, params.top_p, gen)  # [B], [B]
             stopped = torch.isin(tok, stop_ids)  # [B]
             repeated = detector.step(tok) if detector else torch.zeros_like(stopped)  # [B]
-            done = torch.zeros_like(stopped)
-            for j, row in enumerate(rows):
-                row.tokens.append(int(tok[j]))
-                row.logprobs.append(float(lp[j]))
+            done = []
+            for row, t, l, st, rep in zip(rows, tok.tolist(), lp.tolist(), stopped.tolist(), repeated.tolist()):
+                row.tokens.append(t)
+                row.logprobs.append(l)
                 reason = None
-                if stopped[j] or (max_stop and self._hit_stop_string(row.tokens, params.stop_strings, max_stop)):
+                if st or (max_stop and self._hit_stop_string(row.tokens, params.stop_strings, max_stop)):
                     reason = "stop"
-                elif repeated[j]:
+                elif rep:
                     reason = "repeat"
                 elif len(row.tokens) >= row.budget:
                     reason = "length"
+                done.append(reason is not None)
                 if reason:
-                    done[j] = True
                     out[row.index] = Segment(row.tokens, row.logprobs, reason)  # type: ignore[arg-type]
             # 3. finished rows leave the batch and the cache
-            if done.any():
-                keep = (~done).nonzero().squeeze(1)  # [b']
+            if any(done):
+                keep = torch.tensor([j for j, d in enumerate(done) if not d], dtype=torch.long)  # [b']
                 rows = [rows[j] for j in keep.tolist()]
                 if not rows:
                     cache = None
