@@ -57,6 +57,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         torch.set_num_threads(cfg.threads)
     path = resolve_model_path(args.model, "--model")
     _, test = build_prompts(cfg)
+    if not test:
+        raise UserError("no test prompts: set data.test_files or data.test_fraction for data files")
     tok = load_tokenizer(path, cfg.model.chat_template)
     model = load_model(path, cfg.model.dtype)
     params = eval_sampling_params(cfg, stop_token_ids(tok, model), seed=cfg.seed)
@@ -278,6 +280,30 @@ def _cmd_difficulty(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_codetests(args: argparse.Namespace) -> int:
+    from k15rl.rewards.codetests import CodeTestsConfig, load_problem_dirs, run_codetests, write_problems
+    from k15rl.rewards.sandbox import Limits
+
+    for key, v, ok in (("--cases", args.cases, args.cases >= 1), ("--workers", args.workers, args.workers >= 1),
+                       ("--case-agreement", args.case_agreement, 0 < args.case_agreement <= 1),
+                       ("--problem-pass", args.problem_pass, 0 < args.problem_pass <= 1),
+                       ("--cpu-s", args.cpu_s, args.cpu_s > 0)):
+        if not ok:
+            raise UserError(f"{key}: out of range (got {v})")
+    problems = load_problem_dirs(args.problems)
+    cfg = CodeTestsConfig(cases=args.cases, case_agreement=args.case_agreement, problem_pass=args.problem_pass,
+                          seed=args.seed, workers=args.workers, limits=Limits(cpu_s=args.cpu_s, wall_s=2 * args.cpu_s))
+    reports, funnel = run_codetests(problems, cfg)
+    for r in reports:
+        print(f"{r.id}: {r.generated} candidate cases, {r.kept_cases} kept; "
+              f"{r.passing_solutions}/{r.solutions} solutions pass them -> {'kept' if r.kept else 'dropped'}"
+              + (f" (failing: {', '.join(r.failing_solutions)})" if r.failing_solutions else ""))
+    print("\n".join(funnel.lines()))
+    n = write_problems(reports, problems, args.out)
+    print(f"wrote {n} problems with validated tests to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="k15rl", description="The Kimi k1.5 RL recipe for LLM reasoning.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -367,6 +393,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--config", help="YAML file or preset for data.* and model.* settings")
     f.add_argument("overrides", nargs="*", help="key=value overrides")
     f.set_defaults(fn=_cmd_difficulty)
+    c = sub.add_parser("codetests", help="generate test cases with cyaron scripts and keep those reference "
+                                         "solutions agree on (report §2.3.5)")
+    c.add_argument("--problems", required=True, help="folder of problem folders (statement.md, gen.py, solutions/)")
+    c.add_argument("--out", required=True, help="JSONL of kept problems with their tests")
+    c.add_argument("--cases", type=int, default=50, help="candidate inputs per problem")
+    c.add_argument("--case-agreement", type=float, default=0.7, help="fraction of solutions agreeing on a case")
+    c.add_argument("--problem-pass", type=float, default=0.9, help="fraction of solutions passing all kept cases")
+    c.add_argument("--workers", type=int, default=2, help="sandboxes in parallel")
+    c.add_argument("--cpu-s", type=float, default=2.0, help="CPU seconds per run")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(fn=_cmd_codetests)
     return p
 
 

@@ -419,3 +419,13 @@ def test_training_on_a_file_with_curriculum_by_label(tmp_path, tiny_model_dir):
     assert any("44 rows, 44 prompts" in line for line in logged)
     assert any("prompts longer than 120 tokens removed" in line for line in logged)
     assert summary["iterations"] == 2 and 0 < summary["eval_prompts"] < 44
+
+
+def test_cli_eval_without_test_prompts_is_a_clear_error(tmp_path, capsys, tiny_model_dir):
+    from k15rl.cli import main
+
+    f = write_jsonl(tmp_path / "m.jsonl", ROWS)
+    code = main(["eval", "--model", str(tiny_model_dir), "--output", str(tmp_path / "e.json"),
+                 f"data.train_files=[{f}]"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "data.test_fraction" in err[0]
