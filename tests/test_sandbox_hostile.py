@@ -102,6 +102,8 @@ HOSTILE = [
      "        pass\nos._exit(0)\n", "runtime_error", None),
     ("patch_builtins_abs", "function",
      "import builtins\nbuiltins.abs = lambda x: 0\ndef f(x):\n    return 123.0\n", "wrong_answer", None),
+    ("shadow_builtin_global", "function",
+     "def abs(x):\n    return 0\ndef f(x):\n    return 123.0\n", "wrong_answer", None),
     ("always_equal_object", "function",
      "class Eq:\n    def __eq__(self, other):\n        return True\ndef add(a, b):\n    return Eq()\n",
      "runtime_error", None),
@@ -183,7 +185,7 @@ def test_hostile_program(name, style, program, reason, expected, listener, monke
     if style == "stdio":
         result = run_stdio(program, [StdioTest(stdin, expected)], LIMITS)
     else:
-        entry, check = ("f", CHECK_FLOAT) if name == "patch_builtins_abs" else ("add", CHECK_ADD)
+        entry, check = ("f", CHECK_FLOAT) if name in ("patch_builtins_abs", "shadow_builtin_global") else ("add", CHECK_ADD)
         result = run_function(program, check, entry, LIMITS)
     assert result.reward == 0.0, result
     assert result.reason == reason, result

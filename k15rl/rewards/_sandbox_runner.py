@@ -1,6 +1,6 @@
 """Sandbox runner: the first code of the process that runs an untrusted program.
 
-Started by the supervisor as `python -I -S runner.py MODE PROGRAM VERDICT_FD AUDIT`,
+Started by the supervisor as `python -I -S runner.py MODE PROGRAM VERDICT_FD AUDIT SYS_PATH`,
 already limited (rlimits) and without privileges. Standard library only.
 
 MODE `stdio`: run PROGRAM as `__main__`; the supervisor and host compare its stdout.
@@ -83,6 +83,8 @@ def _guard(fn):
 
 def main():
     mode, program_path, verdict_fd, audit = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    if sys.argv[5] != "-":  # read-only folders the program may import from
+        sys.path.extend(sys.argv[5].split(os.pathsep))
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # over the file-size limit: killed (output_limit)
     if audit == "audit":
         _block_network()

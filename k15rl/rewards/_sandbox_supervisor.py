@@ -94,7 +94,7 @@ def build_filesystem(job):
         if not os.path.isdir(h) or any(_under(h, s) for s in ("/proc", "/tmp", "/dev")):
             continue
         _mount("tmpfs", h, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
-        inside = [p for p in keep if _under(p, h)]
+        inside = [p for p in keep if _under(p, h) and p in staged]
         for p in inside:  # bind the kept path (e.g. the Python installation) back in place
             os.makedirs(p, mode=0o755, exist_ok=True)
             stage = staged.pop(p)
@@ -213,7 +213,7 @@ def run_one(job, workdir, stdin_bytes, uid, env, extra_fd_data):
         verdict_r, verdict_w = os.pipe()
         pass_fds = (verdict_w,)
     argv = [job["python"], "-I", "-S", job["runner"], job["mode"], job["program_path"], str(verdict_w or -1),
-            "audit" if not job["namespaces"] else "-"]
+            "audit" if not job["namespaces"] else "-", os.pathsep.join(job["sys_path"]) or "-"]
     import subprocess
 
     t0 = time.monotonic()

@@ -191,7 +191,8 @@ _SLOTS = _Slots()
 
 
 def _execute(program: str, mode: str, runs: list[dict], limits: Limits, *, isolation: str,
-             stop_at_first_failure: bool, python: str | None) -> tuple[list[dict], str, str | None]:
+             stop_at_first_failure: bool, python: str | None,
+             sys_path: Sequence[str] = ()) -> tuple[list[dict], str, str | None]:
     """Start one supervisor for all runs. Returns (raw results, isolation, error)."""
     mode_iso = isolation_mode(isolation)
     ns = mode_iso == "namespaces"
@@ -202,7 +203,8 @@ def _execute(program: str, mode: str, runs: list[dict], limits: Limits, *, isola
     job = {
         "nonce": nonce, "mode": mode, "program": program, "runs": runs, "limits": asdict(limits),
         "namespaces": ns, "userns": userns, "uid": UID_BASE + slot, "workdir": workdir,
-        "python": python or sys._base_executable, "keep_paths": [sys.base_prefix],
+        "python": python or sys._base_executable, "keep_paths": [sys.base_prefix, *sys_path],
+        "sys_path": list(sys_path),
         "hide_paths": default_hide_paths(), "disk_mb": limits.disk_mb,
         "runner_source": _RUNNER.read_text(), "stop_at_first_failure": stop_at_first_failure,
     }
@@ -289,13 +291,14 @@ def run_stdio(program: str, tests: Sequence[StdioTest], limits: Limits = Limits(
 
 
 def run_outputs(program: str, inputs: Sequence[str], limits: Limits = Limits(), *, isolation: str = "auto",
-                python: str | None = None) -> list[TestOutcome]:
+                python: str | None = None, sys_path: Sequence[str] = ()) -> list[TestOutcome]:
     """Run `program` on every input and return what it printed (no expected output):
-    used to compare reference solutions when validating generated tests (report §2.3.5)."""
+    used to compare reference solutions when validating generated tests (report §2.3.5).
+    `sys_path`: folders (read-only) the program may import from, e.g. cyaron's."""
     if not inputs:
         return []
     raw, _, error = _execute(program, "stdio", [{"stdin": x} for x in inputs], limits, isolation=isolation,
-                             stop_at_first_failure=False, python=python)
+                             stop_at_first_failure=False, python=python, sys_path=sys_path)
     out = [TestOutcome(_classify(r, limits), r["stdout"], r["stderr"], r["wall_s"], r["returncode"])
            if "error" not in r else TestOutcome("sandbox_error", stderr=r["error"]) for r in raw]
     out += [TestOutcome("sandbox_error", stderr=error or "not run")] * (len(inputs) - len(out))

@@ -1,0 +1,3 @@
+n = int(input())
+xs = list(map(int, input().split()))
+print(max(sum(xs[i:j]) for i in range(n) for j in range(i + 1, n + 1)))

@@ -1,0 +1,4 @@
+import statistics
+n = int(input())
+xs = list(map(int, input().split()))
+print(statistics.median_low(xs))

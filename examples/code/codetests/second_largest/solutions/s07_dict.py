@@ -1,0 +1,5 @@
+n = int(input())
+xs = list(map(int, input().split()))
+d = dict.fromkeys(xs)
+k = sorted(d)
+print(-1 if len(k) < 2 else k[-2])

@@ -1,0 +1,4 @@
+n = int(input())
+xs = list(map(int, input().split()))
+u = sorted(set(xs))
+print(u[-2])

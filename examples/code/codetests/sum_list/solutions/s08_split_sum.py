@@ -1,0 +1,5 @@
+n = int(input())
+xs = list(map(int, input().split()))
+pos = sum(x for x in xs if x > 0)
+neg = sum(x for x in xs if x < 0)
+print(pos + neg)
