@@ -19,8 +19,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from k15rl.config import load_config
     from k15rl.trainer.loop import train
 
-    cfg = load_config(args.config, args.overrides)
-    train(cfg, overwrite=args.overwrite)
+    if args.resume:  # the run's own config, plus overrides (e.g. more iterations=)
+        if args.config:
+            raise UserError("--resume takes the run's own config.yaml; give changes as key=value overrides")
+        if not (Path(args.resume) / "config.yaml").is_file():
+            raise UserError(f"--resume {args.resume}: no run to resume there (no config.yaml)")
+        cfg = load_config(str(Path(args.resume) / "config.yaml"), [*args.overrides, f"out={args.resume}"])
+    else:
+        cfg = load_config(args.config, args.overrides)
+    train(cfg, overwrite=args.overwrite, resume=bool(args.resume))
     return 0
 
 
@@ -311,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="RL training (report §2.3) as configured")
     t.add_argument("--config", help="YAML file or preset name (k15rl/configs/)")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
+    t.add_argument("--resume", metavar="OUT", help="continue the run in OUT from its newest complete checkpoint")
     t.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. rollout.k=8")
     t.set_defaults(fn=_cmd_train)
 

@@ -128,6 +128,7 @@ class AlgorithmConfig:
     epochs: int = 1  # passes over the iteration's samples
     micro_batch: int = 64  # rows per forward pass (gradient accumulation)
     recompute_old_logprobs: bool = False  # True: pi_i log-probs from the trainer, not the sampler
+    max_consecutive_skips: int = 5  # stop after this many optimizer steps in a row with a NaN/inf loss or gradient
     autocast_bf16: bool = False
 
 
@@ -145,7 +146,8 @@ class TrainConfig:
     iterations: int = 60
     seed: int = 0
     threads: int = 0  # torch threads; 0 = all cores
-    checkpoint_every: int = 0  # 0 = only at the end
+    checkpoint_every: int = 0  # iterations between checkpoints (and one at the end); 0 = only at the end
+    checkpoint_keep: int = 3  # newest checkpoints kept; 0 = all
     time_budget_minutes: float = 0.0  # stop after this much iteration time (evaluations excluded); 0 = none
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -203,6 +205,9 @@ class TrainConfig:
             (self.eval.samples_per_prompt >= 1, "eval.samples_per_prompt", self.eval.samples_per_prompt, "must be >= 1"),
             (self.eval.every >= 0, "eval.every", self.eval.every, "must be >= 0"),
             (self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be >= 0"),
+            (self.checkpoint_keep >= 0, "checkpoint_keep", self.checkpoint_keep, "must be >= 0"),
+            (self.algorithm.max_consecutive_skips >= 1, "algorithm.max_consecutive_skips",
+             self.algorithm.max_consecutive_skips, "must be >= 1"),
             (self.time_budget_minutes >= 0, "time_budget_minutes", self.time_budget_minutes, "must be >= 0"),
             (self.threads >= 0, "threads", self.threads, "must be >= 0"),
             (self.model.dtype in ("float32", "bfloat16"), "model.dtype", self.model.dtype,

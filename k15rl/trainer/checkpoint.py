@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"  # a file in CHECKPOINTS naming the newest complete checkpoint
 
 
 def _fsync_tree(path: Path) -> None:
@@ -58,16 +65,88 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch global RNG states as JSON-able data."""
+    np_state = np.random.get_state()
+    return {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state().tolist(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+
+
+def save_checkpoint(out: Path, iteration: int, model, tokenizer, state: dict[str, Any], keep: int) -> Path:
+    """OUT/checkpoints/iter_<iteration>/ (model, tokenizer, state.json) written atomically,
+    then `latest` pointed at it; only the newest `keep` checkpoints are kept (0 = all)."""
+    root = Path(out) / CHECKPOINTS
+    dest = save_hf(model, tokenizer, root / f"iter_{iteration:06d}", state)
+    write_text_atomic(root / LATEST, dest.name + "\n")
+    if keep > 0:
+        for old in complete_checkpoints(out)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def complete_checkpoints(out: Path) -> list[Path]:
+    """Checkpoint folders whose write finished (they hold state.json), oldest first.
+    Temporary folders of an interrupted write start with '.' and are never listed."""
+    root = Path(out) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("iter_*") if (p / "state.json").is_file() and (p / "config.json").is_file())
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The checkpoint `latest` names, else the newest complete one, else None."""
+    pointer = Path(out) / CHECKPOINTS / LATEST
+    if pointer.is_file():
+        named = pointer.parent / pointer.read_text().strip()
+        if named in complete_checkpoints(out):
+            return named
+    found = complete_checkpoints(out)
+    return found[-1] if found else None
+
+
+def truncate_jsonl(path: Path, lines: int) -> None:
+    """Keep the first `lines` lines of a JSON-lines file (rows written after a checkpoint
+    are dropped on resume, so no iteration appears twice). A torn last line goes too."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [x for x in path.read_text().splitlines(keepends=True) if x.endswith("\n")][:lines]
+    write_text_atomic(path, "".join(kept))
+
+
 class JsonlLog:
-    """Append-only JSON-lines file, flushed per line."""
+    """Append-only JSON-lines file, flushed per line; `lines` counts the rows in it."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.lines = len(read_jsonl(self.path))
         self.f = open(self.path, "a")
 
     def write(self, row: dict) -> None:
         self.f.write(json.dumps(row) + "\n")
         self.f.flush()
+        self.lines += 1
 
     def close(self) -> None:
         self.f.close()

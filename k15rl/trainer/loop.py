@@ -35,7 +35,17 @@ from k15rl.rollout.collect import OUTCOMES, PartialRolloutResult, partial_rollou
 from k15rl.rollout.engine import HFEngine, SamplingParams
 from k15rl.rollout.replay import ReplayBuffer
 from k15rl.sampling import make_sampler
-from k15rl.trainer.checkpoint import JsonlLog, read_jsonl, save_hf, write_json_atomic
+from k15rl.trainer.checkpoint import (
+    JsonlLog,
+    latest_checkpoint,
+    read_jsonl,
+    rng_state,
+    save_checkpoint,
+    save_hf,
+    set_rng_state,
+    truncate_jsonl,
+    write_json_atomic,
+)
 from k15rl.trainer.evaluate import eval_sampling_params, evaluate
 from k15rl.trainer.plots import plot_run
 from k15rl.trainer.update import UpdateSettings, policy_update
@@ -50,18 +60,20 @@ class Policy:
     path: Path
 
 
-def load_policy(cfg: TrainConfig, log: Callable[[str], None]) -> Policy:
-    path = resolve_model_path(cfg.model.path, "model.path", log)
+def load_policy(cfg: TrainConfig, log: Callable[[str], None], checkpoint: Path | None = None) -> Policy:
+    """The model to train: `model.path`, or a checkpoint of this run when resuming."""
+    path = checkpoint or resolve_model_path(cfg.model.path, "model.path", log)
     tokenizer = load_tokenizer(path, cfg.model.chat_template)
     return Policy(load_model(path, cfg.model.dtype), tokenizer, path)
 
 
-def prepare_out(out: Path, cfg: TrainConfig, overwrite: bool) -> None:
+def prepare_out(out: Path, cfg: TrainConfig, overwrite: bool, resuming: bool = False) -> None:
     """Create the run folder. A folder that already holds a run is refused unless
-    `overwrite` (then only the run's own files are removed)."""
-    if out.exists() and any((out / f).exists() for f in RUN_FILES):
+    `overwrite` (then only the run's own files are removed) or `resuming` (kept)."""
+    if out.exists() and any((out / f).exists() for f in RUN_FILES) and not resuming:
         if not overwrite:
-            raise UserError(f"output folder {out} already holds a run: pass --overwrite or choose another out=")
+            raise UserError(f"output folder {out} already holds a run: pass --resume {out} to continue it, "
+                            f"--overwrite to replace it, or choose another out=")
         for f in RUN_FILES:
             p = out / f
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
@@ -106,8 +118,13 @@ def rollout_metrics(result: PartialRolloutResult, buffer: ReplayBuffer, seconds:
     return out
 
 
-def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Run RL as configured; returns the summary also written to OUT/summary.json."""
+def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
+          log: Callable[[str], None] = print) -> dict:
+    """Run RL as configured; returns the summary also written to OUT/summary.json.
+
+    `resume`: continue the run in `cfg.out` from its newest complete checkpoint (model,
+    sampler, replay buffer, RNG states, log positions); with none, start it over.
+    """
     from tqdm import tqdm
 
     t_start = time.time()
@@ -117,7 +134,13 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
     seed_everything(cfg.seed)
     # Everything that can fail on bad input happens before OUT is touched.
     train_prompts, test_prompts = build_prompts(cfg, log)
-    policy = load_policy(cfg, log)
+    if resume and not (out / "config.yaml").is_file():
+        raise UserError(f"--resume {out}: no run to resume there (no config.yaml)")
+    checkpoint = latest_checkpoint(out) if resume else None
+    state = json.loads((checkpoint / "state.json").read_text()) if checkpoint else None
+    if resume and not checkpoint:
+        log(f"{out}: no complete checkpoint yet, starting the run over from iteration 0")
+    policy = load_policy(cfg, log, checkpoint)
     limit = prompt_token_limit(cfg, policy.model.config)  # prompts must leave room for the response
     train_prompts, _ = fit_context(train_prompts, policy.tokenizer, limit, "train", log)
     test_prompts, _ = fit_context(test_prompts, policy.tokenizer, limit, "test", log)
@@ -126,7 +149,10 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
         sampler = make_sampler(cfg.sampler.name, train_prompts, cfg.seed, **options)
     except ValueError as e:
         raise UserError(f"config key sampler: {e}") from None
-    prepare_out(out, cfg, overwrite)
+    prepare_out(out, cfg, overwrite or resume, resuming=checkpoint is not None)
+    if state:  # rows logged after the checkpoint would otherwise appear twice
+        truncate_jsonl(out / "metrics.jsonl", state["metrics_lines"])
+        truncate_jsonl(out / "eval.jsonl", state["eval_lines"])
 
     tok = policy.tokenizer
     engine = HFEngine(copy.deepcopy(policy.model), tok, max_batch=cfg.rollout.max_batch)
@@ -150,16 +176,28 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
         eval_log.write(row)
         return row
 
-    evals = [run_eval(0)] if test_prompts else []
     # Sampled accuracy can rise while greedy accuracy does not: a sampled evaluation is
     # joined by a greedy one at the start and the end, so both are on record.
     greedy_params = dataclasses.replace(eval_params, temperature=0.0)
     also_greedy = bool(test_prompts) and cfg.eval.temperature > 0
-    greedy_evals = [run_eval(0, greedy_params)] if also_greedy else []
     r = cfg.rollout
     buffer, next_group = ReplayBuffer(), 0
     train_seconds, done = 0.0, 0  # time spent in iterations (evaluations excluded); iterations run
-    engine_version, prefetched = 0, None  # policy version in the engine; a rollout running ahead (rollout.overlap)
+    consecutive_skips = 0  # optimizer steps in a row skipped for a non-finite loss or gradient
+    if state:  # resume: everything the next iteration depends on, as it was
+        sampler.load_state_dict(state["sampler"])
+        buffer.load_state_dict(state["replay_buffer"])
+        next_group, done, train_seconds = state["next_group"], state["iteration"], state["train_seconds"]
+        consecutive_skips = state["consecutive_skips"]
+        set_rng_state(state["rng"])
+        logged = read_jsonl(out / "eval.jsonl")
+        evals = [e for e in logged if e["temperature"] == cfg.eval.temperature]
+        greedy_evals = [e for e in logged if e["temperature"] == 0.0] if also_greedy else []
+        log(f"resuming {out} from {checkpoint.name} (iteration {done})")
+    else:
+        evals = [run_eval(0)] if test_prompts else []
+        greedy_evals = [run_eval(0, greedy_params)] if also_greedy else []
+    engine_version, prefetched = done, None  # policy version in the engine; a rollout running ahead (rollout.overlap)
     background = ThreadPoolExecutor(1, thread_name_prefix="rollout") if r.overlap else None
 
     def start_rollout(it: int) -> Callable[[], PartialRolloutResult]:
@@ -184,6 +222,15 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
         result = job()
         return lambda: result
 
+    def run_state() -> dict:
+        """What a resumed run needs besides the weights (a checkpoint's state.json)."""
+        return {
+            "iteration": done, "next_group": next_group, "train_seconds": train_seconds,
+            "consecutive_skips": consecutive_skips, "sampler": sampler.state_dict(),
+            "replay_buffer": buffer.state_dict(), "rng": rng_state(),
+            "metrics_lines": metrics_log.lines, "eval_lines": eval_log.lines, "config": to_dict(cfg),
+        }
+
     def sync_engine() -> None:
         """Weight sync: the trainer's newest weights become the engine's policy."""
         nonlocal engine_version
@@ -191,7 +238,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
             engine.load_weights(policy.model.state_dict())
             engine_version = done
 
-    bar = tqdm(range(cfg.iterations), desc="rl", unit="it", dynamic_ncols=True)
+    bar = tqdm(range(done, cfg.iterations), desc="rl", unit="it", dynamic_ncols=True, initial=done,
+               total=cfg.iterations)
     for it in bar:
         t0 = time.time()
         # 1-2. prompts and rollout: K samples per prompt; groups whose members have all
@@ -208,7 +256,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
         rollout_row = rollout_metrics(result, buffer, t1 - t0)
         last = it + 1 == cfg.iterations
         evaluate_now = bool(test_prompts) and (last or bool(cfg.eval.every and (it + 1) % cfg.eval.every == 0))
-        checkpoint_now = bool(cfg.checkpoint_every) and (it + 1) % cfg.checkpoint_every == 0 and not last
+        checkpoint_now = last or bool(cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0)
         if background and not (last or evaluate_now or checkpoint_now):
             sync_engine()
             prefetched = start_rollout(it + 1)  # by pi_i, one version behind when it is trained on
@@ -219,6 +267,11 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
             settings.seed, settings.version = cfg.seed * 7919 + it, it
             train_metrics = policy_update(policy.model, trajs, loss_fn, loss_kw, settings, tok.pad_token_id)
             sampler.update(trajs)
+            skipped, steps = train_metrics["train/skipped_steps"], train_metrics["train/steps"]
+            consecutive_skips = consecutive_skips + steps if skipped == steps else train_metrics["train/trailing_skips"]
+            if skipped:
+                bar.write(f"iteration {it + 1}: {skipped:.0f} of {steps:.0f} optimizer steps skipped "
+                          f"(non-finite loss or gradient; {consecutive_skips:.0f} in a row)")
         t3 = time.time()
         done = it + 1
         # 5. weight sync happens before the engine's next use (rollout or evaluation)
@@ -234,6 +287,10 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
             "time/iteration": t3 - t0,
         }
         metrics_log.write(row)
+        if consecutive_skips >= a.max_consecutive_skips:
+            good = latest_checkpoint(out)
+            raise UserError(f"{consecutive_skips:.0f} optimizer steps in a row had a non-finite loss or gradient "
+                            f"(iteration {it + 1}): stopping; last good checkpoint: {good or 'none yet'}")
         train_seconds += row["time/iteration"]
         out_of_time = bool(cfg.time_budget_minutes) and train_seconds >= 60 * cfg.time_budget_minutes
         bar.set_postfix(reward=f"{row.get('reward/mean', float('nan')):.3f}",
@@ -247,10 +304,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
             evals.append(run_eval(it + 1))
             bar.write(f"iteration {it + 1}: test accuracy {evals[-1]['accuracy']:.3f} "
                       f"mean tokens {evals[-1]['mean_tokens']:.1f}")
-        if checkpoint_now:
-            save_hf(policy.model, tok, out / "checkpoints" / f"iter_{it + 1:06d}",
-                    {"iteration": it + 1, "sampler": sampler.state_dict(), "replay_buffer": buffer.state_dict(),
-                     "next_group": next_group})
+        if checkpoint_now or out_of_time:
+            save_checkpoint(out, it + 1, policy.model, tok, run_state(), cfg.checkpoint_keep)
         if out_of_time:
             bar.write(f"time budget of {cfg.time_budget_minutes:g} min used up after {done} iterations")
             break
@@ -263,12 +318,12 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, log: Callable[[str], Non
     metrics_log.close()
     eval_log.close()
 
-    save_hf(policy.model, tok, out / "final", {"iteration": done, "sampler": sampler.state_dict(),
-                                               "replay_buffer": buffer.state_dict(), "next_group": next_group})
+    save_hf(policy.model, tok, out / "final", run_state())
     metrics = read_jsonl(out / "metrics.jsonl")
     plot_run(metrics, evals, out / "curves.png")
     summary = {
-        "model": str(policy.path),
+        "model": cfg.model.path,
+        "resumed_from": str(checkpoint) if checkpoint else None,
         "iterations": done,
         "train_time_s": train_seconds,
         "wall_time_s": time.time() - t_start,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -11,6 +13,8 @@ import torch
 
 from k15rl.trainer.logprobs import TokenBatch, collate, token_logprobs
 from k15rl.types import Trajectory
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -148,7 +152,7 @@ def policy_update(
     rng = random.Random(s.seed)
     model.train()
     sums: dict[str, float] = {}
-    steps = 0
+    steps = skipped = trailing = 0  # trailing: skipped steps since the last applied one
     for _ in range(s.epochs):
         order = groups[:]
         rng.shuffle(order)
@@ -161,15 +165,20 @@ def policy_update(
             metrics = loss_backward(model, _subset(batch, rows), loss_fn, loss_kw, s)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
             metrics["train/grad_norm"] = float(grad_norm)
-            if torch.isfinite(grad_norm):
+            if torch.isfinite(grad_norm) and all(math.isfinite(v) for v in metrics.values()):
                 opt.step()
-            else:
-                metrics["train/skipped_steps"] = 1.0
+                trailing = 0
+            else:  # a NaN or inf in the loss or the gradients: skip the step, weights untouched
+                opt.zero_grad(set_to_none=True)
+                skipped, trailing = skipped + 1, trailing + 1
+                log.warning("non-finite loss or gradient (grad norm %s): optimizer step skipped", float(grad_norm))
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps += 1
     model.eval()
     out = {k: v / max(steps, 1) for k, v in sums.items()}
     out["train/steps"] = float(steps)
+    out["train/skipped_steps"] = float(skipped)
+    out["train/trailing_skips"] = float(trailing)
     out["train/stale_token_frac"] = float(batch.stale[batch.tokens.response_mask > 0].float().mean())
     return out

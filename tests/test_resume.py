@@ -1,0 +1,145 @@
+"""Checkpoints and resume: a run interrupted at any iteration and resumed ends exactly
+like an uninterrupted one; NaN steps are skipped and counted; torn writes are ignored."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from k15rl.algorithms import LOSSES
+from k15rl.cli import main
+from k15rl.config import load_config
+from k15rl.errors import UserError
+from k15rl.tasks import TASKS
+from k15rl.trainer import loop
+from k15rl.trainer.checkpoint import latest_checkpoint, truncate_jsonl
+from k15rl.trainer.loop import train
+
+from test_e2e import DigitFirstTask
+
+
+@pytest.fixture(autouse=True)
+def toy_task(monkeypatch):
+    monkeypatch.setitem(TASKS, "digit_first", DigitFirstTask)
+
+
+def _cfg(out, model, *extra):
+    return load_config(None, [
+        f"out={out}", f"model.path={model}", "data.tasks=[digit_first]", "data.train_per_level=20",
+        "data.test_per_level=4", "iterations=6", "rollout.k=4", "rollout.prompts_per_iteration=4",
+        "rollout.max_new_tokens=6", "rollout.segment_tokens=2", "sampler.name=prioritized", "algorithm.lr=0.01",
+        "algorithm.tau=0.01", "eval.every=3", "threads=1", "checkpoint_every=1", "checkpoint_keep=2", *extra,
+    ])
+
+
+def _metrics(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("crash_at", [2, 5])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_model_dir, monkeypatch, crash_at):
+    ref = tmp_path / "ref"
+    train(_cfg(ref, tiny_model_dir), log=lambda s: None)
+
+    run = tmp_path / "run"
+    real_score, calls = loop.score, []
+
+    def crashing_score(*a, **kw):  # the process dies after the rollout of iteration `crash_at`
+        calls.append(1)
+        if len(calls) == crash_at:
+            raise Crash
+        return real_score(*a, **kw)
+
+    monkeypatch.setattr(loop, "score", crashing_score)
+    with pytest.raises(Crash):
+        train(_cfg(run, tiny_model_dir), log=lambda s: None)
+    monkeypatch.setattr(loop, "score", real_score)
+    assert latest_checkpoint(run).name == f"iter_{crash_at - 1:06d}"
+    summary = train(_cfg(run, tiny_model_dir), resume=True, log=lambda s: None)
+    assert summary["resumed_from"].endswith(f"iter_{crash_at - 1:06d}")
+
+    a, b = load_file(ref / "final" / "model.safetensors"), load_file(run / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = _metrics(ref), _metrics(run)
+    assert [m["iteration"] for m in mb] == [1, 2, 3, 4, 5, 6]  # none lost, none twice
+    for x, y in zip(ma, mb):
+        assert {k: v for k, v in x.items() if not k.startswith(("time/", "rollout/tokens_per_s"))} == \
+            {k: v for k, v in y.items() if not k.startswith(("time/", "rollout/tokens_per_s"))}
+    ea = [(e["iteration"], e["temperature"], e["accuracy"]) for e in map(json.loads, (ref / "eval.jsonl").open())]
+    eb = [(e["iteration"], e["temperature"], e["accuracy"]) for e in map(json.loads, (run / "eval.jsonl").open())]
+    assert ea == eb
+    kept = sorted(p.name for p in (run / "checkpoints").glob("iter_*"))
+    assert kept == ["iter_000005", "iter_000006"]  # checkpoint_keep=2
+    assert (run / "checkpoints" / "latest").read_text().strip() == "iter_000006"
+
+
+def test_torn_checkpoint_is_ignored(tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    train(_cfg(run, tiny_model_dir, "iterations=2", "checkpoint_keep=0"), log=lambda s: None)
+    ck = run / "checkpoints"
+    (ck / ".iter_000003.tmp-abc").mkdir()  # a write that was killed before its rename
+    (ck / "iter_000009").mkdir()  # a folder without state.json is not complete
+    (ck / "latest").write_text("iter_000009\n")  # pointing at it does not make it so
+    assert latest_checkpoint(run).name == "iter_000002"
+
+
+def test_truncate_jsonl_drops_rows_after_the_checkpoint_and_torn_lines(tmp_path):
+    p = tmp_path / "m.jsonl"
+    p.write_text('{"iteration": 1}\n{"iteration": 2}\n{"iteration": 3}\n{"itera')
+    truncate_jsonl(p, 2)
+    assert p.read_text() == '{"iteration": 1}\n{"iteration": 2}\n'
+    truncate_jsonl(p, 5)
+    assert p.read_text() == '{"iteration": 1}\n{"iteration": 2}\n'
+
+
+def _nan_loss_after(n_good):
+    calls = []
+    real = LOSSES["k15"]
+
+    def loss(logp, old, rewards, mask, group_ids, *, tau):
+        calls.append(1)
+        value, metrics = real(logp, old, rewards, mask, group_ids, tau=tau)
+        return (value * float("nan"), metrics) if len(calls) > n_good else (value, metrics)
+
+    return loss
+
+
+def test_nan_steps_are_skipped_then_the_run_stops(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setitem(LOSSES, "k15", _nan_loss_after(3))  # steps 1-3 fine, then NaN forever
+    run = tmp_path / "run"
+    cfg = _cfg(run, tiny_model_dir, "rollout.segment_tokens=0", "algorithm.max_consecutive_skips=2")
+    with pytest.raises(UserError, match=r"2 optimizer steps in a row had a non-finite loss .*iter_000004"):
+        train(cfg, log=lambda s: None)
+    metrics = _metrics(run)
+    assert [m["train/skipped_steps"] for m in metrics] == [0, 0, 0, 1, 1]
+    before = load_file(latest_checkpoint(run) / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in before.values())  # the last good checkpoint is intact
+
+
+def test_a_single_nan_step_is_skipped_and_training_goes_on(tmp_path, tiny_model_dir, monkeypatch):
+    calls = []
+    real = LOSSES["k15"]
+
+    def loss(logp, old, rewards, mask, group_ids, *, tau):
+        calls.append(1)
+        value, metrics = real(logp, old, rewards, mask, group_ids, tau=tau)
+        return (value * float("inf"), metrics) if len(calls) == 2 else (value, metrics)
+
+    monkeypatch.setitem(LOSSES, "k15", loss)
+    run = tmp_path / "run"
+    train(_cfg(run, tiny_model_dir, "rollout.segment_tokens=0", "algorithm.max_consecutive_skips=2",
+               "iterations=4"), log=lambda s: None)
+    assert [m["train/skipped_steps"] for m in _metrics(run)] == [0, 1, 0, 0]
+    weights = load_file(run / "final" / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_cli_resume_errors(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no run to resume" in err[0]
