@@ -120,3 +120,23 @@ def test_process_isolation_fallback():
     net = run_stdio("import socket\nsocket.socket().connect(('127.0.0.1', 9))", [StdioTest("", "")], FAST,
                     isolation="process", python=py)
     assert net.reason == "runtime_error" and "network access is disabled" in net.detail
+
+
+def _humaneval_check(n: int | None) -> tuple[int, int, int]:
+    from k15rl.rewards.sandbox_pool import grade_all
+    from k15rl.tasks.code_humaneval import load_humaneval
+
+    prompts = load_humaneval(limit=n)
+    good = grade_all([job_from_spec(p.meta["canonical_solution"], p.meta) for p in prompts], workers=2)
+    bad = grade_all([job_from_spec("    return None\n", p.meta) for p in prompts], workers=2)
+    return len(prompts), sum(r.reason == "pass" for r in good), sum(r.reason == "pass" for r in bad)
+
+
+def test_humaneval_loads_and_canonical_solutions_pass():
+    n, good, bad = _humaneval_check(12)
+    assert (n, good, bad) == (12, 12, 0)
+
+
+@pytest.mark.slow
+def test_humaneval_all_164_canonical_solutions_pass():
+    assert _humaneval_check(None) == (164, 164, 0)

@@ -257,6 +257,9 @@ def run_one(job, workdir, stdin_bytes, uid, env, extra_fd_data):
                 exited_at = now
         if exited_at is not None and now - exited_at > 0.2:
             break  # the runner is gone; something it spawned still holds a pipe
+        if not sel.get_map():  # pipes closed: wait for the exit status, briefly
+            time.sleep(0.001)
+            continue
         for key, _ in sel.select(timeout=min(0.05, deadline - now)):
             name = key.data
             if name == "stdin":
