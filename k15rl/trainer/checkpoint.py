@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from k15rl.errors import UserError
+
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"  # a file in CHECKPOINTS naming the newest complete checkpoint
 
@@ -50,6 +52,9 @@ def save_hf(model, tokenizer, dest: Path, extra: dict[str, Any] | None = None) -
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, dest)
+    except OSError as e:  # disk full, permissions: nothing half-written is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"could not write {dest}: {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

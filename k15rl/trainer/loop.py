@@ -67,10 +67,14 @@ def load_policy(cfg: TrainConfig, log: Callable[[str], None], checkpoint: Path |
     return Policy(load_model(path, cfg.model.dtype), tokenizer, path)
 
 
+def holds_run(out: Path) -> bool:
+    return out.exists() and any((out / f).exists() for f in RUN_FILES)
+
+
 def prepare_out(out: Path, cfg: TrainConfig, overwrite: bool, resuming: bool = False) -> None:
     """Create the run folder. A folder that already holds a run is refused unless
     `overwrite` (then only the run's own files are removed) or `resuming` (kept)."""
-    if out.exists() and any((out / f).exists() for f in RUN_FILES) and not resuming:
+    if holds_run(out) and not resuming:
         if not overwrite:
             raise UserError(f"output folder {out} already holds a run: pass --resume {out} to continue it, "
                             f"--overwrite to replace it, or choose another out=")
@@ -136,6 +140,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     train_prompts, test_prompts = build_prompts(cfg, log)
     if resume and not (out / "config.yaml").is_file():
         raise UserError(f"--resume {out}: no run to resume there (no config.yaml)")
+    if not (resume or overwrite) and holds_run(out):
+        raise UserError(f"output folder {out} already holds a run: pass --resume {out} to continue it, "
+                        f"--overwrite to replace it, or choose another out=")
     checkpoint = latest_checkpoint(out) if resume else None
     state = json.loads((checkpoint / "state.json").read_text()) if checkpoint else None
     if resume and not checkpoint:
