@@ -92,3 +92,13 @@ def test_codetests_cli_errors(tmp_path, capsys):
     assert main(["codetests", "--problems", str(tmp_path / "p"), "--out", str(tmp_path / "o.jsonl")]) == 2
     assert "missing statement.md" in capsys.readouterr().err
     assert main(["codetests", "--problems", str(tmp_path), "--out", "o", "--case-agreement", "2"]) == 2
+
+
+def test_judge_on_a_real_model_scores_zero_without_a_verdict(tiny_model_dir):
+    """A random tiny model writes no JSON verdict: reward 0 and a counted failure, no crash."""
+    from k15rl.rewards.judge import load_judge
+
+    judge = load_judge(str(tiny_model_dir), max_new_tokens=12, max_batch=2)
+    prompts = [Prompt("p", (("user", "What is 2+2?"),), "4", "freeform")] * 2
+    rewards = judge(["answer: 4", "answer: 5"], prompts)
+    assert rewards == [0.0, 0.0] and judge.failures == 2
