@@ -245,7 +245,9 @@ def _classify(raw: dict, limits: Limits) -> Reason:
     rc = raw["returncode"]
     if raw["output_exceeded"] or rc == -signal.SIGXFSZ:
         return "output_limit"
-    over_cpu = rc in (-signal.SIGXCPU, -signal.SIGKILL) and raw["cpu_s"] >= int(limits.cpu_s + 0.999) - 0.05
+    # SIGXCPU comes from the soft CPU limit; SIGKILL from the hard one (a second later), or
+    # from the program itself: then its CPU time is far below the limit.
+    over_cpu = rc == -signal.SIGXCPU or (rc == -signal.SIGKILL and raw["cpu_s"] >= int(limits.cpu_s + 0.999) - 0.05)
     if raw["timed_out"] or over_cpu:
         return "timeout"
     if rc == MEMORY_EXIT:
