@@ -109,10 +109,13 @@ class CodeTask:
         family = rng.randrange(len(_FAMILIES[level]))
         statement, kind, _, solve = _FAMILIES[level][family]
         k = rng.randint(2, 9)
-        tests = []
-        for _ in range(N_TESTS):
+        tests: list[dict[str, str]] = []
+        for _ in range(20 * N_TESTS):  # distinct inputs (level 1 draws from 30 numbers)
             xs = _draw_input(rng, kind)
-            tests.append({"input": _fmt(xs), "output": solve(xs, k)})
+            if _fmt(xs) not in (t["input"] for t in tests):
+                tests.append({"input": _fmt(xs), "output": solve(xs, k)})
+            if len(tests) == N_TESTS:
+                break
         question = (f"Write a Python program: {statement.format(k=k)}. "
                     f"Example: input {tests[0]['input']!r} gives {tests[0]['output']!r}.")
         return Problem(
