@@ -69,7 +69,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     tok = load_tokenizer(path, cfg.model.chat_template)
     model = load_model(path, cfg.model.dtype)
     params = eval_sampling_params(cfg, stop_token_ids(tok, model), seed=cfg.seed)
-    result, _ = evaluate(HFEngine(model, tok, cfg.rollout.max_batch), tok, test, params, cfg.eval.samples_per_prompt)
+    from k15rl.rewards.compose import router_from_config
+
+    result, _ = evaluate(HFEngine(model, tok, cfg.rollout.max_batch), tok, test, params, cfg.eval.samples_per_prompt,
+                         rewards=router_from_config(cfg.reward))
     result = {"model": str(path), "temperature": cfg.eval.temperature, **result}
     print(f"accuracy {result['accuracy']:.4f} (+/- {result['accuracy_ci95']:.4f}), "
           f"mean tokens {result['mean_tokens']:.1f}, n={result['n']}")

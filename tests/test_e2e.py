@@ -136,3 +136,22 @@ def test_loop_with_overlapped_rollouts(tmp_path, tiny_model_dir, toy_task):
     last = sum(m["reward/accuracy"] for m in metrics[-3:]) / 3
     assert last > first + 0.2, (first, last)
     assert summary["test_accuracy_after"] > summary["test_accuracy_before"]
+
+
+def always_right(response, answer):
+    """A user reward function, plugged in by module:function."""
+    return 1.0
+
+
+def test_loop_uses_reward_sources(tmp_path, tiny_model_dir, toy_task):
+    """reward.sources picks the reward of a data source (here the toy task) in training and evaluation."""
+    cfg = load_config(None, [
+        f"out={tmp_path / 'run'}", f"model.path={tiny_model_dir}", "data.tasks=[digit_first]",
+        "data.train_per_level=10", "data.test_per_level=2", "iterations=2", "rollout.k=2",
+        "rollout.prompts_per_iteration=2", "rollout.max_new_tokens=2", "threads=1",
+        "reward.sources=[digit_first=test_e2e:always_right]",
+    ])
+    summary = train(cfg, log=lambda s: None)
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["reward/accuracy"] for m in metrics] == [1.0, 1.0]
+    assert summary["test_accuracy_before"] == 1.0

@@ -48,8 +48,10 @@ def evaluate(
     prompts: Sequence[Prompt],
     params: SamplingParams,
     samples_per_prompt: int = 1,
+    rewards=None,
 ) -> tuple[dict, list[Trajectory]]:
-    """Sample `samples_per_prompt` responses per prompt (temperature 0: greedy) and score them."""
+    """Sample `samples_per_prompt` responses per prompt (temperature 0: greedy) and score them
+    (`rewards`: a RewardRouter, as in training)."""
     trajectories = rollout(engine, tokenizer, prompts, samples_per_prompt, params)
-    score(trajectories)
+    score(trajectories, rewards=rewards)
     return summarize(trajectories), trajectories

@@ -31,6 +31,7 @@ from k15rl.errors import UserError
 from k15rl.models import resolve_model_path
 from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
 from k15rl.rewards import length_weight, score
+from k15rl.rewards.compose import router_from_config
 from k15rl.rollout.collect import OUTCOMES, PartialRolloutResult, partial_rollout
 from k15rl.rollout.engine import HFEngine, SamplingParams
 from k15rl.rollout.replay import ReplayBuffer
@@ -174,11 +175,12 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         autocast_bf16=a.autocast_bf16, seed=cfg.seed, train_on_stale=cfg.rollout.train_on_stale_segments,
     )
     eval_params = eval_sampling_params(cfg, stops, seed=cfg.seed + 10**6)
+    router = router_from_config(cfg.reward)  # the reward function of each data source, with time limits
     metrics_log, eval_log = JsonlLog(out / "metrics.jsonl"), JsonlLog(out / "eval.jsonl")
 
     def run_eval(iteration: int, params: SamplingParams = eval_params) -> dict:
         t0 = time.time()
-        result, _ = evaluate(engine, tok, test_prompts, params, cfg.eval.samples_per_prompt)
+        result, _ = evaluate(engine, tok, test_prompts, params, cfg.eval.samples_per_prompt, rewards=router)
         row = {"iteration": iteration, "temperature": params.temperature, **result, "time/eval": time.time() - t0}
         eval_log.write(row)
         return row
@@ -259,7 +261,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         t1 = time.time()
         # 3. rewards: verifier + length penalty after its warm-up (report §2.3.3, §2.3.5)
         w = length_weight(it, cfg.reward.length_weight, cfg.reward.length_warmup_iterations)
-        score_stats = score(trajs, length_penalty_weight=w, repeat_penalty=cfg.reward.repeat_penalty)
+        score_stats = score(trajs, length_penalty_weight=w, repeat_penalty=cfg.reward.repeat_penalty, rewards=router)
         rollout_row = rollout_metrics(result, buffer, t1 - t0)
         last = it + 1 == cfg.iterations
         evaluate_now = bool(test_prompts) and (last or bool(cfg.eval.every and (it + 1) % cfg.eval.every == 0))
@@ -288,6 +290,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
             **train_metrics,
             "reward/length_weight": w,
             "reward/verifier_errors": score_stats.verifier_errors,
+            "reward/timeouts": score_stats.reward_timeouts,
             "time/rollout": t1 - t0,
             "time/reward": t2 - t1,
             "time/train": t3 - t2,
