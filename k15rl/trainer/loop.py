@@ -217,7 +217,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         n_new = r.prompts_per_iteration
         if r.continue_first:  # cut trajectories take their rows first; new prompts fill the rest
             n_new = max(0, (r.prompts_per_iteration * r.k - buffer.num_unfinished()) // r.k)
-        prompts = sampler.sample(n_new) if n_new else []
+        prompts = sampler.sample(n_new)  # called every iteration, even for 0, so schedules follow iterations
         params = SamplingParams(
             max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, stop_token_ids=stops,
             stop_strings=r.stop_strings, seed=cfg.seed * 100003 + it, repeat_ngram=r.repeat_ngram,
