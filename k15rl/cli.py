@@ -1,5 +1,5 @@
 """Command line: k15rl train | eval | sft | demo | warmup-data | build-model | convert-gguf |
-export-data | curate | difficulty.
+export-data | curate | difficulty | codetests | long2short (merge | shortest-rs | dpo-pairs | report) | dpo.
 
 Bad input (config keys, values, paths) ends with one line on stderr and exit code 2.
 """
@@ -314,6 +314,153 @@ def _cmd_codetests(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- long2short (report §2.4): k15rl long2short merge | shortest-rs | dpo-pairs | report; k15rl dpo ---
+
+def _l2s_prompts(args: argparse.Namespace, cfg, split: str) -> list:
+    """The --data files' prompts, else the config's built-in `split` (train or test);
+    at most --limit of them (0: all)."""
+    from k15rl.trainer.loop import build_prompts
+
+    if args.data:
+        prompts = _load_data_files(args.data, cfg)
+    else:
+        train, test = build_prompts(cfg)
+        prompts = train if split == "train" else test
+    if args.limit < 0:
+        raise UserError(f"--limit must be >= 0 (got {args.limit})")
+    prompts = prompts[: args.limit] if args.limit else prompts
+    if not prompts:
+        raise UserError(f"no prompts: give --data FILE or a config whose data has a {split} split")
+    return prompts
+
+
+def _l2s_sample(args: argparse.Namespace):
+    """Sample and score --n responses per prompt with --model (shared by shortest-rs and dpo-pairs)."""
+    from dataclasses import replace
+
+    from k15rl.data import fit_context, prompt_token_limit
+    from k15rl.long2short.shortest import sample_groups
+    from k15rl.rewards.compose import router_from_config
+    from k15rl.rollout.engine import SamplingParams
+
+    if args.n < 1:
+        raise UserError(f"--n must be >= 1 (got {args.n})")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be >= 0 (got {args.temperature})")
+    cfg = _data_config(args)
+    prompts = _l2s_prompts(args, cfg, "train")
+    engine, tok, stops, model = _load_engine(args.model, cfg)
+    max_new = args.max_new_tokens or cfg.rollout.max_new_tokens
+    cfg = replace(cfg, rollout=replace(cfg.rollout, max_new_tokens=max_new))
+    prompts, _ = fit_context(prompts, tok, prompt_token_limit(cfg, model.config), "long2short")
+    params = SamplingParams(max_new_tokens=max_new, temperature=args.temperature, top_p=cfg.rollout.top_p,
+                            stop_token_ids=stops, stop_strings=cfg.rollout.stop_strings, seed=cfg.seed)
+    return sample_groups(engine, tok, prompts, args.n, params, rewards=router_from_config(cfg.reward))
+
+
+def _cmd_l2s_shortest(args: argparse.Namespace) -> int:
+    from k15rl.data import write_jsonl
+    from k15rl.long2short.shortest import shortest_rs_rows
+
+    rows, stats = shortest_rs_rows(_l2s_sample(args))
+    print(f"shortest-rs: {stats.line()}")
+    if not rows:
+        raise UserError("no question has a correct sample; nothing written")
+    write_jsonl(args.out, rows)
+    print(f"wrote {len(rows)} SFT examples to {args.out} (train with: k15rl sft --model MODEL --data {args.out} --out DIR)")
+    return 0
+
+
+def _cmd_l2s_dpo_pairs(args: argparse.Namespace) -> int:
+    from k15rl.data import write_jsonl
+    from k15rl.long2short.dpo import dpo_pair_rows
+
+    if args.ratio < 1:
+        raise UserError(f"--ratio must be >= 1 (got {args.ratio})")
+    rows, stats = dpo_pair_rows(_l2s_sample(args), args.ratio)
+    print(f"dpo-pairs: {stats.line()}")
+    if not rows:
+        raise UserError("no preference pairs (no question has a correct sample and a response to reject); nothing written")
+    write_jsonl(args.out, rows)
+    print(f"wrote {len(rows)} pairs to {args.out} (train with: k15rl dpo --model MODEL --data {args.out} --out DIR)")
+    return 0
+
+
+def _cmd_l2s_merge(args: argparse.Namespace) -> int:
+    from k15rl.long2short.merge import merge_models
+    from k15rl.models import resolve_model_path
+
+    long_dir = resolve_model_path(args.long, "--long")
+    short_dir = resolve_model_path(args.short, "--short")
+    out = merge_models(long_dir, short_dir, args.out, args.weight, overwrite=args.overwrite)
+    print(f"merged {args.weight:g} x {long_dir} + {1 - args.weight:g} x {short_dir} -> {out}")
+    return 0
+
+
+def _cmd_l2s_report(args: argparse.Namespace) -> int:
+    from k15rl.long2short.report import evaluate_models, write_report
+    from k15rl.models import resolve_model_path
+
+    if args.labels and len(args.labels) != len(args.models):
+        raise UserError(f"--labels: {len(args.labels)} labels for {len(args.models)} models")
+    if args.samples < 1:
+        raise UserError(f"--samples must be >= 1 (got {args.samples})")
+    cfg = _data_config(args)
+    paths = [str(resolve_model_path(m, "--models")) for m in args.models]
+    labels = args.labels or [Path(m).name if m != "builtin" else "builtin" for m in args.models]
+    prompts = _l2s_prompts(args, cfg, "test")
+    results = evaluate_models(list(zip(labels, paths)), prompts, cfg, args.samples)
+    settings = {"prompts": len(prompts), "samples_per_prompt": args.samples, "temperature": cfg.eval.temperature,
+                "max_new_tokens": cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+                "data": " ".join(args.data) if args.data else f"config {args.config or 'defaults'} test split"}
+    files = write_report(results, Path(args.out), settings)
+    print((Path(args.out) / "report.md").read_text())
+    print(f"written: {files['md']}, {files['json']}, {files['png']}")
+    return 0
+
+
+def _cmd_dpo(args: argparse.Namespace) -> int:
+    import torch
+
+    from k15rl.long2short.dpo import (
+        DPOConfig,
+        cached_reference_logps,
+        dpo_train,
+        encode_pairs,
+        load_pairs_jsonl,
+        model_fingerprint,
+        pairs_fingerprint,
+    )
+    from k15rl.models import resolve_model_path
+    from k15rl.models.loading import load_model, load_tokenizer
+    from k15rl.trainer.checkpoint import save_hf
+
+    for key, v, ok in (("--epochs", args.epochs, args.epochs >= 1), ("--batch-size", args.batch_size, args.batch_size >= 1),
+                       ("--lr", args.lr, args.lr > 0), ("--beta", args.beta, args.beta > 0)):
+        if not ok:
+            raise UserError(f"{key}: out of range (got {v})")
+    pairs = load_pairs_jsonl(args.data)
+    path = resolve_model_path(args.model, "--model")
+    out = Path(args.out)
+    if (out / "config.json").exists() and not args.overwrite:
+        raise UserError(f"output folder {out} already holds a model: pass --overwrite or choose another --out")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tok = load_tokenizer(path, args.chat_template)
+    model = load_model(path)
+    cfg = DPOConfig(beta=args.beta, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
+                    autocast_bf16=args.bf16, seed=args.seed)
+    rows = encode_pairs(tok, pairs, cfg.max_length)
+    cache = Path(args.ref_cache) if args.ref_cache else Path(f"{args.data}.ref_logps.pt")
+    ref = cached_reference_logps(model, rows, tok.pad_token_id, cache,
+                                 key=f"{model_fingerprint(path)}:{pairs_fingerprint(rows)}")
+    history = dpo_train(model, tok, rows, ref, cfg)
+    save_hf(model, tok, out, {"dpo": vars(args) | {"last": history[-1]}})
+    print(f"dpo: {len(rows)} pairs, {len(history)} steps, loss {history[0]['dpo/loss']:.3f} -> "
+          f"{history[-1]['dpo/loss']:.3f}, chosen-over-rejected {history[-1]['dpo/accuracy']:.2f}; saved to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="k15rl", description="The Kimi k1.5 RL recipe for LLM reasoning.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -415,6 +562,60 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cpu-s", type=float, default=2.0, help="CPU seconds per run")
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(fn=_cmd_codetests)
+    l2s = sub.add_parser("long2short", help="long2short (report §2.4): merge, shortest-rs, dpo-pairs, report")
+    l2s_sub = l2s.add_subparsers(dest="l2s_command", required=True)
+    m = l2s_sub.add_parser("merge", help="average the weights of a long-CoT and a short-CoT model")
+    m.add_argument("--long", required=True, help="long-CoT model folder (or 'builtin')")
+    m.add_argument("--short", required=True, help="short-CoT model folder (or 'builtin')")
+    m.add_argument("--out", required=True)
+    m.add_argument("--weight", type=float, default=0.5, help="weight of the long model (0.5: the plain average)")
+    m.add_argument("--overwrite", action="store_true")
+    m.set_defaults(fn=_cmd_l2s_merge)
+    for name, fn, help_ in (("shortest-rs", _cmd_l2s_shortest, "n samples per question, keep the shortest correct "
+                                                                "(SFT data)"),
+                            ("dpo-pairs", _cmd_l2s_dpo_pairs, "n samples per question -> DPO pairs (chosen = "
+                                                              "shortest correct)")):
+        q = l2s_sub.add_parser(name, help=help_)
+        q.add_argument("--model", required=True, help="the long-CoT model folder (or 'builtin')")
+        q.add_argument("--data", nargs="+", help="prompt-set file(s); without: the config's built-in train split")
+        q.add_argument("--out", required=True, help="JSONL to write")
+        q.add_argument("--n", type=int, default=8, help="samples per question (report: 8)")
+        q.add_argument("--temperature", type=float, default=1.0)
+        q.add_argument("--max-new-tokens", type=int, default=0, help="0: rollout.max_new_tokens")
+        q.add_argument("--limit", type=int, default=0, help="use the first N prompts only (0: all)")
+        if name == "dpo-pairs":
+            q.add_argument("--ratio", type=float, default=1.5,
+                           help="a correct response at least this many times the chosen length is rejected")
+        q.add_argument("--config", help="YAML file or preset for data.*, model.* and rollout.* settings")
+        q.add_argument("overrides", nargs="*", help="key=value overrides")
+        q.set_defaults(fn=fn)
+    r = l2s_sub.add_parser("report", help="accuracy against mean response tokens per model: table + PNG")
+    r.add_argument("--models", required=True, nargs="+", help="model folders (or 'builtin'); the first is the reference")
+    r.add_argument("--labels", nargs="+", help="a name per model (default: folder names)")
+    r.add_argument("--data", nargs="+", help="prompt-set file(s); without: the config's test split")
+    r.add_argument("--out", default="runs/long2short_report", help="folder for report.md, report.json, "
+                                                                   "token_efficiency.png")
+    r.add_argument("--samples", type=int, default=1, help="samples per prompt")
+    r.add_argument("--limit", type=int, default=0, help="use the first N prompts only (0: all)")
+    r.add_argument("--config", help="YAML file or preset: eval.temperature, eval.max_new_tokens, data.* ...")
+    r.add_argument("overrides", nargs="*", help="key=value overrides")
+    r.set_defaults(fn=_cmd_l2s_report)
+
+    o = sub.add_parser("dpo", help="DPO on a JSONL of prompt/chosen/rejected pairs (report §2.4)")
+    o.add_argument("--model", required=True, help="the model to train, also the reference (a folder or 'builtin')")
+    o.add_argument("--data", required=True, help="JSONL with 'prompt', 'chosen' and 'rejected' fields")
+    o.add_argument("--out", required=True)
+    o.add_argument("--beta", type=float, default=0.1)
+    o.add_argument("--lr", type=float, default=1e-5)
+    o.add_argument("--epochs", type=int, default=1)
+    o.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")
+    o.add_argument("--ref-cache", help="file caching the reference log-probs (default: DATA.ref_logps.pt)")
+    o.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    o.add_argument("--threads", type=int, default=0)
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--chat-template", default=None, help="'plain' or a Jinja template if the tokenizer has none")
+    o.add_argument("--overwrite", action="store_true")
+    o.set_defaults(fn=_cmd_dpo)
     return p
 
 

@@ -1,0 +1,320 @@
+"""DPO for long2short (report §2.4): preference pairs that favour the shortest correct
+response, the DPO loss, and a training loop.
+
+Pairs (report §2.4): for the n samples of one question, chosen = the shortest correct
+response; rejected = every wrong response longer than it, and every correct response at
+least `ratio` (1.5 in the report) times its length.
+
+Loss (Rafailov et al. 2023), with S = the sequence log-probability of a response (sum of
+its token log-probs) under the policy and S_ref under the reference model:
+
+    loss = -mean_pairs log sigmoid( beta * ((S_c - S_ref_c) - (S_r - S_ref_r)) )
+
+The reference is the model DPO starts from; its log-probs are computed once, before the
+first step, and cached in a file keyed by the model's files and the pairs.
+
+Shapes: P pairs; N = 2P sequences in a batch (chosen rows, then rejected rows); T response length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from k15rl.errors import UserError
+from k15rl.long2short.shortest import Sample, SampledGroup, prompt_field, shortest_correct
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Indices into one question's samples, and why the rejected one is rejected:
+    'wrong_longer' or 'correct_too_long'."""
+
+    chosen: int
+    rejected: int
+    reason: str
+
+
+def dpo_pairs(samples: Sequence[Sample], ratio: float = 1.5) -> list[Pair]:
+    """Preference pairs of one question's samples (report §2.4).
+
+    chosen = the shortest correct sample (the first sampled among equally short ones);
+    rejected = each wrong sample strictly longer than it, and each correct sample of at
+    least `ratio` times its length. No correct sample: no pairs.
+
+    >>> s = [Sample("w", 12, False), Sample("c", 10, True), Sample("c2", 15, True), Sample("w2", 8, False)]
+    >>> dpo_pairs(s)
+    [Pair(chosen=1, rejected=0, reason='wrong_longer'), Pair(chosen=1, rejected=2, reason='correct_too_long')]
+    """
+    if ratio < 1:
+        raise ValueError(f"ratio must be >= 1 (got {ratio})")
+    best = shortest_correct(samples)
+    if best is None:
+        return []
+    n0 = samples[best].num_tokens
+    pairs = []
+    for i, s in enumerate(samples):
+        if i == best:
+            continue
+        if not s.correct and s.num_tokens > n0:
+            pairs.append(Pair(best, i, "wrong_longer"))
+        elif s.correct and s.num_tokens >= ratio * n0:
+            pairs.append(Pair(best, i, "correct_too_long"))
+    return pairs
+
+
+@dataclass
+class PairStats:
+    questions: int = 0
+    without_correct: int = 0
+    without_pairs: int = 0  # questions with a correct sample but nothing to reject
+    pairs: int = 0
+    wrong_longer: int = 0
+    correct_too_long: int = 0
+
+    def line(self) -> str:
+        return (f"{self.questions} questions -> {self.pairs} pairs ({self.wrong_longer} wrong and longer, "
+                f"{self.correct_too_long} correct but too long); {self.without_correct} questions without a "
+                f"correct sample, {self.without_pairs} with nothing to reject")
+
+
+def dpo_pair_rows(groups: Sequence[SampledGroup], ratio: float = 1.5) -> tuple[list[dict], PairStats]:
+    """JSONL rows {"prompt", "chosen", "rejected", ...} (the `k15rl dpo` format)."""
+    rows, st = [], PairStats(questions=len(groups))
+    for g in groups:
+        if shortest_correct(g.samples) is None:
+            st.without_correct += 1
+            continue
+        pairs = dpo_pairs(g.samples, ratio)
+        if not pairs:
+            st.without_pairs += 1
+        for p in pairs:
+            c, r = g.samples[p.chosen], g.samples[p.rejected]
+            rows.append({"prompt": prompt_field(g.prompt), "chosen": c.text, "rejected": r.text, "reason": p.reason,
+                         "chosen_tokens": c.num_tokens, "rejected_tokens": r.num_tokens, "task": g.prompt.task,
+                         "level": g.prompt.level})
+            st.pairs += 1
+            st.wrong_longer += p.reason == "wrong_longer"
+            st.correct_too_long += p.reason == "correct_too_long"
+    return rows, st
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    *,
+    beta: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """DPO loss over P pairs: -mean log sigmoid(beta * ((S_c - S_ref_c) - (S_r - S_ref_r))).
+
+    All inputs are sequence log-probabilities [P]. Metrics: the implicit rewards
+    beta * (S - S_ref) of chosen and rejected, their margin, and the share of pairs
+    whose chosen reward is the higher.
+
+    >>> z = torch.zeros(1)
+    >>> round(dpo_loss(z, z, z, z, beta=0.1)[0].item(), 4)  # log 2
+    0.6931
+    """
+    chosen_reward = beta * (policy_chosen - ref_chosen)  # [P]
+    rejected_reward = beta * (policy_rejected - ref_rejected)  # [P]
+    margin = chosen_reward - rejected_reward  # [P]
+    loss = -F.logsigmoid(margin).mean()
+    metrics = {
+        "dpo/loss": loss.item(),
+        "dpo/reward_chosen": chosen_reward.mean().item(),
+        "dpo/reward_rejected": rejected_reward.mean().item(),
+        "dpo/margin": margin.mean().item(),
+        "dpo/accuracy": (margin > 0).float().mean().item(),
+    }
+    return loss, metrics
+
+
+@dataclass
+class PairExample:
+    """One preference pair as loaded from JSONL."""
+
+    messages: list[dict]
+    chosen: str
+    rejected: str
+
+
+def load_pairs_jsonl(path: str | Path) -> list[PairExample]:
+    """Pairs from a JSONL of {"prompt", "chosen", "rejected"} objects (`prompt`: a string
+    or a list of chat messages). A bad line raises UserError naming file, line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file {path} does not exist")
+    out = []
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{lineno}: expected a JSON object")
+            for key in ("prompt", "chosen", "rejected"):
+                if key not in row:
+                    raise UserError(f"{path}:{lineno}: missing field {key!r}")
+            for key in ("chosen", "rejected"):
+                if not isinstance(row[key], str):
+                    raise UserError(f"{path}:{lineno}: field {key!r} must be a string (got {row[key]!r:.40})")
+            prompt = row["prompt"]
+            if isinstance(prompt, str):
+                messages = [{"role": "user", "content": prompt}]
+            elif isinstance(prompt, list) and prompt and all(
+                    isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+                messages = prompt
+            else:
+                raise UserError(f"{path}:{lineno}: field 'prompt' must be a string or a list of chat messages")
+            out.append(PairExample(messages, row["chosen"], row["rejected"]))
+    if not out:
+        raise UserError(f"data file {path} holds no pairs")
+    return out
+
+
+@dataclass
+class DPOConfig:
+    beta: float = 0.1
+    lr: float = 1e-5
+    epochs: int = 1
+    batch_size: int = 8  # pairs per optimizer step
+    warmup_frac: float = 0.1  # linear warm-up of the learning rate, then constant
+    max_length: int = 1024  # prompt + response tokens; longer responses are truncated
+    grad_clip: float = 1.0
+    autocast_bf16: bool = False
+    seed: int = 0
+
+
+Encoded = tuple[list[int], list[int], list[int]]  # prompt ids, chosen ids, rejected ids
+
+
+def encode_pairs(tokenizer, pairs: Sequence[PairExample], max_length: int) -> list[Encoded]:
+    from k15rl.models.loading import encode_prompt, encode_response
+
+    out = []
+    for ex in pairs:
+        p = encode_prompt(tokenizer, [(m["role"], m["content"]) for m in ex.messages])
+        room = max(max_length - len(p), 1)
+        out.append((p, encode_response(tokenizer, ex.chosen)[:room], encode_response(tokenizer, ex.rejected)[:room]))
+    return out
+
+
+def sequence_logps(model, rows: Sequence[Encoded], pad_id: int) -> torch.Tensor:
+    """Sequence log-probs [P, 2] (chosen, rejected) of a batch of encoded pairs."""
+    from k15rl.trainer.logprobs import collate, token_logprobs
+
+    prompts = [p for p, _, _ in rows] * 2
+    responses = [c for _, c, _ in rows] + [r for _, _, r in rows]
+    batch = collate(prompts, responses, pad_id)
+    seq = token_logprobs(model, batch).sum(-1)  # [2P]
+    P = len(rows)
+    return torch.stack([seq[:P], seq[P:]], dim=1)  # [P, 2]
+
+
+def reference_logps(model, rows: Sequence[Encoded], pad_id: int, batch_size: int = 16) -> torch.Tensor:
+    """Sequence log-probs [P, 2] of every pair under `model` (no gradient), with a progress bar."""
+    from tqdm import tqdm
+
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for s in tqdm(range(0, len(rows), batch_size), desc="reference log-probs", unit="batch", dynamic_ncols=True):
+            out.append(sequence_logps(model, rows[s : s + batch_size], pad_id))
+    return torch.cat(out) if out else torch.zeros(0, 2)
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """Identifies a model folder's weights cheaply: names, sizes and modification times of
+    its weight and config files."""
+    path = Path(path)
+    parts = []
+    for f in sorted(path.iterdir()):
+        if f.suffix in (".safetensors", ".bin", ".json") and f.is_file():
+            st = f.stat()
+            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def pairs_fingerprint(rows: Sequence[Encoded]) -> str:
+    h = hashlib.sha256()
+    for p, c, r in rows:
+        h.update(json.dumps([p, c, r]).encode())
+    return h.hexdigest()[:16]
+
+
+def cached_reference_logps(model, rows: Sequence[Encoded], pad_id: int, cache: Path | None, key: str,
+                           log: Callable[[str], None] = print) -> torch.Tensor:
+    """Reference log-probs [P, 2], read from `cache` when it holds them for `key` (the
+    reference model's and the pairs' fingerprints), else computed once and written there."""
+    if cache is not None and cache.is_file():
+        saved = torch.load(cache, weights_only=True)
+        if saved.get("key") == key and saved["logps"].shape == (len(rows), 2):
+            log(f"reference log-probs of {len(rows)} pairs read from {cache}")
+            return saved["logps"]
+    logps = reference_logps(model, rows, pad_id)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.tmp")
+        torch.save({"key": key, "logps": logps}, tmp)
+        tmp.replace(cache)
+    return logps
+
+
+def dpo_train(
+    model,
+    tokenizer,
+    rows: Sequence[Encoded],
+    ref: torch.Tensor,
+    cfg: DPOConfig,
+) -> list[dict[str, float]]:
+    """Train `model` in place with the DPO loss on encoded pairs; `ref` [P, 2] holds the
+    reference log-probs of every pair (computed before the first step). Returns the
+    metrics of every optimizer step."""
+    from tqdm import tqdm
+
+    if len(rows) != ref.shape[0]:
+        raise ValueError(f"{len(rows)} pairs but {ref.shape[0]} reference log-prob rows")
+    rng = random.Random(cfg.seed)
+    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warmup = max(1, int(cfg.warmup_frac * total))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    model.train()
+    history = []
+    bar = tqdm(total=total, desc="dpo", unit="step", dynamic_ncols=True)
+    for _ in range(cfg.epochs):
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        for s in range(0, len(order), cfg.batch_size):
+            idx = order[s : s + cfg.batch_size]
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.autocast_bf16 else nullcontext()
+            with ctx:
+                logps = sequence_logps(model, [rows[i] for i in idx], tokenizer.pad_token_id)  # [B, 2]
+            r = ref[idx]  # [B, 2]
+            loss, m = dpo_loss(logps[:, 0], logps[:, 1], r[:, 0], r[:, 1], beta=cfg.beta)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            m["dpo/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            opt.step()
+            sched.step()
+            history.append(m)
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['dpo/loss']:.3f}", acc=f"{m['dpo/accuracy']:.2f}")
+    bar.close()
+    model.eval()
+    return history
