@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Mapping, Protocol, Sequence
 
 import torch
-import torch.nn.functional as F
 
+from k15rl.rollout.slots import SlotCache
 from k15rl.types import GenerationRequest, Segment
 
 
@@ -96,9 +96,7 @@ class RepeatDetector:
         self.hist = torch.zeros((0, ngram), dtype=torch.long)  # [B, n] last n tokens, newest last
         self.runs = torch.zeros((0, ngram), dtype=torch.long)  # [B, n]
 
-    def add_rows(self, prefixes: Sequence[Sequence[int]]) -> None:
-        """Append rows whose responses so far are `prefixes` (continued segments keep their
-        repeat state: a loop that straddles a cut is still caught)."""
+    def _state(self, prefixes: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.n
         hist = torch.full((len(prefixes), n), -1, dtype=torch.long)
         runs = torch.zeros((len(prefixes), n), dtype=torch.long)
@@ -108,8 +106,19 @@ class RepeatDetector:
                 r = [(r[p] + 1) if h[n - 1 - p] == t else 0 for p in range(n)]
                 h = h[1:] + [t]
             hist[i], runs[i] = torch.tensor(h), torch.tensor(r)
+        return hist, runs
+
+    def add_rows(self, prefixes: Sequence[Sequence[int]]) -> None:
+        """Append rows whose responses so far are `prefixes` (continued segments keep their
+        repeat state: a loop that straddles a cut is still caught)."""
+        hist, runs = self._state(prefixes)
         self.hist = torch.cat([self.hist, hist])
         self.runs = torch.cat([self.runs, runs])
+
+    def reset_rows(self, rows: Sequence[int], prefixes: Sequence[Sequence[int]]) -> None:
+        """Start rows `rows` afresh from `prefixes`."""
+        hist, runs = self._state(prefixes)
+        self.hist[list(rows)], self.runs[list(rows)] = hist, runs
 
     def step(self, tok: torch.Tensor) -> torch.Tensor:
         """Feed one new token per row (tok [B]); returns which rows now repeat ([B] bool)."""
@@ -135,12 +144,14 @@ class _Row:
 class HFEngine:
     """Continuous batching with a KV cache on any Hugging Face causal LM.
 
-    Up to `max_batch` sequences decode together (left-padded, explicit position ids).
-    After each step, finished rows leave the batch and its KV cache, and waiting
-    requests are prefilled together and merged in. Cache columns that have become
-    padding in every row are trimmed, so a long-finished sequence leaves no cost behind.
-    Works with caches made of full-attention `DynamicLayer`s (Llama, Qwen2, Mistral
-    without sliding window, SmolLM, ...).
+    Up to `max_batch` sequences decode together, each in a slot of a `SlotCache`
+    (explicit position ids, per-slot attention masks). The moment a sequence finishes,
+    its slot is cleared and waiting requests are prefilled together and written into
+    free slots; nothing else moves. Columns no live slot uses are dropped from the
+    attention window, and once nobody is waiting and half the slots are empty the batch
+    shrinks, so finished sequences cost (almost) nothing. Works with models whose KV
+    cache is made of full-attention layers (Llama, Qwen2, Mistral without sliding
+    window, SmolLM, ...).
     """
 
     def __init__(self, model, tokenizer, max_batch: int = 64):
@@ -163,32 +174,47 @@ class HFEngine:
         max_stop = max((len(s) for s in params.stop_strings), default=0)
         waiting = deque(range(len(requests)))
         out: list[Segment | None] = [None] * len(requests)
-        rows: list[_Row] = []
-        cache = attn = next_pos = logits = None  # state of the running batch
+        S = min(self.max_batch, len(requests))
+        rows: list[_Row | None] = [None] * S  # the request each slot holds
+        kv: SlotCache | None = None
+        pos = torch.zeros(S, dtype=torch.long)  # [S] position of each slot's next token
+        logits = None  # [S, V] next-token logits of each slot
         detector = RepeatDetector(params.repeat_ngram, params.repeat_times, params.repeat_min_tokens) \
             if params.repeat_ngram > 0 else None
-        while waiting or rows:
-            # 1. admit waiting requests into free slots: prefill them together, merge them in
-            free = self.max_batch - len(rows)
-            if waiting and free > 0:
-                idx = [waiting.popleft() for _ in range(min(free, len(waiting)))]
-                new = [requests[i] for i in idx]
-                c2, a2, p2, l2 = self._prefill([list(r.prompt_ids) + list(r.prefix_ids) for r in new])
-                if rows:
-                    cache, attn = self._merge(cache, attn, c2, a2)
-                    next_pos, logits = torch.cat([next_pos, p2]), torch.cat([logits, l2])
-                else:
-                    cache, attn, next_pos, logits = c2, a2, p2, l2
-                rows += [_Row(i, min(params.max_new_tokens, r.max_new_tokens or params.max_new_tokens))
-                         for i, r in zip(idx, new)]
+        if detector:
+            detector.add_rows([[]] * S)
+        while waiting or any(r is not None for r in rows):
+            # 1. admit waiting requests into free slots: prefill them together, write their KV in
+            free = [j for j, r in enumerate(rows) if r is None]
+            if waiting and free:
+                idx = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
+                contexts = [list(requests[i].prompt_ids) + list(requests[i].prefix_ids) for i in idx]
+                pre, new_logits = self._prefill(contexts)
+                if kv is None:
+                    k0 = pre.layers[0].keys
+                    kv = SlotCache(S, len(pre.layers), k0.shape[1], k0.shape[3], k0.dtype,
+                                   columns=k0.shape[2] + params.max_new_tokens + 1, end=k0.shape[2])
+                    logits = new_logits.new_zeros((S, new_logits.shape[1]))
+                P = pre.layers[0].keys.shape[2]
+                for i, (j, r, c) in enumerate(zip(free, idx, contexts)):
+                    kv.place(j, [layer.keys[i, :, P - len(c):] for layer in pre.layers],
+                             [layer.values[i, :, P - len(c):] for layer in pre.layers])
+                    pos[j], logits[j] = len(c), new_logits[i]
+                    req = requests[r]
+                    rows[j] = _Row(r, min(params.max_new_tokens, req.max_new_tokens or params.max_new_tokens))
                 if detector:
-                    detector.add_rows([r.prefix_ids for r in new])
-            # 2. sample one token for every running row
-            tok, lp = sample_token(logits, params.temperature, params.top_p, gen)  # [B], [B]
-            stopped = torch.isin(tok, stop_ids)  # [B]
-            repeated = detector.step(tok) if detector else torch.zeros_like(stopped)  # [B]
-            done = []
-            for row, t, l, st, rep in zip(rows, tok.tolist(), lp.tolist(), stopped.tolist(), repeated.tolist()):
+                    detector.reset_rows(free[:len(idx)], [requests[r].prefix_ids for r in idx])
+            # 2. sample one token for every live slot
+            live = torch.tensor([r is not None for r in rows])  # [S]
+            live_idx = live.nonzero().squeeze(1)  # [B]
+            tok, lp = sample_token(logits[live_idx], params.temperature, params.top_p, gen)  # [B], [B]
+            tok_all = torch.full((len(rows),), self.pad_id, dtype=torch.long)  # [S]
+            tok_all[live_idx] = tok
+            stopped = torch.isin(tok, stop_ids).tolist()
+            repeated = detector.step(tok_all)[live_idx].tolist() if detector else [False] * len(stopped)
+            finished = False
+            for j, t, l, st, rep in zip(live_idx.tolist(), tok.tolist(), lp.tolist(), stopped, repeated):
+                row = rows[j]
                 row.tokens.append(t)
                 row.logprobs.append(l)
                 reason = None
@@ -198,33 +224,36 @@ class HFEngine:
                     reason = "repeat"
                 elif len(row.tokens) >= row.budget:
                     reason = "length"
-                done.append(reason is not None)
                 if reason:
                     out[row.index] = Segment(row.tokens, row.logprobs, reason)  # type: ignore[arg-type]
-            # 3. finished rows leave the batch and the cache
-            if any(done):
-                keep = torch.tensor([j for j, d in enumerate(done) if not d], dtype=torch.long)  # [b']
-                rows = [rows[j] for j in keep.tolist()]
-                if not rows:
-                    cache = None
-                    continue
-                cache.batch_select_indices(keep)
-                attn, next_pos, tok = attn[keep], next_pos[keep], tok[keep]
-                if detector:
-                    detector.select(keep)
-                attn = self._trim(cache, attn)
-            # 4. one decoding step for the rows still running
-            attn = torch.cat([attn, torch.ones((attn.shape[0], 1), dtype=attn.dtype)], 1)  # [B, L+1]
+                    rows[j], live[j], finished = None, False, True
+                    kv.clear(j)
+            if not live.any():
+                continue
+            # 3. finished slots: drop unused leading columns; with nobody waiting and few
+            # slots live, shrink the batch so empty slots cost nothing
+            if finished:
+                kv.trim(live)
+                if not waiting and int(live.sum()) <= len(rows) // 2:
+                    keep = live.nonzero().squeeze(1)
+                    kv.keep(keep)
+                    rows = [rows[j] for j in keep.tolist()]
+                    pos, logits, tok_all, live = pos[keep], logits[keep], tok_all[keep], live[keep]
+                    if detector:
+                        detector.select(keep)
+            # 4. one decoding step for every slot (empty ones are ignored)
+            mask = kv.step_mask(live)  # [S, L+1]
             logits = self.model(
-                input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None], use_cache=True,
-                **{self._cache_kw: cache},
-            ).logits[:, -1, :]  # [B, V]
-            next_pos = next_pos + 1
+                input_ids=tok_all[:, None], attention_mask=mask, position_ids=pos[:, None], use_cache=True,
+                **{self._cache_kw: kv.cache},
+            ).logits[:, -1, :]  # [S, V]
+            kv.advance()
+            pos = pos + live.long()
         return out  # type: ignore[return-value]
 
     def _prefill(self, contexts: list[list[int]]):
-        """Run the contexts (left-padded) through the model. Returns (cache, attention mask
-        [b, P], next position [b], next-token logits [b, V])."""
+        """Run the contexts (left-padded) through the model. Returns (its DynamicCache,
+        next-token logits [b, V])."""
         from transformers import DynamicCache
 
         b, P = len(contexts), max(len(c) for c in contexts)
@@ -239,39 +268,19 @@ class HFEngine:
             input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
             **{self._cache_kw: cache},
         ).logits[:, -1, :]  # [b, V]
-        return cache, attn, pos[:, -1] + 1, logits
+        self._check_layers(cache)
+        return cache, logits
 
     @staticmethod
-    def _layers(cache) -> list:
+    def _check_layers(cache) -> None:
         from transformers.cache_utils import DynamicLayer
 
-        layers = cache.layers
-        for layer in layers:
+        for layer in cache.layers:
             if not isinstance(layer, DynamicLayer) or layer.is_sliding:
                 raise NotImplementedError(
-                    f"continuous batching needs full-attention KV-cache layers, this model uses "
-                    f"{type(layer).__name__}; set rollout.max_batch >= the number of sequences per iteration"
+                    f"continuous batching needs full-attention KV-cache layers; this model uses "
+                    f"{type(layer).__name__}"
                 )
-        return layers
-
-    def _merge(self, cache, attn: torch.Tensor, new_cache, new_attn: torch.Tensor):
-        """Stack two running batches: the shorter one is left-padded (zeros, masked out)."""
-        La, Lb = attn.shape[1], new_attn.shape[1]
-        L = max(La, Lb)
-        for layer, new in zip(self._layers(cache), self._layers(new_cache)):
-            layer.keys = torch.cat([F.pad(layer.keys, (0, 0, L - La, 0)), F.pad(new.keys, (0, 0, L - Lb, 0))])
-            layer.values = torch.cat([F.pad(layer.values, (0, 0, L - La, 0)), F.pad(new.values, (0, 0, L - Lb, 0))])
-        attn = torch.cat([F.pad(attn, (L - La, 0)), F.pad(new_attn, (L - Lb, 0))])  # [B, L]
-        return cache, attn
-
-    def _trim(self, cache, attn: torch.Tensor) -> torch.Tensor:
-        """Drop leading cache columns that are padding in every row."""
-        start = int(attn.any(0).nonzero()[0])
-        if start > 0:
-            for layer in self._layers(cache):
-                layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
-            attn = attn[:, start:]
-        return attn
 
     def _hit_stop_string(self, toks: list[int], stops: list[str], max_stop: int) -> bool:
         tail = self.tokenizer.decode(toks[-(max_stop + 4):], skip_special_tokens=False)

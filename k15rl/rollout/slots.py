@@ -1,0 +1,130 @@
+"""A KV cache with stable slots, for continuous batching on Hugging Face models.
+
+transformers' `DynamicCache` concatenates every layer's keys and values at every step
+(a copy of the whole cache per token) and has no cheap way to let one sequence leave
+and another join. vLLM solves this with paged attention on GPUs; no library offers it
+for transformers models on CPU, hence this small class.
+
+Storage per layer is one preallocated buffer [S, H, C, D] (S slots, C columns). All
+slots share a window of columns [start, end): step t writes column `end` for every slot
+and the model attends over the window through a per-slot mask. A sequence occupies one
+slot for its whole life, right-aligned at `end` when it joins; when it finishes its
+mask row is cleared and the next request is written into the same slot, so nothing
+moves. Leading columns that no live slot uses are dropped by moving `start` (no copy).
+Copies happen only when the buffer must grow, or when the batch is compacted once few
+slots are live and none are waiting.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _slot_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class SlotLayer(DynamicLayer):
+        """One layer's view of a `SlotCache`: the model's `update` writes column `end`."""
+
+        def __init__(self, owner: "SlotCache", k: torch.Tensor, v: torch.Tensor):
+            super().__init__()
+            self.owner, self.buf_k, self.buf_v = owner, k, v  # [S, H, C, D]
+            self.is_initialized = True
+            self.keys = self.values = k[:, :, :0]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            o = self.owner
+            n = key_states.shape[-2]  # 1 when decoding
+            self.buf_k[:, :, o.end:o.end + n] = key_states
+            self.buf_v[:, :, o.end:o.end + n] = value_states
+            self.keys = self.buf_k[:, :, o.start:o.end + n]
+            self.values = self.buf_v[:, :, o.start:o.end + n]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.owner.end - self.owner.start
+
+    return SlotLayer
+
+
+class SlotCache:
+    """Keys, values and attention mask of S slots; see the module docstring."""
+
+    def __init__(self, slots: int, layers: int, heads: int, head_dim: int, dtype: torch.dtype, columns: int,
+                 end: int = 0):
+        from transformers import DynamicCache
+
+        self.start = self.end = end  # the window [start, end) starts empty at column `end`
+        self.mask = torch.zeros((slots, columns), dtype=torch.long)  # [S, C] 1 where a slot has a token
+        layer_cls = _slot_layer_class()
+        self.cache = DynamicCache()
+        self.cache.layer_class_to_replicate = None
+        self.cache.layers = [
+            layer_cls(self, torch.zeros((slots, heads, columns, head_dim), dtype=dtype),
+                      torch.zeros((slots, heads, columns, head_dim), dtype=dtype))
+            for _ in range(layers)
+        ]
+
+    @property
+    def slots(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def columns(self) -> int:
+        return self.mask.shape[1]
+
+    def place(self, slot: int, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        """Write one sequence's prefilled keys/values ([H, c, D] per layer) into `slot`,
+        right-aligned so its last token sits just before `end`."""
+        c = keys[0].shape[1]
+        if c > self.end:  # not enough columns on the left: shift everything right
+            self._regrow(left=c - self.end + 16, right=0)
+        self.start = min(self.start, self.end - c)
+        for layer, k, v in zip(self.cache.layers, keys, values):
+            layer.buf_k[slot, :, self.end - c:self.end] = k
+            layer.buf_v[slot, :, self.end - c:self.end] = v
+        self.mask[slot] = 0
+        self.mask[slot, self.end - c:self.end] = 1
+
+    def clear(self, slot: int) -> None:
+        self.mask[slot] = 0
+
+    def step_mask(self, live: torch.Tensor) -> torch.Tensor:
+        """Open column `end` for the coming decoding step; returns the model's attention
+        mask [S, end - start + 1]. A slot without a sequence attends to its own new
+        column only, so its (ignored) output stays finite."""
+        if self.end == self.columns:
+            self._regrow(left=0, right=max(64, self.columns // 2))
+        self.mask[~live] = 0
+        self.mask[:, self.end] = 1
+        return self.mask[:, self.start:self.end + 1]
+
+    def advance(self) -> None:
+        """After a decoding step: column `end` now holds every slot's newest token."""
+        self.end += 1
+
+    def trim(self, live: torch.Tensor) -> None:
+        """Move `start` past leading columns that no live slot uses."""
+        used = self.mask[live, self.start:self.end].any(0)  # [end - start]
+        if used.any():
+            self.start += int(used.nonzero()[0])
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only the given slots (a copy; used to shrink the batch at the tail)."""
+        lo = self.start
+        self.mask = self.mask[rows, lo:].clone()
+        for layer in self.cache.layers:
+            layer.buf_k, layer.buf_v = layer.buf_k[rows, :, lo:].clone(), layer.buf_v[rows, :, lo:].clone()
+        self.start, self.end = 0, self.end - lo
+
+    def _regrow(self, left: int, right: int) -> None:
+        """A new buffer holding the window, with `left` free columns before it and the
+        old free columns after it plus `right`."""
+        lo, hi = self.start, self.end
+        after = self.columns - hi + right
+        self.mask = F.pad(self.mask[:, lo:hi], (left, after))
+        for layer in self.cache.layers:
+            layer.buf_k = F.pad(layer.buf_k[:, :, lo:hi], (0, 0, left, after))
+            layer.buf_v = F.pad(layer.buf_v[:, :, lo:hi], (0, 0, left, after))
+        self.start, self.end = left, left + hi - lo
