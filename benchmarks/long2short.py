@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--short-sft-per-level", type=int, default=250)
     p.add_argument("--short-sft-lr", type=float, default=1e-3)
     p.add_argument("--sft-lr", type=float, default=3e-4)
-    p.add_argument("--dpo-lr", type=float, default=5e-5)
+    p.add_argument("--dpo-lr", type=float, default=1e-5)
     p.add_argument("--dpo-beta", type=float, default=0.1)
     p.add_argument("--rl-iterations", type=int, default=20)
     p.add_argument("--test-per-level", type=int, default=100, help="report: test prompts per level")

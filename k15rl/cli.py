@@ -436,7 +436,8 @@ def _cmd_dpo(args: argparse.Namespace) -> int:
     from k15rl.trainer.checkpoint import save_hf
 
     for key, v, ok in (("--epochs", args.epochs, args.epochs >= 1), ("--batch-size", args.batch_size, args.batch_size >= 1),
-                       ("--lr", args.lr, args.lr > 0), ("--beta", args.beta, args.beta > 0)):
+                       ("--lr", args.lr, args.lr > 0), ("--beta", args.beta, args.beta > 0),
+                       ("--sft-weight", args.sft_weight, args.sft_weight >= 0)):
         if not ok:
             raise UserError(f"{key}: out of range (got {v})")
     pairs = load_pairs_jsonl(args.data)
@@ -449,7 +450,7 @@ def _cmd_dpo(args: argparse.Namespace) -> int:
     tok = load_tokenizer(path, args.chat_template)
     model = load_model(path)
     cfg = DPOConfig(beta=args.beta, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
-                    autocast_bf16=args.bf16, seed=args.seed)
+                    sft_weight=args.sft_weight, autocast_bf16=args.bf16, seed=args.seed)
     rows = encode_pairs(tok, pairs, cfg.max_length)
     cache = Path(args.ref_cache) if args.ref_cache else Path(f"{args.data}.ref_logps.pt")
     ref = cached_reference_logps(model, rows, tok.pad_token_id, cache,
@@ -606,6 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--data", required=True, help="JSONL with 'prompt', 'chosen' and 'rejected' fields")
     o.add_argument("--out", required=True)
     o.add_argument("--beta", type=float, default=0.1)
+    o.add_argument("--sft-weight", type=float, default=0.0,
+                   help="add this times the chosen responses' per-token NLL (0: plain DPO)")
     o.add_argument("--lr", type=float, default=1e-5)
     o.add_argument("--epochs", type=int, default=1)
     o.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")

@@ -329,3 +329,16 @@ def test_shortest_rs_cli_without_correct_samples_writes_nothing(tmp_path, tiny_m
     assert code == 2 and "no question has a correct sample" in capsys.readouterr().err and not out.exists()
     assert main(["long2short", "dpo-pairs", "--model", str(tiny_model_dir), "--n", "0", "--out", str(out)]) == 2
     assert "--n must be >= 1" in capsys.readouterr().err
+
+
+def test_dpo_sft_weight_adds_the_chosen_per_token_nll(tiny_model_dir):
+    from k15rl.models.loading import load_model, load_tokenizer
+
+    tok, model = load_tokenizer(tiny_model_dir), load_model(tiny_model_dir)
+    rows = encode_pairs(tok, _pairs(4), 512)
+    ref = cached_reference_logps(model, rows, tok.pad_token_id, None, key="")
+    hist = dpo_train(model, tok, rows, ref, DPOConfig(lr=1e-3, batch_size=4, sft_weight=2.0))
+    # one batch holding every pair: at the first step the policy is the reference
+    per_token = -(ref[:, 0] / torch.tensor([float(len(c)) for _, c, _ in rows])).mean()
+    assert hist[0]["dpo/nll_chosen"] == pytest.approx(per_token.item(), rel=1e-5)
+    assert hist[0]["dpo/loss"] == pytest.approx(math.log(2), abs=1e-4)

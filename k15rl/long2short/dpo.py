@@ -11,7 +11,8 @@ its token log-probs) under the policy and S_ref under the reference model:
     loss = -mean_pairs log sigmoid( beta * ((S_c - S_ref_c) - (S_r - S_ref_r)) )
 
 The reference is the model DPO starts from; its log-probs are computed once, before the
-first step, and cached in a file keyed by the model's files and the pairs.
+first step, and cached in a file keyed by the model's files and the pairs. Optionally
+(`DPOConfig.sft_weight`) the chosen responses' per-token NLL is added (RPO).
 
 Shapes: P pairs; N = 2P sequences in a batch (chosen rows, then rejected rows); T response length.
 """
@@ -195,6 +196,10 @@ class DPOConfig:
     warmup_frac: float = 0.1  # linear warm-up of the learning rate, then constant
     max_length: int = 1024  # prompt + response tokens; longer responses are truncated
     grad_clip: float = 1.0
+    # weight of the chosen responses' per-token negative log-likelihood added to the DPO loss
+    # (0: plain DPO). Plain DPO can lower the chosen log-probs along with the rejected ones;
+    # this term (Pang et al. 2024, "RPO") keeps the chosen answers likely.
+    sft_weight: float = 0.0
     autocast_bf16: bool = False
     seed: int = 0
 
@@ -307,6 +312,11 @@ def dpo_train(
                 logps = sequence_logps(model, [rows[i] for i in idx], tokenizer.pad_token_id)  # [B, 2]
             r = ref[idx]  # [B, 2]
             loss, m = dpo_loss(logps[:, 0], logps[:, 1], r[:, 0], r[:, 1], beta=cfg.beta)
+            if cfg.sft_weight:
+                n_chosen = torch.tensor([len(rows[i][1]) for i in idx], dtype=logps.dtype)  # [B]
+                nll = -(logps[:, 0] / n_chosen).mean()
+                loss = loss + cfg.sft_weight * nll
+                m["dpo/nll_chosen"] = nll.item()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             m["dpo/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
