@@ -407,7 +407,9 @@ def _cmd_l2s_report(args: argparse.Namespace) -> int:
         raise UserError(f"--samples must be >= 1 (got {args.samples})")
     cfg = _data_config(args)
     paths = [str(resolve_model_path(m, "--models")) for m in args.models]
-    labels = args.labels or [Path(m).name if m != "builtin" else "builtin" for m in args.models]
+    # default labels: folder names, with the run's name for run folders' final/ and checkpoints
+    labels = args.labels or [m if m == "builtin" else Path(m).name if Path(m).name != "final"
+                             else f"{Path(m).parent.name}/final" for m in args.models]
     prompts = _l2s_prompts(args, cfg, "test")
     results = evaluate_models(list(zip(labels, paths)), prompts, cfg, args.samples)
     settings = {"prompts": len(prompts), "samples_per_prompt": args.samples, "temperature": cfg.eval.temperature,
