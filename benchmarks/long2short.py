@@ -162,7 +162,17 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  shortest-rs: {st.line()}\n  dpo-pairs: {pst.line()}")
         write_jsonl(out / "pairs.jsonl", pairs)
         write_jsonl(out / "shortest_rs.jsonl", rows)  # written last: marks the stage done
-        story["sampling"] = {"shortest_rs": vars(st), "dpo_pairs": vars(pst)}
+        texts = [x.text for g in groups for x in g.samples]
+        structure = {  # what a shorter chain of thought could leave out, as sampled
+            "samples": len(texts),
+            "frac_with_plan_line": sum(t.startswith("plan:") for t in texts) / len(texts),
+            "frac_with_check_line": sum("\ncheck:" in t for t in texts) / len(texts),
+            "redo_lines_per_sample": sum(t.count("\nwait,") for t in texts) / len(texts),
+            "correct_without_plan_or_check": sum(x.correct and not (x.text.startswith("plan:") and "\ncheck:" in x.text)
+                                                 for g in groups for x in g.samples),
+        }
+        log(f"  long model's samples: {structure}")
+        story["sampling"] = {"shortest_rs": vars(st), "dpo_pairs": vars(pst), "structure": structure}
         (out / "sampling.json").write_text(json.dumps(story["sampling"], indent=2))
 
     stage("sampling (n=8)", out / "shortest_rs.jsonl", sample_long)
