@@ -19,6 +19,7 @@ Prints generated tokens/s and the ratio to hf-generate, measured side by side he
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -87,6 +88,7 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=200, help="natural workload's maximum")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each method (interleaved); the median is shown")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,15 +111,20 @@ def main() -> None:
             lambda fixed: native(forced, reqs, SamplingParams(896), args.slots, fixed),
         ),
     }
-    print(f"{args.requests} requests, {args.slots} slots, {torch.get_num_threads()} threads; "
+    print(f"{args.requests} requests, {args.slots} slots, {torch.get_num_threads()} threads, "
+          f"median of {args.repeats}; "
           f"heavy-tailed targets: mean {sum(targets) / len(targets):.0f}, max {max(targets)} tokens")
     print(f"{'workload':38s} {'method':13s} {'tokens':>8s} {'seconds':>8s} {'tok/s':>8s} {'vs hf':>6s}")
     for name, (hf, nat) in workloads.items():
-        runs = {}
-        for method, fn in (("hf-generate", hf), ("native-fixed", lambda: nat(True)), ("native", lambda: nat(False))):
-            t0 = time.perf_counter()
-            tokens = fn()
-            runs[method] = (tokens, time.perf_counter() - t0)
+        times: dict[str, list[float]] = {}
+        tokens_of: dict[str, int] = {}
+        for _ in range(args.repeats):  # methods interleaved, median time: robust to a noisy machine
+            for method, fn in (("hf-generate", hf), ("native-fixed", lambda: nat(True)),
+                               ("native", lambda: nat(False))):
+                t0 = time.perf_counter()
+                tokens_of[method] = fn()
+                times.setdefault(method, []).append(time.perf_counter() - t0)
+        runs = {m: (tokens_of[m], statistics.median(ts)) for m, ts in times.items()}
         base = runs["hf-generate"][0] / runs["hf-generate"][1]
         for method, (tokens, secs) in runs.items():
             print(f"{name:38s} {method:13s} {tokens:8d} {secs:8.1f} {tokens / secs:8.0f} {tokens / secs / base:5.2f}x")
