@@ -52,10 +52,12 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--every", type=float, default=5.0, help="seconds between memory samples")
     ap.add_argument("--out", default="runs/soak")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads of the trainer (0: all cores)")
     args = ap.parse_args()
     out = Path(args.out)
     cmd = [sys.executable, "-m", "k15rl.cli", "train", "--config", "demo", "--overwrite", f"out={out}",
-           "iterations=100000", f"time_budget_minutes={args.minutes}", "eval.every=10", "checkpoint_every=5"]
+           "iterations=100000", f"time_budget_minutes={args.minutes}", "eval.every=10", "checkpoint_every=5",
+           f"threads={args.threads}"]
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "soak_train.log", "w")
     child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
