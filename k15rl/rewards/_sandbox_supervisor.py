@@ -78,18 +78,30 @@ def build_filesystem(job):
             _mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
         except OSError as e:
             notes.append(f"read-only remount of {point} failed: {e.strerror}")
-    # the only writable place: a fresh tmpfs, bounded in size, gone with the namespace
-    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={job['disk_mb']}m,mode=755")
-    if os.path.isdir("/dev/shm"):
-        _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=1m,mode=1777")
+    # Kept paths (the Python installation, a virtual environment) are bound read-only to
+    # a staging tmpfs before /tmp and the hidden folders are covered: they may live
+    # under either (a checkout in /tmp with its .venv, a project folder).
     keep = [p for p in job["keep_paths"] if os.path.isdir(p)]
+    tmp_opts = f"size={job['disk_mb']}m,mode=755"
+    shm = os.path.isdir("/dev/shm")
+    if not shm:  # nowhere else to stage: kept paths under /tmp are then not kept
+        _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmp_opts)
+    stage_root = "/dev/shm" if shm else "/tmp"
+    if shm:
+        _mount("tmpfs", stage_root, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=700")
     staged = {}
     for i, p in enumerate(keep):
-        stage = f"/tmp/.keep{i}"
+        stage = f"{stage_root}/.keep{i}"
         os.mkdir(stage)
         _mount(p, stage, None, MS_BIND | MS_REC)
         _mount(None, stage, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
         staged[p] = stage
+    # the only writable place: a fresh tmpfs, bounded in size, gone with the namespace
+    if shm:
+        _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmp_opts)
+    for p in [p for p in keep if shm and _under(p, "/tmp") and p in staged]:  # back in place under the new /tmp
+        os.makedirs(p, mode=0o755, exist_ok=True)
+        _mount(staged.pop(p), p, None, MS_MOVE)
     for h in job["hide_paths"]:
         if not os.path.isdir(h) or any(_under(h, s) for s in ("/proc", "/tmp", "/dev")):
             continue
@@ -101,8 +113,8 @@ def build_filesystem(job):
             _mount(stage, p, None, MS_MOVE)
             os.rmdir(stage)
         _mount(None, h, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=64k")
-    for stage in staged.values():
-        _mount(None, stage, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    if shm:  # covers the staging tmpfs and what is left in it
+        _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=1m,mode=1777")
     return notes
 
 
