@@ -83,11 +83,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_sft(args: argparse.Namespace) -> int:
+def _finetune_start(args: argparse.Namespace):
+    """The model to fine-tune and its tokenizer (`--model`, `--chat-template`), after
+    refusing an `--out` that already holds a model (unless `--overwrite`)."""
     import torch
 
     from k15rl.models import resolve_model_path
     from k15rl.models.loading import load_model, load_tokenizer
+
+    path = resolve_model_path(args.model, "--model")
+    out = Path(args.out)
+    if (out / "config.json").exists() and not args.overwrite:
+        raise UserError(f"output folder {out} already holds a model: pass --overwrite or choose another --out")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return path, out, load_model(path), load_tokenizer(path, args.chat_template)
+
+
+def _cmd_sft(args: argparse.Namespace) -> int:
     from k15rl.trainer.checkpoint import save_hf
     from k15rl.trainer.sft import SFTConfig, load_sft_jsonl, sft_train
 
@@ -97,14 +110,7 @@ def _cmd_sft(args: argparse.Namespace) -> int:
     if args.lr <= 0:
         raise UserError(f"--lr must be > 0 (got {args.lr})")
     examples = load_sft_jsonl(args.data)
-    path = resolve_model_path(args.model, "--model")
-    out = Path(args.out)
-    if (out / "config.json").exists() and not args.overwrite:
-        raise UserError(f"output folder {out} already holds a model: pass --overwrite or choose another --out")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tok = load_tokenizer(path, args.chat_template)
-    model = load_model(path)
+    _, out, model, tok = _finetune_start(args)
     cfg = SFTConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, autocast_bf16=args.bf16)
     losses = sft_train(model, tok, examples, cfg)
     save_hf(model, tok, out, {"sft": vars(args) | {"final_loss": losses[-1]}})
@@ -422,8 +428,6 @@ def _cmd_l2s_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_dpo(args: argparse.Namespace) -> int:
-    import torch
-
     from k15rl.long2short.dpo import (
         DPOConfig,
         cached_reference_logps,
@@ -433,8 +437,6 @@ def _cmd_dpo(args: argparse.Namespace) -> int:
         model_fingerprint,
         pairs_fingerprint,
     )
-    from k15rl.models import resolve_model_path
-    from k15rl.models.loading import load_model, load_tokenizer
     from k15rl.trainer.checkpoint import save_hf
 
     for key, v, ok in (("--epochs", args.epochs, args.epochs >= 1), ("--batch-size", args.batch_size, args.batch_size >= 1),
@@ -443,14 +445,7 @@ def _cmd_dpo(args: argparse.Namespace) -> int:
         if not ok:
             raise UserError(f"{key}: out of range (got {v})")
     pairs = load_pairs_jsonl(args.data)
-    path = resolve_model_path(args.model, "--model")
-    out = Path(args.out)
-    if (out / "config.json").exists() and not args.overwrite:
-        raise UserError(f"output folder {out} already holds a model: pass --overwrite or choose another --out")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tok = load_tokenizer(path, args.chat_template)
-    model = load_model(path)
+    path, out, model, tok = _finetune_start(args)
     cfg = DPOConfig(beta=args.beta, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                     sft_weight=args.sft_weight, autocast_bf16=args.bf16, seed=args.seed)
     rows = encode_pairs(tok, pairs, cfg.max_length)
