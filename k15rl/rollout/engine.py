@@ -19,6 +19,7 @@ from typing import Mapping, Protocol, Sequence
 
 import torch
 
+from k15rl.errors import UserError
 from k15rl.rollout.slots import SlotCache
 from k15rl.types import GenerationRequest, Segment
 
@@ -277,9 +278,9 @@ class HFEngine:
 
         for layer in cache.layers:
             if not isinstance(layer, DynamicLayer) or layer.is_sliding:
-                raise NotImplementedError(
-                    f"continuous batching needs full-attention KV-cache layers; this model uses "
-                    f"{type(layer).__name__}"
+                raise UserError(
+                    f"the built-in rollout engine needs full-attention KV-cache layers; this model uses "
+                    f"{type(layer).__name__} (sliding-window attention is not supported)"
                 )
 
     def _hit_stop_string(self, toks: list[int], stops: list[str], max_stop: int) -> bool:
