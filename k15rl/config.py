@@ -78,7 +78,22 @@ class SamplerConfig:
 
 
 @dataclass
+class VllmConfig:
+    """Settings of the vLLM rollout engine (`rollout.engine: vllm`; k15rl/rollout/vllm_engine.py)."""
+
+    dtype: str = "auto"  # auto: the model's; float32 | bfloat16 | float16
+    gpu_memory_utilization: float = 0.5  # share of each GPU's memory vLLM may take (weights + KV cache)
+    tensor_parallel_size: int = 1  # GPUs one engine spans
+    enforce_eager: bool = True  # False: CUDA graphs / torch.compile (slower start, faster decoding)
+    max_model_len: int = 0  # 0: prompt limit + rollout.max_new_tokens
+    kv_cache_gb: float = 4.0  # CPU backend only: KV-cache size (VLLM_CPU_KVCACHE_SPACE)
+    enable_sleep_mode: bool = False  # GPU only: free weights/KV cache while training (distributed.colocate)
+
+
+@dataclass
 class RolloutConfig:
+    engine: str = "hf"  # hf (built-in continuous batching) | vllm (pip install k15rl[vllm])
+    vllm: VllmConfig = field(default_factory=VllmConfig)
     k: int = 8  # samples per prompt (the group of report §2.3.2)
     prompts_per_iteration: int = 32
     temperature: float = 1.0
@@ -141,6 +156,25 @@ class EvalConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Placement of the loop's parts (report §2.6; docs/distributed.md). `local`: one
+    process. `ray`: this process is the master (prompts, replay buffer, rewards,
+    checkpoints); rollout workers and trainer workers are Ray actors."""
+
+    backend: str = "local"  # local | ray
+    address: str | None = None  # ray: an existing cluster ("auto", "ray://head:10001"); None: start one here
+    rollout_workers: int = 2  # ray: actors each holding a rollout engine
+    trainer_workers: int = 1  # ray: >1 shards the model with FSDP2 (data parallel, gloo on CPU / nccl on GPU)
+    chunk_size: int = 16  # ray: requests a rollout worker pulls at a time
+    device: str = "cpu"  # cpu | cuda: where trainer (and hf engine) workers compute
+    cpus_per_worker: float = 1.0  # ray: CPUs reserved per actor
+    gpus_per_worker: float = 0.0  # ray: GPUs per actor (1 on GPU clusters; 0.5 when colocated)
+    colocate: bool = False  # rollout worker i and trainer worker i share a device; engines sleep while training
+    num_cpus: int = 0  # ray, local cluster: CPUs it may use; 0 = all
+    object_store_mb: int = 1024  # ray, local cluster: object store size (weights travel through it)
+
+
+@dataclass
 class TrainConfig:
     out: str = "runs/train"
     iterations: int = 60
@@ -156,6 +190,7 @@ class TrainConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> "TrainConfig":
         """Range checks that types alone cannot express. Raises UserError naming the key."""
@@ -212,6 +247,7 @@ class TrainConfig:
             (self.threads >= 0, "threads", self.threads, "must be >= 0"),
             (self.model.dtype in ("float32", "bfloat16"), "model.dtype", self.model.dtype,
              "must be 'float32' or 'bfloat16' (float16 is unusably slow on CPUs)"),
+            *self._distributed_checks(),
         ]
         for ok, key, value, why in checks:
             if not ok:
@@ -224,6 +260,33 @@ class TrainConfig:
 
         check_reward_config(self.reward)
         return self
+
+    def _distributed_checks(self) -> list[tuple[bool, str, Any, str]]:
+        d, v = self.distributed, self.rollout.vllm
+        return [
+            (self.rollout.engine in ("hf", "vllm"), "rollout.engine", self.rollout.engine, "must be 'hf' or 'vllm'"),
+            (v.dtype in ("auto", "float32", "bfloat16", "float16"), "rollout.vllm.dtype", v.dtype,
+             "must be auto, float32, bfloat16 or float16"),
+            (0 < v.gpu_memory_utilization <= 1, "rollout.vllm.gpu_memory_utilization", v.gpu_memory_utilization,
+             "must be in (0, 1]"),
+            (v.tensor_parallel_size >= 1, "rollout.vllm.tensor_parallel_size", v.tensor_parallel_size, "must be >= 1"),
+            (v.max_model_len >= 0, "rollout.vllm.max_model_len", v.max_model_len, "must be >= 0"),
+            (v.kv_cache_gb > 0, "rollout.vllm.kv_cache_gb", v.kv_cache_gb, "must be > 0"),
+            (d.backend in ("local", "ray"), "distributed.backend", d.backend, "must be 'local' or 'ray'"),
+            (d.rollout_workers >= 1, "distributed.rollout_workers", d.rollout_workers, "must be >= 1"),
+            (d.trainer_workers >= 1, "distributed.trainer_workers", d.trainer_workers, "must be >= 1"),
+            (d.trainer_workers == 1 or d.backend == "ray", "distributed.trainer_workers", d.trainer_workers,
+             "must be 1 with distributed.backend=local (sharded training runs on Ray)"),
+            (d.chunk_size >= 1, "distributed.chunk_size", d.chunk_size, "must be >= 1"),
+            (d.device in ("cpu", "cuda"), "distributed.device", d.device, "must be 'cpu' or 'cuda'"),
+            (d.cpus_per_worker >= 0, "distributed.cpus_per_worker", d.cpus_per_worker, "must be >= 0"),
+            (d.gpus_per_worker >= 0, "distributed.gpus_per_worker", d.gpus_per_worker, "must be >= 0"),
+            (not d.colocate or d.backend == "local" or d.rollout_workers == d.trainer_workers,
+             "distributed.colocate", d.colocate,
+             "needs distributed.rollout_workers == distributed.trainer_workers (worker i shares device i)"),
+            (d.num_cpus >= 0, "distributed.num_cpus", d.num_cpus, "must be >= 0"),
+            (d.object_store_mb >= 64, "distributed.object_store_mb", d.object_store_mb, "must be >= 64"),
+        ]
 
     def _validate_data(self) -> None:
         from k15rl.rewards import VERIFIERS

@@ -8,7 +8,6 @@ orchestrates them.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import random
@@ -33,7 +32,8 @@ from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
 from k15rl.rewards import length_weight, score
 from k15rl.rewards.compose import router_from_config
 from k15rl.rollout.collect import OUTCOMES, PartialRolloutResult, partial_rollout
-from k15rl.rollout.engine import HFEngine, SamplingParams
+from k15rl.rollout.engine import SamplingParams
+from k15rl.rollout.factory import context_length, make_engine
 from k15rl.rollout.replay import ReplayBuffer
 from k15rl.sampling import make_sampler
 from k15rl.trainer.checkpoint import (
@@ -163,7 +163,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         truncate_jsonl(out / "eval.jsonl", state["eval_lines"])
 
     tok = policy.tokenizer
-    engine = HFEngine(copy.deepcopy(policy.model), tok, max_batch=cfg.rollout.max_batch)
+    engine = make_engine(cfg.rollout, policy.path, tok, model=policy.model, dtype=cfg.model.dtype,
+                         max_model_len=context_length(cfg, policy.model.config, limit), seed=cfg.seed)
     loss_fn = LOSSES[cfg.algorithm.loss]
     loss_kw = loss_kwargs(loss_fn, cfg.algorithm)
     stops = stop_token_ids(tok, policy.model)

@@ -1,0 +1,41 @@
+"""The rollout engine a config asks for (`rollout.engine`)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from k15rl.config import RolloutConfig
+from k15rl.rollout.engine import HFEngine, RolloutEngine
+
+
+def context_length(cfg, model_config, prompt_limit: int | None) -> int:
+    """Longest prompt + response a run's engine must hold: the prompt limit plus
+    rollout.max_new_tokens (and eval.max_new_tokens), or the model's context."""
+    new = max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
+    if prompt_limit is not None:
+        return prompt_limit + new
+    return getattr(model_config, "max_position_embeddings", None) or 2048
+
+
+def make_engine(cfg: RolloutConfig, path: str | Path, tokenizer, *, model=None, dtype: str = "float32",
+                max_model_len: int, seed: int = 0) -> RolloutEngine:
+    """An engine serving the policy stored at `path`.
+
+    hf: continuous batching on a copy of `model` (or the model loaded from `path`): the
+    trainer's model is never generated with directly, weights reach the engine only
+    through `load_weights` (the weight sync of report §2.6.1).
+    vllm: a vLLM engine on `path` (optional extra, imported here only).
+    `max_model_len`: the longest prompt + response the engine must hold.
+    """
+    if cfg.engine == "vllm":
+        from k15rl.rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine(path, tokenizer, cfg.vllm, max_model_len=max_model_len, seed=seed)
+    if model is None:
+        from k15rl.models.loading import load_model
+
+        model = load_model(path, dtype)
+    else:
+        model = copy.deepcopy(model)
+    return HFEngine(model, tokenizer, max_batch=cfg.max_batch)
