@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import torch
 
@@ -168,14 +168,23 @@ class HFEngine:
         self.model.load_state_dict(state_dict, strict=True)
 
     @torch.no_grad()
-    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Segment]:
-        """One Segment per request, in the order given. Requests are admitted in that order."""
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams,
+                 more: Callable[[int], Sequence[GenerationRequest]] | None = None) -> list[Segment]:
+        """One Segment per request, in the order given. Requests are admitted in that order.
+
+        `more(n)`: a source of further requests, asked for at most n whenever slots are
+        free and nothing waits; their segments follow those of `requests`, in the order
+        pulled. An empty answer ends it. This is how a rollout worker pulls work from the
+        master (report §2.6.2): a worker busy with long trajectories takes no new prompts
+        until it has room, while the others take them.
+        """
+        requests = list(requests)
         gen = torch.Generator().manual_seed(params.seed)
         stop_ids = torch.tensor(params.stop_token_ids or [-1])
         max_stop = max((len(s) for s in params.stop_strings), default=0)
         waiting = deque(range(len(requests)))
         out: list[Segment | None] = [None] * len(requests)
-        S = min(self.max_batch, len(requests))
+        S = self.max_batch if more else min(self.max_batch, len(requests))
         rows: list[_Row | None] = [None] * S  # the request each slot holds
         kv: SlotCache | None = None
         pos = torch.zeros(S, dtype=torch.long)  # [S] position of each slot's next token
@@ -184,9 +193,15 @@ class HFEngine:
             if params.repeat_ngram > 0 else None
         if detector:
             detector.add_rows([[]] * S)
-        while waiting or any(r is not None for r in rows):
+        while waiting or more or any(r is not None for r in rows):
             # 1. admit waiting requests into free slots: prefill them together, write their KV in
             free = [j for j, r in enumerate(rows) if r is None]
+            if free and not waiting and more:
+                pulled = list(more(len(free)))
+                waiting.extend(range(len(requests), len(requests) + len(pulled)))
+                requests += pulled
+                out += [None] * len(pulled)
+                more = more if pulled else None
             if waiting and free:
                 idx = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
                 contexts = [list(requests[i].prompt_ids) + list(requests[i].prefix_ids) for i in idx]
@@ -205,6 +220,8 @@ class HFEngine:
                     rows[j] = _Row(r, min(params.max_new_tokens, req.max_new_tokens or params.max_new_tokens))
                 if detector:
                     detector.reset_rows(free[:len(idx)], [requests[r].prefix_ids for r in idx])
+            if all(r is None for r in rows):  # the source ran dry before anything was admitted
+                break
             # 2. sample one token for every live slot
             live = torch.tensor([r is not None for r in rows])  # [S]
             live_idx = live.nonzero().squeeze(1)  # [B]
@@ -235,7 +252,7 @@ class HFEngine:
             # slots live, shrink the batch so empty slots cost nothing
             if finished:
                 kv.trim(live)
-                if not waiting and int(live.sum()) <= len(rows) // 2:
+                if not waiting and not more and int(live.sum()) <= len(rows) // 2:
                     keep = live.nonzero().squeeze(1)
                     kv.keep(keep)
                     rows = [rows[j] for j in keep.tolist()]

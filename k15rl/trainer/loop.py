@@ -49,7 +49,8 @@ from k15rl.trainer.checkpoint import (
 )
 from k15rl.trainer.evaluate import eval_sampling_params, evaluate
 from k15rl.trainer.plots import plot_run
-from k15rl.trainer.update import UpdateSettings, policy_update
+from k15rl.trainer.trainer import LocalTrainer
+from k15rl.trainer.update import UpdateSettings
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "summary.json", "final", "checkpoints", "curves.png")
 
@@ -66,6 +67,11 @@ def load_policy(cfg: TrainConfig, log: Callable[[str], None], checkpoint: Path |
     path = checkpoint or resolve_model_path(cfg.model.path, "model.path", log)
     tokenizer = load_tokenizer(path, cfg.model.chat_template)
     return Policy(load_model(path, cfg.model.dtype), tokenizer, path)
+
+
+def _call(part, method: str) -> None:
+    """`part.method()` where the part has it (engines without a sleep mode have nothing to free)."""
+    getattr(part, method, lambda: None)()
 
 
 def holds_run(out: Path) -> bool:
@@ -92,7 +98,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rollout_metrics(result: PartialRolloutResult, buffer: ReplayBuffer, seconds: float) -> dict[str, float]:
+def rollout_metrics(result: PartialRolloutResult, buffer: ReplayBuffer, seconds: float, engine=None) -> dict[str, float]:
     """Rollout statistics of one iteration: outcomes of the segments generated (report
     §2.6.2), the replay buffer, and reward/length of the trajectories trained on."""
     segments = sum(result.outcomes.values())
@@ -104,6 +110,8 @@ def rollout_metrics(result: PartialRolloutResult, buffer: ReplayBuffer, seconds:
         "rollout/buffer_unfinished": float(buffer.num_unfinished()),
         "rollout/buffer_waiting": float(buffer.num_waiting()),
     })
+    if counts := getattr(engine, "last_counts", None):  # Ray: requests each rollout worker pulled
+        out["rollout/worker_requests_min"], out["rollout/worker_requests_max"] = float(min(counts)), float(max(counts))
     trajs = result.trajectories
     out["rollout/trained"] = float(len(trajs))
     if not trajs:
@@ -163,10 +171,19 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         truncate_jsonl(out / "eval.jsonl", state["eval_lines"])
 
     tok = policy.tokenizer
-    engine = make_engine(cfg.rollout, policy.path, tok, model=policy.model, dtype=cfg.model.dtype,
-                         max_model_len=context_length(cfg, policy.model.config, limit), seed=cfg.seed)
     loss_fn = LOSSES[cfg.algorithm.loss]
     loss_kw = loss_kwargs(loss_fn, cfg.algorithm)
+    # Placement (report §2.6.1): engine and trainer in this process, or as Ray workers.
+    max_model_len = context_length(cfg, policy.model.config, limit)
+    if cfg.distributed.backend == "ray":
+        from k15rl.distributed.ray_backend import start_workers, stop_workers
+
+        engine, trainer = start_workers(cfg, policy.path, policy.model, tok.pad_token_id, max_model_len, log)
+    else:
+        engine = make_engine(cfg.rollout, policy.path, tok, model=policy.model, dtype=cfg.model.dtype,
+                             max_model_len=max_model_len, seed=cfg.seed)
+        trainer = LocalTrainer(policy.model, loss_fn, loss_kw, tok.pad_token_id, cfg.distributed.device)
+    colocate = cfg.distributed.colocate  # one device, shared: the idle phase's part sleeps
     stops = stop_token_ids(tok, policy.model)
     a = cfg.algorithm
     settings = UpdateSettings(
@@ -245,7 +262,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         """Weight sync: the trainer's newest weights become the engine's policy."""
         nonlocal engine_version
         if engine_version != done:
-            engine.load_weights(policy.model.state_dict())
+            engine.load_weights(trainer.weights())
             engine_version = done
 
     bar = tqdm(range(done, cfg.iterations), desc="rl", unit="it", dynamic_ncols=True, initial=done,
@@ -263,7 +280,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         # 3. rewards: verifier + length penalty after its warm-up (report §2.3.3, §2.3.5)
         w = length_weight(it, cfg.reward.length_weight, cfg.reward.length_warmup_iterations)
         score_stats = score(trajs, length_penalty_weight=w, repeat_penalty=cfg.reward.repeat_penalty, rewards=router)
-        rollout_row = rollout_metrics(result, buffer, t1 - t0)
+        rollout_row = rollout_metrics(result, buffer, t1 - t0, engine)
         last = it + 1 == cfg.iterations
         evaluate_now = bool(test_prompts) and (last or bool(cfg.eval.every and (it + 1) % cfg.eval.every == 0))
         checkpoint_now = last or bool(cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0)
@@ -275,7 +292,13 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         train_metrics: dict[str, float] = {}
         if trajs:
             settings.seed, settings.version = cfg.seed * 7919 + it, it
-            train_metrics = policy_update(policy.model, trajs, loss_fn, loss_kw, settings, tok.pad_token_id)
+            if colocate:
+                _call(engine, "sleep")
+                trainer.onload()
+            train_metrics = trainer.update(trajs, settings)
+            if colocate:
+                trainer.offload()
+                _call(engine, "wake_up")
             sampler.update(trajs)
             skipped, steps = train_metrics["train/skipped_steps"], train_metrics["train/steps"]
             consecutive_skips = consecutive_skips + steps if skipped == steps else train_metrics["train/trailing_skips"]
@@ -316,7 +339,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
             bar.write(f"iteration {it + 1}: test accuracy {evals[-1]['accuracy']:.3f} "
                       f"mean tokens {evals[-1]['mean_tokens']:.1f}")
         if checkpoint_now or out_of_time:
-            save_checkpoint(out, it + 1, policy.model, tok, run_state(), cfg.checkpoint_keep)
+            save_checkpoint(out, it + 1, trainer.current_model(), tok, run_state(), cfg.checkpoint_keep)
         if out_of_time:
             bar.write(f"time budget of {cfg.time_budget_minutes:g} min used up after {done} iterations")
             break
@@ -329,7 +352,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     metrics_log.close()
     eval_log.close()
 
-    save_hf(policy.model, tok, out / "final", run_state())
+    save_hf(trainer.current_model(), tok, out / "final", run_state())
+    if cfg.distributed.backend == "ray":
+        stop_workers(engine, trainer)
     metrics = read_jsonl(out / "metrics.jsonl")
     plot_run(metrics, evals, out / "curves.png")
     summary = {

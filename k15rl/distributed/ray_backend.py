@@ -1,0 +1,320 @@
+"""Ray backend: the loop is the master; rollout and trainer workers are Ray actors
+(report §2.6.1-2, RECIPE §6).
+
+    master (this process)                 Ray cluster
+    prompts, replay buffer, rewards,  -->  WorkQueue <-- pull -- RolloutWorker x N (engine each)
+    evaluation, checkpoints           -->  TrainerWorker x M (FSDP2 shards when M > 1)
+                                           weights: trainer rank 0 --object store--> rollout workers
+
+The master's loop is the same function as in one process (`k15rl.trainer.loop.train`):
+it sees an `EnginePool`, which is a `RolloutEngine`, and a `RemoteTrainer`, which is a
+`Trainer`. The math does not depend on the placement: trajectories, rewards and the
+loss are the same objects; only where they are computed changes.
+
+Work distribution (report §2.6.2): a generate call puts its requests into a queue
+actor; every rollout worker pulls requests when its engine has free slots (the
+continuous-batching engine asks for more the moment a sequence finishes; an engine
+without that pulls `distributed.chunk_size` at a time). A worker busy with long
+trajectories takes nothing new until it has room; the others take the short ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import socket
+from collections import deque
+from inspect import signature
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from k15rl.config import TrainConfig
+from k15rl.errors import UserError
+from k15rl.rollout.engine import SamplingParams
+from k15rl.types import GenerationRequest, Segment, Trajectory
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError("distributed.backend=ray needs Ray: pip install 'k15rl[ray]'") from None
+    return ray
+
+
+def start_ray(cfg: TrainConfig, log: Callable[[str], None] = print) -> None:
+    """Connect to `distributed.address`, or start a local cluster sized for the workers."""
+    ray = _ray()
+    if ray.is_initialized():
+        return
+    d = cfg.distributed
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster needs no token file in ~/.ray
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if d.address:
+        try:
+            ray.init(address=d.address, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise UserError(f"config key distributed.address: cannot connect to Ray at {d.address!r}: {e}") from None
+        return
+    actors = d.rollout_workers + d.trainer_workers
+    # Logical CPUs: enough for every actor's reservation even on a small machine
+    # (Ray does not pin actors to cores; threads per actor are set separately).
+    cpus = d.num_cpus or max(os.cpu_count() or 1, math.ceil(actors * d.cpus_per_worker))
+    ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=d.object_store_mb * 2**20,
+             log_to_driver=True, configure_logging=False)
+    log(f"ray: local cluster, {cpus} CPUs, object store {d.object_store_mb} MB")
+
+
+def _threads(cpus: float) -> int:
+    return max(1, int(cpus))
+
+
+class WorkQueue:
+    """The master's requests, handed out to rollout workers on demand."""
+
+    def __init__(self):
+        self.items: deque[tuple[int, GenerationRequest]] = deque()
+
+    def put(self, items: list[tuple[int, GenerationRequest]]) -> None:
+        self.items.extend(items)
+
+    def take(self, n: int) -> list[tuple[int, GenerationRequest]]:
+        return [self.items.popleft() for _ in range(min(n, len(self.items)))]
+
+
+class RolloutWorker:
+    """One rollout engine (`rollout.engine`) on the policy at `path`."""
+
+    def __init__(self, cfg: TrainConfig, path: str, max_model_len: int, rank: int):
+        from k15rl.models.loading import load_tokenizer
+        from k15rl.rollout.factory import make_engine
+
+        torch.set_num_threads(_threads(cfg.distributed.cpus_per_worker))
+        self.rank = rank
+        tokenizer = load_tokenizer(path, cfg.model.chat_template)
+        self.engine = make_engine(cfg.rollout, path, tokenizer, dtype=cfg.model.dtype, max_model_len=max_model_len,
+                                  seed=cfg.seed + 7 * rank)
+        self.pulls = "more" in signature(self.engine.generate).parameters
+
+    def run(self, queue, params: SamplingParams, chunk: int) -> list[tuple[int, Segment]]:
+        """Generate for requests pulled from `queue` until it is empty; (index, segment) pairs."""
+        import ray
+
+        taken: list[int] = []
+
+        def take(n: int) -> list[GenerationRequest]:
+            batch = ray.get(queue.take.remote(min(n, chunk)))
+            taken.extend(i for i, _ in batch)
+            return [r for _, r in batch]
+
+        # Workers draw different random streams; a worker's stream depends on what it pulled.
+        params = dataclasses.replace(params, seed=params.seed * 1009 + self.rank)
+        if self.pulls:
+            segments = self.engine.generate([], params, more=take)
+        else:
+            segments, calls = [], 0
+            while batch := take(chunk):
+                segments += self.engine.generate(batch, dataclasses.replace(params, seed=params.seed + 65537 * calls))
+                calls += 1
+        return list(zip(taken, segments))
+
+    def load_weights(self, state_dict) -> None:
+        self.engine.load_weights(state_dict)
+
+    def sleep(self) -> None:
+        getattr(self.engine, "sleep", lambda: None)()
+
+    def wake_up(self) -> None:
+        getattr(self.engine, "wake_up", lambda: None)()
+
+
+class EnginePool:
+    """The rollout workers seen as one `RolloutEngine` by the master's loop."""
+
+    def __init__(self, workers: list, chunk_size: int):
+        ray = _ray()
+        self.workers, self.chunk = workers, chunk_size
+        self.queue = ray.remote(WorkQueue).options(num_cpus=0).remote()
+        self.last_counts: list[int] = []  # requests each worker served in the last call
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Segment]:
+        ray = _ray()
+        ray.get(self.queue.put.remote(list(enumerate(requests))))
+        parts = ray.get([w.run.remote(self.queue, params, self.chunk) for w in self.workers])
+        out: list[Segment | None] = [None] * len(requests)
+        for part in parts:
+            for i, seg in part:
+                out[i] = seg
+        self.last_counts = [len(p) for p in parts]
+        assert all(s is not None for s in out), "a request was not served"
+        return out  # type: ignore[return-value]
+
+    def load_weights(self, weights) -> None:
+        """Weights (a state dict, or a reference to one in the object store) to every worker."""
+        ray = _ray()
+        ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(dict(weights))
+        ray.get([w.load_weights.remote(ref) for w in self.workers])
+
+    def sleep(self) -> None:
+        _ray().get([w.sleep.remote() for w in self.workers])
+
+    def wake_up(self) -> None:
+        _ray().get([w.wake_up.remote() for w in self.workers])
+
+
+class TrainerWorker:
+    """One trainer process: the whole model, or (with several workers) an FSDP2 shard of it."""
+
+    def __init__(self, cfg: TrainConfig, path: str, rank: int, world: int, pad_id: int):
+        torch.set_num_threads(_threads(cfg.distributed.cpus_per_worker))
+        self.cfg, self.path, self.rank, self.world, self.pad_id = cfg, path, rank, world, pad_id
+        self.device = cfg.distributed.device
+        self.model = self.shard = None
+
+    def address(self) -> tuple[str, int]:
+        """This worker's node address and a free port on it: the process group's rendezvous."""
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        from k15rl.models.loading import load_model
+
+        model = load_model(self.path, self.cfg.model.dtype)
+        if self.device == "cuda":
+            model.to("cuda")
+        if self.world > 1:
+            from k15rl.distributed.shard import init_process_group, shard_model
+
+            backend = "nccl" if self.device == "cuda" else "gloo"
+            self.shard = init_process_group(self.rank, self.world, master_addr, master_port, backend)
+            model = shard_model(model, self.shard, self.device)
+        self.model = model
+
+    def update(self, trajectories: list[Trajectory], settings) -> dict[str, float]:
+        from k15rl.algorithms import LOSSES
+        from k15rl.config import loss_kwargs
+        from k15rl.trainer.update import policy_update
+
+        loss_fn = LOSSES[self.cfg.algorithm.loss]
+        kw = loss_kwargs(loss_fn, self.cfg.algorithm)
+        if self.shard is None:
+            return policy_update(self.model, trajectories, loss_fn, kw, settings, self.pad_id)
+        return policy_update(self.model, trajectories, loss_fn, kw, settings, self.pad_id, shard=self.shard)
+
+    def state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Full weights on rank 0 (every rank must take part when sharded), None elsewhere."""
+        if self.shard is not None:
+            from k15rl.distributed.shard import full_state_dict
+
+            return full_state_dict(self.model, self.shard)
+        return {k: v.detach().to("cpu") for k, v in self.model.state_dict().items()}
+
+    def offload(self) -> None:
+        if self.device != "cpu":
+            self.model.to("cpu")
+
+    def onload(self) -> None:
+        if self.device != "cpu":
+            self.model.to(self.device)
+
+
+class RemoteTrainer:
+    """The trainer workers seen as one `Trainer` by the master's loop."""
+
+    def __init__(self, workers: list, master_model):
+        self.workers, self.master_model = workers, master_model
+        self._pending: list = []  # state_dict calls of ranks > 0 (they only take part in the gather)
+
+    def _settle(self) -> None:
+        _ray().get(self._pending)
+        self._pending = []
+
+    def update(self, trajectories: Sequence[Trajectory], settings) -> dict[str, float]:
+        ray = _ray()
+        self._settle()
+        ref = ray.put(list(trajectories))  # one copy in the object store, read by every rank
+        return ray.get([w.update.remote(ref, settings) for w in self.workers])[0]
+
+    def weights(self):
+        """A reference to rank 0's full state dict in the object store: rollout workers
+        fetch it from there directly, it does not pass through the master."""
+        refs = [w.state_dict.remote() for w in self.workers]
+        self._pending = refs[1:]
+        return refs[0]
+
+    def current_model(self):
+        """The master's copy of the model, brought up to date (checkpoints, final save)."""
+        state = _ray().get(self.weights())
+        self._settle()
+        self.master_model.load_state_dict(state, strict=True)
+        return self.master_model
+
+    def offload(self) -> None:
+        self._settle()
+        _ray().get([w.offload.remote() for w in self.workers])
+
+    def onload(self) -> None:
+        _ray().get([w.onload.remote() for w in self.workers])
+
+    def close(self) -> None:
+        ray = _ray()
+        for w in self.workers:
+            ray.kill(w)
+
+
+def _placement(cfg: TrainConfig):
+    """Scheduling options for rollout worker i and trainer worker i: with
+    `distributed.colocate`, both in bundle i of one placement group (one device each
+    bundle, shared by the two phases); otherwise wherever Ray finds room."""
+    d = cfg.distributed
+    resources = {"num_cpus": d.cpus_per_worker, "num_gpus": d.gpus_per_worker}
+    if not d.colocate:
+        return lambda i: resources
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    bundle = {"CPU": 2 * d.cpus_per_worker}
+    if d.gpus_per_worker:
+        bundle["GPU"] = 2 * d.gpus_per_worker
+    pg = placement_group([dict(bundle) for _ in range(d.rollout_workers)], strategy="PACK")
+    _ray().get(pg.ready())
+    return lambda i: {**resources, "scheduling_strategy": PlacementGroupSchedulingStrategy(
+        pg, placement_group_bundle_index=i)}
+
+
+def start_workers(cfg: TrainConfig, path: str | Path, master_model, pad_id: int, max_model_len: int,
+                  log: Callable[[str], None] = print) -> tuple[EnginePool, RemoteTrainer]:
+    """Start the rollout workers and the trainer workers on the Ray cluster."""
+    ray = _ray()
+    start_ray(cfg, log)
+    d, path = cfg.distributed, str(path)
+    where = _placement(cfg)
+    rollout_cls, trainer_cls = ray.remote(RolloutWorker), ray.remote(TrainerWorker)
+    rollout = [rollout_cls.options(**where(i)).remote(cfg, path, max_model_len, i) for i in range(d.rollout_workers)]
+    trainers = [trainer_cls.options(**where(i)).remote(cfg, path, i, d.trainer_workers, pad_id)
+                for i in range(d.trainer_workers)]
+    addr, port = ray.get(trainers[0].address.remote())
+    ray.get([t.setup.remote(addr, port) for t in trainers])
+    log(f"ray: {d.rollout_workers} rollout worker(s) ({cfg.rollout.engine}), {d.trainer_workers} trainer worker(s)"
+        f"{' (FSDP2)' if d.trainer_workers > 1 else ''}{', colocated' if d.colocate else ''}")
+    return EnginePool(rollout, d.chunk_size), RemoteTrainer(trainers, master_model)
+
+
+def stop_workers(pool: EnginePool, trainer: RemoteTrainer) -> None:
+    ray = _ray()
+    trainer.close()
+    for w in pool.workers:
+        ray.kill(w)
+    ray.kill(pool.queue)
+
+
+def cluster_info() -> dict[str, Any]:
+    ray = _ray()
+    return {"nodes": len(ray.nodes()), "resources": ray.cluster_resources()}
