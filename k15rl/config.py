@@ -88,6 +88,7 @@ class VllmConfig:
     max_model_len: int = 0  # 0: prompt limit + rollout.max_new_tokens
     kv_cache_gb: float = 4.0  # CPU backend only: KV-cache size (VLLM_CPU_KVCACHE_SPACE)
     enable_sleep_mode: bool = False  # GPU only: free weights/KV cache while training (distributed.colocate)
+    max_num_seqs: int = 0  # sequences decoded together (rollout.max_batch of this engine); 0: vLLM's default
 
 
 @dataclass
