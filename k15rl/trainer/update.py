@@ -7,12 +7,15 @@ import math
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
 from k15rl.trainer.logprobs import TokenBatch, collate, token_logprobs
 from k15rl.types import Trajectory
+
+if TYPE_CHECKING:
+    from k15rl.distributed.shard import Shard
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +77,60 @@ def _autocast(enabled: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()
 
 
-def micro_batches(tokens: TokenBatch, micro_batch: int) -> list[list[int]]:
-    """Row indices in chunks of `micro_batch`, rows of similar length together (less padding)."""
-    order = sorted(range(len(tokens)), key=lambda i: int(tokens.attention_mask[i].sum()))
+def micro_batches(tokens: TokenBatch, micro_batch: int, rows: Sequence[int] | None = None) -> list[list[int]]:
+    """Row indices (all, or `rows`) in chunks of `micro_batch`, rows of similar length together (less padding)."""
+    order = sorted(range(len(tokens)) if rows is None else rows, key=lambda i: int(tokens.attention_mask[i].sum()))
     return [order[s : s + micro_batch] for s in range(0, len(order), micro_batch)]
 
 
+def shard_passes(tokens: TokenBatch, micro_batch: int, shard: Shard) -> list[list[int]]:
+    """This rank's forward passes over `tokens`: micro-batches of its rows (`shard.rows`),
+    padded with empty ones so that every rank runs the same number of passes.
+
+    FSDP2 all-gathers each layer's weights in every forward (and reduce-scatters in every
+    backward), collectives all ranks must join; a rank with fewer rows, or none, runs
+    dummy passes (`_pass_logprobs` of []) that contribute nothing.
+    """
+    mine = micro_batches(tokens, micro_batch, shard.rows(len(tokens)))
+    n = -(-shard.max_rows(len(tokens)) // micro_batch)
+    return mine + [[] for _ in range(n - len(mine))]
+
+
+def _pass_logprobs(model, tokens: TokenBatch, rows: list[int], temperature: float, bf16: bool) -> torch.Tensor:
+    """token_logprobs of `rows`: [n, t]. For [] a dummy pass on row 0, whose output the
+    caller ignores (no-grad) or back-propagates a zero gradient through."""
+    with _autocast(bf16):
+        return token_logprobs(model, tokens.select(rows or [0]), temperature)  # [n, t]
+
+
+def _gather_passes(lps: list[torch.Tensor], passes: list[list[int]], tokens: TokenBatch, shard: Shard) -> torch.Tensor:
+    """Each rank's per-pass log-probs -> the full batch's [N, T] on every rank (no grad)."""
+    N, T = tokens.response_ids.shape
+    mine = shard.rows(N)
+    pos = {i: k for k, i in enumerate(mine)}  # batch row -> row of `local`
+    local = torch.zeros(len(mine), T)  # [n_local, T] in the order of shard.rows
+    for rows, lp in zip(passes, lps):
+        if rows:
+            local[[pos[i] for i in rows], : lp.shape[1]] = lp.detach().float()
+    return shard.gather(local, N)  # [N, T]
+
+
 @torch.no_grad()
-def batched_logprobs(model, tokens: TokenBatch, micro_batch: int, temperature: float, bf16: bool) -> torch.Tensor:
-    """token_logprobs over micro-batches without gradient: [N, T]."""
+def batched_logprobs(
+    model, tokens: TokenBatch, micro_batch: int, temperature: float, bf16: bool, shard: Shard | None = None
+) -> torch.Tensor:
+    """token_logprobs over micro-batches without gradient: [N, T].
+
+    With a `shard`, this rank scores its own rows only and all ranks receive the full
+    [N, T] (report §2.6: trainer workers split the batch)."""
+    if shard is not None:
+        passes = shard_passes(tokens, micro_batch, shard)
+        lps = [_pass_logprobs(model, tokens, rows, temperature, bf16) for rows in passes]
+        # FSDP2 keeps the root's parameters unsharded after a forward until a backward
+        # reshards them; without one, `model.parameters()` would hand the optimizer those
+        # plain tensors instead of the sharded ones (their updates silently lost).
+        model.reshard()
+        return _gather_passes(lps, passes, tokens, shard)
     out = torch.zeros(tokens.response_ids.shape, dtype=torch.float32)  # [N, T]
     for rows in micro_batches(tokens, micro_batch):
         with _autocast(bf16):
@@ -91,7 +139,9 @@ def batched_logprobs(model, tokens: TokenBatch, micro_batch: int, temperature: f
     return out
 
 
-def loss_backward(model, batch: TrainBatch, loss_fn: Callable, loss_kw: dict, s: UpdateSettings) -> dict[str, float]:
+def loss_backward(
+    model, batch: TrainBatch, loss_fn: Callable, loss_kw: dict, s: UpdateSettings, shard: Shard | None = None
+) -> dict[str, float]:
     """Backpropagate loss_fn over `batch`, exactly as if it were one forward pass.
 
     If the batch fits in one micro-batch, one forward and backward. Otherwise the loss
@@ -100,7 +150,12 @@ def loss_backward(model, batch: TrainBatch, loss_fn: Callable, loss_kw: dict, s:
     with their slice of that gradient. This keeps any loss exact under micro-batching
     (group baselines and sequence/token normalisations span the whole batch) at the
     cost of one extra forward pass.
+
+    With a `shard` (report §2.6), see `_sharded_loss_backward`: the same trick with the
+    rows split between ranks.
     """
+    if shard is not None:
+        return _sharded_loss_backward(model, batch, loss_fn, loss_kw, s, shard)
     tk = batch.tokens
     if len(tk) <= s.micro_batch:
         with _autocast(s.autocast_bf16):
@@ -120,6 +175,39 @@ def loss_backward(model, batch: TrainBatch, loss_fn: Callable, loss_kw: dict, s:
     return metrics
 
 
+def _sharded_loss_backward(
+    model, batch: TrainBatch, loss_fn: Callable, loss_kw: dict, s: UpdateSettings, shard: Shard
+) -> dict[str, float]:
+    """loss_backward on one rank of `shard.world` (report §2.6): every rank holds the
+    whole `batch`, forwards only its own rows, and the loss is taken on the gathered
+    full-batch log-probs [N, T], so group baselines and the token/sequence
+    normalisations span the whole batch, and loss and metrics are the same on all ranks.
+
+    The rank then back-propagates the gradient of that full loss w.r.t. its own rows'
+    log-probs. Each rank's parameter gradient is its rows' share of the single-process
+    gradient; FSDP sums the shares across ranks (`shard_model` sets SUM, not FSDP's
+    default average), which gives the single-process gradient.
+
+    If every rank's rows fit in one micro-batch, the graph of that one forward pass is
+    kept and back-propagated after the gather: no extra forward. Otherwise, as in
+    loss_backward, a no-grad pass first and a recomputing pass per micro-batch.
+    """
+    tk = batch.tokens
+    passes = shard_passes(tk, s.micro_batch, shard)
+    one_pass = len(passes) == 1  # the same on every rank: it depends on N, W and micro_batch only
+    with torch.set_grad_enabled(one_pass):
+        lps = [_pass_logprobs(model, tk, rows, s.temperature, s.autocast_bf16) for rows in passes]  # [n, t] each
+    logp = _gather_passes(lps, passes, tk, shard).requires_grad_(True)  # [N, T]
+    loss, metrics = loss_fn(logp, batch.old_logprobs, batch.rewards, batch.loss_mask, batch.group_ids, **loss_kw)
+    loss.backward()
+    grad = logp.grad  # [N, T] d(full-batch loss)/d(log-probs), the same on every rank
+    for rows, lp in zip(passes, lps):
+        if not one_pass:
+            lp = _pass_logprobs(model, tk, rows, s.temperature, s.autocast_bf16)  # [n, t] with grad
+        lp.backward(grad[rows, : lp.shape[1]] if rows else torch.zeros_like(lp))
+    return metrics
+
+
 def _subset(batch: TrainBatch, rows: list[int]) -> TrainBatch:
     tokens = batch.tokens.select(rows)
     T = tokens.response_ids.shape[1]
@@ -129,19 +217,31 @@ def _subset(batch: TrainBatch, rows: list[int]) -> TrainBatch:
 
 
 def policy_update(
-    model, trajectories: Sequence[Trajectory], loss_fn: Callable, loss_kw: dict, s: UpdateSettings, pad_id: int
+    model,
+    trajectories: Sequence[Trajectory],
+    loss_fn: Callable,
+    loss_kw: dict,
+    s: UpdateSettings,
+    pad_id: int,
+    shard: Shard | None = None,
 ) -> dict[str, float]:
     """All optimizer steps of one iteration on `trajectories`.
 
     The optimizer is created afresh here, i.e. reset at the start of every iteration, as
     the report prescribes (§2.3.2). Mini-batches hold whole groups, so each one's
     mean-reward baselines are those of the full group. Returns averaged metrics.
+
+    With a `shard` (report §2.6; `model` wrapped by `k15rl.distributed.shard.shard_model`)
+    every rank calls this with the same full `trajectories` and settings; each computes
+    its own rows and the steps equal the single-process ones (see `loss_backward`).
+    Metrics are the same on all ranks.
     """
     batch = make_train_batch(trajectories, pad_id, s.version, s.train_on_stale)
     if s.recompute_old_logprobs or (s.train_on_stale and batch.stale.any()):
         # pi_i's log-probs from the trainer: for every token, or for the stale ones whose
         # recorded log-probs come from an older policy (the loss's reference is pi_i).
-        current = batched_logprobs(model, batch.tokens, s.micro_batch, s.temperature, s.autocast_bf16)  # [N, T]
+        current = batched_logprobs(model, batch.tokens, s.micro_batch, s.temperature, s.autocast_bf16,
+                                   shard)  # [N, T]
         batch.old_logprobs = current if s.recompute_old_logprobs else torch.where(batch.stale, current,
                                                                                    batch.old_logprobs)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
@@ -162,8 +262,10 @@ def policy_update(
             if not rows:
                 continue
             opt.zero_grad(set_to_none=True)
-            metrics = loss_backward(model, _subset(batch, rows), loss_fn, loss_kw, s)
+            metrics = loss_backward(model, _subset(batch, rows), loss_fn, loss_kw, s, shard)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+            if shard is not None:  # FSDP2: a replicated DTensor holding the global norm, which clipped
+                grad_norm = grad_norm.full_tensor()  # every shard (docs/sharded_training.md); no communication
             metrics["train/grad_norm"] = float(grad_norm)
             if torch.isfinite(grad_norm) and all(math.isfinite(v) for v in metrics.values()):
                 opt.step()
