@@ -37,8 +37,11 @@ hand tensors over by reference and lets the logits processor reach the tokenizer
 
 from __future__ import annotations
 
+import gc
 import os
+import threading
 import types
+import weakref
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -54,16 +57,46 @@ INSTALL_HINT = ("the vLLM rollout engine (rollout.engine=vllm) needs vllm: pip i
                 "torchcodec; docs/vllm.md)")
 
 _WATCH_KEY = "k15rl_watch"  # SamplingParams.extra_args key read by K15EarlyStop
+_LIVE: "weakref.WeakSet[VLLMEngine]" = weakref.WeakSet()  # engines of this process not closed or collected
 _TOKENIZERS: dict[str, Any] = {}  # model path -> tokenizer, for K15EarlyStop's stop-string check
 
 
 def _import_vllm():
+    """vllm, imported in a thread of its own the first time.
+
+    Importing vLLM 0.32 leaves one module's import-time frame alive (in
+    vllm/multimodal/media/audio.py), and with it, through its f_back links, every frame
+    of the importing thread's stack at that moment: imported from the trainer, that
+    would pin the training loop's locals (model, engine) for the life of the process.
+    A thread's stack holds nothing of ours.
+    """
     _prepare_env()
-    try:
-        import vllm
-    except ImportError as e:
-        raise UserError(INSTALL_HINT) from e
-    return vllm
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            import vllm
+            import vllm.inputs  # noqa: F401
+            import vllm.v1.sample.logits_processor.builtin  # noqa: F401
+            from vllm.platforms import current_platform
+
+            current_platform.is_cpu()
+            box["vllm"] = vllm
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=work, name="k15rl-import-vllm", daemon=True)
+    t.start()
+    t.join()
+    err = box.get("error")
+    if isinstance(err, ImportError):
+        raise UserError(INSTALL_HINT) from err
+    if err is not None:
+        if "torchvision::nms" in str(err):
+            raise UserError(f"vllm does not import beside this torchvision ({err}): pip uninstall torchvision "
+                            "torchaudio torchcodec (text models do not need them; docs/vllm.md)") from err
+        raise err
+    return box["vllm"]
 
 
 def _prepare_env() -> None:
@@ -257,6 +290,22 @@ def _seed_worker(worker, seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def _start_llm(vllm, kwargs: dict, path: Path):
+    """vllm.LLM(**kwargs), its errors as UserError naming the model folder."""
+    # The CPU worker replaces torch.set_num_threads by a no-op for the whole process
+    # (it expects a process of its own); here it shares the trainer's, so the
+    # function and the thread count are put back after start-up.
+    set_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    try:
+        return vllm.LLM(**kwargs)
+    except Exception as e:  # unsupported architecture, bad dtype, no memory for the KV cache, ...
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"rollout.engine=vllm: vLLM cannot serve the model at {path}: {msg}") from e
+    finally:
+        torch.set_num_threads = set_threads
+        torch.set_num_threads(threads)
+
+
 class VLLMEngine:
     """A vLLM engine serving the policy stored at `path` (see the module docstring).
 
@@ -270,6 +319,13 @@ class VLLMEngine:
             raise UserError(f"rollout.engine=vllm: {path} is not a Hugging Face model folder (no config.json)")
         vllm = _import_vllm()
         from vllm.platforms import current_platform
+
+        if _LIVE:  # an engine nobody holds any more is shut down now, not in the middle of this one's life
+            gc.collect()
+        if _LIVE:
+            raise UserError("rollout.engine=vllm: one vLLM engine per process (engines share vLLM's process-wide "
+                            "distributed state, which the first one to shut down tears down): close() the other "
+                            "engine first")
 
         self.path = path
         self.tokenizer = tokenizer
@@ -291,30 +347,22 @@ class VLLMEngine:
             logprobs_mode="processed_logprobs",  # log softmax(logits / T), see the module docstring
             logits_processors=[_make_early_stop_class()],
         )
+        if cfg.max_num_seqs < 0:
+            raise UserError(f"config key rollout.vllm.max_num_seqs: must be >= 0 (got {cfg.max_num_seqs})")
+        if cfg.max_num_seqs:
+            kwargs["max_num_seqs"] = cfg.max_num_seqs
         if self.on_cpu:
             # KV-cache size (the engine arg behind VLLM_CPU_KVCACHE_SPACE, which wins if set)
             kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gb * 2**30)
         else:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
             kwargs["enable_sleep_mode"] = self.sleep_mode
-        # The CPU worker replaces torch.set_num_threads by a no-op for the whole process
-        # (it expects a process of its own); here it shares the trainer's, so the
-        # function and the thread count are put back after start-up.
-        set_threads, threads = torch.set_num_threads, torch.get_num_threads()
-        try:
-            self.llm = vllm.LLM(**kwargs)
-        except UserError:
-            raise
-        except Exception as e:  # unsupported architecture, bad dtype, no memory for the KV cache, ...
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"rollout.engine=vllm: vLLM cannot serve the model at {path}: {msg}") from e
-        finally:
-            torch.set_num_threads = set_threads
-            torch.set_num_threads(threads)
+        self.llm = _start_llm(vllm, kwargs, path)
         from vllm.inputs import TokensPrompt
 
         self._prompt = TokensPrompt
         self._SamplingParams = vllm.SamplingParams
+        _LIVE.add(self)
 
     # ------------------------------------------------------------------ generation
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Segment]:
@@ -422,13 +470,9 @@ class VLLMEngine:
     def close(self) -> None:
         """Shut the engine down and free its memory (it cannot be used afterwards)."""
         llm = self.__dict__.pop("llm", None)
+        _LIVE.discard(self)
         if llm is None:
             return
-        try:
-            llm.llm_engine.engine_core.shutdown()
-        except Exception:
-            pass
+        llm.llm_engine.engine_core.shutdown()
         del llm
-        import gc
-
         gc.collect()
