@@ -38,6 +38,7 @@ hand tensors over by reference and lets the logits processor reach the tokenizer
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import threading
 import types
@@ -62,7 +63,7 @@ _TOKENIZERS: dict[str, Any] = {}  # model path -> tokenizer, for K15EarlyStop's 
 
 
 def _import_vllm():
-    """vllm, imported in a thread of its own the first time.
+    """vllm, imported in a thread of its own.
 
     Importing vLLM 0.32 leaves one module's import-time frame alive (in
     vllm/multimodal/media/audio.py), and with it, through its f_back links, every frame
@@ -296,14 +297,29 @@ def _start_llm(vllm, kwargs: dict, path: Path):
     # (it expects a process of its own); here it shares the trainer's, so the
     # function and the thread count are put back after start-up.
     set_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    # Without a tokenizer in vLLM (skip_tokenizer_init) its chat-template warm-up fails
+    # and logs a harmless traceback; that one record is dropped.
+    quiet = logging.getLogger("vllm.renderers.base")
+    drop = _DropMessage("Chat template warmup failed")
+    quiet.addFilter(drop)
     try:
         return vllm.LLM(**kwargs)
     except Exception as e:  # unsupported architecture, bad dtype, no memory for the KV cache, ...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"rollout.engine=vllm: vLLM cannot serve the model at {path}: {msg}") from e
     finally:
+        quiet.removeFilter(drop)
         torch.set_num_threads = set_threads
         torch.set_num_threads(threads)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, message: str):
+        super().__init__()
+        self.message = message
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != self.message
 
 
 class VLLMEngine:
@@ -411,7 +427,7 @@ class VLLMEngine:
                 extra_args=extra,
             ))
         prompts = [self._prompt(prompt_token_ids=c) for c in contexts]
-        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
             self.llm.collective_rpc(_seed_worker, args=(params.seed,))
             outs = self.llm.generate(prompts, sps, use_tqdm=False)
