@@ -84,7 +84,7 @@ def init_process_group(rank: int, world: int, master_addr: str, master_port: int
     its own GPU). Only "gloo" on CPU has been run in this project; see the doc.
     """
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}", rank=rank, world_size=world)
     return Shard(rank, world)
 
