@@ -25,7 +25,7 @@ def group_mean(values: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     [0.5, 0.5, 1.0, 1.0]
     """
     _, inv = torch.unique(group_ids, return_inverse=True)  # [N] dense group index
-    sums = torch.zeros(int(inv.max()) + 1, dtype=values.dtype).index_add_(0, inv, values)
+    sums = torch.zeros(int(inv.max()) + 1, dtype=values.dtype, device=values.device).index_add_(0, inv, values)
     counts = torch.zeros_like(sums).index_add_(0, inv, torch.ones_like(values))
     return (sums / counts)[inv]
 

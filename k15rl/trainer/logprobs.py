@@ -26,7 +26,7 @@ class TokenBatch:
 
     def select(self, rows: torch.Tensor | Sequence[int]) -> "TokenBatch":
         """The sub-batch of the given rows, trimmed of columns that are padding in all of them."""
-        rows = torch.as_tensor(rows, dtype=torch.long)
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.input_ids.device)
         am = self.attention_mask[rows]
         L = int(am.sum(1).max())
         rm = self.response_mask[rows]
@@ -34,6 +34,10 @@ class TokenBatch:
         return TokenBatch(
             self.input_ids[rows, :L], am[:, :L], self.gather_idx[rows, :T], self.response_ids[rows, :T], rm[:, :T]
         )
+
+    def to(self, device: torch.device | str) -> "TokenBatch":
+        return TokenBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.gather_idx,
+                                                     self.response_ids, self.response_mask)))
 
 
 def collate(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int) -> TokenBatch:

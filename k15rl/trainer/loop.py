@@ -182,6 +182,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     else:
         engine = make_engine(cfg.rollout, policy.path, tok, model=policy.model, dtype=cfg.model.dtype,
                              max_model_len=max_model_len, seed=cfg.seed)
+        if cfg.distributed.device != "cpu":  # after the engine took its copy (the hf engine runs on CPU)
+            policy.model.to(cfg.distributed.device)
         trainer = LocalTrainer(policy.model, loss_fn, loss_kw, tok.pad_token_id, cfg.distributed.device)
     colocate = cfg.distributed.colocate  # one device, shared: the idle phase's part sleeps
     stops = stop_token_ids(tok, policy.model)

@@ -48,6 +48,11 @@ class TrainBatch:
     stale: torch.Tensor  # [N, T] bool, token sampled by an older policy version (partial rollouts)
     loss_mask: torch.Tensor  # [N, T] float, tokens that count in the loss
 
+    def to(self, device: torch.device | str) -> "TrainBatch":
+        """The batch on `device` (the trainer's GPU); the same tensors when already there."""
+        return TrainBatch(self.tokens.to(device), *(t.to(device) for t in (
+            self.old_logprobs, self.rewards, self.group_ids, self.stale, self.loss_mask)))
+
 
 def make_train_batch(
     trajectories: Sequence[Trajectory], pad_id: int, version: int = 0, train_on_stale: bool = True
@@ -73,8 +78,9 @@ def make_train_batch(
     )
 
 
-def _autocast(enabled: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()
+def _autocast(enabled: bool, tokens: TokenBatch):
+    """bf16 autocast on the device the batch is on."""
+    return torch.autocast(tokens.input_ids.device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
 def micro_batches(tokens: TokenBatch, micro_batch: int, rows: Sequence[int] | None = None) -> list[list[int]]:
@@ -99,7 +105,7 @@ def shard_passes(tokens: TokenBatch, micro_batch: int, shard: Shard) -> list[lis
 def _pass_logprobs(model, tokens: TokenBatch, rows: list[int], temperature: float, bf16: bool) -> torch.Tensor:
     """token_logprobs of `rows`: [n, t]. For [] a dummy pass on row 0, whose output the
     caller ignores (no-grad) or back-propagates a zero gradient through."""
-    with _autocast(bf16):
+    with _autocast(bf16, tokens):
         return token_logprobs(model, tokens.select(rows or [0]), temperature)  # [n, t]
 
 
@@ -108,7 +114,7 @@ def _gather_passes(lps: list[torch.Tensor], passes: list[list[int]], tokens: Tok
     N, T = tokens.response_ids.shape
     mine = shard.rows(N)
     pos = {i: k for k, i in enumerate(mine)}  # batch row -> row of `local`
-    local = torch.zeros(len(mine), T)  # [n_local, T] in the order of shard.rows
+    local = torch.zeros(len(mine), T, device=tokens.response_ids.device)  # [n_local, T] in the order of shard.rows
     for rows, lp in zip(passes, lps):
         if rows:
             local[[pos[i] for i in rows], : lp.shape[1]] = lp.detach().float()
@@ -131,9 +137,9 @@ def batched_logprobs(
         # plain tensors instead of the sharded ones (their updates silently lost).
         model.reshard()
         return _gather_passes(lps, passes, tokens, shard)
-    out = torch.zeros(tokens.response_ids.shape, dtype=torch.float32)  # [N, T]
+    out = torch.zeros(tokens.response_ids.shape, dtype=torch.float32, device=tokens.response_ids.device)  # [N, T]
     for rows in micro_batches(tokens, micro_batch):
-        with _autocast(bf16):
+        with _autocast(bf16, tokens):
             lp = token_logprobs(model, tokens.select(rows), temperature)  # [n, t]
         out[rows, : lp.shape[1]] = lp.float()
     return out
@@ -158,7 +164,7 @@ def loss_backward(
         return _sharded_loss_backward(model, batch, loss_fn, loss_kw, s, shard)
     tk = batch.tokens
     if len(tk) <= s.micro_batch:
-        with _autocast(s.autocast_bf16):
+        with _autocast(s.autocast_bf16, tk):
             logp = token_logprobs(model, tk, s.temperature)  # [N, T]
         loss, metrics = loss_fn(logp, batch.old_logprobs, batch.rewards, batch.loss_mask, batch.group_ids, **loss_kw)
         loss.backward()
@@ -169,7 +175,7 @@ def loss_backward(
     grad = logp.grad  # [N, T]
     for rows in micro_batches(tk, s.micro_batch):
         sub = tk.select(rows)
-        with _autocast(s.autocast_bf16):
+        with _autocast(s.autocast_bf16, tk):
             lp = token_logprobs(model, sub, s.temperature)  # [n, t]
         lp.backward(grad[rows, : lp.shape[1]])
     return metrics
@@ -211,7 +217,7 @@ def _sharded_loss_backward(
 def _subset(batch: TrainBatch, rows: list[int]) -> TrainBatch:
     tokens = batch.tokens.select(rows)
     T = tokens.response_ids.shape[1]
-    idx = torch.tensor(rows)
+    idx = torch.tensor(rows, device=batch.rewards.device)
     return TrainBatch(tokens, batch.old_logprobs[idx, :T], batch.rewards[idx], batch.group_ids[idx],
                       batch.stale[idx, :T], batch.loss_mask[idx, :T])
 
@@ -236,7 +242,8 @@ def policy_update(
     its own rows and the steps equal the single-process ones (see `loss_backward`).
     Metrics are the same on all ranks.
     """
-    batch = make_train_batch(trajectories, pad_id, s.version, s.train_on_stale)
+    device = next(model.parameters()).device  # the trainer's device; on CPU .to() changes nothing
+    batch = make_train_batch(trajectories, pad_id, s.version, s.train_on_stale).to(device)
     if s.recompute_old_logprobs or (s.train_on_stale and batch.stale.any()):
         # pi_i's log-probs from the trainer: for every token, or for the stale ones whose
         # recorded log-probs come from an older policy (the loss's reference is pi_i).
