@@ -256,6 +256,22 @@ def test_sampled_cut_points_are_exact(setup, prompts):
     assert float(d.max()) < LOGPROB_TOL
 
 
+def test_top_p_logprobs_are_of_the_nucleus(setup, prompts):
+    """top_p < 1: vLLM's processed log-probs are under the renormalised nucleus, so they
+    are >= the trainer's full-vocabulary ones, by -log(nucleus mass)."""
+    _, tok, model, engine = setup
+    reqs = [GenerationRequest(p) for p in prompts]
+    params = _params(tok, model, temperature=1.0, top_p=0.8, max_new_tokens=32, seed=1)
+    with pytest.warns(UserWarning, match="top_p"):
+        segs = engine.generate(reqs, params)
+    batch = collate([r.prompt_ids for r in reqs], [s.token_ids for s in segs], 0)
+    with torch.no_grad():
+        lp = token_logprobs(model, batch, 1.0)
+    diff = torch.cat([torch.tensor(s.logprobs) - lp[i, :len(s.logprobs)] for i, s in enumerate(segs)])
+    assert float(diff.min()) > -LOGPROB_TOL
+    assert float(diff.max()) > 0.01  # somewhere the nucleus left out real mass
+
+
 def test_seed_reproducibility(setup, prompts):
     _, tok, model, engine = setup
     reqs = [GenerationRequest(p) for p in prompts[:6]] * 2

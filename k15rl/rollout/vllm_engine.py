@@ -42,6 +42,7 @@ import logging
 import os
 import threading
 import types
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -350,6 +351,7 @@ class VLLMEngine:
         self.on_cpu = current_platform.is_cpu()
         self.sleep_mode = bool(cfg.enable_sleep_mode) and not self.on_cpu
         self._asleep = False
+        self._warned_top_p = False
         _TOKENIZERS[str(path)] = tokenizer
         kwargs: dict[str, Any] = dict(
             model=str(path),
@@ -396,6 +398,11 @@ class VLLMEngine:
         """
         if not requests:
             return []
+        if params.top_p < 1 and not self._warned_top_p:
+            self._warned_top_p = True
+            warnings.warn("rollout.engine=vllm with top_p < 1: the engine's log-probs are under the top-p "
+                          "renormalised distribution, not the full vocabulary the trainer scores (set "
+                          "algorithm.recompute_old_logprobs=true to use the trainer's; docs/vllm.md)", stacklevel=2)
         if self._asleep:
             self.wake_up()
         budgets = [max(1, min(params.max_new_tokens, r.max_new_tokens or params.max_new_tokens)) for r in requests]
