@@ -40,7 +40,7 @@ $(VLLM_VENV)/.installed:
 	touch $@
 
 test-vllm: $(VLLM_VENV)/.installed
-	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_engine.py
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_engine.py tests/test_ray_vllm.py
 
 clean:
 	rm -rf $(VENV) runs

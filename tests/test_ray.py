@@ -185,3 +185,14 @@ def test_loop_on_ray_with_fsdp_trainers_colocated(cluster, tmp_path, tiny_model_
     final = load_file(out / "final" / "model.safetensors")
     start = load_file(tiny_model_dir / "model.safetensors")
     assert final.keys() == start.keys() and any(not torch.equal(final[k], start[k]) for k in final)
+
+
+def test_workers_that_cannot_be_placed_give_a_clear_error(cluster, tiny_model_dir, monkeypatch):
+    """A GPU per worker on a cluster without GPUs: one line naming the keys, not a hang."""
+    from k15rl.distributed import ray_backend
+    from k15rl.errors import UserError
+
+    monkeypatch.setattr(ray_backend, "PLACEMENT_TIMEOUT_S", 3)
+    cfg = _cfg(tiny_model_dir, "distributed.gpus_per_worker=1")
+    with pytest.raises(UserError, match=r"cannot place the workers .*gpus_per_worker.*the cluster has"):
+        ray_backend.start_workers(cfg, tiny_model_dir, None, 0, 256, log=lambda s: None)

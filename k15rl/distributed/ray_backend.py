@@ -45,26 +45,38 @@ def _ray():
     return ray
 
 
-def start_ray(cfg: TrainConfig, log: Callable[[str], None] = print) -> None:
-    """Connect to `distributed.address`, or start a local cluster sized for the workers."""
-    ray = _ray()
-    if ray.is_initialized():
-        return
+PLACEMENT_TIMEOUT_S = 120  # how long the workers' resources may take to become free on the cluster
+_started_here = False  # whether this process started the local cluster it is connected to
+
+
+def _needed_cpus(cfg: TrainConfig) -> float:
     d = cfg.distributed
+    return (d.rollout_workers + d.trainer_workers) * d.cpus_per_worker
+
+
+def start_ray(cfg: TrainConfig, log: Callable[[str], None] = print) -> None:
+    """Connect to `distributed.address`, or start a local cluster sized for the workers
+    (a local cluster started earlier by this process that is too small is restarted)."""
+    global _started_here
+    ray = _ray()
+    d = cfg.distributed
+    if ray.is_initialized():
+        if not (_started_here and ray.cluster_resources().get("CPU", 0) < _needed_cpus(cfg)):
+            return
+        ray.shutdown()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster needs no token file in ~/.ray
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if d.address:
         try:
             ray.init(address=d.address, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise UserError(f"config key distributed.address: cannot connect to Ray at {d.address!r}: {e}") from None
         return
-    actors = d.rollout_workers + d.trainer_workers
     # Logical CPUs: enough for every actor's reservation even on a small machine
     # (Ray does not pin actors to cores; threads per actor are set separately).
-    cpus = d.num_cpus or max(os.cpu_count() or 1, math.ceil(actors * d.cpus_per_worker))
+    cpus = d.num_cpus or max(os.cpu_count() or 1, math.ceil(_needed_cpus(cfg)))
     ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=d.object_store_mb * 2**20,
              log_to_driver=True, configure_logging=False)
+    _started_here = True
     log(f"ray: local cluster, {cpus} CPUs, object store {d.object_store_mb} MB")
 
 
@@ -228,8 +240,8 @@ class TrainerWorker:
 class RemoteTrainer:
     """The trainer workers seen as one `Trainer` by the master's loop."""
 
-    def __init__(self, workers: list, master_model):
-        self.workers, self.master_model = workers, master_model
+    def __init__(self, workers: list, master_model, placement=None):
+        self.workers, self.master_model, self.placement = workers, master_model, placement
         self._pending: list = []  # state_dict calls of ranks > 0 (they only take part in the gather)
 
     def _settle(self) -> None:
@@ -264,29 +276,48 @@ class RemoteTrainer:
         _ray().get([w.onload.remote() for w in self.workers])
 
     def close(self) -> None:
+        """Stop the trainer workers and free the workers' reserved resources."""
         ray = _ray()
         for w in self.workers:
             ray.kill(w)
+        if self.placement is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.placement)
 
 
 def _placement(cfg: TrainConfig):
-    """Scheduling options for rollout worker i and trainer worker i: with
-    `distributed.colocate`, both in bundle i of one placement group (one device each
-    bundle, shared by the two phases); otherwise wherever Ray finds room."""
-    d = cfg.distributed
-    resources = {"num_cpus": d.cpus_per_worker, "num_gpus": d.gpus_per_worker}
-    if not d.colocate:
-        return lambda i: resources
-    from ray.util.placement_group import placement_group
+    """Reserve every worker's resources at once (a placement group: all FSDP ranks start
+    together or none does, instead of rank 0 waiting for a rank that never gets placed).
+
+    Returns the group and the scheduling options of ("rollout" | "trainer", i). With
+    `distributed.colocate`, rollout worker i and trainer worker i share bundle i (one
+    device, used by the two phases in turn); otherwise every worker has its own bundle.
+    """
+    ray = _ray()
+    from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    bundle = {"CPU": 2 * d.cpus_per_worker}
-    if d.gpus_per_worker:
-        bundle["GPU"] = 2 * d.gpus_per_worker
-    pg = placement_group([dict(bundle) for _ in range(d.rollout_workers)], strategy="PACK")
-    _ray().get(pg.ready())
-    return lambda i: {**resources, "scheduling_strategy": PlacementGroupSchedulingStrategy(
-        pg, placement_group_bundle_index=i)}
+    d = cfg.distributed
+    share = 2 if d.colocate else 1
+    bundle = {"CPU": share * d.cpus_per_worker, **({"GPU": share * d.gpus_per_worker} if d.gpus_per_worker else {})}
+    n = d.rollout_workers if d.colocate else d.rollout_workers + d.trainer_workers
+    pg = placement_group([dict(bundle) for _ in range(n)], strategy="PACK")
+    ready, _ = ray.wait([pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
+    if not ready:
+        remove_placement_group(pg)
+        total = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+        raise UserError(
+            f"the Ray cluster cannot place the workers within {PLACEMENT_TIMEOUT_S} s: they need {n} x {bundle} "
+            f"(distributed.rollout_workers/trainer_workers x cpus_per_worker/gpus_per_worker"
+            f"{', x2 colocated' if d.colocate else ''}), the cluster has {total}")
+
+    def options(role: str, i: int) -> dict:
+        index = i if d.colocate or role == "rollout" else d.rollout_workers + i
+        return {"num_cpus": d.cpus_per_worker, "num_gpus": d.gpus_per_worker,
+                "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)}
+
+    return pg, options
 
 
 def start_workers(cfg: TrainConfig, path: str | Path, master_model, pad_id: int, max_model_len: int,
@@ -295,24 +326,25 @@ def start_workers(cfg: TrainConfig, path: str | Path, master_model, pad_id: int,
     ray = _ray()
     start_ray(cfg, log)
     d, path = cfg.distributed, str(path)
-    where = _placement(cfg)
+    pg, where = _placement(cfg)
     rollout_cls, trainer_cls = ray.remote(RolloutWorker), ray.remote(TrainerWorker)
-    rollout = [rollout_cls.options(**where(i)).remote(cfg, path, max_model_len, i) for i in range(d.rollout_workers)]
-    trainers = [trainer_cls.options(**where(i)).remote(cfg, path, i, d.trainer_workers, pad_id)
+    rollout = [rollout_cls.options(**where("rollout", i)).remote(cfg, path, max_model_len, i)
+               for i in range(d.rollout_workers)]
+    trainers = [trainer_cls.options(**where("trainer", i)).remote(cfg, path, i, d.trainer_workers, pad_id)
                 for i in range(d.trainer_workers)]
     addr, port = ray.get(trainers[0].address.remote())
     ray.get([t.setup.remote(addr, port) for t in trainers])
     log(f"ray: {d.rollout_workers} rollout worker(s) ({cfg.rollout.engine}), {d.trainer_workers} trainer worker(s)"
         f"{' (FSDP2)' if d.trainer_workers > 1 else ''}{', colocated' if d.colocate else ''}")
-    return EnginePool(rollout, d.chunk_size), RemoteTrainer(trainers, master_model)
+    return EnginePool(rollout, d.chunk_size), RemoteTrainer(trainers, master_model, pg)
 
 
 def stop_workers(pool: EnginePool, trainer: RemoteTrainer) -> None:
     ray = _ray()
-    trainer.close()
     for w in pool.workers:
         ray.kill(w)
     ray.kill(pool.queue)
+    trainer.close()
 
 
 def cluster_info() -> dict[str, Any]:
