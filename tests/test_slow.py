@@ -69,3 +69,26 @@ def test_builtin_model_builds_and_is_imperfect_on_hard_levels(tmp_path, monkeypa
     levels = result["per_level"]
     assert levels["1"]["accuracy"] > 0.5  # the warm-up taught the format and the skill
     assert levels["6"]["accuracy"] < 0.8  # and left room on the hardest level
+
+
+def test_demo_on_ray_learns_like_one_process(tmp_path):
+    """The built-in demo, 20 iterations, same seed: one process vs a local Ray cluster
+    with 2 rollout workers and 1 trainer worker (report §2.6). Sample streams differ
+    (which worker serves which request depends on timing), so the curves are compared
+    in kind: both rise, and end within 8 points of each other (sampled accuracy over
+    256 rollouts per iteration, averaged over the last 5 iterations)."""
+    pytest.importorskip("ray")
+    from k15rl.config import load_config
+    from k15rl.trainer.loop import train
+
+    curves = {}
+    for backend in ("local", "ray"):
+        out = tmp_path / backend
+        train(load_config("demo", [f"out={out}", "iterations=20", "eval.every=0", "data.test_per_level=5",
+                                   f"distributed.backend={backend}", "distributed.rollout_workers=2"]),
+              log=lambda s: None)
+        acc = [json.loads(x)["reward/accuracy"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+        curves[backend] = (sum(acc[:5]) / 5, sum(acc[-5:]) / 5)
+    for first, last in curves.values():
+        assert last > first + 0.03, curves
+    assert abs(curves["ray"][1] - curves["local"][1]) < 0.08, curves
