@@ -285,6 +285,8 @@ class TrainConfig:
             (not d.colocate or d.backend == "local" or d.rollout_workers == d.trainer_workers,
              "distributed.colocate", d.colocate,
              "needs distributed.rollout_workers == distributed.trainer_workers (worker i shares device i)"),
+            (not (d.colocate and self.rollout.overlap), "distributed.colocate", d.colocate,
+             "cannot be combined with rollout.overlap (colocated phases take turns on one device)"),
             (d.num_cpus >= 0, "distributed.num_cpus", d.num_cpus, "must be >= 0"),
             (d.object_store_mb >= 64, "distributed.object_store_mb", d.object_store_mb, "must be >= 64"),
         ]

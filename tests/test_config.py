@@ -33,3 +33,34 @@ def test_loss_kwargs_route_by_signature():
     assert loss_kwargs(k15_loss, a) == {"tau": 0.3, "normalization": "token"}
     assert loss_kwargs(grpo_loss, a) == {"clip_eps": 0.1}
     assert loss_kwargs(rest_loss, a) == {}
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["distributed.backend=slurm"], "distributed.backend"),
+    (["distributed.trainer_workers=2"], "distributed.trainer_workers"),  # sharding needs the Ray backend
+    (["distributed.backend=ray", "distributed.colocate=true", "distributed.rollout_workers=3"], "distributed.colocate"),
+    (["distributed.colocate=true", "rollout.overlap=true"], "distributed.colocate"),
+    (["distributed.device=tpu"], "distributed.device"),
+    (["rollout.engine=sglang"], "rollout.engine"),
+    (["rollout.vllm.gpu_memory_utilization=1.5"], "rollout.vllm.gpu_memory_utilization"),
+])
+def test_bad_distributed_settings_name_the_key(overrides, key):
+    with pytest.raises(UserError, match=f"config key {key}:"):
+        load_config(None, overrides)
+
+
+def test_ray_backend_without_ray_is_one_line(monkeypatch):
+    import builtins
+
+    from k15rl.distributed import ray_backend
+
+    real = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise ImportError("No module named 'ray'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(UserError, match=r"pip install 'k15rl\[ray\]'"):
+        ray_backend.start_ray(load_config(None, ["distributed.backend=ray"]))

@@ -186,6 +186,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
             policy.model.to(cfg.distributed.device)
         trainer = LocalTrainer(policy.model, loss_fn, loss_kw, tok.pad_token_id, cfg.distributed.device)
     colocate = cfg.distributed.colocate  # one device, shared: the idle phase's part sleeps
+    if colocate:
+        trainer.offload()  # rollout comes first
     stops = stop_token_ids(tok, policy.model)
     a = cfg.algorithm
     settings = UpdateSettings(
