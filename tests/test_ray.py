@@ -196,3 +196,36 @@ def test_workers_that_cannot_be_placed_give_a_clear_error(cluster, tiny_model_di
     cfg = _cfg(tiny_model_dir, "distributed.gpus_per_worker=1")
     with pytest.raises(UserError, match=r"cannot place the workers .*gpus_per_worker.*the cluster has"):
         ray_backend.start_workers(cfg, tiny_model_dir, None, 0, 256, log=lambda s: None)
+
+
+def test_ray_run_killed_mid_way_resumes(cluster, tmp_path, tiny_model_dir, toy_task, monkeypatch):
+    """A Ray run that dies after iteration 4's checkpoint resumes from it on new workers
+    (loaded from the checkpoint), with the replay buffer of partial rollouts restored."""
+    from k15rl.trainer import loop
+
+    class Crash(Exception):
+        pass
+
+    args = [f"out={tmp_path / 'run'}", f"model.path={tiny_model_dir}", "data.tasks=[digit_first]",
+            "data.train_per_level=20", "data.test_per_level=2", "iterations=6", "rollout.k=4",
+            "rollout.prompts_per_iteration=4", "rollout.max_new_tokens=6", "rollout.segment_tokens=2",
+            "eval.every=0", "threads=1", "checkpoint_every=1", "distributed.backend=ray"]
+    real_score, calls = loop.score, []
+
+    def crashing_score(*a, **kw):
+        calls.append(1)
+        if len(calls) == 5:  # groups started at iteration 4 are cut, in the buffer
+            raise Crash
+        return real_score(*a, **kw)
+
+    monkeypatch.setattr(loop, "score", crashing_score)
+    with pytest.raises(Crash):
+        loop.train(load_config(None, args), log=lambda s: None)
+    state = json.loads((tmp_path / "run" / "checkpoints" / "iter_000004" / "state.json").read_text())
+    assert state["replay_buffer"]["groups"]  # trajectories in flight were checkpointed with the master
+    monkeypatch.setattr(loop, "score", real_score)
+    summary = loop.train(load_config(None, args), resume=True, log=lambda s: None)
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    assert metrics[4]["rollout/continued"] > 0  # the restored buffer's trajectories were continued
+    assert summary["resumed_from"].endswith("iter_000004") and summary["iterations"] == 6

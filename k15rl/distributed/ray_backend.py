@@ -47,6 +47,7 @@ def _ray():
 
 PLACEMENT_TIMEOUT_S = 120  # how long the workers' resources may take to become free on the cluster
 _started_here = False  # whether this process started the local cluster it is connected to
+_running: list[tuple["EnginePool", "RemoteTrainer"]] = []  # workers started by this process, not yet stopped
 
 
 def _needed_cpus(cfg: TrainConfig) -> float:
@@ -322,9 +323,16 @@ def _placement(cfg: TrainConfig):
 
 def start_workers(cfg: TrainConfig, path: str | Path, master_model, pad_id: int, max_model_len: int,
                   log: Callable[[str], None] = print) -> tuple[EnginePool, RemoteTrainer]:
-    """Start the rollout workers and the trainer workers on the Ray cluster."""
+    """Start the rollout workers and the trainer workers on the Ray cluster.
+
+    Workers an earlier run of this process left running (it ended with an exception,
+    e.g. a crash before a resume) are stopped first: their reserved resources would
+    otherwise keep the new ones from being placed.
+    """
     ray = _ray()
     start_ray(cfg, log)
+    for pool, trainer in list(_running):
+        stop_workers(pool, trainer)
     d, path = cfg.distributed, str(path)
     pg, where = _placement(cfg)
     rollout_cls, trainer_cls = ray.remote(RolloutWorker), ray.remote(TrainerWorker)
@@ -336,11 +344,14 @@ def start_workers(cfg: TrainConfig, path: str | Path, master_model, pad_id: int,
     ray.get([t.setup.remote(addr, port) for t in trainers])
     log(f"ray: {d.rollout_workers} rollout worker(s) ({cfg.rollout.engine}), {d.trainer_workers} trainer worker(s)"
         f"{' (FSDP2)' if d.trainer_workers > 1 else ''}{', colocated' if d.colocate else ''}")
-    return EnginePool(rollout, d.chunk_size), RemoteTrainer(trainers, master_model, pg)
+    _running.append((EnginePool(rollout, d.chunk_size), RemoteTrainer(trainers, master_model, pg)))
+    return _running[-1]
 
 
 def stop_workers(pool: EnginePool, trainer: RemoteTrainer) -> None:
     ray = _ray()
+    if (pool, trainer) in _running:
+        _running.remove((pool, trainer))
     for w in pool.workers:
         ray.kill(w)
     ray.kill(pool.queue)
