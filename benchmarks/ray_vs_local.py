@@ -8,6 +8,7 @@ the ratio, and the learning curves side by side; writes a plot.
 
     python benchmarks/ray_vs_local.py --iterations 12          # about 10 minutes on 2 cores
     python benchmarks/ray_vs_local.py --trainer-workers 2      # adds an FSDP2 arm
+    python benchmarks/ray_vs_local.py --overlap                # adds rollout.overlap on Ray
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def main() -> None:
     ap.add_argument("--test-per-level", type=int, default=50)
     ap.add_argument("--rollout-workers", type=int, default=2)
     ap.add_argument("--trainer-workers", type=int, default=1, help=">1 adds an FSDP2 arm")
+    ap.add_argument("--overlap", action="store_true", help="adds Ray with rollout.overlap (and one process with it)")
     ap.add_argument("--plot", default="docs/ray_vs_local.png")
     args = ap.parse_args()
     common = (args.iterations, args.eval_every, args.test_per_level)
@@ -71,6 +73,10 @@ def main() -> None:
     if args.trainer_workers > 1:
         arms.append((f"ray {args.rollout_workers}R+{args.trainer_workers}T fsdp",
                      [*ray, f"distributed.trainer_workers={args.trainer_workers}"]))
+    if args.overlap:
+        arms += [("local overlap", ["rollout.overlap=true"]),
+                 (f"ray {args.rollout_workers}R+1T overlap", [*ray, "distributed.trainer_workers=1",
+                                                             "rollout.overlap=true"])]
     results = [run(name.split()[0] + str(i), *common, extra) | {"name": name} for i, (name, extra) in enumerate(arms)]
     base = results[0]["s_per_it"]
     print(f"demo configuration, {args.iterations} iterations each, seed 0")

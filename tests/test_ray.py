@@ -229,3 +229,21 @@ def test_ray_run_killed_mid_way_resumes(cluster, tmp_path, tiny_model_dir, toy_t
     assert [m["iteration"] for m in metrics] == [1, 2, 3, 4, 5, 6]
     assert metrics[4]["rollout/continued"] > 0  # the restored buffer's trajectories were continued
     assert summary["resumed_from"].endswith("iter_000004") and summary["iterations"] == 6
+
+
+def test_loop_on_ray_with_overlapped_rollouts(cluster, tmp_path, tiny_model_dir, toy_task):
+    """rollout.overlap on Ray: the next rollout runs on the workers (by pi_i) while the
+    trainer worker computes pi_{i+1}; those samples are one version stale, except at
+    iterations that follow an evaluation/checkpoint (as in one process, test_e2e)."""
+    from k15rl.trainer.loop import train
+
+    out = tmp_path / "overlap"
+    train(load_config(None, [
+        f"out={out}", f"model.path={tiny_model_dir}", "data.tasks=[digit_first]", "data.train_per_level=50",
+        "data.test_per_level=4", "iterations=6", "rollout.k=4", "rollout.prompts_per_iteration=8",
+        "rollout.max_new_tokens=3", "algorithm.lr=0.01", "eval.every=3", "threads=1", "rollout.overlap=true",
+        "distributed.backend=ray",
+    ]), log=lambda s: None)
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    stale = [m["train/stale_token_frac"] for m in metrics]
+    assert stale == [0.0, 1.0, 1.0, 0.0, 1.0, 1.0], stale
