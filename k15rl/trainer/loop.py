@@ -32,7 +32,7 @@ from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
 from k15rl.rewards import length_weight, score
 from k15rl.rewards.compose import router_from_config
 from k15rl.rollout.collect import OUTCOMES, PartialRolloutResult, partial_rollout
-from k15rl.rollout.engine import SamplingParams
+from k15rl.rollout.engine import RolloutEngine, SamplingParams
 from k15rl.rollout.factory import context_length, make_engine
 from k15rl.rollout.replay import ReplayBuffer
 from k15rl.sampling import make_sampler
@@ -49,7 +49,7 @@ from k15rl.trainer.checkpoint import (
 )
 from k15rl.trainer.evaluate import eval_sampling_params, evaluate
 from k15rl.trainer.plots import plot_run
-from k15rl.trainer.trainer import LocalTrainer
+from k15rl.trainer.trainer import LocalTrainer, Trainer
 from k15rl.trainer.update import UpdateSettings
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "summary.json", "final", "checkpoints", "curves.png")
@@ -98,7 +98,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rollout_metrics(result: PartialRolloutResult, buffer: ReplayBuffer, seconds: float, engine=None) -> dict[str, float]:
+def rollout_metrics(result: PartialRolloutResult, buffer: ReplayBuffer, seconds: float,
+                    engine: RolloutEngine | None = None) -> dict[str, float]:
     """Rollout statistics of one iteration: outcomes of the segments generated (report
     §2.6.2), the replay buffer, and reward/length of the trajectories trained on."""
     segments = sum(result.outcomes.values())
@@ -129,6 +130,32 @@ def rollout_metrics(result: PartialRolloutResult, buffer: ReplayBuffer, seconds:
         "rollout/frac_groups_all_equal": sum(len(set(g)) == 1 for g in groups.values()) / len(groups),
     })
     return out
+
+
+def update_settings(cfg: TrainConfig) -> UpdateSettings:
+    """The optimizer and loss settings of every iteration's update (report §2.3.2)."""
+    a = cfg.algorithm
+    return UpdateSettings(
+        lr=a.lr, betas=(a.betas[0], a.betas[1]), weight_decay=a.weight_decay, grad_clip=a.grad_clip,
+        minibatches=a.minibatches, epochs=a.epochs, micro_batch=a.micro_batch,
+        temperature=cfg.rollout.temperature or 1.0, recompute_old_logprobs=a.recompute_old_logprobs,
+        autocast_bf16=a.autocast_bf16, seed=cfg.seed, train_on_stale=cfg.rollout.train_on_stale_segments,
+    )
+
+
+def place(cfg: TrainConfig, policy: Policy, max_model_len: int, loss_fn: Callable, loss_kw: dict,
+          log: Callable[[str], None]) -> tuple[RolloutEngine, Trainer]:
+    """Placement (report §2.6.1): the rollout engine and the trainer in this process, or
+    as Ray workers (`distributed.backend`); the loop uses them the same way."""
+    if cfg.distributed.backend == "ray":
+        from k15rl.distributed.ray_backend import start_workers
+
+        return start_workers(cfg, policy.path, policy.model, policy.tokenizer.pad_token_id, max_model_len, log)
+    engine = make_engine(cfg.rollout, policy.path, policy.tokenizer, model=policy.model, dtype=cfg.model.dtype,
+                         max_model_len=max_model_len, seed=cfg.seed)
+    if cfg.distributed.device != "cpu":  # after the engine took its copy (the hf engine runs on CPU)
+        policy.model.to(cfg.distributed.device)
+    return engine, LocalTrainer(policy.model, loss_fn, loss_kw, policy.tokenizer.pad_token_id, cfg.distributed.device)
 
 
 def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
@@ -173,29 +200,12 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     tok = policy.tokenizer
     loss_fn = LOSSES[cfg.algorithm.loss]
     loss_kw = loss_kwargs(loss_fn, cfg.algorithm)
-    # Placement (report §2.6.1): engine and trainer in this process, or as Ray workers.
-    max_model_len = context_length(cfg, policy.model.config, limit)
-    if cfg.distributed.backend == "ray":
-        from k15rl.distributed.ray_backend import start_workers, stop_workers
-
-        engine, trainer = start_workers(cfg, policy.path, policy.model, tok.pad_token_id, max_model_len, log)
-    else:
-        engine = make_engine(cfg.rollout, policy.path, tok, model=policy.model, dtype=cfg.model.dtype,
-                             max_model_len=max_model_len, seed=cfg.seed)
-        if cfg.distributed.device != "cpu":  # after the engine took its copy (the hf engine runs on CPU)
-            policy.model.to(cfg.distributed.device)
-        trainer = LocalTrainer(policy.model, loss_fn, loss_kw, tok.pad_token_id, cfg.distributed.device)
+    engine, trainer = place(cfg, policy, context_length(cfg, policy.model.config, limit), loss_fn, loss_kw, log)
     colocate = cfg.distributed.colocate  # one device, shared: the idle phase's part sleeps
     if colocate:
         trainer.offload()  # rollout comes first
     stops = stop_token_ids(tok, policy.model)
-    a = cfg.algorithm
-    settings = UpdateSettings(
-        lr=a.lr, betas=(a.betas[0], a.betas[1]), weight_decay=a.weight_decay, grad_clip=a.grad_clip,
-        minibatches=a.minibatches, epochs=a.epochs, micro_batch=a.micro_batch,
-        temperature=cfg.rollout.temperature or 1.0, recompute_old_logprobs=a.recompute_old_logprobs,
-        autocast_bf16=a.autocast_bf16, seed=cfg.seed, train_on_stale=cfg.rollout.train_on_stale_segments,
-    )
+    settings = update_settings(cfg)
     eval_params = eval_sampling_params(cfg, stops, seed=cfg.seed + 10**6)
     router = router_from_config(cfg.reward)  # the reward function of each data source, with time limits
     metrics_log, eval_log = JsonlLog(out / "metrics.jsonl"), JsonlLog(out / "eval.jsonl")
@@ -325,7 +335,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
             "time/iteration": t3 - t0,
         }
         metrics_log.write(row)
-        if consecutive_skips >= a.max_consecutive_skips:
+        if consecutive_skips >= cfg.algorithm.max_consecutive_skips:
             good = latest_checkpoint(out)
             raise UserError(f"{consecutive_skips:.0f} optimizer steps in a row had a non-finite loss or gradient "
                             f"(iteration {it + 1}): stopping; last good checkpoint: {good or 'none yet'}")
@@ -358,6 +368,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
 
     save_hf(trainer.current_model(), tok, out / "final", run_state())
     if cfg.distributed.backend == "ray":
+        from k15rl.distributed.ray_backend import stop_workers
+
         stop_workers(engine, trainer)
     metrics = read_jsonl(out / "metrics.jsonl")
     plot_run(metrics, evals, out / "curves.png")
@@ -367,6 +379,18 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         "iterations": done,
         "train_time_s": train_seconds,
         "wall_time_s": time.time() - t_start,
+        **run_summary(metrics, evals, greedy_evals),
+    }
+    if evals:
+        summary.update({"eval_temperature": cfg.eval.temperature, "eval_prompts": len(test_prompts)})
+    write_json_atomic(out / "summary.json", summary)
+    log(json.dumps(summary, indent=2))
+    return summary
+
+
+def run_summary(metrics: list[dict], evals: list[dict], greedy_evals: list[dict]) -> dict:
+    """First and last training reward, test accuracy/tokens before and after (summary.json)."""
+    summary = {
         "train_reward_first": next((m["reward/mean"] for m in metrics if "reward/mean" in m), None),
         "train_reward_last": next((m["reward/mean"] for m in reversed(metrics) if "reward/mean" in m), None),
     }
@@ -379,14 +403,10 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
             "test_mean_tokens_after": evals[-1]["mean_tokens"],
             "test_per_level_before": {k: v["accuracy"] for k, v in evals[0]["per_level"].items()},
             "test_per_level_after": {k: v["accuracy"] for k, v in evals[-1]["per_level"].items()},
-            "eval_temperature": cfg.eval.temperature,
-            "eval_prompts": len(test_prompts),
         })
     if greedy_evals:
         summary.update({
             "test_accuracy_greedy_before": greedy_evals[0]["accuracy"],
             "test_accuracy_greedy_after": greedy_evals[-1]["accuracy"],
         })
-    write_json_atomic(out / "summary.json", summary)
-    log(json.dumps(summary, indent=2))
     return summary
