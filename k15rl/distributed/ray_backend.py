@@ -81,8 +81,13 @@ def start_ray(cfg: TrainConfig, log: Callable[[str], None] = print) -> None:
     log(f"ray: local cluster, {cpus} CPUs, object store {d.object_store_mb} MB")
 
 
-def _threads(cpus: float) -> int:
-    return max(1, int(cpus))
+def _worker_setup(cpus: float) -> None:
+    """In a worker process: torch threads = the CPUs reserved for it; no per-worker
+    weight-loading progress bars in the master's output (Ray forwards workers' stderr)."""
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(max(1, int(cpus)))
+    hf_logging.disable_progress_bar()
 
 
 class WorkQueue:
@@ -105,7 +110,7 @@ class RolloutWorker:
         from k15rl.models.loading import load_tokenizer
         from k15rl.rollout.factory import make_engine
 
-        torch.set_num_threads(_threads(cfg.distributed.cpus_per_worker))
+        _worker_setup(cfg.distributed.cpus_per_worker)
         self.rank = rank
         tokenizer = load_tokenizer(path, cfg.model.chat_template)
         self.engine = make_engine(cfg.rollout, path, tokenizer, dtype=cfg.model.dtype, max_model_len=max_model_len,
@@ -182,7 +187,7 @@ class TrainerWorker:
     """One trainer process: the whole model, or (with several workers) an FSDP2 shard of it."""
 
     def __init__(self, cfg: TrainConfig, path: str, rank: int, world: int, pad_id: int):
-        torch.set_num_threads(_threads(cfg.distributed.cpus_per_worker))
+        _worker_setup(cfg.distributed.cpus_per_worker)
         self.cfg, self.path, self.rank, self.world, self.pad_id = cfg, path, rank, world, pad_id
         self.device = cfg.distributed.device
         self.model = self.shard = None
