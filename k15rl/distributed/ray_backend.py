@@ -27,7 +27,7 @@ import socket
 from collections import deque
 from inspect import signature
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -361,8 +361,3 @@ def stop_workers(pool: EnginePool, trainer: RemoteTrainer) -> None:
         ray.kill(w)
     ray.kill(pool.queue)
     trainer.close()
-
-
-def cluster_info() -> dict[str, Any]:
-    ray = _ray()
-    return {"nodes": len(ray.nodes()), "resources": ray.cluster_resources()}

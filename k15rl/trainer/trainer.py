@@ -34,8 +34,6 @@ class Trainer(Protocol):
 
     def onload(self) -> None: ...
 
-    def close(self) -> None: ...
-
 
 class LocalTrainer:
     """The policy in this process: `update` is `policy_update` on `model`."""
@@ -61,6 +59,3 @@ class LocalTrainer:
     def onload(self) -> None:
         if self.device != "cpu":
             self.model.to(self.device)
-
-    def close(self) -> None:
-        pass
