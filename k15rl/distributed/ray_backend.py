@@ -143,10 +143,10 @@ class RolloutWorker:
         self.engine.load_weights(state_dict)
 
     def sleep(self) -> None:
-        getattr(self.engine, "sleep", lambda: None)()
+        self.engine.sleep()
 
     def wake_up(self) -> None:
-        getattr(self.engine, "wake_up", lambda: None)()
+        self.engine.wake_up()
 
 
 class EnginePool:
@@ -222,8 +222,6 @@ class TrainerWorker:
 
         loss_fn = LOSSES[self.cfg.algorithm.loss]
         kw = loss_kwargs(loss_fn, self.cfg.algorithm)
-        if self.shard is None:
-            return policy_update(self.model, trajectories, loss_fn, kw, settings, self.pad_id)
         return policy_update(self.model, trajectories, loss_fn, kw, settings, self.pad_id, shard=self.shard)
 
     def state_dict(self) -> dict[str, torch.Tensor] | None:

@@ -49,6 +49,12 @@ class RolloutEngine(Protocol):
 
     def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None: ...
 
+    def sleep(self) -> None:
+        """Free device memory while the trainer uses the device (distributed.colocate)."""
+        ...
+
+    def wake_up(self) -> None: ...
+
 
 def sample_token(
     logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
@@ -301,5 +307,18 @@ class HFEngine:
                 )
 
     def _hit_stop_string(self, toks: list[int], stops: list[str], max_stop: int) -> bool:
-        tail = self.tokenizer.decode(toks[-(max_stop + 4):], skip_special_tokens=False)
-        return any(s in tail for s in stops)
+        return hit_stop_string(self.tokenizer, toks, stops, max_stop)
+
+    def sleep(self) -> None:
+        """Nothing to free (distributed.colocate): the engine runs on CPU and its KV
+        cache lives only during `generate`."""
+
+    def wake_up(self) -> None:
+        """Undo `sleep` (a no-op here)."""
+
+
+def hit_stop_string(tokenizer, toks: Sequence[int], stops: Sequence[str], max_stop: int) -> bool:
+    """Whether the decoded tail of `toks` (the last max_stop + 4 tokens) holds any stop
+    string: checked after every sampled token, by HFEngine and by the vLLM engine."""
+    tail = tokenizer.decode(list(toks[-(max_stop + 4):]), skip_special_tokens=False)
+    return any(s in tail for s in stops)

@@ -12,7 +12,7 @@ the same token semantics as `HFEngine`, so the two are interchangeable in the lo
   its log-prob.
 - Stop strings and repeat detection have no vLLM equivalent with HFEngine's semantics.
   They are applied after generation on the returned tokens with HFEngine's own code
-  (`HFEngine._hit_stop_string`, `RepeatDetector`), so the truncation point and the
+  (`hit_stop_string`, `RepeatDetector`), so the truncation point and the
   finish reason are those HFEngine gives on the same tokens (priority at each token:
   stop, then repeat, then length). To save compute, a vLLM logits processor
   (`K15EarlyStop`) watches each running request with the same checks and, the step
@@ -41,9 +41,9 @@ import gc
 import logging
 import os
 import threading
-import types
 import warnings
 import weakref
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -51,7 +51,7 @@ import torch
 
 from k15rl.config import VllmConfig
 from k15rl.errors import UserError
-from k15rl.rollout.engine import HFEngine, RepeatDetector, SamplingParams
+from k15rl.rollout.engine import RepeatDetector, SamplingParams, hit_stop_string
 from k15rl.types import GenerationRequest, Segment
 
 INSTALL_HINT = ("the vLLM rollout engine (rollout.engine=vllm) needs vllm: pip install 'k15rl[vllm]' on GPU "
@@ -111,14 +111,8 @@ def _prepare_env() -> None:
 
 
 def _stop_string_checker(tokenizer):
-    """HFEngine's stop-string check (decode the last max_stop + 4 tokens of the
-    segment, look for any stop string), reused as is."""
-    holder = types.SimpleNamespace(tokenizer=tokenizer)
-
-    def hit(toks: list[int], stops: list[str], max_stop: int) -> bool:
-        return HFEngine._hit_stop_string(holder, toks, stops, max_stop)  # type: ignore[arg-type]
-
-    return hit
+    """HFEngine's stop-string check (`hit_stop_string`) bound to `tokenizer`."""
+    return partial(hit_stop_string, tokenizer)
 
 
 def truncate(

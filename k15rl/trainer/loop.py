@@ -69,11 +69,6 @@ def load_policy(cfg: TrainConfig, log: Callable[[str], None], checkpoint: Path |
     return Policy(load_model(path, cfg.model.dtype), tokenizer, path)
 
 
-def _call(part, method: str) -> None:
-    """`part.method()` where the part has it (engines without a sleep mode have nothing to free)."""
-    getattr(part, method, lambda: None)()
-
-
 def holds_run(out: Path) -> bool:
     return out.exists() and any((out / f).exists() for f in RUN_FILES)
 
@@ -307,12 +302,12 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         if trajs:
             settings.seed, settings.version = cfg.seed * 7919 + it, it
             if colocate:
-                _call(engine, "sleep")
+                engine.sleep()
                 trainer.onload()
             train_metrics = trainer.update(trajs, settings)
             if colocate:
                 trainer.offload()
-                _call(engine, "wake_up")
+                engine.wake_up()
             sampler.update(trajs)
             skipped, steps = train_metrics["train/skipped_steps"], train_metrics["train/steps"]
             consecutive_skips = consecutive_skips + steps if skipped == steps else train_metrics["train/trailing_skips"]
