@@ -4,7 +4,8 @@ A labelled set is built from arithmetic problems of the `arith` task: for each, 
 response whose final answer is the reference, an equivalent form of it (a fraction, a
 decimal, a sum), or a wrong value; math-verify labels every response. The judge model
 grades the same responses; the script prints agreement, agreement on each label, and how
-often the judge's output held no valid JSON verdict (counted as disagreement).
+often the judge's output held no valid JSON verdict (counted as disagreement), and writes
+them to benchmarks/results/judge_agreement.json (docs/code_rewards.md renders it).
 
     python benchmarks/judge_agreement.py --model builtin --model /path/to/hf_folder --n 60
 """
@@ -17,6 +18,7 @@ import random
 import sys
 import time
 
+from results import write_result
 from tqdm import tqdm
 
 
@@ -71,6 +73,7 @@ def measure(model: str, items: list[dict], max_new_tokens: int, batch: int) -> d
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", required=True, help="model folder or 'builtin' (repeatable)")
+    ap.add_argument("--label", action="append", help="the docs' name of each --model, in order (repeatable)")
     ap.add_argument("--n", type=int, default=56)
     ap.add_argument("--max-new-tokens", type=int, default=160)
     ap.add_argument("--batch", type=int, default=16)
@@ -78,9 +81,9 @@ def main() -> int:
     args = ap.parse_args()
     items = labelled_set(args.n)
     print(f"labelled set: {len(items)} responses, {sum(i['label'] for i in items)} correct per math-verify")
-    results = []
-    for m in args.model:
-        r = measure(m, items, args.max_new_tokens, args.batch)
+    results, labels = [], args.label or []
+    for i, m in enumerate(args.model):
+        r = measure(m, items, args.max_new_tokens, args.batch) | {"label": labels[i] if i < len(labels) else m}
         results.append(r)
         print(f"{m}: agreement {100 * r['agreement']:.1f}% (on correct {100 * r['agreement_on_correct']:.1f}%, "
               f"on wrong {100 * r['agreement_on_wrong']:.1f}%), no valid verdict {100 * r['no_verdict']:.1f}%, "
@@ -88,6 +91,8 @@ def main() -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)
+    write_result("judge_agreement", {"n": len(items), "correct": sum(i["label"] for i in items),
+                                     "max_new_tokens": args.max_new_tokens, "batch": args.batch, "models": results})
     return 0
 
 

@@ -21,8 +21,9 @@ absent) it makes a shorter model with each method and compares them all:
 
 Every model answers the same held-out test prompts with the same sampling (temperature 1,
 200 new tokens, the demo's evaluation); OUT/report.md|json and OUT/token_efficiency.png
-hold the comparison, OUT/story.json the stage details. Stages whose output exists are
-reused unless --rerun.
+hold the comparison, OUT/story.json the stage details, and
+benchmarks/results/long2short.json the numbers that docs/long2short.md renders. Stages
+whose output exists are reused unless --rerun.
 
     python benchmarks/long2short.py                       # ~15 min on 2 cores after the demo
 """
@@ -34,7 +35,10 @@ import json
 import random
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
+
+from results import write_result
 
 
 def short_trace(trace: str) -> str:
@@ -233,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         story["greedy"] = {r.label: {"accuracy": r.accuracy, "mean_tokens": r.mean_tokens} for r in greedy}
     story["wall_time_s"] = time.time() - t_start
     (out / "story.json").write_text(json.dumps(story, indent=2, default=str))
+    write_result("long2short", {"settings": settings, "rl_iterations": args.rl_iterations,
+                                "sample_prompts": args.sample_prompts, "models": [asdict(r) for r in results],
+                                **json.loads(json.dumps(story, default=str))})
     log((out / "report.md").read_text())
     log("\n".join(verdicts))
     log(f"written: {files['md']}, {files['json']}, {files['png']}, {out / 'story.json'}; "

@@ -3,7 +3,8 @@
 Runs the demo configuration for a few iterations three ways, one after the other in
 this process: sequential (all cores for each phase in turn), overlapped with all
 cores per thread, and overlapped with the torch threads halved (each phase gets its
-own cores). Prints seconds per iteration (evaluations excluded) and the ratio.
+own cores). Prints seconds per iteration (evaluations excluded) and the ratio, and writes
+them to benchmarks/results/overlap.json (docs/rollout.md renders it).
 
     python benchmarks/overlap.py --iterations 8      # about 5 minutes on 2 cores
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from results import write_result
 
 from k15rl.config import load_config
 from k15rl.trainer.loop import train
@@ -39,6 +41,9 @@ def main() -> None:
     print(f"{'mode':26s} {'torch threads':>13s} {'s/iteration':>11s} {'speed-up':>8s}")
     for name, threads, secs in results:
         print(f"{name:26s} {threads:13d} {secs:11.2f} {base / secs:7.2f}x")
+    write_result("overlap", {"iterations": args.iterations, "cores": cores, "modes": [
+        {"mode": name, "overlap": ov, "threads": threads, "s_per_iteration": secs, "speed_up": base / secs}
+        for (name, ov, _), (_, threads, secs) in zip(rows, results)]})
 
 
 if __name__ == "__main__":

@@ -16,11 +16,15 @@ accuracy at the end of each.
 
     python benchmarks/partial_rollouts.py                     # part 1, about 3 minutes
     python benchmarks/partial_rollouts.py --learn-minutes 4   # and part 2, about 12 more
+
+Part 1 writes benchmarks/results/partial_rollouts.json, part 2 (when run)
+benchmarks/results/partial_rollouts_learn.json; docs/rollout.md renders both.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from results import write_result  # noqa: E402
 from workloads import ForcedLengthEngine, pareto_length, sort_prompts  # noqa: E402
 
 from k15rl.models.builtin import ensure_builtin  # noqa: E402
@@ -53,6 +58,10 @@ def speed(engine, tok, prompts, k, per_iter, segment, max_tokens, target_trained
         if steady is None and trained >= target_trained:
             steady = (time.perf_counter() - t0, trained, it)
     return time.perf_counter() - t0, it, trained, steady
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def learn(minutes: float, segment: int, out: str) -> dict:
@@ -84,23 +93,43 @@ def main() -> None:
     print(f"{'mode':22s} {'iterations':>10s} {'seconds':>8s} {'s/iteration':>11s} {'ms/trajectory':>13s} "
           f"{'speed-up':>8s} {'before drain':>13s}")
     rows = {}
-    for name, seg in (("whole", 0), (f"partial (segment {args.segment})", args.segment)):
+    modes = (("whole", 0), (f"partial (segment {args.segment})", args.segment))
+    for name, seg in modes:
         rows[name] = speed(engine, tok, prompts, k, per_iter, seg, max_tokens, args.trajectories)
     base = rows["whole"][0] / rows["whole"][2]
     base_steady = rows["whole"][3][0] / rows["whole"][3][1]
-    for name, (secs, its, trained, (s_secs, s_trained, s_its)) in rows.items():
+    measured = []
+    for (name, seg), (secs, its, trained, (s_secs, s_trained, s_its)) in zip(modes, rows.values()):
         per, per_steady = secs / trained, s_secs / s_trained
         print(f"{name:22s} {its:10d} {secs:8.1f} {secs / its:11.2f} {1000 * per:13.1f} {base / per:7.2f}x "
               f"{base_steady / per_steady:12.2f}x")
+        measured.append({"mode": name, "segment_tokens": seg, "iterations": its, "seconds": secs, "trained": trained,
+                         "s_per_iteration": secs / its, "ms_per_trajectory": 1000 * per, "speed_up": base / per,
+                         "speed_up_before_drain": base_steady / per_steady})
     print("ms/trajectory counts all work, including draining the replay buffer at the end; "
           "'before drain': at the moment the target was reached (unfinished work left in the buffer)")
+    write_result("partial_rollouts", {"k": k, "prompts_per_iteration": per_iter, "max_tokens": max_tokens,
+                                      "trajectories": args.trajectories, "threads": torch.get_num_threads(),
+                                      "modes": measured})
     if args.learn_minutes > 0:
         print(f"\nlearning: demo configuration, {args.learn_minutes:g} min of iterations each (evaluations excluded)")
         print(f"{'mode':22s} {'iterations':>10s} {'test acc before':>15s} {'after':>7s} {'mean tokens':>11s}")
+        learned = []
         for name, seg in (("whole", 0), (f"partial (segment {args.learn_segment})", args.learn_segment)):
-            s = learn(args.learn_minutes, seg, f"runs/bench_partial_{seg}")
+            out = f"runs/bench_partial_{seg}"
+            s = learn(args.learn_minutes, seg, out)
             print(f"{name:22s} {s['iterations']:10d} {100 * s['test_accuracy_before']:14.1f}% "
                   f"{100 * s['test_accuracy_after']:6.1f}% {s['test_mean_tokens_after']:11.1f}")
+            metrics = read_metrics(Path(out) / "metrics.jsonl")
+            segments = sum(m.get(f"rollout/num_{o}", 0) for m in metrics for o in ("stop", "cut", "repeat", "max_len"))
+            learned.append({"mode": name, "segment_tokens": seg, "iterations": s["iterations"],
+                            "trained": sum(m.get("rollout/trained", 0) for m in metrics),
+                            "segments_cut_frac": sum(m.get("rollout/num_cut", 0) for m in metrics) / max(segments, 1),
+                            "test_accuracy_before": s["test_accuracy_before"],
+                            "test_accuracy_after": s["test_accuracy_after"],
+                            "test_mean_tokens_after": s["test_mean_tokens_after"]})
+        write_result("partial_rollouts_learn", {"minutes": args.learn_minutes, "test_per_level": 50,
+                                                "modes": learned})
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Runs the demo configuration for a few iterations in one process (`distributed.ba
 local`, all cores) and on a local Ray cluster (2 rollout workers and 1 trainer worker,
 1 torch thread each; optionally FSDP2 trainer workers), one after the other with the
 same seed. Prints seconds per iteration (evaluations excluded), where the time goes,
-the ratio, and the learning curves side by side; writes a plot.
+the ratio, and the learning curves side by side; writes a plot and
+benchmarks/results/ray_vs_local.json (ray_vs_local_overlap.json with --overlap), which
+docs/distributed.md renders.
 
     python benchmarks/ray_vs_local.py --iterations 12          # about 10 minutes on 2 cores
     python benchmarks/ray_vs_local.py --trainer-workers 2      # adds an FSDP2 arm
@@ -16,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from results import write_result
 
 from k15rl.config import load_config
 from k15rl.trainer.loop import train
@@ -65,6 +69,8 @@ def main() -> None:
     ap.add_argument("--trainer-workers", type=int, default=1, help=">1 adds an FSDP2 arm")
     ap.add_argument("--overlap", action="store_true", help="adds Ray with rollout.overlap (and one process with it)")
     ap.add_argument("--plot", default="docs/ray_vs_local.png")
+    ap.add_argument("--results-name", default=None,
+                    help="benchmarks/results/NAME.json (default: ray_vs_local, or ray_vs_local_overlap with --overlap)")
     args = ap.parse_args()
     common = (args.iterations, args.eval_every, args.test_per_level)
     ray = ["distributed.backend=ray", f"distributed.rollout_workers={args.rollout_workers}",
@@ -88,6 +94,12 @@ def main() -> None:
               f"{base / r['s_per_it']:7.2f}x  {curve}")
     plot(results, Path(args.plot))
     print(f"plot: {args.plot}")
+    for r in results:
+        r["vs_local"] = base / r["s_per_it"]
+    write_result(args.results_name or ("ray_vs_local_overlap" if args.overlap else "ray_vs_local"), {
+        "iterations": args.iterations, "eval_every": args.eval_every, "test_per_level": args.test_per_level,
+        "rollout_workers": args.rollout_workers, "trainer_workers": args.trainer_workers, "plot": args.plot,
+        "arms": results})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ workloads with long-tailed response lengths (see workloads.py). Three ways to sa
     native        the engine, all requests at once: a finished row's slot is refilled
                   at once from the waiting requests (continuous batching)
 
-Prints generated tokens/s and the ratio to hf-generate, measured side by side here.
+Prints generated tokens/s and the ratio to hf-generate, measured side by side here, and
+writes them to benchmarks/results/rollout_throughput.json (docs/rollout.md renders it).
 
     python benchmarks/rollout_throughput.py            # about 6 minutes on 2 cores
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from results import write_result  # noqa: E402
 from workloads import ForcedLengthEngine, pareto_length, sort_prompts  # noqa: E402
 
 from k15rl.models.builtin import ensure_builtin  # noqa: E402
@@ -115,6 +117,7 @@ def main() -> None:
           f"median of {args.repeats}; "
           f"heavy-tailed targets: mean {sum(targets) / len(targets):.0f}, max {max(targets)} tokens")
     print(f"{'workload':38s} {'method':13s} {'tokens':>8s} {'seconds':>8s} {'tok/s':>8s} {'vs hf':>6s}")
+    measured = []
     for name, (hf, nat) in workloads.items():
         times: dict[str, list[float]] = {}
         tokens_of: dict[str, int] = {}
@@ -126,8 +129,18 @@ def main() -> None:
                 times.setdefault(method, []).append(time.perf_counter() - t0)
         runs = {m: (tokens_of[m], statistics.median(ts)) for m, ts in times.items()}
         base = runs["hf-generate"][0] / runs["hf-generate"][1]
+        rows = []
         for method, (tokens, secs) in runs.items():
             print(f"{name:38s} {method:13s} {tokens:8d} {secs:8.1f} {tokens / secs:8.0f} {tokens / secs / base:5.2f}x")
+            rows.append({"method": method, "tokens": tokens, "seconds": secs, "tokens_per_s": tokens / secs,
+                         "vs_hf_generate": tokens / secs / base})
+        measured.append({"workload": name, "methods": rows})
+    write_result("rollout_throughput", {
+        "requests": args.requests, "slots": args.slots, "max_new_tokens": args.max_new_tokens,
+        "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "heavy_tailed_targets": {"mean": sum(targets) / len(targets), "max": max(targets)},
+        "workloads": measured,
+    })
 
 
 if __name__ == "__main__":

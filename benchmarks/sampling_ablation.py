@@ -9,9 +9,10 @@
     length       uniform sampling, length reward weight 0.2 after a quarter of the
                  iterations (step schedule)
 
-Writes OUT/<arm>/seed<S>/ (ordinary run folders), OUT/results.md (a Markdown table)
-and OUT/sampling_ablation.png (test accuracy and mean response tokens over iterations,
-mean over seeds with the min-max band).
+Writes OUT/<arm>/seed<S>/ (ordinary run folders), OUT/results.md (a Markdown table),
+OUT/sampling_ablation.png (test accuracy and mean response tokens over iterations,
+mean over seeds with the min-max band) and benchmarks/results/sampling_ablation.json
+(every run's numbers; docs/data.md renders it).
 
     python benchmarks/sampling_ablation.py                          # full demo budget: ~8 min a run
     python benchmarks/sampling_ablation.py --iterations 16 --prompts 16 --test-per-level 30
@@ -25,6 +26,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+from results import write_result
 
 ARMS: dict[str, list[str]] = {
     "uniform": ["sampler.name=uniform"],
@@ -74,6 +77,8 @@ def run_one(arm: str, seed: int, args: argparse.Namespace) -> dict:
         "acc_curve": [(e["iteration"], e["accuracy"]) for e in sampled],
         "tok_curve": [(m["iteration"], m["rollout/len_mean"]) for m in metrics],
         "acc_before": sampled[0]["accuracy"], "acc_after": sampled[-1]["accuracy"],
+        "hard_before": statistics.mean(sampled[0]["per_level"][lv]["accuracy"]
+                                       for lv in ("4", "5", "6") if lv in sampled[0]["per_level"]),
         "greedy_before": greedy[0]["accuracy"] if greedy else float("nan"),
         "greedy_after": greedy[-1]["accuracy"] if greedy else float("nan"),
         "test_tokens_before": sampled[0]["mean_tokens"], "test_tokens_after": sampled[-1]["mean_tokens"],
@@ -164,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.md").write_text(md)
     plot(results, out / "sampling_ablation.png")
     (out / "results.json").write_text(json.dumps(results, indent=1))
+    curves = ("acc_curve", "tok_curve", "summary")
+    write_result("sampling_ablation", {
+        "iterations": args.iterations, "prompts": args.prompts, "samples_per_prompt": 8,
+        "test_per_level": args.test_per_level, "eval_every": args.eval_every, "threads": args.threads,
+        "runs": [{k: v for k, v in r.items() if k not in curves} for r in results]})
     print(md)
     print(f"wrote {out / 'results.md'} and {out / 'sampling_ablation.png'} ({(time.time() - t0) / 60:.1f} min)")
     return 0

@@ -2,7 +2,8 @@
 
 Three workloads, each a program with one stdin/stdout test: trivial programs (read two
 numbers, print the sum), the same with five tests, and programs that loop forever and
-run into the limit (1 s CPU, 1.5 s wall). Prints programs/s for each number of workers.
+run into the limit (1 s CPU, 1.5 s wall). Prints programs/s for each number of workers
+and writes them to benchmarks/results/sandbox_throughput.json (docs/code_rewards.md).
 
     python benchmarks/sandbox_throughput.py --n 100 --workers 1,2,4
 """
@@ -16,6 +17,8 @@ import time
 
 from tqdm import tqdm
 
+from results import write_result
+
 from k15rl.rewards.sandbox import Limits, StdioTest, isolation_mode
 from k15rl.rewards.sandbox_pool import CodeJob, SandboxPool
 
@@ -23,7 +26,7 @@ TRIVIAL = "a, b = map(int, input().split())\nprint(a + b)\n"
 LOOP = "while True:\n    pass\n"
 
 
-def bench(jobs: list[CodeJob], workers: int, limits: Limits, label: str) -> float:
+def bench(jobs: list[CodeJob], workers: int, limits: Limits, label: str) -> dict:
     t0 = time.monotonic()
     with SandboxPool(workers, limits) as pool:
         futures = [pool.submit(j) for j in jobs]
@@ -32,7 +35,8 @@ def bench(jobs: list[CodeJob], workers: int, limits: Limits, label: str) -> floa
     wall = time.monotonic() - t0
     rate = len(jobs) / wall
     print(f"{label:<22} workers={workers}: {rate:6.1f} programs/s ({len(jobs)} in {wall:.1f} s; {dict(reasons)})")
-    return rate
+    return {"workload": label, "workers": workers, "programs": len(jobs), "seconds": wall,
+            "programs_per_s": rate, "reasons": dict(reasons)}
 
 
 def main() -> int:
@@ -46,10 +50,13 @@ def main() -> int:
     one = [CodeJob(TRIVIAL, tests=(StdioTest(f"{i} 1", str(i + 1)),)) for i in range(args.n)]
     five = [CodeJob(TRIVIAL, tests=tuple(StdioTest(f"{i} {k}", str(i + k)) for k in range(5))) for i in range(args.n)]
     loops = [CodeJob(LOOP, tests=(StdioTest("", "x"),)) for _ in range(args.n_timeout)]
+    rows = []
     for w in (int(x) for x in args.workers.split(",")):
-        bench(one, w, limits, "trivial, 1 test")
-        bench(five, w, limits, "trivial, 5 tests")
-        bench(loops, w, limits, "timeout (1 s CPU)")
+        rows.append(bench(one, w, limits, "trivial, 1 test"))
+        rows.append(bench(five, w, limits, "trivial, 5 tests"))
+        rows.append(bench(loops, w, limits, "timeout (1 s CPU)"))
+    write_result("sandbox_throughput", {"isolation": isolation_mode(), "limits": {"cpu_s": limits.cpu_s,
+                                        "wall_s": limits.wall_s}, "rows": rows})
     return 0
 
 

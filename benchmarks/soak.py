@@ -4,7 +4,8 @@ memory; a leak shows as a positive slope.
 The trainer runs as a child process (`k15rl train --config demo`, with enough iterations
 to outlast the budget); its RSS (with its children) is read from /proc every few
 seconds. Prints the RSS at start, middle and end, the least-squares slope over the
-second half of the run (MB per hour), and writes a CSV and a PNG next to the run.
+second half of the run (MB per hour), and writes a CSV and a PNG next to the run and
+benchmarks/results/soak.json (docs/reliability.md renders it).
 
     python benchmarks/soak.py --minutes 30
 """
@@ -14,10 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from results import write_result
 
 
 def rss_mb(pid: int) -> float:
@@ -93,6 +97,17 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(out / "soak_rss.png", dpi=100)
     print(f"written {out / 'soak_rss.csv'} and {out / 'soak_rss.png'}")
+    per_minute = {}  # the first sample of every minute: the docs' table
+    for t, y in zip(ts, ys):
+        per_minute.setdefault(int(t // 60), (t, y))
+    write_result("soak", {
+        "minutes": args.minutes, "every_s": args.every, "threads": args.threads, "iterations": iterations,
+        "exit_code": child.returncode, "duration_min": ts[-1] / 60, "rss_mb_start": ys[min(3, len(ys) - 1)],
+        "rss_mb_middle": ys[half], "rss_mb_end": ys[-1], "rss_mb_max": max(ys),
+        "rss_mb_mean_after_first_minute": statistics.mean(y for t, y in zip(ts, ys) if t >= 60) if ts[-1] >= 60 else None,
+        "slope_mb_per_hour_second_half": slope,
+        "rss_mb_per_minute": [[m, round(y, 1)] for m, (_, y) in sorted(per_minute.items())],
+    })
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ the two workloads of benchmarks/rollout_throughput.py (see workloads.py):
                   whatever the model samples (ForcedLengthEngine around each engine)
 
 Prints generated tokens/s of each engine and the ratio vllm / native, whatever it is.
-Engine start-up is reported separately and not counted. Needs vllm (docs/vllm.md):
+Engine start-up is reported separately and not counted. Writes
+benchmarks/results/<--results-name>.json (docs/vllm.md renders it). Needs vllm (docs/vllm.md):
 
     .venv-vllm/bin/python benchmarks/vllm_vs_native.py                       # built-in model
     .venv-vllm/bin/python benchmarks/vllm_vs_native.py --model DIR --requests 32 --max-new-tokens 64
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from results import write_result  # noqa: E402
 from workloads import ForcedLengthEngine, pareto_length, sort_prompts  # noqa: E402
 
 from k15rl.config import VllmConfig  # noqa: E402
@@ -49,6 +51,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="vLLM without enforce_eager (slower start)")
     ap.add_argument("--kv-cache-gb", type=float, default=1.0, help="vLLM CPU KV cache")
     ap.add_argument("--workloads", default="natural,heavy-tailed")
+    ap.add_argument("--results-name", default="vllm_vs_native", help="writes benchmarks/results/NAME.json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -89,6 +92,7 @@ def main() -> None:
           f"engine start {start:.1f} s; heavy-tailed targets: mean {sum(targets) / len(targets):.0f}, "
           f"max {max(targets)} tokens")
     print(f"{'workload':14s} {'engine':8s} {'tokens':>8s} {'seconds':>8s} {'tok/s':>8s} {'vllm/native':>12s}")
+    measured = []
     for name in chosen:
         run = workloads[name]
         times: dict[str, list[float]] = {}
@@ -104,7 +108,16 @@ def main() -> None:
             ratio = f"{rate['vllm'] / rate['native']:11.2f}x" if label == "vllm" else ""
             print(f"{name:14s} {label:8s} {tokens[label]:8d} {statistics.median(times[label]):8.1f} "
                   f"{rate[label]:8.0f} {ratio:>12s}")
+        measured.append({"workload": name, "vllm_over_native": rate["vllm"] / rate["native"], "engines": [
+            {"engine": k, "tokens": tokens[k], "seconds": statistics.median(times[k]), "tokens_per_s": rate[k]}
+            for k in ("native", "vllm")]})
     fast.close()
+    write_result(args.results_name, {
+        "model": "builtin" if args.model is None else Path(args.model).name,
+        "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6, "dtype": args.dtype,
+        "requests": args.requests, "slots": args.slots, "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "vllm": vllm_pkg.__version__, "compiled": args.compile, "engine_start_s": start,
+        "heavy_tailed_targets": {"mean": sum(targets) / len(targets), "max": max(targets)}, "workloads": measured})
 
 
 if __name__ == "__main__":
