@@ -6,7 +6,10 @@ A results file holds the benchmark's own numbers plus where they come from:
     commit    git HEAD, with "-dirty" when tracked files had uncommitted changes
               (changes under benchmarks/results/ itself do not count)
     date      UTC, ISO 8601
-    machine   CPU model, cores, RAM, torch version and threads, Python, OS
+    machine   CPU model, cores, RAM, torch version and threads, Python, OS, and how busy
+              the machine was with other work meanwhile (`others_cores`: CPU time of
+              processes outside this benchmark's own process and its waited-for children,
+              per second of wall time; Linux only; daemons such as Ray's count as others)
     wall_s    the benchmark's wall time: from the start of its process to the write,
               unless the benchmark gives its own
 
@@ -40,7 +43,26 @@ def _process_start() -> float:
         return time.time()
 
 
+def _busy_seconds() -> float | None:
+    """CPU seconds all processes of the machine have used since boot (Linux /proc/stat)."""
+    try:
+        v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 _START = _process_start()
+_IMPORTED, _BUSY0 = time.time(), _busy_seconds()
+
+
+def others_cores() -> float | None:
+    """Cores' worth of CPU that other processes used on average since this module's import."""
+    busy, t = _busy_seconds(), os.times()
+    if busy is None or _BUSY0 is None or time.time() - _IMPORTED < 1:
+        return None
+    own = t.user + t.system + t.children_user + t.children_system
+    return max(0.0, (busy - _BUSY0 - own) / (time.time() - _IMPORTED))
 
 
 def git_commit(root: Path = ROOT) -> str:
@@ -82,6 +104,8 @@ def machine_info() -> dict:
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         pass
+    others = others_cores()
+    info["others_cores"] = round(others, 2) if others is not None else None
     return info
 
 
