@@ -347,7 +347,7 @@ def _l2s_sample(args: argparse.Namespace):
     from k15rl.data import fit_context, prompt_token_limit
     from k15rl.long2short.shortest import sample_groups
     from k15rl.rewards.compose import router_from_config
-    from k15rl.rollout.engine import SamplingParams
+    from k15rl.rollout.factory import sampling_params
 
     if args.n < 1:
         raise UserError(f"--n must be >= 1 (got {args.n})")
@@ -359,8 +359,8 @@ def _l2s_sample(args: argparse.Namespace):
     max_new = args.max_new_tokens or cfg.rollout.max_new_tokens
     cfg = replace(cfg, rollout=replace(cfg.rollout, max_new_tokens=max_new))
     prompts, _ = fit_context(prompts, tok, prompt_token_limit(cfg, model.config), "long2short")
-    params = SamplingParams(max_new_tokens=max_new, temperature=args.temperature, top_p=cfg.rollout.top_p,
-                            stop_token_ids=stops, stop_strings=cfg.rollout.stop_strings, seed=cfg.seed)
+    # every sample runs to its end (no repeat detection), as in evaluation
+    params = replace(sampling_params(cfg.rollout, stops, cfg.seed), temperature=args.temperature, repeat_ngram=0)
     return sample_groups(engine, tok, prompts, args.n, params, rewards=router_from_config(cfg.reward))
 
 

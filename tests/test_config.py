@@ -1,9 +1,11 @@
 """Typed config: presets, overrides, type coercion, loss hyper-parameter routing."""
 
+import dataclasses
+
 import pytest
 
 from k15rl.algorithms import grpo_loss, k15_loss, rest_loss
-from k15rl.config import AlgorithmConfig, list_presets, load_config, loss_kwargs
+from k15rl.config import list_presets, load_config
 from k15rl.errors import UserError
 
 
@@ -28,11 +30,43 @@ def test_bad_overrides(bad):
         load_config(None, [bad])
 
 
-def test_loss_kwargs_route_by_signature():
-    a = AlgorithmConfig(tau=0.3, clip_eps=0.1, normalization="token")
-    assert loss_kwargs(k15_loss, a) == {"tau": 0.3, "normalization": "token"}
-    assert loss_kwargs(grpo_loss, a) == {"clip_eps": 0.1}
-    assert loss_kwargs(rest_loss, a) == {}
+def test_make_loss_binds_each_losses_own_config_fields():
+    """Each loss gets its hyper-parameters from explicit config fields, settable from a config."""
+    from k15rl.trainer.update import make_loss
+
+    cfg = load_config(None, ["algorithm.tau=0.3", "algorithm.normalization=token", "algorithm.clip_eps=0.1",
+                             "algorithm.std_eps=0.01", "algorithm.rest_threshold=0.7"])
+    a = cfg.algorithm
+    k15 = make_loss(a)
+    assert k15.func is k15_loss and k15.keywords == {"tau": 0.3, "normalization": "token"}
+    grpo = make_loss(dataclasses.replace(a, loss="grpo"))
+    assert grpo.func is grpo_loss and grpo.keywords == {"clip_eps": 0.1, "eps": 0.01}
+    rest = make_loss(dataclasses.replace(a, loss="rest"))
+    assert rest.func is rest_loss and rest.keywords == {"threshold": 0.7}
+
+
+def test_string_choices_are_the_registries():
+    """The Literal types of the config are exactly the names the registries know."""
+    import typing
+
+    from k15rl.algorithms import LOSSES
+    from k15rl.config import AlgorithmConfig, SamplerConfig
+    from k15rl.sampling import SAMPLERS
+
+    hints = typing.get_type_hints(AlgorithmConfig)
+    assert set(typing.get_args(hints["loss"])) == set(LOSSES)
+    assert set(typing.get_args(typing.get_type_hints(SamplerConfig)["name"])) == set(SAMPLERS)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("algorithm.loss=ppo", "config key algorithm.loss: must be one of 'k15', 'grpo', 'rest' (got 'ppo')"),
+    ("algorithm.normalization=1", "config key algorithm.normalization: must be one of 'sequence', 'token' (got '1')"),
+    ("model.dtype=float16", "config key model.dtype: must be one of 'float32', 'bfloat16' (got 'float16')"),
+])
+def test_string_choices_are_checked_once_with_the_key(bad, message):
+    with pytest.raises(UserError) as e:
+        load_config(None, [bad])
+    assert str(e.value) == message
 
 
 @pytest.mark.parametrize("overrides, key", [

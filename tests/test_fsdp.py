@@ -17,11 +17,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from functools import partial
+
 import torch
 
 from k15rl.algorithms import LOSSES
-from k15rl.distributed.shard import Shard
-from k15rl.trainer.update import UpdateSettings, policy_update
+from k15rl.distributed.shard import ONE_RANK, Shard
+from k15rl.config import AlgorithmConfig
+from k15rl.trainer.update import PolicyTrainer, UpdatePlan
 from k15rl.types import Prompt, Trajectory
 
 WORLD = 2
@@ -34,7 +37,7 @@ ATOL = 2e-6  # weights after the update
 GRAD_ATOL = 1e-6  # the last step's clipped gradients
 TIMEOUT_S = 150  # the whole torchrun launch (about 12 s here)
 
-# name -> (loss, loss keywords, UpdateSettings fields). 7 rows: rank 0 gets 4, rank 1 gets 3.
+# name -> (loss, loss keywords, AlgorithmConfig fields and train_on_stale). 7 rows: rank 0 gets 4, rank 1 gets 3.
 CASES = {
     "seq": ("k15", {"tau": 0.1, "normalization": "sequence"}, {"micro_batch": 64, "train_on_stale": False}),
     "token": ("k15", {"tau": 0.1, "normalization": "token"}, {"micro_batch": 64}),
@@ -80,15 +83,17 @@ def fake_trajectories(case: str) -> list[Trajectory]:
 
 
 def run_case(case: str, shard: Shard | None = None):
-    """One `policy_update` (version 1) of a fresh tiny model: (model, metrics)."""
+    """One `PolicyTrainer.update` (version 1) of a fresh tiny model: (model, metrics)."""
     from k15rl.distributed.shard import shard_model
 
     loss, kw, fields = CASES[case]
     model = tiny_model()
     if shard is not None:
         model = shard_model(model, shard)
-    s = UpdateSettings(lr=1e-3, version=1, seed=3, **fields)
-    metrics = policy_update(model, fake_trajectories(case), LOSSES[loss], kw, s, pad_id=0, shard=shard)
+    fields = dict(fields)
+    train_on_stale = fields.pop("train_on_stale", True)
+    plan = UpdatePlan(partial(LOSSES[loss], **kw), AlgorithmConfig(lr=1e-3, **fields), 1.0, train_on_stale, pad_id=0)
+    metrics = PolicyTrainer(model, plan, shard or ONE_RANK).update(fake_trajectories(case), version=1, seed=3)
     return model, metrics
 
 

@@ -289,7 +289,8 @@ def test_update_reference_for_stale_tokens(policy, train_on_stale):
     """Stale tokens' recorded log-probs come from an older policy; when they count in the
     loss, the trainer replaces them with pi_i's (its own recomputation)."""
     from k15rl.trainer.logprobs import collate, token_logprobs
-    from k15rl.trainer.update import UpdateSettings, policy_update
+    from k15rl.config import AlgorithmConfig
+    from k15rl.trainer.update import PolicyTrainer, UpdatePlan
     from k15rl.types import Trajectory
 
     model, tok = policy
@@ -306,8 +307,8 @@ def test_update_reference_for_stale_tokens(policy, train_on_stale):
     with torch.no_grad():
         ref = token_logprobs(model, collate([ids, ids], [[5, 6, 7], [8, 9]], tok.pad_token_id))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    policy_update(model, trajs, spy_loss, {}, UpdateSettings(lr=0.0, version=1, train_on_stale=train_on_stale),
-                  tok.pad_token_id)
+    plan = UpdatePlan(spy_loss, AlgorithmConfig(lr=0.0), 1.0, train_on_stale, tok.pad_token_id)
+    PolicyTrainer(model, plan).update(trajs, version=1, seed=0)
     model.load_state_dict(before)
     if train_on_stale:
         torch.testing.assert_close(seen["old"][0, :2], ref[0, :2])  # stale: pi_i recomputed

@@ -111,17 +111,20 @@ def _trajectories(tok):
 def test_weights_reach_the_workers_through_the_object_store(cluster, tiny_model_dir):
     """After a trainer-worker update, the rollout workers generate with exactly the
     trainer's new weights (the master's copy is brought up to date too)."""
-    from k15rl.distributed.ray_backend import start_workers, stop_workers
-    from k15rl.trainer.update import UpdateSettings
+    from k15rl.distributed.ray_backend import start_ray_workers, stop_workers
+    from k15rl.trainer.update import PolicyTrainer, update_plan
 
-    cfg = _cfg(tiny_model_dir, "distributed.rollout_workers=2", "distributed.trainer_workers=1")
+    cfg = _cfg(tiny_model_dir, "distributed.rollout_workers=2", "distributed.trainer_workers=1", "algorithm.lr=0.05")
     tok = load_tokenizer(tiny_model_dir)
     master = load_model(tiny_model_dir)
     before = {k: v.clone() for k, v in master.state_dict().items()}
-    pool, trainer = start_workers(cfg, tiny_model_dir, master, tok.pad_token_id, 256, log=lambda s: None)
+    plan = update_plan(cfg, tok.pad_token_id)
+    pool, trainer = start_ray_workers(cfg, tiny_model_dir, master, plan, 256, log=lambda s: None)
     try:
-        metrics = trainer.update(_trajectories(tok), UpdateSettings(lr=0.05))
+        metrics = trainer.update(_trajectories(tok), version=0, seed=0)
         assert metrics["train/steps"] == 1.0
+        local = PolicyTrainer(load_model(tiny_model_dir), plan).update(_trajectories(tok), version=0, seed=0)
+        assert metrics == pytest.approx(local, rel=1e-5, abs=1e-7)  # the same plan: the same update, there or here
         pool.load_weights(trainer.weights())
         model = trainer.current_model()
         assert model is master and any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -195,7 +198,7 @@ def test_workers_that_cannot_be_placed_give_a_clear_error(cluster, tiny_model_di
     monkeypatch.setattr(ray_backend, "PLACEMENT_TIMEOUT_S", 3)
     cfg = _cfg(tiny_model_dir, "distributed.gpus_per_worker=1")
     with pytest.raises(UserError, match=r"cannot place the workers .*gpus_per_worker.*the cluster has"):
-        ray_backend.start_workers(cfg, tiny_model_dir, None, 0, 256, log=lambda s: None)
+        ray_backend.start_ray_workers(cfg, tiny_model_dir, None, None, 256, log=lambda s: None)
 
 
 def test_ray_run_killed_mid_way_resumes(cluster, tmp_path, tiny_model_dir, toy_task, monkeypatch):

@@ -7,8 +7,8 @@
                                            weights: trainer rank 0 --object store--> rollout workers
 
 The master's loop is the same function as in one process (`k15rl.trainer.loop.train`):
-it sees an `EnginePool`, which is a `RolloutEngine`, and a `RemoteTrainer`, which is a
-`Trainer`. The math does not depend on the placement: trajectories, rewards and the
+through `k15rl.distributed.placement.Workers` it sees an `EnginePool`, which is a
+`RolloutEngine`, and a `RemoteTrainer`, which is a `Trainer`. The math does not depend on the placement: trajectories, rewards and the
 loss are the same objects; only where they are computed changes.
 
 Work distribution (report §2.6.2): a generate call puts its requests into a queue
@@ -32,8 +32,10 @@ from typing import Callable, Sequence
 import torch
 
 from k15rl.config import TrainConfig
+from k15rl.distributed.shard import ONE_RANK, full_state_dict, init_process_group, shard_model
 from k15rl.errors import UserError
 from k15rl.rollout.engine import SamplingParams
+from k15rl.trainer.update import PolicyTrainer, UpdatePlan
 from k15rl.types import GenerationRequest, Segment, Trajectory
 
 
@@ -170,6 +172,13 @@ class EnginePool:
         assert all(s is not None for s in out), "a request was not served"
         return out  # type: ignore[return-value]
 
+    def request_stats(self) -> dict[str, float]:
+        """How evenly the last generate call's requests spread over the workers."""
+        if not self.last_counts:
+            return {}
+        return {"rollout/worker_requests_min": float(min(self.last_counts)),
+                "rollout/worker_requests_max": float(max(self.last_counts))}
+
     def load_weights(self, weights) -> None:
         """Weights (a state dict, or a reference to one in the object store) to every worker."""
         ray = _ray()
@@ -186,11 +195,11 @@ class EnginePool:
 class TrainerWorker:
     """One trainer process: the whole model, or (with several workers) an FSDP2 shard of it."""
 
-    def __init__(self, cfg: TrainConfig, path: str, rank: int, world: int, pad_id: int):
+    def __init__(self, cfg: TrainConfig, path: str, rank: int, world: int, plan: UpdatePlan):
         _worker_setup(cfg.distributed.cpus_per_worker)
-        self.cfg, self.path, self.rank, self.world, self.pad_id = cfg, path, rank, world, pad_id
-        self.device = cfg.distributed.device
-        self.model = self.shard = None
+        self.path, self.rank, self.world, self.plan = path, rank, world, plan
+        self.dtype, self.device = cfg.model.dtype, cfg.distributed.device
+        self.trainer: PolicyTrainer | None = None
 
     def address(self) -> tuple[str, int]:
         """This worker's node address and a free port on it: the process group's rendezvous."""
@@ -204,41 +213,30 @@ class TrainerWorker:
     def setup(self, master_addr: str, master_port: int) -> None:
         from k15rl.models.loading import load_model
 
-        model = load_model(self.path, self.cfg.model.dtype)
+        model = load_model(self.path, self.dtype)
         if self.device == "cuda":
             model.to("cuda")
+        shard = ONE_RANK
         if self.world > 1:
-            from k15rl.distributed.shard import init_process_group, shard_model
-
             backend = "nccl" if self.device == "cuda" else "gloo"
-            self.shard = init_process_group(self.rank, self.world, master_addr, master_port, backend)
-            model = shard_model(model, self.shard, self.device)
-        self.model = model
+            shard = init_process_group(self.rank, self.world, master_addr, master_port, backend)
+            model = shard_model(model, shard, self.device)
+        self.trainer = PolicyTrainer(model, self.plan, shard, self.device)
 
-    def update(self, trajectories: list[Trajectory], settings) -> dict[str, float]:
-        from k15rl.algorithms import LOSSES
-        from k15rl.config import loss_kwargs
-        from k15rl.trainer.update import policy_update
-
-        loss_fn = LOSSES[self.cfg.algorithm.loss]
-        kw = loss_kwargs(loss_fn, self.cfg.algorithm)
-        return policy_update(self.model, trajectories, loss_fn, kw, settings, self.pad_id, shard=self.shard)
+    def update(self, trajectories: list[Trajectory], version: int, seed: int) -> dict[str, float]:
+        return self.trainer.update(trajectories, version, seed)
 
     def state_dict(self) -> dict[str, torch.Tensor] | None:
         """Full weights on rank 0 (every rank must take part when sharded), None elsewhere."""
-        if self.shard is not None:
-            from k15rl.distributed.shard import full_state_dict
-
-            return full_state_dict(self.model, self.shard)
-        return {k: v.detach().to("cpu") for k, v in self.model.state_dict().items()}
+        if self.world > 1:
+            return full_state_dict(self.trainer.model, self.trainer.shard)
+        return {k: v.detach().to("cpu") for k, v in self.trainer.model.state_dict().items()}
 
     def offload(self) -> None:
-        if self.device != "cpu":
-            self.model.to("cpu")
+        self.trainer.offload()
 
     def onload(self) -> None:
-        if self.device != "cpu":
-            self.model.to(self.device)
+        self.trainer.onload()
 
 
 class RemoteTrainer:
@@ -252,11 +250,11 @@ class RemoteTrainer:
         _ray().get(self._pending)
         self._pending = []
 
-    def update(self, trajectories: Sequence[Trajectory], settings) -> dict[str, float]:
+    def update(self, trajectories: Sequence[Trajectory], version: int, seed: int) -> dict[str, float]:
         ray = _ray()
         self._settle()
         ref = ray.put(list(trajectories))  # one copy in the object store, read by every rank
-        return ray.get([w.update.remote(ref, settings) for w in self.workers])[0]
+        return ray.get([w.update.remote(ref, version, seed) for w in self.workers])[0]
 
     def weights(self):
         """A reference to rank 0's full state dict in the object store: rollout workers
@@ -324,8 +322,8 @@ def _placement(cfg: TrainConfig):
     return pg, options
 
 
-def start_workers(cfg: TrainConfig, path: str | Path, master_model, pad_id: int, max_model_len: int,
-                  log: Callable[[str], None] = print) -> tuple[EnginePool, RemoteTrainer]:
+def start_ray_workers(cfg: TrainConfig, path: str | Path, master_model, plan: UpdatePlan, max_model_len: int,
+                      log: Callable[[str], None] = print) -> tuple[EnginePool, RemoteTrainer]:
     """Start the rollout workers and the trainer workers on the Ray cluster.
 
     Workers an earlier run of this process left running (it ended with an exception,
@@ -341,7 +339,7 @@ def start_workers(cfg: TrainConfig, path: str | Path, master_model, pad_id: int,
     rollout_cls, trainer_cls = ray.remote(RolloutWorker), ray.remote(TrainerWorker)
     rollout = [rollout_cls.options(**where("rollout", i)).remote(cfg, path, max_model_len, i)
                for i in range(d.rollout_workers)]
-    trainers = [trainer_cls.options(**where("trainer", i)).remote(cfg, path, i, d.trainer_workers, pad_id)
+    trainers = [trainer_cls.options(**where("trainer", i)).remote(cfg, path, i, d.trainer_workers, plan)
                 for i in range(d.trainer_workers)]
     addr, port = ray.get(trainers[0].address.remote())
     ray.get([t.setup.remote(addr, port) for t in trainers])

@@ -12,7 +12,7 @@ math:
   decoder layer is its own unit, the root holds the embeddings and the head. It
   makes FSDP *sum* gradients across ranks instead of averaging them: each rank
   back-propagates its own rows' share of the full-batch loss, so the sum is the
-  single-process gradient (see `k15rl.trainer.update.loss_backward`).
+  single-process gradient (see `k15rl.trainer.update.LogprobPasses`).
 - `full_state_dict` collects the full weights on rank 0 (plain HF names).
 
 docs/sharded_training.md tells the whole story and the measured differences.
@@ -76,6 +76,23 @@ class Shard:
             out[r :: self.world] = part[: len(range(r, n, self.world))]
         return out
 
+    def reshard(self, model) -> None:
+        """After forward passes without a backward (FSDP2 ranks): FSDP2 keeps the root's
+        parameters unsharded after a forward until a backward reshards them; without
+        this, `model.parameters()` would hand the optimizer those plain tensors instead
+        of the sharded ones (their updates silently lost). One rank: nothing to do."""
+        if self.world > 1:
+            model.reshard()
+
+    def global_norm(self, norm: torch.Tensor) -> torch.Tensor:
+        """The gradient norm `clip_grad_norm_` returned, as a plain tensor. On FSDP2 ranks it
+        is a replicated DTensor that already holds the global norm (which clipped every
+        shard, docs/sharded_training.md); reading it needs no communication."""
+        return norm.full_tensor() if self.world > 1 else norm
+
+
+ONE_RANK = Shard(0, 1)  # one process: every row, no collectives
+
 
 def init_process_group(rank: int, world: int, master_addr: str, master_port: int, backend: str = "gloo") -> Shard:
     """Join the `world`-process group as `rank` (rank 0 listens on master_addr:master_port).
@@ -112,7 +129,7 @@ def shard_model(model, shard: Shard, device: str = "cpu"):
     head, and tied weights with them); returns the model, now with DTensor parameters.
 
     Gradients are summed across ranks, not averaged (FSDP2's default divides the
-    reduce-scatter by W): `policy_update` has each rank back-propagate its own rows'
+    reduce-scatter by W): `PolicyTrainer.update` has each rank back-propagate its own rows'
     part of the full-batch loss gradient, so the sum over ranks is exactly the
     single-process gradient. Forcing SUM with a divide factor of 1 uses plain SUM
     collectives, which gloo supports (a divide factor alone asks for PREMUL_SUM, which

@@ -6,7 +6,7 @@ import copy
 from pathlib import Path
 
 from k15rl.config import RolloutConfig
-from k15rl.rollout.engine import HFEngine, RolloutEngine
+from k15rl.rollout.engine import HFEngine, RolloutEngine, SamplingParams
 
 
 def context_length(cfg, model_config, prompt_limit: int | None) -> int:
@@ -16,6 +16,16 @@ def context_length(cfg, model_config, prompt_limit: int | None) -> int:
     if prompt_limit is not None:
         return prompt_limit + new
     return getattr(model_config, "max_position_embeddings", None) or 2048
+
+
+def sampling_params(r: RolloutConfig, stop_token_ids: list[int], seed: int) -> SamplingParams:
+    """How training rollouts sample (`rollout.*`): the one place a config becomes
+    SamplingParams; evaluation and the other commands derive theirs from it."""
+    return SamplingParams(
+        max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, stop_token_ids=stop_token_ids,
+        stop_strings=r.stop_strings, seed=seed, repeat_ngram=r.repeat_ngram, repeat_times=r.repeat_times,
+        repeat_min_tokens=r.repeat_min_tokens,
+    )
 
 
 def make_engine(cfg: RolloutConfig, path: str | Path, tokenizer, *, model=None, dtype: str = "float32",

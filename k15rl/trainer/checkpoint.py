@@ -156,6 +156,12 @@ class JsonlLog:
     def close(self) -> None:
         self.f.close()
 
+    def __enter__(self) -> "JsonlLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def read_jsonl(path: Path) -> list[dict]:
     path = Path(path)

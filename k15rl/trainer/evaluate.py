@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from typing import Sequence
@@ -9,6 +10,7 @@ from typing import Sequence
 from k15rl.rewards import score
 from k15rl.rollout.collect import rollout
 from k15rl.rollout.engine import RolloutEngine, SamplingParams
+from k15rl.rollout.factory import sampling_params
 from k15rl.types import Prompt, Trajectory
 
 
@@ -35,10 +37,13 @@ def summarize(trajectories: Sequence[Trajectory]) -> dict:
 
 
 def eval_sampling_params(cfg, stop_token_ids: list[int], seed: int) -> SamplingParams:
-    """Sampling settings of an evaluation: `cfg.eval` over `cfg.rollout` (a TrainConfig)."""
-    return SamplingParams(
+    """Sampling settings of an evaluation (a TrainConfig's `eval` over its `rollout`):
+    every answer runs to its end (no repeat detection: that saves rollout time in training,
+    it is not part of the policy being measured)."""
+    return dataclasses.replace(
+        sampling_params(cfg.rollout, stop_token_ids, seed),
         max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens, temperature=cfg.eval.temperature,
-        top_p=cfg.rollout.top_p, stop_token_ids=stop_token_ids, stop_strings=cfg.rollout.stop_strings, seed=seed,
+        repeat_ngram=0,
     )
 
 
