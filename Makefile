@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow test-vllm clean
+.PHONY: setup demo test test-slow test-vllm docs docs-check clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,14 @@ $(VLLM_VENV)/.installed:
 
 test-vllm: $(VLLM_VENV)/.installed
 	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_engine.py tests/test_ray_vllm.py
+
+# The docs' result tables, rendered from benchmarks/results/*.json (each benchmark writes its
+# own file when run; see benchmarks/results.py). docs-check changes nothing and fails on drift.
+docs: setup
+	$(BIN)/python benchmarks/render_docs.py
+
+docs-check: setup
+	$(BIN)/python benchmarks/render_docs.py --check
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,0 +1,488 @@
+"""Render the docs' result tables from benchmarks/results/*.json (`make docs`).
+
+In README.md and docs/*.md every table a benchmark produced sits in a block
+
+    <!-- results:NAME -->
+    ... rendered, do not edit by hand ...
+    <!-- /results -->
+
+NAME is a results file, benchmarks/results/NAME.json, or NAME.VIEW for another view of
+the same file (a README one-liner, a second table). BLOCKS below maps each block name to
+its results file, the command that writes that file, and one renderer; a renderer is a
+plain function of the results dict. Each block ends with the commit, date, machine and
+wall time of the run it shows; a block whose results file does not exist yet says so and
+names the command that produces it.
+
+    python benchmarks/render_docs.py            # rewrite every block from the results files
+    python benchmarks/render_docs.py --check    # exit 1, naming each file and block that differs
+
+Only the standard library: the check runs in the test suite in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+BLOCK_RE = re.compile(r"<!-- results:(?P<name>[\w.\-]+) -->\n(?P<body>.*?)<!-- /results -->", re.S)
+OPEN_RE = re.compile(r"<!-- results:[^>]*-->")
+
+
+def doc_files(root: Path) -> list[Path]:
+    """The markdown files that may hold blocks: README.md and docs/*.md."""
+    return [p for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))] if p.is_file()]
+
+
+# ---------------------------------------------------------------- formatting helpers
+
+def pct(x: float, digits: int = 1) -> str:
+    """>>> pct(0.4567)
+    '45.7%'
+    """
+    return f"{100 * x:.{digits}f}%"
+
+
+def ratio(x: float) -> str:
+    """>>> ratio(2.084)
+    '2.08x'
+    """
+    return f"{x:.2f}x"
+
+
+def minutes(seconds: float) -> str:
+    """>>> minutes(312)
+    '5.2 min'
+    """
+    return f"{seconds / 60:.1f} min"
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table.
+
+    >>> print(table(["a", "b"], [[1, "x"]]))
+    | a | b |
+    |---|---|
+    | 1 | x |
+    """
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def provenance(r: dict, name: str) -> str:
+    """The closing line of every rendered block: which run produced it."""
+    m = r.get("machine", {})
+    where = ", ".join(x for x in (
+        f"{m['cores']} cores" if m.get("cores") else "", m.get("cpu", ""),
+        f"{m['ram_gb']:.0f} GB" if m.get("ram_gb") else "", f"torch {m['torch']}" if m.get("torch") else "",
+        (f"other work on the machine {m['others_cores']:.2f} cores on average" if m.get("others_cores") is not None
+         else f"load average {m['load_average'][0]:.1f} at the end" if m.get("load_average") else "")) if x)
+    date = r.get("date", "?")[:16].replace("T", " ") + " UTC"
+    return (f"_Measured by `{r.get('command', '?')}` at commit `{r.get('commit', '?')[:12]}"
+            f"{'-dirty' if str(r.get('commit', '')).endswith('-dirty') else ''}` on {date} ({where}); "
+            f"wall time {minutes(r.get('wall_s', 0))}. Source: `benchmarks/results/{name}.json`._")
+
+
+def short_provenance(r: dict, name: str) -> str:
+    """>>> short_provenance({"commit": "0123456789abcdef", "date": "2025-01-02T03:04:05+00:00"}, "x")
+    '(`benchmarks/results/x.json`, commit `0123456789ab`, 2025-01-02)'
+    """
+    dirty = "-dirty" if str(r.get("commit", "")).endswith("-dirty") else ""
+    return f"(`benchmarks/results/{name}.json`, commit `{r.get('commit', '?')[:12]}{dirty}`, {r.get('date', '?')[:10]})"
+
+
+# ---------------------------------------------------------------- one renderer per results file
+
+def render_rollout_throughput(r: dict) -> str:
+    methods = {"hf-generate": f"`model.generate`, fixed batches of {r['slots']}",
+               "native-fixed": "this engine, one call per fixed batch", "native": "this engine, continuous batching"}
+    rows, best = [], {}
+    for w in r["workloads"]:
+        natural = w["workload"].startswith("natural")
+        label = (f"natural (sort levels 1-6, up to {r['max_new_tokens']} tokens)" if natural else
+                 f"heavy-tailed (Pareto 1.2, 16-896 tokens, mean {r['heavy_tailed_targets']['mean']:.0f})")
+        by = {m["method"]: m for m in w["methods"]}
+        best["natural" if natural else "heavy"] = by
+        for i, m in enumerate(w["methods"]):
+            vs = ratio(m["vs_hf_generate"])
+            rows.append([label if i == 0 else "", methods.get(m["method"], m["method"]), f"{m['tokens']:,}",
+                         f"{m['seconds']:.1f}", f"{m['tokens_per_s']:,.0f}", f"**{vs}**" if m["method"] == "native" else vs])
+    n, h = best["natural"], best["heavy"]
+    return "\n".join([
+        f"{r['requests']} requests, {r['slots']} slots, {r['threads']} threads, the warm-up built-in model, T = 1, "
+        f"median of {r['repeats']}:", "",
+        table(["workload", "method", "tokens", "seconds", "tokens/s", "vs generate"], rows), "",
+        f"Continuous batching against `model.generate` in fixed batches: {ratio(n['native']['vs_hf_generate'])} on "
+        f"the natural workload, {ratio(h['native']['vs_hf_generate'])} on the heavy-tailed one; against the same "
+        f"engine called once per fixed batch: "
+        f"{ratio(n['native']['tokens_per_s'] / n['native-fixed']['tokens_per_s'])} and "
+        f"{ratio(h['native']['tokens_per_s'] / h['native-fixed']['tokens_per_s'])}.",
+    ])
+
+
+def render_rollout_throughput_readme(r: dict) -> str:
+    ws = {("natural" if w["workload"].startswith("natural") else "heavy"): {m["method"]: m for m in w["methods"]}
+          for w in r["workloads"]}
+    return (f"- rollout engine vs `model.generate` in fixed batches: "
+            f"{ratio(ws['natural']['native']['vs_hf_generate'])} on sort, "
+            f"{ratio(ws['heavy']['native']['vs_hf_generate'])} on heavy-tailed lengths "
+            f"{short_provenance(r, 'rollout_throughput')}")
+
+
+def _partial_modes(r: dict) -> tuple[dict, dict]:
+    whole = next(m for m in r["modes"] if m["segment_tokens"] == 0)
+    part = next(m for m in r["modes"] if m["segment_tokens"] > 0)
+    return whole, part
+
+
+def render_partial_rollouts(r: dict) -> str:
+    rows = [[("whole (`segment_tokens=0`)" if m["segment_tokens"] == 0 else
+              f"partial, {m['segment_tokens']} tokens per segment"), m["iterations"], f"{m['seconds']:.1f}",
+             f"{m['s_per_iteration']:.2f}", f"{m['ms_per_trajectory']:.1f}", ratio(m["speed_up"]),
+             ratio(m["speed_up_before_drain"])] for m in r["modes"]]
+    whole, part = _partial_modes(r)
+    return "\n".join([
+        f"Speed on the heavy-tailed workload (K = {r['k']} x {r['prompts_per_iteration']} prompts per iteration, "
+        f"one {r['k'] * r['prompts_per_iteration']}-slot engine, fixed weights, {r['threads']} threads, until "
+        f"{r['trajectories']:,} trajectories are trained; the partial run then drains its buffer so that all work "
+        f"it started is counted; \"before drain\": per trajectory at the moment the target was reached):", "",
+        table(["mode", "iterations", "seconds", "s/iteration", "ms/trajectory", "speed-up", "before drain"], rows), "",
+        f"Per trajectory, partial rollouts ran at {ratio(part['speed_up'])} the speed of whole rollouts; their "
+        f"iterations were {ratio(whole['s_per_iteration'] / part['s_per_iteration'])} shorter "
+        f"({part['s_per_iteration']:.2f} s against {whole['s_per_iteration']:.2f} s).",
+    ])
+
+
+def render_partial_rollouts_readme(r: dict) -> str:
+    whole, part = _partial_modes(r)
+    return (f"- partial rollouts ({part['segment_tokens']} tokens per segment) vs whole, heavy-tailed lengths: "
+            f"{ratio(part['speed_up'])} per trajectory, iterations "
+            f"{ratio(whole['s_per_iteration'] / part['s_per_iteration'])} shorter "
+            f"{short_provenance(r, 'partial_rollouts')}")
+
+
+def render_partial_rollouts_learn(r: dict) -> str:
+    rows = [["whole" if m["segment_tokens"] == 0 else f"partial, {m['segment_tokens']} tokens per segment",
+             m["iterations"], f"{m['trained']:,.0f}", pct(m["test_accuracy_before"]), pct(m["test_accuracy_after"]),
+             f"{m['test_mean_tokens_after']:.1f}"] for m in r["modes"]]
+    whole, part = _partial_modes(r)
+    return "\n".join([
+        f"Learning, demo configuration, {r['minutes']:g} minutes of iterations each (evaluations excluded), "
+        f"{6 * r['test_per_level']} held-out prompts ({r['test_per_level']} per level), sampled at T = 1:", "",
+        table(["mode", "iterations", "trajectories trained", "test accuracy before", "after", "mean tokens after"],
+              rows), "",
+        f"In the same time the partial run trained on {pct(1 - part['trained'] / whole['trained'], 0)} fewer "
+        f"trajectories ({pct(part['segments_cut_frac'], 0)} of its segments were cut and continued later).",
+    ])
+
+
+def render_overlap(r: dict) -> str:
+    rows = [["sequential" if not m["overlap"] else "`rollout.overlap=true`", m["threads"],
+             f"{m['s_per_iteration']:.2f}", ratio(m["speed_up"])] for m in r["modes"]]
+    return "\n".join([f"Demo configuration, {r['iterations']} iterations each, {r['cores']} cores:", "",
+                      table(["mode", "torch threads", "s/iteration", "speed-up"], rows)])
+
+
+def render_overlap_readme(r: dict) -> str:
+    best = max((m for m in r["modes"] if m["overlap"]), key=lambda m: m["speed_up"])
+    return (f"- `rollout.overlap=true` vs sequential, demo configuration on {r['cores']} cores: "
+            f"{ratio(best['speed_up'])} (best of its thread settings) {short_provenance(r, 'overlap')}")
+
+
+def render_sandbox_throughput(r: dict) -> str:
+    workers = sorted({x["workers"] for x in r["rows"]})
+    labels = {"trivial, 1 test": "trivial program, 1 test", "trivial, 5 tests": "trivial program, 5 tests",
+              "timeout (1 s CPU)": "infinite loop (times out)"}
+    rows = []
+    for wl in dict.fromkeys(x["workload"] for x in r["rows"]):
+        rate = {x["workers"]: x["programs_per_s"] for x in r["rows"] if x["workload"] == wl}
+        cells = [f"{rate[w]:.1f}" if w in rate else "-" for w in workers]
+        cells[0] += " programs/s" if not rows else ""
+        rows.append([labels.get(wl, wl), *cells])
+    programs = [str(n) for n in {x["workload"]: x["programs"] for x in r["rows"]}.values()]
+    return "\n".join([
+        f"Isolation `{r['isolation']}`, limits {r['limits']['cpu_s']:g} s CPU / {r['limits']['wall_s']:g} s wall; "
+        f"programs graded per second ({', '.join(programs[:-1])} and {programs[-1]} programs per workload):", "",
+        table(["workload", *[f"{w} worker{'s' if w > 1 else ''}" for w in workers]], rows)])
+
+
+def render_judge_agreement(r: dict) -> str:
+    rows = [[m["label"], pct(m["agreement"]), pct(m["agreement_on_correct"]), pct(m["agreement_on_wrong"]),
+             pct(m["no_verdict"], 0), f"{m['seconds']:.0f} s"] for m in r["models"]]
+    rows.append(['always answering "correct"', pct(r["correct"] / r["n"]), "100%", "0%", "-", "-"])
+    return "\n".join([
+        f"{r['n']} responses, {r['correct']} correct per math-verify; greedy, {r['max_new_tokens']} new tokens, "
+        f"batches of {r['batch']}:", "",
+        table(["judge", "agreement", "on correct", "on wrong", "no valid verdict", "time"], rows)])
+
+
+def _ray_table(r: dict) -> str:
+    rows = [[a["name"], f"{a['s_per_it']:.2f}", f"{a['rollout']:.2f}", f"{a['reward']:.2f}", f"{a['train']:.2f}",
+             ratio(a["vs_local"]), " ".join(f"{i}: {100 * acc:.1f}" for i, acc in a["evals"])] for a in r["arms"]]
+    return "\n".join([
+        f"Demo configuration, {r['iterations']} iterations each, seed 0; test accuracy on "
+        f"{6 * r['test_per_level']} held-out prompts at T = 1 every {r['eval_every']} iterations; seconds per "
+        f"iteration, evaluations excluded (\"rollout\": the time the master waits for it):", "",
+        table(["placement", "s/iteration", "rollout", "reward", "train", "vs local", "test accuracy (iteration: %)"],
+              rows)])
+
+
+def _mean_sd(xs: list[float], scale: float = 1.0, fmt: str = "{:.1f}") -> str:
+    """>>> _mean_sd([0.5, 0.6], 100)
+    '55.0 +/- 7.1'
+    """
+    xs = [x * scale for x in xs]
+    if len(xs) == 1:
+        return fmt.format(xs[0])
+    return f"{fmt.format(statistics.mean(xs))} +/- {fmt.format(statistics.stdev(xs))}"
+
+
+def render_sampling_ablation(r: dict) -> str:
+    runs = r["runs"]
+    rows = []
+    for arm in dict.fromkeys(x["arm"] for x in runs):
+        rs = [x for x in runs if x["arm"] == arm]
+        rows.append([arm, _mean_sd([x["acc_before"] for x in rs], 100), _mean_sd([x["acc_after"] for x in rs], 100),
+                     _mean_sd([x["acc_after"] - x["acc_before"] for x in rs], 100),
+                     _mean_sd([x["hard_after"] for x in rs], 100), _mean_sd([x["greedy_after"] for x in rs], 100),
+                     _mean_sd([x["test_tokens_after"] for x in rs]),
+                     _mean_sd([x["train_tokens"] for x in rs], 1e-6, "{:.2f}"), _mean_sd([x["minutes"] for x in rs])])
+    seeds = sorted({x["seed"] for x in runs})
+    return "\n".join([
+        f"Budget: {r['iterations']} iterations x {r['prompts']} prompts x {r['samples_per_prompt']} samples per arm "
+        f"and seed; {6 * r['test_per_level']} test prompts ({r['test_per_level']} per level); seeds "
+        f"{', '.join(map(str, seeds))}. Mean +/- standard deviation over seeds. Before RL, levels 4-6 were at "
+        f"{_mean_sd([x['hard_before'] for x in runs], 100)}% sampled and greedy accuracy was "
+        f"{_mean_sd([x['greedy_before'] for x in runs], 100)}%.", "",
+        table(["arm", "sampled acc. before (%)", "sampled acc. after (%)", "gain (points)", "levels 4-6 after (%)",
+               "greedy after (%)", "test tokens after", "train tokens (M)", "minutes per run"], rows)])
+
+
+def render_sampling_ablation_readme(r: dict) -> str:
+    gains = {arm: statistics.mean(x["acc_after"] - x["acc_before"] for x in r["runs"] if x["arm"] == arm)
+             for arm in dict.fromkeys(x["arm"] for x in r["runs"])}
+    return ("- sampling ablation, gain in sampled test accuracy: "
+            + ", ".join(f"{arm} {100 * g:+.1f} points" for arm, g in gains.items())
+            + f" ({r['iterations']} iterations x {r['prompts']} prompts, {6 * r['test_per_level']} test prompts) "
+            + short_provenance(r, "sampling_ablation"))
+
+
+def render_long2short(r: dict) -> str:
+    models = r["models"]
+    ref = models[0]
+    rows = [[m["label"], f"{100 * m['accuracy']:.1f} +/- {100 * m['accuracy_ci95']:.1f}",
+             f"{100 * (m['accuracy'] - ref['accuracy']):+.1f}",
+             f"{m['mean_tokens']:.1f} +/- {m['mean_tokens_ci95']:.1f}",
+             f"{100 * (m['mean_tokens'] / ref['mean_tokens'] - 1):+.1f}%",
+             f"{1000 * m['accuracy'] / max(m['mean_tokens'], 1e-9):.1f}"] for m in models]
+    goals = [f"{label} vs long: {pct(g['token_cut'])} fewer tokens, accuracy {-g['accuracy_drop_points']:+.1f} points "
+             f"(goal: >= 30% fewer within 3 points: {'met' if g['met'] else 'not met'})"
+             for label, g in r.get("goal", {}).items()]
+    s = r["settings"]
+    return "\n".join([
+        f"{s['prompts']} test prompts ({s['data']}), {s['samples_per_prompt']} sample each at temperature "
+        f"{s['temperature']:g}, up to {s['max_new_tokens']} new tokens; long2short RL: {r['rl_iterations']} "
+        f"iterations:", "",
+        table(["model", "accuracy (%)", "vs long (points)", "mean tokens", "vs long", "correct per 1k tokens"], rows),
+        "", *[f"- {g}" for g in goals]])
+
+
+def render_long2short_levels(r: dict) -> str:
+    models = r["models"]
+    levels = sorted({lv for m in models for lv in m["per_level"]}, key=lambda x: (len(x), x))
+    rows = [[lv, *[f"{100 * m['per_level'][lv]['accuracy']:.0f}% / {m['per_level'][lv]['mean_tokens']:.0f}"
+                   if lv in m["per_level"] else "-" for m in models]] for lv in levels]
+    stages = "; ".join(f"{k} {v['seconds']:.0f} s" for k, v in r.get("stages", {}).items())
+    return "\n".join(["Per level (accuracy / mean tokens):", "", table(["level", *[m["label"] for m in models]], rows),
+                      "", f"Stage times: {stages}."])
+
+
+def render_soak(r: dict) -> str:
+    per = dict((int(m), y) for m, y in r["rss_mb_per_minute"])
+    last = max(per)
+    shown = sorted({m for m in (1, 3, 5, 10, 15, 20, 25, 30) if m in per} | {last})
+    mean = r.get("rss_mb_mean_after_first_minute")
+    return "\n".join([
+        f"{r['iterations']} iterations in {r['duration_min']:.1f} min (torch threads {r['threads'] or 'all'}, "
+        f"evaluations every 10 iterations and a checkpoint every 5 included; exit code {r['exit_code']}):", "",
+        table(["minute", *shown], [["RSS (MB)", *[f"{per[m]:.0f}" for m in shown]]]), "",
+        f"Resident memory: start {r['rss_mb_start']:.0f} MB, middle {r['rss_mb_middle']:.0f}, end "
+        f"{r['rss_mb_end']:.0f}, max {r['rss_mb_max']:.0f}"
+        + (f", mean after the first minute {mean:.0f}" if mean else "")
+        + f"; least-squares slope over the second half {r['slope_mb_per_hour_second_half']:+.0f} MB/hour."])
+
+
+def render_vllm_vs_native(r: dict) -> str:
+    rows = []
+    for w in r["workloads"]:
+        for e in w["engines"]:
+            rows.append([w["workload"] if e["engine"] == "native" else "", e["engine"], f"{e['tokens']:,}",
+                         f"{e['seconds']:.1f}", f"{e['tokens_per_s']:,.0f}",
+                         ratio(w["vllm_over_native"]) if e["engine"] == "vllm" else ""])
+    t = r["heavy_tailed_targets"]
+    return "\n".join([
+        f"Model {r['model']} ({r['parameters_m']:.1f}M parameters, {r['dtype']}), {r['requests']} requests, "
+        f"{r['slots']} slots, {r['threads']} threads, median of {r['repeats']}; vllm {r['vllm']} "
+        f"({'compiled' if r['compiled'] else 'eager'}), engine start {r['engine_start_s']:.1f} s (not counted); "
+        f"heavy-tailed targets: mean {t['mean']:.0f}, max {t['max']} tokens:", "",
+        table(["workload", "engine", "tokens", "seconds", "tokens/s", "vllm / native"], rows)])
+
+
+def render_demo(r: dict) -> str:
+    runs = r["runs"]
+    its = runs[0].get("iterations", "?")
+    rows = [[x["seed"], pct(x["test_accuracy_before"]), pct(x["test_accuracy_after"]),
+             f"{x['test_accuracy_gain_points']:+.1f}", pct(x.get("test_accuracy_greedy_before", float("nan"))),
+             pct(x.get("test_accuracy_greedy_after", float("nan"))), f"{x['wall_time_s'] / 60:.1f}"] for x in runs]
+    rows.append(["mean gain", "", "", f"{statistics.mean(x['test_accuracy_gain_points'] for x in runs):+.1f}", "", "",
+                 ""])
+    first = runs[0]
+    levels = sorted(first.get("test_per_level_after", {}), key=lambda x: (len(x), x))
+    per_level = ", ".join(f"level {lv}: {pct(first['test_per_level_before'][lv], 0)} -> "
+                          f"{pct(first['test_per_level_after'][lv], 0)}" for lv in levels)
+    return "\n".join([
+        table(["seed", "sampled, before RL", f"after {its} iterations", "gain (points)", "greedy before",
+               "greedy after", "wall time (min)"], rows), "",
+        f"Per level (seed {first['seed']}, sampled): {per_level}. Test prompts: {first.get('eval_prompts', '?')}."])
+
+
+@dataclass(frozen=True)
+class Block:
+    results: str                      # benchmarks/results/<results>.json
+    command: str                      # what writes that file
+    render: Callable[[dict], str]     # results dict -> the block's Markdown
+
+
+_PARTIAL_LEARN = "python benchmarks/partial_rollouts.py --trajectories 64 --learn-minutes 4"
+_SMOL = ".venv-vllm/bin/python benchmarks/vllm_vs_native.py --model /path/to/smollm2 --requests 32 --slots 32 " \
+        "--max-new-tokens 64 --max-tail 128 --threads 1"
+BLOCKS: dict[str, Block] = {
+    "rollout_throughput": Block("rollout_throughput", "python benchmarks/rollout_throughput.py",
+                                render_rollout_throughput),
+    "rollout_throughput.readme": Block("rollout_throughput", "python benchmarks/rollout_throughput.py",
+                                       render_rollout_throughput_readme),
+    "partial_rollouts": Block("partial_rollouts", "python benchmarks/partial_rollouts.py --trajectories 1024",
+                              render_partial_rollouts),
+    "partial_rollouts.readme": Block("partial_rollouts", "python benchmarks/partial_rollouts.py --trajectories 1024",
+                                     render_partial_rollouts_readme),
+    "partial_rollouts_learn": Block("partial_rollouts_learn", _PARTIAL_LEARN, render_partial_rollouts_learn),
+    "overlap": Block("overlap", "python benchmarks/overlap.py --iterations 8", render_overlap),
+    "overlap.readme": Block("overlap", "python benchmarks/overlap.py --iterations 8", render_overlap_readme),
+    "sandbox_throughput": Block("sandbox_throughput", "python benchmarks/sandbox_throughput.py --n 60 --workers 1,2,4",
+                                render_sandbox_throughput),
+    "judge_agreement": Block("judge_agreement", "python benchmarks/judge_agreement.py --model builtin --label "
+                             "'built-in tiny model (trained on sorting only)' --model DIR --label NAME --n 56",
+                             render_judge_agreement),
+    "ray_vs_local": Block("ray_vs_local", "python benchmarks/ray_vs_local.py --iterations 12 --trainer-workers 2",
+                          _ray_table),
+    "ray_vs_local_overlap": Block("ray_vs_local_overlap", "python benchmarks/ray_vs_local.py --iterations 8 "
+                                  "--eval-every 4 --test-per-level 25 --overlap", _ray_table),
+    "sampling_ablation": Block("sampling_ablation", "python benchmarks/sampling_ablation.py --iterations 12 "
+                               "--prompts 16 --test-per-level 25 --eval-every 6 --threads 1", render_sampling_ablation),
+    "sampling_ablation.readme": Block("sampling_ablation", "python benchmarks/sampling_ablation.py --iterations 12 "
+                                      "--prompts 16 --test-per-level 25 --eval-every 6 --threads 1",
+                                      render_sampling_ablation_readme),
+    "long2short": Block("long2short", "python benchmarks/long2short.py", render_long2short),
+    "long2short.levels": Block("long2short", "python benchmarks/long2short.py", render_long2short_levels),
+    "soak": Block("soak", "python benchmarks/soak.py --minutes 30 --threads 1", render_soak),
+    "vllm_vs_native": Block("vllm_vs_native", ".venv-vllm/bin/python benchmarks/vllm_vs_native.py --threads 1 "
+                            "--repeats 2", render_vllm_vs_native),
+    "vllm_vs_native_smollm2": Block("vllm_vs_native_smollm2", f"{_SMOL} --results-name vllm_vs_native_smollm2",
+                                    render_vllm_vs_native),
+    "vllm_vs_native_smollm2_compiled": Block(
+        "vllm_vs_native_smollm2_compiled", f"{_SMOL} --compile --results-name vllm_vs_native_smollm2_compiled",
+        render_vllm_vs_native),
+    "demo": Block("demo", "python benchmarks/demo.py", render_demo),
+}
+
+
+# ---------------------------------------------------------------- blocks in files
+
+def render_block(name: str, results_dir: Path) -> str:
+    """The Markdown between a block's markers (with a blank line at each end)."""
+    block = BLOCKS[name]
+    path = Path(results_dir) / f"{block.results}.json"
+    if not path.is_file():
+        body = (f"_Not yet run into `benchmarks/results/{block.results}.json`: `{block.command}` writes it, "
+                f"then `make docs` renders this block._")
+    else:
+        r = json.loads(path.read_text())
+        body = block.render(r)
+        if not name.endswith(".readme"):
+            body += "\n\n" + provenance(r, block.results)
+    return f"\n{body}\n\n"
+
+
+def render_text(text: str, results_dir: Path, where: str = "") -> str:
+    """`text` with every block re-rendered. Unknown block names and unclosed markers raise ValueError."""
+    closed = sum(1 for _ in BLOCK_RE.finditer(text))
+    if closed != len(OPEN_RE.findall(text)):
+        raise ValueError(f"{where}: a <!-- results:NAME --> marker without its <!-- /results --> "
+                         f"(or a malformed name)")
+
+    def sub(m: re.Match) -> str:
+        name = m.group("name")
+        if name not in BLOCKS:
+            raise ValueError(f"{where}: unknown block results:{name} (known: {', '.join(BLOCKS)})")
+        return f"<!-- results:{name} -->\n{render_block(name, results_dir)}<!-- /results -->"
+
+    return BLOCK_RE.sub(sub, text)
+
+
+def check(root: Path = ROOT, results_dir: Path = RESULTS_DIR) -> list[str]:
+    """One message per block whose committed text differs from what the results render."""
+    problems = []
+    for path in doc_files(root):
+        text = path.read_text()
+        rel = path.relative_to(root)
+        new = render_text(text, results_dir, str(rel))
+        if new == text:
+            continue
+        old_blocks = {m.group("name"): m.group("body") for m in BLOCK_RE.finditer(text)}
+        for m in BLOCK_RE.finditer(new):
+            name = m.group("name")
+            if old_blocks.get(name) != m.group("body"):
+                diff = difflib.unified_diff(old_blocks.get(name, "").splitlines(), m.group("body").splitlines(),
+                                            "committed", "rendered", lineterm="", n=0)
+                problems.append(f"{rel}: block results:{name} differs from what benchmarks/results/"
+                                f"{BLOCKS[name].results}.json renders (run `make docs`)\n  "
+                                + "\n  ".join(list(diff)[:12]))
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is out of date")
+    ap.add_argument("--root", type=Path, default=ROOT, help="folder holding README.md and docs/")
+    ap.add_argument("--results", type=Path, default=None, help="results folder (default: ROOT/benchmarks/results)")
+    args = ap.parse_args(argv)
+    results_dir = args.results or args.root / "benchmarks" / "results"
+    try:
+        if args.check:
+            problems = check(args.root, results_dir)
+            for p in problems:
+                print(p, file=sys.stderr)
+            return 1 if problems else 0
+        for path in doc_files(args.root):
+            text = path.read_text()
+            new = render_text(text, results_dir, str(path.relative_to(args.root)))
+            if new != text:
+                path.write_text(new)
+                print(f"rendered {path.relative_to(args.root)}")
+    except ValueError as e:
+        print(f"render_docs: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
