@@ -315,13 +315,16 @@ class _Raw(str):
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`, converting where lossless (int -> float)."""
     if isinstance(value, _Raw):
-        if tp is str or typing.get_origin(tp) is Literal or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp)
-                         and value not in ("null", "~", "")):
-            return str(value)
-        try:
-            value = yaml.safe_load(value) if value != "" else None
-        except yaml.YAMLError:
+        if typing.get_origin(tp) is Literal:
             value = str(value)
+        elif tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp)
+                           and value not in ("null", "~", "")):
+            return str(value)
+        else:
+            try:
+                value = yaml.safe_load(value) if value != "" else None
+            except yaml.YAMLError:
+                value = str(value)
     origin = typing.get_origin(tp)
     if origin is Literal:  # a string choice: one of the listed values
         choices = typing.get_args(tp)

@@ -101,9 +101,9 @@ def _nan_loss_after(n_good):
     calls = []
     real = LOSSES["k15"]
 
-    def loss(logp, old, rewards, mask, group_ids, *, tau):
+    def loss(logp, old, rewards, mask, group_ids, *, tau, normalization):
         calls.append(1)
-        value, metrics = real(logp, old, rewards, mask, group_ids, tau=tau)
+        value, metrics = real(logp, old, rewards, mask, group_ids, tau=tau, normalization=normalization)
         return (value * float("nan"), metrics) if len(calls) > n_good else (value, metrics)
 
     return loss
@@ -125,9 +125,9 @@ def test_a_single_nan_step_is_skipped_and_training_goes_on(tmp_path, tiny_model_
     calls = []
     real = LOSSES["k15"]
 
-    def loss(logp, old, rewards, mask, group_ids, *, tau):
+    def loss(logp, old, rewards, mask, group_ids, *, tau, normalization):
         calls.append(1)
-        value, metrics = real(logp, old, rewards, mask, group_ids, tau=tau)
+        value, metrics = real(logp, old, rewards, mask, group_ids, tau=tau, normalization=normalization)
         return (value * float("inf"), metrics) if len(calls) == 2 else (value, metrics)
 
     monkeypatch.setitem(LOSSES, "k15", loss)

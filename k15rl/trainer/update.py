@@ -195,7 +195,7 @@ def minibatch_rows(group_ids: torch.Tensor, minibatches: int, epochs: int, seed:
     those of the full group. Empty mini-batches (fewer groups than steps) are skipped.
 
     >>> list(minibatch_rows(torch.tensor([0, 0, 1, 1, 2, 2]), 2, 1, seed=0))
-    [[2, 3, 4, 5], [0, 1]]
+    [[0, 1, 2, 3], [4, 5]]
     """
     rows_of: dict[int, list[int]] = {}  # group id -> its rows, one pass over the batch
     for i, g in enumerate(group_ids.tolist()):
