@@ -57,7 +57,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
     from k15rl.rollout.engine import HFEngine
     from k15rl.trainer.evaluate import eval_sampling_params, evaluate
-    from k15rl.trainer.loop import build_prompts
+    from k15rl.data import build_prompts
 
     cfg = load_config(args.config, args.overrides)
     if cfg.threads:
@@ -325,7 +325,7 @@ def _cmd_codetests(args: argparse.Namespace) -> int:
 def _l2s_prompts(args: argparse.Namespace, cfg, split: str) -> list:
     """The --data files' prompts, else the config's built-in `split` (train or test);
     at most --limit of them (0: all)."""
-    from k15rl.trainer.loop import build_prompts
+    from k15rl.data import build_prompts
 
     if args.data:
         prompts = _load_data_files(args.data, cfg)

@@ -54,7 +54,7 @@ def test_builtin_model_builds_and_is_imperfect_on_hard_levels(tmp_path, monkeypa
     from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
     from k15rl.rollout.engine import HFEngine, SamplingParams
     from k15rl.trainer.evaluate import evaluate
-    from k15rl.trainer.loop import build_prompts
+    from k15rl.data import build_prompts
 
     monkeypatch.setenv("K15RL_CACHE", str(tmp_path))
     path = ensure_builtin()
