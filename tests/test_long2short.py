@@ -1,6 +1,5 @@
-"""Long2short (report §2.4): pair rules on hand-made samples, the DPO loss against
-hand-computed numbers, merge arithmetic, shortest rejection sampling, DPO training,
-the token-efficiency report on two tiny models, and the command lines' bad input."""
+"""Long2short (report §2.4): pair rules on hand-made samples, merge arithmetic, shortest
+rejection sampling, DPO training, the token-efficiency report on two tiny models, and the command lines' bad input."""
 
 import json
 import math
@@ -14,7 +13,6 @@ from k15rl.long2short.dpo import (
     DPOConfig,
     PairExample,
     cached_reference_logps,
-    dpo_loss,
     dpo_pair_rows,
     dpo_pairs,
     dpo_train,
@@ -91,37 +89,6 @@ def test_pair_rows_and_shortest_rows_count_questions():
     assert (st2.questions, st2.kept, st2.without_correct) == (3, 2, 1)
     assert st2.mean_tokens_kept == pytest.approx((10 + 7) / 2)
     assert st2.mean_tokens_all == pytest.approx((10 + 20 + 16 + 5 + 6 + 7 + 3) / 7)
-
-
-# ---- the DPO loss ----
-
-def test_dpo_loss_hand_computed():
-    pc, pr = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0])
-    rc, rr = torch.tensor([-1.5, -2.0]), torch.tensor([-2.0, -2.0])
-    loss, m = dpo_loss(pc, pr, rc, rr, beta=0.5)
-    # margins: 0.5 * ((-1 + 1.5) - (-3 + 2)) = 0.75 and 0.5 * (0 - (-1 + 2)) = -0.5
-    # loss = (log(1 + e^-0.75) + log(1 + e^0.5)) / 2 = (0.386871 + 0.974077) / 2
-    assert loss.item() == pytest.approx(0.680474, abs=1e-6)
-    assert m["dpo/margin"] == pytest.approx(0.125)
-    assert m["dpo/accuracy"] == 0.5
-    assert m["dpo/reward_chosen"] == pytest.approx(0.5 * (0.5 + 0.0) / 2)
-
-
-def test_dpo_loss_gradient_sign_and_value():
-    pc = torch.tensor([-1.0, -2.0], requires_grad=True)
-    pr = torch.tensor([-3.0, -1.0], requires_grad=True)
-    loss, _ = dpo_loss(pc, pr, torch.tensor([-1.5, -2.0]), torch.tensor([-2.0, -2.0]), beta=0.5)
-    loss.backward()
-    # dL/dS_c = -(beta / P) * sigmoid(-margin): raising the chosen log-prob lowers the loss
-    assert pc.grad.tolist() == pytest.approx([-0.25 / (1 + math.exp(0.75)), -0.25 / (1 + math.exp(-0.5))], abs=1e-6)
-    assert (pc.grad < 0).all() and (pr.grad > 0).all()
-    assert torch.allclose(pr.grad, -pc.grad)
-
-
-def test_dpo_loss_is_log2_at_the_reference():
-    x = torch.randn(5)
-    loss, m = dpo_loss(x, x - 1, x, x - 1, beta=3.0)
-    assert loss.item() == pytest.approx(math.log(2), abs=1e-6) and m["dpo/margin"] == 0.0
 
 
 # ---- merging ----

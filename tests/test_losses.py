@@ -1,9 +1,11 @@
-"""The policy losses against hand-computed numbers (RECIPE §2)."""
+"""The policy losses and the DPO loss against hand-computed numbers (RECIPE §2, §8)."""
+
+import math
 
 import pytest
 import torch
 
-from k15rl.algorithms import LOSSES, grpo_loss, group_mean, k15_loss, rest_loss
+from k15rl.algorithms import LOSSES, dpo_loss, grpo_loss, group_mean, k15_loss, rest_loss
 
 # Four samples, two prompts (groups 0 and 1), T = 3, padding marked by the mask.
 LOGP = torch.tensor([[-1.0, -2.0, -9.0], [-0.5, -9.0, -9.0], [-1.0, -1.0, -1.0], [-2.0, -9.0, -9.0]])
@@ -114,3 +116,34 @@ def test_rest_fits_correct_samples_only():
 
 def test_registry_names():
     assert set(LOSSES) == {"k15", "grpo", "rest"}
+
+
+# ---- the DPO loss (long2short, report §2.4) ----
+
+def test_dpo_loss_hand_computed():
+    pc, pr = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0])
+    rc, rr = torch.tensor([-1.5, -2.0]), torch.tensor([-2.0, -2.0])
+    loss, m = dpo_loss(pc, pr, rc, rr, beta=0.5)
+    # margins: 0.5 * ((-1 + 1.5) - (-3 + 2)) = 0.75 and 0.5 * (0 - (-1 + 2)) = -0.5
+    # loss = (log(1 + e^-0.75) + log(1 + e^0.5)) / 2 = (0.386871 + 0.974077) / 2
+    assert loss.item() == pytest.approx(0.680474, abs=1e-6)
+    assert m["dpo/margin"] == pytest.approx(0.125)
+    assert m["dpo/accuracy"] == 0.5
+    assert m["dpo/reward_chosen"] == pytest.approx(0.5 * (0.5 + 0.0) / 2)
+
+
+def test_dpo_loss_gradient_sign_and_value():
+    pc = torch.tensor([-1.0, -2.0], requires_grad=True)
+    pr = torch.tensor([-3.0, -1.0], requires_grad=True)
+    loss, _ = dpo_loss(pc, pr, torch.tensor([-1.5, -2.0]), torch.tensor([-2.0, -2.0]), beta=0.5)
+    loss.backward()
+    # dL/dS_c = -(beta / P) * sigmoid(-margin): raising the chosen log-prob lowers the loss
+    assert pc.grad.tolist() == pytest.approx([-0.25 / (1 + math.exp(0.75)), -0.25 / (1 + math.exp(-0.5))], abs=1e-6)
+    assert (pc.grad < 0).all() and (pr.grad > 0).all()
+    assert torch.allclose(pr.grad, -pc.grad)
+
+
+def test_dpo_loss_is_log2_at_the_reference():
+    x = torch.randn(5)
+    loss, m = dpo_loss(x, x - 1, x, x - 1, beta=3.0)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6) and m["dpo/margin"] == 0.0

@@ -1,5 +1,5 @@
 """DPO for long2short (report §2.4): preference pairs that favour the shortest correct
-response, the DPO loss, and a training loop.
+response, and a training loop around the DPO loss (`k15rl.algorithms.dpo_loss`).
 
 Pairs (report §2.4): for the n samples of one question, chosen = the shortest correct
 response; rejected = every wrong response longer than it, and every correct response at
@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
+from k15rl.algorithms import dpo_loss
 from k15rl.errors import UserError
 from k15rl.long2short.shortest import Sample, SampledGroup, prompt_field, shortest_correct
 
@@ -107,38 +107,6 @@ def dpo_pair_rows(groups: Sequence[SampledGroup], ratio: float = 1.5) -> tuple[l
             st.wrong_longer += p.reason == "wrong_longer"
             st.correct_too_long += p.reason == "correct_too_long"
     return rows, st
-
-
-def dpo_loss(
-    policy_chosen: torch.Tensor,
-    policy_rejected: torch.Tensor,
-    ref_chosen: torch.Tensor,
-    ref_rejected: torch.Tensor,
-    *,
-    beta: float,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """DPO loss over P pairs: -mean log sigmoid(beta * ((S_c - S_ref_c) - (S_r - S_ref_r))).
-
-    All inputs are sequence log-probabilities [P]. Metrics: the implicit rewards
-    beta * (S - S_ref) of chosen and rejected, their margin, and the share of pairs
-    whose chosen reward is the higher.
-
-    >>> z = torch.zeros(1)
-    >>> round(dpo_loss(z, z, z, z, beta=0.1)[0].item(), 4)  # log 2
-    0.6931
-    """
-    chosen_reward = beta * (policy_chosen - ref_chosen)  # [P]
-    rejected_reward = beta * (policy_rejected - ref_rejected)  # [P]
-    margin = chosen_reward - rejected_reward  # [P]
-    loss = -F.logsigmoid(margin).mean()
-    metrics = {
-        "dpo/loss": loss.item(),
-        "dpo/reward_chosen": chosen_reward.mean().item(),
-        "dpo/reward_rejected": rejected_reward.mean().item(),
-        "dpo/margin": margin.mean().item(),
-        "dpo/accuracy": (margin > 0).float().mean().item(),
-    }
-    return loss, metrics
 
 
 @dataclass
