@@ -3,6 +3,9 @@
 Every reader yields `RawRow`s: where the row is (a line number or a row index, for error
 messages) and its fields as a dict, or the reason it could not be parsed at all. Readers
 know nothing about columns or prompts; `k15rl.data.rows` turns rows into `Prompt`s.
+`parse_jsonl` is the one JSON-lines parser: `read_rows` uses it for JSONL files, and
+`read_jsonl_objects` (for the SFT and DPO data files, which stop at the first bad line)
+reads through it too.
 
 JSONL, JSON and CSV need only the standard library (also gzip-compressed: `.jsonl.gz`).
 Parquet needs `pyarrow` and `datasets` folders need `datasets`; both are imported only
@@ -17,7 +20,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from k15rl.errors import UserError
 
@@ -85,19 +88,66 @@ def read_rows(path: str | Path) -> Iterator[RawRow]:
         raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
-def _jsonl_rows(lines) -> Iterator[RawRow]:
+@dataclass(frozen=True)
+class JsonLine:
+    """One non-blank line of a JSON-lines text: its 1-based number, and the parsed value
+    or, when it is not valid JSON, the parse error."""
+
+    lineno: int
+    value: Any = None
+    error: json.JSONDecodeError | None = None
+
+
+def parse_jsonl(lines: Iterable[str]) -> Iterator[JsonLine]:
+    """The one JSON-lines parser: every non-blank line, numbered, parsed.
+
+    >>> [(j.lineno, j.value, j.error is None) for j in parse_jsonl(['{"a": 1}', "", "[2]", "{"])]
+    [(1, {'a': 1}, True), (3, [2], True), (4, None, False)]
+    """
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue  # blank lines separate nothing and hold nothing
         try:
-            obj = json.loads(line)
+            yield JsonLine(n, json.loads(line))
         except json.JSONDecodeError as e:
-            yield RawRow(f"line {n}", None, f"invalid JSON ({e.msg} at column {e.colno})")
-            continue
-        if not isinstance(obj, dict):
-            yield RawRow(f"line {n}", None, f"expected a JSON object, got {type(obj).__name__}")
-            continue
-        yield RawRow(f"line {n}", obj)
+            yield JsonLine(n, error=e)
+
+
+def read_jsonl_objects(path: str | Path, fields: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every non-blank line of a JSON-lines file, whatever its
+    name (`.gz`: decompressed), each object holding every key of `fields`.
+
+    The first bad line raises UserError naming the file and line: not valid JSON, not a
+    JSON object, or a missing field (the first of `fields` it lacks). So does a missing
+    file or one that is not UTF-8.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file {path} does not exist")
+    try:
+        with _open_text(path) as f:
+            for j in parse_jsonl(f):
+                if j.error is not None:
+                    raise UserError(f"{path}:{j.lineno}: not valid JSON ({j.error.msg})")
+                if not isinstance(j.value, dict):
+                    raise UserError(f"{path}:{j.lineno}: expected a JSON object")
+                for key in fields:
+                    if key not in j.value:
+                        raise UserError(f"{path}:{j.lineno}: missing field {key!r}")
+                yield j.lineno, j.value
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _jsonl_rows(lines: Iterable[str]) -> Iterator[RawRow]:
+    for j in parse_jsonl(lines):
+        where = f"line {j.lineno}"
+        if j.error is not None:
+            yield RawRow(where, None, f"invalid JSON ({j.error.msg} at column {j.error.colno})")
+        elif not isinstance(j.value, dict):
+            yield RawRow(where, None, f"expected a JSON object, got {type(j.value).__name__}")
+        else:
+            yield RawRow(where, j.value)
 
 
 def _json_rows(path: Path) -> Iterator[RawRow]:

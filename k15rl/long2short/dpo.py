@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import torch
 
 from k15rl.algorithms import dpo_loss
+from k15rl.data.readers import read_jsonl_objects
 from k15rl.errors import UserError
 from k15rl.long2short.shortest import Sample, SampledGroup, prompt_field, shortest_correct
 
@@ -120,36 +121,23 @@ class PairExample:
 
 def load_pairs_jsonl(path: str | Path) -> list[PairExample]:
     """Pairs from a JSONL of {"prompt", "chosen", "rejected"} objects (`prompt`: a string
-    or a list of chat messages). A bad line raises UserError naming file, line and field."""
+    or a list of chat messages). A bad line raises UserError naming file, line and field
+    (read by `k15rl.data.readers.read_jsonl_objects`)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data file {path} does not exist")
     out = []
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object")
-            for key in ("prompt", "chosen", "rejected"):
-                if key not in row:
-                    raise UserError(f"{path}:{lineno}: missing field {key!r}")
-            for key in ("chosen", "rejected"):
-                if not isinstance(row[key], str):
-                    raise UserError(f"{path}:{lineno}: field {key!r} must be a string (got {row[key]!r:.40})")
-            prompt = row["prompt"]
-            if isinstance(prompt, str):
-                messages = [{"role": "user", "content": prompt}]
-            elif isinstance(prompt, list) and prompt and all(
-                    isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
-                messages = prompt
-            else:
-                raise UserError(f"{path}:{lineno}: field 'prompt' must be a string or a list of chat messages")
-            out.append(PairExample(messages, row["chosen"], row["rejected"]))
+    for lineno, row in read_jsonl_objects(path, ("prompt", "chosen", "rejected")):
+        for key in ("chosen", "rejected"):
+            if not isinstance(row[key], str):
+                raise UserError(f"{path}:{lineno}: field {key!r} must be a string (got {row[key]!r:.40})")
+        prompt = row["prompt"]
+        if isinstance(prompt, str):
+            messages = [{"role": "user", "content": prompt}]
+        elif isinstance(prompt, list) and prompt and all(
+                isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+            messages = prompt
+        else:
+            raise UserError(f"{path}:{lineno}: field 'prompt' must be a string or a list of chat messages")
+        out.append(PairExample(messages, row["chosen"], row["rejected"]))
     if not out:
         raise UserError(f"data file {path} holds no pairs")
     return out

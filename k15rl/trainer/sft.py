@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from contextlib import nullcontext
@@ -12,6 +11,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from k15rl.data.readers import read_jsonl_objects
 from k15rl.errors import UserError
 from k15rl.models.loading import encode_prompt, encode_response
 from k15rl.trainer.logprobs import collate, token_logprobs
@@ -34,33 +34,21 @@ def load_sft_jsonl(path: str | Path) -> list[tuple[list[dict], str]]:
     """(messages, response) pairs from a JSONL file of {"prompt", "response"} objects.
 
     `prompt` is a string (one user message) or a list of chat messages. A bad line raises
-    UserError naming the file, line and field.
+    UserError naming the file, line and field (read by `k15rl.data.readers.read_jsonl_objects`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data file {path} does not exist")
     out = []
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            for key in ("prompt", "response"):
-                if key not in row:
-                    raise UserError(f"{path}:{lineno}: missing field {key!r}")
-            prompt, response = row["prompt"], row["response"]
-            if isinstance(prompt, str):
-                messages = [{"role": "user", "content": prompt}]
-            elif isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
-                messages = prompt
-            else:
-                raise UserError(f"{path}:{lineno}: field 'prompt' must be a string or a list of chat messages")
-            if not isinstance(response, str):
-                raise UserError(f"{path}:{lineno}: field 'response' must be a string")
-            out.append((messages, response))
+    for lineno, row in read_jsonl_objects(path, ("prompt", "response")):
+        prompt, response = row["prompt"], row["response"]
+        if isinstance(prompt, str):
+            messages = [{"role": "user", "content": prompt}]
+        elif isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+            messages = prompt
+        else:
+            raise UserError(f"{path}:{lineno}: field 'prompt' must be a string or a list of chat messages")
+        if not isinstance(response, str):
+            raise UserError(f"{path}:{lineno}: field 'response' must be a string")
+        out.append((messages, response))
     if not out:
         raise UserError(f"data file {path} holds no examples")
     return out
