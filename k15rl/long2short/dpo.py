@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -244,43 +242,33 @@ def dpo_train(
 ) -> list[dict[str, float]]:
     """Train `model` in place with the DPO loss on encoded pairs; `ref` [P, 2] holds the
     reference log-probs of every pair (computed before the first step). Returns the
-    metrics of every optimizer step."""
-    from tqdm import tqdm
+    metrics of every optimizer step. The optimizer, schedule (linear warm-up, then
+    constant) and loop are `k15rl.trainer.finetune.train_steps`."""
+    from k15rl.trainer.finetune import StepSettings, autocast, train_steps
 
     if len(rows) != ref.shape[0]:
         raise ValueError(f"{len(rows)} pairs but {ref.shape[0]} reference log-prob rows")
     rng = random.Random(cfg.seed)
-    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    warmup = max(1, int(cfg.warmup_frac * total))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-    model.train()
-    history = []
-    bar = tqdm(total=total, desc="dpo", unit="step", dynamic_ncols=True)
+    batches = []
     for _ in range(cfg.epochs):
         order = list(range(len(rows)))
         rng.shuffle(order)
-        for s in range(0, len(order), cfg.batch_size):
-            idx = order[s : s + cfg.batch_size]
-            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.autocast_bf16 else nullcontext()
-            with ctx:
-                logps = sequence_logps(model, [rows[i] for i in idx], tokenizer.pad_token_id)  # [B, 2]
-            r = ref[idx]  # [B, 2]
-            loss, m = dpo_loss(logps[:, 0], logps[:, 1], r[:, 0], r[:, 1], beta=cfg.beta)
-            if cfg.sft_weight:
-                n_chosen = torch.tensor([len(rows[i][1]) for i in idx], dtype=logps.dtype)  # [B]
-                nll = -(logps[:, 0] / n_chosen).mean()
-                loss = loss + cfg.sft_weight * nll
-                m["dpo/nll_chosen"] = nll.item()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            m["dpo/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-            opt.step()
-            sched.step()
-            history.append(m)
-            bar.update(1)
-            bar.set_postfix(loss=f"{m['dpo/loss']:.3f}", acc=f"{m['dpo/accuracy']:.2f}")
-    bar.close()
-    model.eval()
-    return history
+        batches += [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+
+    def loss_fn(idx: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        with autocast(cfg.autocast_bf16):
+            logps = sequence_logps(model, [rows[i] for i in idx], tokenizer.pad_token_id)  # [B, 2]
+        r = ref[idx]  # [B, 2]
+        loss, m = dpo_loss(logps[:, 0], logps[:, 1], r[:, 0], r[:, 1], beta=cfg.beta)
+        if cfg.sft_weight:
+            n_chosen = torch.tensor([len(rows[i][1]) for i in idx], dtype=logps.dtype)  # [B]
+            nll = -(logps[:, 0] / n_chosen).mean()
+            loss = loss + cfg.sft_weight * nll
+            m["dpo/nll_chosen"] = nll.item()
+        return loss, m
+
+    settings = StepSettings(lr=cfg.lr, warmup_frac=cfg.warmup_frac, min_lr_frac=1.0, weight_decay=0.0,
+                            grad_clip=cfg.grad_clip)
+    steps = train_steps(model, batches, loss_fn, settings, desc="dpo",
+                        postfix=lambda s: {"loss": f"{s.metrics['dpo/loss']:.3f}", "acc": f"{s.metrics['dpo/accuracy']:.2f}"})
+    return [{**s.metrics, "dpo/grad_norm": s.grad_norm} for s in steps]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
 import random
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -14,6 +12,7 @@ import torch
 from k15rl.data.readers import read_jsonl_objects
 from k15rl.errors import UserError
 from k15rl.models.loading import encode_prompt, encode_response
+from k15rl.trainer.finetune import StepSettings, autocast, train_steps
 from k15rl.trainer.logprobs import collate, token_logprobs
 
 
@@ -76,9 +75,8 @@ def sft_train(
     """Train `model` in place on (messages, response) pairs; returns the loss per step.
 
     Loss = mean negative log-likelihood over response tokens (prompt tokens masked out).
+    The optimizer, schedule and loop are `k15rl.trainer.finetune.train_steps`.
     """
-    from tqdm import tqdm
-
     encoded = []
     for messages, response in examples:
         p = encode_prompt(tokenizer, [(m["role"], m["content"]) for m in messages])
@@ -87,33 +85,16 @@ def sft_train(
             r = r[: max(cfg.max_length - len(p), 1)]
         encoded.append((p, r))
     rng = random.Random(cfg.seed)
-    steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    warmup = max(1, int(cfg.warmup_frac * total))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warmup, cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
-    )
-    model.train()
-    losses = []
-    bar = tqdm(total=total, desc="sft", unit="step", dynamic_ncols=True)
-    for _ in range(cfg.epochs):
-        batches = _length_bucketed_batches([len(p) + len(r) for p, r in encoded], cfg.batch_size, rng)
-        for rows in batches:
-            chunk = [encoded[i] for i in rows]
-            batch = collate([p for p, _ in chunk], [r for _, r in chunk], tokenizer.pad_token_id)
-            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.autocast_bf16 else nullcontext()
-            with ctx:
-                logp = token_logprobs(model, batch)  # [N, T]
-            loss = -(logp.sum() / batch.response_mask.sum())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    model.eval()
-    return losses
+    lengths = [len(p) + len(r) for p, r in encoded]
+    batches = [rows for _ in range(cfg.epochs) for rows in _length_bucketed_batches(lengths, cfg.batch_size, rng)]
+
+    def loss_fn(rows: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        chunk = [encoded[i] for i in rows]
+        batch = collate([p for p, _ in chunk], [r for _, r in chunk], tokenizer.pad_token_id)
+        with autocast(cfg.autocast_bf16):
+            logp = token_logprobs(model, batch)  # [N, T]
+        return -(logp.sum() / batch.response_mask.sum()), {}
+
+    settings = StepSettings(lr=cfg.lr, warmup_frac=cfg.warmup_frac, min_lr_frac=cfg.min_lr_frac,
+                            weight_decay=cfg.weight_decay, grad_clip=1.0)
+    return [step.loss for step in train_steps(model, batches, loss_fn, settings, desc="sft")]
