@@ -50,8 +50,9 @@ def labelled_set(n: int, seed: int = 0) -> list[dict]:
 
 def measure(model: str, items: list[dict], max_new_tokens: int, batch: int) -> dict:
     from k15rl.rewards.judge import load_judge
+    from k15rl.trainer.resolve import resolve_model_path
 
-    judge = load_judge(model, max_new_tokens=max_new_tokens, max_batch=batch)
+    judge = load_judge(resolve_model_path(model, "--model"), max_new_tokens=max_new_tokens, max_batch=batch)
     t0 = time.time()
     verdicts = []
     for i in tqdm(range(0, len(items), batch), desc=f"judge {model}", unit="batch"):

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     from k15rl.long2short.merge import merge_models
     from k15rl.long2short.report import evaluate_models, write_report
     from k15rl.long2short.shortest import sample_groups, shortest_rs_rows
-    from k15rl.models.builtin import ensure_builtin
+    from k15rl.trainer.warmup import ensure_builtin
     from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
     from k15rl.rollout.engine import HFEngine, SamplingParams
     from k15rl.trainer.checkpoint import save_hf

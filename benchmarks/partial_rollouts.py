@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from results import write_result  # noqa: E402
 from workloads import ForcedLengthEngine, pareto_length, sort_prompts  # noqa: E402
 
-from k15rl.models.builtin import ensure_builtin  # noqa: E402
+from k15rl.trainer.warmup import ensure_builtin  # noqa: E402
 from k15rl.models.loading import load_model, load_tokenizer  # noqa: E402
 from k15rl.rollout.collect import partial_rollout  # noqa: E402
 from k15rl.rollout.engine import HFEngine, SamplingParams  # noqa: E402

@@ -32,7 +32,7 @@ from results import write_result  # noqa: E402
 from workloads import ForcedLengthEngine, pareto_length, sort_prompts  # noqa: E402
 
 from k15rl.config import VllmConfig  # noqa: E402
-from k15rl.models.builtin import ensure_builtin  # noqa: E402
+from k15rl.trainer.warmup import ensure_builtin  # noqa: E402
 from k15rl.models.loading import encode_prompt, load_model, load_tokenizer, stop_token_ids  # noqa: E402
 from k15rl.rollout.engine import HFEngine, SamplingParams  # noqa: E402
 from k15rl.types import GenerationRequest  # noqa: E402

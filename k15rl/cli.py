@@ -53,7 +53,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from k15rl.config import load_config
-    from k15rl.models import resolve_model_path
+    from k15rl.trainer.resolve import resolve_model_path
     from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
     from k15rl.rollout.engine import HFEngine
     from k15rl.trainer.evaluate import eval_sampling_params, evaluate
@@ -69,7 +69,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     tok = load_tokenizer(path, cfg.model.chat_template)
     model = load_model(path, cfg.model.dtype)
     params = eval_sampling_params(cfg, stop_token_ids(tok, model), seed=cfg.seed)
-    from k15rl.rewards.compose import router_from_config
+    from k15rl.trainer.resolve import router_from_config
 
     result, _ = evaluate(HFEngine(model, tok, cfg.rollout.max_batch), tok, test, params, cfg.eval.samples_per_prompt,
                          rewards=router_from_config(cfg.reward))
@@ -88,7 +88,7 @@ def _finetune_start(args: argparse.Namespace):
     refusing an `--out` that already holds a model (unless `--overwrite`)."""
     import torch
 
-    from k15rl.models import resolve_model_path
+    from k15rl.trainer.resolve import resolve_model_path
     from k15rl.models.loading import load_model, load_tokenizer
 
     path = resolve_model_path(args.model, "--model")
@@ -146,7 +146,7 @@ def _cmd_warmup_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_build_model(args: argparse.Namespace) -> int:
-    from k15rl.models.builtin import ensure_builtin
+    from k15rl.trainer.warmup import ensure_builtin
 
     print(ensure_builtin())
     return 0
@@ -173,7 +173,7 @@ def _data_config(args: argparse.Namespace):
 
 def _load_engine(model_arg: str, cfg):
     """(engine, tokenizer, stop ids, model) for a model folder or 'builtin'."""
-    from k15rl.models import resolve_model_path
+    from k15rl.trainer.resolve import resolve_model_path
     from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
     from k15rl.rollout.engine import HFEngine
 
@@ -346,7 +346,7 @@ def _l2s_sample(args: argparse.Namespace):
 
     from k15rl.data import fit_context, prompt_token_limit
     from k15rl.long2short.shortest import sample_groups
-    from k15rl.rewards.compose import router_from_config
+    from k15rl.trainer.resolve import router_from_config
     from k15rl.rollout.factory import sampling_params
 
     if args.n < 1:
@@ -394,7 +394,7 @@ def _cmd_l2s_dpo_pairs(args: argparse.Namespace) -> int:
 
 def _cmd_l2s_merge(args: argparse.Namespace) -> int:
     from k15rl.long2short.merge import merge_models
-    from k15rl.models import resolve_model_path
+    from k15rl.trainer.resolve import resolve_model_path
 
     long_dir = resolve_model_path(args.long, "--long")
     short_dir = resolve_model_path(args.short, "--short")
@@ -405,7 +405,7 @@ def _cmd_l2s_merge(args: argparse.Namespace) -> int:
 
 def _cmd_l2s_report(args: argparse.Namespace) -> int:
     from k15rl.long2short.report import evaluate_models, write_report
-    from k15rl.models import resolve_model_path
+    from k15rl.trainer.resolve import resolve_model_path
 
     if args.labels and len(args.labels) != len(args.models):
         raise UserError(f"--labels: {len(args.labels)} labels for {len(args.models)} models")

@@ -11,7 +11,8 @@ from k15rl.config import load_config
 from k15rl.errors import UserError
 from k15rl.rewards import score
 from k15rl.rewards import verify_math
-from k15rl.rewards.compose import RewardRouter, parse_sources, resolve_reward, router_from_config
+from k15rl.rewards.compose import RewardRouter, parse_sources, resolve_reward
+from k15rl.trainer.resolve import router_from_config
 from k15rl.types import Prompt, Trajectory
 
 
@@ -104,3 +105,15 @@ def test_config_errors_name_the_key():
     cfg = load_config(None, ["reward.sources=[a=math, b=code_tests]", "reward.timeout_s=5"])
     router = router_from_config(cfg.reward)
     assert router.timeout_s == 5 and set(router.sources) == {"a", "b"}
+
+
+def test_the_judge_gets_a_resolved_folder(tiny_model_dir, tmp_path):
+    """reward.judge_model is resolved above rewards/ (trainer/resolve.py); a folder that
+    is not a model is refused when the config is read, before a run touches anything."""
+    cfg = load_config(None, ["reward.sources=[free=judge]", f"reward.judge_model={tiny_model_dir}"])
+    router = router_from_config(cfg.reward)
+    assert router._fns["free"].model_dir == str(tiny_model_dir)
+    with pytest.raises(UserError, match="reward.judge_model: .* is not a Hugging Face model folder"):
+        load_config(None, ["reward.sources=[free=judge]", f"reward.judge_model={tmp_path / 'none'}"])
+    # without a judge source the judge model is neither checked nor resolved
+    assert load_config(None, [f"reward.judge_model={tmp_path / 'none'}"]).reward.judge_model

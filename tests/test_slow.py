@@ -50,7 +50,7 @@ def test_builtin_model_builds_and_is_imperfect_on_hard_levels(tmp_path, monkeypa
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from k15rl.config import load_config
-    from k15rl.models.builtin import ensure_builtin
+    from k15rl.trainer.warmup import ensure_builtin
     from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
     from k15rl.rollout.engine import HFEngine, SamplingParams
     from k15rl.trainer.evaluate import evaluate

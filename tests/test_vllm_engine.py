@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 from k15rl.config import VllmConfig, load_config  # noqa: E402
 from k15rl.errors import UserError  # noqa: E402
-from k15rl.models.builtin import ensure_builtin  # noqa: E402
+from k15rl.trainer.warmup import ensure_builtin  # noqa: E402
 from k15rl.models.loading import encode_prompt, load_model, load_tokenizer, stop_token_ids  # noqa: E402
 from k15rl.rollout import vllm_engine as ve  # noqa: E402
 from k15rl.rollout.engine import HFEngine, RepeatDetector, SamplingParams  # noqa: E402

@@ -117,9 +117,9 @@ def evaluate_models(models: Sequence[tuple[str, str]], prompts, cfg, samples_per
     """Evaluate each (label, folder) on `prompts` with `cfg`'s evaluation settings (a
     TrainConfig: eval.temperature, eval.max_new_tokens or rollout.max_new_tokens, seed)."""
     from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
-    from k15rl.rewards.compose import router_from_config
     from k15rl.rollout.engine import HFEngine
     from k15rl.trainer.evaluate import eval_sampling_params, evaluate
+    from k15rl.trainer.resolve import router_from_config
 
     from tqdm import tqdm
 

@@ -2,8 +2,11 @@
 
 Built by the project itself: a byte-level BPE tokenizer (digits always single tokens,
 so arithmetic is learnable) trained with `tokenizers` on the warm-up corpus, a random
-`LlamaForCausalLM`, then the long-CoT SFT warm-up (report §2.2). The result is an
-ordinary Hugging Face folder, cached so later runs reuse it.
+`LlamaForCausalLM`, then the long-CoT SFT warm-up (report §2.2). This module holds what
+the model is: its spec, tokenizer, architecture and cache folder. The build with the
+warm-up is `ensure_builtin` in the trainer's `warmup.py` (it trains, so it sits above models/);
+the result is an ordinary Hugging Face folder, cached in `builtin_dir(spec)` so later
+runs reuse it.
 """
 
 from __future__ import annotations
@@ -11,13 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-from k15rl.tasks import Problem, get_task, make_prompts
 
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 # Jinja chat template of the built-in tokenizer: role tags, no whitespace added.
@@ -57,20 +55,9 @@ def spec_hash(spec: BuiltinSpec) -> str:
     return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def warmup_examples(spec: BuiltinSpec) -> list[tuple[list[dict], str]]:
-    """(chat messages, long-CoT response) pairs for the SFT warm-up, from the train split."""
-    rng = random.Random(spec.seed)
-    examples = []
-    for name in spec.tasks:
-        task = get_task(name)
-        for level, n in zip(spec.levels, spec.sft_per_level):
-            if level not in task.levels:
-                continue
-            for p in make_prompts(task, "train", n, (level,), seed=spec.seed):
-                trace = task.warmup_trace(Problem(p.question, p.answer, p.level, p.meta), rng)
-                examples.append(([{"role": r, "content": c} for r, c in p.messages], trace))
-    rng.shuffle(examples)
-    return examples
+def builtin_dir(spec: BuiltinSpec) -> Path:
+    """The cache folder of the built-in model `spec` describes (named by its hash)."""
+    return cache_root() / f"builtin-{spec_hash(spec)}"
 
 
 def build_tokenizer(corpus: list[str], vocab_size: int):
@@ -118,33 +105,3 @@ def build_model(spec: BuiltinSpec, tokenizer):
         bos_token_id=None,
     )
     return LlamaForCausalLM(config)
-
-
-def ensure_builtin(spec: BuiltinSpec | None = None, *, log=print) -> Path:
-    """Path of the warm-up-trained built-in model, building it first if not cached.
-
-    The folder is written to a temporary name and renamed when complete, so an
-    interrupted build never leaves a folder that looks finished.
-    """
-    from k15rl.trainer.sft import SFTConfig, sft_train
-
-    spec = spec or BuiltinSpec()
-    final = cache_root() / f"builtin-{spec_hash(spec)}"
-    if (final / "config.json").exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    log(f"building the built-in model (cached in {final}) ...")
-    examples = warmup_examples(spec)
-    tokenizer = build_tokenizer([m[-1]["content"] + "\n" + r for m, r in examples], spec.vocab_size)
-    model = build_model(spec, tokenizer)
-    cfg = SFTConfig(epochs=spec.sft_epochs, lr=spec.sft_lr, batch_size=spec.sft_batch_size, seed=spec.seed)
-    sft_train(model, tokenizer, examples, cfg, log=log)
-    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "k15rl_builtin.json").write_text(json.dumps(asdict(spec), indent=2))
-    try:
-        os.rename(tmp, final)
-    except OSError:  # another process finished first: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final

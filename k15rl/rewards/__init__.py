@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 
 from k15rl.rewards.code import verify_code
-from k15rl.rewards.compose import PROMPT_REWARDS, RewardRouter, router_from_config
+from k15rl.rewards.compose import PROMPT_REWARDS, RewardRouter
 from k15rl.rewards.length import length_reward, length_weight
 from k15rl.rewards.verifiers import extract_answer, extract_boxed, verify_integer, verify_math
 from k15rl.types import Trajectory
@@ -58,7 +58,7 @@ def score(
     `-repeat_penalty` (term "repeat").
 
     A verifier that raises scores the sample 0; the error is counted and logged, and
-    training continues. `rewards` (a `RewardRouter`, `router_from_config(cfg.reward)`)
+    training continues. `rewards` (a `RewardRouter`, the trainer's `router_from_config(cfg.reward)`)
     picks each data source's reward function and runs them in parallel with a time
     limit; prompts of code tasks go through one even when it is not given.
     """
@@ -116,7 +116,6 @@ def score_async(trajectories: Sequence[Trajectory], **kw) -> "Future[ScoreStats]
 __all__ = [
     "VERIFIERS",
     "RewardRouter",
-    "router_from_config",
     "score_async",
     "ScoreStats",
     "extract_answer",

@@ -6,6 +6,9 @@ A reward function takes the response text and its prompt and returns a number in
 `batched = True`) takes lists and returns a list: the judge model grades a whole batch
 in one generate call.
 
+The router is made from a `RewardConfig` by `router_from_config` (the trainer's resolve.py),
+which resolves `reward.judge_model` ("builtin" is built by the trainer's warm-up).
+
 `reward.sources` in the config maps a data source (the prompt's `meta["source"]`, else
 its task name) to a reward, by name:
 - a built-in reward: `code_tests` (run the program against the prompt's tests in the
@@ -58,7 +61,9 @@ def _from_verifier(name: str) -> RewardFn:
 
 
 def resolve_reward(spec: str, *, judge_model: str | None = None, key: str = "reward.sources") -> RewardFn:
-    """The reward function a config names. Raises UserError naming `key` and `spec`."""
+    """The reward function a config names. Raises UserError naming `key` and `spec`.
+    `judge_model` is the judge's model folder, resolved by the caller; it is loaded only
+    when the judge is first called."""
     if spec in PROMPT_REWARDS:
         return PROMPT_REWARDS[spec]
     if spec == "judge":
@@ -231,17 +236,17 @@ class RewardRouter:
         return RewardOutcome(0.0, status, msg)
 
 
-def router_from_config(reward_cfg: Any) -> RewardRouter:
-    """The router a `RewardConfig` describes (reward.sources, timeout_s, workers, judge_model)."""
-    timeout = reward_cfg.timeout_s if reward_cfg.timeout_s > 0 else None
-    return RewardRouter(parse_sources(reward_cfg.sources), timeout_s=timeout, workers=reward_cfg.workers,
-                        judge_model=reward_cfg.judge_model)
-
-
 def check_reward_config(reward_cfg: Any) -> None:
-    """Validate the fields this module reads; raises UserError naming the key."""
-    for i, spec in enumerate(parse_sources(reward_cfg.sources).values()):
+    """Validate the fields of a `RewardConfig`; raises UserError naming the key. A judge
+    model folder is checked here, before a run touches anything; "builtin" is built later,
+    when the router is made (`router_from_config` in the trainer's resolve.py)."""
+    specs = parse_sources(reward_cfg.sources).values()
+    for i, spec in enumerate(specs):
         resolve_reward(spec, judge_model=reward_cfg.judge_model, key=f"reward.sources[{i}]")
+    if "judge" in specs and reward_cfg.judge_model != "builtin":
+        from k15rl.models.loading import check_model_path
+
+        check_model_path(reward_cfg.judge_model, "reward.judge_model")
     if reward_cfg.workers < 1:
         raise UserError(f"config key reward.workers: must be >= 1 (got {reward_cfg.workers})")
     if reward_cfg.timeout_s < 0:

@@ -17,6 +17,7 @@ import json
 import re
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from k15rl.types import Prompt
@@ -121,33 +122,34 @@ class Judge:
         return [1.0 if v.correct else 0.0 for v in verdicts]
 
 
-def load_judge(model: str, *, max_new_tokens: int = 256, max_batch: int = 16, dtype: str = "float32") -> Judge:
-    """A `Judge` on the HF engine from a model folder (or "builtin")."""
-    from k15rl.models import resolve_model_path
+def load_judge(model_dir: str | Path, *, max_new_tokens: int = 256, max_batch: int = 16,
+               dtype: str = "float32") -> Judge:
+    """A `Judge` on the HF engine from a model folder. The caller resolves names such as
+    "builtin" to folders (`resolve_model_path` in the trainer's resolve.py)."""
     from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
     from k15rl.rollout.engine import HFEngine
 
-    path = resolve_model_path(model, "reward.judge_model")
-    tok = load_tokenizer(path)
-    lm = load_model(path, dtype)
+    tok = load_tokenizer(model_dir)
+    lm = load_model(model_dir, dtype)
     return Judge(HFEngine(lm, tok, max_batch), tok, max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids(tok, lm))
 
 
-def judge_reward(model: str) -> "LazyJudge":
-    """The batched reward function of `reward.sources: x=judge`; the model loads on first use."""
-    return LazyJudge(model)
+def judge_reward(model_dir: str | Path) -> "LazyJudge":
+    """The batched reward function of `reward.sources: x=judge`, on the model folder
+    `model_dir`; the model loads on first use."""
+    return LazyJudge(model_dir)
 
 
 class LazyJudge:
     batched = True
 
-    def __init__(self, model: str):
-        self.model = model
+    def __init__(self, model_dir: str | Path):
+        self.model_dir = model_dir
         self._judge: Judge | None = None
         self._lock = threading.Lock()
 
     def __call__(self, texts: Sequence[str], prompts: Sequence[Prompt]) -> list[float]:
         with self._lock:
             if self._judge is None:
-                self._judge = load_judge(self.model)
+                self._judge = load_judge(self.model_dir)
         return self._judge(texts, prompts)

@@ -21,7 +21,7 @@ the same token semantics as `HFEngine`, so the two are interchangeable in the lo
   such rows run to their budget before being truncated.
 - Log-probs: the engine is built with `logprobs_mode="processed_logprobs"`, so the
   log-prob of each sampled token is log softmax(logits / T) over the full vocabulary
-  (what k15rl/trainer/logprobs.py recomputes); at temperature 0 it is
+  (what the trainer's logprobs.py recomputes); at temperature 0 it is
   log softmax(logits), as in HFEngine. With top_p < 1, vLLM computes them after the
   top-p filter: they are log-probs under the renormalised nucleus distribution, i.e.
   higher than HFEngine's (full-vocabulary, pre-filter) values by -log(nucleus mass).

@@ -28,9 +28,8 @@ from k15rl.config import TrainConfig, to_dict
 from k15rl.data import build_prompts, fit_context, prompt_token_limit
 from k15rl.distributed.placement import Workers, start_workers
 from k15rl.errors import UserError
-from k15rl.models import resolve_model_path
 from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
-from k15rl.rewards.compose import RewardRouter, router_from_config
+from k15rl.rewards.compose import RewardRouter
 from k15rl.rollout.collect import OUTCOMES, PartialRolloutResult
 from k15rl.rollout.engine import SamplingParams
 from k15rl.rollout.factory import context_length
@@ -38,6 +37,7 @@ from k15rl.rollout.replay import ReplayBuffer
 from k15rl.sampling import Sampler, make_sampler
 from k15rl.trainer.checkpoint import JsonlLog, latest_checkpoint, read_jsonl, rng_state, set_rng_state, truncate_jsonl
 from k15rl.trainer.evaluate import eval_sampling_params
+from k15rl.trainer.resolve import resolve_model_path, router_from_config
 from k15rl.trainer.update import update_plan
 from k15rl.types import Prompt
 

@@ -1,0 +1,33 @@
+"""Config names that become things only above models/ and rewards/: a model path
+("builtin" is built by the SFT warm-up on first use) and the reward router (its judge
+model resolved the same way). The parts below the trainer receive folders, not names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from k15rl.models.loading import check_model_path
+from k15rl.rewards.compose import RewardRouter, parse_sources
+from k15rl.trainer.warmup import ensure_builtin
+
+
+def resolve_model_path(path: str, key: str = "model.path", log: Callable[[str], None] = print) -> Path:
+    """The model folder for `path`: "builtin" (built and cached on first use) or a
+    local Hugging Face folder (checked; UserError naming `key` otherwise)."""
+    if path == "builtin":
+        return ensure_builtin(log=log)
+    return check_model_path(path, key)
+
+
+def router_from_config(reward_cfg: Any, log: Callable[[str], None] = print) -> RewardRouter:
+    """The router a `RewardConfig` describes (reward.sources, timeout_s, workers,
+    judge_model). When a source uses the judge, `reward.judge_model` is resolved here
+    ("builtin": built on first use) and the judge gets its folder."""
+    sources = parse_sources(reward_cfg.sources)
+    judge = reward_cfg.judge_model
+    if judge and "judge" in sources.values():
+        judge = str(resolve_model_path(judge, "reward.judge_model", log))
+    timeout = reward_cfg.timeout_s if reward_cfg.timeout_s > 0 else None
+    return RewardRouter(sources, timeout_s=timeout, workers=reward_cfg.workers, judge_model=judge)

@@ -1,0 +1,65 @@
+"""The built-in model's long-CoT SFT warm-up (report §2.2), built once and cached.
+
+`k15rl.models.builtin` says what the model is (spec, tokenizer, architecture, cache
+folder); this module trains it: warm-up traces of the built-in tasks (planning,
+checking, backtracking), `sft_train`, then an atomic save into `builtin_dir(spec)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from k15rl.models.builtin import BuiltinSpec, build_model, build_tokenizer, builtin_dir
+from k15rl.tasks import Problem, get_task, make_prompts
+from k15rl.trainer.sft import SFTConfig, sft_train
+
+
+def warmup_examples(spec: BuiltinSpec) -> list[tuple[list[dict], str]]:
+    """(chat messages, long-CoT response) pairs for the SFT warm-up, from the train split."""
+    rng = random.Random(spec.seed)
+    examples = []
+    for name in spec.tasks:
+        task = get_task(name)
+        for level, n in zip(spec.levels, spec.sft_per_level):
+            if level not in task.levels:
+                continue
+            for p in make_prompts(task, "train", n, (level,), seed=spec.seed):
+                trace = task.warmup_trace(Problem(p.question, p.answer, p.level, p.meta), rng)
+                examples.append(([{"role": r, "content": c} for r, c in p.messages], trace))
+    rng.shuffle(examples)
+    return examples
+
+
+def ensure_builtin(spec: BuiltinSpec | None = None, *, log: Callable[[str], None] = print) -> Path:
+    """Path of the warm-up-trained built-in model, building it first if not cached.
+
+    The folder is written to a temporary name and renamed when complete, so an
+    interrupted build never leaves a folder that looks finished.
+    """
+    spec = spec or BuiltinSpec()
+    final = builtin_dir(spec)
+    if (final / "config.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    log(f"building the built-in model (cached in {final}) ...")
+    examples = warmup_examples(spec)
+    tokenizer = build_tokenizer([m[-1]["content"] + "\n" + r for m, r in examples], spec.vocab_size)
+    model = build_model(spec, tokenizer)
+    cfg = SFTConfig(epochs=spec.sft_epochs, lr=spec.sft_lr, batch_size=spec.sft_batch_size, seed=spec.seed)
+    sft_train(model, tokenizer, examples, cfg, log=log)
+    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "k15rl_builtin.json").write_text(json.dumps(asdict(spec), indent=2))
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another process finished first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
