@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 
 def labelled_set(n: int, seed: int = 0) -> list[dict]:
-    from k15rl.rewards.verifiers import verify_math
+    from k15rl.verifiers import verify_math
     from k15rl.tasks import get_task
 
     task = get_task("arith")

@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from results import write_result
 
-from k15rl.rewards.sandbox import Limits, StdioTest, isolation_mode
-from k15rl.rewards.sandbox_pool import CodeJob, SandboxPool
+from k15rl.verifiers.sandbox import Limits, StdioTest, isolation_mode
+from k15rl.verifiers.sandbox_pool import CodeJob, SandboxPool
 
 TRIVIAL = "a, b = map(int, input().split())\nprint(a + b)\n"
 LOOP = "while True:\n    pass\n"

@@ -298,7 +298,7 @@ def _cmd_difficulty(args: argparse.Namespace) -> int:
 
 def _cmd_codetests(args: argparse.Namespace) -> int:
     from k15rl.rewards.codetests import CodeTestsConfig, load_problem_dirs, run_codetests, write_problems
-    from k15rl.rewards.sandbox import Limits
+    from k15rl.verifiers.sandbox import Limits
 
     for key, v, ok in (("--cases", args.cases, args.cases >= 1), ("--workers", args.workers, args.workers >= 1),
                        ("--case-agreement", args.case_agreement, 0 < args.case_agreement <= 1),

@@ -54,3 +54,23 @@ def test_importing_the_losses_needs_torch_alone():
             "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("part", ["tasks", "verifiers"])
+def test_tasks_and_verifiers_do_not_import_the_rewards(part):
+    offenders = {str(f.relative_to(PKG)): sorted(m for m in imported_modules(f) if m.startswith("k15rl.rewards"))
+                 for f in (PKG / part).rglob("*.py")}
+    assert not {f: m for f, m in offenders.items() if m}
+
+
+def test_verifiers_import_nothing_of_k15rl_but_types():
+    for f in (PKG / "verifiers").rglob("*.py"):
+        assert {m for m in imported_modules(f) if m.startswith("k15rl")} <= {"k15rl.types"} | {
+            m for m in imported_modules(f) if m.startswith("k15rl.verifiers")}, f
+
+
+def test_importing_the_tasks_loads_no_reward_module_nor_torch():
+    code = ("import sys, k15rl.tasks; print(sorted(m for m in sys.modules if m.startswith('k15rl.rewards') "
+            "or m.startswith('k15rl.verifiers.') and m != 'k15rl.verifiers.answers' or m == 'torch'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

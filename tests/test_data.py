@@ -376,7 +376,7 @@ def test_export_builtin_task_loads_back_identically(tmp_path, capsys):
 def test_export_reasoning_gym(tmp_path):
     pytest.importorskip("reasoning_gym")
     from k15rl.data.export import export_rows
-    from k15rl.rewards import verify_math
+    from k15rl.verifiers import verify_math
 
     rows = export_rows("rg:gsm_symbolic", levels=(), n=5, split="train", seed=1, log=lambda s: None)
     assert len(rows) == 5 and all(r["verifier"] == "math" and r["domain"] == "gsm_symbolic" for r in rows)

@@ -10,7 +10,7 @@ import pytest
 from k15rl.config import load_config
 from k15rl.errors import UserError
 from k15rl.rewards import score
-from k15rl.rewards import verify_math
+from k15rl.verifiers import verify_math
 from k15rl.rewards.compose import RewardRouter, parse_sources, resolve_reward
 from k15rl.trainer.resolve import router_from_config
 from k15rl.types import Prompt, Trajectory

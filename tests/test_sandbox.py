@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from k15rl.rewards.code import code_reward, extract_program, job_from_spec, verify_code
-from k15rl.rewards.sandbox import Limits, StdioTest, run_function, run_outputs, run_stdio
-from k15rl.rewards.sandbox_pool import CodeJob, SandboxPool
+from k15rl.verifiers.code import code_reward, extract_program, job_from_spec, verify_code
+from k15rl.verifiers.sandbox import Limits, StdioTest, run_function, run_outputs, run_stdio
+from k15rl.verifiers.sandbox_pool import CodeJob, SandboxPool
 from k15rl.types import Prompt
 
 FAST = Limits(cpu_s=1, wall_s=1.5)
@@ -123,7 +123,7 @@ def test_process_isolation_fallback():
 
 
 def _humaneval_check(n: int | None) -> tuple[int, int, int]:
-    from k15rl.rewards.sandbox_pool import grade_all
+    from k15rl.verifiers.sandbox_pool import grade_all
     from k15rl.tasks.code_humaneval import load_humaneval
 
     prompts = load_humaneval(limit=n)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from k15rl.rewards.sandbox import UID_BASE, Limits, StdioTest, namespace_support, run_function, run_stdio
+from k15rl.verifiers.sandbox import UID_BASE, Limits, StdioTest, namespace_support, run_function, run_stdio
 
 LIMITS = Limits(cpu_s=1, wall_s=1.5, memory_mb=256, processes=16, file_mb=16, output_kb=64)
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 """Verifiers: the tricky cases beyond their doctests."""
 
-from k15rl.rewards import extract_answer, verify_integer, verify_math
+from k15rl.verifiers import extract_answer, verify_integer, verify_math
 
 
 def test_last_answer_line_wins():

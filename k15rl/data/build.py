@@ -66,10 +66,9 @@ class PromptSets:
 
 
 def known_verifiers() -> frozenset[str]:
-    from k15rl.rewards import VERIFIERS
-    from k15rl.tasks import TASKS
+    from k15rl.rewards.lookup import verifier_names
 
-    return frozenset(VERIFIERS) | frozenset(TASKS)
+    return verifier_names()
 
 
 def load_file(path: str | Path, data: DataConfig, log: Log = print) -> tuple[list[Prompt], FileReport]:

@@ -44,7 +44,7 @@ def reasoning_gym_rows(name: str, n: int, seed: int, verifier: str = "math",
         import reasoning_gym
     except ImportError:
         raise UserError("reasoning-gym tasks need the reasoning-gym package: pip install 'k15rl[data]'") from None
-    from k15rl.rewards import verifier_for
+    from k15rl.rewards.lookup import verifier_for
 
     try:
         ds = reasoning_gym.create_dataset(name, size=n, seed=seed)

@@ -20,8 +20,8 @@ import json
 import re
 from typing import Any
 
-from k15rl.rewards.verifiers import extract_boxed
 from k15rl.types import Prompt
+from k15rl.verifiers import extract_boxed
 
 # Names tried, in order, for each field the config leaves unset.
 CANDIDATES: dict[str, tuple[str, ...]] = {

@@ -1,8 +1,9 @@
 """Rewards (report §2.3.3, §2.3.5): verifiers give r in {0, 1}; shaping terms add to it.
 
 `score` fills in each trajectory's `correct`, `reward` and `reward_terms`. A verifier is
-looked up by the prompt's task name, so new tasks and rewards plug in without touching
-the training loop.
+looked up by the prompt's task name (`lookup.verifier_for`, the one place), so new tasks
+and rewards plug in without touching the training loop. The verifiers themselves, and
+the code sandbox, are `k15rl.verifiers` (below the tasks, which use them).
 """
 
 from __future__ import annotations
@@ -10,33 +11,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from concurrent.futures import Future
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
-from k15rl.rewards.code import verify_code
 from k15rl.rewards.compose import PROMPT_REWARDS, RewardRouter
 from k15rl.rewards.length import length_reward, length_weight
-from k15rl.rewards.verifiers import extract_answer, extract_boxed, verify_integer, verify_math
+from k15rl.rewards.lookup import VERIFIERS, verifier_for
 from k15rl.types import Trajectory
+from k15rl.verifiers import Verifier
 
 log = logging.getLogger(__name__)
-Verifier = Callable[[str, str], bool]
-
-# Verifiers for answers that are not tied to a built-in task.
-VERIFIERS: dict[str, Verifier] = {"math": verify_math, "integer": verify_integer,
-                                   "code_tests": verify_code, "humaneval": verify_code}
-
-
-def verifier_for(task: str) -> Verifier:
-    """The verifier of a task name: a built-in task's own, or one of VERIFIERS."""
-    from k15rl.tasks import TASKS, get_task
-
-    if task in TASKS:
-        return get_task(task).verify
-    if task in VERIFIERS:
-        return VERIFIERS[task]
-    raise ValueError(f"no verifier for task {task!r}")
 
 
 @dataclass
@@ -118,12 +103,8 @@ __all__ = [
     "RewardRouter",
     "score_async",
     "ScoreStats",
-    "extract_answer",
-    "extract_boxed",
     "length_reward",
     "length_weight",
     "score",
     "verifier_for",
-    "verify_integer",
-    "verify_math",
 ]

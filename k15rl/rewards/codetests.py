@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from k15rl.errors import UserError
-from k15rl.rewards.sandbox import Limits, TestOutcome, normalize_output, run_outputs
+from k15rl.verifiers.sandbox import Limits, TestOutcome, normalize_output, run_outputs
 
 
 @dataclass(frozen=True)

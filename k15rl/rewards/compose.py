@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from k15rl.errors import UserError
+from k15rl.rewards.lookup import verifier_for, verifier_names
 from k15rl.types import Prompt
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ RewardFn = Callable[[str, Prompt], float]
 
 
 def _code_tests(text: str, prompt: Prompt) -> float:
-    from k15rl.rewards.code import code_reward
+    from k15rl.verifiers.code import code_reward
 
     return code_reward(text, prompt)
 
@@ -49,8 +50,6 @@ PROMPT_REWARDS: dict[str, RewardFn] = {"code_tests": _code_tests, "code": _code_
 
 
 def _from_verifier(name: str) -> RewardFn:
-    from k15rl.rewards import verifier_for
-
     verify = verifier_for(name)
 
     def reward(text: str, prompt: Prompt) -> float:
@@ -84,10 +83,7 @@ def resolve_reward(spec: str, *, judge_model: str | None = None, key: str = "rew
     try:
         return _from_verifier(spec)
     except ValueError:
-        from k15rl.rewards import VERIFIERS
-        from k15rl.tasks import TASKS
-
-        known = sorted({*PROMPT_REWARDS, "judge", *VERIFIERS, *TASKS})
+        known = sorted({*PROMPT_REWARDS, "judge", *verifier_names()})
         raise UserError(f"config key {key}: unknown reward {spec!r} (known: {', '.join(known)}, "
                         "or package.module:function)") from None
 

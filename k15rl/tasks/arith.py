@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import random
 
-from k15rl.rewards.verifiers import verify_integer
 from k15rl.tasks.base import Problem
+from k15rl.verifiers import verify_integer
 
 # level -> (number of terms, largest term, subtraction allowed)
 ARITH_LEVELS: dict[int, tuple[int, int, bool]] = {

@@ -128,7 +128,7 @@ class CodeTask:
     def verify(self, response: str, answer: str) -> bool:
         """Run the program after the last `answer:` line (the fixed final-answer format of
         the built-in tasks) against the tests."""
-        from k15rl.rewards.code import verify_code
+        from k15rl.verifiers.code import verify_code  # the sandbox loads only when code is graded
 
         parts = re.split(r"^\s*answer\s*:\s*$", response, flags=re.IGNORECASE | re.MULTILINE)
         return len(parts) > 1 and verify_code(parts[-1], answer)

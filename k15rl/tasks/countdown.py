@@ -12,8 +12,8 @@ import random
 import re
 from collections import Counter
 
-from k15rl.rewards.verifiers import extract_answer
 from k15rl.tasks.base import Problem
+from k15rl.verifiers import extract_answer
 
 # level -> (how many numbers, largest number)
 COUNTDOWN_LEVELS: dict[int, tuple[int, int]] = {

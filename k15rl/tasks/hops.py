@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 import string
 
-from k15rl.rewards.verifiers import extract_answer
 from k15rl.tasks.base import Problem
+from k15rl.verifiers import extract_answer
 
 # level -> (number of nodes, number of hops)
 HOPS_LEVELS: dict[int, tuple[int, int]] = {

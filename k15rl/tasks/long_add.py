@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import random
 
-from k15rl.rewards.verifiers import verify_integer
 from k15rl.tasks.base import Problem
+from k15rl.verifiers import verify_integer
 
 # level -> (number of operands, digits per operand)
 LONG_ADD_LEVELS: dict[int, tuple[int, int]] = {

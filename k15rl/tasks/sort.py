@@ -12,8 +12,8 @@ import random
 import re
 import string
 
-from k15rl.rewards.verifiers import extract_answer
 from k15rl.tasks.base import Problem
+from k15rl.verifiers import extract_answer
 
 # level -> number of letters
 SORT_LEVELS: dict[int, int] = {1: 4, 2: 6, 3: 9, 4: 12, 5: 16, 6: 20}

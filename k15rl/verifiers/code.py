@@ -17,9 +17,9 @@ import json
 import re
 from typing import Any, Mapping
 
-from k15rl.rewards.sandbox import Limits, RunResult, StdioTest
-from k15rl.rewards.sandbox_pool import CodeJob, grade
 from k15rl.types import Prompt
+from k15rl.verifiers.sandbox import Limits, RunResult, StdioTest
+from k15rl.verifiers.sandbox_pool import CodeJob, grade
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.DOTALL)
 

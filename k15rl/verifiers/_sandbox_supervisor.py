@@ -1,6 +1,6 @@
 """Sandbox supervisor: the trusted process that runs untrusted programs (report §2.3.5).
 
-Started by `k15rl.rewards.sandbox` as `python -I -S _sandbox_supervisor.py`, normally
+Started by `k15rl.verifiers.sandbox` as `python -I -S _sandbox_supervisor.py`, normally
 as PID 1 of fresh PID, mount and network namespaces (`unshare`). It imports nothing
 from k15rl (only the standard library), reads one JSON job from stdin, and writes one
 JSON line to stdout, tagged with the job's nonce.

@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from k15rl.rewards.sandbox import Limits, RunResult, StdioTest, run_function, run_stdio
+from k15rl.verifiers.sandbox import Limits, RunResult, StdioTest, run_function, run_stdio
 
 
 @dataclass(frozen=True)
