@@ -53,13 +53,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from k15rl.config import load_config
-    from k15rl.trainer.resolve import resolve_model_path
+    from k15rl.data import build_prompts
     from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
     from k15rl.rollout.engine import HFEngine
     from k15rl.trainer.evaluate import eval_sampling_params, evaluate
-    from k15rl.data import build_prompts
+    from k15rl.trainer.resolve import check_names, resolve_model_path
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = check_names(load_config(args.config, args.overrides))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     path = resolve_model_path(args.model, "--model")
@@ -164,8 +164,9 @@ def _data_config(args: argparse.Namespace):
     import torch
 
     from k15rl.config import load_config
+    from k15rl.trainer.resolve import check_names
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = check_names(load_config(args.config, args.overrides))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     return cfg

@@ -74,3 +74,9 @@ def test_importing_the_tasks_loads_no_reward_module_nor_torch():
             "or m.startswith('k15rl.verifiers.') and m != 'k15rl.verifiers.answers' or m == 'torch'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_config_imports_no_registry():
+    """config.py is at the bottom: string choices are Literal types, names that
+    registries resolve are checked by trainer/resolve.py::check_names."""
+    assert {m for m in imported_modules(PKG / "config.py") if m.startswith("k15rl")} == {"k15rl.errors"}

@@ -334,8 +334,10 @@ def test_fit_context_drops_long_prompts(tiny_model_dir):
     ("sampler.hard_max_pass_rate=2", "sampler.hard_max_pass_rate"),
 ])
 def test_data_config_errors_name_the_key(override, key):
+    from k15rl.trainer.resolve import check_names
+
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
-        load_config(None, override.split())
+        check_names(load_config(None, override.split()))
 
 
 @pytest.mark.parametrize("name", ["math.jsonl", "trl_chat.jsonl", "verl.parquet", "problems.csv"])

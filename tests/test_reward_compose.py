@@ -93,13 +93,15 @@ def test_code_prompts_are_graded_without_a_router():
 
 
 def test_config_errors_name_the_key():
+    from k15rl.trainer.resolve import check_names
+
     assert parse_sources(["x=math"]) == {"x": "math"}
     with pytest.raises(UserError, match=r"reward.sources\[0\]: expected 'source=reward'"):
-        load_config(None, ["reward.sources=[nonsense]"])
+        check_names(load_config(None, ["reward.sources=[nonsense]"]))
     with pytest.raises(UserError, match=r"reward.sources\[0\]: unknown reward 'nope'"):
-        load_config(None, ["reward.sources=[a=nope]"])
+        check_names(load_config(None, ["reward.sources=[a=nope]"]))
     with pytest.raises(UserError, match="cannot load 'no_such_module:f'"):
-        load_config(None, ["reward.sources=[a=no_such_module:f]"])
+        check_names(load_config(None, ["reward.sources=[a=no_such_module:f]"]))
     with pytest.raises(UserError, match="judge_model"):
         resolve_reward("judge")
     cfg = load_config(None, ["reward.sources=[a=math, b=code_tests]", "reward.timeout_s=5"])
@@ -109,11 +111,13 @@ def test_config_errors_name_the_key():
 
 def test_the_judge_gets_a_resolved_folder(tiny_model_dir, tmp_path):
     """reward.judge_model is resolved above rewards/ (trainer/resolve.py); a folder that
-    is not a model is refused when the config is read, before a run touches anything."""
+    is not a model is refused when the config's names are checked, before a run touches anything."""
     cfg = load_config(None, ["reward.sources=[free=judge]", f"reward.judge_model={tiny_model_dir}"])
     router = router_from_config(cfg.reward)
     assert router._fns["free"].model_dir == str(tiny_model_dir)
+    from k15rl.trainer.resolve import check_names
+
     with pytest.raises(UserError, match="reward.judge_model: .* is not a Hugging Face model folder"):
-        load_config(None, ["reward.sources=[free=judge]", f"reward.judge_model={tmp_path / 'none'}"])
+        check_names(load_config(None, ["reward.sources=[free=judge]", f"reward.judge_model={tmp_path / 'none'}"]))
     # without a judge source the judge model is neither checked nor resolved
-    assert load_config(None, [f"reward.judge_model={tmp_path / 'none'}"]).reward.judge_model
+    assert check_names(load_config(None, [f"reward.judge_model={tmp_path / 'none'}"])).reward.judge_model

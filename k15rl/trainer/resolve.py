@@ -8,9 +8,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from k15rl.config import TrainConfig
+from k15rl.errors import UserError
 from k15rl.models.loading import check_model_path
-from k15rl.rewards.compose import RewardRouter, parse_sources
+from k15rl.rewards.compose import RewardRouter, check_reward_config, parse_sources
+from k15rl.rewards.lookup import VERIFIERS, verifier_names
+from k15rl.tasks import TASKS
 from k15rl.trainer.warmup import ensure_builtin
+
+
+def check_names(cfg: TrainConfig) -> TrainConfig:
+    """The names of a config that registries resolve, checked against them: the built-in
+    tasks (data.tasks), the default verifier (data.verifier) and the reward of each data
+    source (reward.sources). Raises UserError naming the key; returns `cfg`."""
+    for name in cfg.data.tasks or []:
+        if name not in TASKS:
+            raise UserError(f"config key data.tasks: unknown task {name!r} (built-in: {', '.join(sorted(TASKS))})")
+    if cfg.data.verifier not in verifier_names():
+        raise UserError(f"config key data.verifier: must be one of {sorted(VERIFIERS)} or a task name "
+                        f"({', '.join(sorted(TASKS))}) (got {cfg.data.verifier!r})")
+    check_reward_config(cfg.reward)
+    return cfg
 
 
 def resolve_model_path(path: str, key: str = "model.path", log: Callable[[str], None] = print) -> Path:

@@ -37,7 +37,7 @@ from k15rl.rollout.replay import ReplayBuffer
 from k15rl.sampling import Sampler, make_sampler
 from k15rl.trainer.checkpoint import JsonlLog, latest_checkpoint, read_jsonl, rng_state, set_rng_state, truncate_jsonl
 from k15rl.trainer.evaluate import eval_sampling_params
-from k15rl.trainer.resolve import resolve_model_path, router_from_config
+from k15rl.trainer.resolve import check_names, resolve_model_path, router_from_config
 from k15rl.trainer.update import update_plan
 from k15rl.types import Prompt
 
@@ -143,6 +143,7 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     # Everything that can fail on bad input happens before OUT is touched.
+    check_names(cfg)
     train_prompts, test_prompts = build_prompts(cfg, log)
     if resume and not (out / "config.yaml").is_file():
         raise UserError(f"--resume {out}: no run to resume there (no config.yaml)")
