@@ -16,8 +16,9 @@ accuracy at the end of each.
 
     python benchmarks/partial_rollouts.py                     # part 1, about 3 minutes
     python benchmarks/partial_rollouts.py --learn-minutes 4   # and part 2, about 12 more
+    python benchmarks/partial_rollouts.py --trajectories 0 --learn-minutes 4   # part 2 only
 
-Part 1 writes benchmarks/results/partial_rollouts.json, part 2 (when run)
+Part 1 writes benchmarks/results/partial_rollouts.json, part 2
 benchmarks/results/partial_rollouts_learn.json; docs/rollout.md renders both.
 """
 
@@ -73,16 +74,8 @@ def learn(minutes: float, segment: int, out: str) -> dict:
     return train(cfg, overwrite=True, log=lambda s: None)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--segment", type=int, default=64, help="rollout.segment_tokens of the partial runs")
-    ap.add_argument("--trajectories", type=int, default=512, help="trajectories trained per mode")
-    ap.add_argument("--learn-minutes", type=float, default=0.0)
-    ap.add_argument("--learn-segment", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=0)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def speed_part(args: argparse.Namespace) -> None:
+    """Part 1: whole vs partial rollouts on the heavy-tailed workload, fixed weights."""
     path = ensure_builtin()
     model, tok = load_model(path), load_tokenizer(path)
     k, per_iter, max_tokens = 4, 16, 896
@@ -111,6 +104,20 @@ def main() -> None:
     write_result("partial_rollouts", {"k": k, "prompts_per_iteration": per_iter, "max_tokens": max_tokens,
                                       "trajectories": args.trajectories, "threads": torch.get_num_threads(),
                                       "modes": measured})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--segment", type=int, default=64, help="rollout.segment_tokens of the partial runs")
+    ap.add_argument("--trajectories", type=int, default=512, help="trajectories trained per mode (0: no part 1)")
+    ap.add_argument("--learn-minutes", type=float, default=0.0)
+    ap.add_argument("--learn-segment", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.trajectories > 0:
+        speed_part(args)
     if args.learn_minutes > 0:
         print(f"\nlearning: demo configuration, {args.learn_minutes:g} min of iterations each (evaluations excluded)")
         print(f"{'mode':22s} {'iterations':>10s} {'test acc before':>15s} {'after':>7s} {'mean tokens':>11s}")

@@ -89,8 +89,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _installed_version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def machine_info() -> dict:
-    """What the numbers were measured on. torch is imported only if the benchmark already did."""
+    """What the numbers were measured on. torch is never imported here: its threads are known
+    only if the benchmark imported it, its version is read from the installed package otherwise."""
     try:
         ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError, AttributeError):
@@ -98,7 +108,7 @@ def machine_info() -> dict:
     info = {"cpu": cpu_model(), "cores": os.cpu_count(), "ram_gb": round(ram_gb, 1) if ram_gb else None,
             "python": platform.python_version(), "os": platform.platform()}
     torch = sys.modules.get("torch")
-    info["torch"] = torch.__version__ if torch else None
+    info["torch"] = torch.__version__ if torch else _installed_version("torch")  # children may import it
     info["torch_threads"] = torch.get_num_threads() if torch else None
     try:
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]

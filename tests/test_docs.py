@@ -87,6 +87,12 @@ def test_render_fake_results(render_docs, tmp_path):
     assert len(problems) == 1 and problems[0].startswith("docs/x.md: block results:overlap differs")
 
 
+def test_renderer_doctests(render_docs):
+    import doctest
+
+    assert doctest.testmod(render_docs).failed == 0
+
+
 def test_bad_markers(render_docs, tmp_path):
     with pytest.raises(ValueError, match="unknown block results:nope"):
         render_docs.render_text("<!-- results:nope -->\n<!-- /results -->\n", tmp_path, "a.md")
