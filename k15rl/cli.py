@@ -16,35 +16,32 @@ from k15rl.errors import UserError
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from k15rl.config import load_config
-    from k15rl.trainer.loop import train
+    from k15rl.api import train
 
     if args.resume:  # the run's own config, plus overrides (e.g. more iterations=)
         if args.config:
             raise UserError("--resume takes the run's own config.yaml; give changes as key=value overrides")
         if not (Path(args.resume) / "config.yaml").is_file():
             raise UserError(f"--resume {args.resume}: no run to resume there (no config.yaml)")
-        cfg = load_config(str(Path(args.resume) / "config.yaml"), [*args.overrides, f"out={args.resume}"])
+        train(str(Path(args.resume) / "config.yaml"), *args.overrides, f"out={args.resume}",
+              overwrite=args.overwrite, resume=True)
     else:
-        cfg = load_config(args.config, args.overrides)
-    train(cfg, overwrite=args.overwrite, resume=bool(args.resume))
+        train(args.config, *args.overrides, overwrite=args.overwrite)
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from k15rl.config import load_config
-    from k15rl.trainer.loop import train
+    from k15rl.api import train
 
-    cfg = load_config("demo", [f"out={args.out}", *args.overrides])
-    summary = train(cfg, overwrite=args.overwrite)
+    summary = train("demo", f"out={args.out}", *args.overrides, overwrite=args.overwrite)
     print(
         f"\ndemo: test accuracy {100 * summary['test_accuracy_before']:.1f}% -> "
         f"{100 * summary['test_accuracy_after']:.1f}% "
-        f"({summary['test_accuracy_gain_points']:+.1f} points, sampled at T={cfg.eval.temperature:g}); "
+        f"({summary['test_accuracy_gain_points']:+.1f} points, sampled at T={summary['eval_temperature']:g}); "
         f"greedy {100 * summary.get('test_accuracy_greedy_before', float('nan')):.1f}% -> "
         f"{100 * summary.get('test_accuracy_greedy_after', float('nan')):.1f}%; "
         f"{summary['wall_time_s'] / 60:.1f} min; "
-        f"curves in {Path(cfg.out) / 'curves.png'}"
+        f"curves in {Path(args.out) / 'curves.png'}"
     )
     return 0
 

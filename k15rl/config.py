@@ -7,6 +7,7 @@ the key; the command line turns that into a one-line message and exit code 2.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -391,10 +392,13 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
-def load_config(config: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """TrainConfig from an optional YAML file/preset plus `key=value` overrides."""
+def load_config(config: str | dict | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """TrainConfig from an optional YAML file/preset (or a mapping of config keys, e.g.
+    `to_dict` of a TrainConfig) plus `key=value` overrides."""
     tree: dict = {}
-    if config:
+    if isinstance(config, dict):
+        tree = copy.deepcopy(config)
+    elif config:
         path = preset_path(config)
         try:
             loaded = yaml.safe_load(path.read_text())

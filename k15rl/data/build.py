@@ -14,10 +14,10 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from k15rl.config import DataConfig, TrainConfig
-from k15rl.data.readers import detect_format, read_rows
+from k15rl.data.readers import RawRow, detect_format, read_rows
 from k15rl.data.rows import BadRow, row_to_prompt
 from k15rl.errors import UserError
 from k15rl.types import Prompt
@@ -77,22 +77,38 @@ def load_file(path: str | Path, data: DataConfig, log: Log = print) -> tuple[lis
     (data.on_bad_row=skip). A file without rows, or without any good row, is an error."""
     path = Path(path)
     fmt = detect_format(path) if path.exists() else None
-    report = FileReport(str(path))
+    return load_rows(read_rows(path), str(path), path.stem, data, log, chat_in_text=fmt in ("csv", "tsv"))
+
+
+def memory_rows(dataset: Any) -> Iterator[RawRow]:
+    """The rows of an in-memory dataset (a list of dicts, or a `datasets.Dataset`), as
+    a file's rows are read: "row i", 0-based; a row that is not a mapping is bad."""
+    for i, row in enumerate(dataset):
+        if isinstance(row, Mapping):
+            yield RawRow(f"row {i}", dict(row))
+        else:
+            yield RawRow(f"row {i}", None, f"expected a mapping of fields, got {type(row).__name__}")
+
+
+def load_rows(rows: Iterable[RawRow], name: str, stem: str, data: DataConfig, log: Log = print,
+              chat_in_text: bool = False) -> tuple[list[Prompt], FileReport]:
+    """Prompts of the rows of one file or in-memory dataset called `name` (see load_file)."""
+    report = FileReport(name)
     configured = {k: v for k, v in dataclasses.asdict(data.columns).items() if v is not None}
     verifiers = known_verifiers()
     prompts: list[Prompt] = []
-    for raw in read_rows(path):
+    for raw in rows:
         report.rows += 1
         try:
             if raw.data is None:
                 raise BadRow("-", raw.error or "unreadable")
             prompts.append(row_to_prompt(
-                raw.data, configured, default_id=f"{path.stem}-{report.rows - 1}", default_verifier=data.verifier,
-                known_verifiers=verifiers, source=f"{path} {raw.where}", system_prompt=data.system_prompt,
-                chat_in_text=fmt in ("csv", "tsv"),
+                raw.data, configured, default_id=f"{stem}-{report.rows - 1}", default_verifier=data.verifier,
+                known_verifiers=verifiers, source=f"{name} {raw.where}", system_prompt=data.system_prompt,
+                chat_in_text=chat_in_text,
             ))
         except BadRow as e:
-            where = f"{path}, {raw.where}" + ("" if raw.data is None else f", field {e.field!r}")
+            where = f"{name}, {raw.where}" + ("" if raw.data is None else f", field {e.field!r}")
             msg = f"{where}: {e.why}"
             if data.on_bad_row == "error":
                 raise UserError(f"{msg} (data.on_bad_row=skip skips bad rows)") from None
@@ -100,9 +116,9 @@ def load_file(path: str | Path, data: DataConfig, log: Log = print) -> tuple[lis
             report.first_skipped = report.first_skipped or msg
     report.kept = len(prompts)
     if report.rows == 0:
-        raise UserError(f"{path}: no rows (empty dataset)")
+        raise UserError(f"{name}: no rows (empty dataset)")
     if not prompts:
-        raise UserError(f"{path}: all {report.rows} rows are bad (first: {report.first_skipped})")
+        raise UserError(f"{name}: all {report.rows} rows are bad (first: {report.first_skipped})")
     log(report.line())
     return prompts, report
 
@@ -157,11 +173,11 @@ def in_test_share(p: Prompt, fraction: float) -> bool:
     return h / 2**64 < fraction
 
 
-def builtin_prompts(data: DataConfig) -> tuple[list[Prompt], list[Prompt]]:
+def builtin_prompts(data: DataConfig, other_data: bool = False) -> tuple[list[Prompt], list[Prompt]]:
     """Train and test prompts of the built-in tasks (disjoint splits by construction)."""
     from k15rl.tasks import get_task, make_prompts
 
-    tasks = data.tasks if data.tasks is not None else ([] if data.train_files else ["sort"])
+    tasks = data.tasks if data.tasks is not None else ([] if data.train_files or other_data else ["sort"])
     train: list[Prompt] = []
     test: list[Prompt] = []
     for name in tasks:
@@ -179,10 +195,22 @@ def builtin_prompts(data: DataConfig) -> tuple[list[Prompt], list[Prompt]]:
     return train, test
 
 
-def build_prompt_sets(data: DataConfig, log: Log = print) -> PromptSets:
-    """Train and test prompts: built-in tasks plus files, deduplicated, reported."""
+def build_prompt_sets(data: DataConfig, log: Log = print, train_dataset: Any = None,
+                      eval_dataset: Any = None) -> PromptSets:
+    """Train and test prompts: built-in tasks plus files plus in-memory datasets (lists of
+    row dicts or `datasets.Dataset`s, read like a file's rows), deduplicated, reported."""
     report = DataReport()
-    train, test = builtin_prompts(data)
+    train, test = builtin_prompts(data, other_data=train_dataset is not None)
+    if train_dataset is not None:  # held out by data.test_fraction, as file prompts, unless eval_dataset is given
+        prompts, rep = load_rows(memory_rows(train_dataset), "train_dataset", "train_dataset", data, log)
+        report.files.append(rep)
+        share = 0.0 if eval_dataset is not None else data.test_fraction
+        train += [p for p in prompts if not in_test_share(p, share)]
+        test += [p for p in prompts if in_test_share(p, share)]
+    if eval_dataset is not None:
+        prompts, rep = load_rows(memory_rows(eval_dataset), "eval_dataset", "eval_dataset", data, log)
+        report.files.append(rep)
+        test += prompts
     if data.train_files:
         file_train, reps = load_files(data.train_files, data, log)
         report.files += reps
@@ -214,9 +242,10 @@ def build_prompt_sets(data: DataConfig, log: Log = print) -> PromptSets:
     return PromptSets(unique_ids(train), unique_ids(test), report)
 
 
-def build_prompts(cfg: TrainConfig, log: Log = print) -> tuple[list[Prompt], list[Prompt]]:
-    """Train and held-out test prompts of a run: `build_prompt_sets(cfg.data)`."""
-    sets = build_prompt_sets(cfg.data, log)
+def build_prompts(cfg: TrainConfig, log: Log = print, train_dataset: Any = None,
+                  eval_dataset: Any = None) -> tuple[list[Prompt], list[Prompt]]:
+    """Train and held-out test prompts of a run: `build_prompt_sets(cfg.data, ...)`."""
+    sets = build_prompt_sets(cfg.data, log, train_dataset, eval_dataset)
     return sets.train, sets.test
 
 

@@ -137,7 +137,7 @@ class RewardRouter:
     """
 
     def __init__(self, sources: dict[str, str] | None = None, *, timeout_s: float | None = 60.0, workers: int = 2,
-                 judge_model: str | None = None):
+                 judge_model: str | None = None, default: RewardFn | None = None):
         if workers < 1:
             raise UserError(f"config key reward.workers: must be >= 1 (got {workers})")
         if timeout_s is not None and timeout_s <= 0:
@@ -148,6 +148,7 @@ class RewardRouter:
         self.sources = dict(sources or {})
         self._fns: dict[str, RewardFn] = {src: resolve_reward(spec, judge_model=judge_model)
                                           for src, spec in self.sources.items()}
+        self.default = default  # a source without an entry: this function (a Python caller's), else its task's
         self._lock = threading.Lock()
 
     def fn_for(self, prompt: Prompt) -> RewardFn:
@@ -157,6 +158,8 @@ class RewardRouter:
                 return self._fns[src]
             if prompt.task in self._fns:
                 return self._fns[prompt.task]
+            if self.default is not None:
+                return self.default
             fn = PROMPT_REWARDS.get(prompt.task) or _from_verifier(prompt.task)
             self._fns[prompt.task] = fn
             return fn

@@ -27,16 +27,17 @@ from k15rl.trainer.plots import plot_run
 from k15rl.trainer.run import Run, open_run, rollout_metrics, run_summary
 
 
-def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
-          log: Callable[[str], None] = print) -> dict:
+def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False, log: Callable[[str], None] = print,
+          **inputs) -> dict:
     """Run RL as configured; returns the summary also written to OUT/summary.json.
 
     `resume`: continue the run in `cfg.out` from its newest complete checkpoint (model,
     sampler, replay buffer, RNG states, log positions); with none, start it over.
+    `inputs`: a Python caller's reward_fn, train_dataset, eval_dataset (`open_run`).
     """
     from tqdm import tqdm
 
-    with open_run(cfg, overwrite=overwrite, resume=resume, log=log) as run:
+    with open_run(cfg, overwrite=overwrite, resume=resume, log=log, **inputs) as run:
         progress, workers = run.progress, run.workers
         if run.resumed_from is None and run.test_prompts:  # the policy before RL
             run.evals.append(run_eval(run, 0, run.eval_params))

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from k15rl.config import TrainConfig
 from k15rl.errors import UserError
 from k15rl.models.loading import check_model_path
-from k15rl.rewards.compose import RewardRouter, check_reward_config, parse_sources
+from k15rl.rewards.compose import RewardFn, RewardRouter, check_reward_config, parse_sources
 from k15rl.rewards.lookup import VERIFIERS, verifier_names
 from k15rl.tasks import TASKS
 from k15rl.trainer.warmup import ensure_builtin
@@ -39,13 +39,15 @@ def resolve_model_path(path: str, key: str = "model.path", log: Callable[[str], 
     return check_model_path(path, key)
 
 
-def router_from_config(reward_cfg: Any, log: Callable[[str], None] = print) -> RewardRouter:
+def router_from_config(reward_cfg: Any, log: Callable[[str], None] = print,
+                       default: RewardFn | None = None) -> RewardRouter:
     """The router a `RewardConfig` describes (reward.sources, timeout_s, workers,
-    judge_model). When a source uses the judge, `reward.judge_model` is resolved here
+    judge_model; `default`: the reward of sources without an entry, instead of their task's
+    verifier). When a source uses the judge, `reward.judge_model` is resolved here
     ("builtin": built on first use) and the judge gets its folder."""
     sources = parse_sources(reward_cfg.sources)
     judge = reward_cfg.judge_model
     if judge and "judge" in sources.values():
         judge = str(resolve_model_path(judge, "reward.judge_model", log))
     timeout = reward_cfg.timeout_s if reward_cfg.timeout_s > 0 else None
-    return RewardRouter(sources, timeout_s=timeout, workers=reward_cfg.workers, judge_model=judge)
+    return RewardRouter(sources, timeout_s=timeout, workers=reward_cfg.workers, judge_model=judge, default=default)

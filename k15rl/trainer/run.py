@@ -29,7 +29,7 @@ from k15rl.data import build_prompts, fit_context, prompt_token_limit
 from k15rl.distributed.placement import Workers, start_workers
 from k15rl.errors import UserError
 from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
-from k15rl.rewards.compose import RewardRouter
+from k15rl.rewards.compose import RewardFn, RewardRouter
 from k15rl.rollout.collect import OUTCOMES, PartialRolloutResult
 from k15rl.rollout.engine import SamplingParams
 from k15rl.rollout.factory import context_length
@@ -134,17 +134,21 @@ def seed_everything(seed: int) -> None:
 
 
 @contextmanager
-def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
-             log: Callable[[str], None] = print) -> Iterator[Run]:
+def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False, log: Callable[[str], None] = print,
+             reward_fn: RewardFn | None = None, train_dataset: Any = None, eval_dataset: Any = None) -> Iterator[Run]:
     """Set a run up as configured (see the module docstring); `resume`: continue the run in
-    `cfg.out` from its newest complete checkpoint, or start it over if there is none."""
+    `cfg.out` from its newest complete checkpoint, or start it over if there is none.
+
+    From Python (`k15rl.train`): `reward_fn` scores every data source without a
+    reward.sources entry; `train_dataset` / `eval_dataset` are in-memory rows read like a
+    data file's (a resumed run needs them passed again: only the config is saved)."""
     out = Path(cfg.out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     # Everything that can fail on bad input happens before OUT is touched.
     check_names(cfg)
-    train_prompts, test_prompts = build_prompts(cfg, log)
+    train_prompts, test_prompts = build_prompts(cfg, log, train_dataset, eval_dataset)
     if resume and not (out / "config.yaml").is_file():
         raise UserError(f"--resume {out}: no run to resume there (no config.yaml)")
     if not (resume or overwrite) and holds_run(out):
@@ -176,7 +180,8 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
             version=state["iteration"] if state else 0, log=log))
         stops = stop_token_ids(tokenizer, model)
         run = Run(
-            cfg, out, tokenizer, train_prompts, test_prompts, sampler, ReplayBuffer(), router_from_config(cfg.reward),
+            cfg, out, tokenizer, train_prompts, test_prompts, sampler, ReplayBuffer(),
+            router_from_config(cfg.reward, log, reward_fn),
             workers, stops, eval_sampling_params(cfg, stops, seed=cfg.seed + 10**6),
             stack.enter_context(JsonlLog(out / "metrics.jsonl")), stack.enter_context(JsonlLog(out / "eval.jsonl")),
             resumed_from=checkpoint,
