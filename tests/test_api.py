@@ -81,3 +81,18 @@ def test_importing_k15rl_stays_light():
     code = "import sys, k15rl; print('torch' in sys.modules, callable(k15rl.train))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True"]
+
+
+def test_the_readme_example_runs(tmp_path, tiny_model_dir, monkeypatch):
+    """The README's Python API example, on the tiny model, in a temporary folder."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"## Python API.*?```python\n(.*?)```", readme, re.S).group(1)
+    assert '"model.path=builtin"' in code
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.replace('"model.path=builtin"', f'"model.path={tiny_model_dir}", "threads=1"'),
+                 "README.md", "exec"), {})
+    summary = json.loads((tmp_path / "runs" / "api" / "summary.json").read_text())
+    assert summary["iterations"] == 2 and summary["eval_prompts"] == 10
