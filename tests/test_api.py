@@ -96,3 +96,18 @@ def test_the_readme_example_runs(tmp_path, tiny_model_dir, monkeypatch):
                  "README.md", "exec"), {})
     summary = json.loads((tmp_path / "runs" / "api" / "summary.json").read_text())
     assert summary["iterations"] == 2 and summary["eval_prompts"] == 10
+
+
+def test_resume_through_the_api(tmp_path, tiny_model_dir):
+    """A run made from Python continues from its checkpoint with the same data and reward passed again."""
+    def reward(text, prompt):
+        return 0.5
+
+    args = [a for a in _args(tmp_path, tiny_model_dir) if not a.startswith("iterations=")]
+    k15rl.train(None, *args, "iterations=2", "checkpoint_every=1", reward_fn=reward, train_dataset=_rows(30),
+                eval_dataset=_rows(4), log=lambda s: None)
+    summary = k15rl.train(None, *args, "iterations=3", reward_fn=reward, train_dataset=_rows(30),
+                          eval_dataset=_rows(4), resume=True, log=lambda s: None)
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics] == [1, 2, 3]
+    assert summary["resumed_from"].endswith("iter_000002") and summary["iterations"] == 3
