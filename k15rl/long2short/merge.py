@@ -22,7 +22,7 @@ from k15rl.errors import UserError
 
 # Files of a model folder that are not copied to the merged one: the weights (rewritten)
 # and run bookkeeping.
-_SKIP = {"state.json", "merge.json", "model.safetensors.index.json", "pytorch_model.bin.index.json"}
+_SKIP = {"state.json", "merge.json", "README.md", "model.safetensors.index.json", "pytorch_model.bin.index.json"}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt")
 
 
@@ -102,9 +102,10 @@ def check_compatible(long_dir: Path, short_dir: Path) -> None:
 
 
 def merge_models(long_dir: str | Path, short_dir: str | Path, out: str | Path, weight: float = 0.5,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, card: str | None = None) -> Path:
     """Write weight * long + (1 - weight) * short to `out` (safetensors), with the long
-    model's config and tokenizer files and a `merge.json` naming the sources. The
+    model's config and tokenizer files, a `merge.json` naming the sources and the model
+    card `card` as README.md (replacing the long model's, which is not copied). The
     folder appears complete or not at all (written aside, then renamed)."""
     from safetensors.torch import save_file
 
@@ -131,6 +132,8 @@ def merge_models(long_dir: str | Path, short_dir: str | Path, out: str | Path, w
                   metadata={"format": "pt"})
         (tmp / "merge.json").write_text(json.dumps(
             {"long": str(long_dir), "short": str(short_dir), "weight_long": weight, "tensors": len(merged)}, indent=2))
+        if card is not None:
+            (tmp / "README.md").write_text(card)
         if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from k15rl.errors import UserError
+from k15rl.trainer.card import CARD, run_card
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"  # a file in CHECKPOINTS naming the newest complete checkpoint
@@ -31,10 +32,10 @@ def _fsync_tree(path: Path) -> None:
         os.close(fd)
 
 
-def save_hf(model, tokenizer, dest: Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write model + tokenizer (+ `state.json`) to `dest` atomically: into a temporary
-    sibling folder, fsync'ed, then renamed over. A crash mid-write leaves no folder that
-    looks complete."""
+def save_hf(model, tokenizer, dest: Path, extra: dict[str, Any] | None = None, card: str | None = None) -> Path:
+    """Write model + tokenizer (+ `state.json`, + the model card `card` as README.md,
+    k15rl/trainer/card.py) to `dest` atomically: into a temporary sibling folder,
+    fsync'ed, then renamed over. A crash mid-write leaves no folder that looks complete."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
@@ -43,6 +44,8 @@ def save_hf(model, tokenizer, dest: Path, extra: dict[str, Any] | None = None) -
         tokenizer.save_pretrained(tmp)
         if extra is not None:
             (tmp / "state.json").write_text(json.dumps(extra, indent=2, default=str))
+        if card is not None:
+            (tmp / CARD).write_text(card)
         _fsync_tree(tmp)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
@@ -100,9 +103,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(out: Path, iteration: int, model, tokenizer, state: dict[str, Any], keep: int) -> Path:
     """OUT/checkpoints/iter_<iteration>/ (model, tokenizer, state.json) written atomically,
-    then `latest` pointed at it; only the newest `keep` checkpoints are kept (0 = all)."""
+    then `latest` pointed at it; only the newest `keep` checkpoints are kept (0 = all).
+    Its model card comes from the state's config and OUT/eval.jsonl so far."""
     root = Path(out) / CHECKPOINTS
-    dest = save_hf(model, tokenizer, root / f"iter_{iteration:06d}", state)
+    card = run_card(state["config"], iteration, read_jsonl(Path(out) / "eval.jsonl")) if "config" in state else None
+    dest = save_hf(model, tokenizer, root / f"iter_{iteration:06d}", state, card=card)
     write_text_atomic(root / LATEST, dest.name + "\n")
     if keep > 0:
         for old in complete_checkpoints(out)[:-keep]:
