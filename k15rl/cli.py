@@ -1,5 +1,6 @@
 """Command line: k15rl train | eval | sft | demo | warmup-data | build-model | convert-gguf |
-export-data | curate | difficulty | codetests | long2short (merge | shortest-rs | dpo-pairs | report) | dpo.
+export-data | curate | difficulty | codetests | long2short (merge | shortest-rs | dpo-pairs | report) | dpo |
+show; k15rl --version.
 
 Bad input (config keys, values, paths) ends with one line on stderr and exit code 2.
 """
@@ -98,6 +99,7 @@ def _finetune_start(args: argparse.Namespace):
 
 
 def _cmd_sft(args: argparse.Namespace) -> int:
+    from k15rl.trainer.card import model_card
     from k15rl.trainer.checkpoint import save_hf
     from k15rl.trainer.sft import SFTConfig, load_sft_jsonl, sft_train
 
@@ -110,7 +112,10 @@ def _cmd_sft(args: argparse.Namespace) -> int:
     _, out, model, tok = _finetune_start(args)
     cfg = SFTConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, autocast_bf16=args.bf16)
     losses = sft_train(model, tok, examples, cfg)
-    save_hf(model, tok, out, {"sft": vars(args) | {"final_loss": losses[-1]}})
+    save_hf(model, tok, out, {"sft": vars(args) | {"final_loss": losses[-1]}}, card=model_card(
+        base_model=args.model, kind="sft", recipe={"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
+                                                   "steps": len(losses), "final loss": losses[-1]},
+        data=[f"SFT file: {args.data} ({len(examples)} examples)"]))
     print(f"sft: {len(examples)} examples, {len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}; saved to {out}")
     return 0
 
@@ -392,11 +397,15 @@ def _cmd_l2s_dpo_pairs(args: argparse.Namespace) -> int:
 
 def _cmd_l2s_merge(args: argparse.Namespace) -> int:
     from k15rl.long2short.merge import merge_models
+    from k15rl.trainer.card import model_card
     from k15rl.trainer.resolve import resolve_model_path
 
     long_dir = resolve_model_path(args.long, "--long")
     short_dir = resolve_model_path(args.short, "--short")
-    out = merge_models(long_dir, short_dir, args.out, args.weight, overwrite=args.overwrite)
+    card = model_card(base_model=args.long, kind="merge", recipe={"method": "weight average", "long": args.long,
+                                                                  "short": args.short, "weight of long": args.weight},
+                      data=["none (a weight average of two models)"])
+    out = merge_models(long_dir, short_dir, args.out, args.weight, overwrite=args.overwrite, card=card)
     print(f"merged {args.weight:g} x {long_dir} + {1 - args.weight:g} x {short_dir} -> {out}")
     return 0
 
@@ -435,6 +444,7 @@ def _cmd_dpo(args: argparse.Namespace) -> int:
         model_fingerprint,
         pairs_fingerprint,
     )
+    from k15rl.trainer.card import model_card
     from k15rl.trainer.checkpoint import save_hf
 
     for key, v, ok in (("--epochs", args.epochs, args.epochs >= 1), ("--batch-size", args.batch_size, args.batch_size >= 1),
@@ -451,14 +461,28 @@ def _cmd_dpo(args: argparse.Namespace) -> int:
     ref = cached_reference_logps(model, rows, tok.pad_token_id, cache,
                                  key=f"{model_fingerprint(path)}:{pairs_fingerprint(rows)}")
     history = dpo_train(model, tok, rows, ref, cfg)
-    save_hf(model, tok, out, {"dpo": vars(args) | {"last": history[-1]}})
+    save_hf(model, tok, out, {"dpo": vars(args) | {"last": history[-1]}}, card=model_card(
+        base_model=args.model, kind="dpo", recipe={"loss": "dpo", "beta": args.beta, "sft_weight": args.sft_weight,
+                                                   "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
+                                                   "steps": len(history), "final loss": history[-1]["dpo/loss"]},
+        data=[f"DPO pairs file: {args.data} ({len(rows)} pairs)"]))
     print(f"dpo: {len(rows)} pairs, {len(history)} steps, loss {history[0]['dpo/loss']:.3f} -> "
           f"{history[-1]['dpo/loss']:.3f}, chosen-over-rejected {history[-1]['dpo/accuracy']:.2f}; saved to {out}")
     return 0
 
 
+def _cmd_show(args: argparse.Namespace) -> int:
+    from k15rl.trainer.show import show_run
+
+    print(show_run(args.run))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from k15rl.trainer.card import package_version
+
     p = argparse.ArgumentParser(prog="k15rl", description="The Kimi k1.5 RL recipe for LLM reasoning.")
+    p.add_argument("--version", action="version", version=f"k15rl {package_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="RL training (report §2.3) as configured")
@@ -614,6 +638,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--chat-template", default=None, help="'plain' or a Jinja template if the tokenizer has none")
     o.add_argument("--overwrite", action="store_true")
     o.set_defaults(fn=_cmd_dpo)
+
+    v = sub.add_parser("show", help="a run folder's config, latest metrics, evaluation table and checkpoints")
+    v.add_argument("run", help="the run folder (out=)")
+    v.set_defaults(fn=_cmd_show)
     return p
 
 

@@ -1,0 +1,97 @@
+"""`k15rl show RUN`: what a run folder holds, read from its files alone (no torch, no
+model): a compact config, the latest metrics row, the evaluation table, checkpoints and
+final/. Bad input is a UserError naming the path (and line)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from k15rl.errors import UserError
+from k15rl.trainer.card import eval_table
+
+# the main keys of a metrics.jsonl row, in this order; other loss/ keys follow
+METRIC_KEYS = ("iteration", "reward/mean", "reward/accuracy", "rollout/len_mean", "rollout/len_max",
+               "loss/policy", "loss/l2", "train/grad_norm", "time/iteration")
+# config keys shown, as dotted paths
+CONFIG_KEYS = ("out", "iterations", "seed", "model.path", "data.tasks", "data.train_files", "data.test_files",
+               "sampler.name", "rollout.engine", "rollout.k", "rollout.prompts_per_iteration", "rollout.temperature",
+               "rollout.max_new_tokens", "rollout.segment_tokens", "reward.length_weight",
+               "reward.length_warmup_iterations", "reward.sources", "algorithm.loss", "algorithm.tau", "algorithm.lr",
+               "eval.every", "eval.temperature", "distributed.backend")
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file; a line that is not a JSON object is a UserError
+    naming the file and line. A missing file has no rows."""
+    if not path.is_file():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{i}: not a JSON object")
+        rows.append(row)
+    return rows
+
+
+def _get(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return "[" + ", ".join(map(str, v)) + "]"
+    return str(v)
+
+
+def show_run(folder: str | Path) -> str:
+    """The text `k15rl show` prints for a run folder."""
+    out = Path(folder)
+    if not out.is_dir():
+        raise UserError(f"{out}: no such folder")
+    cfg_path = out / "config.yaml"
+    if not cfg_path.is_file():
+        raise UserError(f"{out}: not a run folder (no config.yaml)")
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise UserError(f"{cfg_path}{f':{mark.line + 1}' if mark else ''}: not valid YAML") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{cfg_path}: not a mapping of config keys")
+    metrics, evals = read_rows(out / "metrics.jsonl"), read_rows(out / "eval.jsonl")
+
+    lines = [f"run {out}", "", "config (config.yaml):"]
+    lines += [f"  {k:<36} {_fmt(v)}" for k in CONFIG_KEYS if (v := _get(cfg, k)) not in (None, [], "")]
+    lines += ["", f"metrics (metrics.jsonl, {len(metrics)} rows):"]
+    if metrics:
+        last = metrics[-1]
+        keys = [k for k in METRIC_KEYS if k in last] + sorted(
+            k for k in last if k.startswith("loss/") and k not in METRIC_KEYS)
+        lines += [f"  {k:<36} {_fmt(last[k])}" for k in keys]
+    else:
+        lines.append("  none yet")
+    lines += ["", f"evaluation (eval.jsonl, {len(evals)} rows):"]
+    lines += [f"  {r}" for r in eval_table(evals)] if evals else ["  none"]
+    checkpoints = sorted(p.name for p in (out / "checkpoints").glob("iter_*")
+                         if (p / "state.json").is_file()) if (out / "checkpoints").is_dir() else []
+    lines += ["", f"checkpoints: {', '.join(checkpoints) if checkpoints else 'none'}",
+              f"final model: {out / 'final' if (out / 'final' / 'config.json').is_file() else 'none'}"]
+    summary = out / "summary.json"
+    if summary.is_file():
+        lines.append(f"summary: {summary}")
+    return "\n".join(lines)
