@@ -179,6 +179,18 @@ class DistributedConfig:
 
 
 @dataclass
+class LogConfig:
+    """Loggers beside metrics.jsonl and eval.jsonl (k15rl/trainer/loggers.py; docs/logging.md).
+    Both are optional extras: pip install 'k15rl[tensorboard]' / 'k15rl[wandb]'."""
+
+    tensorboard: bool = False  # event files under OUT/tensorboard
+    wandb: bool = False  # a Weights & Biases run under OUT/wandb
+    wandb_project: str = "k15rl"
+    wandb_run_name: str | None = None  # None: the out folder's name
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"  # offline: no network; `wandb sync` later
+
+
+@dataclass
 class TrainConfig:
     out: str = "runs/train"
     iterations: int = 60
@@ -195,6 +207,7 @@ class TrainConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def validate(self) -> "TrainConfig":
         """Range checks that types alone cannot express. Raises UserError naming the key.
