@@ -37,6 +37,7 @@ from k15rl.rollout.replay import ReplayBuffer
 from k15rl.sampling import Sampler, make_sampler
 from k15rl.trainer.checkpoint import JsonlLog, latest_checkpoint, read_jsonl, rng_state, set_rng_state, truncate_jsonl
 from k15rl.trainer.evaluate import eval_sampling_params
+from k15rl.trainer.loggers import RowLog, TeeLog, check_installed, open_sinks
 from k15rl.trainer.resolve import check_names, resolve_model_path, router_from_config
 from k15rl.trainer.update import update_plan
 from k15rl.types import Prompt
@@ -70,8 +71,8 @@ class Run:
     workers: Workers  # the rollout engine and the trainer, wherever they are placed
     stop_token_ids: list[int]
     eval_params: SamplingParams
-    metrics_log: JsonlLog
-    eval_log: JsonlLog
+    metrics_log: RowLog  # metrics.jsonl and the loggers of cfg.log (k15rl/trainer/loggers.py)
+    eval_log: RowLog  # eval.jsonl, the same
     progress: Progress = field(default_factory=Progress)
     evals: list[dict] = field(default_factory=list)  # rows of eval.jsonl at eval.temperature
     greedy_evals: list[dict] = field(default_factory=list)  # greedy rows (start and end), if eval.temperature > 0
@@ -148,6 +149,7 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     seed_everything(cfg.seed)
     # Everything that can fail on bad input happens before OUT is touched.
     check_names(cfg)
+    check_installed(cfg.log)  # TensorBoard, W&B: optional packages
     train_prompts, test_prompts = build_prompts(cfg, log, train_dataset, eval_dataset)
     if resume and not (out / "config.yaml").is_file():
         raise UserError(f"--resume {out}: no run to resume there (no config.yaml)")
@@ -179,11 +181,13 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
             cfg, path, model, tokenizer, plan, context_length(cfg, model.config, limit),
             version=state["iteration"] if state else 0, log=log))
         stops = stop_token_ids(tokenizer, model)
+        sinks = stack.enter_context(open_sinks(cfg, out, resumed_at=state["iteration"] if state else None))
         run = Run(
             cfg, out, tokenizer, train_prompts, test_prompts, sampler, ReplayBuffer(),
             router_from_config(cfg.reward, log, reward_fn),
             workers, stops, eval_sampling_params(cfg, stops, seed=cfg.seed + 10**6),
-            stack.enter_context(JsonlLog(out / "metrics.jsonl")), stack.enter_context(JsonlLog(out / "eval.jsonl")),
+            stack.enter_context(TeeLog(JsonlLog(out / "metrics.jsonl"), sinks, "metrics")),
+            stack.enter_context(TeeLog(JsonlLog(out / "eval.jsonl"), sinks, "eval")),
             resumed_from=checkpoint,
             background=ThreadPoolExecutor(1, thread_name_prefix="rollout") if cfg.rollout.overlap else None,
         )
