@@ -105,3 +105,31 @@ def test_a_missing_package_is_one_line_before_the_folder_is_touched(tmp_path, ti
     with pytest.raises(UserError, match=rf"{key}=true needs the {package} package: pip install 'k15rl\[{package}\]'"):
         train(_cfg(out, tiny_model_dir, f"{key}=true"), log=lambda s: None)
     assert not out.exists()
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path, tiny_model_dir, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from k15rl.trainer import loop
+
+    out, extra = tmp_path / "run", ("log.tensorboard=true", "iterations=4", "checkpoint_every=2")
+    real_score, calls = loop.score, []
+
+    def crashing_score(*a, **kw):  # iteration 3 is logged after the checkpoint of 2, then 4 crashes
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_score(*a, **kw)
+
+    monkeypatch.setattr(loop, "score", crashing_score)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(out, tiny_model_dir, *extra), log=lambda s: None)
+    monkeypatch.setattr(loop, "score", real_score)
+    train(_cfg(out, tiny_model_dir, *extra), resume=True, log=lambda s: None)
+    ea = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    ea.Reload()
+    metrics = _rows(out / "metrics.jsonl")
+    assert [e.step for e in ea.Scalars("reward/mean")] == [1, 2, 3, 4]
+    assert all(_same(e.value, m["reward/mean"]) for e, m in zip(ea.Scalars("reward/mean"), metrics))
+    assert [e.step for e in ea.Scalars("eval/accuracy")] == [0, 1, 2, 3, 4]
