@@ -42,7 +42,8 @@ from k15rl.trainer.resolve import check_names, resolve_model_path, router_from_c
 from k15rl.trainer.update import update_plan
 from k15rl.types import Prompt
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "summary.json", "final", "checkpoints", "curves.png")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "summary.json", "final", "checkpoints", "curves.png",
+             "tensorboard", "wandb", "wandb_id")
 
 
 @dataclass
