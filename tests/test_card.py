@@ -58,6 +58,8 @@ def test_checkpoints_of_a_run_have_cards(tmp_path, tiny_model_dir):
     assert meta["base_model"] == str(tiny_model_dir)
     assert "| loss | k15 |" in text and "Iterations done: 2" in text and "## Evaluation" in text
     assert "Iterations done: 1" in (out / "checkpoints" / "iter_000001" / "README.md").read_text()
+    final_meta, final_text = card_of(out / "final")
+    assert final_meta["base_model"] == str(tiny_model_dir) and "Iterations done: 2" in final_text
 
 
 def test_sft_dpo_and_merge_outputs_have_cards(tmp_path, tiny_model_dir):

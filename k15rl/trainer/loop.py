@@ -21,6 +21,7 @@ from k15rl.rewards import length_weight, score
 from k15rl.rollout.collect import PartialRolloutResult, partial_rollout
 from k15rl.rollout.engine import SamplingParams
 from k15rl.rollout.factory import sampling_params
+from k15rl.trainer.card import run_card
 from k15rl.trainer.checkpoint import latest_checkpoint, read_jsonl, save_checkpoint, save_hf, write_json_atomic
 from k15rl.trainer.evaluate import evaluate
 from k15rl.trainer.plots import plot_run
@@ -119,7 +120,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False, lo
         bar.close()
         if run.greedy_params:
             run.greedy_evals.append(run_eval(run, progress.iteration, run.greedy_params))
-        save_hf(workers.trainer.current_model(), run.tokenizer, run.out / "final", run.state_dict())
+        save_hf(workers.trainer.current_model(), run.tokenizer, run.out / "final", run.state_dict(),
+                card=run_card(run.cfg, progress.iteration, read_jsonl(run.out / "eval.jsonl")))
     return finish(run, log)
 
 
