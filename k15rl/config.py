@@ -133,7 +133,7 @@ class RewardConfig:
 
 @dataclass
 class AlgorithmConfig:
-    loss: Literal["k15", "grpo", "rest"] = "k15"  # k15rl.algorithms.LOSSES; arguments: trainer.update.make_loss
+    loss: Literal["k15", "grpo", "rest"] = "k15"  # k15rl.algorithms.LOSSES; arguments: algorithms.make_loss
     tau: float = 1.0  # k15: weight of the l2 term (report §2.3.2; value not given there)
     normalization: Literal["sequence", "token"] = "sequence"  # k15: sequence (report) | token
     clip_eps: float = 0.2  # grpo: PPO clip range of the token ratio

@@ -32,7 +32,7 @@ def test_bad_overrides(bad):
 
 def test_make_loss_binds_each_losses_own_config_fields():
     """Each loss gets its hyper-parameters from explicit config fields, settable from a config."""
-    from k15rl.trainer.update import make_loss
+    from k15rl.algorithms import make_loss
 
     cfg = load_config(None, ["algorithm.tau=0.3", "algorithm.normalization=token", "algorithm.clip_eps=0.1",
                              "algorithm.std_eps=0.01", "algorithm.rest_threshold=0.7"])

@@ -11,7 +11,8 @@ trainer or config object enters. `LOSSES` chooses one by name.
 
 from __future__ import annotations
 
-from typing import Callable
+from functools import partial
+from typing import Any, Callable
 
 import torch
 
@@ -140,3 +141,20 @@ def rest_loss(
 
 LossFn = Callable[..., tuple[torch.Tensor, Metrics]]
 LOSSES: dict[str, LossFn] = {"k15": k15_loss, "grpo": grpo_loss, "rest": rest_loss}
+
+
+def make_loss(a: Any) -> LossFn:
+    """The configured loss with its hyper-parameters bound, each an explicit config field
+    (`a` is a k15rl.config.AlgorithmConfig; only its fields are read):
+    `loss_fn(logprobs, old_logprobs, rewards, mask, group_ids) -> (loss, metrics)`.
+
+    >>> from k15rl.config import AlgorithmConfig
+    >>> make_loss(AlgorithmConfig(loss="k15", tau=0.1)).keywords
+    {'tau': 0.1, 'normalization': 'sequence'}
+    """
+    arguments = {
+        "k15": {"tau": a.tau, "normalization": a.normalization},
+        "grpo": {"clip_eps": a.clip_eps, "eps": a.std_eps},
+        "rest": {"threshold": a.rest_threshold},
+    }
+    return partial(LOSSES[a.loss], **arguments[a.loss])

@@ -16,34 +16,17 @@ import math
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import partial
 from typing import Iterator, Sequence
 
 import torch
 
-from k15rl.algorithms import LOSSES
-from k15rl.algorithms.losses import LossFn
+from k15rl.algorithms.losses import LossFn, make_loss
 from k15rl.config import AlgorithmConfig, TrainConfig
 from k15rl.distributed.shard import ONE_RANK, Shard
 from k15rl.trainer.logprobs import TokenBatch, collate, token_logprobs
 from k15rl.types import Trajectory
 
 log = logging.getLogger(__name__)
-
-
-def make_loss(a: AlgorithmConfig) -> LossFn:
-    """The configured loss with its hyper-parameters bound, each an explicit config field:
-    `loss_fn(logprobs, old_logprobs, rewards, mask, group_ids) -> (loss, metrics)`.
-
-    >>> make_loss(AlgorithmConfig(loss="k15", tau=0.1)).keywords
-    {'tau': 0.1, 'normalization': 'sequence'}
-    """
-    arguments = {
-        "k15": {"tau": a.tau, "normalization": a.normalization},
-        "grpo": {"clip_eps": a.clip_eps, "eps": a.std_eps},
-        "rest": {"threshold": a.rest_threshold},
-    }
-    return partial(LOSSES[a.loss], **arguments[a.loss])
 
 
 @dataclass(frozen=True)
