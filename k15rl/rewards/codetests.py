@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from k15rl.data.readers import bad_text, read_text_file
 from k15rl.errors import UserError
 from k15rl.verifiers.sandbox import Limits, TestOutcome, normalize_output, run_outputs
 
@@ -99,23 +100,28 @@ def load_problem_dirs(root: str | Path) -> list[ProblemDir]:
         for need in ("statement.md", "gen.py", "solutions"):
             if not (d / need).exists():
                 raise UserError(f"{d}: missing {need} (a problem folder holds statement.md, gen.py, solutions/*.py)")
-        sols = {p.name: p.read_text() for p in sorted((d / "solutions").glob("*.py"))}
+        sols = {p.name: read_text_file(p) for p in sorted((d / "solutions").glob("*.py"))}
         if len(sols) < 2:
             raise UserError(f"{d / 'solutions'}: needs at least 2 reference solutions, found {len(sols)}")
-        out.append(ProblemDir(d.name, (d / "statement.md").read_text().strip(), (d / "gen.py").read_text(), sols))
+        statement = read_text_file(d / "statement.md").strip()
+        if bad_text(statement):  # the statement becomes a prompt
+            raise UserError(f"{d / 'statement.md'}: {bad_text(statement)}")
+        out.append(ProblemDir(d.name, statement, read_text_file(d / "gen.py"), sols))
     if not out:
         raise UserError(f"--problems {root}: no problem folders in it")
     return out
 
 
-def _generator_path() -> list[str]:
-    """Where cyaron is installed: visible (read-only) to generator scripts in the sandbox."""
+GENERATOR_PACKAGES = ("cyaron", "colorful", "xeger")  # cyaron and what it imports
+
+
+def _generator_packages() -> tuple[str, ...]:
+    """Packages generator scripts may import in the sandbox (bound there read-only)."""
     import importlib.util
 
-    spec = importlib.util.find_spec("cyaron")
-    if spec is None or spec.origin is None:
+    if importlib.util.find_spec("cyaron") is None:
         raise UserError("codetests needs cyaron for generator scripts: pip install 'k15rl[code]'")
-    return [str(Path(spec.origin).parent.parent)]
+    return GENERATOR_PACKAGES
 
 
 def select_cases(outputs: dict[str, list[TestOutcome]], inputs: Sequence[str], cfg: CodeTestsConfig
@@ -149,7 +155,7 @@ def validate_problem(p: ProblemDir, cfg: CodeTestsConfig, pool: ThreadPoolExecut
     """Generate, run, vote, keep or drop one problem."""
     rep = ProblemReport(p.id, solutions=len(p.solutions))
     seeds = [str(cfg.seed * 1_000_003 + i) for i in range(cfg.cases)]
-    gen = run_outputs(p.generator, seeds, cfg.limits, sys_path=_generator_path())
+    gen = run_outputs(p.generator, seeds, cfg.limits, packages=_generator_packages())
     progress(1)
     rep.generator_failures = sum(o.reason != "pass" for o in gen)
     inputs = list(dict.fromkeys(o.stdout for o in gen if o.reason == "pass" and o.stdout.strip()))
