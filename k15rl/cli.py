@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from k15rl.errors import UserError
+from k15rl.paths import check_output_path
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -57,6 +58,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from k15rl.trainer.evaluate import eval_sampling_params, evaluate
     from k15rl.trainer.resolve import check_names, resolve_model_path
 
+    check_output_path(args.output, "--output", folder=False)
     cfg = check_names(load_config(args.config, args.overrides))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -89,8 +91,8 @@ def _finetune_start(args: argparse.Namespace):
     from k15rl.trainer.resolve import resolve_model_path
     from k15rl.models.loading import load_model, load_tokenizer
 
+    out = check_output_path(args.out, "--out")
     path = resolve_model_path(args.model, "--model")
-    out = Path(args.out)
     if (out / "config.json").exists() and not args.overwrite:
         raise UserError(f"output folder {out} already holds a model: pass --overwrite or choose another --out")
     if args.threads:
@@ -129,6 +131,7 @@ def _cmd_warmup_data(args: argparse.Namespace) -> int:
         levels = tuple(int(x) for x in args.levels.split(","))
     except ValueError:
         raise UserError(f"--levels must be comma-separated integers (got {args.levels!r})") from None
+    check_output_path(args.out, "--out", folder=False)
     rng = random.Random(args.seed)
     n = 0
     with open(args.out, "w") as f:
@@ -157,7 +160,7 @@ def _cmd_build_model(args: argparse.Namespace) -> int:
 def _cmd_convert_gguf(args: argparse.Namespace) -> int:
     from k15rl.models.gguf import convert_gguf
 
-    print(f"converted to {convert_gguf(args.gguf, args.out)}")
+    print(f"converted to {convert_gguf(args.gguf, check_output_path(args.out, '--out'))}")
     return 0
 
 
@@ -209,6 +212,7 @@ def _cmd_export_data(args: argparse.Namespace) -> int:
         raise UserError(f"--levels must be comma-separated integers (got {args.levels!r})") from None
     if args.n < 1:
         raise UserError(f"--n must be >= 1 (got {args.n})")
+    check_output_path(args.out, "--out", folder=False)
     rows = []
     for task in args.task.split(","):
         rows += export_rows(task.strip(), levels=levels, n=args.n, split=args.split, seed=args.seed,
@@ -224,6 +228,9 @@ def _cmd_curate(args: argparse.Namespace) -> int:
 
     if args.attempts < 1:
         raise UserError(f"--attempts must be >= 1 (got {args.attempts})")
+    for key, path in (("--out", args.out), ("--dropped", args.dropped)):
+        if path:
+            check_output_path(path, key, folder=False)
     cfg = _data_config(args)
     prompts = _load_data_files(args.data, cfg)
     counts = {name: 0 for name in HEURISTICS}
@@ -274,6 +281,7 @@ def _cmd_difficulty(args: argparse.Namespace) -> int:
         raise UserError(f"--samples must be >= 1 (got {args.samples})")
     if args.temperature <= 0:
         raise UserError(f"--temperature must be > 0 (got {args.temperature})")
+    check_output_path(args.out, "--out", folder=False)
     cfg = _data_config(args)
     prompts = _load_data_files(args.data, cfg)
     engine, tok, stops, model = _load_engine(args.model, cfg)
@@ -309,6 +317,7 @@ def _cmd_codetests(args: argparse.Namespace) -> int:
                        ("--cpu-s", args.cpu_s, args.cpu_s > 0)):
         if not ok:
             raise UserError(f"{key}: out of range (got {v})")
+    check_output_path(args.out, "--out", folder=False)
     problems = load_problem_dirs(args.problems)
     cfg = CodeTestsConfig(cases=args.cases, case_agreement=args.case_agreement, problem_pass=args.problem_pass,
                           seed=args.seed, workers=args.workers, limits=Limits(cpu_s=args.cpu_s, wall_s=2 * args.cpu_s))
@@ -356,6 +365,7 @@ def _l2s_sample(args: argparse.Namespace):
         raise UserError(f"--n must be >= 1 (got {args.n})")
     if args.temperature < 0:
         raise UserError(f"--temperature must be >= 0 (got {args.temperature})")
+    check_output_path(args.out, "--out", folder=False)
     cfg = _data_config(args)
     prompts = _l2s_prompts(args, cfg, "train")
     engine, tok, stops, model = _load_engine(args.model, cfg)
@@ -400,6 +410,7 @@ def _cmd_l2s_merge(args: argparse.Namespace) -> int:
     from k15rl.trainer.card import model_card
     from k15rl.trainer.resolve import resolve_model_path
 
+    check_output_path(args.out, "--out")
     long_dir = resolve_model_path(args.long, "--long")
     short_dir = resolve_model_path(args.short, "--short")
     card = model_card(base_model=args.long, kind="merge", recipe={"method": "weight average", "long": args.long,
@@ -418,6 +429,7 @@ def _cmd_l2s_report(args: argparse.Namespace) -> int:
         raise UserError(f"--labels: {len(args.labels)} labels for {len(args.models)} models")
     if args.samples < 1:
         raise UserError(f"--samples must be >= 1 (got {args.samples})")
+    check_output_path(args.out, "--out")
     cfg = _data_config(args)
     paths = [str(resolve_model_path(m, "--models")) for m in args.models]
     # default labels: folder names, with the run's name for run folders' final/ and checkpoints
@@ -452,12 +464,12 @@ def _cmd_dpo(args: argparse.Namespace) -> int:
                        ("--sft-weight", args.sft_weight, args.sft_weight >= 0)):
         if not ok:
             raise UserError(f"{key}: out of range (got {v})")
+    cache = check_output_path(args.ref_cache or f"{args.data}.ref_logps.pt", "--ref-cache", folder=False)
     pairs = load_pairs_jsonl(args.data)
     path, out, model, tok = _finetune_start(args)
     cfg = DPOConfig(beta=args.beta, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                     sft_weight=args.sft_weight, autocast_bf16=args.bf16, seed=args.seed)
     rows = encode_pairs(tok, pairs, cfg.max_length)
-    cache = Path(args.ref_cache) if args.ref_cache else Path(f"{args.data}.ref_logps.pt")
     ref = cached_reference_logps(model, rows, tok.pad_token_id, cache,
                                  key=f"{model_fingerprint(path)}:{pairs_fingerprint(rows)}")
     history = dpo_train(model, tok, rows, ref, cfg)

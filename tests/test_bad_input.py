@@ -1,9 +1,12 @@
 """The bad-input table (docs/reliability.md): every case ends with one line on stderr that
 names the key, file, line or value, exit code 2, and the run already in OUT untouched
-(even with --overwrite: input is checked before anything in OUT is removed)."""
+(even with --overwrite: input is checked before anything in OUT is removed). Nothing is
+written either: no output at a fresh path ({new}), no new file among the inputs."""
 
 import hashlib
 import json
+import shutil
+import subprocess
 
 import pytest
 
@@ -27,6 +30,43 @@ def existing_run(tmp_path_factory, tiny_model_dir):
     return out
 
 
+@pytest.fixture(scope="module")
+def bad_models(tmp_path_factory, tiny_model_dir):
+    """Copies of the tiny model, each broken in one way (read, never written, by the cases)."""
+    root = tmp_path_factory.mktemp("bad_models")
+    weights = (tiny_model_dir / "model.safetensors").read_bytes()
+    breakage = {
+        "empty_weights": ("model.safetensors", b""),
+        "truncated_weights": ("model.safetensors", weights[: len(weights) // 2]),
+        "garbage_config": ("config.json", b'{"model_type": "llama", "hidden_size": 32,\n  oops'),
+        "list_config": ("config.json", b"[1, 2, 3]"),
+        "no_model_type": ("config.json", json.dumps({"architectures": ["LlamaForCausalLM"]}).encode()),
+        "garbage_tokenizer": ("tokenizer.json", b"\x00\x01 not json"),
+        "no_tokenizer": ("tokenizer.json", None),
+    }
+    for name, (file, content) in breakage.items():
+        shutil.copytree(tiny_model_dir, root / name)
+        if content is None:
+            (root / name / file).unlink()
+        else:
+            (root / name / file).write_bytes(content)
+    return root
+
+
+@pytest.fixture(scope="module")
+def readonly_dir(tmp_path_factory):
+    """A folder on a read-only tmpfs: unwritable even for root, where chmod stops nothing.
+    Needs mount rights (root with CAP_SYS_ADMIN); skipped otherwise."""
+    d = tmp_path_factory.mktemp("readonly")
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command: cannot make a read-only file system")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(d)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs (not root?): {r.stderr.strip()}")
+    yield d
+    subprocess.run(["umount", str(d)], check=True)
+
+
 def _files(tmp_path):
     """Bad input files, written fresh for each case."""
     d = tmp_path / "inputs"
@@ -37,10 +77,30 @@ def _files(tmp_path):
     (d / "badrow.jsonl").write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?", "answer": "4"\n')
     (d / "noanswer.jsonl").write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "3+3?"}\n')
     (d / "data.xyz").write_text("x")
+    (d / "good.jsonl").write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?", "answer": "4"}\n')
+    # JSON escapes: a lone surrogate (UTF-8 cannot encode it) and a bell character
+    (d / "surrogate.jsonl").write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2? \\ud800", "answer": "4"}\n')
+    (d / "control.jsonl").write_text('{"problem": "1+1?", "answer": "2\\u0007"}\n')
+    (d / "control.csv").write_text("problem,answer\n1+1?,2\n2+2?\x1b[0m,4\n")
+    (d / "sft.jsonl").write_text('{"prompt": "1+1?", "response": "2"}\n')
+    (d / "sft_surrogate.jsonl").write_text('{"prompt": "1+1?", "response": "2\\udfff"}\n')
+    (d / "pairs.jsonl").write_text('{"prompt": "1+1?", "chosen": "2", "rejected": "two, I think"}\n')
+    (d / "pairs_control.jsonl").write_text('{"prompt": "1+1?", "chosen": "2", "rejected": "3"}\n'
+                                           '{"prompt": "2+2?", "chosen": "4\\u0000", "rejected": "5"}\n')
+    (d / "bad.gguf").write_bytes(b"GGUF" + bytes(12))  # magic, then nothing
+    (d / "afile").write_text("a file where a folder is wanted\n")
+    problem = d / "problems" / "p1"
+    (problem / "solutions").mkdir(parents=True, exist_ok=True)
+    (problem / "statement.md").write_text("Print the sum.\x07\n")
+    (problem / "gen.py").write_text("print(1, 2)\n")
+    for name in ("a.py", "b.py"):
+        (problem / "solutions" / name).write_text("print(sum(map(int, input().split())))\n")
     return d
 
 
-# (case, arguments after `k15rl`, text the error line must contain); {run}, {model}, {in} are filled in
+# (case, arguments after `k15rl`, text the error line must contain); filled in: {run} (a finished run),
+# {model} (a good model folder), {bad} (broken model folders, see bad_models), {in} (input files),
+# {new} (a path that must not exist afterwards), {ro} (a folder on a read-only file system)
 CASES = [
     ("malformed YAML", ["train", "--config", "{in}/bad.yaml", "out={run}"], "bad.yaml:4"),
     ("YAML that is not a mapping", ["train", "--config", "{in}/list.yaml", "out={run}"], "list.yaml"),
@@ -76,20 +136,121 @@ CASES = [
     ("--resume where there is no run", ["train", "--resume", "{in}"], "no run to resume"),
     ("--resume with --config", ["train", "--resume", "{run}", "--config", "demo"], "--resume"),
     ("bad eval model", ["eval", "--model", "/no/such/model"], "/no/such/model"),
+    # broken model folders: the file at fault, before anything is written
+    ("0-byte model.safetensors", ["train", "--overwrite", "out={run}", "model.path={bad}/empty_weights"],
+     "{bad}/empty_weights/model.safetensors: not a complete safetensors file (0 bytes"),
+    ("truncated model.safetensors", ["train", "--overwrite", "out={run}", "model.path={bad}/truncated_weights"],
+     "{bad}/truncated_weights/model.safetensors: not a complete safetensors file"),
+    ("config.json not JSON", ["train", "--overwrite", "out={run}", "model.path={bad}/garbage_config"],
+     "{bad}/garbage_config/config.json: not valid JSON"),
+    ("eval: config.json not an object", ["eval", "--model", "{bad}/list_config", "--output", "{new}"],
+     "{bad}/list_config/config.json: expected a JSON object"),
+    ("eval: no tokenizer files", ["eval", "--model", "{bad}/no_tokenizer", "--output", "{new}"],
+     "{bad}/no_tokenizer has no tokenizer files"),
+    ("sft: config.json without model_type", ["sft", "--model", "{bad}/no_model_type", "--data", "{in}/sft.jsonl",
+                                             "--out", "{new}"], "{bad}/no_model_type/config.json: no 'model_type'"),
+    ("dpo: truncated weights", ["dpo", "--model", "{bad}/truncated_weights", "--data", "{in}/pairs.jsonl",
+                                "--out", "{new}"], "{bad}/truncated_weights/model.safetensors"),
+    ("long2short merge: 0-byte weights", ["long2short", "merge", "--long", "{model}", "--short", "{bad}/empty_weights",
+                                          "--out", "{new}"], "{bad}/empty_weights/model.safetensors"),
+    ("long2short shortest-rs: config.json not JSON", ["long2short", "shortest-rs", "--model", "{bad}/garbage_config",
+                                                      "--data", "{in}/good.jsonl", "--out", "{new}"],
+     "{bad}/garbage_config/config.json"),
+    ("long2short dpo-pairs: no tokenizer files", ["long2short", "dpo-pairs", "--model", "{bad}/no_tokenizer",
+                                                  "--data", "{in}/good.jsonl", "--out", "{new}"],
+     "{bad}/no_tokenizer has no tokenizer files"),
+    ("long2short report: one truncated model", ["long2short", "report", "--models", "{model}",
+                                                "{bad}/truncated_weights", "--out", "{new}"],
+     "{bad}/truncated_weights/model.safetensors"),
+    ("curate: tokenizer.json not JSON", ["curate", "--data", "{in}/good.jsonl", "--model", "{bad}/garbage_tokenizer",
+                                         "--out", "{new}"], "{bad}/garbage_tokenizer/tokenizer.json: not valid JSON"),
+    ("difficulty: config.json not an object", ["difficulty", "--model", "{bad}/list_config", "--data",
+                                               "{in}/good.jsonl", "--out", "{new}"], "{bad}/list_config/config.json"),
+    ("convert-gguf: not a GGUF model", ["convert-gguf", "--gguf", "{in}/bad.gguf", "--out", "{new}"], "bad.gguf"),
+    # text that is not text: lone surrogates, control characters (file, line, field)
+    ("lone surrogate in a prompt", ["train", "--overwrite", "out={run}", "model.path={model}",
+                                    "data.train_files=[{in}/surrogate.jsonl]"],
+     "surrogate.jsonl, line 2, field 'problem': lone surrogate U+D800"),
+    ("control character in an answer", ["train", "--overwrite", "out={run}", "model.path={model}",
+                                        "data.train_files=[{in}/control.jsonl]"],
+     "control.jsonl, line 1, field 'answer': control character U+0007"),
+    ("demo: lone surrogate in a prompt", ["demo", "--out", "{new}", "data.train_files=[{in}/surrogate.jsonl]"],
+     "surrogate.jsonl, line 2, field 'problem'"),
+    ("curate: lone surrogate", ["curate", "--data", "{in}/surrogate.jsonl", "--out", "{new}"],
+     "surrogate.jsonl, line 2, field 'problem'"),
+    ("difficulty: escape character in a CSV cell", ["difficulty", "--model", "{model}", "--data", "{in}/control.csv",
+                                                    "--out", "{new}"], "control.csv, line 3, field 'problem'"),
+    ("sft: lone surrogate in a response", ["sft", "--model", "{model}", "--data", "{in}/sft_surrogate.jsonl",
+                                           "--out", "{new}"], "sft_surrogate.jsonl:1: field 'response': lone surrogate"),
+    ("dpo: NUL in a chosen response", ["dpo", "--model", "{model}", "--data", "{in}/pairs_control.jsonl",
+                                       "--out", "{new}"], "pairs_control.jsonl:2: field 'chosen': control character"),
+    ("long2short shortest-rs: lone surrogate", ["long2short", "shortest-rs", "--model", "{model}", "--data",
+                                                "{in}/surrogate.jsonl", "--out", "{new}"],
+     "surrogate.jsonl, line 2, field 'problem'"),
+    ("long2short report: control character", ["long2short", "report", "--models", "{model}", "--data",
+                                              "{in}/control.jsonl", "--out", "{new}"], "control.jsonl, line 1"),
+    ("codetests: bell character in a statement", ["codetests", "--problems", "{in}/problems", "--out", "{new}"],
+     "p1/statement.md: control character U+0007"),
+    # output paths that cannot be written: refused before anything is read or written
+    ("OUT under /proc", ["train", "out=/proc/k15rl-bad-input/run"], "out /proc/k15rl-bad-input/run: lies under /proc"),
+    ("OUT is a file", ["train", "--overwrite", "out={in}/afile"], "out {in}/afile: is a file, not a folder"),
+    ("OUT below a file", ["train", "out={in}/afile/run"], "{in}/afile is a file"),
+    ("OUT on a read-only file system", ["train", "out={ro}/run"], "{ro} is not writable"),
+    ("demo --out under /proc", ["demo", "--out", "/proc/self/k15rl-demo"], "lies under /proc"),
+    ("demo --out below a file", ["demo", "--out", "{in}/afile/demo"], "{in}/afile is a file"),
+    ("eval --output is a folder", ["eval", "--model", "{model}", "--output", "{in}"], "--output {in}: is a folder"),
+    ("eval --output under /sys", ["eval", "--model", "{model}", "--output", "/sys/k15rl.json"], "lies under /sys"),
+    ("sft --out read-only", ["sft", "--model", "{model}", "--data", "{in}/sft.jsonl", "--out", "{ro}/model"],
+     "--out {ro}/model: {ro} is not writable"),
+    ("dpo --out is a file", ["dpo", "--model", "{model}", "--data", "{in}/pairs.jsonl", "--out", "{in}/afile"],
+     "--out {in}/afile: is a file"),
+    ("dpo --ref-cache under /proc", ["dpo", "--model", "{model}", "--data", "{in}/pairs.jsonl", "--out", "{new}",
+                                     "--ref-cache", "/proc/ref.pt"], "--ref-cache /proc/ref.pt"),
+    ("long2short merge --out under /proc", ["long2short", "merge", "--long", "{model}", "--short", "{model}",
+                                            "--out", "/proc/merged"], "--out /proc/merged"),
+    ("long2short shortest-rs --out below a file", ["long2short", "shortest-rs", "--model", "{model}", "--data",
+                                                   "{in}/good.jsonl", "--out", "{in}/afile/rs.jsonl"],
+     "{in}/afile is a file"),
+    ("long2short dpo-pairs --out read-only", ["long2short", "dpo-pairs", "--model", "{model}", "--data",
+                                              "{in}/good.jsonl", "--out", "{ro}/pairs.jsonl"], "{ro} is not writable"),
+    ("long2short report --out is a file", ["long2short", "report", "--models", "{model}", "--out", "{in}/afile"],
+     "--out {in}/afile: is a file"),
+    ("curate --out is a folder", ["curate", "--data", "{in}/good.jsonl", "--out", "{in}"], "--out {in}: is a folder"),
+    ("curate --dropped under /proc", ["curate", "--data", "{in}/good.jsonl", "--out", "{new}", "--dropped",
+                                      "/proc/dropped.jsonl"], "--dropped /proc/dropped.jsonl"),
+    ("difficulty --out read-only", ["difficulty", "--model", "{model}", "--data", "{in}/good.jsonl", "--out",
+                                    "{ro}/rated.jsonl"], "{ro} is not writable"),
+    ("codetests --out under /proc", ["codetests", "--problems", "{in}/problems", "--out", "/proc/tests.jsonl"],
+     "--out /proc/tests.jsonl"),
+    ("convert-gguf --out is a file", ["convert-gguf", "--gguf", "{in}/bad.gguf", "--out", "{in}/afile"],
+     "--out {in}/afile: is a file"),
+    ("export-data --out under /proc", ["export-data", "--task", "arith", "--out", "/proc/rows.jsonl"],
+     "--out /proc/rows.jsonl"),
+    ("export-data --out read-only", ["export-data", "--task", "arith", "--out", "{ro}/rows.jsonl"],
+     "{ro} is not writable"),
+    ("export-data --out below a file", ["export-data", "--task", "arith", "--out", "{in}/afile/rows.jsonl"],
+     "{in}/afile is a file"),
+    ("warmup-data --out is a folder", ["warmup-data", "--out", "{in}"], "--out {in}: is a folder"),
 ]
 
 
 @pytest.mark.parametrize("case, argv, needle", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_one_line_exit_2_out_untouched(tmp_path, capsys, existing_run, tiny_model_dir, case, argv, needle):
+def test_bad_input_one_line_exit_2_out_untouched(request, tmp_path, capsys, existing_run, tiny_model_dir, bad_models,
+                                                 case, argv, needle):
     inputs = _files(tmp_path)
-    fill = {"run": str(existing_run), "model": str(tiny_model_dir), "in": str(inputs)}
-    before = _snapshot(existing_run)
+    new = tmp_path / "new"
+    fill = {"run": str(existing_run), "model": str(tiny_model_dir), "in": str(inputs), "bad": str(bad_models),
+            "new": str(new)}
+    if any("{ro}" in a for a in argv):
+        fill["ro"] = str(request.getfixturevalue("readonly_dir"))
+    before, inputs_before = _snapshot(existing_run), _snapshot(inputs)
     code = main([a.format(**fill) for a in argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2, (case, err)
     assert len(err) == 1 and err[0].startswith("k15rl: error:"), err
     assert needle.format(**fill) in err[0], err[0]
     assert _snapshot(existing_run) == before
+    assert _snapshot(inputs) == inputs_before and not new.exists()  # nothing written
 
 
 def test_disk_full_while_writing_a_checkpoint(tmp_path, capsys, tiny_model_dir, monkeypatch):

@@ -18,6 +18,7 @@ import csv
 import gzip
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -65,6 +66,21 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", newline="")
 
 
+def not_utf8(path: str | Path, e: UnicodeDecodeError) -> UserError:
+    """The error for a text file that is not UTF-8, naming the file and the byte."""
+    return UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})")
+
+
+def read_text_file(path: str | Path) -> str:
+    """The text of a UTF-8 file; UserError naming the file if it cannot be read or decoded."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, e) from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror})") from None
+
+
 def read_rows(path: str | Path) -> Iterator[RawRow]:
     """Rows of a data file in order. Raises UserError if the file as a whole cannot be
     read (missing, unknown format, not a JSON array, a `DatasetDict` folder, ...)."""
@@ -85,7 +101,35 @@ def read_rows(path: str | Path) -> Iterator[RawRow]:
         else:
             yield from _datasets_rows(path)
     except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise not_utf8(path, e) from None
+
+
+# What a model's text may not hold: lone UTF-16 surrogates (JSON "\\ud800": not encodable
+# as UTF-8) and control characters (Unicode category Cc) other than tab, newline and CR.
+_BAD_CHAR = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def bad_text(value: Any) -> str | None:
+    """Why `value` (a string, or lists and dicts holding strings, e.g. chat messages) is
+    not usable text: its first lone surrogate or control character other than tab,
+    newline and carriage return, and where; None if there is none.
+
+    >>> bad_text("a\\tb\\n"), bad_text(["x", {"content": "ab\\x07"}])
+    (None, 'control character U+0007 at character 2 (only tab, newline and carriage return are allowed)')
+    >>> bad_text(json.loads('"1+\\\\ud800"'))
+    'lone surrogate U+D800 at character 2 (not valid Unicode text)'
+    """
+    if isinstance(value, str):
+        m = _BAD_CHAR.search(value)
+        if m is None:
+            return None
+        code = ord(m.group())
+        if 0xD800 <= code <= 0xDFFF:
+            return f"lone surrogate U+{code:04X} at character {m.start()} (not valid Unicode text)"
+        return (f"control character U+{code:04X} at character {m.start()} "
+                "(only tab, newline and carriage return are allowed)")
+    values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return next((why for why in map(bad_text, values) if why), None)
 
 
 @dataclass(frozen=True)
@@ -118,8 +162,9 @@ def read_jsonl_objects(path: str | Path, fields: Sequence[str] = ()) -> Iterator
     name (`.gz`: decompressed), each object holding every key of `fields`.
 
     The first bad line raises UserError naming the file and line: not valid JSON, not a
-    JSON object, or a missing field (the first of `fields` it lacks). So does a missing
-    file or one that is not UTF-8.
+    JSON object, a missing field (the first of `fields` it lacks) or one whose text holds
+    a lone surrogate or a control character (`bad_text`). So does a missing file or one
+    that is not UTF-8.
     """
     path = Path(path)
     if not path.is_file():
@@ -134,9 +179,12 @@ def read_jsonl_objects(path: str | Path, fields: Sequence[str] = ()) -> Iterator
                 for key in fields:
                     if key not in j.value:
                         raise UserError(f"{path}:{j.lineno}: missing field {key!r}")
+                    why = bad_text(j.value[key])
+                    if why:
+                        raise UserError(f"{path}:{j.lineno}: field {key!r}: {why}")
                 yield j.lineno, j.value
     except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise not_utf8(path, e) from None
 
 
 def _jsonl_rows(lines: Iterable[str]) -> Iterator[RawRow]:

@@ -20,6 +20,7 @@ import json
 import re
 from typing import Any
 
+from k15rl.data.readers import bad_text
 from k15rl.types import Prompt
 from k15rl.verifiers import extract_boxed
 
@@ -83,6 +84,23 @@ def find_field(row: dict[str, Any], role: str, columns: dict[str, str | None]) -
         if value is not _MISSING:
             return name, value
     return role, _MISSING
+
+
+def checked_field(row: dict[str, Any], role: str, columns: dict[str, str | None]) -> tuple[str, Any]:
+    """`find_field`, the value's text checked too: a lone surrogate or a control character
+    (other than tab, newline, CR) anywhere in it raises BadRow naming the field.
+
+    >>> checked_field({"problem": "1+1?", "answer": "2"}, "prompt", {})
+    ('problem', '1+1?')
+    >>> checked_field({"problem": "1+1?\\x00"}, "prompt", {})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    k15rl.data.rows.BadRow: field 'problem': control character U+0000 at character 4 (...)
+    """
+    name, value = find_field(row, role, columns)
+    why = None if value is _MISSING else bad_text(value)
+    if why:
+        raise BadRow(name, why)
+    return name, value
 
 
 def _absent(row: dict[str, Any], role: str, columns: dict[str, str | None]) -> str:
@@ -214,7 +232,7 @@ def row_to_prompt(
     (per-level evaluation, curriculum). `chat_in_text`: a prompt string that holds a JSON
     chat list is read as the chat (CSV cells).
     """
-    name, value = find_field(row, "prompt", columns)
+    name, value = checked_field(row, "prompt", columns)
     if value is _MISSING:
         raise BadRow(name, _absent(row, "prompt", columns))
     if chat_in_text and isinstance(value, str) and value.lstrip().startswith("[{"):
@@ -224,11 +242,11 @@ def row_to_prompt(
         messages = (("system", system_prompt),) + messages
 
     meta: dict[str, Any] = {"source": source}
-    _, tests = find_field(row, "test_cases", columns)
+    _, tests = checked_field(row, "test_cases", columns)
     if tests is not _MISSING:
         meta["test_cases"] = _maybe_json(tests)
 
-    name, value = find_field(row, "answer", columns)
+    name, value = checked_field(row, "answer", columns)
     if value is not _MISSING:
         answer = normalize_answer(value, name)
     elif reference is not None:  # TRL `messages`: the reference reply holds the answer
@@ -239,15 +257,15 @@ def row_to_prompt(
         raise BadRow(name, _absent(row, "answer", columns) + " (and no test cases)")
 
     level = 0
-    name, value = find_field(row, "difficulty", columns)
+    name, value = checked_field(row, "difficulty", columns)
     if value is not _MISSING:
         meta["difficulty"] = parse_difficulty(value, name)
         if meta["difficulty"].is_integer():
             level = int(meta["difficulty"])
-    _, value = find_field(row, "domain", columns)
+    _, value = checked_field(row, "domain", columns)
     if value is not _MISSING:
         meta["domain"] = str(value)
-    name, value = find_field(row, "pass_rate", columns)
+    name, value = checked_field(row, "pass_rate", columns)
     if value is not _MISSING:
         try:
             rate = float(value)
@@ -258,16 +276,19 @@ def row_to_prompt(
         meta["pass_rate"] = rate
     extra = row.get("extra_info")
     if isinstance(extra, dict):
+        why = bad_text(extra)
+        if why:
+            raise BadRow("extra_info", why)
         meta["extra_info"] = extra
 
     verifier = default_verifier
-    name, value = find_field(row, "verifier", columns)
+    name, value = checked_field(row, "verifier", columns)
     if value is not _MISSING:
         if not isinstance(value, str) or value not in known_verifiers:
             raise BadRow(name, f"unknown verifier {value!r} (known: {', '.join(sorted(known_verifiers))})")
         verifier = value
 
-    _, value = find_field(row, "id", columns)
+    _, value = checked_field(row, "id", columns)
     pid = default_id if value is _MISSING else str(value)
     return Prompt(id=pid, messages=messages, answer=answer, task=verifier, level=level, meta=meta)
 

@@ -19,6 +19,7 @@ from typing import Mapping
 import torch
 
 from k15rl.errors import UserError
+from k15rl.models.loading import check_model_folder, read_model_config, safetensors_files
 
 # Files of a model folder that are not copied to the merged one: the weights (rewritten)
 # and run bookkeeping.
@@ -60,7 +61,7 @@ def merge_state_dicts(long: Mapping[str, torch.Tensor], short: Mapping[str, torc
 
 
 def _weight_files(folder: Path) -> list[Path]:
-    files = sorted(folder.glob("*.safetensors"))
+    files = safetensors_files(folder)
     if not files:
         other = sorted(p.name for p in folder.glob("*.bin"))
         hint = f" (it has {', '.join(other)}: re-save it with save_pretrained(safe_serialization=True))" if other else ""
@@ -79,13 +80,7 @@ def load_safetensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _config(folder: Path, flag: str) -> dict:
-    path = folder / "config.json"
-    if not folder.is_dir() or not path.is_file():
-        raise UserError(f"{flag} {folder}: not a Hugging Face model folder (no config.json there)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e.msg})") from None
+    return read_model_config(check_model_folder(folder, flag))
 
 
 def check_compatible(long_dir: Path, short_dir: Path) -> None:

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 from k15rl.errors import UserError
+from k15rl.models.loading import load_or_fail
 
 
 def find_gguf(source: str | Path, workdir: Path) -> Path:
@@ -41,8 +42,9 @@ def convert_gguf(source: str | Path, out: str | Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         gguf = find_gguf(source, Path(tmp))
         folder, name = str(gguf.parent), gguf.name
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        failure = f"--gguf {source}: cannot read {name}"
+        tok = load_or_fail(failure, AutoTokenizer.from_pretrained, folder, gguf_file=name)
+        loaded = load_or_fail(failure, AutoModelForCausalLM.from_pretrained, folder, gguf_file=name, dtype=torch.float32)
         cfg_dict = loaded.config.to_dict()
         cfg_dict.pop("quantization_config", None)
         config = AutoConfig.for_model(**cfg_dict)

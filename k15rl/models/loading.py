@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from k15rl.errors import UserError
 
@@ -28,10 +29,11 @@ def torch_dtype(name: str):
 
 def load_tokenizer(path: str | Path, chat_template: str | None = None):
     """The tokenizer of `path`, with a chat template: its own, or `chat_template`
-    ("plain" or a Jinja string) when given. Raises UserError if it has none."""
+    ("plain" or a Jinja string) when given. Raises UserError if it has none, or if the
+    tokenizer files cannot be loaded."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path))
+    tok = load_or_fail(f"{path}: cannot load the tokenizer", AutoTokenizer.from_pretrained, str(path))
     if chat_template == "plain":
         tok.chat_template = PLAIN_TEMPLATE
     elif chat_template:
@@ -50,16 +52,107 @@ def load_model(path: str | Path, dtype: str = "float32"):
     """`AutoModelForCausalLM` from a local folder, in `dtype`, in train mode off."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype))
+    model = load_or_fail(f"{path}: cannot load the model", AutoModelForCausalLM.from_pretrained, str(path),
+                         dtype=torch_dtype(dtype))
     model.eval()
     return model
 
 
-def check_model_path(path: str | Path, key: str = "model.path") -> Path:
+def load_or_fail(failure: str, load: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`load(*args, **kwargs)` (a `from_pretrained`); an error loading user files that
+    `check_model_folder` cannot see coming (an unknown model_type, weights that do not
+    fit the config, a corrupt tokenizer.json or GGUF file) becomes one UserError line:
+    `failure` (which names the file or folder), then the reason."""
+    try:
+        return load(*args, **kwargs)
+    except Exception as e:  # third-party parsers of user files raise anything (struct.error, ...)
+        reason = " ".join(str(e).split()) or type(e).__name__  # one line
+        raise UserError(f"{failure} ({reason[:300]})") from None
+
+
+# A tokenizer's vocabulary is in one of these (fast tokenizers, SentencePiece, BPE, WordPiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file holding an object; UserError naming the file otherwise."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def read_model_config(folder: Path) -> dict[str, Any]:
+    """`folder/config.json`: a JSON object with a `model_type`; UserError naming the file otherwise."""
+    path = folder / "config.json"
+    config = read_json_object(path)
+    if not isinstance(config.get("model_type"), str) or not config["model_type"]:
+        raise UserError(f"{path}: no 'model_type' (the architecture, e.g. \"llama\"): not a Hugging Face model config")
+    return config
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    """The safetensors weight files of a model folder: the shards its
+    `model.safetensors.index.json` names, else every `*.safetensors` there."""
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        return sorted(folder.glob("*.safetensors"))
+    weight_map = read_json_object(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UserError(f"{index}: no 'weight_map' (tensor name -> shard file)")
+    return [folder / name for name in sorted(set(map(str, weight_map.values())))]
+
+
+def check_safetensors(path: Path) -> None:
+    """`path` is a complete safetensors file: its header parses and covers the file
+    (reads the header only, not the weights). UserError naming the file otherwise
+    (missing, empty, truncated, not safetensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise UserError(f"{path}: missing (a weight file of the model)")
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: not a complete safetensors file ({path.stat().st_size} bytes; {e}): "
+                        "truncated or corrupt, copy or save the model again") from None
+
+
+def check_model_folder(path: str | Path, key: str = "model.path") -> Path:
+    """`path` as a loadable Hugging Face model folder, checked cheaply before anything is
+    written: config.json (a JSON object with a model_type), the weights (every
+    safetensors file's header; PyTorch `.bin` files are left to transformers) and the
+    tokenizer files. Raises UserError naming `key`, the file, or what is missing."""
     p = Path(path).expanduser()
     if not p.is_dir() or not (p / "config.json").exists():
         raise UserError(f"{key}: {path} is not a Hugging Face model folder (no config.json there)")
+    try:
+        read_model_config(p)
+        weights = safetensors_files(p)
+        for f in weights:
+            check_safetensors(f)
+        for name in ("tokenizer_config.json", "tokenizer.json"):
+            if (p / name).is_file():
+                read_json_object(p / name)
+    except UserError as e:
+        raise UserError(f"{key}: {e}") from None
+    if not weights and not any(p.glob("*.bin")):
+        raise UserError(f"{key}: {path} holds no weights (no model.safetensors, shards or pytorch_model.bin)")
+    if not any((p / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"{key}: {path} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}): "
+                        "save the tokenizer into the model folder")
     return p
+
+
+check_model_path = check_model_folder  # the earlier name
 
 
 def encode_prompt(tokenizer, messages: Sequence[tuple[str, str]]) -> list[int]:

@@ -29,6 +29,7 @@ from k15rl.data import build_prompts, fit_context, prompt_token_limit
 from k15rl.distributed.placement import Workers, start_workers
 from k15rl.errors import UserError
 from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
+from k15rl.paths import check_output_path
 from k15rl.rewards.compose import RewardFn, RewardRouter
 from k15rl.rollout.collect import OUTCOMES, PartialRolloutResult
 from k15rl.rollout.engine import SamplingParams
@@ -149,6 +150,7 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     # Everything that can fail on bad input happens before OUT is touched.
+    check_output_path(out, "out")
     check_names(cfg)
     check_installed(cfg.log)  # TensorBoard, W&B: optional packages
     train_prompts, test_prompts = build_prompts(cfg, log, train_dataset, eval_dataset)
