@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from k15rl.verifiers.sandbox import UID_BASE, Limits, StdioTest, namespace_support, run_function, run_stdio
+from k15rl.verifiers.sandbox import (UID_BASE, Limits, StdioTest, namespace_support, run_function, run_stdio, shutdown,
+                                     supervisor_pids)
 
 LIMITS = Limits(cpu_s=1, wall_s=1.5, memory_mb=256, processes=16, file_mb=16, output_kb=64)
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +80,9 @@ HOSTILE = [
      "import os, signal, sys\nhost = int(sys.stdin.read())\n"
      "for pid in (os.getppid(), 1, host):\n    try:\n        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass\n"
      "raise SystemExit(3)\n", "runtime_error", "x"),
-    ("kill_everything", "stdio", "import os, signal\nos.kill(-1, signal.SIGKILL)\n", "runtime_error", "x"),
+    # kill(-1) reaches no process the program may signal (the supervisor is PID 1, the
+    # zygote and judge run as other uids); it exits 0 having printed nothing
+    ("kill_everything", "stdio", "import os, signal\nos.kill(-1, signal.SIGKILL)\n", "wrong_answer", "x"),
     ("raise_rlimits", "stdio",
      "import resource\nresource.setrlimit(resource.RLIMIT_CPU, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))\n",
      "runtime_error", "x"),
@@ -120,26 +123,40 @@ HOSTILE = [
     ("traceback_frame_for_nonce", "function",
      "import os\ntry:\n    raise ValueError\nexcept ValueError as e:\n    fr = e.__traceback__.tb_frame.f_back\n"
      "    os.write(3, fr.f_locals['nonce'].encode())\n    os._exit(0)\n", "runtime_error", None),
-    ("ctypes_memory_read", "function", "import ctypes\ndef add(a, b):\n    return a + b + 1\n", "runtime_error", None),
+    # ctypes is allowed: nothing in the program's process decides the verdict
+    ("ctypes_memory_read", "function", "import ctypes\ndef add(a, b):\n    return a + b + 1\n", "wrong_answer", None),
 ]
 NEEDS_NAMESPACES = {"unmount_hidden_dir", "read_project_file", "delete_project_file", "socket_outside",
                     "socket_localhost", "fill_dev_shm"}
 
 
-def _sandbox_processes() -> list[str]:
-    """Processes a run could have left: runners (by their script) or sandbox uids."""
-    left = []
+def _processes() -> list[tuple[int, int, str, str]]:
+    """(pid, uid, pid namespace, command line) of every process."""
+    out = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             uid = os.stat(f"/proc/{pid}").st_uid
+            ns = os.readlink(f"/proc/{pid}/ns/pid")
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if UID_BASE <= uid < UID_BASE + 1024 or "/.k15/runner.py" in cmd or "_sandbox_supervisor" in cmd:
+        out.append((int(pid), uid, ns, cmd))
+    return out
+
+
+def _sandbox_processes() -> list[str]:
+    """Processes a run could have left: any of the sandbox uids, and in each sandbox's
+    PID namespace anything but its supervisor and its one pre-started runner (the
+    zygote); a program forked from the zygote has its command line, so count them."""
+    left, runners = [], {}
+    for pid, uid, ns, cmd in _processes():
+        if UID_BASE <= uid < UID_BASE + 2048:
             left.append(f"{pid} uid={uid} {cmd[:80]}")
-    return left
+        elif "/.k15/runner.py" in cmd:
+            runners.setdefault(ns, []).append(f"{pid} {cmd[:80]}")
+    return left + [p for ps in runners.values() if len(ps) > 1 for p in ps]
 
 
 def _workdirs() -> set[str]:
@@ -209,6 +226,16 @@ def test_daemon_gone_later_too():
     run_stdio(prog, [StdioTest("", "x")], LIMITS)
     time.sleep(1.0)
     assert _sandbox_processes() == []
+
+
+def test_shutdown_leaves_no_process():
+    """The pre-started sandboxes and everything in their namespaces end with shutdown()."""
+    run_stdio("print(1)", [StdioTest("", "1")], LIMITS)
+    assert supervisor_pids()
+    shutdown()
+    left = [f"{pid} {cmd[:80]}" for pid, uid, _, cmd in _processes()
+            if "_sandbox_supervisor" in cmd or "/.k15/runner.py" in cmd or UID_BASE <= uid < UID_BASE + 2048]
+    assert left == [] and supervisor_pids() == []
 
 
 def test_suite_is_large_enough():

@@ -112,14 +112,16 @@ def load_problem_dirs(root: str | Path) -> list[ProblemDir]:
     return out
 
 
-def _generator_path() -> list[str]:
-    """Where cyaron is installed: visible (read-only) to generator scripts in the sandbox."""
+GENERATOR_PACKAGES = ("cyaron", "colorful", "xeger")  # cyaron and what it imports
+
+
+def _generator_packages() -> tuple[str, ...]:
+    """Packages generator scripts may import in the sandbox (bound there read-only)."""
     import importlib.util
 
-    spec = importlib.util.find_spec("cyaron")
-    if spec is None or spec.origin is None:
+    if importlib.util.find_spec("cyaron") is None:
         raise UserError("codetests needs cyaron for generator scripts: pip install 'k15rl[code]'")
-    return [str(Path(spec.origin).parent.parent)]
+    return GENERATOR_PACKAGES
 
 
 def select_cases(outputs: dict[str, list[TestOutcome]], inputs: Sequence[str], cfg: CodeTestsConfig
@@ -153,7 +155,7 @@ def validate_problem(p: ProblemDir, cfg: CodeTestsConfig, pool: ThreadPoolExecut
     """Generate, run, vote, keep or drop one problem."""
     rep = ProblemReport(p.id, solutions=len(p.solutions))
     seeds = [str(cfg.seed * 1_000_003 + i) for i in range(cfg.cases)]
-    gen = run_outputs(p.generator, seeds, cfg.limits, sys_path=_generator_path())
+    gen = run_outputs(p.generator, seeds, cfg.limits, packages=_generator_packages())
     progress(1)
     rep.generator_failures = sum(o.reason != "pass" for o in gen)
     inputs = list(dict.fromkeys(o.stdout for o in gen if o.reason == "pass" and o.stdout.strip()))

@@ -1,27 +1,164 @@
-"""Sandbox runner: the first code of the process that runs an untrusted program.
+"""Sandbox runner: the pre-started process that becomes every untrusted program.
 
-Started by the supervisor as `python -I -S runner.py MODE PROGRAM VERDICT_FD AUDIT SYS_PATH`,
-already limited (rlimits) and without privileges. Standard library only.
+Started once per supervisor as `python -I -S runner.py zygote SOCKET_FD`. Standard
+library only. It holds no job data: it waits on a Unix socket for a spawn request (a
+small JSON header and the descriptors the new process will use, passed with
+SCM_RIGHTS), forks twice (so the new process becomes the supervisor's child, which
+waits for it with its resource usage), and goes back to waiting. A fork of this small,
+already started interpreter costs about a millisecond; starting Python costs ten.
 
-MODE `stdio`: run PROGRAM as `__main__`; the supervisor and host compare its stdout.
-MODE `function`: read {"check", "entry_point", "nonce"} as JSON from stdin, run
-PROGRAM, then the test code's `check(candidate)` with pristine builtins and a candidate
-whose return values must be plain data (so an object that "equals everything" fails);
-only after `check` returns does the runner write the nonce to VERDICT_FD. Exiting early
-(`sys.exit(0)`, `os._exit(0)`), printing "passed", or patching `os`/`sys`/builtins does
-not produce the nonce. What this cannot stop: a program that searches this process's
-memory for the nonce (docs/code_rewards.md says so).
+The new process drops privileges and takes its limits, then plays one of two roles:
+
+- `candidate`: runs the program. In stdio mode the program reads stdin and prints; the
+  supervisor and the host compare the output. In function mode the program's names
+  are served over a pipe: the judge sends calls, the candidate answers with return
+  values encoded as plain data (`encode`), nothing else.
+- `judge` (function mode): runs the test code's `check(candidate)` in a process of its
+  own, where `candidate` is a proxy that calls into the program's process. The verdict
+  is written to a pipe only the supervisor reads. Nothing the program does in its own
+  process (builtins, frames, globals, sys.modules, /proc/self/mem, signal handlers,
+  atexit) reaches this process: it sees only the decoded return values.
 """
 
 import builtins
+import ctypes
+import json
 import os
+import resource
 import signal
+import socket
+import struct
 import sys
 
 MEMORY_EXIT = 86
-_write, _exit, _type, _isinstance = os.write, os._exit, type, isinstance
-_PLAIN = (int, float, complex, str, bytes, bool, type(None))
-_CONTAINERS = (list, tuple, set, frozenset, dict)
+MAX_FRAME = 8 << 20  # bytes of one encoded call or return value
+PR_SET_NO_NEW_PRIVS, PR_SET_SECUREBITS, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 38, 28, 4, 24
+# SECBIT_NOROOT|_LOCKED, NO_SETUID_FIXUP|_LOCKED, KEEP_CAPS_LOCKED: uid 0 gains no
+# capabilities on execve, and the bits cannot be undone.
+SECUREBITS_LOCKED_NOROOT = 0x01 | 0x02 | 0x04 | 0x08 | 0x20
+SYS_CAPSET = {"x86_64": 126, "aarch64": 91}.get(os.uname().machine)
+_libc = ctypes.CDLL(None, use_errno=True)
+_write, _exit, _type = os.write, os._exit, type
+
+
+# --- plain data across processes -------------------------------------------------------
+# A tagged JSON encoding, written here because pickle and marshal would run or trust
+# what the other side sent, and JSON alone loses tuples, sets, bytes and non-string keys.
+
+def encode(value, depth=0):
+    """`value` as JSON-ready data, if built of exact plain types (no subclasses)."""
+    t = _type(value)
+    if depth > 100:
+        raise TypeError("value nested too deeply")
+    if t is str or t is bool or t is int or t is float or value is None:
+        return value
+    if t is list:
+        return [encode(v, depth + 1) for v in value]
+    if t is tuple:
+        return {"t": [encode(v, depth + 1) for v in value]}
+    if t is dict:
+        return {"d": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
+    if t is set or t is frozenset:
+        return {"s" if t is set else "f": [encode(v, depth + 1) for v in value]}
+    if t is bytes:
+        return {"b": value.hex()}
+    if t is complex:
+        return {"c": [value.real, value.imag]}
+    raise TypeError(f"a {t.__name__} is not plain data")
+
+
+def decode(data):
+    """The inverse of `encode`; raises on anything `encode` does not produce."""
+    t = _type(data)
+    if t is list:
+        return [decode(v) for v in data]
+    if t is not dict:
+        return data
+    (tag, v), = data.items()
+    if tag == "t":
+        return tuple(decode(x) for x in v)
+    if tag == "d":
+        return {decode(k): decode(x) for k, x in v}
+    if tag == "s":
+        return {decode(x) for x in v}
+    if tag == "f":
+        return frozenset(decode(x) for x in v)
+    if tag == "b":
+        return bytes.fromhex(v)
+    if tag == "c":
+        return complex(v[0], v[1])
+    raise ValueError(f"unknown tag {tag!r}")
+
+
+def send(fd, obj):
+    data = json.dumps(obj).encode()
+    if len(data) > MAX_FRAME:
+        raise ValueError(f"message of {len(data)} bytes is over the {MAX_FRAME}-byte limit")
+    data = struct.pack(">I", len(data)) + data
+    while data:
+        data = data[_write(fd, data):]
+
+
+def _read_exact(fd, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            raise EOFError("the other process closed the channel")
+        buf += chunk
+    return bytes(buf)
+
+
+def recv(fd):
+    n, = struct.unpack(">I", _read_exact(fd, 4))
+    if n > MAX_FRAME:
+        raise ValueError(f"message of {n} bytes is over the {MAX_FRAME}-byte limit")
+    return json.loads(_read_exact(fd, n))
+
+
+# --- the new process: privileges and limits ---------------------------------------------
+
+def _capset_zero():
+    """Drop every capability of this process (effective, permitted, inheritable)."""
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+
+    hdr = Header(0x20080522, 0)
+    data = (Data * 2)()
+    if SYS_CAPSET is None or _libc.syscall(SYS_CAPSET, ctypes.byref(hdr), ctypes.byref(data)) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def confine(spec):
+    """Limits, then privileges: another uid when we are real root, else uid 0 of the
+    user namespace without any capability; never regaining any (no_new_privs)."""
+    lim = spec["limits"]
+    cpu = max(1, int(lim["cpu_s"] + 0.999))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    mem = lim["memory_mb"] * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (lim["file_mb"] * 2**20,) * 2)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lim["open_files"],) * 2)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NPROC, (lim["processes"],) * 2)
+    uid = spec["uid"]
+    if uid is not None:  # real root: become an unprivileged uid of our own
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    elif os.geteuid() == 0:  # root inside a user namespace: keep uid 0, lose the powers
+        _libc.prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_NOROOT, 0, 0, 0)
+        for cap in range(64):
+            _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+        _capset_zero()
+    _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    # the judge stays undumpable: no ptrace, no /proc/<pid>/mem or fd of it
+    _libc.prctl(PR_SET_DUMPABLE, int(spec["role"] == "candidate"), 0, 0, 0)
 
 
 def _block_network():
@@ -35,116 +172,183 @@ def _block_network():
     sys.addaudithook(hook)
 
 
-_INTROSPECTION = ("sys._getframe", "sys._current_frames", "sys.settrace", "sys.setprofile", "gc.get_objects",
-                  "gc.get_referrers", "gc.get_referents", "object.__getattr__")
+def _error_text(e):
+    try:
+        return f"{_type(e).__name__}: {e}"[-2000:]
+    except BaseException:
+        return _type(e).__name__
 
 
-def _block_introspection():
-    """Function mode: refuse the ways a program could read the runner's frames or memory
-    to find the nonce (frames, the gc's object lists, ctypes, /proc/self/mem). Raises
-    ValueError, which the standard library's own uses of sys._getframe tolerate."""
+# --- roles ------------------------------------------------------------------------------
 
-    def hook(event, args):
-        if event in _INTROSPECTION:
-            raise ValueError(f"{event} is disabled in the sandbox")
-        if event == "import" and args[0] in ("ctypes", "_ctypes"):
-            raise ValueError("ctypes is disabled in the sandbox")
-        if event == "open" and _isinstance(args[0], (str, bytes)) and "/proc/" in str(args[0]):
-            raise ValueError("/proc is disabled in the sandbox")
-
-    sys.addaudithook(hook)
-
-
-def _plain(value, depth=0):
-    """`value` if it is built of plain data types (exact types, not subclasses)."""
-    t = _type(value)
-    if depth > 50:
-        raise TypeError("return value nested too deeply")
-    if t in _PLAIN:
-        return value
-    if t in _CONTAINERS:
-        items = value.items() if t is dict else value
-        for v in items:
-            if t is dict:
-                _plain(v[0], depth + 1)
-                _plain(v[1], depth + 1)
-            else:
-                _plain(v, depth + 1)
-        return value
-    raise TypeError(f"the candidate returned a {t.__name__}, not plain data")
-
-
-def _guard(fn):
-    def candidate(*args, **kwargs):
-        return _plain(fn(*args, **kwargs))
-
-    return candidate
-
-
-def main():
-    mode, program_path, verdict_fd, audit = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    if sys.argv[5] != "-":  # read-only folders the program may import from
-        sys.path.extend(sys.argv[5].split(os.pathsep))
-    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # over the file-size limit: killed (output_limit)
-    if audit == "audit":
-        _block_network()
-    with open(program_path) as f:
+def candidate(spec):
+    """Run the program (fd 3 holds its source). Function mode: then serve calls on fds 4
+    (requests in) and 5 (answers out) until the judge hangs up."""
+    with os.fdopen(3, encoding="utf-8", errors="surrogateescape") as f:
         source = f.read()
-    job = None
-    if mode == "function":
-        import json
-
-        job = json.loads(sys.stdin.read())
-    pristine = dict(builtins.__dict__)
-    nonce = job.pop("nonce") if job else None
-    if mode == "function":
-        import traceback
-
-        _block_introspection()
+    if spec.get("packages"):
+        sys.path.append(spec["packages"])
+    if spec["audit"]:
+        _block_network()
+    function = spec["mode"] == "function"
     sys.argv = ["solution.py"]
     user = {"__name__": "__main__", "__builtins__": builtins}
     try:
+        import linecache
+
+        linecache.cache["solution.py"] = (len(source), None, source.splitlines(True), "solution.py")
         exec(compile(source, "solution.py", "exec"), user)
-        if mode != "function":
-            sys.stdout.flush()
-            return
-        if job["entry_point"] not in user or not callable(user[job["entry_point"]]):
-            print(f"the program does not define {job['entry_point']}()", file=sys.stderr)
-            _exit(1)
-        # The tests see the program's names (HumanEval's tests call its helpers) except
-        # any that shadow a builtin, and builtins as they were before the program ran.
-        tests = {k: v for k, v in user.items() if k not in pristine}
-        tests.update({"__name__": "tests", "__builtins__": dict(pristine)})
-        exec(compile(job["check"], "tests.py", "exec"), tests)
-        tests["check"](_guard(user[job["entry_point"]]))
+        if not function:
+            return  # a normal exit follows: non-daemon threads, atexit, flushed output
+        names = sorted(k for k, v in user.items() if callable(v) and not k.startswith("__"))
+        send(5, {"ready": names})
     except MemoryError:
         _write(2, b"MemoryError\n")
         _exit(MEMORY_EXIT)
-    except AssertionError:
-        _write(2, b"AssertionError: a test failed\n")
-        _write(verdict_fd, b"fail")
-        _exit(1)
-    except SystemExit as e:
-        if mode == "function":  # exiting before check() returned is not a pass
-            _exit(1)
-        raise e
-    except BaseException as e:
-        if mode != "function":
+    except (SystemExit, BaseException) as e:
+        if not function:
             raise
-        try:  # the message only: walking the traceback's frames is refused in this mode
-            _write(2, "".join(traceback.format_exception_only(_type(e), e)).encode()[-4000:])
-        except MemoryError:
-            _exit(MEMORY_EXIT)
-        except BaseException:
-            pass
+        if not isinstance(e, SystemExit):  # exiting before the tests ran is not a pass
+            _write(2, _error_text(e).encode() + b"\n")
         _exit(1)
+    while True:
+        try:
+            req = recv(4)
+        except EOFError:
+            break
+        try:
+            fn = user[req["call"]]
+            out = {"value": encode(fn(*decode(req["args"]), **decode(req["kwargs"])))}
+        except MemoryError:
+            _write(2, b"MemoryError\n")
+            _exit(MEMORY_EXIT)
+        except SystemExit:
+            _exit(1)
+        except BaseException as e:
+            out = {"raised": _type(e).__name__, "message": _error_text(e)}
+        send(5, out)
     try:
         sys.stdout.flush()
     except BaseException:
         pass
-    _write(verdict_fd, nonce.encode())
     _exit(0)
 
 
+class _Remote:
+    """The judge's stand-in for one of the program's functions."""
+
+    def __init__(self, name, fds):
+        self.name, self.fds = name, fds
+
+    def __call__(self, *args, **kwargs):
+        send(self.fds[0], {"call": self.name, "args": encode(list(args)), "kwargs": encode(kwargs)})
+        answer = recv(self.fds[1])
+        if "value" in answer:
+            return decode(answer["value"])
+        exc = getattr(builtins, str(answer.get("raised")), None)
+        if not (isinstance(exc, type) and issubclass(exc, Exception)) or issubclass(exc, AssertionError):
+            exc = RuntimeError  # the program's AssertionError is not the test's
+        raise exc(f"in the program: {answer.get('message', '')}")
+
+
+def judge(spec):
+    """Run `check(candidate)` (fd 3: {"check", "entry_point", "setup"}) against the program
+    behind fds 4 (calls out) and 5 (answers in); write the verdict to fd 6."""
+    with os.fdopen(3, encoding="utf-8") as f:
+        job = json.load(f)
+    verdict = "error: the program did not start"
+    try:
+        ready = recv(5)
+        entry = job["entry_point"]
+        if entry not in ready["ready"]:
+            verdict = f"error: the program does not define {entry}()"
+        else:
+            # the tests see the program's functions (HumanEval's tests call its helpers),
+            # except any that shadow a builtin; trusted set-up code (the problem's own
+            # header and helpers) defines them from the dataset instead where given
+            env = {k: _Remote(k, (4, 5)) for k in ready["ready"] if not hasattr(builtins, k)}
+            env.update({"__name__": "tests", "__builtins__": builtins})
+            if job.get("setup"):
+                exec(compile(job["setup"], "setup.py", "exec"), env)
+            env[entry] = _Remote(entry, (4, 5))
+            exec(compile(job["check"], "tests.py", "exec"), env)
+            env["check"](env[entry])
+            verdict = "pass"
+    except AssertionError as e:
+        verdict = f"fail: {_error_text(e)}"
+    except BaseException as e:
+        verdict = f"error: {_error_text(e)}"
+    os.close(4)  # the program sees end-of-file and exits
+    _write(6, verdict.encode()[:4000])
+    _exit(0)
+
+
+def zygote(sock_fd):
+    """Fork a confined process per request until the supervisor hangs up."""
+    sock = socket.socket(fileno=sock_fd)
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 65536, 8)
+        except (OSError, ValueError):
+            _exit(1)
+        if not msg:
+            _exit(0)
+        spec = json.loads(msg)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # intermediate: fork the real process, tell its pid, exit
+            os.close(r)
+            child = os.fork()
+            if child == 0:
+                os.close(w)
+                _become(spec, fds, sock)  # ends in sys.exit: a normal interpreter exit
+            try:
+                _write(w, str(child).encode())
+            finally:
+                _exit(0)
+        os.close(w)
+        for fd in fds:
+            os.close(fd)
+        child = os.read(r, 64)
+        os.close(r)
+        os.waitpid(pid, 0)  # now the new process is the supervisor's child (orphans go there)
+        sock.send(json.dumps({"pid": int(child)}).encode())
+
+
+def _become(spec, fds, sock):
+    """In the new process: its own session, descriptors 0..n, limits, then the role."""
+    try:
+        os.setsid()
+        sock.close()
+        for i, fd in enumerate(fds):  # move the passed descriptors to 0, 1, 2, ...
+            os.dup2(fd, 100 + i, inheritable=False)
+        for i in range(len(fds)):
+            os.dup2(100 + i, i, inheritable=i < 3)
+        os.closerange(len(fds), 1 << 16)
+        os.chdir(spec["cwd"])
+        os.environ.clear()
+        os.environ.update(spec["env"])
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # over the file-size limit: killed
+        confine(spec)
+    except BaseException as e:
+        try:
+            _write(2, f"sandbox: could not set up the process: {_error_text(e)}\n".encode())
+        finally:
+            _exit(125)
+    try:
+        (candidate if spec["role"] == "candidate" else judge)(spec)
+    except MemoryError:
+        _write(2, b"MemoryError\n")
+        _exit(MEMORY_EXIT)
+    except SystemExit:
+        raise
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        sys.exit(1)
+    sys.exit(0)
+
 if __name__ == "__main__":
-    main()
+    zygote(int(sys.argv[2]))

@@ -51,7 +51,9 @@ def job_from_spec(program: str, spec: Mapping[str, Any]) -> CodeJob:
         prefix = spec.get("prefix") or ""
         if prefix and not re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", program, re.MULTILINE):
             program = prefix + program  # a completion of the given function header
-        return CodeJob(program, check=str(spec["check"]), entry_point=entry)
+        # the prefix (the problem's header and helpers, from the dataset) also defines the
+        # helpers the tests call, in the judge: the program cannot redefine them there
+        return CodeJob(program, check=str(spec["check"]), entry_point=entry, setup=prefix or None)
     tests = spec.get("tests")
     if not isinstance(tests, list) or not tests:
         raise ValueError("no tests: expected meta['tests'] (a non-empty list) or meta['check']")

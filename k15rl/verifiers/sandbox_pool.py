@@ -25,12 +25,14 @@ from k15rl.verifiers.sandbox import Limits, RunResult, StdioTest, run_function, 
 @dataclass(frozen=True)
 class CodeJob:
     """A program with stdin/stdout `tests`, or with function-call test code `check`
-    calling `entry_point` (HumanEval style)."""
+    calling `entry_point` (HumanEval style); `setup` is trusted code (the problem's
+    header and helpers) that the tests' process runs first."""
 
     program: str
     tests: tuple[StdioTest, ...] = ()
     check: str | None = None
     entry_point: str | None = None
+    setup: str | None = None
 
 
 def grade(job: CodeJob, limits: Limits = Limits(), *, isolation: str = "auto") -> RunResult:
@@ -38,7 +40,7 @@ def grade(job: CodeJob, limits: Limits = Limits(), *, isolation: str = "auto") -
     if job.check is not None:
         if not job.entry_point:
             return RunResult("sandbox_error", 0, 1, "function-call tests need an entry_point")
-        return run_function(job.program, job.check, job.entry_point, limits, isolation=isolation)
+        return run_function(job.program, job.check, job.entry_point, limits, setup=job.setup, isolation=isolation)
     return run_stdio(job.program, job.tests, limits, isolation=isolation)
 
 
