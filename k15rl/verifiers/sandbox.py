@@ -289,6 +289,13 @@ class _Supervisor:
         return self.proc.poll() is None
 
     def close(self) -> None:
+        """End of input: the supervisor exits, the kernel ends its namespace's processes,
+        and `unshare` returns once all are gone; killed if that takes over 5 s."""
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except OSError:
