@@ -2,7 +2,9 @@
 export-data | curate | difficulty | codetests | long2short (merge | shortest-rs | dpo-pairs | report) | dpo |
 show; k15rl --version.
 
-Bad input (config keys, values, paths) ends with one line on stderr and exit code 2.
+Bad input (config keys, values, paths) ends with one line on stderr and exit code 2; a
+worker that died or hung (`WorkerFailure`: distributed.timeout_s, reward.stuck_timeout_s)
+with one line naming the worker and the step, and exit code 3.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from k15rl.errors import UserError
+from k15rl.errors import WORKER_FAILURE_EXIT, UserError, WorkerFailure
 from k15rl.paths import check_output_path
 
 
@@ -673,6 +675,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"k15rl: error: {e}", file=sys.stderr)
         return 2
+    except WorkerFailure as e:
+        print(f"k15rl: error: {e}", file=sys.stderr)
+        return WORKER_FAILURE_EXIT
     except KeyboardInterrupt:
         print("k15rl: interrupted", file=sys.stderr)
         return 130

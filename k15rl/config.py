@@ -127,6 +127,9 @@ class RewardConfig:
     # rewards/compose.py); sources not listed use their task's verifier
     sources: list[str] = field(default_factory=list)
     timeout_s: float = 60.0  # per reward call; 0 = none. A timeout or an exception scores 0 and is counted
+    # a call still running this long after it started never returns: the run stops with one line naming
+    # the source and the iteration (exit code 3; resume from the last checkpoint). 0 = never
+    stuck_timeout_s: float = 600.0
     workers: int = 2  # reward calls in parallel (code runs in sandbox processes)
     judge_model: str | None = None  # model folder or "builtin" for the 'judge' reward
 
@@ -176,6 +179,10 @@ class DistributedConfig:
     colocate: bool = False  # rollout worker i and trainer worker i share a device; engines sleep while training
     num_cpus: int = 0  # ray, local cluster: CPUs it may use; 0 = all
     object_store_mb: int = 1024  # ray, local cluster: object store size (weights travel through it)
+    # ray: the longest one call to the workers may take (a rollout, an update, a weight sync, start-up);
+    # past it, or when a worker dies, the run stops with one line naming the worker and the iteration
+    # (exit code 3; resume from the last checkpoint). 0 = no limit
+    timeout_s: float = 1800.0
 
 
 @dataclass
@@ -287,6 +294,7 @@ class TrainConfig:
              "cannot be combined with rollout.overlap (colocated phases take turns on one device)"),
             (d.num_cpus >= 0, "distributed.num_cpus", d.num_cpus, "must be >= 0"),
             (d.object_store_mb >= 64, "distributed.object_store_mb", d.object_store_mb, "must be >= 64"),
+            (d.timeout_s >= 0, "distributed.timeout_s", d.timeout_s, "must be >= 0 (0 = no limit)"),
         ]
 
     def _validate_data(self) -> None:

@@ -11,6 +11,10 @@ through `k15rl.distributed.placement.Workers` it sees an `EnginePool`, which is 
 `RolloutEngine`, and a `RemoteTrainer`, which is a `Trainer`. The math does not depend on the placement: trajectories, rewards and the
 loss are the same objects; only where they are computed changes.
 
+No hangs: every wait on the workers goes through `_get`, which stops with a
+`WorkerFailure` naming the worker when one dies (its actor is lost) or with a
+`WorkerTimeout` when one has not answered within `distributed.timeout_s`.
+
 Work distribution (report §2.6.2): a generate call puts its requests into a queue
 actor; every rollout worker pulls requests when its engine has free slots (the
 continuous-batching engine asks for more the moment a sequence finishes; an engine
@@ -24,6 +28,7 @@ import dataclasses
 import math
 import os
 import socket
+import time
 from collections import deque
 from inspect import signature
 from pathlib import Path
@@ -33,7 +38,7 @@ import torch
 
 from k15rl.config import TrainConfig
 from k15rl.distributed.shard import ONE_RANK, full_state_dict, init_process_group, shard_model
-from k15rl.errors import UserError
+from k15rl.errors import UserError, WorkerFailure, WorkerTimeout
 from k15rl.rollout.engine import SamplingParams
 from k15rl.trainer.update import PolicyTrainer, UpdatePlan
 from k15rl.types import GenerationRequest, Segment, Trajectory
@@ -81,6 +86,31 @@ def start_ray(cfg: TrainConfig, log: Callable[[str], None] = print) -> None:
              log_to_driver=True, configure_logging=False)
     _started_here = True
     log(f"ray: local cluster, {cpus} CPUs, object store {d.object_store_mb} MB")
+
+
+def _get(refs: list, names: list[str], what: str, timeout_s: float | None):
+    """`ray.get(refs)`, the calls of the workers `names` (in order), within `timeout_s`
+    seconds in all (None: no limit). A worker that died -> WorkerFailure naming it, the
+    moment its call fails (not when the others are done); one not done in time ->
+    WorkerTimeout naming the first such worker. `what`: the step ("the rollout")."""
+    ray = _ray()
+    from ray.exceptions import RayActorError, WorkerCrashedError
+
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    pending = dict(zip(refs, names))
+    while pending:
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=left)
+        if not ready:
+            raise WorkerTimeout(next(iter(pending.values())),
+                                f"did not finish {what} within {timeout_s:g} s (distributed.timeout_s)")
+        for ref in ready:
+            name = pending.pop(ref)
+            try:
+                ray.get(ref)
+            except (RayActorError, WorkerCrashedError) as e:
+                raise WorkerFailure(name, f"died during {what} ({type(e).__name__})") from None
+    return ray.get(refs)
 
 
 def _worker_setup(cpus: float) -> None:
@@ -154,16 +184,18 @@ class RolloutWorker:
 class EnginePool:
     """The rollout workers seen as one `RolloutEngine` by the master's loop."""
 
-    def __init__(self, workers: list, chunk_size: int):
+    def __init__(self, workers: list, chunk_size: int, timeout_s: float | None = None):
         ray = _ray()
-        self.workers, self.chunk = workers, chunk_size
+        self.workers, self.chunk, self.timeout_s = workers, chunk_size, timeout_s
+        self.names = [f"rollout worker {i}" for i in range(len(workers))]
         self.queue = ray.remote(WorkQueue).options(num_cpus=0).remote()
         self.last_counts: list[int] = []  # requests each worker served in the last call
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Segment]:
         ray = _ray()
-        ray.get(self.queue.put.remote(list(enumerate(requests))))
-        parts = ray.get([w.run.remote(self.queue, params, self.chunk) for w in self.workers])
+        _get([self.queue.put.remote(list(enumerate(requests)))], ["the work queue"], "the rollout", self.timeout_s)
+        parts = _get([w.run.remote(self.queue, params, self.chunk) for w in self.workers], self.names, "the rollout",
+                     self.timeout_s)
         out: list[Segment | None] = [None] * len(requests)
         for part in parts:
             for i, seg in part:
@@ -182,14 +214,17 @@ class EnginePool:
     def load_weights(self, weights) -> None:
         """Weights (a state dict, or a reference to one in the object store) to every worker."""
         ray = _ray()
-        ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(dict(weights))
-        ray.get([w.load_weights.remote(ref) for w in self.workers])
+        remote = isinstance(weights, ray.ObjectRef)  # from trainer worker 0 (RemoteTrainer.weights)
+        ref = weights if remote else ray.put(dict(weights))
+        loads = [w.load_weights.remote(ref) for w in self.workers]
+        _get([ref, *loads] if remote else loads, ["trainer worker 0", *self.names] if remote else self.names,
+             "the weight sync", self.timeout_s)
 
     def sleep(self) -> None:
-        _ray().get([w.sleep.remote() for w in self.workers])
+        _get([w.sleep.remote() for w in self.workers], self.names, "going to sleep", self.timeout_s)
 
     def wake_up(self) -> None:
-        _ray().get([w.wake_up.remote() for w in self.workers])
+        _get([w.wake_up.remote() for w in self.workers], self.names, "waking up", self.timeout_s)
 
 
 class TrainerWorker:
@@ -242,19 +277,24 @@ class TrainerWorker:
 class RemoteTrainer:
     """The trainer workers seen as one `Trainer` by the master's loop."""
 
-    def __init__(self, workers: list, master_model, placement=None):
+    def __init__(self, workers: list, master_model, placement=None, timeout_s: float | None = None):
         self.workers, self.master_model, self.placement = workers, master_model, placement
+        self.timeout_s = timeout_s
+        self.names = [f"trainer worker {i}" for i in range(len(workers))]
         self._pending: list = []  # state_dict calls of ranks > 0 (they only take part in the gather)
 
+    def _get(self, refs: list, what: str, names: list[str] | None = None):
+        return _get(refs, names or self.names, what, self.timeout_s)
+
     def _settle(self) -> None:
-        _ray().get(self._pending)
+        self._get(self._pending, "the weight gather", self.names[1:])
         self._pending = []
 
     def update(self, trajectories: Sequence[Trajectory], version: int, seed: int) -> dict[str, float]:
         ray = _ray()
         self._settle()
         ref = ray.put(list(trajectories))  # one copy in the object store, read by every rank
-        return ray.get([w.update.remote(ref, version, seed) for w in self.workers])[0]
+        return self._get([w.update.remote(ref, version, seed) for w in self.workers], "the update")[0]
 
     def weights(self):
         """A reference to rank 0's full state dict in the object store: rollout workers
@@ -265,17 +305,17 @@ class RemoteTrainer:
 
     def current_model(self):
         """The master's copy of the model, brought up to date (checkpoints, final save)."""
-        state = _ray().get(self.weights())
+        (state,) = self._get([self.weights()], "the weight gather", self.names[:1])
         self._settle()
         self.master_model.load_state_dict(state, strict=True)
         return self.master_model
 
     def offload(self) -> None:
         self._settle()
-        _ray().get([w.offload.remote() for w in self.workers])
+        self._get([w.offload.remote() for w in self.workers], "the offload")
 
     def onload(self) -> None:
-        _ray().get([w.onload.remote() for w in self.workers])
+        self._get([w.onload.remote() for w in self.workers], "the onload")
 
     def close(self) -> None:
         """Stop the trainer workers and free the workers' reserved resources."""
@@ -341,11 +381,22 @@ def start_ray_workers(cfg: TrainConfig, path: str | Path, master_model, plan: Up
                for i in range(d.rollout_workers)]
     trainers = [trainer_cls.options(**where("trainer", i)).remote(cfg, path, i, d.trainer_workers, plan)
                 for i in range(d.trainer_workers)]
-    addr, port = ray.get(trainers[0].address.remote())
-    ray.get([t.setup.remote(addr, port) for t in trainers])
+    timeout = d.timeout_s or None
+    names = [f"trainer worker {i}" for i in range(d.trainer_workers)]
+    start_up = timeout and max(timeout, PLACEMENT_TIMEOUT_S)  # loading the model may take longer than a step
+    try:
+        (addr, port), = _get([trainers[0].address.remote()], names[:1], "the start-up", start_up)
+        _get([t.setup.remote(addr, port) for t in trainers], names, "the start-up", start_up)
+    except BaseException:
+        for w in (*rollout, *trainers):
+            ray.kill(w)
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(pg)
+        raise
     log(f"ray: {d.rollout_workers} rollout worker(s) ({cfg.rollout.engine}), {d.trainer_workers} trainer worker(s)"
         f"{' (FSDP2)' if d.trainer_workers > 1 else ''}{', colocated' if d.colocate else ''}")
-    _running.append((EnginePool(rollout, d.chunk_size), RemoteTrainer(trainers, master_model, pg)))
+    _running.append((EnginePool(rollout, d.chunk_size, timeout), RemoteTrainer(trainers, master_model, pg, timeout)))
     return _running[-1]
 
 

@@ -18,7 +18,9 @@ its task name) to a reward, by name:
 - a user function `package.module:function`.
 A source without an entry uses its task's own verifier, as before.
 
-An exception or a timeout scores 0, is counted and logged, and the rest goes on.
+An exception or a timeout scores 0, is counted and logged, and the rest goes on; a
+call that never returns (still running after `reward.stuck_timeout_s`) stops the run
+with `WorkerTimeout` (docs/reliability.md, "No hangs").
 """
 
 from __future__ import annotations
@@ -27,11 +29,10 @@ import importlib
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from k15rl.errors import UserError
+from k15rl.errors import UserError, WorkerTimeout
 from k15rl.rewards.lookup import verifier_for, verifier_names
 from k15rl.types import Prompt
 
@@ -126,23 +127,51 @@ def source_of(prompt: Prompt) -> str:
     return str(prompt.meta.get("source") or prompt.task)
 
 
+class _Call:
+    """One reward call on its own daemon thread (a call that never returns cannot keep
+    the process from exiting); `done` is set when it returns or raises."""
+
+    def __init__(self, call: Callable[[], Any], source: str, wake: threading.Event):
+        self.call, self.source, self.wake = call, source, wake
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.started = time.monotonic()
+        threading.Thread(target=self._run, name=f"reward:{source}", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.value = self.call()
+        except BaseException as e:  # a broken reward must not stop training
+            self.error = e
+        finally:
+            self.done.set()
+            self.wake.set()
+
+
 class RewardRouter:
     """Picks each prompt's reward function by source and runs them, `workers` at a time,
     each call within `timeout_s` seconds (None: no limit).
 
-    A call that times out keeps its thread until it returns (Python cannot stop a
-    thread); the router stops waiting for it and uses fresh threads for the next batch.
-    Code runs in sandbox processes with their own limits, so only user functions can
-    hold a thread that long.
+    A call past `timeout_s` scores 0 and gives its slot to the next call; it keeps its
+    (daemon) thread until it returns, because Python cannot stop a thread. One still
+    running `stuck_timeout_s` after it started never returns: `score` raises
+    `WorkerTimeout` naming its source (checked while any batch is scored, so the run
+    stops at its next reward step; the loop adds the iteration). Code runs in sandbox
+    processes with their own limits, so only user functions can hold a thread that long.
     """
 
     def __init__(self, sources: dict[str, str] | None = None, *, timeout_s: float | None = 60.0, workers: int = 2,
-                 judge_model: str | None = None, default: RewardFn | None = None):
+                 judge_model: str | None = None, default: RewardFn | None = None,
+                 stuck_timeout_s: float | None = 600.0):
         if workers < 1:
             raise UserError(f"config key reward.workers: must be >= 1 (got {workers})")
         if timeout_s is not None and timeout_s <= 0:
             raise UserError(f"config key reward.timeout_s: must be > 0 (got {timeout_s})")
+        if stuck_timeout_s is not None and stuck_timeout_s <= 0:
+            raise UserError(f"config key reward.stuck_timeout_s: must be > 0 (got {stuck_timeout_s})")
         self.timeout_s = timeout_s
+        self.stuck_timeout_s = stuck_timeout_s
         self.workers = workers
         self.judge_model = judge_model
         self.sources = dict(sources or {})
@@ -150,6 +179,7 @@ class RewardRouter:
                                           for src, spec in self.sources.items()}
         self.default = default  # a source without an entry: this function (a Python caller's), else its task's
         self._lock = threading.Lock()
+        self._abandoned: list[_Call] = []  # timed-out calls that have not returned yet
 
     def fn_for(self, prompt: Prompt) -> RewardFn:
         src = source_of(prompt)
@@ -165,56 +195,73 @@ class RewardRouter:
             return fn
 
     def score(self, texts: Sequence[str], prompts: Sequence[Prompt]) -> tuple[list[RewardOutcome], RewardStats]:
-        """One outcome per (text, prompt), in order."""
+        """One outcome per (text, prompt), in order. Raises WorkerTimeout when a call has
+        run `stuck_timeout_s` (this batch's or an earlier one's)."""
         stats = RewardStats()
         fns = [self.fn_for(p) for p in prompts]
         outcomes: list[RewardOutcome | None] = [None] * len(texts)
-        executor = ThreadPoolExecutor(self.workers, thread_name_prefix="reward")
-        started: dict[int, float] = {}
-        jobs: list[tuple[list[int], Future]] = []
-
-        def timed(idx: int, call: Callable[[], Any]) -> Any:
-            started[idx] = time.monotonic()
-            return call()
-
+        jobs: list[tuple[list[int], Callable[[], Any]]] = []
         batched: dict[int, list[int]] = {}
         for i, fn in enumerate(fns):
             if getattr(fn, "batched", False):
                 batched.setdefault(id(fn), []).append(i)
             else:
-                jobs.append(([i], executor.submit(timed, i, lambda fn=fn, i=i: fn(texts[i], prompts[i]))))
+                jobs.append(([i], lambda fn=fn, i=i: fn(texts[i], prompts[i])))
         for idxs in batched.values():
             fn = fns[idxs[0]]
-            call = (lambda fn=fn, idxs=idxs: fn([texts[i] for i in idxs], [prompts[i] for i in idxs]))
-            jobs.append((idxs, executor.submit(timed, idxs[0], call)))
-        for idxs, fut in jobs:
-            values, status, msg = self._wait(fut, started, idxs[0])
-            if getattr(fns[idxs[0]], "batched", False):
-                if status == "ok" and (not isinstance(values, (list, tuple)) or len(values) != len(idxs)):
-                    values, status, msg = None, "error", f"batched reward returned {type(values).__name__}"
-                vals = list(values) if status == "ok" else [0.0] * len(idxs)
-            else:
-                vals = [values if status == "ok" else 0.0]
-            for i, v in zip(idxs, vals):
-                outcomes[i] = self._check_value(v, status, msg, prompts[i], stats)
-        executor.shutdown(wait=False, cancel_futures=True)
+            jobs.append((idxs, lambda fn=fn, idxs=idxs: fn([texts[i] for i in idxs], [prompts[i] for i in idxs])))
+        wake = threading.Event()
+        waiting, live = list(range(len(jobs)))[::-1], {}  # job -> its running _Call
+        while waiting or live:
+            while waiting and len(live) < self.workers:  # the clock of a call starts when it does
+                j = waiting.pop()
+                live[j] = _Call(jobs[j][1], source_of(prompts[jobs[j][0][0]]), wake)
+            wake.clear()
+            now = time.monotonic()
+            for j, call in list(live.items()):
+                if call.done.is_set():
+                    result = (call.value, "ok", "") if call.error is None else \
+                        (None, "error", f"{type(call.error).__name__}: {call.error}")
+                elif self.timeout_s is not None and now >= call.started + self.timeout_s:
+                    self._abandoned.append(call)
+                    result = (None, "timeout", f"no result within {self.timeout_s:g} s")
+                else:
+                    continue
+                del live[j]
+                self._record(jobs[j][0], fns, prompts, result, outcomes, stats)
+            self._check_stuck([*live.values(), *self._abandoned], now)
+            if live and not any(c.done.is_set() for c in live.values()):
+                wake.wait(self._next_deadline(live.values(), now))
+        self._check_stuck(self._abandoned, time.monotonic())
         return [o for o in outcomes if o is not None], stats
 
-    def _wait(self, fut: Future, started: dict[int, float], idx: int) -> tuple[Any, str, str]:
-        """The call's value, or why there is none; the clock starts when the call does."""
-        while not fut.done():
-            t0 = started.get(idx)
-            if self.timeout_s is None:
-                wait([fut])
-                continue
-            if t0 is not None and time.monotonic() >= t0 + self.timeout_s:
-                fut.cancel()
-                return None, "timeout", f"no result within {self.timeout_s:g} s"
-            wait([fut], timeout=0.05 if t0 is None else max(t0 + self.timeout_s - time.monotonic(), 0.001))
-        exc = fut.exception()
-        if exc is not None:  # a broken reward must not stop training
-            return None, "error", f"{type(exc).__name__}: {exc}"
-        return fut.result(), "ok", ""
+    def _record(self, idxs: list[int], fns: list[RewardFn], prompts: Sequence[Prompt], result: tuple[Any, str, str],
+                outcomes: list, stats: RewardStats) -> None:
+        values, status, msg = result
+        if getattr(fns[idxs[0]], "batched", False):
+            if status == "ok" and (not isinstance(values, (list, tuple)) or len(values) != len(idxs)):
+                values, status, msg = None, "error", f"batched reward returned {type(values).__name__}"
+            vals = list(values) if status == "ok" else [0.0] * len(idxs)
+        else:
+            vals = [values if status == "ok" else 0.0]
+        for i, v in zip(idxs, vals):
+            outcomes[i] = self._check_value(v, status, msg, prompts[i], stats)
+
+    def _next_deadline(self, live, now: float) -> float | None:
+        """Seconds until the next call reaches its time limit or its stuck limit."""
+        limits = [c.started + self.timeout_s for c in live if self.timeout_s is not None]
+        if self.stuck_timeout_s is not None:
+            limits += [c.started + self.stuck_timeout_s for c in [*live, *self._abandoned] if not c.done.is_set()]
+        return max(min(limits) - now, 0.001) if limits else None
+
+    def _check_stuck(self, calls, now: float) -> None:
+        self._abandoned = [c for c in self._abandoned if not c.done.is_set()]
+        if self.stuck_timeout_s is None:
+            return
+        for c in calls:
+            if not c.done.is_set() and now >= c.started + self.stuck_timeout_s:
+                raise WorkerTimeout(f"reward function for source {c.source!r}",
+                                    f"did not return within {self.stuck_timeout_s:g} s (reward.stuck_timeout_s)")
 
     def _check_value(self, v: Any, status: str, msg: str, prompt: Prompt, stats: RewardStats) -> RewardOutcome:
         if status == "ok":
@@ -250,3 +297,7 @@ def check_reward_config(reward_cfg: Any) -> None:
         raise UserError(f"config key reward.workers: must be >= 1 (got {reward_cfg.workers})")
     if reward_cfg.timeout_s < 0:
         raise UserError(f"config key reward.timeout_s: must be >= 0 (0 = no limit) (got {reward_cfg.timeout_s})")
+    stuck = reward_cfg.stuck_timeout_s
+    if stuck < 0 or (stuck and reward_cfg.timeout_s and stuck < reward_cfg.timeout_s):
+        raise UserError(f"config key reward.stuck_timeout_s: must be 0 (never) or >= reward.timeout_s "
+                        f"({reward_cfg.timeout_s:g}) (got {stuck!r})")

@@ -16,7 +16,7 @@ from functools import partial
 from typing import Callable
 
 from k15rl.config import TrainConfig
-from k15rl.errors import UserError
+from k15rl.errors import UserError, WorkerFailure
 from k15rl.rewards import length_weight, score
 from k15rl.rollout.collect import PartialRolloutResult, partial_rollout
 from k15rl.rollout.engine import SamplingParams
@@ -39,90 +39,125 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False, lo
     from tqdm import tqdm
 
     with open_run(cfg, overwrite=overwrite, resume=resume, log=log, **inputs) as run:
-        progress, workers = run.progress, run.workers
-        if run.resumed_from is None and run.test_prompts:  # the policy before RL
-            run.evals.append(run_eval(run, 0, run.eval_params))
+        step = Step()  # where the loop is, for the one line of a WorkerFailure
+        try:
+            progress, workers = run.progress, run.workers
+            if run.resumed_from is None and run.test_prompts:  # the policy before RL
+                run.evals.append(run_eval(run, 0, run.eval_params))
+                if run.greedy_params:
+                    run.greedy_evals.append(run_eval(run, 0, run.greedy_params))
+            pending = None  # rollout.overlap: the next iteration's rollout, running during this update
+            bar = tqdm(range(progress.iteration, cfg.iterations), desc="rl", unit="it", dynamic_ncols=True,
+                       initial=progress.iteration, total=cfg.iterations)
+            for it in bar:
+                t0 = time.time()
+                step(it + 1, "rollout")
+                # 1-2. prompts and rollout: K samples per prompt; groups whose members have all
+                # finished come back. With rollout.overlap it was started during the last update.
+                result, pending = (pending or start_rollout(run, it))(), None
+                trajs = result.trajectories
+                t1 = time.time()
+                step(it + 1, "reward")
+                # 3. rewards: verifier + length penalty after its warm-up (report §2.3.3, §2.3.5)
+                w = length_weight(it, cfg.reward.length_weight, cfg.reward.length_warmup_iterations)
+                scores = score(trajs, length_penalty_weight=w, repeat_penalty=cfg.reward.repeat_penalty,
+                               rewards=run.router)
+                rollout_row = {**rollout_metrics(result, run.buffer, t1 - t0), **workers.rollout_stats()}
+                last = it + 1 == cfg.iterations
+                evaluate_now = bool(run.test_prompts) and (
+                    last or bool(cfg.eval.every and (it + 1) % cfg.eval.every == 0))
+                checkpoint_now = last or bool(cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0)
+                if run.background and not (last or evaluate_now or checkpoint_now):
+                    step(it + 1, "rollout")
+                    pending = start_rollout(run, it + 1)  # by pi_i, one version behind when it is trained on
+                t2 = time.time()
+                # 4. update: mirror-descent loss, optimizer reset each iteration (report §2.3.2)
+                train_metrics: dict[str, float] = {}
+                step(it + 1, "update")
+                if trajs:
+                    with workers.update_phase():
+                        train_metrics = workers.trainer.update(trajs, version=it, seed=cfg.seed * 7919 + it)
+                    run.sampler.update(trajs)
+                    note_skipped_steps(run, train_metrics, it, bar.write)
+                t3 = time.time()
+                progress.iteration = it + 1
+                # 5. weight sync: the engine samples from the new weights next, unless a rollout
+                # is already running on the old ones (rollout.overlap); then before the next one.
+                step(it + 1, "weight sync")
+                if pending is None:
+                    workers.sync_weights(progress.iteration)
+                t4 = time.time()
+                # 6. log
+                row = {
+                    "iteration": it + 1,
+                    **rollout_row,
+                    **train_metrics,
+                    "reward/length_weight": w,
+                    "reward/verifier_errors": scores.verifier_errors,
+                    "reward/timeouts": scores.reward_timeouts,
+                    "time/rollout": t1 - t0,
+                    "time/reward": t2 - t1,
+                    "time/train": t3 - t2,
+                    "time/weight_sync": t4 - t3,
+                    "time/iteration": t4 - t0,
+                }
+                run.metrics_log.write(row)
+                if progress.consecutive_skips >= cfg.algorithm.max_consecutive_skips:
+                    raise UserError(f"{progress.consecutive_skips:.0f} optimizer steps in a row had a non-finite "
+                                    f"loss or gradient (iteration {it + 1}): stopping; last good checkpoint: "
+                                    f"{latest_checkpoint(run.out) or 'none yet'}")
+                progress.train_seconds += row["time/iteration"]
+                out_of_time = bool(cfg.time_budget_minutes) and progress.train_seconds >= 60 * cfg.time_budget_minutes
+                bar.set_postfix(reward=f"{row.get('reward/mean', float('nan')):.3f}",
+                                acc=f"{row.get('reward/accuracy', float('nan')):.3f}",
+                                len=f"{row.get('rollout/len_mean', float('nan')):.0f}")
+                if out_of_time and pending is not None:
+                    step(it + 1, "rollout")
+                    pending()  # let the rollout running ahead finish; its trajectories stay in the buffer
+                    pending = None
+                # 7. evaluate on held-out prompts
+                if run.test_prompts and (evaluate_now or out_of_time):
+                    step(it + 1, "evaluation")
+                    run.evals.append(run_eval(run, it + 1, run.eval_params))
+                    bar.write(f"iteration {it + 1}: test accuracy {run.evals[-1]['accuracy']:.3f} "
+                              f"mean tokens {run.evals[-1]['mean_tokens']:.1f}")
+                # 8. checkpoint
+                if checkpoint_now or out_of_time:
+                    step(it + 1, "checkpoint")
+                    save_checkpoint(run.out, it + 1, workers.trainer.current_model(), run.tokenizer, run.state_dict(),
+                                    cfg.checkpoint_keep)
+                if out_of_time:
+                    bar.write(f"time budget of {cfg.time_budget_minutes:g} min used up after {it + 1} iterations")
+                    break
+            bar.close()
+            step(progress.iteration, "evaluation")
             if run.greedy_params:
-                run.greedy_evals.append(run_eval(run, 0, run.greedy_params))
-        pending = None  # rollout.overlap: the next iteration's rollout, running during this update
-        bar = tqdm(range(progress.iteration, cfg.iterations), desc="rl", unit="it", dynamic_ncols=True,
-                   initial=progress.iteration, total=cfg.iterations)
-        for it in bar:
-            t0 = time.time()
-            # 1-2. prompts and rollout: K samples per prompt; groups whose members have all
-            # finished come back. With rollout.overlap it was started during the last update.
-            result, pending = (pending or start_rollout(run, it))(), None
-            trajs = result.trajectories
-            t1 = time.time()
-            # 3. rewards: verifier + length penalty after its warm-up (report §2.3.3, §2.3.5)
-            w = length_weight(it, cfg.reward.length_weight, cfg.reward.length_warmup_iterations)
-            scores = score(trajs, length_penalty_weight=w, repeat_penalty=cfg.reward.repeat_penalty, rewards=run.router)
-            rollout_row = {**rollout_metrics(result, run.buffer, t1 - t0), **workers.rollout_stats()}
-            last = it + 1 == cfg.iterations
-            evaluate_now = bool(run.test_prompts) and (last or bool(cfg.eval.every and (it + 1) % cfg.eval.every == 0))
-            checkpoint_now = last or bool(cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0)
-            if run.background and not (last or evaluate_now or checkpoint_now):
-                pending = start_rollout(run, it + 1)  # by pi_i, one version behind when it is trained on
-            t2 = time.time()
-            # 4. update: mirror-descent loss, optimizer reset each iteration (report §2.3.2)
-            train_metrics: dict[str, float] = {}
-            if trajs:
-                with workers.update_phase():
-                    train_metrics = workers.trainer.update(trajs, version=it, seed=cfg.seed * 7919 + it)
-                run.sampler.update(trajs)
-                note_skipped_steps(run, train_metrics, it, bar.write)
-            t3 = time.time()
-            progress.iteration = it + 1
-            # 5. weight sync: the engine samples from the new weights next, unless a rollout
-            # is already running on the old ones (rollout.overlap); then before the next one.
-            if pending is None:
-                workers.sync_weights(progress.iteration)
-            t4 = time.time()
-            # 6. log
-            row = {
-                "iteration": it + 1,
-                **rollout_row,
-                **train_metrics,
-                "reward/length_weight": w,
-                "reward/verifier_errors": scores.verifier_errors,
-                "reward/timeouts": scores.reward_timeouts,
-                "time/rollout": t1 - t0,
-                "time/reward": t2 - t1,
-                "time/train": t3 - t2,
-                "time/weight_sync": t4 - t3,
-                "time/iteration": t4 - t0,
-            }
-            run.metrics_log.write(row)
-            if progress.consecutive_skips >= cfg.algorithm.max_consecutive_skips:
-                raise UserError(f"{progress.consecutive_skips:.0f} optimizer steps in a row had a non-finite loss or "
-                                f"gradient (iteration {it + 1}): stopping; last good checkpoint: "
-                                f"{latest_checkpoint(run.out) or 'none yet'}")
-            progress.train_seconds += row["time/iteration"]
-            out_of_time = bool(cfg.time_budget_minutes) and progress.train_seconds >= 60 * cfg.time_budget_minutes
-            bar.set_postfix(reward=f"{row.get('reward/mean', float('nan')):.3f}",
-                            acc=f"{row.get('reward/accuracy', float('nan')):.3f}",
-                            len=f"{row.get('rollout/len_mean', float('nan')):.0f}")
-            if out_of_time and pending is not None:
-                pending()  # let the rollout running ahead finish; its trajectories stay in the buffer
-                pending = None
-            # 7. evaluate on held-out prompts
-            if run.test_prompts and (evaluate_now or out_of_time):
-                run.evals.append(run_eval(run, it + 1, run.eval_params))
-                bar.write(f"iteration {it + 1}: test accuracy {run.evals[-1]['accuracy']:.3f} "
-                          f"mean tokens {run.evals[-1]['mean_tokens']:.1f}")
-            # 8. checkpoint
-            if checkpoint_now or out_of_time:
-                save_checkpoint(run.out, it + 1, workers.trainer.current_model(), run.tokenizer, run.state_dict(),
-                                cfg.checkpoint_keep)
-            if out_of_time:
-                bar.write(f"time budget of {cfg.time_budget_minutes:g} min used up after {it + 1} iterations")
-                break
-        bar.close()
-        if run.greedy_params:
-            run.greedy_evals.append(run_eval(run, progress.iteration, run.greedy_params))
-        save_hf(workers.trainer.current_model(), run.tokenizer, run.out / "final", run.state_dict(),
-                card=run_card(run.cfg, progress.iteration, read_jsonl(run.out / "eval.jsonl")))
+                run.greedy_evals.append(run_eval(run, progress.iteration, run.greedy_params))
+            step(progress.iteration, "final save")
+            save_hf(workers.trainer.current_model(), run.tokenizer, run.out / "final", run.state_dict(),
+                    card=run_card(run.cfg, progress.iteration, read_jsonl(run.out / "eval.jsonl")))
+        except WorkerFailure as e:  # a worker died or hung: one line naming it, the step, and how to go on
+            raise e.located(f" at {step}", resume_hint(run)) from None
     return finish(run, log)
+
+
+class Step:
+    """Where the loop is (iteration, phase), for the line of a WorkerFailure."""
+
+    def __init__(self):
+        self.iteration, self.phase = 0, "evaluation"
+
+    def __call__(self, iteration: int, phase: str) -> None:
+        self.iteration, self.phase = iteration, phase
+
+    def __str__(self) -> str:
+        return f"iteration {self.iteration} ({self.phase})" if self.iteration else f"the start ({self.phase})"
+
+
+def resume_hint(run: Run) -> str:
+    last = latest_checkpoint(run.out)
+    return (f"; resume with k15rl train --resume {run.out} "
+            f"({f'from {last.name}' if last else 'no checkpoint yet: it starts over'})")
 
 
 def start_rollout(run: Run, it: int) -> Callable[[], PartialRolloutResult]:

@@ -49,4 +49,5 @@ def router_from_config(reward_cfg: Any, log: Callable[[str], None] = print,
     if judge and "judge" in sources.values():
         judge = str(resolve_model_path(judge, "reward.judge_model", log))
     timeout = reward_cfg.timeout_s if reward_cfg.timeout_s > 0 else None
-    return RewardRouter(sources, timeout_s=timeout, workers=reward_cfg.workers, judge_model=judge, default=default)
+    return RewardRouter(sources, timeout_s=timeout, workers=reward_cfg.workers, judge_model=judge, default=default,
+                        stuck_timeout_s=reward_cfg.stuck_timeout_s or None)
