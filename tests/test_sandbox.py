@@ -140,3 +140,43 @@ def test_humaneval_loads_and_canonical_solutions_pass():
 @pytest.mark.slow
 def test_humaneval_all_164_canonical_solutions_pass():
     assert _humaneval_check(None) == (164, 164, 0)
+
+
+def test_plain_data_crosses_to_the_judge_exactly():
+    """Return values keep their types (tuple vs list, set, bytes, complex, non-string keys,
+    nan/inf, big ints); subclasses and objects do not cross."""
+    from k15rl.verifiers._sandbox_runner import decode, encode
+
+    value = [1, True, None, 2.5, float("inf"), 10**40, "é\n", b"\x00\xff", (1, (2,)), {3, 4}, frozenset({5}),
+             {1: "a", (2, 3): [4]}, 1 + 2j, []]
+    assert decode(encode(value)) == value
+    assert [type(x) for x in decode(encode(value))] == [type(x) for x in value]
+    for bad in (object(), type("I", (int,), {})(3), [lambda: 0], {"k": range(3)}):
+        with pytest.raises(TypeError):
+            encode(bad)
+    check = ("def check(candidate):\n    assert candidate(1) == (1, [1], {1: b'1'})\n"
+             "    assert type(candidate(1)[0]) is int\n")
+    assert run_function("def f(x):\n    return (x, [x], {x: b'1'})\n", check, "f", FAST).reason == "pass"
+    assert run_function("def f(x):\n    return [x, [x], {x: b'1'}]\n", check, "f", FAST).reason == "wrong_answer"
+
+
+def test_exceptions_reach_the_tests_by_type():
+    """A test that expects the program to raise ValueError sees a ValueError; the program's
+    AssertionError does not count as the test's own failed assert."""
+    check = ("def check(candidate):\n    try:\n        candidate(-1)\n    except ValueError:\n        pass\n"
+             "    else:\n        raise AssertionError('no ValueError')\n")
+    assert run_function("def f(x):\n    if x < 0:\n        raise ValueError(x)\n", check, "f", FAST).reason == "pass"
+    assert run_function("def f(x):\n    return x\n", check, "f", FAST).reason == "wrong_answer"
+    assert run_function("def f(x):\n    assert False\n", "def check(c):\n    c(1)\n", "f", FAST).reason == "runtime_error"
+
+
+def test_setup_helpers_come_from_the_dataset_not_the_program():
+    """HumanEval-style: the tests call a helper from the problem's header. With the header
+    as set-up, a program that redefines the helper to fool the tests fails."""
+    setup = "def encode(s):\n    return s[::-1]\n\ndef decode(s):\n    \"\"\"Undo encode.\"\"\"\n"
+    check = "def check(candidate):\n    for s in ('abc', 'xyz'):\n        assert candidate(encode(s)) == s\n"
+    honest = setup + "    return s[::-1]\n"
+    cheat = "def encode(s):\n    return s\n\ndef decode(s):\n    return s\n"
+    assert run_function(honest, check, "decode", FAST, setup=setup).reason == "pass"
+    assert run_function(cheat, check, "decode", FAST, setup=setup).reason == "wrong_answer"
+    assert run_function(cheat, check, "decode", FAST).reason == "pass"  # without set-up the program's helper is used
