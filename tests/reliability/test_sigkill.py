@@ -1,6 +1,6 @@
 """Kill the trainer with SIGKILL at random moments, and aimed at the checkpoint-save
 window, resume each time, and check that the run finishes with every metrics line
-exactly once and the weights of an uninterrupted run (slow: about 3 + 3 minutes).
+exactly once and the weights of an uninterrupted run (slow: about 30 s + 65 s).
 
     python -m pytest -m slow tests/reliability -q
 """
