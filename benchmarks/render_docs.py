@@ -391,6 +391,19 @@ def render_demo(r: dict) -> str:
         f"Per level (seed {first['seed']}, sampled): {per_level}. Test prompts: {first.get('eval_prompts', '?')}."])
 
 
+def render_lora(r: dict) -> str:
+    rows = [[a["arm"], f"{a['peak_rss_mb']:,.0f}", pct(a["accuracy_before"]), pct(a["accuracy_after"]),
+             f"{a['gain_points']:+.1f}", minutes(a["wall_s"])] for a in r["arms"]]
+    g, lo = r["goal"], r["lora"]
+    return "\n".join([
+        f"{r['model']}, task {r['task']} levels {r['levels']}, {r['iterations']} iterations; LoRA rank {lo['rank']}, "
+        f"alpha {lo['alpha']:g}, lr {lo['lr']:g}; full fine-tune lr {r['full']['lr']:g}; greedy test accuracy:", "",
+        table(["arm", "peak RSS (MB)", "accuracy before", "after", "gain (points)", "wall time"], rows), "",
+        f"Peak RSS LoRA / full: {ratio(r['peak_rss_ratio_lora_vs_full'])} (goal <= {g['max_peak_rss_ratio']:g}x); "
+        f"LoRA gain {r['gain_points']:+.1f} points (goal >= {g['min_gain_points']:g}): goal "
+        f"{'met' if r['goal_met'] else 'not met'}."])
+
+
 @dataclass(frozen=True)
 class Block:
     results: str                      # benchmarks/results/<results>.json
@@ -439,6 +452,7 @@ BLOCKS: dict[str, Block] = {
         "vllm_vs_native_smollm2_compiled", f"{_SMOL} --compile --results-name vllm_vs_native_smollm2_compiled",
         render_vllm_vs_native),
     "demo": Block("demo", "python benchmarks/demo.py", render_demo),
+    "lora": Block("lora", "python benchmarks/lora.py", render_lora),
 }
 
 

@@ -23,10 +23,26 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters trained through peft instead of all weights (pip install 'k15rl[lora]';
+    k15rl/models/lora.py; docs/hf_models.md "LoRA"). The engines sample from the merged
+    weights W + (alpha / rank) B A, synced every iteration like full weights."""
+
+    rank: int = 0  # r of every adapter; 0 = off (full fine-tune)
+    alpha: float = 16.0  # scale alpha / rank of the update B A
+    dropout: float = 0.0  # on the adapters' input while training (0 keeps log-probs deterministic)
+    # Linear layers that get adapters (module names, matched at the end of their path): the
+    # attention and MLP projections of Llama-style models, the built-in model included.
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
 class ModelConfig:
     path: str = "builtin"  # "builtin" (the project's tiny model) or a local Hugging Face folder
     dtype: Literal["float32", "bfloat16"] = "float32"  # master weights (float16 is unusably slow on CPUs); bfloat16 autocast is algorithm.autocast_bf16
     chat_template: str | None = None  # None: the tokenizer's; "plain"; or a Jinja string
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -264,6 +280,7 @@ class TrainConfig:
              self.algorithm.max_consecutive_skips, "must be >= 1"),
             (self.time_budget_minutes >= 0, "time_budget_minutes", self.time_budget_minutes, "must be >= 0"),
             (self.threads >= 0, "threads", self.threads, "must be >= 0"),
+            *self._lora_checks(),
             *self._distributed_checks(),
         ]
         for ok, key, value, why in checks:
@@ -271,6 +288,18 @@ class TrainConfig:
                 raise UserError(f"config key {key}: {why} (got {value!r})")
         self._validate_data()
         return self
+
+    def _lora_checks(self) -> list[tuple[bool, str, Any, str]]:
+        lo = self.model.lora
+        return [
+            (lo.rank >= 0, "model.lora.rank", lo.rank, "must be >= 0 (0 = off)"),
+            (lo.alpha > 0, "model.lora.alpha", lo.alpha, "must be > 0"),
+            (0 <= lo.dropout < 1, "model.lora.dropout", lo.dropout, "must be in [0, 1)"),
+            (not lo.rank or bool(lo.target_modules), "model.lora.target_modules", lo.target_modules,
+             "must name at least one module"),
+            (not lo.rank or self.distributed.backend == "local", "model.lora.rank", lo.rank,
+             "is not supported with distributed.backend=ray yet: use distributed.backend=local, or model.lora.rank=0"),
+        ]
 
     def _distributed_checks(self) -> list[tuple[bool, str, Any, str]]:
         d, v = self.distributed, self.rollout.vllm

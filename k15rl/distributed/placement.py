@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from k15rl.config import TrainConfig
+from k15rl.models.loading import load_model
+from k15rl.models.lora import LoraResume, add_lora
 from k15rl.rollout.engine import RolloutEngine
 from k15rl.rollout.factory import make_engine
 from k15rl.trainer.update import PolicyTrainer, UpdatePlan
@@ -90,12 +92,17 @@ class Workers:
 
 @contextmanager
 def start_workers(cfg: TrainConfig, path: str | Path, model, tokenizer, plan: UpdatePlan, max_model_len: int,
-                  version: int = 0, log: Callable[[str], None] = print) -> Iterator[Workers]:
+                  version: int = 0, log: Callable[[str], None] = print,
+                  lora_resume: LoraResume | None = None) -> Iterator[Workers]:
     """The engine and trainer `distributed.backend` asks for, serving the policy `model`
     (stored at `path`, policy version `version`); stopped when the block ends.
 
     `max_model_len`: the longest prompt + response the engines must hold. `plan`: the
-    update every trainer runs (decided once by the loop).
+    update every trainer runs (decided once by the loop). With `model.lora.rank` > 0 the
+    trainer trains LoRA adapters (k15rl/models/lora.py) while the engine serves plain
+    merged weights: on `model` (a copy taken first), or, resuming (`lora_resume`), on the
+    base model's folder with the checkpoint's adapter, `model` and `path` then holding
+    the checkpoint's merged weights.
     """
     close: Callable[[], None] | None = None
     if cfg.distributed.backend == "ray":
@@ -107,6 +114,9 @@ def start_workers(cfg: TrainConfig, path: str | Path, model, tokenizer, plan: Up
     else:
         engine = make_engine(cfg.rollout, path, tokenizer, model=model, dtype=cfg.model.dtype,
                              max_model_len=max_model_len, seed=cfg.seed)
+        if cfg.model.lora.rank:  # after the engine took its copy of the plain model
+            base = model if lora_resume is None else load_model(lora_resume.base, cfg.model.dtype)
+            model = add_lora(base, cfg.model.lora, lora_resume and lora_resume.adapter)
         if cfg.distributed.device != "cpu":  # after the engine took its copy (the hf engine runs on CPU)
             model.to(cfg.distributed.device)
         workers = Workers(engine, PolicyTrainer(model, plan, device=cfg.distributed.device),

@@ -99,6 +99,11 @@ def run_card(cfg: Any, iterations: int, evals: Sequence[Mapping[str, Any]] = ())
               "temperature": r.get("temperature"), "length penalty weight": w.get("length_weight"),
               "length penalty warm-up iterations": w.get("length_warmup_iterations"),
               "sampler": c.get("sampler", {}).get("name")}
+    lo = c.get("model", {}).get("lora", {})
+    if lo.get("rank"):  # LoRA (k15rl/models/lora.py): the folder holds merged weights, the adapter in adapter/
+        recipe.update({"LoRA rank": lo["rank"], "LoRA alpha": lo.get("alpha"), "LoRA dropout": lo.get("dropout"),
+                       "LoRA target modules": lo.get("target_modules"),
+                       "LoRA weights": "merged into this folder; the adapter alone (peft) in adapter/"})
     data = []
     if d.get("tasks"):
         data.append(f"built-in tasks: {_fmt(d['tasks'])} (levels {_fmt(d.get('train_levels', []))})")
@@ -106,4 +111,5 @@ def run_card(cfg: Any, iterations: int, evals: Sequence[Mapping[str, Any]] = ())
     data += [f"test file: {f}" for f in d.get("test_files", [])]
     return model_card(base_model=c.get("model", {}).get("path", "unknown"), kind="rl",
                       recipe={k: v for k, v in recipe.items() if v is not None}, data=data,
-                      iterations=iterations, evals=evals, tags=[a.get("loss", "")] if a.get("loss") else ())
+                      iterations=iterations, evals=evals,
+                      tags=[*([a["loss"]] if a.get("loss") else []), *(["lora"] if lo.get("rank") else [])])

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from k15rl.errors import UserError
+from k15rl.models.lora import save_model
 from k15rl.trainer.card import CARD, run_card
 
 CHECKPOINTS = "checkpoints"
@@ -40,7 +41,7 @@ def save_hf(model, tokenizer, dest: Path, extra: dict[str, Any] | None = None, c
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        save_model(model, tmp)  # with LoRA: the merged weights, and the adapter in adapter/
         tokenizer.save_pretrained(tmp)
         if extra is not None:
             (tmp / "state.json").write_text(json.dumps(extra, indent=2, default=str))

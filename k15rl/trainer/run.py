@@ -28,6 +28,7 @@ from k15rl.config import TrainConfig, to_dict
 from k15rl.data import build_prompts, fit_context, prompt_token_limit
 from k15rl.distributed.placement import Workers, start_workers
 from k15rl.errors import UserError
+from k15rl.models import lora
 from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
 from k15rl.paths import check_output_path
 from k15rl.rewards.compose import RewardFn, RewardRouter
@@ -153,6 +154,8 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     check_output_path(out, "out")
     check_names(cfg)
     check_installed(cfg.log)  # TensorBoard, W&B: optional packages
+    if cfg.model.lora.rank:
+        lora.check_installed()  # peft
     train_prompts, test_prompts = build_prompts(cfg, log, train_dataset, eval_dataset)
     if resume and not (out / "config.yaml").is_file():
         raise UserError(f"--resume {out}: no run to resume there (no config.yaml)")
@@ -164,6 +167,10 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     if resume and not checkpoint:
         log(f"{out}: no complete checkpoint yet, starting the run over from iteration 0")
     path = checkpoint or resolve_model_path(cfg.model.path, "model.path", log)
+    # LoRA: a checkpoint holds the merged weights (the engine's) and the adapter; the trainer
+    # goes on training that adapter on the frozen base model (k15rl/models/lora.py)
+    lora_resume = (lora.resume_from(checkpoint, resolve_model_path(cfg.model.path, "model.path", log))
+                   if checkpoint and cfg.model.lora.rank else None)
     tokenizer = load_tokenizer(path, cfg.model.chat_template)
     model = load_model(path, cfg.model.dtype)
     limit = prompt_token_limit(cfg, model.config)  # prompts must leave room for the response
@@ -182,7 +189,7 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     with ExitStack() as stack:
         workers = stack.enter_context(start_workers(
             cfg, path, model, tokenizer, plan, context_length(cfg, model.config, limit),
-            version=state["iteration"] if state else 0, log=log))
+            version=state["iteration"] if state else 0, log=log, lora_resume=lora_resume))
         stops = stop_token_ids(tokenizer, model)
         sinks = stack.enter_context(open_sinks(cfg, out, resumed_at=state["iteration"] if state else None))
         run = Run(

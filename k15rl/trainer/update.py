@@ -219,7 +219,8 @@ class PolicyTrainer:
                                     self.shard, grad=False).logprobs().detach()  # [N, T]
             batch.old_logprobs = current if a.recompute_old_logprobs else torch.where(batch.stale, current,
                                                                                        batch.old_logprobs)
-        opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(a.betas[0], a.betas[1]),
+        trained = [q for q in model.parameters() if q.requires_grad]  # with LoRA: the adapters only
+        opt = torch.optim.AdamW(trained, lr=a.lr, betas=(a.betas[0], a.betas[1]),
                                 weight_decay=a.weight_decay)
         model.train()
         sums: dict[str, float] = {}
@@ -253,8 +254,11 @@ class PolicyTrainer:
         return out
 
     def weights(self):
-        """The newest weights, as the engines' `load_weights` takes them."""
-        return self.model.state_dict()
+        """The newest weights, as the engines' `load_weights` takes them (with LoRA merged,
+        in the base model's names: k15rl/models/lora.py)."""
+        from k15rl.models.lora import policy_state_dict
+
+        return policy_state_dict(self.model)
 
     def current_model(self):
         return self.model

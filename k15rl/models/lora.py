@@ -1,0 +1,122 @@
+"""LoRA through peft (Hu et al. 2021, "LoRA: Low-Rank Adaptation"): the update of each
+target weight is W + (alpha / r) B A with A [r, in], B [out, r]; only A and B are trained.
+
+    model = add_lora(model, cfg.model.lora)         # in place: only the adapters require grad
+    state = policy_state_dict(model)                # merged weights in the base model's names:
+                                                    # what the engines' load_weights takes
+    save_model(model, folder)                       # merged HF files + folder/adapter (peft's format)
+    model = add_lora(base, cfg.model.lora, folder / ADAPTER)   # resume: the adapter exactly
+
+The rollout engines never see peft: they serve plain models and receive the merged state
+dict every weight sync, exactly as with full fine-tuning (a sync that forgot the adapters
+would leave the engine on the base weights; tests/test_lora.py checks it cannot).
+peft is imported lazily, here only (pip install 'k15rl[lora]').
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from k15rl.errors import UserError
+
+ADAPTER = "adapter"  # the adapter's folder inside a model folder k15rl writes (checkpoints, final/)
+ADAPTER_NAME = "default"  # peft's name of the one adapter
+
+
+@dataclass(frozen=True)
+class LoraResume:
+    """Where a resumed LoRA run's trainer starts: the base model's folder (its weights stay
+    frozen) and the checkpoint's adapter folder."""
+
+    base: Path
+    adapter: Path
+
+
+def is_lora(model: Any) -> bool:
+    """True for a peft model (without importing peft)."""
+    return hasattr(model, "peft_config")
+
+
+def check_installed() -> None:
+    """UserError unless peft can be imported (checked before a run touches its folder)."""
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise UserError("config key model.lora.rank: LoRA needs peft (pip install 'k15rl[lora]')")
+
+
+def resume_from(checkpoint: Path, base: Path) -> LoraResume:
+    """A LoRA run's resume from `checkpoint` on the base model folder `base`; UserError
+    when the checkpoint holds no adapter (a model.lora.rank=0 run)."""
+    adapter = Path(checkpoint) / ADAPTER
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise UserError(f"config key model.lora.rank: {checkpoint} holds no LoRA adapter ({ADAPTER}/): the run "
+                        f"was not a LoRA run; resume it with model.lora.rank=0")
+    return LoraResume(Path(base), adapter)
+
+
+def add_lora(model, cfg, adapter: str | Path | None = None):
+    """`model` with LoRA adapters on the modules `cfg.target_modules` names (a `LoraConfig`
+    of k15rl.config), wrapped in place by peft: the base weights are frozen, only the
+    adapters require grad. B starts at zero, so the policy starts as the base model;
+    `adapter`: a folder peft's `save_pretrained` wrote, whose weights are loaded exactly."""
+    try:
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    except ImportError:
+        raise UserError("config key model.lora.rank: LoRA needs peft (pip install 'k15rl[lora]')") from None
+    targets = set(cfg.target_modules)
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    if not targets & names:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
+        raise UserError(f"config key model.lora.target_modules: no module of the model is named "
+                        f"{', '.join(sorted(targets))} (its linear layers: {', '.join(linear)})")
+    peft_cfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                          target_modules=sorted(targets & names), bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, peft_cfg)
+    if adapter is not None:
+        from safetensors.torch import load_file
+
+        path = Path(adapter) / "adapter_model.safetensors"
+        result = set_peft_model_state_dict(model, load_file(path))
+        missing = [k for k in result.missing_keys if ".lora_" in k]
+        if missing or result.unexpected_keys:
+            raise UserError(f"{path} does not fit model.lora (missing {missing[:3]}, unexpected "
+                            f"{list(result.unexpected_keys)[:3]}): resume with the run's own model.lora settings")
+    model.eval()
+    return model
+
+
+def policy_state_dict(model) -> dict:
+    """The policy's weights in the base model's key names, as the engines load them: for a
+    peft model the target weights merged, W + (alpha / r) B A (computed in float32, rounded
+    once to W's dtype), the adapters' own tensors left out; a plain model's `state_dict()`."""
+    if not is_lora(model):
+        return model.state_dict()
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    layers = {n: m for n, m in base.named_modules() if isinstance(m, LoraLayer)}
+    inside = tuple(f"{n}." for n in layers)
+    out = {k: v for k, v in base.state_dict().items() if not k.startswith(inside)}
+    with torch.no_grad():
+        for n, m in layers.items():
+            w = m.base_layer.weight
+            out[f"{n}.weight"] = (w.float() + m.get_delta_weight(ADAPTER_NAME).float()).to(w.dtype)
+            if getattr(m.base_layer, "bias", None) is not None:
+                out[f"{n}.bias"] = m.base_layer.bias.detach()
+    return out
+
+
+def save_model(model, folder: str | Path) -> None:
+    """`model.save_pretrained(folder)`; for a peft model the merged weights as an ordinary
+    Hugging Face folder (what `AutoModelForCausalLM.from_pretrained` and the engines load),
+    plus the adapter alone in folder/adapter (peft's files; what a resumed run trains on)."""
+    folder = Path(folder)
+    if not is_lora(model):
+        model.save_pretrained(folder, safe_serialization=True)
+        return
+    model.get_base_model().save_pretrained(folder, state_dict=policy_state_dict(model), safe_serialization=True)
+    model.save_pretrained(folder / ADAPTER, safe_serialization=True)
