@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from k15rl.tasks.arith import ArithTask
 from k15rl.tasks.base import Problem, Task, make_prompts, split_of
 from k15rl.tasks.code import CodeTask
 from k15rl.tasks.countdown import CountdownTask
 from k15rl.tasks.hops import HopsTask
 from k15rl.tasks.long_add import LongAddTask
+from k15rl.tasks.rg import RG_TASKS, ReasoningGymTask
 from k15rl.tasks.sort import SortTask
 
-TASKS: dict[str, type] = {"arith": ArithTask, "code": CodeTask, "countdown": CountdownTask, "hops": HopsTask, "long_add": LongAddTask, "sort": SortTask}
+TASKS: dict[str, Callable[[], Task]] = {"arith": ArithTask, "code": CodeTask, "countdown": CountdownTask, "hops": HopsTask,
+                                         "long_add": LongAddTask, "sort": SortTask, **RG_TASKS}
 
 
 def get_task(name: str) -> Task:
@@ -20,4 +24,4 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["TASKS", "ArithTask", "CodeTask", "CountdownTask", "HopsTask", "LongAddTask", "SortTask", "Problem", "Task", "get_task", "make_prompts", "split_of"]
+__all__ = ["TASKS", "ArithTask", "CodeTask", "CountdownTask", "HopsTask", "LongAddTask", "ReasoningGymTask", "SortTask", "Problem", "Task", "get_task", "make_prompts", "split_of"]
