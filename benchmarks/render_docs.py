@@ -404,6 +404,18 @@ def render_lora(r: dict) -> str:
         f"{'met' if r['goal_met'] else 'not met'}."])
 
 
+def render_update_memory(r: dict) -> str:
+    rows = [[m["mode"], " ".join(f"`{o}`" for o in m["overrides"]) or "-", f"{m['peak_rss_mb']:.0f}",
+             f"{m['update_peak_mb']:.0f}", ratio(m["update_peak_ratio"]), f"{m['update_s']:.1f}",
+             f"{m['loss']:.6f}", f"{m['grad_norm']:.4f}"] for m in r["modes"]]
+    return "\n".join([
+        f"One `PolicyTrainer.update` of {r['model']} (`{r['model_folder']}`, float32) on {r['rows']} trajectories of "
+        f"{r['prompt_tokens']} prompt + {r['response_tokens']} response tokens, {r['threads']} threads, each mode in "
+        f"its own process:", "",
+        table(["mode", "overrides", "peak RSS (MB)", "update's own peak (MB)", "vs baseline", "update (s)",
+               "loss/policy", "grad norm"], rows)])
+
+
 @dataclass(frozen=True)
 class Block:
     results: str                      # benchmarks/results/<results>.json
@@ -453,6 +465,8 @@ BLOCKS: dict[str, Block] = {
         render_vllm_vs_native),
     "demo": Block("demo", "python benchmarks/demo.py", render_demo),
     "lora": Block("lora", "python benchmarks/lora.py", render_lora),
+    "update_memory": Block("update_memory", "python benchmarks/update_memory.py --model models/smollm2 "
+                           "--response-tokens 2048 --rows 2", render_update_memory),
 }
 
 

@@ -132,6 +132,9 @@ class RolloutConfig:
     repeat_ngram: int = 20
     repeat_times: int = 4
     repeat_min_tokens: int = 32
+    # Warn (one line per iteration) when the engine's recorded log-probs differ from the trainer's
+    # for the same tokens by more than this mean |gap| in nats (metric rollout/logprob_gap_mean). 0 = never
+    logprob_gap_warn: float = 0.1
 
 
 @dataclass
@@ -165,6 +168,10 @@ class AlgorithmConfig:
     minibatches: int = 1  # optimizer steps per epoch; each takes whole groups
     epochs: int = 1  # passes over the iteration's samples
     micro_batch: int = 64  # rows per forward pass (gradient accumulation)
+    # > 0: forward passes of at most this many tokens instead (rows x the longest row; rows sorted by
+    # length, a longer row goes alone); micro_batch is then unused. 0: micro_batch rows per pass
+    micro_batch_tokens: int = 0
+    activation_checkpointing: bool = False  # recompute each layer's activations in the backward (less memory)
     recompute_old_logprobs: bool = False  # True: pi_i log-probs from the trainer, not the sampler
     max_consecutive_skips: int = 5  # stop after this many optimizer steps in a row with a NaN/inf loss or gradient
     autocast_bf16: bool = False
@@ -263,6 +270,10 @@ class TrainConfig:
              self.algorithm.minibatches, "must be <= rollout.prompts_per_iteration (mini-batches hold whole groups)"),
             (self.algorithm.epochs >= 1, "algorithm.epochs", self.algorithm.epochs, "must be >= 1"),
             (self.algorithm.micro_batch >= 1, "algorithm.micro_batch", self.algorithm.micro_batch, "must be >= 1"),
+            (self.algorithm.micro_batch_tokens >= 0, "algorithm.micro_batch_tokens", self.algorithm.micro_batch_tokens,
+             "must be >= 0 (0 = algorithm.micro_batch rows per pass)"),
+            (self.rollout.logprob_gap_warn >= 0, "rollout.logprob_gap_warn", self.rollout.logprob_gap_warn,
+             "must be >= 0 (0 = never warn)"),
             (0 <= self.sampler.prior <= 1, "sampler.prior", self.sampler.prior, "must be in [0, 1]"),
             (self.sampler.prior_weight > 0, "sampler.prior_weight", self.sampler.prior_weight, "must be > 0"),
             (0 < self.sampler.min_weight <= 1, "sampler.min_weight", self.sampler.min_weight, "must be in (0, 1]"),

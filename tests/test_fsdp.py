@@ -47,6 +47,10 @@ CASES = {
     # N=1 < world: rank 1 has no rows, in the recomputed (stale) log-probs and in the step
     "one_row": ("k15", {"tau": 0.1, "normalization": "sequence"}, {}),
     "steps4": ("k15", {"tau": 0.1, "normalization": "token"}, {"micro_batch": 2, "minibatches": 2, "epochs": 2}),
+    # micro-batches by token count: the ranks' pass counts differ (padded to the larger)
+    "tokens12": ("k15", {"tau": 0.1, "normalization": "token"}, {"micro_batch_tokens": 12}),
+    "ckpt_tokens20": ("k15", {"tau": 0.1, "normalization": "sequence"},
+                      {"micro_batch_tokens": 20, "activation_checkpointing": True}),
 }
 
 

@@ -15,7 +15,9 @@ from k15rl.rollout.collect import rollout
 from k15rl.rollout.engine import HFEngine, SamplingParams
 from k15rl.tasks import get_task, make_prompts
 from k15rl.trainer.logprobs import token_logprobs
-from k15rl.trainer.update import LogprobPasses, PolicyTrainer, UpdatePlan, make_train_batch
+from k15rl.distributed.shard import Shard
+from k15rl.trainer.update import (LogprobPasses, PolicyTrainer, UpdatePlan, enable_activation_checkpointing,
+                                  make_train_batch, micro_batches, shard_passes)
 
 
 def _trajectories(model, tok, n_prompts=3, k=4):
@@ -72,3 +74,91 @@ def test_update_moves_logprobs_of_rewarded_samples_up(tiny_model_dir):
     adv = before.rewards - torch.stack([before.rewards[before.group_ids == g].mean() for g in before.group_ids])
     delta = new - old
     assert delta[adv > 0].mean() > 0 > delta[adv < 0].mean()
+
+
+def _grad_tokens(model, batch, max_tokens: int, norm: str = "sequence") -> torch.Tensor:
+    """_grad with micro-batches by token count (algorithm.micro_batch_tokens)."""
+    model.zero_grad()
+    passes = LogprobPasses(model, batch.tokens, 10**6, 1.0, False, max_tokens=max_tokens)
+    logp = passes.logprobs()  # [N, T]
+    loss, _ = k15_loss(logp, batch.old_logprobs, batch.rewards, batch.loss_mask, batch.group_ids, tau=0.5,
+                       normalization=norm)
+    loss.backward()
+    passes.backward(logp.grad)
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_token_micro_batches_hold_at_most_the_budget(tiny_model_dir):
+    """Every row in exactly one micro-batch; each one's padded size (rows x longest row)
+    within the budget unless it is one row longer than the budget."""
+    tok = load_tokenizer(tiny_model_dir)
+    batch = make_train_batch(_trajectories(load_model(tiny_model_dir), tok), tok.pad_token_id)
+    lengths = batch.tokens.attention_mask.sum(1).tolist()
+    for budget in (1, max(lengths), 2 * max(lengths) + 3, 100, sum(lengths)):
+        chunks = micro_batches(batch.tokens, 64, max_tokens=budget)
+        assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+        assert all(len(c) * max(lengths[i] for i in c) <= budget or len(c) == 1 for c in chunks)
+    assert len(micro_batches(batch.tokens, 64, max_tokens=1)) == len(lengths)
+    assert micro_batches(batch.tokens, 64, max_tokens=len(lengths) * max(lengths)) == [list(range(len(lengths)))]
+
+
+@pytest.mark.parametrize("norm", ["sequence", "token"])
+def test_token_micro_batches_give_the_same_gradient(tiny_model_dir, norm):
+    """Micro-batches by token count: one pass (a budget holding the batch) is bitwise the
+    rows' one pass; a budget of about two rows and one of a token (every row alone) equal
+    it to float tolerance, as row micro-batches do."""
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_model(tiny_model_dir)
+    trajs = _trajectories(model, tok)
+    batch = make_train_batch(trajs, tok.pad_token_id)
+    batch.old_logprobs = batch.old_logprobs - 0.1
+    reference = _grad(model, batch, len(trajs), norm)
+    L = batch.tokens.input_ids.shape[1]
+    torch.testing.assert_close(_grad_tokens(model, batch, len(trajs) * L, norm), reference, atol=0, rtol=0)
+    assert len(micro_batches(batch.tokens, 64, max_tokens=2 * L)) > 2
+    torch.testing.assert_close(_grad_tokens(model, batch, 2 * L, norm), reference, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(_grad_tokens(model, batch, 1, norm), reference, atol=1e-6, rtol=1e-4)
+
+
+def test_token_micro_batches_keep_shard_passes_balanced(tiny_model_dir):
+    """Every rank runs the same number of passes (FSDP2's collectives), its own rows once
+    each; the ranks' rows together are the batch."""
+    tok = load_tokenizer(tiny_model_dir)
+    batch = make_train_batch(_trajectories(load_model(tiny_model_dir), tok, n_prompts=5, k=3), tok.pad_token_id)
+    N = len(batch.tokens)
+    for W, budget in ((2, 1), (2, 40), (3, 60), (4, 10**6), (16, 30)):
+        passes = [shard_passes(batch.tokens, 64, Shard(r, W), budget) for r in range(W)]
+        assert len({len(p) for p in passes}) == 1, (W, budget)
+        for r, p in enumerate(passes):
+            assert sorted(i for c in p for i in c) == Shard(r, W).rows(N)
+    assert [len(shard_passes(batch.tokens, 4, Shard(r, 2))) for r in range(2)] == [2, 2]  # by rows as before
+
+
+def _checkpointing(model) -> bool:
+    name = "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, name))
+
+
+def test_activation_checkpointing_gives_the_same_update(tiny_model_dir):
+    """algorithm.activation_checkpointing: the same gradient (recomputed activations) and
+    the same update as without."""
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_model(tiny_model_dir)
+    trajs = _trajectories(model, tok)
+    batch = make_train_batch(trajs, tok.pad_token_id)
+    batch.old_logprobs = batch.old_logprobs - 0.1
+    model.train()
+    reference = _grad(model, batch, 5, "sequence")
+    enable_activation_checkpointing(model)
+    assert _checkpointing(model)
+    torch.testing.assert_close(_grad(model, batch, 5, "sequence"), reference, atol=1e-6, rtol=1e-5)
+    results = []
+    for ckpt in (False, True):
+        m = load_model(tiny_model_dir)
+        plan = UpdatePlan(partial(k15_loss, tau=0.5), AlgorithmConfig(lr=1e-3, minibatches=3, micro_batch=2,
+                          activation_checkpointing=ckpt), 1.0, True, tok.pad_token_id)
+        metrics = PolicyTrainer(m, plan).update(trajs, version=0, seed=0)
+        assert _checkpointing(m) == ckpt
+        results.append((metrics, torch.cat([p.detach().flatten() for p in m.parameters()])))
+    assert results[0][0]["loss/policy"] == pytest.approx(results[1][0]["loss/policy"], rel=1e-5, abs=1e-7)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)

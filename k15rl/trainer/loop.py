@@ -79,6 +79,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False, lo
                         train_metrics = workers.trainer.update(trajs, version=it, seed=cfg.seed * 7919 + it)
                     run.sampler.update(trajs)
                     note_skipped_steps(run, train_metrics, it, bar.write)
+                    note_logprob_gap(cfg.rollout.logprob_gap_warn, train_metrics, it, bar.write)
                 t3 = time.time()
                 progress.iteration = it + 1
                 # 5. weight sync: the engine samples from the new weights next, unless a rollout
@@ -191,6 +192,19 @@ def note_skipped_steps(run: Run, train_metrics: dict[str, float], it: int, write
     if skipped:
         write(f"iteration {it + 1}: {skipped:.0f} of {steps:.0f} optimizer steps skipped "
               f"(non-finite loss or gradient; {p.consecutive_skips:.0f} in a row)")
+
+
+def note_logprob_gap(bound: float, train_metrics: dict[str, float], it: int, write: Callable[[str], None]) -> None:
+    """One line when the engine's recorded log-probs drift from the trainer's
+    (rollout/logprob_gap_mean, computed by `PolicyTrainer.update`, above
+    rollout.logprob_gap_warn nats; 0 = never). Here, in the loop, it reaches the user on
+    every backend."""
+    gap = train_metrics.get("rollout/logprob_gap_mean")
+    if bound and gap is not None and gap > bound:
+        write(f"iteration {it + 1}: warning: engine and trainer log-probs of the same tokens differ by "
+              f"{gap:.4f} nats on average (max {train_metrics['rollout/logprob_gap_max']:.4f}), above "
+              f"rollout.logprob_gap_warn={bound:g}: the engine samples from another policy than the trainer "
+              f"scores (weights, dtype, temperature, chat template)")
 
 
 def run_eval(run: Run, iteration: int, params: SamplingParams) -> dict:

@@ -23,6 +23,7 @@ import torch
 from k15rl.algorithms.losses import LossFn, make_loss
 from k15rl.config import AlgorithmConfig, TrainConfig
 from k15rl.distributed.shard import ONE_RANK, Shard
+from k15rl.errors import UserError
 from k15rl.trainer.logprobs import TokenBatch, collate, token_logprobs
 from k15rl.types import Trajectory
 
@@ -94,25 +95,51 @@ def make_train_batch(
     )
 
 
-def micro_batches(tokens: TokenBatch, micro_batch: int, rows: Sequence[int] | None = None) -> list[list[int]]:
-    """Row indices (all, or `rows`) in chunks of `micro_batch`, rows of similar length
-    together (less padding); rows that fit in one chunk keep their order."""
+def micro_batches(tokens: TokenBatch, micro_batch: int, rows: Sequence[int] | None = None,
+                  max_tokens: int = 0) -> list[list[int]]:
+    """Row indices (all, or `rows`) in chunks, rows of similar length together (less
+    padding); rows that fit in one chunk keep their order.
+
+    `max_tokens` = 0: chunks of `micro_batch` rows. `max_tokens` > 0: chunks by token count
+    (algorithm.micro_batch_tokens): rows sorted by length are added to a chunk while its
+    padded size, rows x its longest row, stays within `max_tokens`; a row longer than
+    `max_tokens` is a chunk alone. The padded size is what a forward pass holds.
+
+    >>> tk = collate([[1]] * 4, [[2] * 3, [2], [2] * 7, [2] * 2], 0)  # 4, 2, 8, 3 tokens
+    >>> micro_batches(tk, 2), micro_batches(tk, 2, max_tokens=8)
+    ([[1, 3], [0, 2]], [[1, 3], [0], [2]])
+    """
     order = list(range(len(tokens)) if rows is None else rows)
-    if len(order) > micro_batch:
-        order.sort(key=lambda i: int(tokens.attention_mask[i].sum()))
-    return [order[s : s + micro_batch] for s in range(0, len(order), micro_batch)]
+    lengths = tokens.attention_mask.sum(1).tolist()  # [N] real tokens of each row
+    if max_tokens <= 0:
+        if len(order) > micro_batch:
+            order.sort(key=lambda i: lengths[i])
+        return [order[s : s + micro_batch] for s in range(0, len(order), micro_batch)]
+    if order and len(order) * max(lengths[i] for i in order) <= max_tokens:
+        return [order]  # all in one pass, order kept
+    chunks: list[list[int]] = []
+    for i in sorted(order, key=lambda i: lengths[i]):  # ascending: a chunk's newest row is its longest
+        if chunks and (len(chunks[-1]) + 1) * lengths[i] <= max_tokens:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    return chunks
 
 
-def shard_passes(tokens: TokenBatch, micro_batch: int, shard: Shard) -> list[list[int]]:
+def shard_passes(tokens: TokenBatch, micro_batch: int, shard: Shard, max_tokens: int = 0) -> list[list[int]]:
     """This rank's forward passes over `tokens`: micro-batches of its rows (`shard.rows`),
     padded with empty ones so that every rank runs the same number of passes.
 
     FSDP2 all-gathers each layer's weights in every forward (and reduce-scatters in every
     backward), collectives all ranks must join; a rank with fewer rows, or none, runs
-    dummy passes (row 0, contributing nothing). One rank: the micro-batches of all rows.
+    dummy passes (row 0, contributing nothing). Every rank holds the whole batch, so it
+    counts every rank's micro-batches itself (by rows or by tokens): no communication.
+    One rank: the micro-batches of all rows.
     """
-    mine = micro_batches(tokens, micro_batch, shard.rows(len(tokens)))
-    n = -(-shard.max_rows(len(tokens)) // micro_batch)
+    N = len(tokens)
+    mine = micro_batches(tokens, micro_batch, shard.rows(N), max_tokens)
+    n = max(len(micro_batches(tokens, micro_batch, Shard(r, shard.world).rows(N), max_tokens))
+            for r in range(shard.world))
     return mine + [[] for _ in range(n - len(mine))]
 
 
@@ -120,7 +147,7 @@ class LogprobPasses:
     """The forward passes over a batch that keep any loss exact under micro-batching and
     sharding (report §2.6: trainer workers split the batch).
 
-        passes = LogprobPasses(model, tokens, micro_batch, temperature, bf16, shard)
+        passes = LogprobPasses(model, tokens, micro_batch, temperature, bf16, shard, max_tokens=0)
         logp = passes.logprobs()        # [N, T] the whole batch's, on every rank; a leaf
         loss, metrics = loss_fn(logp, ...)
         loss.backward()                 # d loss / d logp: logp.grad [N, T]
@@ -131,16 +158,18 @@ class LogprobPasses:
     its own rows' slice of d loss / d logp. Its parameter gradient is its rows' share of
     the one-process gradient; FSDP sums the shares across ranks (`shard_model` sets SUM).
 
-    If this rank's rows fit in one micro-batch (the same on every rank: it depends on N,
-    W and micro_batch only), the graph of that one forward is kept for the backward: no
-    extra forward. Otherwise a no-grad pass per micro-batch first, and a recomputing pass
-    per micro-batch in `backward`: one extra forward for exactness.
+    Micro-batches hold `micro_batch` rows, or with `max_tokens` > 0 at most that many
+    padded tokens each (`micro_batches`). If this rank's rows fit in one micro-batch (the
+    same on every rank: `shard_passes` pads every rank to the most passes), the graph of
+    that one forward is kept for the backward: no extra forward. Otherwise a no-grad pass
+    per micro-batch first, and a recomputing pass per micro-batch in `backward`: one extra
+    forward for exactness.
     """
 
     def __init__(self, model, tokens: TokenBatch, micro_batch: int, temperature: float, bf16: bool,
-                 shard: Shard = ONE_RANK, grad: bool = True):
+                 shard: Shard = ONE_RANK, grad: bool = True, max_tokens: int = 0):
         self.model, self.tokens, self.temperature, self.bf16, self.shard = model, tokens, temperature, bf16, shard
-        self.rows = shard_passes(tokens, micro_batch, shard)
+        self.rows = shard_passes(tokens, micro_batch, shard, max_tokens)  # max_tokens > 0: by token count
         self.keep_graph = grad and len(self.rows) == 1
         with torch.set_grad_enabled(self.keep_graph):
             self.lps = [self._forward(rows) for rows in self.rows]  # [n, t] each
@@ -172,6 +201,25 @@ class LogprobPasses:
             lp.backward(grad[rows, : lp.shape[1]] if rows else torch.zeros_like(lp))
 
 
+def logprob_gap(recorded: torch.Tensor, trainer: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """How far the engine's recorded log-probs are from the trainer's for the same tokens:
+    mean and max of |recorded - trainer| in nats over the tokens where `mask` [N, T] is
+    true; no metrics when there are none. Both [N, T].
+
+    A gap well above numerical noise means the engine samples from another distribution
+    than the one the trainer scores (temperature, weights not synced, dtype, template).
+
+    >>> g = logprob_gap(torch.tensor([[-1.0, -2.0, 0.0]]), torch.tensor([[-1.25, -1.5, -9.0]]),
+    ...                 torch.tensor([[True, True, False]]))
+    >>> g == {"rollout/logprob_gap_mean": 0.375, "rollout/logprob_gap_max": 0.5}
+    True
+    """
+    gap = (recorded.float() - trainer.float()).abs()[mask.bool()]  # [n tokens]
+    if gap.numel() == 0:
+        return {}
+    return {"rollout/logprob_gap_mean": float(gap.mean()), "rollout/logprob_gap_max": float(gap.max())}
+
+
 def minibatch_rows(group_ids: torch.Tensor, minibatches: int, epochs: int, seed: int) -> Iterator[list[int]]:
     """Rows of each optimizer step: every epoch the groups are shuffled and dealt into
     `minibatches` mini-batches of whole groups, so each one's mean-reward baselines are
@@ -194,6 +242,21 @@ def minibatch_rows(group_ids: torch.Tensor, minibatches: int, epochs: int, seed:
                 yield rows
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Activation (gradient) checkpointing (algorithm.activation_checkpointing): each
+    decoder layer keeps only its input in a forward with gradient and recomputes its
+    activations in the backward. Any Hugging Face causal LM (the built-in model is a
+    `LlamaForCausalLM`); non-reentrant, so gradients are those without it."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UserError(f"algorithm.activation_checkpointing: {type(model).__name__} does not support "
+                        "gradient checkpointing")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x (the old name is deprecated)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 class PolicyTrainer:
     """The policy being trained and its update, on one rank of `shard` (one process:
     ONE_RANK; FSDP2 ranks: `model` wrapped by `k15rl.distributed.shard.shard_model`, every
@@ -202,21 +265,30 @@ class PolicyTrainer:
 
     def __init__(self, model, plan: UpdatePlan, shard: Shard = ONE_RANK, device: str = "cpu"):
         self.model, self.plan, self.shard, self.device = model, plan, shard, device
+        if plan.algorithm.activation_checkpointing:
+            enable_activation_checkpointing(model)
 
     def update(self, trajectories: Sequence[Trajectory], version: int, seed: int) -> dict[str, float]:
         """All optimizer steps of iteration `version` (the policy pi_i) on `trajectories`.
 
         The optimizer is created afresh here, i.e. reset at the start of every iteration,
-        as the report prescribes (§2.3.2). Returns the metrics averaged over steps.
+        as the report prescribes (§2.3.2). Returns the metrics averaged over steps, and
+        rollout/logprob_gap_mean, _max (`logprob_gap`): the engine's recorded log-probs
+        against the trainer's pi_i ones over the non-stale response tokens of the first
+        mini-batch (its forward precedes any step), or of the whole batch when pi_i's
+        log-probs are recomputed anyway; absent when every token is stale.
         """
         p, a, model = self.plan, self.plan.algorithm, self.model
         device = next(model.parameters()).device  # on CPU .to() changes nothing
         batch = make_train_batch(trajectories, p.pad_id, version, p.train_on_stale).to(device)
+        fresh = batch.tokens.response_mask.bool() & ~batch.stale  # [N, T] tokens sampled by pi_i itself
+        gap: dict[str, float] | None = None  # rollout/logprob_gap_*: engine vs trainer, before any step
         if a.recompute_old_logprobs or (p.train_on_stale and batch.stale.any()):
             # pi_i's log-probs from the trainer: for every token, or for the stale ones whose
             # recorded log-probs come from an older policy (the loss's reference is pi_i).
             current = LogprobPasses(model, batch.tokens, a.micro_batch, p.temperature, a.autocast_bf16,
-                                    self.shard, grad=False).logprobs().detach()  # [N, T]
+                                    self.shard, grad=False, max_tokens=a.micro_batch_tokens).logprobs().detach()
+            gap = logprob_gap(batch.old_logprobs, current, fresh)  # the whole batch's fresh tokens
             batch.old_logprobs = current if a.recompute_old_logprobs else torch.where(batch.stale, current,
                                                                                        batch.old_logprobs)
         trained = [q for q in model.parameters() if q.requires_grad]  # with LoRA: the adapters only
@@ -228,8 +300,11 @@ class PolicyTrainer:
         for rows in minibatch_rows(batch.group_ids, a.minibatches, a.epochs, seed):
             mb = batch.subset(rows)
             opt.zero_grad(set_to_none=True)
-            passes = LogprobPasses(model, mb.tokens, a.micro_batch, p.temperature, a.autocast_bf16, self.shard)
+            passes = LogprobPasses(model, mb.tokens, a.micro_batch, p.temperature, a.autocast_bf16, self.shard,
+                                   max_tokens=a.micro_batch_tokens)
             logp = passes.logprobs()  # [n, T]
+            if gap is None:  # the first mini-batch, before the first step: these are pi_i's log-probs
+                gap = logprob_gap(mb.old_logprobs, logp.detach(), fresh[rows, : logp.shape[1]])
             loss, metrics = p.loss_fn(logp, mb.old_logprobs, mb.rewards, mb.loss_mask, mb.group_ids)
             loss.backward()
             passes.backward(logp.grad)
@@ -251,6 +326,7 @@ class PolicyTrainer:
         out["train/skipped_steps"] = float(skipped)
         out["train/trailing_skips"] = float(trailing)
         out["train/stale_token_frac"] = float(batch.stale[batch.tokens.response_mask > 0].float().mean())
+        out.update(gap or {})
         return out
 
     def weights(self):
