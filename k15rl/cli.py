@@ -55,7 +55,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from k15rl.config import load_config
     from k15rl.data import build_prompts
-    from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
+    from k15rl.models.loading import load_model, load_tokenizer, on_device, stop_token_ids
     from k15rl.rollout.engine import HFEngine
     from k15rl.trainer.evaluate import eval_sampling_params, evaluate
     from k15rl.trainer.resolve import check_names, resolve_model_path
@@ -69,7 +69,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if not test:
         raise UserError("no test prompts: set data.test_files or data.test_fraction for data files")
     tok = load_tokenizer(path, cfg.model.chat_template)
-    model = load_model(path, cfg.model.dtype)
+    model = on_device(load_model(path, cfg.model.dtype), cfg.distributed.device)
     params = eval_sampling_params(cfg, stop_token_ids(tok, model), seed=cfg.seed)
     from k15rl.trainer.resolve import router_from_config
 
@@ -91,7 +91,7 @@ def _finetune_start(args: argparse.Namespace):
     import torch
 
     from k15rl.trainer.resolve import resolve_model_path
-    from k15rl.models.loading import load_model, load_tokenizer
+    from k15rl.models.loading import load_model, load_tokenizer, on_device
 
     out = check_output_path(args.out, "--out")
     path = resolve_model_path(args.model, "--model")
@@ -99,7 +99,7 @@ def _finetune_start(args: argparse.Namespace):
         raise UserError(f"output folder {out} already holds a model: pass --overwrite or choose another --out")
     if args.threads:
         torch.set_num_threads(args.threads)
-    return path, out, load_model(path), load_tokenizer(path, args.chat_template)
+    return path, out, on_device(load_model(path), args.device, "--device"), load_tokenizer(path, args.chat_template)
 
 
 def _cmd_sft(args: argparse.Namespace) -> int:
@@ -182,12 +182,12 @@ def _data_config(args: argparse.Namespace):
 def _load_engine(model_arg: str, cfg):
     """(engine, tokenizer, stop ids, model) for a model folder or 'builtin'."""
     from k15rl.trainer.resolve import resolve_model_path
-    from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
+    from k15rl.models.loading import load_model, load_tokenizer, on_device, stop_token_ids
     from k15rl.rollout.engine import HFEngine
 
     path = resolve_model_path(model_arg, "--model")
     tok = load_tokenizer(path, cfg.model.chat_template)
-    model = load_model(path, cfg.model.dtype)
+    model = on_device(load_model(path, cfg.model.dtype), cfg.distributed.device)
     return HFEngine(model, tok, cfg.rollout.max_batch), tok, stop_token_ids(tok, model), model
 
 
@@ -492,6 +492,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _devices() -> tuple[str, ...]:
+    """The choices of distributed.device (k15rl/config.py), also those of sft/dpo --device."""
+    import typing
+
+    from k15rl.config import DistributedConfig
+
+    return typing.get_args(typing.get_type_hints(DistributedConfig)["device"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     from k15rl.trainer.card import package_version
 
@@ -528,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--device", default="cpu", choices=_devices(), help="where to train (as distributed.device)")
     s.add_argument("--chat-template", default=None, help="'plain' or a Jinja template if the tokenizer has none")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=_cmd_sft)
@@ -648,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--ref-cache", help="file caching the reference log-probs (default: DATA.ref_logps.pt)")
     o.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     o.add_argument("--threads", type=int, default=0)
+    o.add_argument("--device", default="cpu", choices=_devices(), help="where to train (as distributed.device)")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--chat-template", default=None, help="'plain' or a Jinja template if the tokenizer has none")
     o.add_argument("--overwrite", action="store_true")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from k15rl.config import TrainConfig
-from k15rl.models.loading import load_model
+from k15rl.models.loading import load_model, on_device
 from k15rl.models.lora import LoraResume, add_lora
 from k15rl.rollout.engine import RolloutEngine
 from k15rl.rollout.factory import make_engine
@@ -117,8 +117,7 @@ def start_workers(cfg: TrainConfig, path: str | Path, model, tokenizer, plan: Up
         if cfg.model.lora.rank:  # after the engine took its copy of the plain model
             base = model if lora_resume is None else load_model(lora_resume.base, cfg.model.dtype)
             model = add_lora(base, cfg.model.lora, lora_resume and lora_resume.adapter)
-        if cfg.distributed.device != "cpu":  # after the engine took its copy (the hf engine runs on CPU)
-            model.to(cfg.distributed.device)
+        model = on_device(model, cfg.distributed.device)  # after the engine took its copy (on the CPU)
         workers = Workers(engine, PolicyTrainer(model, plan, device=cfg.distributed.device),
                           cfg.distributed.colocate, version=version)
     try:

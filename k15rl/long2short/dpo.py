@@ -174,11 +174,12 @@ def encode_pairs(tokenizer, pairs: Sequence[PairExample], max_length: int) -> li
 
 def sequence_logps(model, rows: Sequence[Encoded], pad_id: int) -> torch.Tensor:
     """Sequence log-probs [P, 2] (chosen, rejected) of a batch of encoded pairs."""
+    from k15rl.models.loading import model_device
     from k15rl.trainer.logprobs import collate, token_logprobs
 
     prompts = [p for p, _, _ in rows] * 2
     responses = [c for _, c, _ in rows] + [r for _, _, r in rows]
-    batch = collate(prompts, responses, pad_id)
+    batch = collate(prompts, responses, pad_id).to(model_device(model))  # on the model's device
     seq = token_logprobs(model, batch).sum(-1)  # [2P]
     P = len(rows)
     return torch.stack([seq[:P], seq[P:]], dim=1)  # [P, 2]
@@ -192,7 +193,7 @@ def reference_logps(model, rows: Sequence[Encoded], pad_id: int, batch_size: int
     model.eval()
     with torch.no_grad():
         for s in tqdm(range(0, len(rows), batch_size), desc="reference log-probs", unit="batch", dynamic_ncols=True):
-            out.append(sequence_logps(model, rows[s : s + batch_size], pad_id))
+            out.append(sequence_logps(model, rows[s : s + batch_size], pad_id).cpu())  # [b, 2], cached on disk
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 
@@ -244,6 +245,7 @@ def dpo_train(
     reference log-probs of every pair (computed before the first step). Returns the
     metrics of every optimizer step. The optimizer, schedule (linear warm-up, then
     constant) and loop are `k15rl.trainer.finetune.train_steps`."""
+    from k15rl.models.loading import model_device
     from k15rl.trainer.finetune import StepSettings, autocast, train_steps
 
     if len(rows) != ref.shape[0]:
@@ -254,14 +256,16 @@ def dpo_train(
         order = list(range(len(rows)))
         rng.shuffle(order)
         batches += [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+    device = model_device(model)  # placed by the caller (`on_device`)
+    ref = ref.to(device)
 
     def loss_fn(idx: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
-        with autocast(cfg.autocast_bf16):
+        with autocast(cfg.autocast_bf16, device):
             logps = sequence_logps(model, [rows[i] for i in idx], tokenizer.pad_token_id)  # [B, 2]
         r = ref[idx]  # [B, 2]
         loss, m = dpo_loss(logps[:, 0], logps[:, 1], r[:, 0], r[:, 1], beta=cfg.beta)
         if cfg.sft_weight:
-            n_chosen = torch.tensor([len(rows[i][1]) for i in idx], dtype=logps.dtype)  # [B]
+            n_chosen = torch.tensor([len(rows[i][1]) for i in idx], dtype=logps.dtype, device=device)  # [B]
             nll = -(logps[:, 0] / n_chosen).mean()
             loss = loss + cfg.sft_weight * nll
             m["dpo/nll_chosen"] = nll.item()

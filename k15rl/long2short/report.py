@@ -116,7 +116,7 @@ def evaluate_models(models: Sequence[tuple[str, str]], prompts, cfg, samples_per
                     log=print) -> list[ModelResult]:
     """Evaluate each (label, folder) on `prompts` with `cfg`'s evaluation settings (a
     TrainConfig: eval.temperature, eval.max_new_tokens or rollout.max_new_tokens, seed)."""
-    from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
+    from k15rl.models.loading import load_model, load_tokenizer, on_device, stop_token_ids
     from k15rl.rollout.engine import HFEngine
     from k15rl.trainer.evaluate import eval_sampling_params, evaluate
     from k15rl.trainer.resolve import router_from_config
@@ -126,7 +126,7 @@ def evaluate_models(models: Sequence[tuple[str, str]], prompts, cfg, samples_per
     results = []
     for label, path in tqdm(models, desc="report", unit="model", dynamic_ncols=True):
         tok = load_tokenizer(path, cfg.model.chat_template)
-        model = load_model(path, cfg.model.dtype)
+        model = on_device(load_model(path, cfg.model.dtype), cfg.distributed.device)
         params = eval_sampling_params(cfg, stop_token_ids(tok, model), seed=cfg.seed)
         _, trajs = evaluate(HFEngine(model, tok, cfg.rollout.max_batch), tok, prompts, params, samples_per_prompt,
                             rewards=router_from_config(cfg.reward))

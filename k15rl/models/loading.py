@@ -58,6 +58,29 @@ def load_model(path: str | Path, dtype: str = "float32"):
     return model
 
 
+def on_device(model, device: str, key: str = "distributed.device"):
+    """`model` moved to `device` ("cpu", "cuda", "cuda:1"): the one place a model is put
+    on the configured device (distributed.device, which training uses too; sft/dpo
+    --device). Everything the model then computes follows its parameters
+    (`model_device`). A device this machine lacks is a one-line UserError naming `key`."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UserError(f"{key}: unknown device {device!r} (cpu or cuda)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{key}={device}: no CUDA device is available here (torch.cuda.is_available() is False)")
+    if kind not in ("cpu", "cuda"):
+        raise UserError(f"{key}: unsupported device {device!r} (cpu or cuda)")
+    return model if kind == "cpu" else model.to(device)
+
+
+def model_device(model):
+    """The device of `model`'s parameters: where its inputs go and which autocast applies."""
+    return next(model.parameters()).device
+
+
 def load_or_fail(failure: str, load: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """`load(*args, **kwargs)` (a `from_pretrained`); an error loading user files that
     `check_model_folder` cannot see coming (an unknown model_type, weights that do not

@@ -20,6 +20,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 import torch
 
 from k15rl.errors import UserError
+from k15rl.models.loading import model_device
 from k15rl.rollout.slots import SlotCache
 from k15rl.types import GenerationRequest, Segment
 
@@ -159,6 +160,10 @@ class HFEngine:
     shrinks, so finished sequences cost (almost) nothing. Works with models whose KV
     cache is made of full-attention layers (Llama, Qwen2, Mistral without sliding
     window, SmolLM, ...).
+
+    The model runs where its parameters are (`k15rl.models.loading.on_device`); the
+    bookkeeping and the sampling (its random stream) stay on the CPU, so a seed draws the
+    same tokens on every device up to the logits' numerics.
     """
 
     def __init__(self, model, tokenizer, max_batch: int = 64):
@@ -185,6 +190,7 @@ class HFEngine:
         until it has room, while the others take them.
         """
         requests = list(requests)
+        dev = model_device(self.model)  # the model's inputs go there; [S, V] logits come back
         gen = torch.Generator().manual_seed(params.seed)
         stop_ids = torch.tensor(params.stop_token_ids or [-1])
         max_stop = max((len(s) for s in params.stop_strings), default=0)
@@ -215,7 +221,7 @@ class HFEngine:
                 if kv is None:
                     k0 = pre.layers[0].keys
                     kv = SlotCache(S, len(pre.layers), k0.shape[1], k0.shape[3], k0.dtype,
-                                   columns=k0.shape[2] + params.max_new_tokens + 1, end=k0.shape[2])
+                                   columns=k0.shape[2] + params.max_new_tokens + 1, end=k0.shape[2], device=dev)
                     logits = new_logits.new_zeros((S, new_logits.shape[1]))
                 P = pre.layers[0].keys.shape[2]
                 for i, (j, r, c) in enumerate(zip(free, idx, contexts)):
@@ -268,9 +274,9 @@ class HFEngine:
             # 4. one decoding step for every slot (empty ones are ignored)
             mask = kv.step_mask(live)  # [S, L+1]
             logits = self.model(
-                input_ids=tok_all[:, None], attention_mask=mask, position_ids=pos[:, None], use_cache=True,
-                **{self._cache_kw: kv.cache},
-            ).logits[:, -1, :]  # [S, V]
+                input_ids=tok_all[:, None].to(dev), attention_mask=mask.to(dev), position_ids=pos[:, None].to(dev),
+                use_cache=True, **{self._cache_kw: kv.cache},
+            ).logits[:, -1, :].cpu()  # [S, V]
             kv.advance()
             pos = pos + live.long()
         return out  # type: ignore[return-value]
@@ -288,10 +294,11 @@ class HFEngine:
             attn[i, P - len(c):] = 1
         pos = (attn.cumsum(1) - 1).clamp(min=0)  # [b, P]
         cache = DynamicCache()
+        dev = model_device(self.model)
         logits = self.model(
-            input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
-            **{self._cache_kw: cache},
-        ).logits[:, -1, :]  # [b, V]
+            input_ids=input_ids.to(dev), attention_mask=attn.to(dev), position_ids=pos.to(dev), use_cache=True,
+            logits_to_keep=1, **{self._cache_kw: cache},
+        ).logits[:, -1, :].cpu()  # [b, V]
         self._check_layers(cache)
         return cache, logits
 

@@ -52,7 +52,7 @@ class SlotCache:
     """Keys, values and attention mask of S slots; see the module docstring."""
 
     def __init__(self, slots: int, layers: int, heads: int, head_dim: int, dtype: torch.dtype, columns: int,
-                 end: int = 0):
+                 end: int = 0, device: torch.device | str = "cpu"):
         from transformers import DynamicCache
 
         self.start = self.end = end  # the window [start, end) starts empty at column `end`
@@ -61,8 +61,8 @@ class SlotCache:
         self.cache = DynamicCache()
         self.cache.layer_class_to_replicate = None
         self.cache.layers = [
-            layer_cls(self, torch.zeros((slots, heads, columns, head_dim), dtype=dtype),
-                      torch.zeros((slots, heads, columns, head_dim), dtype=dtype))
+            layer_cls(self, torch.zeros((slots, heads, columns, head_dim), dtype=dtype, device=device),
+                      torch.zeros((slots, heads, columns, head_dim), dtype=dtype, device=device))
             for _ in range(layers)
         ]
 

@@ -56,10 +56,11 @@ def lr_factor(step: int, warmup: int, total: int, min_lr_frac: float) -> float:
     return min((step + 1) / warmup, cosine)
 
 
-def autocast(bf16: bool) -> ContextManager:
-    """bf16 autocast on the CPU when `bf16` (about 3x faster training here, fp32 master
-    weights kept), else nothing. Callers wrap their forward pass in it, not the loss."""
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+def autocast(bf16: bool, device: torch.device | str) -> ContextManager:
+    """bf16 autocast on `device` (the model's: `k15rl.models.loading.model_device`) when
+    `bf16` (about 3x faster training on this CPU, fp32 master weights kept), else nothing.
+    Callers wrap their forward pass in it, not the loss."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
 def train_steps(

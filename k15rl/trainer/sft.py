@@ -11,7 +11,7 @@ import torch
 
 from k15rl.data.readers import read_jsonl_objects
 from k15rl.errors import UserError
-from k15rl.models.loading import encode_prompt, encode_response
+from k15rl.models.loading import encode_prompt, encode_response, model_device
 from k15rl.trainer.finetune import StepSettings, autocast, train_steps
 from k15rl.trainer.logprobs import collate, token_logprobs
 
@@ -87,11 +87,12 @@ def sft_train(
     rng = random.Random(cfg.seed)
     lengths = [len(p) + len(r) for p, r in encoded]
     batches = [rows for _ in range(cfg.epochs) for rows in _length_bucketed_batches(lengths, cfg.batch_size, rng)]
+    device = model_device(model)  # placed by the caller (`on_device`); batches follow it
 
     def loss_fn(rows: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
         chunk = [encoded[i] for i in rows]
-        batch = collate([p for p, _ in chunk], [r for _, r in chunk], tokenizer.pad_token_id)
-        with autocast(cfg.autocast_bf16):
+        batch = collate([p for p, _ in chunk], [r for _, r in chunk], tokenizer.pad_token_id).to(device)
+        with autocast(cfg.autocast_bf16, device):
             logp = token_logprobs(model, batch)  # [N, T]
         return -(logp.sum() / batch.response_mask.sum()), {}
 
