@@ -70,6 +70,7 @@ class DataConfig:
     test_per_level: int = 50
     seed: int = 0
     system_prompt: str | None = None  # prepended to every prompt that has no system message
+    few_shot: int = 0  # built-in tasks: this many worked examples (train split, lowest train level) as chat turns before each prompt
     # Prompt-set files (JSONL, JSON, CSV/TSV, Parquet, datasets folders); mixable with tasks.
     train_files: list[str] = field(default_factory=list)
     test_files: list[str] = field(default_factory=list)
@@ -281,6 +282,7 @@ class TrainConfig:
              "must be >= 0"),
             (self.reward.length_weight >= 0, "reward.length_weight", self.reward.length_weight, "must be >= 0"),
             (self.data.train_per_level >= 1, "data.train_per_level", self.data.train_per_level, "must be >= 1"),
+            (self.data.few_shot >= 0, "data.few_shot", self.data.few_shot, "must be >= 0"),
             (self.data.test_per_level >= 1, "data.test_per_level", self.data.test_per_level, "must be >= 1"),
             (self.eval.temperature >= 0, "eval.temperature", self.eval.temperature, "must be >= 0"),
             (self.eval.samples_per_prompt >= 1, "eval.samples_per_prompt", self.eval.samples_per_prompt, "must be >= 1"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +174,20 @@ def in_test_share(p: Prompt, fraction: float) -> bool:
     return h / 2**64 < fraction
 
 
+def few_shot_turns(task, n: int, level: int, seed: int) -> tuple[tuple[str, str], ...]:
+    """`n` worked examples of `task` as (user, assistant) turns: problems of the train
+    split at `level` and the task's own worked solution (its warm-up trace). An instruct
+    model follows the answer format from them (k15rl/tasks/rg.py for real models)."""
+    from k15rl.tasks import Problem, make_prompts
+
+    rng = random.Random(f"few-shot/{task.name}/{seed}")
+    turns: tuple[tuple[str, str], ...] = ()
+    for p in make_prompts(task, "train", n, (level,), seed + 7919) if n > 0 else []:
+        turns += (("user", p.question), ("assistant", task.warmup_trace(Problem(p.question, p.answer, p.level, p.meta),
+                                                                        rng)))
+    return turns
+
+
 def builtin_prompts(data: DataConfig, other_data: bool = False) -> tuple[list[Prompt], list[Prompt]]:
     """Train and test prompts of the built-in tasks (disjoint splits by construction)."""
     from k15rl.tasks import get_task, make_prompts
@@ -185,10 +200,13 @@ def builtin_prompts(data: DataConfig, other_data: bool = False) -> tuple[list[Pr
         try:
             tr_levels = tuple(lv for lv in data.train_levels if lv in task.levels)
             te_levels = tuple(lv for lv in data.test_levels if lv in task.levels)
-            train += make_prompts(task, "train", data.train_per_level, tr_levels, data.seed)
-            test += make_prompts(task, "test", data.test_per_level, te_levels, data.seed)
+            task_train = make_prompts(task, "train", data.train_per_level, tr_levels, data.seed)
+            task_test = make_prompts(task, "test", data.test_per_level, te_levels, data.seed)
+            shots = few_shot_turns(task, data.few_shot, min(tr_levels or task.levels), data.seed)
         except ValueError as e:
             raise UserError(f"config key data: {e}") from None
+        train += [dataclasses.replace(p, messages=shots + p.messages) for p in task_train]
+        test += [dataclasses.replace(p, messages=shots + p.messages) for p in task_test]
     if data.system_prompt:
         system = (("system", data.system_prompt),)
         train, test = ([dataclasses.replace(p, messages=system + p.messages) for p in ps] for ps in (train, test))

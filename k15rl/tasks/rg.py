@@ -84,19 +84,24 @@ class ReasoningGymTask:
         index = rng.randrange(POOL)
         item = ds[index]
         meta = {"index": index}
-        cot = item.get("metadata", {}).get("answer_cot")
-        if cot:
-            meta["answer_cot"] = cot
+        for key in ("answer_cot", "expression"):
+            if item.get("metadata", {}).get(key):
+                meta[key] = item["metadata"][key]
         return Problem(question=item["question"].strip(), answer=str(item["answer"]).strip(), level=level, meta=meta)
 
     def verify(self, response: str, answer: str) -> bool:
         return verify_integer(response, answer)
 
     def warmup_trace(self, problem: Problem, rng: random.Random) -> str:
-        """gsm_symbolic's own worked solution where the generator has one; otherwise the
-        expression worked left to right is not available, so a short restatement."""
+        """The generator's own worked solution (gsm_symbolic), else the expression and its
+        value: a short solution in the answer format (the few-shot examples, data.few_shot)."""
         cot = problem.meta.get("answer_cot")
-        body = cot.strip().split("####")[0].strip() if cot else "I work it out step by step."
+        if cot:
+            body = cot.strip().split("####")[0].strip()
+        elif problem.meta.get("expression"):
+            body = f"{problem.meta['expression']} = {problem.answer}"
+        else:
+            body = "I work it out step by step."
         return f"{body}\nanswer: {problem.answer}"
 
 
