@@ -1,12 +1,14 @@
 """LoRA against full fine-tuning on SmolLM2-135M-Instruct (issue 17): peak memory and
 test-accuracy gain of the same RL run, side by side.
 
-Each arm is one `k15rl train` run (the arith run of docs/hf_models.md, longer) in a child
-process of its own, so that each peak is its own: the child reports its peak resident
-memory (ru_maxrss: the trainer's weights, the engine's copy, gradients, AdamW state,
-activations, the weight sync's state dict) and its summary.json the greedy test-accuracy
-gain. The arms differ only in model.lora.* and the learning rate (LoRA's adapters need a
-larger one); everything else, the seed included, is the same.
+Each arm is one `k15rl train --config smollm2` run (k15rl/configs/smollm2.yaml, the run
+benchmarks/smollm2_rl.py measures) in a child process of its own, so that each peak is
+its own: the child reports its peak resident memory (ru_maxrss: the trainer's weights,
+the engine's copy, gradients, AdamW state, activations, the weight sync's state dict)
+and its summary.json the held-out accuracy gain (the preset's evaluation). The arms
+differ only in model.lora.* and the learning rate (the adapters want a larger one); both
+run with activation checkpointing (BOTH below); everything else, the seed included, is
+the preset's.
 
     python benchmarks/lora.py                        # both arms; writes benchmarks/results/lora.json
     python benchmarks/lora.py --memory-only          # 2 iterations, no evaluation: peak memory only,
@@ -30,26 +32,21 @@ from results import write_result
 
 GOAL_RSS_RATIO = 0.7
 GOAL_GAIN_POINTS = 5.0
-SYSTEM = "Solve the problem. End with a line 'answer: <number>'."
+# Both arms: activation checkpointing, so that activations (the same in both arms) do not
+# hide what LoRA saves (gradients and AdamW state of all weights). Without it the update's
+# peak is set by the activations of a micro-batch in both arms (measured: 0.74x at
+# micro_batch 2, about 1.0x at 8 on this model).
+BOTH = ["algorithm.activation_checkpointing=true"]
 
 
 def arm_overrides(args: argparse.Namespace, arm: str, out: Path) -> list[str]:
-    """The `k15rl train` overrides of one arm (`full` or `lora`)."""
-    common = [
-        f"out={out / arm}", f"model.path={args.model}", f"data.tasks=[{args.task}]",
-        f"data.train_levels={args.levels}", f"data.test_levels={args.levels}", "data.train_per_level=500",
-        f"data.test_per_level={args.test_per_level}", f"data.system_prompt={SYSTEM}",
-        f"iterations={2 if args.memory_only else args.iterations}", f"rollout.k={args.k}",
-        f"rollout.prompts_per_iteration={args.prompts}", f"rollout.max_new_tokens={args.max_new_tokens}",
-        f"algorithm.micro_batch={args.micro_batch}", "eval.every=0", "eval.temperature=0", f"seed={args.seed}",
-        f"threads={args.threads}",
-    ]
+    """The `k15rl train --config <preset>` overrides of one arm (`full` or `lora`)."""
+    common = [f"out={out / arm}", *BOTH, *args.override]
     if args.memory_only:
-        common += ["data.test_levels=[]"]  # no evaluation: memory only
+        common += ["iterations=2", "data.test_levels=[]"]  # no evaluation: memory only
     if arm == "full":
-        return common + ["model.lora.rank=0", f"algorithm.lr={args.full_lr}"] + args.override
-    return common + [f"model.lora.rank={args.rank}", f"model.lora.alpha={args.alpha}",
-                     f"algorithm.lr={args.lora_lr}"] + args.override
+        return common + ["model.lora.rank=0"]  # the preset's own learning rate
+    return common + [f"model.lora.rank={args.rank}", f"model.lora.alpha={args.alpha}", f"algorithm.lr={args.lora_lr}"]
 
 
 def child(overrides: list[str], report: Path) -> None:
@@ -58,7 +55,7 @@ def child(overrides: list[str], report: Path) -> None:
     from k15rl.trainer.loop import train
 
     t0 = time.time()
-    summary = train(load_config(None, overrides), overwrite=True, log=lambda s: None)
+    summary = train(load_config(overrides[0], overrides[1:]), overwrite=True, log=lambda s: None)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     report.write_text(json.dumps({"peak_rss_mb": peak_mb, "wall_s": time.time() - t0, "summary": summary}))
 
@@ -66,7 +63,7 @@ def child(overrides: list[str], report: Path) -> None:
 def run_arm(args: argparse.Namespace, arm: str, out: Path) -> dict:
     (out / arm).mkdir(parents=True, exist_ok=True)
     report = out / f"{arm}.json"
-    cmd = [sys.executable, __file__, "--child", str(report), "--", *arm_overrides(args, arm, out)]
+    cmd = [sys.executable, __file__, "--child", str(report), "--", args.config, *arm_overrides(args, arm, out)]
     print(f"[{arm}] {' '.join(cmd[2:])}", flush=True)
     subprocess.run(cmd, check=True)
     r = json.loads(report.read_text())
@@ -86,35 +83,27 @@ def main(argv: list[str] | None = None) -> int:
         child(argv[3:], Path(argv[1]))
         return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="models/smollm2")
+    p.add_argument("--config", default="smollm2", help="the run both arms make (a preset or YAML file)")
     p.add_argument("--out", default="runs/lora_bench")
-    p.add_argument("--task", default="arith")
-    p.add_argument("--levels", default="[1]")
-    p.add_argument("--iterations", type=int, default=30)
-    p.add_argument("--prompts", type=int, default=8, help="rollout.prompts_per_iteration")
-    p.add_argument("--k", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--micro-batch", type=int, default=8)
-    p.add_argument("--test-per-level", type=int, default=100)
-    p.add_argument("--full-lr", type=float, default=2e-6)
-    p.add_argument("--lora-lr", type=float, default=1e-4)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=float, default=32.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--lora-lr", type=float, default=2e-4, help="LoRA's learning rate (the full arm: the preset's)")
     p.add_argument("--memory-only", action="store_true", help="2 iterations, no evaluation; no results file")
     p.add_argument("--override", action="append", default=[], help="an extra key=value for both arms")
     args = p.parse_args(argv)
-    if not Path(args.model).is_dir():
-        print(f"{args.model} is not a folder: convert SmolLM2 first (docs/hf_models.md)", file=sys.stderr)
+    from k15rl.config import load_config
+
+    cfg = load_config(args.config, arm_overrides(args, "full", Path(args.out)))
+    if not Path(cfg.model.path).is_dir():
+        print(f"{cfg.model.path} is not a folder: convert SmolLM2 first (docs/hf_models.md)", file=sys.stderr)
         return 2
     out = Path(args.out)
     arms = [run_arm(args, arm, out) for arm in ("full", "lora")]
     full, lora = arms
     payload = {
-        "model": args.model, "task": args.task, "levels": args.levels, "iterations": lora["iterations"],
-        "rollout": {"k": args.k, "prompts_per_iteration": args.prompts, "max_new_tokens": args.max_new_tokens},
-        "lora": {"rank": args.rank, "alpha": args.alpha, "lr": args.lora_lr}, "full": {"lr": args.full_lr},
+        "config": args.config, "model": cfg.model.path, "tasks": cfg.data.tasks, "iterations": lora["iterations"],
+        "both_arms": BOTH + args.override,
+        "lora": {"rank": args.rank, "alpha": args.alpha, "lr": args.lora_lr}, "full": {"lr": cfg.algorithm.lr},
         "arms": arms,
         "peak_rss_ratio_lora_vs_full": round(lora["peak_rss_mb"] / full["peak_rss_mb"], 3),
         "goal": {"max_peak_rss_ratio": GOAL_RSS_RATIO, "min_gain_points": GOAL_GAIN_POINTS},

@@ -396,8 +396,9 @@ def render_lora(r: dict) -> str:
              f"{a['gain_points']:+.1f}", minutes(a["wall_s"])] for a in r["arms"]]
     g, lo = r["goal"], r["lora"]
     return "\n".join([
-        f"{r['model']}, task {r['task']} levels {r['levels']}, {r['iterations']} iterations; LoRA rank {lo['rank']}, "
-        f"alpha {lo['alpha']:g}, lr {lo['lr']:g}; full fine-tune lr {r['full']['lr']:g}; greedy test accuracy:", "",
+        f"Preset `{r['config']}` ({r['model']}, tasks {', '.join(r['tasks'] or [])}), {r['iterations']} iterations, "
+        f"both arms with {', '.join(r['both_arms'])}; LoRA rank {lo['rank']}, alpha {lo['alpha']:g}, lr {lo['lr']:g}; "
+        f"full fine-tune lr {r['full']['lr']:g}; held-out accuracy (the preset's evaluation):", "",
         table(["arm", "peak RSS (MB)", "accuracy before", "after", "gain (points)", "wall time"], rows), "",
         f"Peak RSS LoRA / full: {ratio(r['peak_rss_ratio_lora_vs_full'])} (goal <= {g['max_peak_rss_ratio']:g}x); "
         f"LoRA gain {r['gain_points']:+.1f} points (goal >= {g['min_gain_points']:g}): goal "

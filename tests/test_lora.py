@@ -16,13 +16,13 @@ from k15rl.errors import UserError  # noqa: E402
 from k15rl.models.loading import encode_prompt, load_model, load_tokenizer, stop_token_ids  # noqa: E402
 from k15rl.models.lora import ADAPTER, add_lora, policy_state_dict  # noqa: E402
 from k15rl.rollout.collect import rollout  # noqa: E402
-from k15rl.rollout.engine import SamplingParams  # noqa: E402
+from k15rl.rollout.engine import HFEngine, SamplingParams  # noqa: E402
 from k15rl.tasks import TASKS, get_task, make_prompts  # noqa: E402
 from k15rl.trainer import loop  # noqa: E402
 from k15rl.trainer.checkpoint import latest_checkpoint  # noqa: E402
 from k15rl.trainer.logprobs import collate, token_logprobs  # noqa: E402
 from k15rl.trainer.loop import train  # noqa: E402
-from k15rl.trainer.update import update_plan  # noqa: E402
+from k15rl.trainer.update import PolicyTrainer, update_plan  # noqa: E402
 from k15rl.types import GenerationRequest  # noqa: E402
 
 from test_e2e import DigitFirstTask  # noqa: E402
@@ -111,6 +111,30 @@ def test_vllm_engine_samples_from_the_updated_adapter(monkeypatch):
 
     torch.set_num_threads(1)
     _engine_follows_the_adapter(ensure_builtin(), "vllm", 1e-4, monkeypatch)  # float32, as tests/test_vllm_engine.py
+
+
+def test_activation_checkpointing_leaves_the_lora_update_unchanged(tiny_model_dir):
+    """benchmarks/lora.py runs both arms with algorithm.activation_checkpointing: on a peft
+    model (frozen inputs, non-reentrant) the update must be the one without it."""
+    tok = load_tokenizer(tiny_model_dir)
+    prompts = make_prompts(get_task("sort"), "train", 3, (1,), seed=0)
+    params = SamplingParams(max_new_tokens=12, seed=0)
+    trajs = rollout(HFEngine(load_model(tiny_model_dir), tok), tok, prompts, 4, params)
+    for i, t in enumerate(trajs):
+        t.reward = float(i % 2 == 0)
+    weights = []
+    for checkpointing in ("false", "true"):
+        cfg = load_config(None, ["model.lora.rank=4", "algorithm.lr=0.05", "algorithm.micro_batch=5",
+                                 f"algorithm.activation_checkpointing={checkpointing}"])
+        torch.manual_seed(0)  # the same initial A
+        model = add_lora(load_model(tiny_model_dir), cfg.model.lora)
+        trainer = PolicyTrainer(model, update_plan(cfg, tok.pad_token_id))
+        trainer.update(trajs, version=0, seed=0)
+        weights.append(trainer.weights())
+    assert not torch.equal(weights[0]["model.layers.0.self_attn.q_proj.weight"],
+                           load_model(tiny_model_dir).state_dict()["model.layers.0.self_attn.q_proj.weight"])
+    for k in weights[0]:
+        torch.testing.assert_close(weights[0][k], weights[1][k], atol=1e-6, rtol=1e-5)
 
 
 @pytest.fixture
