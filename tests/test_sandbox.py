@@ -120,6 +120,10 @@ def test_process_isolation_fallback():
     net = run_stdio("import socket\nsocket.socket().connect(('127.0.0.1', 9))", [StdioTest("", "")], FAST,
                     isolation="process", python=py)
     assert net.reason == "runtime_error" and "network access is disabled" in net.detail
+    check = "def check(candidate):\n    assert candidate(2, 3) == 5\n"  # the judge runs there too
+    for body, reason in (("a + b", "pass"), ("a - b", "wrong_answer")):
+        r = run_function(f"def add(a, b):\n    return {body}\n", check, "add", FAST, isolation="process", python=py)
+        assert r.reason == reason, r
 
 
 def _humaneval_check(n: int | None) -> tuple[int, int, int]:
