@@ -4,6 +4,7 @@ bad-row case, duplicates, held-out splits and the context-length filter."""
 import csv
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -431,3 +432,28 @@ def test_cli_eval_without_test_prompts_is_a_clear_error(tmp_path, capsys, tiny_m
                  f"data.train_files=[{f}]"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "data.test_fraction" in err[0]
+
+
+def test_few_shot_turns_come_before_every_builtin_prompt():
+    """data.few_shot=N: N worked examples of the task (train split, lowest train level)
+    as user/assistant turns after the system message, the same for every prompt."""
+    from k15rl.config import load_config
+    from k15rl.data.build import builtin_prompts
+    from k15rl.tasks import get_task, split_of
+
+    cfg = load_config(None, ["data.tasks=[arith]", "data.train_levels=[2,3]", "data.test_levels=[3]",
+                             "data.train_per_level=6", "data.test_per_level=4", "data.few_shot=2",
+                             "data.system_prompt=Be brief."])
+    train, test = builtin_prompts(cfg.data)
+    shots = train[0].messages[1:5]
+    assert train[0].messages[0] == ("system", "Be brief.")
+    assert [r for r, _ in shots] == ["user", "assistant", "user", "assistant"]
+    assert all(p.messages[1:5] == shots and p.messages[5][0] == "user" and len(p.messages) == 6 for p in train + test)
+    for (_, question), (_, solution) in zip(shots[::2], shots[1::2]):
+        assert split_of(question) == "train" and len(re.findall(r"\d+", question)) == 4  # level 2: 4 terms
+        assert get_task("arith").verify(solution, str(eval(question[len("Compute "):-1])))
+    assert {p.question for p in test}.isdisjoint(q for _, q in shots[::2])
+    plain, _ = builtin_prompts(load_config(None, ["data.tasks=[arith]", "data.train_per_level=6"]).data)
+    assert len(plain[0].messages) == 1
+    with pytest.raises(UserError, match="data.few_shot"):
+        load_config(None, ["data.few_shot=-1"])
