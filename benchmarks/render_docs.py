@@ -417,6 +417,39 @@ def render_update_memory(r: dict) -> str:
                "loss/policy", "grad norm"], rows)])
 
 
+def render_smollm2_rl(r: dict) -> str:
+    b, a = r["before"], r["after"]
+    lo, hi = r["gain_ci95"]
+    levels = sorted(set(b.get("per_level") or {}) | set(a.get("per_level") or {}))
+    rows = [["all", pct(b["accuracy"]), pct(a["accuracy"]), f"{100 * (a['accuracy'] - b['accuracy']):+.1f}", str(a["n"])]]
+    rows += [[f"level {lv}", pct(b["per_level"][lv]["accuracy"]), pct(a["per_level"][lv]["accuracy"]),
+              f"{100 * (a['per_level'][lv]['accuracy'] - b['per_level'][lv]['accuracy']):+.1f}",
+              str(a["per_level"][lv]["n"])] for lv in levels]
+    goal = lo > 0 and r["gain_points"] >= 10 and r["wall_s"] <= 3600
+    return "\n".join([
+        f"SmolLM2-135M-Instruct, k1.5 RL, {r['iterations']} iterations (preset `smollm2`"
+        f"{', overrides ' + ' '.join(r['overrides']) if r['overrides'] else ''}), held-out sampled accuracy (T = 1):", "",
+        table(["prompts", "before", "after", "gain (points)", "n"], rows), "",
+        f"Gain {r['gain_points']:+.1f} points, 95% interval [{lo:+.1f}, {hi:+.1f}]; {minutes(r['wall_s'])} in all; "
+        f"rollout {r['tokens_per_s']:.0f} tokens/s. Goal (at least +10 points, interval above 0, at most 60 min): "
+        f"{'met' if goal else '**not met**'}. Curve: `{r['plot']}` (in the run folder, not committed)."])
+
+
+def render_train_flops(r: dict) -> str:
+    rows = [[g, f"{v['self_s']:.2f} s", pct(v["share"])] for g, v in r["profile_groups"].items()]
+    return "\n".join([
+        f"`{r['model']}` ({r['parameters'] / 1e6:.0f}M parameters), one update of {r['rows']} rows x {r['row_tokens']} "
+        f"tokens with bf16 autocast on {r['threads']} threads:", "",
+        table(["", "GFLOP/s"], [
+            [f"bf16 GEMM peak ({r['gemm_n']}^3 `torch.matmul`, best of 5)", f"{r['gemm_peak_gflops_bf16']:.0f}"],
+            [f"fp32 GEMM peak (the same)", f"{r['gemm_peak_gflops_fp32']:.0f}"],
+            [f"the update ({r['model_tflop_per_update']:.2f} TFLOP of model FLOPs in {r['update_s']:.2f} s, best of "
+             f"{len(r['update_s_all'])})", f"{r['update_gflops']:.0f}"]]), "",
+        f"Fraction of the bf16 GEMM peak: **{r['fraction_of_gemm_peak']:.2f}** (goal 0.5). Where the update's CPU time "
+        "goes (torch.profiler, self time per operator, grouped):", "",
+        table(["operators", "self time", "share"], rows)])
+
+
 @dataclass(frozen=True)
 class Block:
     results: str                      # benchmarks/results/<results>.json
@@ -466,6 +499,9 @@ BLOCKS: dict[str, Block] = {
         render_vllm_vs_native),
     "demo": Block("demo", "python benchmarks/demo.py", render_demo),
     "lora": Block("lora", "python benchmarks/lora.py", render_lora),
+    "smollm2_rl": Block("smollm2_rl", "python benchmarks/smollm2_rl.py", render_smollm2_rl),
+    "train_flops": Block("train_flops", "python benchmarks/train_flops.py --model models/smollm2 --rows 8 "
+                         "--response-tokens 224", render_train_flops),
     "update_memory": Block("update_memory", "python benchmarks/update_memory.py --model models/smollm2 "
                            "--response-tokens 2048 --rows 2", render_update_memory),
 }
