@@ -54,25 +54,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/smollm2_rl")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--reread", action="store_true",
+                    help="do not train: read the finished run in --out again (wall time: its summary's)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     cmd = [sys.executable, "-m", "k15rl.cli", "train", "--config", "smollm2", "--overwrite", f"out={out}",
            f"seed={args.seed}", *args.override]
-    print(" ".join(cmd[1:]), flush=True)
-    t0 = time.time()
-    subprocess.run(cmd, check=True)
-    wall = time.time() - t0
+    if args.reread:
+        wall = json.loads((out / "summary.json").read_text())["wall_time_s"]
+    else:
+        print(" ".join(cmd[1:]), flush=True)
+        t0 = time.time()
+        subprocess.run(cmd, check=True)
+        wall = time.time() - t0
     evals = [e for e in read_jsonl(out / "eval.jsonl") if e.get("temperature", 1.0) != 0]
     metrics = read_jsonl(out / "metrics.jsonl")
     before, after = evals[0], evals[-1]
     gain = 100 * (after["accuracy"] - before["accuracy"])
     half = 100 * math.hypot(before["accuracy_ci95"], after["accuracy_ci95"])
-    tokens = sum(m.get("rollout/tokens", 0.0) for m in metrics)
     rollout_s = sum(m.get("time/rollout", 0.0) for m in metrics)
+    tokens = sum(m.get("rollout/tokens_per_s", 0.0) * m.get("time/rollout", 0.0) for m in metrics)
     plot = out / "smollm2_rl.png"
     plot_curve(evals, metrics, plot)
     payload = {
-        "seed": args.seed, "overrides": args.override, "out": str(out), "plot": str(plot),
+        "seed": args.seed, "overrides": args.override, "out": str(out), "plot": str(plot), "reread": args.reread,
         "before": {"accuracy": before["accuracy"], "ci95": before["accuracy_ci95"], "n": before["n"],
                    "mean_tokens": before["mean_tokens"], "per_level": before.get("per_level")},
         "after": {"accuracy": after["accuracy"], "ci95": after["accuracy_ci95"], "n": after["n"],
