@@ -184,3 +184,15 @@ def test_setup_helpers_come_from_the_dataset_not_the_program():
     assert run_function(honest, check, "decode", FAST, setup=setup).reason == "pass"
     assert run_function(cheat, check, "decode", FAST, setup=setup).reason == "wrong_answer"
     assert run_function(cheat, check, "decode", FAST).reason == "pass"  # without set-up the program's helper is used
+
+
+def test_a_sandbox_that_cannot_start_is_a_sandbox_error_and_frees_its_slot(monkeypatch):
+    """A supervisor that fails to start (here: a package that is not installed) gives
+    sandbox_error with the reason; its uid slot goes back, so later runs still work."""
+    from k15rl.verifiers import sandbox
+
+    free = len(sandbox._SLOTS._free)
+    outs = sandbox.run_outputs("print(1)", [""], FAST, packages=("no_such_package_k15",))
+    assert outs[0].reason == "sandbox_error" and "no_such_package_k15" in outs[0].stderr
+    assert len(sandbox._SLOTS._free) == free
+    assert run_stdio("print(1)", [StdioTest("", "1")], FAST).reason == "pass"

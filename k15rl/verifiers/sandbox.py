@@ -234,9 +234,17 @@ class _Supervisor:
     """One pre-started supervisor (its namespaces, filesystem and zygote built once);
     it grades one job at a time."""
 
-    def __init__(self, key: tuple, slot: int):
-        python, packages, mode_iso, disk_mb = key
-        self.key, self.slot = key, slot
+    def __init__(self, key: tuple):
+        self.key, self.slot, self.proc, self.workdir = key, _SLOTS.acquire(), None, None
+        try:
+            self._start()
+        except BaseException:
+            self.close()  # whatever was started, and the slot
+            raise
+
+    def _start(self) -> None:
+        python, packages, mode_iso, disk_mb = self.key
+        slot = self.slot
         ns = mode_iso == "namespaces"
         userns = namespace_support()[1] if ns else False
         root = os.geteuid() == 0 and not userns
@@ -261,7 +269,6 @@ class _Supervisor:
         self.proc.stdin.flush()
         ready = self._read_line(30.0)
         if not ready.get("ready"):
-            self.close()
             raise RuntimeError(f"the sandbox did not start: {ready.get('error')}")
 
     def _read_line(self, timeout: float) -> dict:
@@ -291,6 +298,11 @@ class _Supervisor:
     def close(self) -> None:
         """End of input: the supervisor exits, the kernel ends its namespace's processes,
         and `unshare` returns once all are gone; killed if that takes over 5 s."""
+        if self.proc is None:  # it never started
+            if self.workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            _SLOTS.release(self.slot)
+            return
         try:
             self.proc.stdin.close()
             self.proc.wait(timeout=5)
@@ -329,7 +341,7 @@ class _SupervisorPool:
                     return sup
                 self._all.discard(sup)
                 sup.close()
-        sup = _Supervisor(key, _SLOTS.acquire())
+        sup = _Supervisor(key)
         with self._lock:
             self._all.add(sup)
         return sup
