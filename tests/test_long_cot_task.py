@@ -1,0 +1,142 @@
+"""The long-CoT task (subset sum by depth-first search): verifier, search against a
+brute-force reference, heavy-tailed trace lengths, the overthinking knob, splits, seeds."""
+
+import itertools
+import random
+import statistics
+
+import pytest
+
+from k15rl.models.builtin import build_tokenizer
+from k15rl.tasks import Problem, get_task, make_prompts, split_of
+from k15rl.tasks.subset_sum import (
+    MAX_SEARCH_LINES,
+    SubsetSumTask,
+    continued_search,
+    search_lines,
+)
+from k15rl.verifiers import extract_answer
+
+ANSWER = "12 9 7 5 3=20"
+
+
+def _problems(task, n_per_level, seed=0):
+    return [Problem(p.question, p.answer, p.level, p.meta) for p in make_prompts(task, "train", n_per_level, task.levels, seed)]
+
+
+@pytest.mark.parametrize("response", [
+    "answer: 12+5+3",
+    "answer: 3+5+12",  # any order
+    "answer: 12 + 5 + 3",
+    "answer: 12+5+3=20",  # "sum = target"
+    "answer: 12+5+3 = 20.",
+    "0+12=12, need 8\nanswer: 12+9\nanswer: 12+5+3",  # the last answer line counts
+])
+def test_verify_accepts_any_valid_subset(response):
+    assert SubsetSumTask().verify(response, ANSWER)
+    other = "12 9 8 7 5 3=20"  # several subsets make 20: each scores
+    assert all(SubsetSumTask().verify(f"answer: {s}", other) for s in ("12+8", "9+8+3", "8+7+5", "12+5+3"))
+
+
+@pytest.mark.parametrize("response", [
+    "answer: 12+8",  # 8 is not in the list
+    "answer: 5+5+5+5",  # 5 used four times
+    "answer: 12+7",  # 19
+    "answer: 12+5+3=21",  # a wrong total after "="
+    "answer: 20",  # the target, not a sum of listed numbers
+    "answer: 12+5+3+0",  # 0 is not in the list
+    "answer: 12-5+13",
+    "answer: 12++5+3",
+    "answer: twelve+5+3",
+    "answer:",
+    "12+5+3=20, found",  # no answer line
+    "answer: 12+5+3\nanswer: 12+7",  # the last answer line counts
+])
+def test_verify_rejects_wrong_or_malformed(response):
+    assert not SubsetSumTask().verify(response, ANSWER)
+
+
+def test_search_by_hand():
+    lines, subset = search_lines([12, 9, 7, 5, 3], 20)
+    assert lines == ["0+12=12, need 8", "12+9=21, over", "12+7=19, need 1", "19+5=24, over", "19+3=22, over",
+                     "19-7=12, back", "12+5=17, need 3", "17+3=20, found"]
+    assert subset == [12, 5, 3]
+    # searching on after the answer: step back out of the found branch, go on
+    assert continued_search([12, 9, 7, 5, 3], 20, len(lines), 3) == ["17-5=12, back", "12+3=15, need 5", "15-3=12, back"]
+    assert search_lines([9, 5], 3) == (["0+9=9, over", "0+5=5, over"], [])  # no subset: the whole tree
+
+
+def test_search_finds_the_first_subset_of_a_brute_force_in_search_order():
+    """Depth-first search, largest first, finds the lexicographically first index tuple."""
+    rng = random.Random(0)
+    for _ in range(300):
+        nums = sorted(rng.sample(range(1, 40), rng.randint(3, 8)), reverse=True)
+        target = rng.randint(1, sum(nums))
+        combos = [c for k in range(1, len(nums) + 1) for c in itertools.combinations(range(len(nums)), k)]
+        first = min((c for c in combos if sum(nums[i] for i in c) == target), default=None)
+        _, subset = search_lines(nums, target)
+        assert subset == ([nums[i] for i in first] if first else [])
+
+
+def test_traces_verify_and_end_in_the_search_answer():
+    task = SubsetSumTask(overthink_prob=1.0)
+    rng = random.Random(0)
+    for p in _problems(task, 10):
+        trace = task.warmup_trace(p, rng)
+        assert task.verify(trace, p.answer)
+        assert extract_answer(trace) == p.meta["solution"]
+        assert trace.startswith("plan:") and "check:" in trace
+        assert not task.verify(trace.rsplit("answer:", 1)[0], p.answer)
+        assert len(search_lines(p.meta["numbers"], p.meta["target"])[0]) <= MAX_SEARCH_LINES
+
+
+def test_trace_lengths_are_long_and_heavy_tailed():
+    """Tokens of a tokenizer built like the built-in one, 100 default traces per level:
+    median >= 150, 99th percentile >= 6x the median, longest > 1,000 tokens; and every
+    prompt with its trace fits 2,048 positions."""
+    task = get_task("subset_sum")
+    probs = _problems(task, 100)
+    rng = random.Random(0)
+    traces = [task.warmup_trace(p, rng) for p in probs]
+    tok = build_tokenizer([p.question + "\n" + t for p, t in zip(probs, traces)], 512)
+    lens = sorted(len(tok.encode(t)) for t in traces)
+    median, p99 = statistics.median(lens), lens[int(0.99 * (len(lens) - 1))]
+    assert median >= 150, median
+    assert p99 >= 6 * median, (p99, median)
+    assert lens[-1] > 1000, lens[-1]
+    specials = 3  # <|user|>, <|assistant|>, <|end|>
+    assert max(len(tok.encode(p.question)) + len(tok.encode(t)) + specials for p, t in zip(probs, traces)) <= 2048
+    concise = [len(tok.encode(task.warmup_trace(p, rng, concise=True))) for p in probs]
+    assert sum(concise) < 0.75 * sum(lens)  # the knob's default: over a quarter of the tokens are redundant
+
+
+def test_overthinking_changes_length_not_answer():
+    probs = _problems(SubsetSumTask(), 5)
+    always, never = SubsetSumTask(overthink_prob=1.0), SubsetSumTask(overthink_prob=0.0)
+    for p in probs:
+        long = always.warmup_trace(p, random.Random(1))
+        short = always.warmup_trace(p, random.Random(1), concise=True)
+        assert extract_answer(long) == extract_answer(short) == p.meta["solution"]
+        assert len(short) < len(long)
+        assert "check again:" in long and "check again:" not in short
+        assert short.split("\n")[:-1] == long.split("\n")[: short.count("\n")]  # the same search, cut after its check
+        assert never.warmup_trace(p, random.Random(1)) == short
+    # more overthinking, longer traces on average
+    mean = [statistics.mean(len(SubsetSumTask(overthink_prob=q).warmup_trace(p, random.Random(i)))
+                            for i, p in enumerate(probs)) for q in (0.0, 0.5, 1.0)]
+    assert mean == sorted(mean) and mean[0] < mean[-1]
+    with pytest.raises(ValueError):
+        SubsetSumTask(overthink_prob=1.5)
+
+
+def test_splits_disjoint_and_deterministic_by_seed():
+    task = get_task("subset_sum")
+    assert len(task.levels) >= 4
+    train = make_prompts(task, "train", 200, task.levels[1:], seed=0)
+    test = make_prompts(task, "test", 20, task.levels, seed=0)
+    assert not {p.question for p in train} & {p.question for p in test}
+    assert all(split_of(p.question) == "test" for p in test)
+    a, b, c = (make_prompts(task, "train", 5, task.levels, seed=s) for s in (3, 3, 4))
+    assert [p.question for p in a] == [p.question for p in b] != [p.question for p in c]
+    pa = Problem(a[-1].question, a[-1].answer, a[-1].level, a[-1].meta)
+    assert task.warmup_trace(pa, random.Random(7)) == task.warmup_trace(pa, random.Random(7))
