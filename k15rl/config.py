@@ -39,7 +39,7 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    path: str = "builtin"  # "builtin" (the project's tiny model) or a local Hugging Face folder
+    path: str = "builtin"  # "builtin" (the project's tiny model), "builtin-long" (a larger one for subset_sum) or a local Hugging Face folder
     dtype: Literal["float32", "bfloat16"] = "float32"  # master weights (float16 is unusably slow on CPUs); bfloat16 autocast is algorithm.autocast_bf16
     chat_template: str | None = None  # None: the tokenizer's; "plain"; or a Jinja string
     lora: LoraConfig = field(default_factory=LoraConfig)

@@ -140,3 +140,19 @@ def test_splits_disjoint_and_deterministic_by_seed():
     assert [p.question for p in a] == [p.question for p in b] != [p.question for p in c]
     pa = Problem(a[-1].question, a[-1].answer, a[-1].level, a[-1].meta)
     assert task.warmup_trace(pa, random.Random(7)) == task.warmup_trace(pa, random.Random(7))
+
+
+def test_builtin_long_spec_is_wired(monkeypatch, tmp_path):
+    """"builtin-long" names a larger built-in spec for this task (its warm-up is not run here)."""
+    import k15rl.trainer.resolve as resolve
+    from k15rl.models.builtin import BUILTIN_SPECS, BuiltinSpec, builtin_dir
+
+    spec = BUILTIN_SPECS["builtin-long"]
+    assert spec.tasks == ["subset_sum"] and spec.levels == list(get_task("subset_sum").levels)
+    assert spec.max_positions >= 2048 and len(spec.sft_per_level) == len(spec.levels)
+    assert BUILTIN_SPECS["builtin"] == BuiltinSpec() and builtin_dir(spec) != builtin_dir(BuiltinSpec())
+    asked = []
+    monkeypatch.setattr(resolve, "ensure_builtin", lambda s, log=print: asked.append(s) or tmp_path)
+    monkeypatch.setattr(resolve, "check_model_folder", lambda p, key: p)
+    assert resolve.resolve_model_path("builtin-long") == tmp_path and asked == [spec]
+    assert resolve.resolve_model_path("builtin") == tmp_path and asked[-1] == BuiltinSpec()

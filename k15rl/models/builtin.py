@@ -46,6 +46,27 @@ class BuiltinSpec:
     seed: int = 0
 
 
+# Named specs a config can ask for as `model.path` (or --model). "builtin-long" is sized
+# for the long-CoT workload (`subset_sum`: depth-first search traces up to about 1,900
+# tokens with their prompts, so 2,048 positions; tests/test_long_cot_task.py measures it).
+BUILTIN_SPECS: dict[str, BuiltinSpec] = {
+    "builtin": BuiltinSpec(),
+    "builtin-long": BuiltinSpec(
+        tasks=["subset_sum"],
+        levels=[1, 2, 3, 4, 5, 6, 7],
+        sft_per_level=[300, 500, 600, 600, 500, 400, 300],
+        hidden_size=256,
+        intermediate_size=768,
+        num_layers=6,
+        num_heads=8,
+        max_positions=2048,
+        sft_epochs=3,
+        sft_lr=2e-3,
+        sft_batch_size=8,
+    ),
+}
+
+
 def cache_root() -> Path:
     """Where built models live: $K15RL_CACHE, else ~/.cache/k15rl."""
     return Path(os.environ.get("K15RL_CACHE", Path.home() / ".cache" / "k15rl"))

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from k15rl.config import TrainConfig
 from k15rl.errors import UserError
+from k15rl.models.builtin import BUILTIN_SPECS
 from k15rl.models.loading import check_model_folder
 from k15rl.rewards.compose import RewardFn, RewardRouter, check_reward_config, parse_sources
 from k15rl.rewards.lookup import VERIFIERS, verifier_names
@@ -32,10 +33,12 @@ def check_names(cfg: TrainConfig) -> TrainConfig:
 
 
 def resolve_model_path(path: str, key: str = "model.path", log: Callable[[str], None] = print) -> Path:
-    """The model folder for `path`: "builtin" (built and cached on first use) or a
-    local Hugging Face folder; either is checked (`check_model_folder`: config.json,
-    weights' headers, tokenizer files; UserError naming `key` and the file otherwise)."""
-    return check_model_folder(ensure_builtin(log=log) if path == "builtin" else path, key)
+    """The model folder for `path`: a built-in spec's name ("builtin", "builtin-long":
+    `BUILTIN_SPECS`, built and cached on first use) or a local Hugging Face folder; either
+    is checked (`check_model_folder`: config.json, weights' headers, tokenizer files;
+    UserError naming `key` and the file otherwise)."""
+    built = path in BUILTIN_SPECS
+    return check_model_folder(ensure_builtin(BUILTIN_SPECS[path], log=log) if built else path, key)
 
 
 def router_from_config(reward_cfg: Any, log: Callable[[str], None] = print,

@@ -52,7 +52,9 @@ def ensure_builtin(spec: BuiltinSpec | None = None, *, log: Callable[[str], None
     examples = warmup_examples(spec)
     tokenizer = build_tokenizer([m[-1]["content"] + "\n" + r for m, r in examples], spec.vocab_size)
     model = build_model(spec, tokenizer)
-    cfg = SFTConfig(epochs=spec.sft_epochs, lr=spec.sft_lr, batch_size=spec.sft_batch_size, seed=spec.seed)
+    # Examples are cut at the model's positions, not at SFTConfig's default (long-CoT traces).
+    cfg = SFTConfig(epochs=spec.sft_epochs, lr=spec.sft_lr, batch_size=spec.sft_batch_size,
+                    max_length=spec.max_positions, seed=spec.seed)
     sft_train(model, tokenizer, examples, cfg, log=log)
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
     model.save_pretrained(tmp)
