@@ -25,6 +25,7 @@ import json
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -44,7 +45,11 @@ def arm_overrides(args: argparse.Namespace, arm: str, out: Path) -> list[str]:
     common = [f"out={out / arm}", *BOTH, *args.override]
     if args.memory_only:
         common += ["iterations=2", "data.test_levels=[]"]  # no evaluation: memory only
+    elif arm == "lora" and args.iterations:
+        common += [f"iterations={args.iterations}"]
     if arm == "full":
+        if args.full_iterations and not args.memory_only:
+            common += [f"iterations={args.full_iterations}"]
         return common + ["model.lora.rank=0"]  # the preset's own learning rate
     return common + [f"model.lora.rank={args.rank}", f"model.lora.alpha={args.alpha}", f"algorithm.lr={args.lora_lr}"]
 
@@ -54,10 +59,24 @@ def child(overrides: list[str], report: Path) -> None:
     from k15rl.config import load_config
     from k15rl.trainer.loop import train
 
+    cfg = load_config(overrides[0], overrides[1:])
+    by_iteration: dict[int, float] = {}  # iterations logged -> peak RSS so far (MB)
+    done = threading.Event()
+
+    def watch() -> None:  # once a second: how far the run is, and the peak so far
+        metrics = Path(cfg.out) / "metrics.jsonl"
+        while not done.wait(1.0):
+            n = metrics.read_text().count("\n") if metrics.exists() else 0
+            by_iteration[n] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     t0 = time.time()
-    summary = train(load_config(overrides[0], overrides[1:]), overwrite=True, log=lambda s: None)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    report.write_text(json.dumps({"peak_rss_mb": peak_mb, "wall_s": time.time() - t0, "summary": summary}))
+    summary = train(cfg, overwrite=True, log=lambda s: None)
+    done.set()
+    watcher.join()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report.write_text(json.dumps({"peak_rss_mb": peak_mb, "wall_s": time.time() - t0, "summary": summary,
+                                  "peak_rss_mb_by_iteration": by_iteration}))
 
 
 def run_arm(args: argparse.Namespace, arm: str, out: Path) -> dict:
@@ -69,7 +88,10 @@ def run_arm(args: argparse.Namespace, arm: str, out: Path) -> dict:
     r = json.loads(report.read_text())
     s = r["summary"]
     row = {"arm": arm, "peak_rss_mb": round(r["peak_rss_mb"], 1), "wall_s": round(r["wall_s"], 1),
-           "iterations": s["iterations"]}
+           "iterations": s["iterations"],
+           # N -> the peak so far while N iterations had been logged (0: the first evaluation and iteration)
+           "peak_rss_mb_by_iteration": {k: round(v, 1) for k, v in sorted(r["peak_rss_mb_by_iteration"].items(),
+                                                                           key=lambda kv: int(kv[0]))}}
     if "test_accuracy_before" in s:
         row.update({"accuracy_before": s["test_accuracy_before"], "accuracy_after": s["test_accuracy_after"],
                     "gain_points": s["test_accuracy_gain_points"], "eval_prompts": s.get("eval_prompts")})
@@ -87,7 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/lora_bench")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=float, default=32.0)
-    p.add_argument("--lora-lr", type=float, default=2e-4, help="LoRA's learning rate (the full arm: the preset's)")
+    p.add_argument("--lora-lr", type=float, default=5e-5, help="LoRA's learning rate (the full arm: the preset's)")
+    p.add_argument("--iterations", type=int, default=0, help="the LoRA arm's iterations (0: the preset's)")
+    p.add_argument("--full-iterations", type=int, default=0,
+                   help="the full arm's iterations (0: the preset's): its peak is read over these only "
+                        "(the LoRA arm's peak_rss_mb_by_iteration shows how early a run reaches its peak); "
+                        "the full fine-tune's gain is benchmarks/smollm2_rl.py's to measure")
     p.add_argument("--memory-only", action="store_true", help="2 iterations, no evaluation; no results file")
     p.add_argument("--override", action="append", default=[], help="an extra key=value for both arms")
     args = p.parse_args(argv)
@@ -103,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "config": args.config, "model": cfg.model.path, "tasks": cfg.data.tasks, "iterations": lora["iterations"],
         "both_arms": BOTH + args.override,
-        "lora": {"rank": args.rank, "alpha": args.alpha, "lr": args.lora_lr}, "full": {"lr": cfg.algorithm.lr},
+        "lora": {"rank": args.rank, "alpha": args.alpha, "lr": args.lora_lr},
+        "full": {"lr": cfg.algorithm.lr, "iterations": full["iterations"]},
         "arms": arms,
         "peak_rss_ratio_lora_vs_full": round(lora["peak_rss_mb"] / full["peak_rss_mb"], 3),
         "goal": {"max_peak_rss_ratio": GOAL_RSS_RATIO, "min_gain_points": GOAL_GAIN_POINTS},
