@@ -70,8 +70,10 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0) -> torch.
     """
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
     hidden_logits = out.logits  # [N, L, V]
-    idx = batch.gather_idx.unsqueeze(-1).expand(-1, -1, hidden_logits.shape[-1])  # [N, T, V]
-    logits = torch.gather(hidden_logits, 1, idx).float() / temperature  # [N, T, V]
+    rows = torch.arange(hidden_logits.shape[0], device=hidden_logits.device).unsqueeze(-1)  # [N, 1]
+    logits = hidden_logits[rows, batch.gather_idx].float()  # [N, T, V] the predicting positions (a copy)
+    if temperature != 1.0:  # x / 1 == x exactly: no [N, T, V] copy (and none in the backward) at T = 1
+        logits = logits / temperature
     logp = torch.log_softmax(logits, dim=-1)  # [N, T, V]
     tok = torch.gather(logp, 2, batch.response_ids.unsqueeze(-1)).squeeze(-1)  # [N, T]
     return tok * batch.response_mask
