@@ -392,17 +392,36 @@ def render_demo(r: dict) -> str:
 
 
 def render_lora(r: dict) -> str:
-    rows = [[a["arm"], f"{a['peak_rss_mb']:,.0f}", pct(a["accuracy_before"]), pct(a["accuracy_after"]),
-             f"{a['gain_points']:+.1f}", minutes(a["wall_s"])] for a in r["arms"]]
+    def acc(a: dict, key: str) -> str:
+        return pct(a[key]) if key in a else "-"
+
+    rows = [[a["arm"], str(a["iterations"]), f"{a['peak_rss_mb']:,.0f}", acc(a, "accuracy_before"),
+             acc(a, "accuracy_after"), f"{a['gain_points']:+.1f}" if "gain_points" in a else "-",
+             minutes(a["wall_s"])] for a in r["arms"]]
     g, lo = r["goal"], r["lora"]
     return "\n".join([
-        f"Preset `{r['config']}` ({r['model']}, tasks {', '.join(r['tasks'] or [])}), {r['iterations']} iterations, "
+        f"Preset `{r['config']}` ({r['model']}, tasks {', '.join(r['tasks'] or [])}), "
         f"both arms with {', '.join(r['both_arms'])}; LoRA rank {lo['rank']}, alpha {lo['alpha']:g}, lr {lo['lr']:g}; "
         f"full fine-tune lr {r['full']['lr']:g}; held-out accuracy (the preset's evaluation):", "",
-        table(["arm", "peak RSS (MB)", "accuracy before", "after", "gain (points)", "wall time"], rows), "",
+        table(["arm", "iterations", "peak RSS (MB)", "accuracy before", "after", "gain (points)", "wall time"], rows),
+        "",
         f"Peak RSS LoRA / full: {ratio(r['peak_rss_ratio_lora_vs_full'])} (goal <= {g['max_peak_rss_ratio']:g}x); "
         f"LoRA gain {r['gain_points']:+.1f} points (goal >= {g['min_gain_points']:g}): goal "
         f"{'met' if r['goal_met'] else 'not met'}."])
+
+
+def render_vllm_in_loop(r: dict) -> str:
+    t, s = r["tokens_per_s"], r["seconds_per_iteration"]
+    return "\n".join([
+        f"Preset `{r['config']}` with `rollout.engine=vllm`, {r['iterations']} iterations, {r['calls']} engine calls "
+        "(the first of each arm not counted):", "",
+        table(["", "generated tokens/s"], [
+            ["vLLM in the loop: its generate calls", f"{t['loop_generate']:.1f}"],
+            ["vLLM in the loop: the rollout phase", f"{t['loop_rollout_phase']:.1f}"],
+            ["vLLM alone, the same calls replayed", f"{t['alone']:.1f}"]]), "",
+        f"In the loop / alone: {ratio(r['ratio_rollout_phase_vs_alone'])} (goal >= {r['goal']['min_ratio']:g}x): "
+        f"goal {'met' if r['goal_met'] else 'not met'}. Seconds per iteration in the loop: rollout {s['rollout']:.1f}, "
+        f"update {s['train']:.1f}, weight sync {s['weight_sync']:.2f}."])
 
 
 def render_update_memory(r: dict) -> str:
@@ -498,7 +517,9 @@ BLOCKS: dict[str, Block] = {
         "vllm_vs_native_smollm2_compiled", f"{_SMOL} --compile --results-name vllm_vs_native_smollm2_compiled",
         render_vllm_vs_native),
     "demo": Block("demo", "python benchmarks/demo.py", render_demo),
-    "lora": Block("lora", "python benchmarks/lora.py", render_lora),
+    "lora": Block("lora", "python benchmarks/lora.py --iterations 20 --full-iterations 2", render_lora),
+    "vllm_in_loop": Block("vllm_in_loop", ".venv-vllm/bin/python benchmarks/vllm_in_loop.py --iterations 4",
+                          render_vllm_in_loop),
     "smollm2_rl": Block("smollm2_rl", "python benchmarks/smollm2_rl.py", render_smollm2_rl),
     "train_flops": Block("train_flops", "python benchmarks/train_flops.py --model models/smollm2 --rows 8 "
                          "--response-tokens 224", render_train_flops),
