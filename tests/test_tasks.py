@@ -8,22 +8,28 @@ import pytest
 from k15rl.tasks import TASKS, Problem, get_task, make_prompts, split_of
 
 
+def key(p):
+    """What a prompt's split follows: its question, or a visual task's scene (split_key)."""
+    return p.meta.get("split_key", p.question)
+
+
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_deterministic_by_seed(name):
     task = get_task(name)
     a = make_prompts(task, "train", 5, task.levels, seed=3)
     b = make_prompts(task, "train", 5, task.levels, seed=3)
     c = make_prompts(task, "train", 5, task.levels, seed=4)
-    assert [p.question for p in a] == [p.question for p in b]
-    assert [p.question for p in a] != [p.question for p in c]
+    assert [key(p) for p in a] == [key(p) for p in b]
+    assert [p.images for p in a] == [p.images for p in b]  # visual tasks: the same pixels
+    assert [key(p) for p in a] != [key(p) for p in c]
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_splits_are_disjoint(name):
     task = get_task(name)
     levels = task.levels[1:] or task.levels  # level 1 of a task can be small
-    train = {p.question for p in make_prompts(task, "train", 200, levels, seed=0)}
-    test = {p.question for p in make_prompts(task, "test", 20, levels, seed=0)}
+    train = {key(p) for p in make_prompts(task, "train", 200, levels, seed=0)}
+    test = {key(p) for p in make_prompts(task, "test", 20, levels, seed=0)}
     assert train and test and not train & test
     assert all(split_of(q) == "test" for q in test)
 

@@ -21,6 +21,8 @@ from k15rl.config import DataConfig, TrainConfig
 from k15rl.data.readers import RawRow, detect_format, read_rows
 from k15rl.data.rows import BadRow, row_to_prompt
 from k15rl.errors import UserError
+from k15rl.models.loading import model_positions
+from k15rl.models.vision import image_key
 from k15rl.types import Prompt
 
 Log = Callable[[str], None]
@@ -135,8 +137,10 @@ def load_files(paths: Sequence[str], data: DataConfig, log: Log = print) -> tupl
 
 
 def prompt_key(p: Prompt) -> str:
-    """What makes two prompts the same: their messages, whitespace collapsed, case kept."""
-    return "\x00".join(r + "\x01" + _WS.sub(" ", c).strip() for r, c in p.messages)
+    """What makes two prompts the same: their messages, whitespace collapsed, case kept,
+    and their images (by content)."""
+    text = "\x00".join(r + "\x01" + _WS.sub(" ", c).strip() for r, c in p.messages)
+    return text + "".join("\x02" + image_key(png) for png in p.images)
 
 
 def dedupe(prompts: Sequence[Prompt]) -> tuple[list[Prompt], int, int, str | None]:
@@ -273,7 +277,7 @@ def prompt_token_limit(cfg: TrainConfig, model_config) -> int | None:
     model states no context length."""
     if cfg.data.max_prompt_tokens:
         return cfg.data.max_prompt_tokens
-    ctx = getattr(model_config, "max_position_embeddings", None)
+    ctx = model_positions(model_config)
     return None if ctx is None else ctx - cfg.rollout.max_new_tokens
 
 
@@ -287,7 +291,7 @@ def fit_context(prompts: Sequence[Prompt], tokenizer, limit: int | None, name: s
         return list(prompts), 0
     kept, longest = [], None
     for p in prompts:
-        n = len(encode_prompt(tokenizer, p.messages))
+        n = len(encode_prompt(tokenizer, p.messages, p.images))
         if n <= limit:
             kept.append(p)
         elif longest is None or n > longest[0]:

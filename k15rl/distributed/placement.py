@@ -118,7 +118,7 @@ def start_workers(cfg: TrainConfig, path: str | Path, model, tokenizer, plan: Up
             base = model if lora_resume is None else load_model(lora_resume.base, cfg.model.dtype)
             model = add_lora(base, cfg.model.lora, lora_resume and lora_resume.adapter)
         model = on_device(model, cfg.distributed.device)  # after the engine took its copy (on the CPU)
-        workers = Workers(engine, PolicyTrainer(model, plan, device=cfg.distributed.device),
+        workers = Workers(engine, PolicyTrainer(model, plan, device=cfg.distributed.device, tokenizer=tokenizer),
                           cfg.distributed.colocate, version=version)
     try:
         if workers.colocate:

@@ -246,9 +246,11 @@ class TrainerWorker:
         return ray.util.get_node_ip_address(), port
 
     def setup(self, master_addr: str, master_port: int) -> None:
-        from k15rl.models.loading import load_model
+        from k15rl.models.loading import load_model, load_tokenizer
+        from k15rl.models.vision import is_vision_folder
 
         model = load_model(self.path, self.dtype)
+        tokenizer = load_tokenizer(self.path) if is_vision_folder(self.path) else None  # pixel values
         if self.device == "cuda":
             model.to("cuda")
         shard = ONE_RANK
@@ -256,7 +258,7 @@ class TrainerWorker:
             backend = "nccl" if self.device == "cuda" else "gloo"
             shard = init_process_group(self.rank, self.world, master_addr, master_port, backend)
             model = shard_model(model, shard, self.device)
-        self.trainer = PolicyTrainer(model, self.plan, shard, self.device)
+        self.trainer = PolicyTrainer(model, self.plan, shard, self.device, tokenizer)
 
     def update(self, trajectories: list[Trajectory], version: int, seed: int) -> dict[str, float]:
         return self.trainer.update(trajectories, version, seed)

@@ -17,6 +17,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from k15rl.models.vision import VisionSpec
+
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 # Jinja chat template of the built-in tokenizer: role tags, no whitespace added.
 CHAT_TEMPLATE = (
@@ -44,6 +46,7 @@ class BuiltinSpec:
     sft_lr: float = 3e-3
     sft_batch_size: int = 16
     seed: int = 0
+    vision: VisionSpec | None = None  # set: a vision-language model (LLaVA-shaped, models/vision.py)
 
 
 # Named specs a config can ask for as `model.path` (or --model). "builtin-long" is sized
@@ -64,6 +67,16 @@ BUILTIN_SPECS: dict[str, BuiltinSpec] = {
         sft_lr=2e-3,
         sft_batch_size=8,
     ),
+    # The built-in VLM: a CLIP tower (2 layers, 64 wide) on 96x96 images, 64 image tokens
+    # each, and a language model the size of the default one; the built-in visual tasks.
+    "builtin-vision": BuiltinSpec(
+        tasks=["vis_count", "vis_bars", "vis_text"],
+        levels=[1, 2, 3, 4, 5],
+        sft_per_level=[400, 400, 400, 300, 200],
+        max_positions=512,
+        sft_epochs=3,
+        vision=VisionSpec(),
+    ),
 }
 
 
@@ -73,7 +86,10 @@ def cache_root() -> Path:
 
 
 def spec_hash(spec: BuiltinSpec) -> str:
-    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
+    fields = asdict(spec)
+    if fields["vision"] is None:  # text models keep the names they had before `vision` existed
+        del fields["vision"]
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def builtin_dir(spec: BuiltinSpec) -> Path:

@@ -30,10 +30,20 @@ def torch_dtype(name: str):
 def load_tokenizer(path: str | Path, chat_template: str | None = None):
     """The tokenizer of `path`, with a chat template: its own, or `chat_template`
     ("plain" or a Jinja string) when given. Raises UserError if it has none, or if the
-    tokenizer files cannot be loaded."""
-    from transformers import AutoTokenizer
+    tokenizer files cannot be loaded. For a vision-language model folder: a
+    `VisionTokenizer` (its tokenizer and `AutoProcessor`, `k15rl.models.vision`)."""
+    from transformers import AutoProcessor, AutoTokenizer
 
-    tok = load_or_fail(f"{path}: cannot load the tokenizer", AutoTokenizer.from_pretrained, str(path))
+    from k15rl.models.vision import VisionTokenizer, is_vision_folder
+
+    if is_vision_folder(path):
+        proc = load_or_fail(f"{path}: cannot load the processor", AutoProcessor.from_pretrained, str(path))
+        if chat_template:
+            proc.chat_template = proc.tokenizer.chat_template = PLAIN_TEMPLATE if chat_template == "plain" \
+                else chat_template
+        tok = VisionTokenizer(proc)
+    else:
+        tok = load_or_fail(f"{path}: cannot load the tokenizer", AutoTokenizer.from_pretrained, str(path))
     if chat_template == "plain":
         tok.chat_template = PLAIN_TEMPLATE
     elif chat_template:
@@ -44,16 +54,19 @@ def load_tokenizer(path: str | Path, chat_template: str | None = None):
             "to 'plain' or to a Jinja template"
         )
     if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
+        (tok.tokenizer if isinstance(tok, VisionTokenizer) else tok).pad_token = tok.eos_token
     return tok
 
 
 def load_model(path: str | Path, dtype: str = "float32"):
-    """`AutoModelForCausalLM` from a local folder, in `dtype`, in train mode off."""
-    from transformers import AutoModelForCausalLM
+    """`AutoModelForCausalLM` from a local folder (`AutoModelForImageTextToText` for a
+    vision-language model), in `dtype`, in train mode off."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    model = load_or_fail(f"{path}: cannot load the model", AutoModelForCausalLM.from_pretrained, str(path),
-                         dtype=torch_dtype(dtype))
+    from k15rl.models.vision import is_vision_folder
+
+    auto = AutoModelForImageTextToText if is_vision_folder(path) else AutoModelForCausalLM
+    model = load_or_fail(f"{path}: cannot load the model", auto.from_pretrained, str(path), dtype=torch_dtype(dtype))
     model.eval()
     return model
 
@@ -178,10 +191,23 @@ def check_model_folder(path: str | Path, key: str = "model.path") -> Path:
 check_model_path = check_model_folder  # the earlier name
 
 
-def encode_prompt(tokenizer, messages: Sequence[tuple[str, str]]) -> list[int]:
-    """Token ids of the chat `messages` followed by the assistant turn's opening."""
+def model_positions(model_config) -> int | None:
+    """The model's context length (max_position_embeddings; a VLM's is its text_config's)."""
+    n = getattr(model_config, "max_position_embeddings", None)
+    return n if n is not None else getattr(getattr(model_config, "text_config", None), "max_position_embeddings", None)
+
+
+def encode_prompt(tokenizer, messages: Sequence[tuple[str, str]], images: Sequence[bytes] = ()) -> list[int]:
+    """Token ids of the chat `messages` followed by the assistant turn's opening. With
+    `images` (PNG bytes, one per `<image>` placeholder in the text) the tokenizer must be a
+    `VisionTokenizer`, which expands each placeholder into the model's image tokens."""
     chat = [{"role": r, "content": c} for r, c in messages]
     text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    if hasattr(tokenizer, "encode_chat"):
+        return tokenizer.encode_chat(text, images)
+    if images:
+        raise UserError(f"a prompt has {len(images)} image(s) but the model is text-only (no vision_config in its "
+                        "config.json): use a vision-language model (model.path=builtin-vision)")
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 

@@ -33,9 +33,9 @@ def rollout(
     Response text is decoded without special tokens; the EOS token stays in
     `response_ids` (the policy learns to stop) with its log-prob.
     """
-    prompt_ids = [encode_prompt(tokenizer, p.messages) for p in prompts]
-    requests = [GenerationRequest(prompt_ids[i], id=f"g{first_group + i}m{j}") for i in range(len(prompts))
-                for j in range(k)]
+    prompt_ids = [encode_prompt(tokenizer, p.messages, p.images) for p in prompts]
+    requests = [GenerationRequest(prompt_ids[i], id=f"g{first_group + i}m{j}", images=prompts[i].images)
+                for i in range(len(prompts)) for j in range(k)]
     segments = engine.generate(requests, params)
     return [
         _trajectory(tokenizer, Member(prompts[j // k], first_group + j // k, prompt_ids[j // k], seg.token_ids,
@@ -80,12 +80,12 @@ def partial_rollout(
     segment = segment_tokens or max_tokens
     continued = buffer.unfinished()
     for i, p in enumerate(prompts):
-        ids = encode_prompt(tokenizer, p.messages)
+        ids = encode_prompt(tokenizer, p.messages, p.images)
         buffer.add_group([Member(p, first_group + i, ids, index=j) for j in range(k)])
     active = continued + [m for i in range(len(prompts)) for m in buffer.groups[first_group + i]]
     requests = [
         GenerationRequest(m.prompt_ids, m.response_ids, max_new_tokens=min(segment, max_tokens - len(m.response_ids)),
-                          id=f"g{m.group}m{m.index}")
+                          id=f"g{m.group}m{m.index}", images=m.prompt.images)
         for m in active
     ]
     segments = engine.generate(requests, replace(params, max_new_tokens=segment))

@@ -21,6 +21,7 @@ import torch
 
 from k15rl.errors import UserError
 from k15rl.models.loading import model_device
+from k15rl.models.vision import embed_with_images, image_features, image_key, image_token_id, prompt_image_mask
 from k15rl.rollout.slots import SlotCache
 from k15rl.types import GenerationRequest, Segment
 
@@ -174,6 +175,9 @@ class HFEngine:
         # transformers >= 5.x names the KV-cache argument `cache`; older ones `past_key_values`.
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        # Vision-language models: each image's features, computed once per `generate` call and
+        # reused by every sample of its group (image content hash -> [tokens, hidden]).
+        self._features: dict[str, torch.Tensor] = {}
 
     def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict, strict=True)
@@ -217,7 +221,8 @@ class HFEngine:
             if waiting and free:
                 idx = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
                 contexts = [list(requests[i].prompt_ids) + list(requests[i].prefix_ids) for i in idx]
-                pre, new_logits = self._prefill(contexts)
+                pre, new_logits = self._prefill(contexts, [requests[i].images for i in idx],
+                                                [len(requests[i].prompt_ids) for i in idx])
                 if kv is None:
                     k0 = pre.layers[0].keys
                     kv = SlotCache(S, len(pre.layers), k0.shape[1], k0.shape[3], k0.dtype,
@@ -279,11 +284,14 @@ class HFEngine:
             ).logits[:, -1, :].cpu()  # [S, V]
             kv.advance()
             pos = pos + live.long()
+        self._features.clear()  # bounded memory: features live for one call
         return out  # type: ignore[return-value]
 
-    def _prefill(self, contexts: list[list[int]]):
-        """Run the contexts (left-padded) through the model. Returns (its DynamicCache,
-        next-token logits [b, V])."""
+    def _prefill(self, contexts: list[list[int]], images: Sequence[Sequence[bytes]] = (),
+                 prompt_lens: Sequence[int] = ()):
+        """Run the contexts (left-padded) through the model, with their images when there are
+        any (`images[i]`: the images of context i's first prompt_lens[i] tokens, in
+        placeholder order). Returns (its DynamicCache, next-token logits [b, V])."""
         from transformers import DynamicCache
 
         b, P = len(contexts), max(len(c) for c in contexts)
@@ -295,12 +303,27 @@ class HFEngine:
         pos = (attn.cumsum(1) - 1).clamp(min=0)  # [b, P]
         cache = DynamicCache()
         dev = model_device(self.model)
+        pngs = [png for row in images for png in row]
+        tokens = {"input_ids": input_ids.to(dev)}  # [b, P]
+        if pngs:  # [b, P, H]: the prompts' image tokens replaced by their features
+            spans = [(P - len(c), P - len(c) + n) for c, n in zip(contexts, prompt_lens)]
+            mask = prompt_image_mask(input_ids, spans, image_token_id(self.model))  # [b, P]
+            tokens = {"inputs_embeds": embed_with_images(self.model, tokens["input_ids"], self._image_features(pngs),
+                                                         mask)}
         logits = self.model(
-            input_ids=input_ids.to(dev), attention_mask=attn.to(dev), position_ids=pos.to(dev), use_cache=True,
+            **tokens, attention_mask=attn.to(dev), position_ids=pos.to(dev), use_cache=True,
             logits_to_keep=1, **{self._cache_kw: cache},
         ).logits[:, -1, :].cpu()  # [b, V]
         self._check_layers(cache)
         return cache, logits
+
+    def _image_features(self, pngs: Sequence[bytes]) -> list[torch.Tensor]:
+        """Each image's [tokens, hidden] features, from the cache or computed (new ones in one batch)."""
+        new = {image_key(p): p for p in pngs if image_key(p) not in self._features}
+        if new:
+            pixels = self.tokenizer.pixel_values(list(new.values())).to(model_device(self.model))  # [I, 3, H, W]
+            self._features.update(zip(new, image_features(self.model, pixels)))
+        return [self._features[image_key(p)] for p in pngs]
 
     @staticmethod
     def _check_layers(cache) -> None:

@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 from k15rl.config import RolloutConfig
+from k15rl.models.loading import model_positions
 from k15rl.rollout.engine import HFEngine, RolloutEngine, SamplingParams
 
 
@@ -15,7 +16,7 @@ def context_length(cfg, model_config, prompt_limit: int | None) -> int:
     new = max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
     if prompt_limit is not None:
         return prompt_limit + new
-    return getattr(model_config, "max_position_embeddings", None) or 2048
+    return model_positions(model_config) or 2048
 
 
 def sampling_params(r: RolloutConfig, stop_token_ids: list[int], seed: int) -> SamplingParams:

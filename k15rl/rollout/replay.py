@@ -12,10 +12,12 @@ its members have finished; members that finish early wait here for the others.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from k15rl.models.vision import image_key
 from k15rl.types import Outcome, Prompt
 
 
@@ -68,23 +70,36 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return sum(len(ms) for ms in self.groups.values())
 
-    # -- checkpointing: plain JSON-able data, so a resumed run continues its trajectories
+    # -- checkpointing: plain JSON-able data, so a resumed run continues its trajectories.
+    # Prompts' images are kept once each (base64 under their content hash; the K members of
+    # a group share one), the members refer to them by that hash.
     def state_dict(self) -> dict[str, Any]:
-        return {"groups": [[_member_to_dict(m) for m in ms] for _, ms in sorted(self.groups.items())]}
+        images: dict[str, str] = {}
+        groups = [[_member_to_dict(m, images) for m in ms] for _, ms in sorted(self.groups.items())]
+        return {"groups": groups, "images": images}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.groups = {}
+        images = {k: base64.b64decode(v) for k, v in state.get("images", {}).items()}
         for ms in state["groups"]:
-            self.add_group([_member_from_dict(d) for d in ms])
+            self.add_group([_member_from_dict(d, images) for d in ms])
 
 
-def _member_to_dict(m: Member) -> dict[str, Any]:
+def _member_to_dict(m: Member, images: dict[str, str]) -> dict[str, Any]:
+    pngs = m.prompt.images
+    if pngs:  # asdict would deep-copy the bytes; refer to them instead
+        m = dataclasses.replace(m, prompt=dataclasses.replace(m.prompt, meta={**m.prompt.meta, "images": ()}))
     d = dataclasses.asdict(m)
     d["prompt"]["messages"] = [list(x) for x in m.prompt.messages]
+    if pngs:
+        d["prompt"]["meta"]["images"] = [image_key(png) for png in pngs]
+        images.update((image_key(png), base64.b64encode(png).decode()) for png in pngs)
     return d
 
 
-def _member_from_dict(d: dict[str, Any]) -> Member:
+def _member_from_dict(d: dict[str, Any], images: dict[str, bytes]) -> Member:
     p = dict(d["prompt"])
     p["messages"] = tuple(tuple(x) for x in p["messages"])
+    if p["meta"].get("images"):
+        p["meta"] = {**p["meta"], "images": tuple(images[k] for k in p["meta"]["images"])}
     return Member(**{**d, "prompt": Prompt(**p)})

@@ -60,6 +60,10 @@ def make_prompts(
 ) -> list[Prompt]:
     """`n_per_level` distinct problems of each level from one split, deterministic by seed.
 
+    A problem's split is that of its `meta["split_key"]` when it has one (visual tasks),
+    else of its question. A problem with `meta["image"]` (PNG bytes) becomes a prompt with
+    an `<image>` placeholder and `meta["images"]`.
+
     Raises ValueError if a level has fewer distinct problems in the split than asked.
     """
     if split not in SPLITS:
@@ -79,17 +83,23 @@ def make_prompts(
                     f"{split} problems (got {len(seen)})"
                 )
             p = task.generate(rng, level)
-            if p.question in seen or split_of(p.question) != split:
+            key = p.meta.get("split_key", p.question)  # visual tasks: the scene, not the question
+            if key in seen or split_of(key) != split:
                 continue
-            seen.add(p.question)
+            seen.add(key)
+            meta = dict(p.meta)
+            question = p.question
+            if "image" in meta:  # one image, one placeholder before the question (verl's layout)
+                meta["images"] = (meta.pop("image"),)
+                question = "<image>" + question
             prompts.append(
                 Prompt(
                     id=f"{task.name}-{split}-L{level}-{len(seen) - 1}",
-                    messages=(("user", p.question),),
+                    messages=(("user", question),),
                     answer=p.answer,
                     task=task.name,
                     level=level,
-                    meta=dict(p.meta),
+                    meta=meta,
                 )
             )
     return prompts

@@ -16,7 +16,8 @@ from k15rl.types import Prompt, Trajectory
 
 def summarize(trajectories: Sequence[Trajectory]) -> dict:
     """Accuracy (with a 95% normal-approximation half-width) and mean response tokens,
-    overall and per difficulty level."""
+    overall, per difficulty level, and per task (data source) when there are several (a
+    mixed text and vision run, report §2.3.5)."""
 
     def block(ts: Sequence[Trajectory]) -> dict:
         n = len(ts)
@@ -31,8 +32,13 @@ def summarize(trajectories: Sequence[Trajectory]) -> dict:
     by_level: dict[int, list[Trajectory]] = defaultdict(list)
     for t in trajectories:
         by_level[t.prompt.level].append(t)
+    by_task: dict[str, list[Trajectory]] = defaultdict(list)
+    for t in trajectories:
+        by_task[t.prompt.task].append(t)
     out = block(trajectories)
     out["per_level"] = {str(level): block(ts) for level, ts in sorted(by_level.items())}
+    if len(by_task) > 1:
+        out["per_task"] = {task: block(ts) for task, ts in sorted(by_task.items())}
     return out
 
 

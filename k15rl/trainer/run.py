@@ -42,7 +42,7 @@ from k15rl.trainer.evaluate import eval_sampling_params
 from k15rl.trainer.loggers import RowLog, TeeLog, check_installed, open_sinks
 from k15rl.trainer.resolve import check_names, resolve_model_path, router_from_config
 from k15rl.trainer.update import update_plan
-from k15rl.types import Prompt
+from k15rl.types import Prompt, Trajectory
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "summary.json", "final", "checkpoints", "curves.png",
              "tensorboard", "wandb", "wandb_id")
@@ -237,6 +237,13 @@ def rollout_metrics(result: PartialRolloutResult, buffer: ReplayBuffer, seconds:
         "rollout/len_max": float(max(lens)),
         "rollout/frac_groups_all_equal": sum(len(set(g)) == 1 for g in groups.values()) / len(groups),
     })
+    by_task: dict[str, list[Trajectory]] = {}
+    for t in trajs:
+        by_task.setdefault(t.prompt.task, []).append(t)
+    if len(by_task) > 1:  # several data sources (e.g. text and vision): accuracy and length of each
+        for task, ts in sorted(by_task.items()):
+            out[f"reward/accuracy/{task}"] = sum(t.correct for t in ts) / len(ts)
+            out[f"rollout/len_mean/{task}"] = sum(t.num_tokens for t in ts) / len(ts)
     return out
 
 

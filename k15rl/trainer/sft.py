@@ -75,11 +75,15 @@ def sft_train(
     """Train `model` in place on (messages, response) pairs; returns the loss per step.
 
     Loss = mean negative log-likelihood over response tokens (prompt tokens masked out).
+    A message may carry `"images"` (PNG bytes, one per `<image>` in its content) for a
+    vision-language model.
     The optimizer, schedule and loop are `k15rl.trainer.finetune.train_steps`.
     """
-    encoded = []
+    encoded, images = [], []
     for messages, response in examples:
-        p = encode_prompt(tokenizer, [(m["role"], m["content"]) for m in messages])
+        pngs = tuple(png for m in messages for png in m.get("images", ()))  # a message's own images
+        p = encode_prompt(tokenizer, [(m["role"], m["content"]) for m in messages], pngs)
+        images.append(pngs)
         r = encode_response(tokenizer, response)
         if len(p) + len(r) > cfg.max_length:
             r = r[: max(cfg.max_length - len(p), 1)]
@@ -91,7 +95,8 @@ def sft_train(
 
     def loss_fn(rows: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
         chunk = [encoded[i] for i in rows]
-        batch = collate([p for p, _ in chunk], [r for _, r in chunk], tokenizer.pad_token_id).to(device)
+        batch = collate([p for p, _ in chunk], [r for _, r in chunk], tokenizer.pad_token_id)
+        batch = batch.with_images([images[i] for i in rows], tokenizer).to(device)
         with autocast(cfg.autocast_bf16, device):
             logp = token_logprobs(model, batch)  # [N, T]
         return -(logp.sum() / batch.response_mask.sum()), {}

@@ -72,12 +72,15 @@ class TrainBatch:
 
 
 def make_train_batch(
-    trajectories: Sequence[Trajectory], pad_id: int, version: int = 0, train_on_stale: bool = True
+    trajectories: Sequence[Trajectory], pad_id: int, version: int = 0, train_on_stale: bool = True,
+    tokenizer=None,
 ) -> TrainBatch:
     """Tensors of `trajectories`. Tokens sampled by a policy older than `version` are
     `stale`; unless `train_on_stale`, they are left out of the loss (they still
-    condition the later tokens) - report §2.6.2."""
+    condition the later tokens) - report §2.6.2. Prompts with images get their pixel
+    values from `tokenizer` (a `VisionTokenizer`), so log-probs are recomputed with them."""
     tokens = collate([t.prompt_ids for t in trajectories], [t.response_ids for t in trajectories], pad_id)
+    tokens = tokens.with_images([t.prompt.images for t in trajectories], tokenizer)
     old = torch.zeros(tokens.response_ids.shape, dtype=torch.float32)  # [N, T]
     stale = torch.zeros(tokens.response_ids.shape, dtype=torch.bool)  # [N, T]
     for i, t in enumerate(trajectories):
@@ -263,8 +266,9 @@ class PolicyTrainer:
     rank called with the same trajectories, version and seed, each computing its own
     rows; the steps equal the one-process ones and so do the metrics on every rank)."""
 
-    def __init__(self, model, plan: UpdatePlan, shard: Shard = ONE_RANK, device: str = "cpu"):
-        self.model, self.plan, self.shard, self.device = model, plan, shard, device
+    def __init__(self, model, plan: UpdatePlan, shard: Shard = ONE_RANK, device: str = "cpu", tokenizer=None):
+        # tokenizer: a VLM's `VisionTokenizer`, for the pixel values of prompts with images
+        self.model, self.plan, self.shard, self.device, self.tokenizer = model, plan, shard, device, tokenizer
         if plan.algorithm.activation_checkpointing:
             enable_activation_checkpointing(model)
 
@@ -280,7 +284,7 @@ class PolicyTrainer:
         """
         p, a, model = self.plan, self.plan.algorithm, self.model
         device = next(model.parameters()).device  # on CPU .to() changes nothing
-        batch = make_train_batch(trajectories, p.pad_id, version, p.train_on_stale).to(device)
+        batch = make_train_batch(trajectories, p.pad_id, version, p.train_on_stale, self.tokenizer).to(device)
         fresh = batch.tokens.response_mask.bool() & ~batch.stale  # [N, T] tokens sampled by pi_i itself
         gap: dict[str, float] | None = None  # rollout/logprob_gap_*: engine vs trainer, before any step
         if a.recompute_old_logprobs or (p.train_on_stale and batch.stale.any()):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from k15rl.models.builtin import BuiltinSpec, build_model, build_tokenizer, builtin_dir
+from k15rl.models.vision import IMAGE_TOKEN, VisionTokenizer, build_processor, build_vlm
 from k15rl.tasks import Problem, get_task, make_prompts
 from k15rl.trainer.sft import SFTConfig, sft_train
 
@@ -32,7 +33,10 @@ def warmup_examples(spec: BuiltinSpec) -> list[tuple[list[dict], str]]:
                 continue
             for p in make_prompts(task, "train", n, (level,), seed=spec.seed):
                 trace = task.warmup_trace(Problem(p.question, p.answer, p.level, p.meta), rng)
-                examples.append(([{"role": r, "content": c} for r, c in p.messages], trace))
+                messages = [{"role": r, "content": c} for r, c in p.messages]
+                if p.images:  # with the message that holds their placeholders
+                    messages[-1]["images"] = p.images
+                examples.append((messages, trace))
     rng.shuffle(examples)
     return examples
 
@@ -51,7 +55,13 @@ def ensure_builtin(spec: BuiltinSpec | None = None, *, log: Callable[[str], None
     log(f"building the built-in model (cached in {final}) ...")
     examples = warmup_examples(spec)
     tokenizer = build_tokenizer([m[-1]["content"] + "\n" + r for m, r in examples], spec.vocab_size)
+    # A VLM (report §2.3.5): the tokenizer gains an <image> token first, the language model
+    # is then sized with it and becomes the text half of a LLaVA model.
+    processor = build_processor(tokenizer, spec.vision) if spec.vision is not None else None
     model = build_model(spec, tokenizer)
+    if processor is not None:
+        model = build_vlm(model.config, spec.vision, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+        tokenizer = VisionTokenizer(processor)
     # Examples are cut at the model's positions, not at SFTConfig's default (long-CoT traces).
     cfg = SFTConfig(epochs=spec.sft_epochs, lr=spec.sft_lr, batch_size=spec.sft_batch_size,
                     max_length=spec.max_positions, seed=spec.seed)

@@ -1,0 +1,205 @@
+"""Built-in visual tasks, rendered deterministically with Pillow (report §2.3.5).
+
+The report's visual RL data comes in three kinds; the built-in tasks cover the two that
+can be generated:
+
+    vis_count   synthetic visual reasoning: count the shapes of one colour on a grid
+    vis_bars    synthetic chart analysis: which labelled bar is tallest
+    vis_text    text-rendered: an `arith` question drawn into the image, the text prompt
+                only says "answer the question in the image", so the same problem can be
+                asked as text (task `arith`) or as a screenshot and the answers compared
+
+A problem's image is PNG bytes in `meta["image"]`; `make_prompts` turns it into an
+`<image>` placeholder in the prompt and `meta["images"]`. The split of a visual problem is
+decided by `meta["split_key"]` (the scene, or for `vis_text` the text question itself, so a
+question and its screenshot always land in the same split). Real-world image data is the
+user's: an `images` column in a data file (`k15rl.data.rows`).
+"""
+
+from __future__ import annotations
+
+import random
+
+from k15rl.models.vision import to_png
+from k15rl.tasks.arith import ArithTask
+from k15rl.tasks.base import Problem
+from k15rl.verifiers import verify_integer
+from k15rl.verifiers.answers import extract_answer
+
+SIZE = 96  # pixels; the built-in VLM's image size
+COLOURS = {"red": (220, 30, 30), "green": (30, 160, 40), "blue": (40, 70, 220), "yellow": (230, 200, 20)}
+SHAPES = ("square", "circle", "triangle")
+
+
+def _canvas():
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (SIZE, SIZE), "white")
+    return img, ImageDraw.Draw(img)
+
+
+def _shape(draw, kind: str, box: tuple[int, int, int, int], fill) -> None:
+    x0, y0, x1, y1 = box
+    if kind == "square":
+        draw.rectangle(box, fill=fill)
+    elif kind == "circle":
+        draw.ellipse(box, fill=fill)
+    else:
+        draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=fill)
+
+
+# level -> (grid side, most shapes, colours in play)
+COUNT_LEVELS: dict[int, tuple[int, int, int]] = {1: (2, 3, 2), 2: (3, 5, 2), 3: (3, 7, 3), 4: (4, 9, 4), 5: (4, 12, 4)}
+
+
+class VisCountTask:
+    """How many shapes of one colour are on a grid. Answer: an integer.
+
+    >>> t = VisCountTask()
+    >>> p = t.generate(random.Random(0), 2)
+    >>> t.verify(t.warmup_trace(p, random.Random(0)), p.answer)
+    True
+    """
+
+    name = "vis_count"
+    levels = tuple(COUNT_LEVELS)
+
+    def generate(self, rng: random.Random, level: int) -> Problem:
+        side, most, n_colours = COUNT_LEVELS[level]
+        colours = rng.sample(sorted(COLOURS), n_colours)
+        cells = rng.sample(range(side * side), rng.randint(2, most))
+        items = sorted((c, rng.choice(colours), rng.choice(SHAPES)) for c in cells)  # (cell, colour, shape)
+        target = rng.choice(colours)
+        img, draw = _canvas()
+        step = SIZE // side
+        for cell, colour, kind in items:
+            r, c = divmod(cell, side)
+            pad = step // 6
+            _shape(draw, kind, (c * step + pad, r * step + pad, (c + 1) * step - pad, (r + 1) * step - pad),
+                   COLOURS[colour])
+        answer = sum(colour == target for _, colour, _ in items)
+        scene = ";".join(f"{cell}:{colour}:{kind}" for cell, colour, kind in items)
+        return Problem(f"How many {target} shapes are in the image?", str(answer), level,
+                       meta={"image": to_png(img), "split_key": f"vis_count/{side}/{scene}/{target}",
+                             "items": [list(x) for x in items], "side": side, "target": target})
+
+    def verify(self, response: str, answer: str) -> bool:
+        return verify_integer(response, answer)
+
+    def warmup_trace(self, problem: Problem, rng: random.Random) -> str:
+        """Scan the grid row by row naming each shape, count the target colour, check, answer."""
+        side, target = problem.meta["side"], problem.meta["target"]
+        out = [f"plan: scan the {side}x{side} grid row by row, count the {target} shapes."]
+        count = 0
+        for row in range(side):
+            here = [(colour, kind) for cell, colour, kind in problem.meta["items"] if cell // side == row]
+            seen = ", ".join(f"{colour} {kind}" for colour, kind in here) or "empty"
+            count += sum(colour == target for colour, _ in here)
+            out.append(f"row {row + 1}: {seen}. {target} so far: {count}")
+        out.append(f"check: {len(problem.meta['items'])} shapes in all. ok")
+        out.append(f"answer: {count}")
+        return "\n".join(out)
+
+
+LETTERS = "ABCDEF"
+# level -> (number of bars, smallest gap between the tallest and the next, in pixels)
+BAR_LEVELS: dict[int, tuple[int, int]] = {1: (2, 20), 2: (3, 12), 3: (4, 8), 4: (5, 5), 5: (6, 3)}
+
+
+class VisBarsTask:
+    """Which labelled bar of a bar chart is tallest. Answer: its letter.
+
+    >>> t = VisBarsTask()
+    >>> p = t.generate(random.Random(0), 3)
+    >>> t.verify(t.warmup_trace(p, random.Random(0)), p.answer)
+    True
+    """
+
+    name = "vis_bars"
+    levels = tuple(BAR_LEVELS)
+
+    def generate(self, rng: random.Random, level: int) -> Problem:
+        from PIL import ImageFont
+
+        n, gap = BAR_LEVELS[level]
+        top = rng.randint(40, 80)
+        heights = [rng.randint(8, top - gap) for _ in range(n)]
+        best = rng.randrange(n)
+        heights[best] = top
+        img, draw = _canvas()
+        font = ImageFont.load_default_imagefont()  # 6x11 px bitmap: no font files needed
+        width = SIZE // n
+        for i, h in enumerate(heights):
+            x0 = i * width + width // 5
+            draw.rectangle((x0, SIZE - 12 - h, x0 + width * 3 // 5, SIZE - 12), fill=(60, 60, 60))
+            draw.text((x0 + width * 3 // 10 - 3, SIZE - 11), LETTERS[i], fill="black", font=font)
+        return Problem(f"Which bar in the chart is tallest? Answer with its letter ({', '.join(LETTERS[:n])}).",
+                       LETTERS[best], level,
+                       meta={"image": to_png(img), "split_key": f"vis_bars/{heights}", "heights": heights})
+
+    def verify(self, response: str, answer: str) -> bool:
+        got = extract_answer(response)
+        return got is not None and got.strip().strip(".").upper() == answer
+
+    def warmup_trace(self, problem: Problem, rng: random.Random) -> str:
+        """Read every bar's height in order, keep the tallest so far, answer its letter."""
+        heights = problem.meta["heights"]
+        out = [f"plan: {len(heights)} bars. read each height, keep the tallest."]
+        best = 0
+        for i, h in enumerate(heights):
+            if h > heights[best]:
+                best = i
+            out.append(f"bar {LETTERS[i]}: about {h // 4}. tallest so far: {LETTERS[best]}")
+        out.append(f"answer: {LETTERS[best]}")
+        return "\n".join(out)
+
+
+class VisTextTask:
+    """An `arith` question rendered into the image (text-rendered data, report §2.3.5); the
+    text prompt holds no question. Answer and verifier are `arith`'s.
+
+    >>> t = VisTextTask()
+    >>> p = t.generate(random.Random(0), 1)
+    >>> p.meta["split_key"] == p.meta["text_question"]  # the same split as the text version
+    True
+    >>> t.verify(t.warmup_trace(p, random.Random(0)), p.answer)
+    True
+    """
+
+    name = "vis_text"
+    levels = (1, 2, 3, 4, 5)
+    CHARS_PER_LINE = SIZE // 6 - 1  # the default bitmap font is 6 px wide
+
+    def __init__(self):
+        self.text = ArithTask(mistake_prob=0.0)
+
+    def generate(self, rng: random.Random, level: int) -> Problem:
+        from PIL import ImageFont
+
+        p = self.text.generate(rng, level)
+        img, draw = _canvas()
+        font = ImageFont.load_default_imagefont()
+        words, lines = p.question.split(), [""]
+        for w in words:  # wrap at the line width, breaking long expressions after an operator
+            while len(w) > self.CHARS_PER_LINE:
+                lines.append(w[: self.CHARS_PER_LINE])
+                w = w[self.CHARS_PER_LINE :]
+            if len(lines[-1]) + len(w) + 1 > self.CHARS_PER_LINE:
+                lines.append(w)
+            else:
+                lines[-1] = f"{lines[-1]} {w}".strip()
+        for i, line in enumerate(x for x in lines if x):
+            draw.text((3, 4 + 13 * i), line, fill="black", font=font)
+        return Problem("Answer the question shown in the image.", p.answer, level,
+                       meta={**p.meta, "image": to_png(img), "split_key": p.question, "text_question": p.question})
+
+    def verify(self, response: str, answer: str) -> bool:
+        return self.text.verify(response, answer)
+
+    def warmup_trace(self, problem: Problem, rng: random.Random) -> str:
+        """Read the question off the image, then `arith`'s worked steps."""
+        text = Problem(problem.meta["text_question"], problem.answer, problem.level, problem.meta)
+        return f"the image reads: {problem.meta['text_question']}\n" + self.text.warmup_trace(text, rng)
+
+
+VISUAL_TASKS = {"vis_bars": VisBarsTask, "vis_count": VisCountTask, "vis_text": VisTextTask}

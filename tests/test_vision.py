@@ -1,0 +1,203 @@
+"""Vision-language RL (report §2.3.5): the built-in tiny VLM, visual tasks, images through
+the engine, the update, the replay buffer and a training run."""
+
+import io
+import json
+import random
+from dataclasses import replace
+
+import pytest
+import torch
+
+from k15rl.errors import UserError
+from k15rl.models.loading import encode_prompt, load_model, load_tokenizer
+from k15rl.models.vision import IMAGE_TOKEN, open_image, prompt_image_mask, to_png
+from k15rl.rollout.collect import rollout
+from k15rl.rollout.engine import HFEngine, SamplingParams
+from k15rl.rollout.replay import Member, ReplayBuffer
+from k15rl.tasks import Problem, get_task, make_prompts, split_of
+from k15rl.trainer.logprobs import token_logprobs
+from k15rl.trainer.update import LogprobPasses, make_train_batch
+
+
+@pytest.fixture(scope="module")
+def vlm_dir(tmp_path_factory):
+    """The built-in VLM's build (processor, LLaVA model, warm-up), shrunk to seconds."""
+    import os
+
+    from k15rl.models.builtin import BUILTIN_SPECS
+    from k15rl.trainer.warmup import ensure_builtin
+
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("K15RL_CACHE")
+    os.environ["K15RL_CACHE"] = str(cache)
+    try:
+        spec = replace(BUILTIN_SPECS["builtin-vision"], sft_per_level=[4] * 5, sft_epochs=1, hidden_size=32,
+                       intermediate_size=64, num_layers=1, num_heads=2)
+        return ensure_builtin(spec, log=lambda s: None)
+    finally:
+        if old is None:
+            del os.environ["K15RL_CACHE"]
+        else:
+            os.environ["K15RL_CACHE"] = old
+
+
+def visual_prompts(n=2):
+    return [p for name in ("vis_count", "vis_bars", "vis_text")
+            for p in make_prompts(get_task(name), "test", n, (1, 2), seed=0)]
+
+
+def test_builtin_vlm_is_an_ordinary_hf_folder(vlm_dir):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(vlm_dir)
+    proc = AutoProcessor.from_pretrained(vlm_dir)
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert type(proc).__name__ == "LlavaProcessor"
+    assert model.config.vision_config.image_size == 96
+    tok = load_tokenizer(vlm_dir)
+    p = visual_prompts(1)[0]
+    ids = encode_prompt(tok, p.messages, p.images)
+    # one placeholder -> (96 / 12)^2 = 64 image tokens; the text is otherwise the tokenizer's
+    assert ids.count(tok.image_token_id) == 64
+    text_only = tok(tok.apply_chat_template([{"role": "user", "content": p.question.replace(IMAGE_TOKEN, "")}],
+                                            tokenize=False, add_generation_prompt=True),
+                    add_special_tokens=False)["input_ids"]
+    assert [i for i in ids if i != tok.image_token_id] == text_only
+
+
+def test_visual_tasks_render_deterministically_and_split_by_scene():
+    for name in ("vis_count", "vis_bars", "vis_text"):
+        task = get_task(name)
+        a = make_prompts(task, "train", 5, task.levels, seed=0)
+        b = make_prompts(task, "train", 5, task.levels, seed=0)
+        assert [p.images for p in a] == [p.images for p in b]  # the same PNG bytes
+        assert all(p.question.count(IMAGE_TOKEN) == len(p.images) == 1 for p in a)
+        assert all(open_image(p.images[0]).size == (96, 96) for p in a)
+        assert all(split_of(p.meta["split_key"]) == "train" for p in a)
+
+
+def test_text_rendered_question_lands_in_the_split_of_its_text_version():
+    text, shot = get_task("arith"), get_task("vis_text")
+    for split in ("train", "test"):
+        for p in make_prompts(shot, split, 20, (1, 2, 3), seed=0):
+            q = p.meta["text_question"]
+            assert split_of(q) == split and IMAGE_TOKEN not in q and q not in p.question
+            problem = Problem(q, p.answer, p.level, p.meta)
+            assert text.verify(text.warmup_trace(problem, random.Random(0)), p.answer)
+
+
+def test_vis_count_answer_matches_the_pixels():
+    """The answer is what the image shows: count the target colour's blobs in the pixels."""
+    from k15rl.tasks.visual import COLOURS
+
+    task = get_task("vis_count")
+    for p in make_prompts(task, "train", 10, (1, 2, 3), seed=0):
+        img = open_image(p.images[0])
+        side, target = p.meta["side"], p.meta["target"]
+        step = 96 // side
+        found = 0
+        for r in range(side):
+            for c in range(side):
+                centre = img.getpixel((c * step + step // 2, r * step + step // 2 + step // 8))
+                found += centre == COLOURS[target]
+        assert found == int(p.answer), p.meta["items"]
+
+
+def test_engine_logprobs_equal_trainer_logprobs_with_images(vlm_dir):
+    """The engine's recorded log-probs (prefill with image features, then decoding) are the
+    trainer's for the same tokens and images, in one pass or in micro-batches."""
+    model, tok = load_model(vlm_dir), load_tokenizer(vlm_dir)
+    prompts = visual_prompts(2)
+    trajs = rollout(HFEngine(model, tok, max_batch=5), tok, prompts, 3,
+                    SamplingParams(max_new_tokens=12, seed=1, stop_token_ids=[tok.eos_token_id]))
+    batch = make_train_batch(trajs, tok.pad_token_id, tokenizer=tok)
+    assert batch.tokens.pixel_values.shape == (len(trajs), 3, 96, 96)
+    with torch.no_grad():
+        whole = token_logprobs(model, batch.tokens)  # [N, T]
+        parts = LogprobPasses(model, batch.tokens, 4, 1.0, False, grad=False).logprobs()  # [N, T]
+    mask = batch.tokens.response_mask.bool()
+    assert torch.allclose(whole[mask], batch.old_logprobs[mask], atol=1e-5)
+    assert torch.allclose(parts[mask], batch.old_logprobs[mask], atol=1e-5)
+
+
+def test_images_matter_to_the_logprobs(vlm_dir):
+    """The same text with another image gives other log-probs: the pixels reach the model."""
+    model, tok = load_model(vlm_dir), load_tokenizer(vlm_dir)
+    p = visual_prompts(1)[0]
+    q = visual_prompts(1)[1]
+    other = replace(p, meta={**p.meta, "images": q.images})
+    trajs = rollout(HFEngine(model, tok), tok, [p], 1, SamplingParams(max_new_tokens=8, seed=0))
+    swapped = [replace(trajs[0], prompt=other)]
+    with torch.no_grad():
+        a = token_logprobs(model, make_train_batch(trajs, tok.pad_token_id, tokenizer=tok).tokens)
+        b = token_logprobs(model, make_train_batch(swapped, tok.pad_token_id, tokenizer=tok).tokens)
+    assert (a - b).abs().max() > 1e-4
+
+
+def test_image_features_computed_once_per_image(vlm_dir, monkeypatch):
+    model, tok = load_model(vlm_dir), load_tokenizer(vlm_dir)
+    seen = []
+    inner = model.get_image_features
+    monkeypatch.setattr(model, "get_image_features", lambda pixel_values: seen.append(len(pixel_values))
+                        or inner(pixel_values=pixel_values))
+    prompts = visual_prompts(1)[:2]
+    rollout(HFEngine(model, tok, max_batch=3), tok, prompts, 4, SamplingParams(max_new_tokens=4))
+    assert sum(seen) == 2  # 2 images, 8 samples in 3 slots
+
+
+def test_prompt_image_mask_leaves_sampled_image_tokens_alone():
+    ids = torch.tensor([[7, 9, 9, 3, 9], [0, 7, 9, 9, 9]])  # 9: the image token
+    mask = prompt_image_mask(ids, [(0, 3), (1, 4)], 9)
+    assert mask.tolist() == [[False, True, True, False, False], [False, False, True, True, False]]
+
+
+def test_replay_buffer_keeps_images_once_per_group_through_json():
+    p = visual_prompts(1)[0]
+    buf = ReplayBuffer()
+    buf.add_group([Member(p, 0, [1, 2], [3], [-0.5], index=j) for j in range(4)])
+    state = json.loads(json.dumps(buf.state_dict()))
+    assert len(state["images"]) == 1  # four members, one copy of their image
+    back = ReplayBuffer()
+    back.load_state_dict(state)
+    assert [m.prompt.images for m in back.groups[0]] == [p.images] * 4
+    assert back.state_dict() == state
+
+
+def test_bad_images_and_placeholders_are_one_line_errors(vlm_dir, tmp_path):
+    from PIL import Image
+
+    tok = load_tokenizer(vlm_dir)
+    good = to_png(Image.new("RGB", (96, 96), "white"))
+    with pytest.raises(UserError, match="2 <image> placeholder.*1 image"):
+        encode_prompt(tok, (("user", "<image><image>count"),), (good,))
+    with pytest.raises(UserError, match="0 <image> placeholder.*1 image"):
+        encode_prompt(tok, (("user", "count"),), (good,))
+    with pytest.raises(UserError, match="not a readable image"):
+        encode_prompt(tok, (("user", "<image>count"),), (b"\x89PNG\r\n\x1a\n broken",))
+    big = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(big, format="PNG")
+    with pytest.raises(UserError, match="over the .*-pixel limit"):
+        open_image(big.getvalue())
+    text_tok = load_tokenizer(vlm_dir).tokenizer  # the plain tokenizer: a text-only model's
+    with pytest.raises(UserError, match="text-only"):
+        encode_prompt(text_tok, (("user", "<image>count"),), (good,))
+
+
+def test_mixed_text_and_vision_run(vlm_dir, tmp_path):
+    """One RL run over visual and text tasks: per-task accuracy and length in the metrics
+    and the evaluation, a checkpoint that is a VLM folder with its processor."""
+    from k15rl.api import train
+
+    out = tmp_path / "run"
+    train("demo", f"model.path={vlm_dir}", f"out={out}", "data.tasks=[vis_count,vis_bars,arith]",
+          "data.train_levels=[1,2]", "data.test_levels=[1]", "data.train_per_level=8", "data.test_per_level=2",
+          "iterations=2", "rollout.k=2", "rollout.prompts_per_iteration=3", "rollout.max_new_tokens=8",
+          "eval.every=2", "algorithm.minibatches=1", "checkpoint_every=1", overwrite=True, log=lambda s: None)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in rows if "reward/mean" in r]
+    assert trained and any(k.startswith("reward/accuracy/vis_") for k in trained[-1])
+    evals = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
+    assert set(evals[-1]["per_task"]) == {"arith", "vis_bars", "vis_count"}
+    assert (out / "final" / "processor_config.json").is_file()
+    assert type(load_model(out / "final")).__name__ == "LlavaForConditionalGeneration"
