@@ -58,6 +58,7 @@ class ColumnsConfig:
     pass_rate: str | None = None  # pass_rate (written by `k15rl difficulty`)
     id: str | None = None  # id | uid | problem_id
     verifier: str | None = None  # verifier: a row's own verifier name (else data.verifier)
+    images: str | None = None  # images | image: paths (relative to the file), bytes or a datasets Image feature
 
 
 @dataclass

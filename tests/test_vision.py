@@ -201,3 +201,60 @@ def test_mixed_text_and_vision_run(vlm_dir, tmp_path):
     assert set(evals[-1]["per_task"]) == {"arith", "vis_bars", "vis_count"}
     assert (out / "final" / "processor_config.json").is_file()
     assert type(load_model(out / "final")).__name__ == "LlavaForConditionalGeneration"
+
+
+def _png(colour="red"):
+    from PIL import Image
+
+    return to_png(Image.new("RGB", (20, 10), colour))
+
+
+def _load(tmp_path, rows, **data):
+    from k15rl.config import DataConfig
+    from k15rl.data.build import load_file
+
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return load_file(str(path), DataConfig(**data), log=lambda s: None)[0]
+
+
+def test_image_rows_in_verl_and_trl_layouts(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(_png("red"))
+    (tmp_path / "b.png").write_bytes(_png("blue"))
+    rows = [
+        # verl: <image> in the text, an images column of paths (relative to the file) or Image features
+        {"prompt": [{"role": "user", "content": "<image>What colour?"}], "answer": "red", "images": ["img/a.png"]},
+        {"prompt": "<image> vs <image>: same?", "answer": "no",
+         "images": [{"bytes": None, "path": str(tmp_path / "b.png")}, "img/a.png"]},
+        # TRL: image parts in the messages, the images in a column, or in the parts themselves
+        {"prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}],
+         "solution": "blue", "images": ["b.png"]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "Colour? "},
+                                                   {"type": "image", "image": "b.png"}]},
+                      {"role": "assistant", "content": "blue"}]},
+    ]
+    ps = _load(tmp_path, rows)
+    assert [len(p.images) for p in ps] == [1, 2, 1, 1]
+    assert [p.question for p in ps] == ["<image>What colour?", "<image> vs <image>: same?", "<image>Colour?",
+                                        "Colour? <image>"]
+    assert open_image(ps[0].images[0]).getpixel((0, 0)) == (255, 0, 0)
+    assert open_image(ps[1].images[0]).getpixel((0, 0)) == (0, 0, 255)  # in placeholder order
+    from k15rl.data.rows import prompt_to_row
+
+    back = _load(tmp_path, [prompt_to_row(p) for p in ps])  # export-data's rows load back with their pixels
+    assert [p.images for p in back] == [p.images for p in ps]
+
+
+@pytest.mark.parametrize("row, match", [
+    ({"prompt": "<image>x", "answer": "1", "images": ["nope.png"]}, r"field 'images': image 0: file .*nope.png does not exist"),
+    ({"prompt": "<image>x", "answer": "1", "images": ["bad.png"]}, r"field 'images': image 0 \(.*bad.png\): not a readable image"),
+    ({"prompt": "<image><image>x", "answer": "1", "images": ["ok.png"]}, r"field 'images': 2 <image> placeholder\(s\) .* but 1 image"),
+    ({"prompt": "x", "answer": "1", "images": ["ok.png"]}, r"field 'images': 0 <image> placeholder"),
+    ({"prompt": "<image>x", "answer": "1"}, r"field 'prompt': 1 <image> placeholder\(s\) in the prompt but 0 image"),
+])
+def test_bad_image_rows_name_file_line_and_field(tmp_path, row, match):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (tmp_path / "ok.png").write_bytes(_png())
+    with pytest.raises(UserError, match=r"data.jsonl, line 1, " + match):
+        _load(tmp_path, [row])

@@ -80,7 +80,8 @@ def load_file(path: str | Path, data: DataConfig, log: Log = print) -> tuple[lis
     (data.on_bad_row=skip). A file without rows, or without any good row, is an error."""
     path = Path(path)
     fmt = detect_format(path) if path.exists() else None
-    return load_rows(read_rows(path), str(path), path.stem, data, log, chat_in_text=fmt in ("csv", "tsv"))
+    return load_rows(read_rows(path), str(path), path.stem, data, log, chat_in_text=fmt in ("csv", "tsv"),
+                     base_dir=path.parent)
 
 
 def memory_rows(dataset: Any) -> Iterator[RawRow]:
@@ -94,8 +95,9 @@ def memory_rows(dataset: Any) -> Iterator[RawRow]:
 
 
 def load_rows(rows: Iterable[RawRow], name: str, stem: str, data: DataConfig, log: Log = print,
-              chat_in_text: bool = False) -> tuple[list[Prompt], FileReport]:
-    """Prompts of the rows of one file or in-memory dataset called `name` (see load_file)."""
+              chat_in_text: bool = False, base_dir: Path | None = None) -> tuple[list[Prompt], FileReport]:
+    """Prompts of the rows of one file or in-memory dataset called `name` (see load_file);
+    image paths in the rows are relative to `base_dir` (the file's folder; else as given)."""
     report = FileReport(name)
     configured = {k: v for k, v in dataclasses.asdict(data.columns).items() if v is not None}
     verifiers = known_verifiers()
@@ -108,7 +110,7 @@ def load_rows(rows: Iterable[RawRow], name: str, stem: str, data: DataConfig, lo
             prompts.append(row_to_prompt(
                 raw.data, configured, default_id=f"{stem}-{report.rows - 1}", default_verifier=data.verifier,
                 known_verifiers=verifiers, source=f"{name} {raw.where}", system_prompt=data.system_prompt,
-                chat_in_text=chat_in_text,
+                chat_in_text=chat_in_text, base_dir=base_dir,
             ))
         except BadRow as e:
             where = f"{name}, {raw.where}" + ("" if raw.data is None else f", field {e.field!r}")

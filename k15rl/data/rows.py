@@ -10,17 +10,29 @@ in order (`CANDIDATES`), so the layouts in common use load without a mapping:
           {"messages": [..., {"role": "assistant", "content": "... \\boxed{7}"}]}
 - verl:   {"prompt": [chat], "reward_model": {"ground_truth": "7"}, "data_source": ..., "extra_info": {...}}
 
+Images (vision-language RL, report §2.3.5) load in both layouts people use: verl's, an
+`images` column and one `<image>` placeholder per image in the prompt text; TRL's, image
+content parts in the messages (`{"type": "image"}`, the image itself in the part or, in
+order, in the `images` column). An image is a file path (relative to the data file), bytes,
+a `datasets` Image feature ({"bytes", "path"}) or a PIL image; each becomes PNG bytes in
+`Prompt.meta["images"]`. A missing, corrupt or oversized image, or placeholders that do
+not match the images in number, is a BadRow naming the field.
+
 A field that holds a worked solution rather than a bare answer is reduced to its answer:
 the last `\\boxed{...}` (MATH), else the text after the last `####` (GSM8K).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from k15rl.data.readers import bad_text
+from k15rl.errors import UserError
+from k15rl.models.vision import IMAGE_TOKEN, open_image, to_png
 from k15rl.types import Prompt
 from k15rl.verifiers import extract_boxed
 
@@ -34,6 +46,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "pass_rate": ("pass_rate",),
     "id": ("id", "uid", "problem_id"),
     "verifier": ("verifier",),
+    "images": ("images", "image"),
 }
 FIELDS = tuple(CANDIDATES)
 ROLES = ("system", "user", "assistant")
@@ -110,7 +123,9 @@ def _absent(row: dict[str, Any], role: str, columns: dict[str, str | None]) -> s
     return f"missing: none of {', '.join(CANDIDATES[role])} (the row has {fields}); set data.columns.{role}"
 
 
-def _chat(value: list, field: str) -> list[tuple[str, str]]:
+def _chat(value: list, field: str, inline: list | None = None) -> list[tuple[str, str]]:
+    """(role, content) pairs; image content parts become `<image>` placeholders, and the
+    images parts carry themselves are appended to `inline` (in order)."""
     messages = []
     for i, m in enumerate(value):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
@@ -118,10 +133,20 @@ def _chat(value: list, field: str) -> list[tuple[str, str]]:
         role, content = m["role"], m["content"]
         if role not in ROLES:
             raise BadRow(field, f"message {i} has role {role!r} (expected one of {', '.join(ROLES)})")
-        if isinstance(content, list):  # content parts, as in multimodal chat layouts
-            texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-            if len(texts) != len(content) or not all(isinstance(t, str) for t in texts):
-                raise BadRow(field, f"message {i} has non-text content parts (only text is supported)")
+        if isinstance(content, list):  # content parts, as in multimodal chat layouts (TRL)
+            texts = []
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "text" and isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+                elif kind == "image":
+                    texts.append(IMAGE_TOKEN)
+                    own = next((part[k] for k in ("image", "path", "url") if part.get(k) is not None), None)
+                    if own is not None and inline is not None:
+                        inline.append(own)
+                else:
+                    raise BadRow(field, f"message {i} has a content part of type {kind!r} (text and image are "
+                                        "supported)")
             content = "".join(texts)
         if not isinstance(content, str):
             raise BadRow(field, f"message {i} content is {type(content).__name__}, not text")
@@ -129,7 +154,7 @@ def _chat(value: list, field: str) -> list[tuple[str, str]]:
     return messages
 
 
-def parse_prompt(value: Any, field: str) -> tuple[tuple[tuple[str, str], ...], str | None]:
+def parse_prompt(value: Any, field: str, inline: list | None = None) -> tuple[tuple[tuple[str, str], ...], str | None]:
     """Chat messages from a prompt field, and the content of trailing assistant turns
     (a `messages` layout carries the reference response there; it is not part of the
     prompt). A string is one user message.
@@ -145,7 +170,7 @@ def parse_prompt(value: Any, field: str) -> tuple[tuple[tuple[str, str], ...], s
         return (("user", value),), None
     if not isinstance(value, (list, tuple)):
         raise BadRow(field, f"expected a string or a list of chat messages, got {type(value).__name__}")
-    messages = _chat(list(value), field)
+    messages = _chat(list(value), field, inline)
     reference = None
     while messages and messages[-1][0] == "assistant":
         reference = messages.pop()[1]
@@ -154,6 +179,54 @@ def parse_prompt(value: Any, field: str) -> tuple[tuple[tuple[str, str], ...], s
     if not messages[-1][1].strip():
         raise BadRow(field, "the last user message is empty")
     return tuple(messages), reference
+
+
+def load_image(value: Any, field: str, index: int, base_dir: Path | None) -> bytes:
+    """One image of a row as PNG bytes: a path (relative to `base_dir`), a data URI, bytes, a
+    `datasets` Image feature ({"bytes", "path"}) or a PIL image. BadRow naming the field otherwise."""
+    where = f"image {index}"
+    if isinstance(value, dict):  # datasets' Image feature, undecoded
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, str) and value.startswith("data:image/"):  # a data URI (what export-data writes)
+        try:
+            value = base64.b64decode(value.split(",", 1)[1], validate=True)
+        except (IndexError, ValueError):
+            raise BadRow(field, f"{where}: not a valid base64 data URI") from None
+    elif isinstance(value, str):
+        path = Path(value).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if not path.is_file():
+            raise BadRow(field, f"{where}: file {path} does not exist")
+        try:
+            value = path.read_bytes()
+        except OSError as e:
+            raise BadRow(field, f"{where}: file {path} cannot be read ({e.strerror})") from None
+        where = f"{where} ({path})"
+    if hasattr(value, "save") and hasattr(value, "mode"):  # a PIL image (datasets, decoded)
+        return to_png(value.convert("RGB"))
+    if not isinstance(value, (bytes, bytearray)):
+        raise BadRow(field, f"{where}: expected a path, bytes or an image, got {type(value).__name__}")
+    try:
+        return to_png(open_image(bytes(value), where))
+    except UserError as e:
+        raise BadRow(field, str(e)) from None
+
+
+def row_images(row: dict[str, Any], columns: dict[str, str | None], messages, inline: list,
+               base_dir: Path | None) -> tuple[bytes, ...]:
+    """A row's images (its `images` column, else the ones its messages carry), checked against
+    the prompt's `<image>` placeholders in number."""
+    name, value = find_field(row, "images", columns)
+    items = [] if value is _MISSING else (list(value) if isinstance(value, (list, tuple)) else [value])
+    if items and inline:
+        raise BadRow(name, "images given both in the column and in the messages' content parts")
+    items = items or inline
+    placeholders = sum(c.count(IMAGE_TOKEN) for _, c in messages)
+    if placeholders != len(items):
+        raise BadRow(name if items else find_field(row, "prompt", columns)[0],
+                     f"{placeholders} {IMAGE_TOKEN} placeholder(s) in the prompt but {len(items)} image(s)")
+    return tuple(load_image(v, name, i, base_dir) for i, v in enumerate(items))
 
 
 def normalize_answer(value: Any, field: str) -> str:
@@ -222,6 +295,7 @@ def row_to_prompt(
     source: str,
     system_prompt: str | None = None,
     chat_in_text: bool = False,
+    base_dir: Path | None = None,
 ) -> Prompt:
     """One row as a `Prompt`; raises BadRow naming the field at fault.
 
@@ -237,11 +311,15 @@ def row_to_prompt(
         raise BadRow(name, _absent(row, "prompt", columns))
     if chat_in_text and isinstance(value, str) and value.lstrip().startswith("[{"):
         value = _maybe_json(value)
-    messages, reference = parse_prompt(value, name)
+    inline: list = []
+    messages, reference = parse_prompt(value, name, inline)
+    images = row_images(row, columns, messages, inline, base_dir)
     if system_prompt and messages[0][0] != "system":
         messages = (("system", system_prompt),) + messages
 
     meta: dict[str, Any] = {"source": source}
+    if images:
+        meta["images"] = images
     _, tests = checked_field(row, "test_cases", columns)
     if tests is not _MISSING:
         meta["test_cases"] = _maybe_json(tests)
@@ -309,4 +387,6 @@ def prompt_to_row(p: Prompt) -> dict[str, Any]:
     for key in ("domain", "test_cases", "pass_rate", "extra_info"):
         if key in p.meta:
             row[key] = p.meta[key]
+    if p.images:  # data URIs: the row stays one JSON object and loads back with its pixels
+        row["images"] = ["data:image/png;base64," + base64.b64encode(png).decode() for png in p.images]
     return row
