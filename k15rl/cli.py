@@ -38,7 +38,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from k15rl.api import train
 
-    summary = train("demo", f"out={args.out}", *args.overrides, overwrite=args.overwrite)
+    out = args.out or f"runs/{Path(args.config).stem if args.config.endswith(('.yaml', '.yml')) else args.config}"
+    summary = train(args.config, f"out={out}", *args.overrides, overwrite=args.overwrite)
+    per_task = summary.get("test_per_task_after")
+    if per_task:  # several data sources (text and vision): each one's before -> after
+        before = summary.get("test_per_task_before", {})
+        print("\n" + "; ".join(f"{task} {100 * before.get(task, float('nan')):.1f}% -> {100 * acc:.1f}%"
+                                for task, acc in per_task.items()))
     print(
         f"\ndemo: test accuracy {100 * summary['test_accuracy_before']:.1f}% -> "
         f"{100 * summary['test_accuracy_after']:.1f}% "
@@ -46,7 +52,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"greedy {100 * summary.get('test_accuracy_greedy_before', float('nan')):.1f}% -> "
         f"{100 * summary.get('test_accuracy_greedy_after', float('nan')):.1f}%; "
         f"{summary['wall_time_s'] / 60:.1f} min; "
-        f"curves in {Path(args.out) / 'curves.png'}"
+        f"curves in {Path(out) / 'curves.png'}"
     )
     return 0
 
@@ -517,7 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=_cmd_train)
 
     d = sub.add_parser("demo", help="the main job: build the tiny model if needed, RL, evaluate, report")
-    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--config", default="demo",
+                   help="a preset (demo: letter sorting; vision: the built-in VLM on visual tasks) or a YAML file")
+    d.add_argument("--out", default=None, help="the run folder (default runs/<config>)")
     d.add_argument("--overwrite", action="store_true")
     d.add_argument("overrides", nargs="*", help="key=value config overrides")
     d.set_defaults(fn=_cmd_demo)

@@ -258,3 +258,26 @@ def test_bad_image_rows_name_file_line_and_field(tmp_path, row, match):
     (tmp_path / "ok.png").write_bytes(_png())
     with pytest.raises(UserError, match=r"data.jsonl, line 1, " + match):
         _load(tmp_path, [row])
+
+
+def test_partial_rollouts_continue_with_their_images(vlm_dir):
+    """Segments cut at 3 tokens and continued (the prefix re-encoded with its image) record the
+    same log-probs the trainer computes for the whole response."""
+    from k15rl.rollout.collect import partial_rollout
+
+    model, tok = load_model(vlm_dir), load_tokenizer(vlm_dir)
+    engine, buf = HFEngine(model, tok, max_batch=4), ReplayBuffer()
+    params = SamplingParams(max_new_tokens=9, seed=2, stop_token_ids=[tok.eos_token_id])
+    trajs, group, it = [], 0, 0
+    prompts = visual_prompts(1)[:2]
+    while len(trajs) < 4 and it < 10:
+        res = partial_rollout(engine, tok, buf, prompts if it == 0 else [], 2, params, version=0,
+                              segment_tokens=3, max_tokens=9, first_group=group)
+        trajs += res.trajectories
+        group, it = res.next_group, it + 1
+    assert len(trajs) == 4 and any(t.num_tokens > 3 for t in trajs)
+    batch = make_train_batch(trajs, tok.pad_token_id, tokenizer=tok)
+    with torch.no_grad():
+        lp = token_logprobs(model, batch.tokens)
+    mask = batch.tokens.response_mask.bool()
+    assert torch.allclose(lp[mask], batch.old_logprobs[mask], atol=1e-5)

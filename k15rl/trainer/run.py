@@ -263,6 +263,9 @@ def run_summary(metrics: list[dict], evals: list[dict], greedy_evals: list[dict]
             "test_per_level_before": {k: v["accuracy"] for k, v in evals[0]["per_level"].items()},
             "test_per_level_after": {k: v["accuracy"] for k, v in evals[-1]["per_level"].items()},
         })
+        if "per_task" in evals[-1]:  # several data sources
+            summary["test_per_task_before"] = {k: v["accuracy"] for k, v in evals[0]["per_task"].items()}
+            summary["test_per_task_after"] = {k: v["accuracy"] for k, v in evals[-1]["per_task"].items()}
     if greedy_evals:
         summary.update({
             "test_accuracy_greedy_before": greedy_evals[0]["accuracy"],

@@ -1,0 +1,90 @@
+"""The length penalty (report §2.3.3) on the long-CoT workload, against none, at equal samples.
+
+    none     the k1.5 loss on the task reward alone
+    length   the same plus the length reward with its warm-up schedule: no length reward for
+             the first `--warmup` iterations, then weight `--weight` (the report's "warm-up:
+             standard policy optimization first, then a constant length penalty")
+
+Both arms start from the warmed-up `builtin-long` model, whose traces overthink (the search
+goes on after the answer, and re-checks it), so a shorter correct answer exists. Per seed,
+on the held-out prompts at the end: token_reduction = 1 - tokens(length) / tokens(none), and
+accuracy_delta_points = 100 (accuracy(length) - accuracy(none)); the mean over seeds with a
+95% t-interval. Writes OUT/length_penalty.png and benchmarks/results/length_penalty.json.
+
+    python benchmarks/length_penalty.py                      # seeds 0,1,2
+    python benchmarks/length_penalty.py --seeds 0 --iterations 4 --prompts 4   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from long_cot import plot_arms, run_arm
+from results import write_result
+from stats import t_interval
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--iterations", type=int, default=16)
+    p.add_argument("--prompts", type=int, default=8, help="prompts per iteration (8 samples each)")
+    p.add_argument("--weight", type=float, default=0.5, help="length reward weight after the warm-up")
+    p.add_argument("--warmup", type=int, default=4, help="iterations without the length reward")
+    p.add_argument("--levels", default="2,3,4,5")
+    p.add_argument("--test-per-level", type=int, default=25)
+    p.add_argument("--max-new-tokens", type=int, default=1900)
+    p.add_argument("--out", default="runs/length_penalty")
+    p.add_argument("--rerun", action="store_true")
+    args = p.parse_args(argv)
+    common = [f"iterations={args.iterations}", f"rollout.prompts_per_iteration={args.prompts}",
+              f"algorithm.minibatches={min(2, args.prompts)}", f"data.train_levels=[{args.levels}]",
+              f"data.test_levels=[{args.levels}]", f"data.test_per_level={args.test_per_level}",
+              f"rollout.max_new_tokens={args.max_new_tokens}", f"eval.every={max(args.iterations // 4, 1)}"]
+    arms = {"none": ["reward.length_weight=0"],
+            "length": [f"reward.length_weight={args.weight}", f"reward.length_warmup_iterations={args.warmup}"]}
+    t0 = time.time()
+    out = Path(args.out)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs = [run_arm(arm, seed, common + extra, out, args.rerun) for seed in seeds for arm, extra in arms.items()]
+    by = {(r["arm"], r["seed"]): r for r in runs}
+    per_seed = []
+    for s in seeds:
+        a, b = by["none", s], by["length", s]
+        per_seed.append({
+            "seed": s, "tokens_none": a["tokens_after"], "tokens_length": b["tokens_after"],
+            "acc_none": a["acc_after"], "acc_length": b["acc_after"],
+            "token_reduction": 1 - b["tokens_after"] / a["tokens_after"],
+            "accuracy_delta_points": 100 * (b["acc_after"] - a["acc_after"]),
+            "tokens_before": a["tokens_before"], "acc_before": a["acc_before"],
+        })
+    red = [x["token_reduction"] for x in per_seed]
+    dacc = [x["accuracy_delta_points"] for x in per_seed]
+    plot_arms(runs, out / "length_penalty.png",
+              f"length penalty (weight {args.weight} after {args.warmup} iterations) vs none, {len(seeds)} seeds")
+    result = {
+        "seeds": seeds, "token_reduction": statistics.mean(red), "token_reduction_ci95": t_interval(red),
+        "accuracy_delta_points": statistics.mean(dacc), "accuracy_delta_ci95": t_interval(dacc),
+        "goal": "token_reduction >= 0.30 with accuracy_delta_points >= -2",
+        "per_seed": per_seed, "iterations": args.iterations, "prompts_per_iteration": args.prompts,
+        "samples_per_prompt": 8, "weight": args.weight, "warmup_iterations": args.warmup, "levels": args.levels,
+        "test_prompts": runs[0]["n_test"], "max_new_tokens": args.max_new_tokens,
+        "seconds_per_iteration": {arm: statistics.mean(r["seconds_per_iteration"] for r in runs if r["arm"] == arm)
+                                  for arm in arms},
+        "runs": [{k: v for k, v in r.items()} for r in runs],
+    }
+    write_result("length_penalty", result)
+    print(f"token reduction {100 * result['token_reduction']:.1f}% "
+          f"[{100 * result['token_reduction_ci95'][0]:.1f}, {100 * result['token_reduction_ci95'][1]:.1f}], "
+          f"accuracy {result['accuracy_delta_points']:+.1f} points "
+          f"[{result['accuracy_delta_ci95'][0]:+.1f}, {result['accuracy_delta_ci95'][1]:+.1f}] "
+          f"({(time.time() - t0) / 60:.1f} min); plot {out / 'length_penalty.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
