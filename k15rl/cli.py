@@ -480,7 +480,7 @@ def _cmd_dpo(args: argparse.Namespace) -> int:
                     sft_weight=args.sft_weight, autocast_bf16=args.bf16, seed=args.seed)
     rows = encode_pairs(tok, pairs, cfg.max_length)
     ref = cached_reference_logps(model, rows, tok.pad_token_id, cache,
-                                 key=f"{model_fingerprint(path)}:{pairs_fingerprint(rows)}")
+                                 key=f"{model_fingerprint(path)}:{pairs_fingerprint(rows)}", tokenizer=tok)
     history = dpo_train(model, tok, rows, ref, cfg)
     save_hf(model, tok, out, {"dpo": vars(args) | {"last": history[-1]}}, card=model_card(
         base_model=args.model, kind="dpo", recipe={"loss": "dpo", "beta": args.beta, "sft_weight": args.sft_weight,

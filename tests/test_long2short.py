@@ -306,6 +306,6 @@ def test_dpo_sft_weight_adds_the_chosen_per_token_nll(tiny_model_dir):
     ref = cached_reference_logps(model, rows, tok.pad_token_id, None, key="")
     hist = dpo_train(model, tok, rows, ref, DPOConfig(lr=1e-3, batch_size=4, sft_weight=2.0))
     # one batch holding every pair: at the first step the policy is the reference
-    per_token = -(ref[:, 0] / torch.tensor([float(len(c)) for _, c, _ in rows])).mean()
+    per_token = -(ref[:, 0] / torch.tensor([float(len(r.chosen)) for r in rows])).mean()
     assert hist[0]["dpo/nll_chosen"] == pytest.approx(per_token.item(), rel=1e-5)
     assert hist[0]["dpo/loss"] == pytest.approx(math.log(2), abs=1e-4)

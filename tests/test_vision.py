@@ -281,3 +281,42 @@ def test_partial_rollouts_continue_with_their_images(vlm_dir):
         lp = token_logprobs(model, batch.tokens)
     mask = batch.tokens.response_mask.bool()
     assert torch.allclose(lp[mask], batch.old_logprobs[mask], atol=1e-5)
+
+
+def test_long2short_files_carry_images_through_sft_and_dpo(vlm_dir, tmp_path):
+    """Shortest rejection sampling and DPO pairs from the VLM's samples: the rows hold the
+    images, load back with the same pixels, and SFT and DPO train on them."""
+    from k15rl.long2short.dpo import DPOConfig, cached_reference_logps, dpo_pair_rows, dpo_train, encode_pairs, \
+        load_pairs_jsonl
+    from k15rl.long2short.shortest import Sample, SampledGroup, shortest_rs_rows
+    from k15rl.trainer.sft import SFTConfig, load_sft_jsonl, sft_train
+
+    model, tok = load_model(vlm_dir), load_tokenizer(vlm_dir)
+    prompts = visual_prompts(1)[:2]
+    # two samples per prompt: a short correct one and a long wrong one (the rows' shape is what matters)
+    groups = [SampledGroup(p, [Sample("answer: " + p.answer, 4, True), Sample("x " * 20, 20, False)])
+              for p in prompts]
+    sft_rows, _ = shortest_rs_rows(groups)
+    pair_rows, _ = dpo_pair_rows(groups)
+    assert len(sft_rows) == 2 and len(pair_rows) == 2
+    for name, rows in (("sft.jsonl", sft_rows), ("pairs.jsonl", pair_rows)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sft = load_sft_jsonl(tmp_path / "sft.jsonl")
+    assert [m[-1]["images"] for m, _ in sft] == [p.images for p in prompts]
+    losses = sft_train(model, tok, sft, SFTConfig(epochs=1, lr=1e-3, batch_size=2))
+    assert len(losses) == 1 and losses[0] > 0
+    enc = encode_pairs(tok, load_pairs_jsonl(tmp_path / "pairs.jsonl"), 512)
+    assert [r.images for r in enc] == [p.images for p in prompts]
+    assert all(r.prompt.count(tok.image_token_id) == 64 for r in enc)
+    ref = cached_reference_logps(model, enc, tok.pad_token_id, None, key="", tokenizer=tok)
+    history = dpo_train(model, tok, enc, ref, DPOConfig(batch_size=2))
+    assert abs(history[0]["dpo/loss"] - 0.6931) < 1e-3  # the policy starts as the reference: log 2
+
+
+def test_bad_image_in_an_sft_file_names_file_line_and_field(tmp_path):
+    from k15rl.trainer.sft import load_sft_jsonl
+
+    path = tmp_path / "sft.jsonl"
+    path.write_text(json.dumps({"prompt": "<image>x", "response": "y", "images": ["missing.png"]}) + "\n")
+    with pytest.raises(UserError, match=r"sft.jsonl:1: field 'images': image 0: file .*missing.png does not exist"):
+        load_sft_jsonl(path)

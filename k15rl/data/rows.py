@@ -229,6 +229,35 @@ def row_images(row: dict[str, Any], columns: dict[str, str | None], messages, in
     return tuple(load_image(v, name, i, base_dir) for i, v in enumerate(items))
 
 
+def image_uris(images) -> list[str]:
+    """Images (PNG bytes) as data URIs: how rows this package writes hold them in JSON."""
+    return ["data:image/png;base64," + base64.b64encode(png).decode() for png in images]
+
+
+def images_field(prompt: Prompt) -> dict[str, list[str]]:
+    """{"images": [...]} for a prompt with images (a JSONL row's field), else {}."""
+    return {"images": image_uris(prompt.images)} if prompt.images else {}
+
+
+def with_row_images(messages: list[dict], row: dict[str, Any], path: Path, lineno: int) -> list[dict]:
+    """Chat `messages` of an SFT or DPO file's row, carrying the row's `images` (loaded as in
+    data files; the last message holds them, in placeholder order). UserError naming the
+    file, line and field for a bad image or a placeholder count that does not match."""
+    values = row.get("images") or []
+    values = values if isinstance(values, list) else [values]
+    placeholders = sum(m["content"].count(IMAGE_TOKEN) for m in messages if isinstance(m.get("content"), str))
+    try:
+        if placeholders != len(values):
+            raise BadRow("images", f"{placeholders} {IMAGE_TOKEN} placeholder(s) in the prompt but "
+                                   f"{len(values)} image(s)")
+        images = tuple(load_image(v, "images", i, path.parent) for i, v in enumerate(values))
+    except BadRow as e:
+        raise UserError(f"{path}:{lineno}: field {e.field!r}: {e.why}") from None
+    if not images:
+        return messages
+    return [*messages[:-1], {**messages[-1], "images": images}]
+
+
 def normalize_answer(value: Any, field: str) -> str:
     r"""The answer a verifier compares with: a bare value, or the answer inside a worked
     solution (the last \boxed{}, else the text after the last ####).
@@ -387,6 +416,5 @@ def prompt_to_row(p: Prompt) -> dict[str, Any]:
     for key in ("domain", "test_cases", "pass_rate", "extra_info"):
         if key in p.meta:
             row[key] = p.meta[key]
-    if p.images:  # data URIs: the row stays one JSON object and loads back with its pixels
-        row["images"] = ["data:image/png;base64," + base64.b64encode(png).decode() for png in p.images]
+    row.update(images_field(p))  # data URIs: the row stays one JSON object and loads back with its pixels
     return row

@@ -24,14 +24,16 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
 from k15rl.algorithms import dpo_loss
 from k15rl.data.readers import read_jsonl_objects
+from k15rl.data.rows import images_field, with_row_images
 from k15rl.errors import UserError
 from k15rl.long2short.shortest import Sample, SampledGroup, prompt_field, shortest_correct
+from k15rl.models.vision import image_key
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def dpo_pair_rows(groups: Sequence[SampledGroup], ratio: float = 1.5) -> tuple[l
             c, r = g.samples[p.chosen], g.samples[p.rejected]
             rows.append({"prompt": prompt_field(g.prompt), "chosen": c.text, "rejected": r.text, "reason": p.reason,
                          "chosen_tokens": c.num_tokens, "rejected_tokens": r.num_tokens, "task": g.prompt.task,
-                         "level": g.prompt.level})
+                         "level": g.prompt.level, **images_field(g.prompt)})
             st.pairs += 1
             st.wrong_longer += p.reason == "wrong_longer"
             st.correct_too_long += p.reason == "correct_too_long"
@@ -119,7 +121,8 @@ class PairExample:
 
 def load_pairs_jsonl(path: str | Path) -> list[PairExample]:
     """Pairs from a JSONL of {"prompt", "chosen", "rejected"} objects (`prompt`: a string
-    or a list of chat messages). A bad line raises UserError naming file, line and field
+    or a list of chat messages; `images`, optional: the prompt's images, as in data files).
+    A bad line raises UserError naming file, line and field
     (read by `k15rl.data.readers.read_jsonl_objects`)."""
     path = Path(path)
     out = []
@@ -135,7 +138,7 @@ def load_pairs_jsonl(path: str | Path) -> list[PairExample]:
             messages = prompt
         else:
             raise UserError(f"{path}:{lineno}: field 'prompt' must be a string or a list of chat messages")
-        out.append(PairExample(messages, row["chosen"], row["rejected"]))
+        out.append(PairExample(with_row_images(messages, row, path, lineno), row["chosen"], row["rejected"]))
     if not out:
         raise UserError(f"data file {path} holds no pairs")
     return out
@@ -158,7 +161,13 @@ class DPOConfig:
     seed: int = 0
 
 
-Encoded = tuple[list[int], list[int], list[int]]  # prompt ids, chosen ids, rejected ids
+class Encoded(NamedTuple):
+    """One pair as token ids; `images`: the prompt's (PNG bytes), for a vision-language model."""
+
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+    images: tuple[bytes, ...] = ()
 
 
 def encode_pairs(tokenizer, pairs: Sequence[PairExample], max_length: int) -> list[Encoded]:
@@ -166,26 +175,31 @@ def encode_pairs(tokenizer, pairs: Sequence[PairExample], max_length: int) -> li
 
     out = []
     for ex in pairs:
-        p = encode_prompt(tokenizer, [(m["role"], m["content"]) for m in ex.messages])
+        images = tuple(png for m in ex.messages for png in m.get("images", ()))
+        p = encode_prompt(tokenizer, [(m["role"], m["content"]) for m in ex.messages], images)
         room = max(max_length - len(p), 1)
-        out.append((p, encode_response(tokenizer, ex.chosen)[:room], encode_response(tokenizer, ex.rejected)[:room]))
+        out.append(Encoded(p, encode_response(tokenizer, ex.chosen)[:room],
+                           encode_response(tokenizer, ex.rejected)[:room], images))
     return out
 
 
-def sequence_logps(model, rows: Sequence[Encoded], pad_id: int) -> torch.Tensor:
-    """Sequence log-probs [P, 2] (chosen, rejected) of a batch of encoded pairs."""
+def sequence_logps(model, rows: Sequence[Encoded], pad_id: int, tokenizer=None) -> torch.Tensor:
+    """Sequence log-probs [P, 2] (chosen, rejected) of a batch of encoded pairs (their
+    images' pixel values from `tokenizer`, a `VisionTokenizer`, when they have any)."""
     from k15rl.models.loading import model_device
     from k15rl.trainer.logprobs import collate, token_logprobs
 
-    prompts = [p for p, _, _ in rows] * 2
-    responses = [c for _, c, _ in rows] + [r for _, _, r in rows]
-    batch = collate(prompts, responses, pad_id).to(model_device(model))  # on the model's device
+    prompts = [r.prompt for r in rows] * 2
+    responses = [r.chosen for r in rows] + [r.rejected for r in rows]
+    batch = collate(prompts, responses, pad_id).with_images([r.images for r in rows] * 2, tokenizer)
+    batch = batch.to(model_device(model))  # on the model's device
     seq = token_logprobs(model, batch).sum(-1)  # [2P]
     P = len(rows)
     return torch.stack([seq[:P], seq[P:]], dim=1)  # [P, 2]
 
 
-def reference_logps(model, rows: Sequence[Encoded], pad_id: int, batch_size: int = 16) -> torch.Tensor:
+def reference_logps(model, rows: Sequence[Encoded], pad_id: int, batch_size: int = 16,
+                    tokenizer=None) -> torch.Tensor:
     """Sequence log-probs [P, 2] of every pair under `model` (no gradient), with a progress bar."""
     from tqdm import tqdm
 
@@ -193,7 +207,7 @@ def reference_logps(model, rows: Sequence[Encoded], pad_id: int, batch_size: int
     model.eval()
     with torch.no_grad():
         for s in tqdm(range(0, len(rows), batch_size), desc="reference log-probs", unit="batch", dynamic_ncols=True):
-            out.append(sequence_logps(model, rows[s : s + batch_size], pad_id).cpu())  # [b, 2], cached on disk
+            out.append(sequence_logps(model, rows[s : s + batch_size], pad_id, tokenizer).cpu())  # [b, 2], cached on disk
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 
@@ -211,13 +225,13 @@ def model_fingerprint(path: str | Path) -> str:
 
 def pairs_fingerprint(rows: Sequence[Encoded]) -> str:
     h = hashlib.sha256()
-    for p, c, r in rows:
-        h.update(json.dumps([p, c, r]).encode())
+    for row in rows:
+        h.update(json.dumps([row.prompt, row.chosen, row.rejected, [image_key(png) for png in row.images]]).encode())
     return h.hexdigest()[:16]
 
 
 def cached_reference_logps(model, rows: Sequence[Encoded], pad_id: int, cache: Path | None, key: str,
-                           log: Callable[[str], None] = print) -> torch.Tensor:
+                           log: Callable[[str], None] = print, tokenizer=None) -> torch.Tensor:
     """Reference log-probs [P, 2], read from `cache` when it holds them for `key` (the
     reference model's and the pairs' fingerprints), else computed once and written there."""
     if cache is not None and cache.is_file():
@@ -225,7 +239,7 @@ def cached_reference_logps(model, rows: Sequence[Encoded], pad_id: int, cache: P
         if saved.get("key") == key and saved["logps"].shape == (len(rows), 2):
             log(f"reference log-probs of {len(rows)} pairs read from {cache}")
             return saved["logps"]
-    logps = reference_logps(model, rows, pad_id)
+    logps = reference_logps(model, rows, pad_id, tokenizer=tokenizer)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.tmp")
@@ -261,11 +275,11 @@ def dpo_train(
 
     def loss_fn(idx: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
         with autocast(cfg.autocast_bf16, device):
-            logps = sequence_logps(model, [rows[i] for i in idx], tokenizer.pad_token_id)  # [B, 2]
+            logps = sequence_logps(model, [rows[i] for i in idx], tokenizer.pad_token_id, tokenizer)  # [B, 2]
         r = ref[idx]  # [B, 2]
         loss, m = dpo_loss(logps[:, 0], logps[:, 1], r[:, 0], r[:, 1], beta=cfg.beta)
         if cfg.sft_weight:
-            n_chosen = torch.tensor([len(rows[i][1]) for i in idx], dtype=logps.dtype, device=device)  # [B]
+            n_chosen = torch.tensor([len(rows[i].chosen) for i in idx], dtype=logps.dtype, device=device)  # [B]
             nll = -(logps[:, 0] / n_chosen).mean()
             loss = loss + cfg.sft_weight * nll
             m["dpo/nll_chosen"] = nll.item()

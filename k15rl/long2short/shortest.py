@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Sequence
 
+from k15rl.data.rows import images_field
 from k15rl.rollout.collect import rollout
 from k15rl.rollout.engine import RolloutEngine, SamplingParams
 from k15rl.types import Prompt, Trajectory
@@ -92,7 +93,8 @@ def shortest_rs_rows(groups: Sequence[SampledGroup]) -> tuple[list[dict], Shorte
         s = g.samples[i]
         rows.append({"prompt": prompt_field(g.prompt), "response": s.text, "answer": g.prompt.answer,
                      "task": g.prompt.task, "level": g.prompt.level, "tokens": s.num_tokens,
-                     "correct_samples": sum(x.correct for x in g.samples), "samples": len(g.samples)})
+                     "correct_samples": sum(x.correct for x in g.samples), "samples": len(g.samples),
+                     **images_field(g.prompt)})
     st.kept = len(rows)
     st.mean_tokens_all = sum(all_tokens) / max(len(all_tokens), 1)
     st.mean_tokens_correct = sum(correct_tokens) / max(len(correct_tokens), 1)

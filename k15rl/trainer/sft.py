@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 import torch
 
 from k15rl.data.readers import read_jsonl_objects
+from k15rl.data.rows import with_row_images
 from k15rl.errors import UserError
 from k15rl.models.loading import encode_prompt, encode_response, model_device
 from k15rl.trainer.finetune import StepSettings, autocast, train_steps
@@ -32,7 +33,8 @@ class SFTConfig:
 def load_sft_jsonl(path: str | Path) -> list[tuple[list[dict], str]]:
     """(messages, response) pairs from a JSONL file of {"prompt", "response"} objects.
 
-    `prompt` is a string (one user message) or a list of chat messages. A bad line raises
+    `prompt` is a string (one user message) or a list of chat messages; `images`, optional,
+    the prompt's images as in data files (the last message carries them). A bad line raises
     UserError naming the file, line and field (read by `k15rl.data.readers.read_jsonl_objects`).
     """
     path = Path(path)
@@ -47,7 +49,7 @@ def load_sft_jsonl(path: str | Path) -> list[tuple[list[dict], str]]:
             raise UserError(f"{path}:{lineno}: field 'prompt' must be a string or a list of chat messages")
         if not isinstance(response, str):
             raise UserError(f"{path}:{lineno}: field 'response' must be a string")
-        out.append((messages, response))
+        out.append((with_row_images(messages, row, path, lineno), response))
     if not out:
         raise UserError(f"data file {path} holds no examples")
     return out
