@@ -469,6 +469,42 @@ def render_train_flops(r: dict) -> str:
         table(["operators", "self time", "share"], rows)])
 
 
+def render_vision_demo(r: dict) -> str:
+    rows = [[x["seed"], pct(x["before"]), pct(x["after"]), f"{x['gain_points']:+.1f}",
+             pct(x["greedy_before"]) if x.get("greedy_before") is not None else "",
+             pct(x["greedy_after"]) if x.get("greedy_after") is not None else "", minutes(x["wall_s"])]
+            for x in r["per_seed"]]
+    lo, hi = r["gain_ci95"]
+    rows.append([f"mean of {len(r['seeds'])}", "", "", f"**{r['mean_gain_points']:+.1f}** [{lo:+.1f}, {hi:+.1f}]",
+                 "", "", ""])
+    kinds = [[k, v["kind"], pct(v["before"]), pct(v["after"]), f"{100 * (v['after'] - v['before']):+.1f}"]
+             for k, v in r["per_kind"].items()]
+    return "\n".join([
+        table(["seed", "sampled, before RL", "after", "gain (points)", "greedy before", "greedy after", "wall time"],
+              rows), "",
+        f"Held-out prompts: {r['eval_prompts']}; the interval is a 95% t-interval over seeds. "
+        f"Goal: a mean gain of at least 15 points, at most 15 minutes a run (longest here: "
+        f"{minutes(r['max_wall_s_per_run'])}). Per kind of visual data (mean over seeds):", "",
+        table(["task", "kind (report §2.3.5)", "before", "after", "gain (points)"], kinds)])
+
+
+def render_length_penalty(r: dict) -> str:
+    rows = [[x["seed"], f"{x['tokens_none']:.0f}", f"{x['tokens_length']:.0f}", pct(x["token_reduction"]),
+             pct(x["acc_none"]), pct(x["acc_length"]), f"{x['accuracy_delta_points']:+.1f}"] for x in r["per_seed"]]
+    (tlo, thi), (alo, ahi) = r["token_reduction_ci95"], r["accuracy_delta_ci95"]
+    rows.append([f"mean of {len(r['seeds'])}", "", "", f"**{pct(r['token_reduction'])}** [{pct(tlo)}, {pct(thi)}]",
+                 "", "", f"**{r['accuracy_delta_points']:+.1f}** [{alo:+.1f}, {ahi:+.1f}]"])
+    sec = r["seconds_per_iteration"]
+    return "\n".join([
+        table(["seed", "tokens, no penalty", "tokens, length penalty", "token reduction", "accuracy, no penalty",
+               "accuracy, length penalty", "accuracy delta (points)"], rows), "",
+        f"Weight {r['weight']} after {r['warmup_iterations']} warm-up iterations; {r['iterations']} iterations x "
+        f"{r['prompts_per_iteration']} prompts x {r['samples_per_prompt']} samples per arm; levels {r['levels']}; "
+        f"{r['test_prompts']} held-out prompts; seconds per iteration {sec['none']:.0f} (none) and "
+        f"{sec['length']:.0f} (length). Intervals: 95% t over seeds. Goal: at least 30% fewer tokens at no more than "
+        "2 points of accuracy lost."])
+
+
 @dataclass(frozen=True)
 class Block:
     results: str                      # benchmarks/results/<results>.json
@@ -523,6 +559,8 @@ BLOCKS: dict[str, Block] = {
     "smollm2_rl": Block("smollm2_rl", "python benchmarks/smollm2_rl.py", render_smollm2_rl),
     "train_flops": Block("train_flops", "python benchmarks/train_flops.py --model models/smollm2 --rows 8 "
                          "--response-tokens 224", render_train_flops),
+    "vision_demo": Block("vision_demo", "python benchmarks/vision_demo.py", render_vision_demo),
+    "length_penalty": Block("length_penalty", "python benchmarks/length_penalty.py", render_length_penalty),
     "update_memory": Block("update_memory", "python benchmarks/update_memory.py --model models/smollm2 "
                            "--response-tokens 2048 --rows 2", render_update_memory),
 }

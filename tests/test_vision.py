@@ -320,3 +320,39 @@ def test_bad_image_in_an_sft_file_names_file_line_and_field(tmp_path):
     path.write_text(json.dumps({"prompt": "<image>x", "response": "y", "images": ["missing.png"]}) + "\n")
     with pytest.raises(UserError, match=r"sft.jsonl:1: field 'images': image 0: file .*missing.png does not exist"):
         load_sft_jsonl(path)
+
+
+def test_resumed_vision_run_with_partial_rollouts_equals_uninterrupted(vlm_dir, tmp_path, monkeypatch):
+    """Cut trajectories with images in the replay buffer survive a crash: the resumed run's
+    final weights are bitwise those of the uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from k15rl.config import load_config
+    from k15rl.trainer import loop
+
+    def cfg(out):
+        return load_config(None, [
+            f"out={out}", f"model.path={vlm_dir}", "data.tasks=[vis_count,vis_bars]", "data.train_levels=[1,2]",
+            "data.test_levels=[1]", "data.train_per_level=10", "data.test_per_level=2", "iterations=4",
+            "rollout.k=2", "rollout.prompts_per_iteration=2", "rollout.max_new_tokens=8",
+            "rollout.segment_tokens=3", "algorithm.lr=0.01", "eval.every=4", "threads=1", "checkpoint_every=1"])
+
+    loop.train(cfg(tmp_path / "ref"), log=lambda s: None)
+    real, calls = loop.score, []
+
+    def crash(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(loop, "score", crash)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg(tmp_path / "run"), log=lambda s: None)
+    monkeypatch.setattr(loop, "score", real)
+    state = json.loads((tmp_path / "run" / "checkpoints" / "iter_000002" / "state.json").read_text())
+    assert state["replay_buffer"]["images"]  # cut trajectories with their images were saved
+    loop.train(cfg(tmp_path / "run"), resume=True, log=lambda s: None)
+    a = load_file(tmp_path / "ref" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "run" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
