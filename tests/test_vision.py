@@ -356,3 +356,19 @@ def test_resumed_vision_run_with_partial_rollouts_equals_uninterrupted(vlm_dir, 
     a = load_file(tmp_path / "ref" / "final" / "model.safetensors")
     b = load_file(tmp_path / "run" / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_demo_command_runs_the_vision_preset(vlm_dir, tmp_path, capsys):
+    """`k15rl demo --config vision` (here on the small VLM and a short budget): before/after
+    overall and per kind of visual data."""
+    from k15rl.cli import main
+
+    code = main(["demo", "--config", "vision", "--out", str(tmp_path / "v"), f"model.path={vlm_dir}",
+                 "iterations=1", "data.train_per_level=4", "data.test_per_level=1", "rollout.k=2",
+                 "rollout.prompts_per_iteration=2", "rollout.max_new_tokens=6", "eval.every=1",
+                 "algorithm.minibatches=1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "vis_bars" in out and "vis_count" in out and "vis_text" in out and "demo: test accuracy" in out
+    assert json.loads((tmp_path / "v" / "summary.json").read_text())["test_per_task_after"].keys() == \
+        {"vis_bars", "vis_count", "vis_text"}
