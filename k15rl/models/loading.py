@@ -37,24 +37,22 @@ def load_tokenizer(path: str | Path, chat_template: str | None = None):
     from k15rl.models.vision import VisionTokenizer, is_vision_folder
 
     if is_vision_folder(path):
-        proc = load_or_fail(f"{path}: cannot load the processor", AutoProcessor.from_pretrained, str(path))
-        if chat_template:
-            proc.chat_template = proc.tokenizer.chat_template = PLAIN_TEMPLATE if chat_template == "plain" \
-                else chat_template
-        tok = VisionTokenizer(proc)
+        tok = VisionTokenizer(load_or_fail(f"{path}: cannot load the processor", AutoProcessor.from_pretrained,
+                                           str(path)))
     else:
         tok = load_or_fail(f"{path}: cannot load the tokenizer", AutoTokenizer.from_pretrained, str(path))
+    text = tok.tokenizer if isinstance(tok, VisionTokenizer) else tok  # prompts are rendered by the tokenizer
     if chat_template == "plain":
-        tok.chat_template = PLAIN_TEMPLATE
+        text.chat_template = PLAIN_TEMPLATE
     elif chat_template:
-        tok.chat_template = chat_template
-    if not getattr(tok, "chat_template", None):
+        text.chat_template = chat_template
+    if not getattr(text, "chat_template", None):
         raise UserError(
             f"tokenizer at {path} has no chat template: set model.chat_template "
             "to 'plain' or to a Jinja template"
         )
-    if tok.pad_token_id is None:
-        (tok.tokenizer if isinstance(tok, VisionTokenizer) else tok).pad_token = tok.eos_token
+    if text.pad_token_id is None:
+        text.pad_token = text.eos_token
     return tok
 
 
