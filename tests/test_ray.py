@@ -9,7 +9,7 @@ import torch
 from k15rl.config import load_config
 from k15rl.models.loading import encode_prompt, load_model, load_tokenizer
 from k15rl.rollout.engine import HFEngine, SamplingParams
-from k15rl.types import GenerationRequest, Trajectory
+from k15rl.types import GenerationRequest, Prompt, Trajectory
 
 from test_e2e import DigitFirstTask
 
@@ -103,7 +103,8 @@ def _trajectories(tok):
         prompt = encode_prompt(tok, [("user", f"Say a number {g}.")])
         for m in range(2):
             resp = [5 + g, 6 + m, tok.eos_token_id]
-            trajs.append(Trajectory(prompt=None, group=g, prompt_ids=prompt, response_ids=resp, logprobs=[-1.0] * 3,
+            trajs.append(Trajectory(prompt=Prompt(f"p{g}", (("user", f"Say a number {g}."),), "", "sort"), group=g,
+                                    prompt_ids=prompt, response_ids=resp, logprobs=[-1.0] * 3,
                                     finish_reason="stop", reward=float(m), correct=bool(m)))
     return trajs
 
