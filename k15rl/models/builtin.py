@@ -74,7 +74,7 @@ BUILTIN_SPECS: dict[str, BuiltinSpec] = {
         levels=[1, 2, 3, 4, 5],
         sft_per_level=[400, 400, 400, 300, 200],
         max_positions=512,
-        sft_epochs=6,
+        sft_epochs=12,
         sft_lr=1.5e-3,
         vision=VisionSpec(),
     ),

@@ -48,6 +48,40 @@ class VisionSpec:
     num_heads: int = 4
 
 
+@dataclass
+class ImageInputs:
+    """The image processor's output for I images, in order. Fixed-size towers (LLaVA):
+    pixel_values [I, 3, H, W], grid_thw None. Qwen2-VL-style towers cut each image into its
+    own number of patches: pixel_values [sum_i t_i*h_i*w_i, D] (image i's patches in a run)
+    and grid_thw [I, 3] (its temporal, height and width patch counts)."""
+
+    pixel_values: "torch.Tensor"
+    grid_thw: "torch.Tensor | None" = None
+
+    def __len__(self) -> int:
+        return len(self.pixel_values) if self.grid_thw is None else len(self.grid_thw)
+
+    def take(self, idx: Sequence[int]) -> "ImageInputs":
+        """Images `idx` (in that order)."""
+        import torch
+
+        idx = list(idx)
+        if self.grid_thw is None:
+            return ImageInputs(self.pixel_values[idx])
+        sizes = self.grid_thw.prod(-1).tolist()  # patches per image
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        rows = torch.cat([self.pixel_values[starts[i]:starts[i] + sizes[i]] for i in idx])  # [patches, D]
+        return ImageInputs(rows, self.grid_thw[idx])
+
+    def to(self, device) -> "ImageInputs":
+        return ImageInputs(self.pixel_values.to(device), None if self.grid_thw is None else self.grid_thw.to(device))
+
+    def model_kwargs(self) -> dict:
+        """The keyword arguments of the model's `get_image_features` / forward."""
+        return {"pixel_values": self.pixel_values} if self.grid_thw is None else \
+            {"pixel_values": self.pixel_values, "image_grid_thw": self.grid_thw}
+
+
 def image_key(png: bytes) -> str:
     """A stable name for an image (its content hash): the feature cache's key."""
     return hashlib.sha256(png).hexdigest()[:16]
@@ -95,6 +129,13 @@ class VisionTokenizer:
     def __call__(self, *args, **kwargs):
         return self.tokenizer(*args, **kwargs)
 
+    def apply_chat_template(self, messages, **kwargs):
+        """The tokenizer's chat template on `messages`, each `<image>` placeholder of a text
+        content first made an image part ({"type": "image"}, TRL's layout), so a template
+        renders it as its model expects (`<image>` for LLaVA, `<|vision_start|><|image_pad|>
+        <|vision_end|>` for Qwen2-VL)."""
+        return self.tokenizer.apply_chat_template([_with_image_parts(m) for m in messages], **kwargs)
+
     def encode_chat(self, text: str, images: Sequence[bytes]) -> list[int]:
         """Token ids of rendered chat `text` with each `<image>` expanded into the model's
         image tokens. UserError when placeholders and images disagree in number."""
@@ -106,12 +147,28 @@ class VisionTokenizer:
         ids = self.processor(text=[text], images=[open_image(b) for b in images], add_special_tokens=False)["input_ids"][0]
         return [int(t) for t in ids]
 
-    def pixel_values(self, images: Sequence[bytes]):
-        """The image processor's pixel values for `images`: [I, 3, H, W] float32."""
-        return self.processor.image_processor([open_image(b) for b in images], return_tensors="pt")["pixel_values"]
+    def image_inputs(self, images: Sequence[bytes]) -> ImageInputs:
+        """The image processor's pixel values for `images` (and their patch grids, for towers
+        that take images of any size)."""
+        out = self.processor.image_processor([open_image(b) for b in images], return_tensors="pt")
+        return ImageInputs(out["pixel_values"].float(), out.get("image_grid_thw"))
 
     def save_pretrained(self, path) -> None:
         self.processor.save_pretrained(path)
+
+
+def _with_image_parts(message: dict) -> dict:
+    """`message` with a string content holding `<image>` placeholders as a list of parts."""
+    content = message.get("content")
+    if not isinstance(content, str) or IMAGE_TOKEN not in content:
+        return message
+    parts: list[dict] = []
+    for i, piece in enumerate(content.split(IMAGE_TOKEN)):
+        if i:
+            parts.append({"type": "image"})
+        if piece:
+            parts.append({"type": "text", "text": piece})
+    return {**message, "content": parts}
 
 
 def is_vision_folder(path) -> bool:
@@ -165,10 +222,10 @@ def image_token_id(model) -> int:
     return getattr(cfg, "image_token_index", None) if tid is None else tid
 
 
-def image_features(model, pixel_values) -> list:
+def image_features(model, images: ImageInputs) -> list:
     """One [tokens, hidden] tensor per image: the vision tower and projector's output, the
     rows that replace the image's placeholder tokens in the language model's input."""
-    out = model.get_image_features(pixel_values=pixel_values)
+    out = model.get_image_features(**images.model_kwargs())
     feats = getattr(out, "pooler_output", out)  # transformers 5.x returns a ModelOutput
     return [f.reshape(-1, f.shape[-1]) for f in feats]
 
@@ -204,3 +261,28 @@ def prompt_image_mask(input_ids, spans: list[tuple[int, int]], image_id: int):
     start = torch.tensor([a for a, _ in spans], device=input_ids.device)[:, None]  # [b, 1]
     end = torch.tensor([e for _, e in spans], device=input_ids.device)[:, None]  # [b, 1]
     return (input_ids == image_id) & (pos >= start) & (pos < end)
+
+
+def rope_positions(model, input_ids, attention_mask, image_mask=None, grid_thw=None):
+    """Position ids of `input_ids` [b, P] (real tokens where attention_mask [b, P] is 1,
+    padding on either side) and each row's offset for the tokens that follow.
+
+    One-row rotary models: [b, P] = 0, 1, 2, ... over each row's real tokens, offsets 0.
+    Multi-row rotary models (Qwen2-VL's M-RoPE: a temporal, a height and a width row):
+    [3, b, P] from the model's own `get_rope_index`, where the image tokens of `image_mask`
+    [b, P] (the prompts', in order, of grids `grid_thw` [I, 3]) take 2-D positions and a
+    row's later tokens continue after its largest one; offsets [b] = that largest position
+    + 1 - the row's real length, so token n of a row (counting real tokens from 0) sits at
+    n + offset: what the engine gives each decoded token.
+    """
+    import torch
+
+    pos = (attention_mask.long().cumsum(1) - 1).clamp(min=0)  # [b, P]
+    offsets = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)  # [b]
+    rope_index = getattr(getattr(model, "model", None), "get_rope_index", None)
+    if rope_index is None:
+        return pos, offsets
+    types = torch.zeros_like(input_ids, dtype=torch.int) if image_mask is None else image_mask.int()  # [b, P]
+    positions, deltas = rope_index(input_ids, mm_token_type_ids=types, image_grid_thw=grid_thw,
+                                   attention_mask=attention_mask)
+    return positions, deltas.reshape(-1).to(offsets)  # [3, b, P], [b]

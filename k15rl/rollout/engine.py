@@ -21,7 +21,8 @@ import torch
 
 from k15rl.errors import UserError
 from k15rl.models.loading import model_device
-from k15rl.models.vision import embed_with_images, image_features, image_key, image_token_id, prompt_image_mask
+from k15rl.models.vision import (embed_with_images, image_features, image_key, image_token_id, prompt_image_mask,
+                                 rope_positions)
 from k15rl.rollout.slots import SlotCache
 from k15rl.types import GenerationRequest, Segment
 
@@ -176,8 +177,10 @@ class HFEngine:
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         # Vision-language models: each image's features, computed once per `generate` call and
-        # reused by every sample of its group (image content hash -> [tokens, hidden]).
+        # reused by every sample of its group (image content hash -> [tokens, hidden]), and
+        # its patch grid for multi-row rotary positions (hash -> [3]; Qwen2-VL-style towers).
         self._features: dict[str, torch.Tensor] = {}
+        self._grids: dict[str, torch.Tensor] = {}
 
     def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict, strict=True)
@@ -204,6 +207,7 @@ class HFEngine:
         rows: list[_Row | None] = [None] * S  # the request each slot holds
         kv: SlotCache | None = None
         pos = torch.zeros(S, dtype=torch.long)  # [S] position of each slot's next token
+        offset = torch.zeros(S, dtype=torch.long)  # [S] its rotary offset (M-RoPE models; else 0)
         logits = None  # [S, V] next-token logits of each slot
         detector = RepeatDetector(params.repeat_ngram, params.repeat_times, params.repeat_min_tokens) \
             if params.repeat_ngram > 0 else None
@@ -221,8 +225,8 @@ class HFEngine:
             if waiting and free:
                 idx = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
                 contexts = [list(requests[i].prompt_ids) + list(requests[i].prefix_ids) for i in idx]
-                pre, new_logits = self._prefill(contexts, [requests[i].images for i in idx],
-                                                [len(requests[i].prompt_ids) for i in idx])
+                pre, new_logits, offsets = self._prefill(contexts, [requests[i].images for i in idx],
+                                                         [len(requests[i].prompt_ids) for i in idx])
                 if kv is None:
                     k0 = pre.layers[0].keys
                     kv = SlotCache(S, len(pre.layers), k0.shape[1], k0.shape[3], k0.dtype,
@@ -232,7 +236,7 @@ class HFEngine:
                 for i, (j, r, c) in enumerate(zip(free, idx, contexts)):
                     kv.place(j, [layer.keys[i, :, P - len(c):] for layer in pre.layers],
                              [layer.values[i, :, P - len(c):] for layer in pre.layers])
-                    pos[j], logits[j] = len(c), new_logits[i]
+                    pos[j], offset[j], logits[j] = len(c), offsets[i], new_logits[i]
                     req = requests[r]
                     rows[j] = _Row(r, min(params.max_new_tokens, req.max_new_tokens or params.max_new_tokens))
                 if detector:
@@ -273,25 +277,29 @@ class HFEngine:
                     keep = live.nonzero().squeeze(1)
                     kv.keep(keep)
                     rows = [rows[j] for j in keep.tolist()]
-                    pos, logits, tok_all, live = pos[keep], logits[keep], tok_all[keep], live[keep]
+                    pos, offset, logits = pos[keep], offset[keep], logits[keep]
+                    tok_all, live = tok_all[keep], live[keep]
                     if detector:
                         detector.select(keep)
             # 4. one decoding step for every slot (empty ones are ignored)
             mask = kv.step_mask(live)  # [S, L+1]
             logits = self.model(
-                input_ids=tok_all[:, None].to(dev), attention_mask=mask.to(dev), position_ids=pos[:, None].to(dev),
+                input_ids=tok_all[:, None].to(dev), attention_mask=mask.to(dev),
+                position_ids=(pos + offset)[:, None].to(dev),  # [S, 1] (M-RoPE models repeat it on each row)
                 use_cache=True, **{self._cache_kw: kv.cache},
             ).logits[:, -1, :].cpu()  # [S, V]
             kv.advance()
             pos = pos + live.long()
         self._features.clear()  # bounded memory: features live for one call
+        self._grids.clear()
         return out  # type: ignore[return-value]
 
     def _prefill(self, contexts: list[list[int]], images: Sequence[Sequence[bytes]] = (),
                  prompt_lens: Sequence[int] = ()):
         """Run the contexts (left-padded) through the model, with their images when there are
         any (`images[i]`: the images of context i's first prompt_lens[i] tokens, in
-        placeholder order). Returns (its DynamicCache, next-token logits [b, V])."""
+        placeholder order). Returns (its DynamicCache, next-token logits [b, V], rotary
+        offsets [b] of the tokens that follow: `rope_positions`)."""
         from transformers import DynamicCache
 
         b, P = len(contexts), max(len(c) for c in contexts)
@@ -300,29 +308,34 @@ class HFEngine:
         for i, c in enumerate(contexts):  # left padding: every row's next token is at P
             input_ids[i, P - len(c):] = torch.tensor(c)
             attn[i, P - len(c):] = 1
-        pos = (attn.cumsum(1) - 1).clamp(min=0)  # [b, P]
         cache = DynamicCache()
         dev = model_device(self.model)
         pngs = [png for row in images for png in row]
         tokens = {"input_ids": input_ids.to(dev)}  # [b, P]
+        mask = grids = None
         if pngs:  # [b, P, H]: the prompts' image tokens replaced by their features
             spans = [(P - len(c), P - len(c) + n) for c, n in zip(contexts, prompt_lens)]
             mask = prompt_image_mask(input_ids, spans, image_token_id(self.model))  # [b, P]
-            tokens = {"inputs_embeds": embed_with_images(self.model, tokens["input_ids"], self._image_features(pngs),
-                                                         mask)}
+            features = self._image_features(pngs)
+            tokens = {"inputs_embeds": embed_with_images(self.model, tokens["input_ids"], features, mask.to(dev))}
+            if self._grids:
+                grids = torch.stack([self._grids[image_key(p)] for p in pngs])  # [I, 3]
+        pos, offsets = rope_positions(self.model, input_ids, attn, mask, grids)  # [b, P] or [3, b, P], [b]
         logits = self.model(
             **tokens, attention_mask=attn.to(dev), position_ids=pos.to(dev), use_cache=True,
             logits_to_keep=1, **{self._cache_kw: cache},
         ).logits[:, -1, :].cpu()  # [b, V]
         self._check_layers(cache)
-        return cache, logits
+        return cache, logits, offsets.cpu()
 
     def _image_features(self, pngs: Sequence[bytes]) -> list[torch.Tensor]:
         """Each image's [tokens, hidden] features, from the cache or computed (new ones in one batch)."""
         new = {image_key(p): p for p in pngs if image_key(p) not in self._features}
         if new:
-            pixels = self.tokenizer.pixel_values(list(new.values())).to(model_device(self.model))  # [I, 3, H, W]
-            self._features.update(zip(new, image_features(self.model, pixels)))
+            inputs = self.tokenizer.image_inputs(list(new.values()))
+            self._features.update(zip(new, image_features(self.model, inputs.to(model_device(self.model)))))
+            if inputs.grid_thw is not None:
+                self._grids.update(zip(new, inputs.grid_thw))
         return [self._features[image_key(p)] for p in pngs]
 
     @staticmethod

@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from k15rl.errors import UserError
+from k15rl.models.vision import ImageInputs
 
 
 @dataclass
@@ -24,7 +25,7 @@ class TokenBatch:
     response_mask: torch.Tensor  # [N, T] float, 1 on real response tokens
     # Vision-language models: the images of all rows, row by row in placeholder order, the
     # row each belongs to, and the prompts' image-token positions (None for text-only batches).
-    pixel_values: torch.Tensor | None = None  # [I, 3, H, W]
+    images: ImageInputs | None = None  # I images
     image_rows: torch.Tensor | None = None  # [I] long
     image_mask: torch.Tensor | None = None  # [N, L] bool
 
@@ -38,23 +39,23 @@ class TokenBatch:
         L = int(am.sum(1).max())
         rm = self.response_mask[rows]
         T = max(int(rm.sum(1).max()), 1)
-        pixels = image_rows = image_mask = None
+        images = image_rows = image_mask = None
         if self.image_rows is not None:  # each selected row's images, in the new row order
             owner = self.image_rows.tolist()
             picked = [(new, j) for new, r in enumerate(rows.tolist()) for j, o in enumerate(owner) if o == r]
             if picked:
-                pixels = self.pixel_values[[j for _, j in picked]]
+                images = self.images.take([j for _, j in picked])
                 image_rows = torch.tensor([new for new, _ in picked], device=self.image_rows.device)
                 image_mask = self.image_mask[rows, :L]
         return TokenBatch(
             self.input_ids[rows, :L], am[:, :L], self.gather_idx[rows, :T], self.response_ids[rows, :T], rm[:, :T],
-            pixels, image_rows, image_mask,
+            images, image_rows, image_mask,
         )
 
     def to(self, device: torch.device | str) -> "TokenBatch":
         return TokenBatch(*(None if t is None else t.to(device) for t in (
             self.input_ids, self.attention_mask, self.gather_idx, self.response_ids, self.response_mask,
-            self.pixel_values, self.image_rows, self.image_mask)))
+            self.images, self.image_rows, self.image_mask)))
 
     def with_images(self, images: Sequence[Sequence[bytes]], tokenizer) -> "TokenBatch":
         """This batch with row i's `images[i]` (PNG bytes, its prompt's) as pixel values, from
@@ -64,10 +65,10 @@ class TokenBatch:
         flat = [(i, png) for i, row in enumerate(images) for png in row]
         if not flat:
             return self
-        if not hasattr(tokenizer, "pixel_values"):
+        if not hasattr(tokenizer, "image_inputs"):
             raise UserError(f"{len(flat)} image(s) in the batch but the model is text-only (no vision_config)")
         dev = self.input_ids.device
-        pixels = tokenizer.pixel_values([png for _, png in flat]).to(dev)  # [I, 3, H, W]
+        pixels = tokenizer.image_inputs([png for _, png in flat]).to(dev)
         rows = torch.tensor([i for i, _ in flat], dtype=torch.long, device=dev)  # [I]
         prompt_lens = (self.attention_mask.sum(1) - self.response_mask.sum(1).long()).tolist()  # [N]
         mask = prompt_image_mask(self.input_ids, [(0, n) for n in prompt_lens], tokenizer.image_token_id)  # [N, L]
@@ -104,11 +105,14 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0) -> torch.
     tokens under the same distribution so old and new log-probs are comparable.
     """
     tokens = {"input_ids": batch.input_ids}  # [N, L]
-    if batch.pixel_values is not None:  # [N, L, H]: the prompts' image tokens replaced by their features
-        from k15rl.models.vision import embed_with_images, image_features
+    if batch.images is not None:  # [N, L, H]: the prompts' image tokens replaced by their features
+        from k15rl.models.vision import embed_with_images, image_features, rope_positions
 
-        tokens = {"inputs_embeds": embed_with_images(model, batch.input_ids, image_features(model, batch.pixel_values),
+        tokens = {"inputs_embeds": embed_with_images(model, batch.input_ids, image_features(model, batch.images),
                                                      batch.image_mask)}
+        if batch.images.grid_thw is not None:  # [3, N, L]: multi-row rotary positions (Qwen2-VL-style)
+            tokens["position_ids"] = rope_positions(model, batch.input_ids, batch.attention_mask, batch.image_mask,
+                                                    batch.images.grid_thw)[0]
     out = model(**tokens, attention_mask=batch.attention_mask, use_cache=False)
     hidden_logits = out.logits  # [N, L, V]
     rows = torch.arange(hidden_logits.shape[0], device=hidden_logits.device).unsqueeze(-1)  # [N, 1]
