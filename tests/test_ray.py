@@ -254,3 +254,24 @@ def test_loop_on_ray_with_overlapped_rollouts(cluster, tmp_path, tiny_model_dir,
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     stale = [m["train/stale_token_frac"] for m in metrics]
     assert stale == [0.0, 1.0, 1.0, 0.0, 1.0, 1.0], stale
+
+
+def test_vlm_on_ray_with_fsdp_trainers(cluster, tmp_path, vlm_dir):
+    """The built-in VLM with a rollout worker and 2 FSDP2 trainer workers, visual and text
+    tasks mixed: the workers load its processor, the prompts' images reach both sides (the
+    engine's log-probs equal the sharded trainer's), and the saved model is a VLM folder."""
+    from k15rl.trainer.loop import train
+
+    out = tmp_path / "vlm"
+    train(load_config(None, [
+        f"out={out}", f"model.path={vlm_dir}", "data.tasks=[vis_count,vis_bars,arith]", "data.train_levels=[1,2]",
+        "data.test_levels=[1]", "data.train_per_level=8", "data.test_per_level=2", "iterations=2", "rollout.k=2",
+        "rollout.prompts_per_iteration=4", "rollout.max_new_tokens=8", "eval.every=2", "algorithm.minibatches=1",
+        "threads=1", "distributed.backend=ray", "distributed.rollout_workers=1", "distributed.trainer_workers=2",
+    ]), log=lambda s: None)
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics if "reward/mean" in m] == [1, 2]
+    assert any(k.startswith("reward/accuracy/vis_") for m in metrics for k in m)
+    assert max(m["rollout/logprob_gap_max"] for m in metrics if "reward/mean" in m) < 1e-4
+    assert (out / "final" / "processor_config.json").is_file()
+    assert type(load_model(out / "final")).__name__ == "LlavaForConditionalGeneration"

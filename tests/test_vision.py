@@ -20,28 +20,6 @@ from k15rl.trainer.logprobs import token_logprobs
 from k15rl.trainer.update import LogprobPasses, make_train_batch
 
 
-@pytest.fixture(scope="module")
-def vlm_dir(tmp_path_factory):
-    """The built-in VLM's build (processor, LLaVA model, warm-up), shrunk to seconds."""
-    import os
-
-    from k15rl.models.builtin import BUILTIN_SPECS
-    from k15rl.trainer.warmup import ensure_builtin
-
-    cache = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("K15RL_CACHE")
-    os.environ["K15RL_CACHE"] = str(cache)
-    try:
-        spec = replace(BUILTIN_SPECS["builtin-vision"], sft_per_level=[4] * 5, sft_epochs=1, hidden_size=32,
-                       intermediate_size=64, num_layers=1, num_heads=2)
-        return ensure_builtin(spec, log=lambda s: None)
-    finally:
-        if old is None:
-            del os.environ["K15RL_CACHE"]
-        else:
-            os.environ["K15RL_CACHE"] = old
-
-
 def visual_prompts(n=2):
     return [p for name in ("vis_count", "vis_bars", "vis_text")
             for p in make_prompts(get_task(name), "test", n, (1, 2), seed=0)]

@@ -149,6 +149,10 @@ class RolloutWorker:
                                   seed=cfg.seed + 7 * rank)
         self.pulls = "more" in signature(self.engine.generate).parameters
 
+    def ready(self) -> bool:
+        """Answers once the worker has loaded its engine (the start-up waits on it)."""
+        return True
+
     def run(self, queue, params: SamplingParams, chunk: int) -> list[tuple[int, Segment]]:
         """Generate for requests pulled from `queue` until it is empty; (index, segment) pairs."""
         import ray
@@ -184,11 +188,11 @@ class RolloutWorker:
 class EnginePool:
     """The rollout workers seen as one `RolloutEngine` by the master's loop."""
 
-    def __init__(self, workers: list, chunk_size: int, timeout_s: float | None = None):
+    def __init__(self, workers: list, chunk_size: int, timeout_s: float | None = None, queue=None):
         ray = _ray()
         self.workers, self.chunk, self.timeout_s = workers, chunk_size, timeout_s
         self.names = [f"rollout worker {i}" for i in range(len(workers))]
-        self.queue = ray.remote(WorkQueue).options(num_cpus=0).remote()
+        self.queue = queue if queue is not None else ray.remote(WorkQueue).options(num_cpus=0).remote()
         self.last_counts: list[int] = []  # requests each worker served in the last call
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Segment]:
@@ -383,14 +387,18 @@ def start_ray_workers(cfg: TrainConfig, path: str | Path, master_model, plan: Up
                for i in range(d.rollout_workers)]
     trainers = [trainer_cls.options(**where("trainer", i)).remote(cfg, path, i, d.trainer_workers, plan)
                 for i in range(d.trainer_workers)]
+    queue = ray.remote(WorkQueue).options(num_cpus=0).remote()
     timeout = d.timeout_s or None
     names = [f"trainer worker {i}" for i in range(d.trainer_workers)]
     start_up = timeout and max(timeout, PLACEMENT_TIMEOUT_S)  # loading the model may take longer than a step
     try:
         (addr, port), = _get([trainers[0].address.remote()], names[:1], "the start-up", start_up)
         _get([t.setup.remote(addr, port) for t in trainers], names, "the start-up", start_up)
+        # Every process started and its model loaded before the first step's limit applies.
+        _get([queue.take.remote(0), *(w.ready.remote() for w in rollout)],
+             ["the work queue", *(f"rollout worker {i}" for i in range(len(rollout)))], "the start-up", start_up)
     except BaseException:
-        for w in (*rollout, *trainers):
+        for w in (*rollout, *trainers, queue):
             ray.kill(w)
         from ray.util.placement_group import remove_placement_group
 
@@ -398,7 +406,7 @@ def start_ray_workers(cfg: TrainConfig, path: str | Path, master_model, plan: Up
         raise
     log(f"ray: {d.rollout_workers} rollout worker(s) ({cfg.rollout.engine}), {d.trainer_workers} trainer worker(s)"
         f"{' (FSDP2)' if d.trainer_workers > 1 else ''}{', colocated' if d.colocate else ''}")
-    _running.append((EnginePool(rollout, d.chunk_size, timeout), RemoteTrainer(trainers, master_model, pg, timeout)))
+    _running.append((EnginePool(rollout, d.chunk_size, timeout, queue), RemoteTrainer(trainers, master_model, pg, timeout)))
     return _running[-1]
 
 

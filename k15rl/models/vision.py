@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -237,7 +238,34 @@ def embed_with_images(model, input_ids, features: list, image_mask):
     does with pixel_values, so the logits match it. An image token the policy itself
     sampled in a response is not in the mask: it stays an ordinary token, as it is when the
     engine feeds it back while decoding."""
-    embeds = model.get_input_embeddings()(input_ids)  # [b, P, H]
+    return _scatter(model.get_input_embeddings()(input_ids), features, image_mask)  # [b, P, H]
+
+
+@contextmanager
+def images_in_embeddings(model, images: ImageInputs, image_mask):
+    """Within the block, the model's input embedding of a [N, L] batch comes out with the
+    positions of `image_mask` [N, L] taken by the features of `images`: embed_with_images
+    done inside the model's own forward, where FSDP2 has gathered the root's parameters
+    (embeddings, vision tower, projector are sharded outside it). Exactly one embedding
+    call must happen in the block."""
+    calls = []
+
+    def put_images(module, args, embeds):  # embeds [N, L, H]
+        calls.append(embeds.shape)
+        return _scatter(embeds, image_features(model, images), image_mask)
+
+    handle = model.get_input_embeddings().register_forward_hook(put_images)
+    try:
+        yield
+    finally:
+        handle.remove()
+    if len(calls) != 1:
+        raise RuntimeError(f"the model embedded {len(calls)} inputs in one forward; images need exactly one")
+
+
+def _scatter(embeds, features: list, image_mask):
+    """`embeds` [b, P, H] with the rows of `image_mask` [b, P] replaced, in row-major order,
+    by the images' feature rows."""
     rows = _cat(features, embeds)
     if int(image_mask.sum()) != rows.shape[0]:
         raise UserError(f"the prompts hold {int(image_mask.sum())} image positions but their images give "

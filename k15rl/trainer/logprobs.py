@@ -105,15 +105,16 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0) -> torch.
     tokens under the same distribution so old and new log-probs are comparable.
     """
     tokens = {"input_ids": batch.input_ids}  # [N, L]
-    if batch.images is not None:  # [N, L, H]: the prompts' image tokens replaced by their features
-        from k15rl.models.vision import embed_with_images, image_features, rope_positions
+    if batch.images is None:
+        out = model(**tokens, attention_mask=batch.attention_mask, use_cache=False)
+    else:  # the prompts' image tokens embedded as their images' features (inside the forward: FSDP)
+        from k15rl.models.vision import images_in_embeddings, rope_positions
 
-        tokens = {"inputs_embeds": embed_with_images(model, batch.input_ids, image_features(model, batch.images),
-                                                     batch.image_mask)}
         if batch.images.grid_thw is not None:  # [3, N, L]: multi-row rotary positions (Qwen2-VL-style)
             tokens["position_ids"] = rope_positions(model, batch.input_ids, batch.attention_mask, batch.image_mask,
                                                     batch.images.grid_thw)[0]
-    out = model(**tokens, attention_mask=batch.attention_mask, use_cache=False)
+        with images_in_embeddings(model, batch.images, batch.image_mask):
+            out = model(**tokens, attention_mask=batch.attention_mask, use_cache=False)
     hidden_logits = out.logits  # [N, L, V]
     rows = torch.arange(hidden_logits.shape[0], device=hidden_logits.device).unsqueeze(-1)  # [N, 1]
     logits = hidden_logits[rows, batch.gather_idx].float()  # [N, T, V] the predicting positions (a copy)
