@@ -1,6 +1,7 @@
 """The training phase: micro-batching is exact, mini-batches hold whole groups."""
 
 import copy
+import functools
 
 import torch
 
@@ -162,3 +163,31 @@ def test_activation_checkpointing_gives_the_same_update(tiny_model_dir):
         results.append((metrics, torch.cat([p.detach().flatten() for p in m.parameters()])))
     assert results[0][0]["loss/policy"] == pytest.approx(results[1][0]["loss/policy"], rel=1e-5, abs=1e-7)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)
+
+
+def test_logprobs_from_the_kept_logits_equal_the_full_logits(tiny_model_dir):
+    """token_logprobs runs the head only from the first response-predicting position on
+    (logits_to_keep): the log-probs equal those taken from the model's full [N, L, V]
+    logits by hand, with prompts of different lengths, an empty response, and padding."""
+    from k15rl.trainer.logprobs import collate
+
+    model = load_model(tiny_model_dir)
+    prompts, responses = [[5, 6, 7, 8, 9, 10], [5, 6, 7], [5, 6, 7, 8]], [[11, 12], [13, 14, 15, 16], []]
+    batch = collate(prompts, responses, pad_id=0)
+    calls, forward = [], model.forward
+
+    @functools.wraps(forward)
+    def recording(*args, **kwargs):
+        calls.append(kwargs.get("logits_to_keep"))
+        return forward(*args, **kwargs)
+
+    model.forward = recording
+    got = token_logprobs(model, batch, temperature=0.7)  # [3, 4]
+    assert calls == [batch.input_ids.shape[1] - 2]  # from position 2, the shortest prompt's last token
+    with torch.no_grad():
+        full = torch.log_softmax(forward(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+                                 .logits.float() / 0.7, -1)  # [3, L, V]
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        want = [full[i, len(p) - 1 + t, tok] for t, tok in enumerate(r)]
+        torch.testing.assert_close(got[i, :len(r)], torch.stack(want) if want else got[i, :0], atol=1e-6, rtol=0)
+    assert torch.equal(got[2], torch.zeros(4)) and got[1].ne(0).all()

@@ -5,6 +5,7 @@ Shapes: N samples, L = padded prompt+response length, T = padded response length
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -105,6 +106,14 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0) -> torch.
     tokens under the same distribution so old and new log-probs are comparable.
     """
     tokens = {"input_ids": batch.input_ids}  # [N, L]
+    # The head runs only from the first position that predicts a response token on: the
+    # prompts' logits ([N, P, V], most of [N, L, V] for long prompts and large vocabularies)
+    # are never made. Row-wise the same matmul: the kept logits do not change.
+    first = int(batch.gather_idx[batch.response_mask > 0].min()) if bool(batch.response_mask.any()) else 0
+    if first and _keeps_logits(model):
+        tokens["logits_to_keep"] = batch.input_ids.shape[1] - first
+    else:
+        first = 0
     if batch.images is None:
         out = model(**tokens, attention_mask=batch.attention_mask, use_cache=False)
     else:  # the prompts' image tokens embedded as their images' features (inside the forward: FSDP)
@@ -115,11 +124,19 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0) -> torch.
                                                     batch.images.grid_thw)[0]
         with images_in_embeddings(model, batch.images, batch.image_mask):
             out = model(**tokens, attention_mask=batch.attention_mask, use_cache=False)
-    hidden_logits = out.logits  # [N, L, V]
+    hidden_logits = out.logits  # [N, L - first, V]
     rows = torch.arange(hidden_logits.shape[0], device=hidden_logits.device).unsqueeze(-1)  # [N, 1]
-    logits = hidden_logits[rows, batch.gather_idx].float()  # [N, T, V] the predicting positions (a copy)
+    idx = (batch.gather_idx - first).clamp(min=0)  # [N, T] (padding: any kept position, masked below)
+    logits = hidden_logits[rows, idx].float()  # [N, T, V] the predicting positions (a copy)
     if temperature != 1.0:  # x / 1 == x exactly: no [N, T, V] copy (and none in the backward) at T = 1
         logits = logits / temperature
     logp = torch.log_softmax(logits, dim=-1)  # [N, T, V]
     tok = torch.gather(logp, 2, batch.response_ids.unsqueeze(-1)).squeeze(-1)  # [N, T]
     return tok * batch.response_mask
+
+
+def _keeps_logits(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs and
+    VLMs do; a peft model passes it on to its base model)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
