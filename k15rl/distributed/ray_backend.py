@@ -118,7 +118,10 @@ def _worker_setup(cpus: float) -> None:
     weight-loading progress bars in the master's output (Ray forwards workers' stderr)."""
     from transformers.utils import logging as hf_logging
 
+    from k15rl.malloc import return_freed_memory
+
     torch.set_num_threads(max(1, int(cpus)))
+    return_freed_memory()
     hf_logging.disable_progress_bar()
 
 

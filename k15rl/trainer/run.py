@@ -28,6 +28,7 @@ from k15rl.config import TrainConfig, to_dict
 from k15rl.data import build_prompts, fit_context, prompt_token_limit
 from k15rl.distributed.placement import Workers, start_workers
 from k15rl.errors import UserError
+from k15rl.malloc import return_freed_memory
 from k15rl.models import lora
 from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
 from k15rl.paths import check_output_path
@@ -149,6 +150,7 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     out = Path(cfg.out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    return_freed_memory()  # resident memory stays near what a step uses (k15rl/malloc.py)
     seed_everything(cfg.seed)
     # Everything that can fail on bad input happens before OUT is touched.
     check_output_path(out, "out")
