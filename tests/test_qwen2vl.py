@@ -123,7 +123,8 @@ def test_engine_logprobs_equal_trainer_logprobs_with_mrope(qwen_dir):
     trajs = rollout(HFEngine(model, tok, max_batch=5), tok, prompts_of_many_sizes(), 3,
                     SamplingParams(max_new_tokens=10, seed=1, stop_token_ids=[tok.eos_token_id]))
     batch = make_train_batch(trajs, tok.pad_token_id, tokenizer=tok)
-    assert batch.tokens.images.grid_thw.shape == (3 * 4, 3)  # 4 images x 3 samples
+    assert batch.tokens.images.grid_thw.shape == (4, 3)  # 4 distinct images, each shared by 3 samples
+    assert len(batch.tokens.image_index) == 3 * 4
     with torch.no_grad():
         whole = token_logprobs(model, batch.tokens)  # [N, T]
         parts = LogprobPasses(model, batch.tokens, 5, 1.0, False, grad=False).logprobs()  # [N, T]
@@ -135,7 +136,8 @@ def test_engine_logprobs_equal_trainer_logprobs_with_mrope(qwen_dir):
 
     tk = batch.tokens
     with torch.no_grad():
-        embeds = embed_with_images(model, tk.input_ids, image_features(model, tk.images), tk.image_mask)
+        features = image_features(model, tk.images)
+        embeds = embed_with_images(model, tk.input_ids, [features[u] for u in tk.image_index.tolist()], tk.image_mask)
         flat = model(inputs_embeds=embeds, attention_mask=tk.attention_mask,
                      position_ids=(tk.attention_mask.cumsum(1) - 1).clamp(min=0)).logits
     rows = torch.arange(len(tk))[:, None]

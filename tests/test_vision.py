@@ -90,7 +90,9 @@ def test_engine_logprobs_equal_trainer_logprobs_with_images(vlm_dir):
     trajs = rollout(HFEngine(model, tok, max_batch=5), tok, prompts, 3,
                     SamplingParams(max_new_tokens=12, seed=1, stop_token_ids=[tok.eos_token_id]))
     batch = make_train_batch(trajs, tok.pad_token_id, tokenizer=tok)
-    assert batch.tokens.images.pixel_values.shape == (len(trajs), 3, 96, 96)
+    # the 3 samples of a prompt share its image: the tower sees each distinct image once
+    assert batch.tokens.images.pixel_values.shape == (len(prompts), 3, 96, 96)
+    assert len(batch.tokens.image_index) == len(trajs)
     with torch.no_grad():
         whole = token_logprobs(model, batch.tokens)  # [N, T]
         parts = LogprobPasses(model, batch.tokens, 4, 1.0, False, grad=False).logprobs()  # [N, T]

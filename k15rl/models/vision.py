@@ -242,17 +242,19 @@ def embed_with_images(model, input_ids, features: list, image_mask):
 
 
 @contextmanager
-def images_in_embeddings(model, images: ImageInputs, image_mask):
+def images_in_embeddings(model, images: ImageInputs, image_mask, index):
     """Within the block, the model's input embedding of a [N, L] batch comes out with the
-    positions of `image_mask` [N, L] taken by the features of `images`: embed_with_images
-    done inside the model's own forward, where FSDP2 has gathered the root's parameters
-    (embeddings, vision tower, projector are sharded outside it). Exactly one embedding
-    call must happen in the block."""
+    positions of `image_mask` [N, L] taken by image features: those of `images[index[i]]`
+    for the i-th image placeholder in row-major order (`index` [I]: each distinct image's
+    features are computed once). embed_with_images done inside the model's own forward,
+    where FSDP2 has gathered the root's parameters (embeddings, vision tower, projector are
+    sharded outside it). Exactly one embedding call must happen in the block."""
     calls = []
 
     def put_images(module, args, embeds):  # embeds [N, L, H]
         calls.append(embeds.shape)
-        return _scatter(embeds, image_features(model, images), image_mask)
+        features = image_features(model, images)  # one per distinct image
+        return _scatter(embeds, [features[u] for u in index.tolist()], image_mask)
 
     handle = model.get_input_embeddings().register_forward_hook(put_images)
     try:

@@ -24,11 +24,14 @@ class TokenBatch:
     gather_idx: torch.Tensor  # [N, T] position whose logits predict response token t
     response_ids: torch.Tensor  # [N, T] response tokens (padding where mask is 0)
     response_mask: torch.Tensor  # [N, T] float, 1 on real response tokens
-    # Vision-language models: the images of all rows, row by row in placeholder order, the
-    # row each belongs to, and the prompts' image-token positions (None for text-only batches).
-    images: ImageInputs | None = None  # I images
-    image_rows: torch.Tensor | None = None  # [I] long
+    # Vision-language models (None for text-only batches): the distinct images of the batch
+    # (the K samples of a group share their prompt's: the tower runs once per image); for
+    # each image placeholder, row by row in placeholder order, the row it is in and its image;
+    # and the prompts' image-token positions.
+    images: ImageInputs | None = None  # U distinct images
+    image_rows: torch.Tensor | None = None  # [I] long, the row of placeholder image i
     image_mask: torch.Tensor | None = None  # [N, L] bool
+    image_index: torch.Tensor | None = None  # [I] long, index into `images` of placeholder image i
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -40,28 +43,31 @@ class TokenBatch:
         L = int(am.sum(1).max())
         rm = self.response_mask[rows]
         T = max(int(rm.sum(1).max()), 1)
-        images = image_rows = image_mask = None
+        images = image_rows = image_mask = image_index = None
         if self.image_rows is not None:  # each selected row's images, in the new row order
-            owner = self.image_rows.tolist()
-            picked = [(new, j) for new, r in enumerate(rows.tolist()) for j, o in enumerate(owner) if o == r]
+            owner, which = self.image_rows.tolist(), self.image_index.tolist()
+            picked = [(new, which[j]) for new, r in enumerate(rows.tolist()) for j, o in enumerate(owner) if o == r]
             if picked:
-                images = self.images.take([j for _, j in picked])
-                image_rows = torch.tensor([new for new, _ in picked], device=self.image_rows.device)
+                used = sorted({u for _, u in picked})  # the distinct images these rows show
+                images = self.images.take(used)
+                dev = self.image_rows.device
+                image_rows = torch.tensor([new for new, _ in picked], device=dev)
+                image_index = torch.tensor([used.index(u) for _, u in picked], device=dev)
                 image_mask = self.image_mask[rows, :L]
         return TokenBatch(
             self.input_ids[rows, :L], am[:, :L], self.gather_idx[rows, :T], self.response_ids[rows, :T], rm[:, :T],
-            images, image_rows, image_mask,
+            images, image_rows, image_mask, image_index,
         )
 
     def to(self, device: torch.device | str) -> "TokenBatch":
         return TokenBatch(*(None if t is None else t.to(device) for t in (
             self.input_ids, self.attention_mask, self.gather_idx, self.response_ids, self.response_mask,
-            self.images, self.image_rows, self.image_mask)))
+            self.images, self.image_rows, self.image_mask, self.image_index)))
 
     def with_images(self, images: Sequence[Sequence[bytes]], tokenizer) -> "TokenBatch":
         """This batch with row i's `images[i]` (PNG bytes, its prompt's) as pixel values, from
         a `VisionTokenizer`; unchanged when no row has an image."""
-        from k15rl.models.vision import prompt_image_mask
+        from k15rl.models.vision import image_key, prompt_image_mask
 
         flat = [(i, png) for i, row in enumerate(images) for png in row]
         if not flat:
@@ -69,12 +75,17 @@ class TokenBatch:
         if not hasattr(tokenizer, "image_inputs"):
             raise UserError(f"{len(flat)} image(s) in the batch but the model is text-only (no vision_config)")
         dev = self.input_ids.device
-        pixels = tokenizer.image_inputs([png for _, png in flat]).to(dev)
+        distinct: dict[str, bytes] = {}
+        for _, png in flat:
+            distinct.setdefault(image_key(png), png)
+        keys = list(distinct)
+        pixels = tokenizer.image_inputs(list(distinct.values())).to(dev)  # U images
         rows = torch.tensor([i for i, _ in flat], dtype=torch.long, device=dev)  # [I]
+        index = torch.tensor([keys.index(image_key(png)) for _, png in flat], dtype=torch.long, device=dev)  # [I]
         prompt_lens = (self.attention_mask.sum(1) - self.response_mask.sum(1).long()).tolist()  # [N]
         mask = prompt_image_mask(self.input_ids, [(0, n) for n in prompt_lens], tokenizer.image_token_id)  # [N, L]
         return TokenBatch(self.input_ids, self.attention_mask, self.gather_idx, self.response_ids,
-                          self.response_mask, pixels, rows, mask)
+                          self.response_mask, pixels, rows, mask, index)
 
 
 def collate(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int) -> TokenBatch:
@@ -121,8 +132,8 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0) -> torch.
 
         if batch.images.grid_thw is not None:  # [3, N, L]: multi-row rotary positions (Qwen2-VL-style)
             tokens["position_ids"] = rope_positions(model, batch.input_ids, batch.attention_mask, batch.image_mask,
-                                                    batch.images.grid_thw)[0]
-        with images_in_embeddings(model, batch.images, batch.image_mask):
+                                                    batch.images.grid_thw[batch.image_index])[0]
+        with images_in_embeddings(model, batch.images, batch.image_mask, batch.image_index):
             out = model(**tokens, attention_mask=batch.attention_mask, use_cache=False)
     hidden_logits = out.logits  # [N, L - first, V]
     rows = torch.arange(hidden_logits.shape[0], device=hidden_logits.device).unsqueeze(-1)  # [N, 1]
