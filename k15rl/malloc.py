@@ -6,9 +6,9 @@ tensors of a few MiB a training step makes and frees (activations, logits, KV ca
 state-dict copies) come from the heap, whose free space glibc keeps, so a process's
 resident memory climbs iteration by iteration past what it ever uses at once. Fixing the
 thresholds (mallopt M_MMAP_THRESHOLD, which also turns the adjustment off, and
-M_TRIM_THRESHOLD) returns such blocks when they are freed. Measured on SmolLM2-135M with
-LoRA: peak RSS of two iterations 3.66 -> 2.67 GB, full fine-tuning 4.94 -> 3.85 GB
-(docs/hf_models.md). No library exposes mallopt; ctypes on the C library is the way.
+M_TRIM_THRESHOLD) returns such blocks when they are freed (tests/test_malloc.py; the
+effect on SmolLM2's peak memory: docs/hf_models.md). No library exposes mallopt; ctypes
+on the C library is the way.
 """
 
 from __future__ import annotations
