@@ -39,6 +39,7 @@ import torch
 from k15rl.config import TrainConfig
 from k15rl.distributed.shard import ONE_RANK, full_state_dict, init_process_group, shard_model
 from k15rl.errors import UserError, WorkerFailure, WorkerTimeout
+from k15rl.malloc import return_freed_memory
 from k15rl.rollout.engine import SamplingParams
 from k15rl.trainer.update import PolicyTrainer, UpdatePlan
 from k15rl.types import GenerationRequest, Segment, Trajectory
@@ -117,8 +118,6 @@ def _worker_setup(cpus: float) -> None:
     """In a worker process: torch threads = the CPUs reserved for it; no per-worker
     weight-loading progress bars in the master's output (Ray forwards workers' stderr)."""
     from transformers.utils import logging as hf_logging
-
-    from k15rl.malloc import return_freed_memory
 
     torch.set_num_threads(max(1, int(cpus)))
     return_freed_memory()

@@ -75,13 +75,14 @@ class TokenBatch:
         if not hasattr(tokenizer, "image_inputs"):
             raise UserError(f"{len(flat)} image(s) in the batch but the model is text-only (no vision_config)")
         dev = self.input_ids.device
-        distinct: dict[str, bytes] = {}
-        for _, png in flat:
-            distinct.setdefault(image_key(png), png)
-        keys = list(distinct)
+        keys = [image_key(png) for _, png in flat]  # [I]
+        distinct: dict[str, bytes] = {}  # image key -> PNG, in order of first appearance
+        for key, (_, png) in zip(keys, flat):
+            distinct.setdefault(key, png)
+        place = {key: u for u, key in enumerate(distinct)}
         pixels = tokenizer.image_inputs(list(distinct.values())).to(dev)  # U images
         rows = torch.tensor([i for i, _ in flat], dtype=torch.long, device=dev)  # [I]
-        index = torch.tensor([keys.index(image_key(png)) for _, png in flat], dtype=torch.long, device=dev)  # [I]
+        index = torch.tensor([place[key] for key in keys], dtype=torch.long, device=dev)  # [I]
         prompt_lens = (self.attention_mask.sum(1) - self.response_mask.sum(1).long()).tolist()  # [N]
         mask = prompt_image_mask(self.input_ids, [(0, n) for n in prompt_lens], tokenizer.image_token_id)  # [N, L]
         return TokenBatch(self.input_ids, self.attention_mask, self.gather_idx, self.response_ids,
