@@ -121,6 +121,9 @@ class RolloutConfig:
     max_new_tokens: int = 256  # maximum response length, over all segments
     stop_strings: list[str] = field(default_factory=list)
     max_batch: int = 128  # slots of the continuous-batching engine (sequences decoded together)
+    # Built-in engine: prompts are prefilled in chunks of at most this many tokens (rows x the
+    # longest context), so the prefill's own KV cache and activations stay small next to the slots'
+    prefill_tokens: int = 4096
     # Partial rollouts (report §2.6.2): new tokens per trajectory per iteration; a trajectory
     # that uses them up is cut, kept in the replay buffer and continued next iteration. 0 = off.
     segment_tokens: int = 0
@@ -257,6 +260,7 @@ class TrainConfig:
             (0 < self.rollout.top_p <= 1, "rollout.top_p", self.rollout.top_p, "must be in (0, 1]"),
             (self.rollout.max_new_tokens >= 1, "rollout.max_new_tokens", self.rollout.max_new_tokens, "must be >= 1"),
             (self.rollout.max_batch >= 1, "rollout.max_batch", self.rollout.max_batch, "must be >= 1"),
+            (self.rollout.prefill_tokens >= 1, "rollout.prefill_tokens", self.rollout.prefill_tokens, "must be >= 1"),
             (self.rollout.segment_tokens >= 0, "rollout.segment_tokens", self.rollout.segment_tokens, "must be >= 0"),
             (self.rollout.repeat_ngram >= 0, "rollout.repeat_ngram", self.rollout.repeat_ngram, "must be >= 0"),
             (self.rollout.repeat_times >= 2, "rollout.repeat_times", self.rollout.repeat_times, "must be >= 2"),

@@ -32,6 +32,20 @@ def test_greedy_equals_hf_generate(policy):
         assert seg.token_ids == ref
 
 
+def test_prefill_in_chunks_changes_nothing(policy):
+    """A prefill budget of one row at a time (each chunk its own padding, the slot cache as
+    wide as the widest context of all) samples the same tokens with the same log-probs."""
+    model, tok = policy
+    prompts = _prompts(tok) * 2
+    params = SamplingParams(max_new_tokens=10, temperature=0.9, seed=4)
+    whole = HFEngine(model, tok, max_batch=6).generate([GenerationRequest(p) for p in prompts], params)
+    chunked = HFEngine(model, tok, max_batch=6, prefill_tokens=1).generate([GenerationRequest(p) for p in prompts],
+                                                                          params)
+    assert [s.token_ids for s in chunked] == [s.token_ids for s in whole]
+    for a, b in zip(chunked, whole):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=1e-5)
+
+
 def test_first_token_distribution_matches_softmax(policy):
     model, tok = policy
     p = _prompts(tok)[1]

@@ -19,6 +19,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 
 import torch
 
+from k15rl.config import RolloutConfig
 from k15rl.errors import UserError
 from k15rl.models.loading import model_device
 from k15rl.models.vision import (embed_with_images, image_features, image_key, image_token_id, prompt_image_mask,
@@ -168,10 +169,11 @@ class HFEngine:
     same tokens on every device up to the logits' numerics.
     """
 
-    def __init__(self, model, tokenizer, max_batch: int = 64):
+    def __init__(self, model, tokenizer, max_batch: int = 64, prefill_tokens: int = RolloutConfig.prefill_tokens):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        self.prefill_tokens = prefill_tokens  # admitted prompts are prefilled in chunks this large
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # transformers >= 5.x names the KV-cache argument `cache`; older ones `past_key_values`.
         params = inspect.signature(model.forward).parameters
@@ -225,20 +227,23 @@ class HFEngine:
             if waiting and free:
                 idx = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
                 contexts = [list(requests[i].prompt_ids) + list(requests[i].prefix_ids) for i in idx]
-                pre, new_logits, offsets = self._prefill(contexts, [requests[i].images for i in idx],
-                                                         [len(requests[i].prompt_ids) for i in idx])
-                if kv is None:
-                    k0 = pre.layers[0].keys
-                    kv = SlotCache(S, len(pre.layers), k0.shape[1], k0.shape[3], k0.dtype,
-                                   columns=k0.shape[2] + params.max_new_tokens + 1, end=k0.shape[2], device=dev)
-                    logits = new_logits.new_zeros((S, new_logits.shape[1]))
-                P = pre.layers[0].keys.shape[2]
-                for i, (j, r, c) in enumerate(zip(free, idx, contexts)):
-                    kv.place(j, [layer.keys[i, :, P - len(c):] for layer in pre.layers],
-                             [layer.values[i, :, P - len(c):] for layer in pre.layers])
-                    pos[j], offset[j], logits[j] = len(c), offsets[i], new_logits[i]
-                    req = requests[r]
-                    rows[j] = _Row(r, min(params.max_new_tokens, req.max_new_tokens or params.max_new_tokens))
+                width = max(len(c) for c in contexts)
+                for lo, hi in prefill_chunks([len(c) for c in contexts], self.prefill_tokens):
+                    pre, new_logits, offsets = self._prefill(contexts[lo:hi], [requests[i].images for i in idx[lo:hi]],
+                                                             [len(requests[i].prompt_ids) for i in idx[lo:hi]])
+                    if kv is None:
+                        k0 = pre.layers[0].keys
+                        kv = SlotCache(S, len(pre.layers), k0.shape[1], k0.shape[3], k0.dtype,
+                                       columns=width + params.max_new_tokens + 1, end=width, device=dev)
+                        logits = new_logits.new_zeros((S, new_logits.shape[1]))
+                    P = pre.layers[0].keys.shape[2]
+                    for i, (j, r, c) in enumerate(zip(free[lo:hi], idx[lo:hi], contexts[lo:hi])):
+                        kv.place(j, [layer.keys[i, :, P - len(c):] for layer in pre.layers],
+                                 [layer.values[i, :, P - len(c):] for layer in pre.layers])
+                        pos[j], offset[j], logits[j] = len(c), offsets[i], new_logits[i]
+                        req = requests[r]
+                        rows[j] = _Row(r, min(params.max_new_tokens, req.max_new_tokens or params.max_new_tokens))
+                    del pre  # this chunk's own KV cache, now copied into the slots
                 if detector:
                     detector.reset_rows(free[:len(idx)], [requests[r].prefix_ids for r in idx])
             if all(r is None for r in rows):  # the source ran dry before anything was admitted
@@ -358,6 +363,26 @@ class HFEngine:
 
     def wake_up(self) -> None:
         """Undo `sleep` (a no-op here)."""
+
+
+def prefill_chunks(lengths: Sequence[int], max_tokens: int) -> list[tuple[int, int]]:
+    """Consecutive [lo, hi) ranges of contexts with these lengths, each prefilled at once:
+    as many as fit in `max_tokens` padded tokens (rows x the longest), at least one.
+
+    >>> prefill_chunks([10, 10, 30, 5], 40)
+    [(0, 2), (2, 3), (3, 4)]
+    >>> prefill_chunks([100], 40)
+    [(0, 1)]
+    """
+    chunks, lo, widest = [], 0, 0
+    for i, n in enumerate(lengths):
+        if i > lo and (i - lo + 1) * max(widest, n) > max_tokens:
+            chunks.append((lo, i))
+            lo, widest = i, 0
+        widest = max(widest, n)
+    if lengths:
+        chunks.append((lo, len(lengths)))
+    return chunks
 
 
 def hit_stop_string(tokenizer, toks: Sequence[int], stops: Sequence[str], max_stop: int) -> bool:

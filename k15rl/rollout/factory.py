@@ -49,4 +49,4 @@ def make_engine(cfg: RolloutConfig, path: str | Path, tokenizer, *, model=None, 
         model = load_model(path, dtype)
     else:
         model = copy.deepcopy(model)
-    return HFEngine(model, tokenizer, max_batch=cfg.max_batch)
+    return HFEngine(model, tokenizer, max_batch=cfg.max_batch, prefill_tokens=cfg.prefill_tokens)
