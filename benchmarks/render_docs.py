@@ -436,6 +436,18 @@ def render_update_memory(r: dict) -> str:
                "loss/policy", "grad norm"], rows)])
 
 
+def render_rollout_memory(r: dict) -> str:
+    rows = [[m["mode"], f"{m['prefill_tokens']:,}", f"{m['peak_rss_mb']:,.0f}", f"{m['rollout_peak_mb']:,.0f}",
+             ratio(m["rollout_peak_ratio"]), f"{m['generate_s']:.1f}"] for m in r["modes"]]
+    same = "the same tokens in every mode" if r["same_tokens"] else "**different tokens between modes**"
+    return "\n".join([
+        f"One `HFEngine.generate` of {r['model']} (`{r['model_folder']}`, float32): {r['rows']} prompts of up to "
+        f"{r['prompt_tokens']} random tokens, all admitted at once, {r['new_tokens']} new tokens each, "
+        f"{r['threads']} threads, each mode in its own process ({same}):", "",
+        table(["mode", "rollout.prefill_tokens", "peak RSS (MB)", "rollout's own peak (MB)", "vs one chunk",
+               "generate (s)"], rows)])
+
+
 def render_smollm2_rl(r: dict) -> str:
     b, a = r["before"], r["after"]
     lo, hi = r["gain_ci95"]
@@ -561,6 +573,8 @@ BLOCKS: dict[str, Block] = {
                          "--response-tokens 224", render_train_flops),
     "vision_demo": Block("vision_demo", "python benchmarks/vision_demo.py", render_vision_demo),
     "length_penalty": Block("length_penalty", "python benchmarks/length_penalty.py", render_length_penalty),
+    "rollout_memory": Block("rollout_memory", "python benchmarks/rollout_memory.py --model models/smollm2 "
+                            "--rows 64 --prompt-tokens 300 --new-tokens 48", render_rollout_memory),
     "update_memory": Block("update_memory", "python benchmarks/update_memory.py --model models/smollm2 "
                            "--response-tokens 2048 --rows 2", render_update_memory),
 }
