@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 pytest.importorskip("peft")
 
 from k15rl.config import load_config  # noqa: E402
-from k15rl.distributed.placement import start_workers  # noqa: E402
+from k15rl.distributed.placement import shares_weights, start_workers  # noqa: E402
 from k15rl.errors import UserError  # noqa: E402
 from k15rl.models.loading import encode_prompt, load_model, load_tokenizer, stop_token_ids  # noqa: E402
 from k15rl.models.lora import ADAPTER, add_lora, policy_state_dict  # noqa: E402
@@ -47,14 +47,16 @@ def test_unknown_target_module_names_the_key(tiny_model_dir):
         add_lora(load_model(tiny_model_dir), cfg.model.lora)
 
 
-def _engine_follows_the_adapter(path, engine: str, tol: float, monkeypatch) -> None:
+def _engine_follows_the_adapter(path, engine: str, tol: float, monkeypatch, overrides: tuple[str, ...] = ()) -> None:
     """One LoRA update, then the weight sync: the engine's log-probs for a fixed prompt must
     equal the trained LoRA model's and differ from the base model's. Before the sync they
-    equal the base model's: an update that never reaches the engine (verl #7495, TRL #2872)
-    fails here. Also: the optimizer holds the adapters only, the base weights stay bitwise."""
+    equal the base model's, for an engine with a copy of the weights; an engine sharing the
+    trainer's parameters follows at once. An update that never reaches the engine (verl
+    #7495, TRL #2872) fails here. Also: the optimizer holds the adapters only, the base
+    weights stay bitwise."""
     cfg = load_config(None, [
         f"model.path={path}", "model.lora.rank=4", "model.lora.alpha=8", f"rollout.engine={engine}",
-        "rollout.vllm.kv_cache_gb=0.25", "algorithm.lr=0.05", "algorithm.tau=0.1", "seed=0"])
+        "rollout.vllm.kv_cache_gb=0.25", "algorithm.lr=0.05", "algorithm.tau=0.1", "seed=0", *overrides])
     tok, model, base = load_tokenizer(path), load_model(path), load_model(path)
     base_weights = {k: v.clone() for k, v in base.state_dict().items()}
     optimized: list[list[torch.Tensor]] = []
@@ -89,8 +91,11 @@ def _engine_follows_the_adapter(path, engine: str, tol: float, monkeypatch) -> N
         assert frozen.keys() <= base_weights.keys()
         assert all(torch.equal(p, base_weights[n]) for n, p in frozen.items())
 
-        stale = workers.engine.generate([GenerationRequest(prompt_ids)], params)[0]  # not synced yet
-        assert (torch.tensor(stale.logprobs) - logprobs_of(base, stale)).abs().max() < tol
+        before_sync = workers.engine.generate([GenerationRequest(prompt_ids)], params)[0]
+        # a copy is the base model until the sync; shared parameters are the policy already
+        assert (torch.tensor(before_sync.logprobs) - logprobs_of(policy if workers.shared else base, before_sync)
+                ).abs().max() < tol
+        assert workers.shared == shares_weights(cfg)
         workers.sync_weights(1)
         seg = workers.engine.generate([GenerationRequest(prompt_ids)], params)[0]
         engine_lp = torch.tensor(seg.logprobs)  # [T]
@@ -100,8 +105,9 @@ def _engine_follows_the_adapter(path, engine: str, tol: float, monkeypatch) -> N
         assert merged.keys() == base_weights.keys()
 
 
-def test_hf_engine_samples_from_the_updated_adapter(tiny_model_dir, monkeypatch):
-    _engine_follows_the_adapter(tiny_model_dir, "hf", 1e-4, monkeypatch)
+@pytest.mark.parametrize("overrides", [(), ("rollout.overlap=true",)], ids=["shared", "copy"])
+def test_hf_engine_samples_from_the_updated_adapter(tiny_model_dir, monkeypatch, overrides):
+    _engine_follows_the_adapter(tiny_model_dir, "hf", 1e-4, monkeypatch, overrides)
 
 
 def test_vllm_engine_samples_from_the_updated_adapter(monkeypatch):

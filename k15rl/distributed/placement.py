@@ -7,7 +7,9 @@ interface. The loop sees `Workers` only and never asks which backend it has:
             metrics = workers.trainer.update(trajectories, version, seed)  # update
         workers.sync_weights(version + 1)                              # weight sync
 
-`distributed.backend=local`: the engine and a `PolicyTrainer` in this process.
+`distributed.backend=local`: the engine and a `PolicyTrainer` in this process (the engine
+generating with the trainer's own parameters unless the rollout overlaps the update:
+`shares_weights`).
 `distributed.backend=ray`: an `EnginePool` of rollout workers and a `RemoteTrainer` of
 trainer workers (FSDP2 shards when there are several), k15rl/distributed/ray_backend.py.
 Leaving the `with` block always stops the workers, whatever happened inside.
@@ -23,7 +25,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from k15rl.config import TrainConfig
 from k15rl.models.loading import load_model, on_device
-from k15rl.models.lora import LoraResume, add_lora
+from k15rl.models.lora import LoraResume, add_lora, served_module
 from k15rl.rollout.engine import RolloutEngine
 from k15rl.rollout.factory import make_engine
 from k15rl.trainer.update import PolicyTrainer, UpdatePlan
@@ -69,6 +71,7 @@ class Workers:
     colocate: bool = False
     rollout_stats: Callable[[], dict[str, float]] = field(default=dict)
     version: int = 0  # the policy version the engine's weights are
+    shared: bool = False  # the engine generates with the trainer's own parameters (`shares_weights`)
 
     @contextmanager
     def update_phase(self) -> Iterator[None]:
@@ -86,8 +89,19 @@ class Workers:
         """Weight sync (report §2.6.1): the trainer's newest weights, those of policy
         `version`, become the engine's; nothing moves when it already has them."""
         if self.version != version:
-            self.engine.load_weights(self.trainer.weights())
+            if not self.shared:  # shared: the engine already computes with the new parameters
+                self.engine.load_weights(self.trainer.weights())
             self.version = version
+
+
+def shares_weights(cfg: TrainConfig) -> bool:
+    """Whether the engine generates with the trainer's own parameters: the local backend's
+    built-in engine, when no rollout runs during an update (`rollout.overlap` samples from
+    pi_i while the trainer changes it, so it needs a copy). Sharing saves a copy of the
+    weights and the weight sync; the tokens sampled are the same as with a synced copy
+    (tests/test_rollout_sharing.py). With LoRA the engine runs the model with its adapters
+    in place (W x + (alpha / r) B A x) instead of the merged weights."""
+    return cfg.distributed.backend == "local" and cfg.rollout.engine == "hf" and not cfg.rollout.overlap
 
 
 @contextmanager
@@ -112,14 +126,19 @@ def start_workers(cfg: TrainConfig, path: str | Path, model, tokenizer, plan: Up
         workers = Workers(pool, trainer, cfg.distributed.colocate, pool.request_stats, version)
         close = partial(stop_workers, pool, trainer)
     else:
-        engine = make_engine(cfg.rollout, path, tokenizer, model=model, dtype=cfg.model.dtype,
-                             max_model_len=max_model_len, seed=cfg.seed)
+        share = shares_weights(cfg)
+        engine = None if share else make_engine(cfg.rollout, path, tokenizer, model=model, dtype=cfg.model.dtype,
+                                                max_model_len=max_model_len, seed=cfg.seed)
         if cfg.model.lora.rank:  # after the engine took its copy of the plain model
             base = model if lora_resume is None else load_model(lora_resume.base, cfg.model.dtype)
             model = add_lora(base, cfg.model.lora, lora_resume and lora_resume.adapter)
         model = on_device(model, cfg.distributed.device)  # after the engine took its copy (on the CPU)
+        if share:
+            engine = make_engine(cfg.rollout, path, tokenizer, model=served_module(model), max_model_len=max_model_len,
+                                 seed=cfg.seed, share=True)
+        # shared weights need no turns on the device: nothing to offload, no second copy to put to sleep
         workers = Workers(engine, PolicyTrainer(model, plan, device=cfg.distributed.device, tokenizer=tokenizer),
-                          cfg.distributed.colocate, version=version)
+                          cfg.distributed.colocate and not share, version=version, shared=share)
     try:
         if workers.colocate:
             workers.trainer.offload()  # rollout comes first

@@ -7,9 +7,11 @@ target weight is W + (alpha / r) B A with A [r, in], B [out, r]; only A and B ar
     save_model(model, folder)                       # merged HF files + folder/adapter (peft's format)
     model = add_lora(base, cfg.model.lora, folder / ADAPTER)   # resume: the adapter exactly
 
-The rollout engines never see peft: they serve plain models and receive the merged state
-dict every weight sync, exactly as with full fine-tuning (a sync that forgot the adapters
-would leave the engine on the base weights; tests/test_lora.py checks it cannot).
+An engine with a copy of the weights (Ray, vLLM, overlapped rollouts) never sees peft: it
+serves a plain model and receives the merged state dict every weight sync, exactly as with
+full fine-tuning (a sync that forgot the adapters would leave the engine on the base
+weights; tests/test_lora.py checks it cannot). The local built-in engine shares the
+trainer's parameters (`served_module`): the LoRA layers themselves, nothing to sync.
 peft is imported lazily, here only (pip install 'k15rl[lora]').
 """
 
@@ -86,6 +88,13 @@ def add_lora(model, cfg, adapter: str | Path | None = None):
                             f"{list(result.unexpected_keys)[:3]}): resume with the run's own model.lora settings")
     model.eval()
     return model
+
+
+def served_module(model):
+    """The module an engine that shares the trainer's parameters generates with: for a peft
+    model its base model, whose target layers peft has replaced in place by LoRA layers
+    (W x + (alpha / r) B A x, the adapters of the trainer itself); a plain model as it is."""
+    return model.get_base_model() if is_lora(model) else model
 
 
 def policy_state_dict(model) -> dict:

@@ -197,8 +197,19 @@ class HFEngine:
         pulled. An empty answer ends it. This is how a rollout worker pulls work from the
         master (report §2.6.2): a worker busy with long trajectories takes no new prompts
         until it has room, while the others take them.
+
+        The model generates in eval mode (no dropout) and goes back to its former mode after:
+        it may be the trainer's own (`placement.shares_weights`).
         """
-        requests = list(requests)
+        training = self.model.training
+        self.model.eval()
+        try:
+            return self._generate(list(requests), params, more)
+        finally:
+            self.model.train(training)
+
+    def _generate(self, requests: list[GenerationRequest], params: SamplingParams,
+                  more: Callable[[int], Sequence[GenerationRequest]] | None) -> list[Segment]:
         dev = model_device(self.model)  # the model's inputs go there; [S, V] logits come back
         gen = torch.Generator().manual_seed(params.seed)
         stop_ids = torch.tensor(params.stop_token_ids or [-1])

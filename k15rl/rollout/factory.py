@@ -30,12 +30,13 @@ def sampling_params(r: RolloutConfig, stop_token_ids: list[int], seed: int) -> S
 
 
 def make_engine(cfg: RolloutConfig, path: str | Path, tokenizer, *, model=None, dtype: str = "float32",
-                max_model_len: int, seed: int = 0) -> RolloutEngine:
+                max_model_len: int, seed: int = 0, share: bool = False) -> RolloutEngine:
     """An engine serving the policy stored at `path`.
 
-    hf: continuous batching on a copy of `model` (or the model loaded from `path`): the
-    trainer's model is never generated with directly, weights reach the engine only
-    through `load_weights` (the weight sync of report §2.6.1).
+    hf: continuous batching on a copy of `model` (or the model loaded from `path`);
+    weights reach it through `load_weights` (the weight sync of report §2.6.1). With
+    `share`, on `model` itself: the trainer's own parameters, no copy and nothing to sync
+    (the local backend when the rollout does not overlap the update: `shares_weights`).
     vllm: a vLLM engine on `path` (optional extra, imported here only).
     `max_model_len`: the longest prompt + response the engine must hold.
     """
@@ -47,6 +48,6 @@ def make_engine(cfg: RolloutConfig, path: str | Path, tokenizer, *, model=None, 
         from k15rl.models.loading import load_model
 
         model = load_model(path, dtype)
-    else:
+    elif not share:
         model = copy.deepcopy(model)
     return HFEngine(model, tokenizer, max_batch=cfg.max_batch, prefill_tokens=cfg.prefill_tokens)
