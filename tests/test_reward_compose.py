@@ -121,3 +121,8 @@ def test_the_judge_gets_a_resolved_folder(tiny_model_dir, tmp_path):
         check_names(load_config(None, ["reward.sources=[free=judge]", f"reward.judge_model={tmp_path / 'none'}"]))
     # without a judge source the judge model is neither checked nor resolved
     assert check_names(load_config(None, [f"reward.judge_model={tmp_path / 'none'}"])).reward.judge_model
+    # a built-in model's name passes the check (it is built when the router is made)
+    from k15rl.models.builtin import BUILTIN_SPECS
+
+    for name in BUILTIN_SPECS:
+        assert check_names(load_config(None, ["reward.sources=[free=judge]", f"reward.judge_model={name}"]))

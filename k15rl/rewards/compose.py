@@ -68,7 +68,7 @@ def resolve_reward(spec: str, *, judge_model: str | None = None, key: str = "rew
         return PROMPT_REWARDS[spec]
     if spec == "judge":
         if not judge_model:
-            raise UserError(f"config key {key}: 'judge' needs reward.judge_model (a model folder or 'builtin')")
+            raise UserError(f"config key {key}: 'judge' needs reward.judge_model (a model folder or a built-in model's name: 'builtin', ...)")
         from k15rl.rewards.judge import judge_reward
 
         return judge_reward(judge_model)
@@ -284,12 +284,15 @@ class RewardRouter:
 
 def check_reward_config(reward_cfg: Any) -> None:
     """Validate the fields of a `RewardConfig`; raises UserError naming the key. A judge
-    model folder is checked here, before a run touches anything; "builtin" is built later,
-    when the router is made (`router_from_config` in the trainer's resolve.py)."""
+    model folder is checked here, before a run touches anything; a built-in model's name
+    ("builtin", "builtin-long", ...) is built later, when the router is made
+    (`router_from_config` in the trainer's resolve.py)."""
     specs = parse_sources(reward_cfg.sources).values()
     for i, spec in enumerate(specs):
         resolve_reward(spec, judge_model=reward_cfg.judge_model, key=f"reward.sources[{i}]")
-    if "judge" in specs and reward_cfg.judge_model != "builtin":
+    from k15rl.models.builtin import BUILTIN_SPECS
+
+    if "judge" in specs and reward_cfg.judge_model not in BUILTIN_SPECS:
         from k15rl.models.loading import check_model_path
 
         check_model_path(reward_cfg.judge_model, "reward.judge_model")
