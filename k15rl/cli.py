@@ -515,6 +515,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"k15rl {package_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
+    _run_commands(sub)
+    _finetune_commands(sub)
+    _data_commands(sub)
+    _long2short_commands(sub)
+    return p
+
+
+def _run_commands(sub) -> None:
+    """train, demo, eval, show: RL runs and what they produce."""
     t = sub.add_parser("train", help="RL training (report §2.3) as configured")
     t.add_argument("--config", help="YAML file or preset name (k15rl/configs/)")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
@@ -537,6 +546,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", help="key=value config overrides")
     e.set_defaults(fn=_cmd_eval)
 
+    v = sub.add_parser("show", help="a run folder's config, latest metrics, evaluation table and checkpoints")
+    v.add_argument("run", help="the run folder (out=)")
+    v.set_defaults(fn=_cmd_show)
+
+
+def _finetune_commands(sub) -> None:
+    """sft, dpo, warmup-data: supervised and preference fine-tuning and their data."""
     s = sub.add_parser("sft", help="supervised fine-tuning on a JSONL of prompt/response pairs")
     s.add_argument("--model", required=True, help="a Hugging Face model folder, or 'builtin'")
     s.add_argument("--data", required=True, help="JSONL with 'prompt' and 'response' fields")
@@ -551,6 +567,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=_cmd_sft)
 
+    o = sub.add_parser("dpo", help="DPO on a JSONL of prompt/chosen/rejected pairs (report §2.4)")
+    o.add_argument("--model", required=True, help="the model to train, also the reference (a folder or 'builtin')")
+    o.add_argument("--data", required=True, help="JSONL with 'prompt', 'chosen' and 'rejected' fields")
+    o.add_argument("--out", required=True)
+    o.add_argument("--beta", type=float, default=0.1)
+    o.add_argument("--sft-weight", type=float, default=0.0,
+                   help="add this times the chosen responses' per-token NLL (0: plain DPO)")
+    o.add_argument("--lr", type=float, default=1e-5)
+    o.add_argument("--epochs", type=int, default=1)
+    o.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")
+    o.add_argument("--ref-cache", help="file caching the reference log-probs (default: DATA.ref_logps.pt)")
+    o.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    o.add_argument("--threads", type=int, default=0)
+    o.add_argument("--device", default="cpu", choices=_devices(), help="where to train (as distributed.device)")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--chat-template", default=None, help="'plain' or a Jinja template if the tokenizer has none")
+    o.add_argument("--overwrite", action="store_true")
+    o.set_defaults(fn=_cmd_dpo)
+
     w = sub.add_parser("warmup-data", help="write long-CoT warm-up traces of built-in tasks as JSONL")
     w.add_argument("--tasks", default="arith")
     w.add_argument("--levels", default="1,2,3,4,5")
@@ -560,6 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", required=True)
     w.set_defaults(fn=_cmd_warmup_data)
 
+
+def _data_commands(sub) -> None:
+    """build-model, convert-gguf, export-data, curate, difficulty, codetests: models and prompt sets."""
     b = sub.add_parser("build-model", help="build (or find cached) a built-in model and print its folder")
     b.add_argument("--spec", default="builtin", choices=sorted(BUILTIN_SPECS),
                    help="which built-in model (builtin-long: the long-CoT workload's, 2,048 positions)")
@@ -617,6 +655,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cpu-s", type=float, default=2.0, help="CPU seconds per run")
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(fn=_cmd_codetests)
+
+
+def _long2short_commands(sub) -> None:
+    """long2short merge | shortest-rs | dpo-pairs | report (report §2.4)."""
     l2s = sub.add_parser("long2short", help="long2short (report §2.4): merge, shortest-rs, dpo-pairs, report")
     l2s_sub = l2s.add_subparsers(dest="l2s_command", required=True)
     m = l2s_sub.add_parser("merge", help="average the weights of a long-CoT and a short-CoT model")
@@ -655,30 +697,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", help="YAML file or preset: eval.temperature, eval.max_new_tokens, data.* ...")
     r.add_argument("overrides", nargs="*", help="key=value overrides")
     r.set_defaults(fn=_cmd_l2s_report)
-
-    o = sub.add_parser("dpo", help="DPO on a JSONL of prompt/chosen/rejected pairs (report §2.4)")
-    o.add_argument("--model", required=True, help="the model to train, also the reference (a folder or 'builtin')")
-    o.add_argument("--data", required=True, help="JSONL with 'prompt', 'chosen' and 'rejected' fields")
-    o.add_argument("--out", required=True)
-    o.add_argument("--beta", type=float, default=0.1)
-    o.add_argument("--sft-weight", type=float, default=0.0,
-                   help="add this times the chosen responses' per-token NLL (0: plain DPO)")
-    o.add_argument("--lr", type=float, default=1e-5)
-    o.add_argument("--epochs", type=int, default=1)
-    o.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")
-    o.add_argument("--ref-cache", help="file caching the reference log-probs (default: DATA.ref_logps.pt)")
-    o.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    o.add_argument("--threads", type=int, default=0)
-    o.add_argument("--device", default="cpu", choices=_devices(), help="where to train (as distributed.device)")
-    o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--chat-template", default=None, help="'plain' or a Jinja template if the tokenizer has none")
-    o.add_argument("--overwrite", action="store_true")
-    o.set_defaults(fn=_cmd_dpo)
-
-    v = sub.add_parser("show", help="a run folder's config, latest metrics, evaluation table and checkpoints")
-    v.add_argument("run", help="the run folder (out=)")
-    v.set_defaults(fn=_cmd_show)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
