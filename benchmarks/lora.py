@@ -92,6 +92,9 @@ def run_arm(args: argparse.Namespace, arm: str, out: Path) -> dict:
            # N -> the peak so far while N iterations had been logged (0: the first evaluation and iteration)
            "peak_rss_mb_by_iteration": {k: round(v, 1) for k, v in sorted(r["peak_rss_mb_by_iteration"].items(),
                                                                            key=lambda kv: int(kv[0]))}}
+    metrics = [json.loads(x) for x in (out / arm / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    for phase in ("rollout", "train"):  # mean seconds per iteration of each phase
+        row[f"{phase}_s_mean"] = round(sum(m[f"time/{phase}"] for m in metrics) / max(len(metrics), 1), 1)
     if "test_accuracy_before" in s:
         row.update({"accuracy_before": s["test_accuracy_before"], "accuracy_after": s["test_accuracy_after"],
                     "gain_points": s["test_accuracy_gain_points"], "eval_prompts": s.get("eval_prompts")})
