@@ -155,3 +155,18 @@ def read_result(name: str, results_dir: Path | None = None) -> dict | None:
     """The last result of benchmark `name`, or None if it has not been written yet."""
     path = (Path(results_dir) if results_dir else RESULTS_DIR) / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_child(cmd: list[str], name: str) -> dict:
+    """One measurement in a child process of its own (so its peak memory is its own): the
+    JSON object on its last stdout line. A failing child stops the benchmark, naming `name`
+    and showing the end of its stderr."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"{name}: exit code {proc.returncode}\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def model_name(folder: str | Path) -> str:
+    """A Hugging Face folder's model name (its config's _model_name_or_path), else the folder."""
+    return json.loads((Path(folder) / "config.json").read_text()).get("_model_name_or_path") or str(folder)

@@ -22,10 +22,10 @@ import hashlib
 import json
 import random
 import resource
-import subprocess
 import sys
 import time
-from pathlib import Path
+
+from results import model_name, run_child, write_result
 
 MODES = {"one chunk": 10**9, "chunks (default)": None}  # name -> rollout.prefill_tokens (None: the default)
 
@@ -84,19 +84,14 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", mode, "--model", args.model, "--rows", str(args.rows),
                "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
                "--threads", str(args.threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            sys.exit(f"{mode}: exit code {proc.returncode}\n{proc.stderr[-3000:]}")
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        rows.append(run_child(cmd, mode))
         r = rows[-1]
         print(f"{mode:18s} prefill_tokens {r['prefill_tokens']:>10}  peak RSS {r['peak_rss_mb']:7.0f} MB "
               f"(rollout {r['rollout_peak_mb']:6.0f} MB)  {r['generate_s']:5.1f} s", flush=True)
     base = rows[0]["rollout_peak_mb"]
     for r in rows:
         r["rollout_peak_ratio"] = round(r["rollout_peak_mb"] / base, 3) if base else None
-    from results import write_result
-
-    model = json.loads((Path(args.model) / "config.json").read_text()).get("_model_name_or_path") or args.model
+    model = model_name(args.model)
     write_result("rollout_memory", {
         "model": model, "model_folder": args.model, "rows": args.rows, "prompt_tokens": args.prompt_tokens,
         "new_tokens": args.new_tokens, "threads": args.threads, "modes": rows,

@@ -20,10 +20,10 @@ import argparse
 import json
 import random
 import resource
-import subprocess
 import sys
 import time
-from pathlib import Path
+
+from results import model_name, run_child, write_result
 
 MODES = {  # name -> config overrides
     "baseline": [],
@@ -91,19 +91,14 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", mode, "--model", args.model, "--rows", str(args.rows),
                "--response-tokens", str(args.response_tokens), "--prompt-tokens", str(args.prompt_tokens),
                "--threads", str(args.threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            sys.exit(f"{mode}: exit code {proc.returncode}\n{proc.stderr[-3000:]}")
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        rows.append(run_child(cmd, mode))
         r = rows[-1]
         print(f"{mode:26s} peak RSS {r['peak_rss_mb']:8.0f} MB (update {r['update_peak_mb']:7.0f} MB) "
               f"{r['update_s']:6.1f} s  loss {r['loss']:.6f}  grad norm {r['grad_norm']:.6f}", flush=True)
     base = rows[0]["update_peak_mb"]
     for r in rows:
         r["update_peak_ratio"] = round(r["update_peak_mb"] / base, 3) if base else None
-    from results import write_result
-
-    model = json.loads((Path(args.model) / "config.json").read_text()).get("_model_name_or_path") or args.model
+    model = model_name(args.model)
     write_result("update_memory", {"model": model, "model_folder": args.model, "rows": args.rows,
                                    "prompt_tokens": args.prompt_tokens, "response_tokens": args.response_tokens,
                                    "threads": args.threads, "modes": rows}, wall_s=time.time() - t0)

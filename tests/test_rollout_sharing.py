@@ -13,16 +13,12 @@ from k15rl.config import load_config
 from k15rl.distributed import placement
 from k15rl.distributed.placement import shares_weights, start_workers
 from k15rl.models.loading import load_model, load_tokenizer
-from k15rl.tasks import TASKS
 from k15rl.trainer.loop import train
 from k15rl.trainer.update import update_plan
 
-from test_e2e import DigitFirstTask
+from test_e2e import toy_task  # noqa: F401 (the digit_first task, a fixture)
 
-
-@pytest.fixture(autouse=True)
-def toy_task(monkeypatch):
-    monkeypatch.setitem(TASKS, "digit_first", DigitFirstTask)
+pytestmark = pytest.mark.usefixtures("toy_task")
 
 
 def _cfg(out, model, *extra):
