@@ -157,11 +157,11 @@ def read_result(name: str, results_dir: Path | None = None) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def run_child(cmd: list[str], name: str) -> dict:
-    """One measurement in a child process of its own (so its peak memory is its own): the
-    JSON object on its last stdout line. A failing child stops the benchmark, naming `name`
-    and showing the end of its stderr."""
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def run_child(cmd: list[str], name: str, env: dict[str, str] | None = None) -> dict:
+    """One measurement in a child process of its own (so its peak memory is its own), with
+    environment `env` (default: this one's): the JSON object on its last stdout line. A
+    failing child stops the benchmark, naming `name` and showing the end of its stderr."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         sys.exit(f"{name}: exit code {proc.returncode}\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -5,10 +5,12 @@ time such a block is freed (up to 32 MiB on 64-bit). After the first iterations 
 tensors of a few MiB a training step makes and frees (activations, logits, KV caches,
 state-dict copies) come from the heap, whose free space glibc keeps, so a process's
 resident memory climbs iteration by iteration past what it ever uses at once. Fixing the
-thresholds (mallopt M_MMAP_THRESHOLD, which also turns the adjustment off, and
-M_TRIM_THRESHOLD) returns such blocks when they are freed (tests/test_malloc.py; the
-effect on SmolLM2's peak memory: docs/hf_models.md). No library exposes mallopt; ctypes
-on the C library is the way.
+mmap threshold (mallopt M_MMAP_THRESHOLD, which also turns the adjustment off) returns
+such blocks when they are freed (tests/test_malloc.py). The trim threshold stays high:
+with it at a few MiB glibc gives the heap's top back after each large free and faults it
+in again on the next step, which made an update up to twice as slow. The two values were
+chosen by measurement (benchmarks/allocator.py, docs/performance.md). No library exposes
+mallopt; ctypes on the C library is the way.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import ctypes
 import ctypes.util
 import os
 
-THRESHOLD_BYTES = 1 << 20  # blocks of 1 MiB and more: mmap, returned on free
+MMAP_THRESHOLD_BYTES = 4 << 20  # blocks of 4 MiB and more: mmap, returned on free
+TRIM_THRESHOLD_BYTES = 128 << 20  # free heap top kept up to 128 MiB (glibc default: 128 KiB)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
 
 def return_freed_memory() -> bool:
-    """Set glibc's mmap and trim thresholds to THRESHOLD_BYTES for this process; True if
-    set. Not glibc, or the user set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ (their
+    """Set glibc's mmap and trim thresholds (MMAP_/TRIM_THRESHOLD_BYTES) for this process;
+    True if set. Not glibc, or the user set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ (their
     choice stands): nothing changes."""
     if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
         return False
@@ -32,4 +35,4 @@ def return_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt)
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, THRESHOLD_BYTES))
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
