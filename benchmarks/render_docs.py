@@ -436,6 +436,22 @@ def render_update_memory(r: dict) -> str:
                "loss/policy", "grad norm"], rows)])
 
 
+def render_allocator(r: dict) -> str:
+    thresholds = {"shipped": "mmap 4 MiB, trim 128 MiB", "default": "glibc's own (dynamic)",
+                  "1 MiB": "mmap 1 MiB, trim 1 MiB"}
+    rows = [[m["workload"], m["arm"], thresholds.get(m["arm"], "-"), f"{m['peak_rss_mb']:,.0f}",
+             ratio(m["peak_vs_default"]), f"{m['train_s']:.1f}", ratio(m["train_vs_default"]), f"{m['rollout_s']:.1f}",
+             f"{m['last_loss']:.6f}", minutes(m["wall_s"])] for m in r["runs"]]
+    described = "; ".join(f"`{w}`: preset `{v['preset']}` with {' '.join(f'`{o}`' for o in v['overrides'])}, "
+                          f"{next(m['iterations'] for m in r['runs'] if m['workload'] == w)} iterations"
+                          for w, v in r["workloads"].items())
+    return "\n".join([
+        f"Each arm is one training run in a child process of its own ({described}). Update and rollout: mean "
+        "seconds per iteration after the first.", "",
+        table(["workload", "arm", "thresholds", "peak RSS (MB)", "vs default", "update (s)", "vs default",
+               "rollout (s)", "last loss/policy", "run"], rows)])
+
+
 def render_rollout_memory(r: dict) -> str:
     rows = [[m["mode"], f"{m['prefill_tokens']:,}", f"{m['peak_rss_mb']:,.0f}", f"{m['rollout_peak_mb']:,.0f}",
              ratio(m["rollout_peak_ratio"]), f"{m['generate_s']:.1f}"] for m in r["modes"]]
@@ -575,6 +591,7 @@ BLOCKS: dict[str, Block] = {
     "length_penalty": Block("length_penalty", "python benchmarks/length_penalty.py", render_length_penalty),
     "rollout_memory": Block("rollout_memory", "python benchmarks/rollout_memory.py --model models/smollm2 "
                             "--rows 64 --prompt-tokens 300 --new-tokens 48", render_rollout_memory),
+    "allocator": Block("allocator", "python benchmarks/allocator.py", render_allocator),
     "update_memory": Block("update_memory", "python benchmarks/update_memory.py --model models/smollm2 "
                            "--response-tokens 2048 --rows 2", render_update_memory),
 }

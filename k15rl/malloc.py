@@ -9,7 +9,7 @@ mmap threshold (mallopt M_MMAP_THRESHOLD, which also turns the adjustment off) r
 such blocks when they are freed (tests/test_malloc.py). The trim threshold stays high:
 with it at a few MiB glibc gives the heap's top back after each large free and faults it
 in again on the next step, which made an update up to twice as slow. The two values were
-chosen by measurement (benchmarks/allocator.py, docs/performance.md). No library exposes
+chosen by measurement (benchmarks/allocator.py, docs/sharded_training.md). No library exposes
 mallopt; ctypes on the C library is the way.
 """
 
