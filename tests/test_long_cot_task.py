@@ -12,6 +12,7 @@ from k15rl.tasks import Problem, get_task, make_prompts, split_of
 from k15rl.tasks.subset_sum import (
     MAX_SEARCH_LINES,
     SubsetSumTask,
+    _dfs,
     continued_search,
     search_lines,
 )
@@ -30,7 +31,7 @@ def _problems(task, n_per_level, seed=0):
     "answer: 12 + 5 + 3",
     "answer: 12+5+3=20",  # "sum = target"
     "answer: 12+5+3 = 20.",
-    "0+12=12, need 8\nanswer: 12+9\nanswer: 12+5+3",  # the last answer line counts
+    "12: 0+12=12 < 20, go on\nanswer: 12+9\nanswer: 12+5+3",  # the last answer line counts
 ])
 def test_verify_accepts_any_valid_subset(response):
     assert SubsetSumTask().verify(response, ANSWER)
@@ -58,12 +59,49 @@ def test_verify_rejects_wrong_or_malformed(response):
 
 def test_search_by_hand():
     lines, subset = search_lines([12, 9, 7, 5, 3], 20)
-    assert lines == ["0+12=12, need 8", "12+9=21, over", "12+7=19, need 1", "19+5=24, over", "19+3=22, over",
-                     "19-7=12, back", "12+5=17, need 3", "17+3=20, found"]
+    assert lines == ["12: 0+12=12 < 20, go on", "12+9: 12+9=21 > 20, over", "12+7: 12+7=19 < 20, go on",
+                     "12+7+5: 19+5=24 > 20, over", "12+7+3: 19+3=22 > 20, over", "12+7: 19-7=12, back",
+                     "12+5: 12+5=17 < 20, go on", "12+5+3: 17+3=20 = 20, found"]
     assert subset == [12, 5, 3]
     # searching on after the answer: step back out of the found branch, go on
-    assert continued_search([12, 9, 7, 5, 3], 20, len(lines), 3) == ["17-5=12, back", "12+3=15, need 5", "15-3=12, back"]
-    assert search_lines([9, 5], 3) == (["0+9=9, over", "0+5=5, over"], [])  # no subset: the whole tree
+    assert continued_search([12, 9, 7, 5, 3], 20, len(lines), 3) == ["12+5: 17-5=12, back", "12+3: 12+3=15 < 20, go on",
+                                                                      "12+3: 15-3=12, back"]
+    assert search_lines([9, 5], 3) == (["9: 0+9=9 > 3, over", "5: 0+5=5 > 3, over"], [])  # no subset: the whole tree
+
+
+def _line(path: list[int], target: int, back: bool = False) -> str:
+    total, n = sum(path), path[-1]
+    if back:
+        return f"{'+'.join(map(str, path))}: {total}-{n}={total - n}, back"
+    verdict = "= {}, found" if total == target else "> {}, over" if total > target else "< {}, go on"
+    return f"{'+'.join(map(str, path))}: {total - n}+{n}={total} {verdict.format(target)}"
+
+
+def _next_line(line: str, nums: list[int], target: int) -> str | None:
+    """The search's next line from its previous line and the list alone (None: the end)."""
+    path = [int(x) for x in line.split(":")[0].split("+")]
+    after = lambda n: nums[nums.index(n) + 1] if nums.index(n) + 1 < len(nums) else None  # noqa: E731
+    if "go on" in line and after(path[-1]) is not None:
+        return _line(path + [after(path[-1])], target)  # one level deeper
+    if "go on" in line:
+        return _line(path, target, back=True)  # nothing left to add: step back
+    # over, found, back: the next number in place of the last one, else step back
+    if after(path[-1]) is not None:
+        return _line(path[:-1] + [after(path[-1])], target)
+    return _line(path[:-1], target, back=True) if len(path) > 1 else None
+
+
+def test_each_line_follows_from_the_one_before():
+    """The path prefix makes the search local: each line is a function of the line before
+    and the list alone (a model need not look back past one line to know where a step
+    back returns to)."""
+    rng = random.Random(1)
+    for _ in range(300):
+        nums = sorted(rng.sample(range(1, 30), rng.randint(3, 7)), reverse=True)
+        target = rng.randint(1, sum(nums))
+        lines = [line for line, _ in _dfs(nums, target)]  # the whole tree, past any "found"
+        assert lines[0] == _line([nums[0]], target)
+        assert [_next_line(a, nums, target) for a in lines] == lines[1:] + [None]
 
 
 def test_search_finds_the_first_subset_of_a_brute_force_in_search_order():
@@ -156,3 +194,15 @@ def test_builtin_long_spec_is_wired(monkeypatch, tmp_path):
     monkeypatch.setattr(resolve, "check_model_folder", lambda p, key: p)
     assert resolve.resolve_model_path("builtin-long") == tmp_path and asked == [spec]
     assert resolve.resolve_model_path("builtin") == tmp_path and asked[-1] == BuiltinSpec()
+
+
+def test_a_new_trace_format_names_a_new_builtin_model(monkeypatch):
+    """The built-in model's cache name follows the task's trace format: a model warmed up
+    on the old traces is never reused for the new ones; other tasks' names do not move."""
+    from k15rl.models.builtin import BUILTIN_SPECS, spec_hash
+
+    long, default = BUILTIN_SPECS["builtin-long"], BUILTIN_SPECS["builtin"]
+    now = spec_hash(long), spec_hash(default)
+    monkeypatch.setattr(SubsetSumTask, "trace_format", 3)
+    assert spec_hash(long) != now[0]
+    assert spec_hash(default) == now[1]

@@ -50,20 +50,20 @@ class BuiltinSpec:
 
 
 # Named specs a config can ask for as `model.path` (or --model). "builtin-long" is sized
-# for the long-CoT workload (`subset_sum`: depth-first search traces up to about 1,900
+# for the long-CoT workload (`subset_sum`: depth-first search traces up to about 2,000
 # tokens with their prompts, so 2,048 positions; tests/test_long_cot_task.py measures it).
 BUILTIN_SPECS: dict[str, BuiltinSpec] = {
     "builtin": BuiltinSpec(),
     "builtin-long": BuiltinSpec(
         tasks=["subset_sum"],
-        levels=[1, 2, 3, 4, 5, 6, 7],
-        sft_per_level=[300, 500, 600, 600, 500, 400, 300],
+        levels=[1, 2, 3, 4, 5, 6],
+        sft_per_level=[400, 500, 600, 600, 500, 400],
         hidden_size=256,
         intermediate_size=768,
         num_layers=6,
         num_heads=8,
         max_positions=2048,
-        sft_epochs=3,
+        sft_epochs=4,
         sft_lr=2e-3,
         sft_batch_size=8,
     ),
@@ -87,9 +87,17 @@ def cache_root() -> Path:
 
 
 def spec_hash(spec: BuiltinSpec) -> str:
+    """The cache name's hash: the spec's fields, and the warm-up trace format of each task
+    that changed its format (a task's `trace_format` above 1), so that a cached model is
+    never one warmed up on traces its task no longer writes."""
+    from k15rl.tasks import get_task
+
     fields = asdict(spec)
     if fields["vision"] is None:  # text models keep the names they had before `vision` existed
         del fields["vision"]
+    formats = {t: f for t in spec.tasks if (f := getattr(get_task(t), "trace_format", 1)) != 1}
+    if formats:  # models of unchanged tasks keep their names
+        fields["trace_formats"] = formats
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 

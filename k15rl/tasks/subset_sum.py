@@ -15,25 +15,25 @@ max_research_frac, max_extra_checks)` sets how much; `warmup_trace(..., concise=
 is the same search and answer without it, for comparisons.
 
 Lengths in tokens of a tokenizer built like the built-in one (digits one token each),
-700 default traces over the 7 levels (tests/test_long_cot_task.py): median about 226,
-99th percentile about 1,650 (7.3x the median), longest about 1,800 (fits 2,048
-positions with its prompt); the concise traces are about 37% fewer tokens in all.
+600 default traces over the 6 levels (tests/test_long_cot_task.py): median about 263,
+99th percentile about 1,660 (6.3x the median), longest about 1,940 (1,982 with its
+prompt: fits 2,048 positions); the concise traces are about 35% fewer tokens in all.
 
 Line formats (few distinct words)::
 
     plan: make 20 from the list, largest first, back up on a dead end.
-    0+12=12, need 8
-    12+9=21, over
-    12+7=19, need 1
-    19+5=24, over
-    19+3=22, over
-    19-7=12, back
-    12+5=17, need 3
-    17+3=20, found
+    12: 0+12=12 < 20, go on
+    12+9: 12+9=21 > 20, over
+    12+7: 12+7=19 < 20, go on
+    12+7+5: 19+5=24 > 20, over
+    12+7+3: 19+3=22 > 20, over
+    12+7: 19-7=12, back
+    12+5: 12+5=17 < 20, go on
+    12+5+3: 17+3=20 = 20, found
     check: 12+5+3=20, each from the list once. ok
     check again: search on for another way.        (overthinking from here ...
-    17-5=12, back
-    12+3=15, need 5
+    12+5: 17-5=12, back
+    12+3: 12+3=15 < 20, go on
     check again: keep 12+5+3. ok
     check again: 20-12=8, 8-5=3, 3-3=0. ok         ... to here)
     answer: 12+5+3
@@ -51,43 +51,47 @@ from k15rl.verifiers import extract_answer
 
 # level -> (how many numbers, largest number)
 SUBSET_SUM_LEVELS: dict[int, tuple[int, int]] = {
-    1: (3, 15),
+    1: (3, 12),
     2: (4, 12),
     3: (5, 16),
-    4: (6, 24),
-    5: (8, 40),
-    6: (10, 60),
-    7: (12, 99),
+    4: (6, 20),
+    5: (7, 24),
+    6: (7, 30),
 }
 # A problem whose search takes more lines than this is drawn again, so the longest
 # trace (with its checks and the prompt) fits a 2,048-position model.
-MAX_SEARCH_LINES = 100
+MAX_SEARCH_LINES = 60
 # Searching on after the answer (overthinking) stops where search and continued search
 # together reach this many lines, for the same reason.
-MAX_TRACE_LINES = 105
+MAX_TRACE_LINES = 61
 _SUM = re.compile(r"^\d+(?:\+\d+)*$")
 
 
 def _dfs(numbers: list[int], target: int) -> Iterator[tuple[str, list[int] | None]]:
     """Every line of a depth-first search over the whole tree (largest number first, each
     at most once), with the subset on each "found" line and None on the others. After a
-    "found" the search goes on as if that number had missed (continued search)."""
+    "found" the search goes on as if that number had missed (continued search).
+
+    Each line starts with the path it is at (the numbers chosen, the one tried last), so
+    that the next line follows from this one and the list alone: a model need not find,
+    hundreds of tokens back, the line a step back returns to."""
     nums = sorted(numbers, reverse=True)
     chosen: list[int] = []
 
     def rec(start: int, total: int) -> Iterator[tuple[str, list[int] | None]]:
         for j in range(start, len(nums)):
             n, new = nums[j], total + nums[j]
+            path = "+".join(map(str, chosen + [n]))
             if new == target:
-                yield f"{total}+{n}={new}, found", chosen + [n]
+                yield f"{path}: {total}+{n}={new} = {target}, found", chosen + [n]
             elif new > target:
-                yield f"{total}+{n}={new}, over", None
+                yield f"{path}: {total}+{n}={new} > {target}, over", None
             else:
-                yield f"{total}+{n}={new}, need {target - new}", None
+                yield f"{path}: {total}+{n}={new} < {target}, go on", None
                 chosen.append(n)
                 yield from rec(j + 1, new)
                 chosen.pop()
-                yield f"{new}-{n}={total}, back", None
+                yield f"{path}: {new}-{n}={total}, back", None
 
     return rec(0, 0)
 
@@ -97,7 +101,7 @@ def search_lines(numbers: list[int], target: int, max_lines: int | None = None) 
     that subset (([...], []) if there is none), or None if it takes more than `max_lines`.
 
     >>> search_lines([9, 5, 3], 8)
-    (['0+9=9, over', '0+5=5, need 3', '5+3=8, found'], [5, 3])
+    (['9: 0+9=9 > 8, over', '5: 0+5=5 < 8, go on', '5+3: 5+3=8 = 8, found'], [5, 3])
     >>> search_lines([9, 5, 3], 8, max_lines=2) is None
     True
     """
@@ -116,7 +120,7 @@ def continued_search(numbers: list[int], target: int, skip: int, max_lines: int)
     at the next subset found: searching on after the answer is found (overthinking).
 
     >>> continued_search([9, 5, 4, 3], 9, 1, 5)  # 9 is found at once; the search goes on
-    ['0+5=5, need 4', '5+4=9, found']
+    ['5: 0+5=5 < 9, go on', '5+4: 5+4=9 = 9, found']
     """
     out: list[str] = []
     for i, (line, subset) in enumerate(_dfs(numbers, target)):
@@ -193,6 +197,10 @@ class SubsetSumTask:
 
     name = "subset_sum"
     levels = tuple(SUBSET_SUM_LEVELS)
+    # 2: lines carry their path and compare with the target ("12+7: 12+7=19 < 20, go on");
+    # 1 wrote the remainder ("12+7=19, need 1"), a subtraction the built-in model got wrong
+    # on most failed level-3 answers. Part of the built-in model's cache name (spec_hash).
+    trace_format = 2
 
     def __init__(self, overthink_prob: float = 0.8, max_research_frac: float = 1.5, max_extra_checks: int = 2):
         if not 0 <= overthink_prob <= 1 or max_research_frac < 0 or max_extra_checks < 0:
@@ -221,7 +229,7 @@ class SubsetSumTask:
     def verify(self, response: str, answer: str) -> bool:
         """The final answer line is a sum of listed numbers equal to the target.
 
-        >>> SubsetSumTask().verify("0+5=5, need 3\\nanswer: 5+3", "9 5 3=8")
+        >>> SubsetSumTask().verify("5: 0+5=5 < 8, go on\\nanswer: 5+3", "9 5 3=8")
         True
         >>> SubsetSumTask().verify("answer: 5+3=8", "9 5 3=8")  # "sum = target" is fine
         True
