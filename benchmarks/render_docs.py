@@ -452,6 +452,23 @@ def render_allocator(r: dict) -> str:
                "rollout (s)", "last loss/policy", "run"], rows)])
 
 
+def render_long_cot_warmup(r: dict) -> str:
+    runs = {run["temperature"]: run for run in r["runs"]}
+    temps = sorted(runs)
+    name = lambda t: "greedy" if t == 0 else f"T = {t:g}"  # noqa: E731
+    header = ["level"] + [h for t in temps for h in (f"{name(t)}: accuracy", f"{name(t)}: mean tokens")] + ["n"]
+    levels = list(runs[temps[0]]["per_level"])
+    rows = [[lv] + [x for t in temps for x in (pct(runs[t]["per_level"][lv]["accuracy"]),
+                                                f"{runs[t]['per_level'][lv]['mean_tokens']:.0f}")]
+            + [str(runs[temps[0]]["per_level"][lv]["n"])] for lv in levels]
+    rows.append(["all"] + [x for t in temps for x in (f"{pct(runs[t]['accuracy'])} +/- {pct(runs[t]['accuracy_ci95'])}",
+                                                      f"{runs[t]['mean_tokens']:.0f}")] + [str(runs[temps[0]]["n"])])
+    built = f"built in {minutes(r['build_s'])}" if r["build_s"] > 60 else "cached"
+    return "\n".join([
+        f"`{r['model']}` ({built}), held-out `subset_sum` prompts, responses up to {r['max_new_tokens']} tokens "
+        "(intervals: 95% normal approximation):", "", table(header, rows)])
+
+
 def render_rollout_memory(r: dict) -> str:
     rows = [[m["mode"], f"{m['prefill_tokens']:,}", f"{m['peak_rss_mb']:,.0f}", f"{m['rollout_peak_mb']:,.0f}",
              ratio(m["rollout_peak_ratio"]), f"{m['generate_s']:.1f}"] for m in r["modes"]]
@@ -591,6 +608,7 @@ BLOCKS: dict[str, Block] = {
     "length_penalty": Block("length_penalty", "python benchmarks/length_penalty.py", render_length_penalty),
     "rollout_memory": Block("rollout_memory", "python benchmarks/rollout_memory.py --model models/smollm2 "
                             "--rows 64 --prompt-tokens 300 --new-tokens 48", render_rollout_memory),
+    "long_cot_warmup": Block("long_cot_warmup", "python benchmarks/long_cot_warmup.py", render_long_cot_warmup),
     "allocator": Block("allocator", "python benchmarks/allocator.py", render_allocator),
     "update_memory": Block("update_memory", "python benchmarks/update_memory.py --model models/smollm2 "
                            "--response-tokens 2048 --rows 2", render_update_memory),
