@@ -31,12 +31,13 @@ from stats import t_interval
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--iterations", type=int, default=16)
+    p.add_argument("--iterations", type=int, default=8)
     p.add_argument("--prompts", type=int, default=8, help="prompts per iteration (8 samples each)")
-    p.add_argument("--weight", type=float, default=0.5, help="length reward weight after the warm-up")
-    p.add_argument("--warmup", type=int, default=4, help="iterations without the length reward")
-    p.add_argument("--levels", default="2,3,4,5")
-    p.add_argument("--test-per-level", type=int, default=25)
+    p.add_argument("--weight", type=float, default=1.0, help="length reward weight after the warm-up")
+    p.add_argument("--warmup", type=int, default=2, help="iterations without the length reward")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--levels", default="1,2,3", help="subset_sum levels (1-3: most answers right, 140-350 tokens)")
+    p.add_argument("--test-per-level", type=int, default=20)
     p.add_argument("--max-new-tokens", type=int, default=1900)
     p.add_argument("--out", default="runs/length_penalty")
     p.add_argument("--rerun", action="store_true")
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     common = [f"iterations={args.iterations}", f"rollout.prompts_per_iteration={args.prompts}",
               f"algorithm.minibatches={min(2, args.prompts)}", f"data.train_levels=[{args.levels}]",
               f"data.test_levels=[{args.levels}]", f"data.test_per_level={args.test_per_level}",
+              "data.train_per_level=400", f"algorithm.lr={args.lr}",
               f"rollout.max_new_tokens={args.max_new_tokens}", f"eval.every={max(args.iterations // 4, 1)}"]
     arms = {"none": ["reward.length_weight=0"],
             "length": [f"reward.length_weight={args.weight}", f"reward.length_warmup_iterations={args.warmup}"]}
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy_delta_points": statistics.mean(dacc), "accuracy_delta_ci95": t_interval(dacc),
         "goal": "token_reduction >= 0.30 with accuracy_delta_points >= -2",
         "per_seed": per_seed, "iterations": args.iterations, "prompts_per_iteration": args.prompts,
-        "samples_per_prompt": 8, "weight": args.weight, "warmup_iterations": args.warmup, "levels": args.levels,
+        "samples_per_prompt": 8, "lr": args.lr, "weight": args.weight, "warmup_iterations": args.warmup, "levels": args.levels,
         "test_prompts": runs[0]["n_test"], "max_new_tokens": args.max_new_tokens,
         "seconds_per_iteration": {arm: statistics.mean(r["seconds_per_iteration"] for r in runs if r["arm"] == arm)
                                   for arm in arms},
