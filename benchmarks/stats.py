@@ -32,3 +32,14 @@ def t_interval(xs: list[float]) -> list[float]:
         return [m, m]
     h = t975(len(xs) - 1) * statistics.stdev(xs) / len(xs) ** 0.5
     return [m - h, m + h]
+
+
+def proportion_interval(successes: int, n: int) -> list[float]:
+    """95% normal-approximation interval [low, high] of a proportion (the one evaluations report).
+
+    >>> [round(x, 3) for x in proportion_interval(50, 100)]
+    [0.402, 0.598]
+    """
+    p = successes / n
+    h = 1.96 * (p * (1 - p) / n) ** 0.5
+    return [p - h, p + h]

@@ -128,6 +128,10 @@ class RolloutConfig:
     # that uses them up is cut, kept in the replay buffer and continued next iteration. 0 = off.
     segment_tokens: int = 0
     continue_first: bool = True  # cut trajectories take their rows first; new prompts fill the rest
+    # Built-in engine: a cut trajectory's KV cache stays in the engine and its continuation
+    # starts from it instead of re-encoding prompt and earlier segments. That prefix was then
+    # encoded by the previous policy, so it needs algorithm.recompute_old_logprobs=true.
+    keep_kv: bool = False
     train_on_stale_segments: bool = True  # tokens sampled by older policies count in the loss
     # Start the next iteration's rollout (by pi_i) while the trainer updates pi_i: generation
     # and training overlap, at the price of samples one policy version old.
@@ -262,6 +266,13 @@ class TrainConfig:
             (self.rollout.max_batch >= 1, "rollout.max_batch", self.rollout.max_batch, "must be >= 1"),
             (self.rollout.prefill_tokens >= 1, "rollout.prefill_tokens", self.rollout.prefill_tokens, "must be >= 1"),
             (self.rollout.segment_tokens >= 0, "rollout.segment_tokens", self.rollout.segment_tokens, "must be >= 0"),
+            (not self.rollout.keep_kv or self.rollout.segment_tokens > 0, "rollout.keep_kv", self.rollout.keep_kv,
+             "needs partial rollouts (rollout.segment_tokens > 0): only cut trajectories keep their KV cache"),
+            (not self.rollout.keep_kv or self.rollout.engine == "hf", "rollout.keep_kv", self.rollout.keep_kv,
+             "needs the built-in engine (rollout.engine=hf); vLLM re-encodes continued prefixes"),
+            (not self.rollout.keep_kv or self.algorithm.recompute_old_logprobs, "rollout.keep_kv",
+             self.rollout.keep_kv, "needs algorithm.recompute_old_logprobs=true: a continuation attends to a "
+             "prefix encoded by the previous policy, so the engine's log-probs are not pi_i's"),
             (self.rollout.repeat_ngram >= 0, "rollout.repeat_ngram", self.rollout.repeat_ngram, "must be >= 0"),
             (self.rollout.repeat_times >= 2, "rollout.repeat_times", self.rollout.repeat_times, "must be >= 2"),
             (self.rollout.repeat_min_tokens >= 1, "rollout.repeat_min_tokens", self.rollout.repeat_min_tokens,

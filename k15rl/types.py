@@ -60,6 +60,10 @@ class GenerationRequest:
     max_new_tokens: int | None = None  # this request's budget, if below SamplingParams.max_new_tokens
     id: str = ""  # names the trajectory across segments ("g<group>m<member>"), for engines and logs
     images: tuple[bytes, ...] = ()  # PNG bytes, one per image placeholder in prompt_ids (vision-language models)
+    # Partial rollouts: if this segment ends at its budget, the engine may keep its KV cache,
+    # so that the next call's request with the same id and context skips the prefill
+    # (rollout.keep_kv; engines that cannot ignore it).
+    keep_kv: bool = False
 
 
 @dataclass

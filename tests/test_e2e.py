@@ -87,14 +87,16 @@ def test_loop_runs_with_each_sampler(tmp_path, tiny_model_dir, toy_task, sampler
     assert state["iteration"] == 2 and "rng" in state["sampler"]
 
 
-@pytest.mark.parametrize("continue_first", [True, False])
-def test_loop_with_partial_rollouts(tmp_path, tiny_model_dir, toy_task, continue_first):
-    """Segments of 2 tokens, responses up to 6: trajectories are cut, continued and trained."""
+@pytest.mark.parametrize("continue_first,keep_kv", [(True, False), (False, False), (True, True)])
+def test_loop_with_partial_rollouts(tmp_path, tiny_model_dir, toy_task, continue_first, keep_kv):
+    """Segments of 2 tokens, responses up to 6: trajectories are cut, continued and trained
+    (with keep_kv, continued from the engine's kept KV cache)."""
     cfg = load_config(None, [
         f"out={tmp_path / 'run'}", f"model.path={tiny_model_dir}", "data.tasks=[digit_first]",
         "data.train_per_level=20", "data.test_per_level=2", "iterations=5", "rollout.k=2",
         "rollout.prompts_per_iteration=4", "rollout.max_new_tokens=6", "rollout.segment_tokens=2",
         f"rollout.continue_first={str(continue_first).lower()}", "rollout.train_on_stale_segments=false",
+        f"rollout.keep_kv={str(keep_kv).lower()}", f"algorithm.recompute_old_logprobs={str(keep_kv).lower()}",
         "eval.every=0", "threads=1", "checkpoint_every=2",
     ])
     train(cfg, log=lambda s: None)

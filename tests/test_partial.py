@@ -193,6 +193,67 @@ def test_continued_trajectory_equals_uninterrupted_generation(policy):
     assert len(buffer) == 0
 
 
+def _segments_of_8(engine, tok, prompts, params, keep_kv, iterations=3, between=None):
+    buffer, results = ReplayBuffer(), []
+    for it in range(iterations):
+        results.append(partial_rollout(engine, tok, buffer, prompts if it == 0 else [], 2, params, version=it,
+                                       segment_tokens=8, max_tokens=24, first_group=0, keep_kv=keep_kv))
+        if between:
+            between(it)
+    return results
+
+
+def test_kept_kv_continuation_equals_reencoding_and_skips_the_prefill(policy):
+    """rollout.keep_kv, unchanged weights: sampled (T=1) continuations from the kept KV cache
+    draw the same tokens with the same log-probs as re-encoding prompt + earlier segments,
+    and the continued requests are never prefilled again."""
+    model, tok = policy
+    params = SamplingParams(max_new_tokens=24, temperature=1.0, seed=7)
+    prompts = [_prompt(q, i) for i, q in enumerate(QUESTIONS[:3])]
+    counting = CountingModel(model)
+    engine = HFEngine(counting, tok)
+    ref = _segments_of_8(HFEngine(model, tok), tok, prompts, params, keep_kv=False)
+    got = _segments_of_8(engine, tok, prompts, params, keep_kv=True)
+    for a, b in zip(ref[2].trajectories, got[2].trajectories):
+        assert a.response_ids == b.response_ids
+        torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=1e-4, rtol=0)
+    prefills = [shape for shape in counting.calls if shape[1] > 1]  # decoding steps are [S, 1]
+    assert len(prefills) == 1 and prefills[0][0] == 6  # the 6 new trajectories of iteration 0 only
+    assert not engine._kept  # the last segments reached max_tokens: nothing left behind
+
+
+def test_kept_kv_survives_an_evaluation_and_is_dropped_when_not_continued(policy):
+    model, tok = policy
+    params = SamplingParams(max_new_tokens=24, temperature=1.0, seed=3)
+    engine = HFEngine(model, tok)
+    prompts = [_prompt(q, i) for i, q in enumerate(QUESTIONS[:2])]
+    evaluate = lambda it: rollout(engine, tok, prompts, 2, SamplingParams(max_new_tokens=5, seed=it))  # noqa: E731
+    ref = _segments_of_8(HFEngine(model, tok), tok, prompts, params, keep_kv=False)
+    got = _segments_of_8(engine, tok, prompts, params, keep_kv=True, between=evaluate)
+    assert [t.response_ids for t in got[2].trajectories] == [t.response_ids for t in ref[2].trajectories]
+    buffer = ReplayBuffer()
+    partial_rollout(engine, tok, buffer, prompts, 2, params, version=0, segment_tokens=8, max_tokens=24,
+                    first_group=0, keep_kv=True)
+    assert len(engine._kept) == 4  # one per cut trajectory
+    partial_rollout(engine, tok, ReplayBuffer(), [_prompt("Sort: z y", 9)], 2, params, version=1, segment_tokens=8,
+                    max_tokens=24, first_group=5, keep_kv=True)
+    assert set(engine._kept) == {"g5m0", "g5m1"}  # the four not continued by that call are gone
+
+
+def test_kept_kv_with_another_context_is_not_used(policy):
+    """A request whose context is not what the kept KV covers is prefilled as usual."""
+    model, tok = policy
+    engine = HFEngine(model, tok)
+    p = _ids(tok, QUESTIONS[0])
+    params = SamplingParams(max_new_tokens=4, temperature=0)
+    first = engine.generate([GenerationRequest(p, id="x", keep_kv=True)], params)[0]
+    assert list(engine._kept) == ["x"]
+    other = [t + 1 for t in first.token_ids]  # same id, other tokens
+    got = engine.generate([GenerationRequest(p, other, id="x")], params)[0]
+    want = HFEngine(model, tok).generate([GenerationRequest(p, other)], params)[0]
+    assert got.token_ids == want.token_ids
+
+
 class ScriptedEngine:
     """Emits token 100+j for trajectory j until its scripted total length, then EOS (2).
     A continuation is recognised by its first token, so the script follows each trajectory."""

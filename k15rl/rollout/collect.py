@@ -67,6 +67,7 @@ def partial_rollout(
     segment_tokens: int,
     max_tokens: int,
     first_group: int,
+    keep_kv: bool = False,
 ) -> PartialRolloutResult:
     """One rollout phase with partial rollouts (report §2.6.2).
 
@@ -75,7 +76,8 @@ def partial_rollout(
     groups. Every trajectory gets at most `segment_tokens` new tokens (0: no cut) and
     at most `max_tokens` in total. A segment that hits the budget with room left is
     `cut` and stays in the buffer; at `max_tokens` it is `max_len`. Every token records
-    `version`, the policy that sampled it.
+    `version`, the policy that sampled it. `keep_kv`: a cut trajectory's KV cache stays in
+    the engine for its continuation (rollout.keep_kv; engines that cannot keep it ignore it).
     """
     segment = segment_tokens or max_tokens
     continued = buffer.unfinished()
@@ -83,10 +85,11 @@ def partial_rollout(
         ids = encode_prompt(tokenizer, p.messages, p.images)
         buffer.add_group([Member(p, first_group + i, ids, index=j) for j in range(k)])
     active = continued + [m for i in range(len(prompts)) for m in buffer.groups[first_group + i]]
+    budgets = [min(segment, max_tokens - len(m.response_ids)) for m in active]
     requests = [
-        GenerationRequest(m.prompt_ids, m.response_ids, max_new_tokens=min(segment, max_tokens - len(m.response_ids)),
-                          id=f"g{m.group}m{m.index}", images=m.prompt.images)
-        for m in active
+        GenerationRequest(m.prompt_ids, m.response_ids, max_new_tokens=b, id=f"g{m.group}m{m.index}",
+                          images=m.prompt.images, keep_kv=keep_kv and len(m.response_ids) + b < max_tokens)
+        for m, b in zip(active, budgets)
     ]
     segments = engine.generate(requests, replace(params, max_new_tokens=segment))
     outcomes: Counter = Counter()

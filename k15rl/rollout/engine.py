@@ -148,8 +148,21 @@ class _Row:
 
     index: int  # position in the caller's request list
     budget: int
+    context: list[int] = field(default_factory=list)  # prompt + earlier segments' tokens
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    keep: bool = False  # finished at its budget with keep_kv: its KV is kept after this step
+
+
+@dataclass
+class _KeptKV:
+    """A cut segment's KV cache, kept for its continuation (GenerationRequest.keep_kv)."""
+
+    context: list[int]  # the tokens it covers: prompt, earlier segments, this segment
+    keys: list[torch.Tensor]  # per layer [H, c, D]
+    values: list[torch.Tensor]  # per layer [H, c, D]
+    logits: torch.Tensor  # [V] next-token logits after the context
+    offset: int  # rotary offset of the tokens that follow (M-RoPE models; else 0)
 
 
 class HFEngine:
@@ -163,6 +176,17 @@ class HFEngine:
     shrinks, so finished sequences cost (almost) nothing. Works with models whose KV
     cache is made of full-attention layers (Llama, Qwen2, Mistral without sliding
     window, SmolLM, ...).
+
+    Partial rollouts (report §2.6.2) continue a cut trajectory in a later call with its
+    prompt and earlier tokens as the context. Re-encoding that context costs a prefill of
+    every token so far, each time the trajectory is continued: for long trajectories cut
+    into short segments, more than the new tokens themselves. A request with `keep_kv`
+    that ends at its budget leaves its slot's KV cache (and next-token logits) here
+    instead; the next call's request with the same id and the same context takes it into
+    a slot without a prefill. That KV was computed by the weights of its own call: after
+    `load_weights` the continuation attends to a prefix encoded by the previous policy,
+    which is why rollout.keep_kv asks the trainer to recompute pi_i's log-probs. Kept KV
+    not taken by the next call that keeps any is dropped.
 
     The model runs where its parameters are (`k15rl.models.loading.on_device`); the
     bookkeeping and the sampling (its random stream) stay on the CPU, so a seed draws the
@@ -183,6 +207,7 @@ class HFEngine:
         # its patch grid for multi-row rotary positions (hash -> [3]; Qwen2-VL-style towers).
         self._features: dict[str, torch.Tensor] = {}
         self._grids: dict[str, torch.Tensor] = {}
+        self._kept: dict[str, _KeptKV] = {}  # request id -> its cut segment's KV (keep_kv)
 
     def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict, strict=True)
@@ -224,6 +249,8 @@ class HFEngine:
         logits = None  # [S, V] next-token logits of each slot
         detector = RepeatDetector(params.repeat_ngram, params.repeat_times, params.repeat_min_tokens) \
             if params.repeat_ngram > 0 else None
+        keeping = any(r.keep_kv for r in requests)
+        kept, self._kept = self._kept, ({} if keeping else self._kept)  # taken from `kept`, new ones to _kept
         if detector:
             detector.add_rows([[]] * S)
         while waiting or more or any(r is not None for r in rows):
@@ -239,22 +266,39 @@ class HFEngine:
                 idx = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
                 contexts = [list(requests[i].prompt_ids) + list(requests[i].prefix_ids) for i in idx]
                 width = max(len(c) for c in contexts)
-                for lo, hi in prefill_chunks([len(c) for c in contexts], self.prefill_tokens):
-                    pre, new_logits, offsets = self._prefill(contexts[lo:hi], [requests[i].images for i in idx[lo:hi]],
-                                                             [len(requests[i].prompt_ids) for i in idx[lo:hi]])
+                reused = [self._take_kept(kept, requests[i].id, c) for i, c in zip(idx, contexts)]
+                fresh = [n for n, k in enumerate(reused) if k is None]
+                for lo, hi in prefill_chunks([len(contexts[n]) for n in fresh], self.prefill_tokens):
+                    ns = fresh[lo:hi]
+                    pre, new_logits, offsets = self._prefill([contexts[n] for n in ns],
+                                                             [requests[idx[n]].images for n in ns],
+                                                             [len(requests[idx[n]].prompt_ids) for n in ns])
                     if kv is None:
-                        k0 = pre.layers[0].keys
+                        k0 = pre.layers[0].keys  # [b, H, P, D]
                         kv = SlotCache(S, len(pre.layers), k0.shape[1], k0.shape[3], k0.dtype,
                                        columns=width + params.max_new_tokens + 1, end=width, device=dev)
                         logits = new_logits.new_zeros((S, new_logits.shape[1]))
                     P = pre.layers[0].keys.shape[2]
-                    for i, (j, r, c) in enumerate(zip(free[lo:hi], idx[lo:hi], contexts[lo:hi])):
-                        kv.place(j, [layer.keys[i, :, P - len(c):] for layer in pre.layers],
-                                 [layer.values[i, :, P - len(c):] for layer in pre.layers])
-                        pos[j], offset[j], logits[j] = len(c), offsets[i], new_logits[i]
-                        req = requests[r]
-                        rows[j] = _Row(r, min(params.max_new_tokens, req.max_new_tokens or params.max_new_tokens))
+                    for i, n in enumerate(ns):
+                        c = len(contexts[n])
+                        kv.place(free[n], [layer.keys[i, :, P - c:] for layer in pre.layers],
+                                 [layer.values[i, :, P - c:] for layer in pre.layers])
+                        offset[free[n]], logits[free[n]] = offsets[i], new_logits[i]
                     del pre  # this chunk's own KV cache, now copied into the slots
+                for n, k in enumerate(reused):
+                    if k is None:
+                        continue
+                    if kv is None:
+                        k0 = k.keys[0]  # [H, c, D]
+                        kv = SlotCache(S, len(k.keys), k0.shape[0], k0.shape[2], k0.dtype,
+                                       columns=width + params.max_new_tokens + 1, end=width, device=dev)
+                        logits = k.logits.new_zeros((S, k.logits.shape[0]))
+                    kv.place(free[n], k.keys, k.values)
+                    offset[free[n]], logits[free[n]] = k.offset, k.logits
+                for n, (r, c) in enumerate(zip(idx, contexts)):
+                    req, j = requests[r], free[n]
+                    pos[j] = len(c)
+                    rows[j] = _Row(r, min(params.max_new_tokens, req.max_new_tokens or params.max_new_tokens), c)
                 if detector:
                     detector.reset_rows(free[:len(idx)], [requests[r].prefix_ids for r in idx])
             if all(r is None for r in rows):  # the source ran dry before anything was admitted
@@ -281,8 +325,11 @@ class HFEngine:
                     reason = "length"
                 if reason:
                     out[row.index] = Segment(row.tokens, row.logprobs, reason)  # type: ignore[arg-type]
-                    rows[j], live[j], finished = None, False, True
-                    kv.clear(j)
+                    if reason == "length" and requests[row.index].keep_kv:
+                        row.keep = True  # stays in the next step, which encodes its last token
+                    else:
+                        rows[j], live[j], finished = None, False, True
+                        kv.clear(j)
             if not live.any():
                 continue
             # 3. finished slots: drop unused leading columns; with nobody waiting and few
@@ -306,9 +353,21 @@ class HFEngine:
             ).logits[:, -1, :].cpu()  # [S, V]
             kv.advance()
             pos = pos + live.long()
+            for j, row in enumerate(rows):  # segments cut with keep_kv: their KV, now complete, is kept
+                if row is not None and row.keep:
+                    keys, values = kv.take(j)
+                    self._kept[requests[row.index].id] = _KeptKV(row.context + row.tokens, keys, values,
+                                                                 logits[j].clone(), int(offset[j]))
+                    rows[j] = None
         self._features.clear()  # bounded memory: features live for one call
         self._grids.clear()
         return out  # type: ignore[return-value]
+
+    @staticmethod
+    def _take_kept(kept: dict[str, _KeptKV], rid: str, context: list[int]) -> _KeptKV | None:
+        """The KV kept for request `rid` if it covers exactly `context` (removed from `kept`)."""
+        k = kept.get(rid) if rid else None
+        return kept.pop(rid) if k is not None and k.context == context else None
 
     def _prefill(self, contexts: list[list[int]], images: Sequence[Sequence[bytes]] = (),
                  prompt_lens: Sequence[int] = ()):

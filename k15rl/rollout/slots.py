@@ -90,6 +90,16 @@ class SlotCache:
     def clear(self, slot: int) -> None:
         self.mask[slot] = 0
 
+    def take(self, slot: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Copies of one slot's keys and values ([H, c, D] per layer, its c columns in
+        order, as `place` takes them), and clear the slot."""
+        cols = self.mask[slot, self.start:self.end].nonzero().squeeze(1) + self.start  # [c] contiguous
+        lo, hi = int(cols[0]), int(cols[-1]) + 1
+        keys = [layer.buf_k[slot, :, lo:hi].clone() for layer in self.cache.layers]
+        values = [layer.buf_v[slot, :, lo:hi].clone() for layer in self.cache.layers]
+        self.clear(slot)
+        return keys, values
+
     def step_mask(self, live: torch.Tensor) -> torch.Tensor:
         """Open column `end` for the coming decoding step; returns the model's attention
         mask [S, end - start + 1]. A slot without a sequence attends to its own new
