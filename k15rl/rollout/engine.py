@@ -249,8 +249,7 @@ class HFEngine:
         logits = None  # [S, V] next-token logits of each slot
         detector = RepeatDetector(params.repeat_ngram, params.repeat_times, params.repeat_min_tokens) \
             if params.repeat_ngram > 0 else None
-        keeping = any(r.keep_kv for r in requests)
-        kept, self._kept = self._kept, ({} if keeping else self._kept)  # taken from `kept`, new ones to _kept
+        kept, self._kept = self._kept, {}  # continuations take theirs from `kept`; new cuts go to _kept
         if detector:
             detector.add_rows([[]] * S)
         while waiting or more or any(r is not None for r in rows):
@@ -359,6 +358,8 @@ class HFEngine:
                     self._kept[requests[row.index].id] = _KeptKV(row.context + row.tokens, keys, values,
                                                                  logits[j].clone(), int(offset[j]))
                     rows[j] = None
+        if not any(r.keep_kv for r in requests):  # e.g. an evaluation between two iterations
+            self._kept.update(kept)  # leaves the kept KV for the next rollout; else what was not taken goes
         self._features.clear()  # bounded memory: features live for one call
         self._grids.clear()
         return out  # type: ignore[return-value]
