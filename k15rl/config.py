@@ -182,6 +182,9 @@ class AlgorithmConfig:
     micro_batch_tokens: int = 0
     activation_checkpointing: bool = False  # recompute each layer's activations in the backward (less memory)
     recompute_old_logprobs: bool = False  # True: pi_i log-probs from the trainer, not the sampler
+    # The report resets the optimizer at every iteration (§2.3.2). False: one AdamW for the whole
+    # run, its moments carried across iterations and checkpoints (the ablation; local backend only)
+    optimizer_reset: bool = True
     max_consecutive_skips: int = 5  # stop after this many optimizer steps in a row with a NaN/inf loss or gradient
     autocast_bf16: bool = False
 
@@ -311,6 +314,7 @@ class TrainConfig:
             (self.threads >= 0, "threads", self.threads, "must be >= 0"),
             *self._lora_checks(),
             *self._distributed_checks(),
+            *self._optimizer_checks(),
         ]
         for ok, key, value, why in checks:
             if not ok:
@@ -329,6 +333,11 @@ class TrainConfig:
             (not lo.rank or self.distributed.backend == "local", "model.lora.rank", lo.rank,
              "is not supported with distributed.backend=ray yet: use distributed.backend=local, or model.lora.rank=0"),
         ]
+
+    def _optimizer_checks(self) -> list[tuple[bool, str, Any, str]]:
+        return [(self.algorithm.optimizer_reset or self.distributed.backend == "local", "algorithm.optimizer_reset",
+                 self.algorithm.optimizer_reset, "false needs distributed.backend=local (Ray trainer workers "
+                 "create their optimizer each iteration)")]
 
     def _distributed_checks(self) -> list[tuple[bool, str, Any, str]]:
         d, v = self.distributed, self.rollout.vllm

@@ -119,6 +119,8 @@ CASES = [
     ("unknown sampler", ["train", "out={run}", "sampler.name=random"], "sampler.name"),
     ("unknown task", ["train", "out={run}", "data.tasks=[chess]"], "chess"),
     ("negative segment budget", ["train", "out={run}", "rollout.segment_tokens=-1"], "rollout.segment_tokens"),
+    ("kept optimizer on Ray", ["train", "out={run}", "algorithm.optimizer_reset=false", "distributed.backend=ray"],
+     "algorithm.optimizer_reset"),
     ("kept KV without partial rollouts", ["train", "out={run}", "rollout.keep_kv=true",
                                           "algorithm.recompute_old_logprobs=true"], "rollout.keep_kv"),
     ("kept KV with the engine's log-probs", ["train", "out={run}", "rollout.keep_kv=true",

@@ -143,3 +143,36 @@ def test_cli_resume_errors(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no run to resume" in err[0]
+
+
+def test_kept_optimizer_resumes_exactly(tmp_path, tiny_model_dir, monkeypatch):
+    """algorithm.optimizer_reset=false: AdamW's moments carry across iterations and
+    checkpoints, so a run killed after iteration 2 and resumed ends like an uninterrupted one;
+    and the kept moments change the run (it differs from the reset one)."""
+    extra = ("algorithm.optimizer_reset=false", "iterations=4", "rollout.segment_tokens=0")
+    ref = tmp_path / "ref"
+    train(_cfg(ref, tiny_model_dir, *extra), log=lambda s: None)
+    assert (ref / "checkpoints" / "iter_000004" / "optimizer.pt").is_file()
+    state = torch.load(ref / "checkpoints" / "iter_000004" / "optimizer.pt", weights_only=True)
+    assert {int(s["step"]) for s in state["state"].values()} == {4}  # 4 iterations x 1 step, one AdamW
+    run = tmp_path / "run"
+    real_score, calls = loop.score, []
+
+    def crashing_score(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Crash
+        return real_score(*a, **kw)
+
+    monkeypatch.setattr(loop, "score", crashing_score)
+    with pytest.raises(Crash):
+        train(_cfg(run, tiny_model_dir, *extra), log=lambda s: None)
+    monkeypatch.setattr(loop, "score", real_score)
+    train(_cfg(run, tiny_model_dir, *extra), resume=True, log=lambda s: None)
+    a, b = load_file(ref / "final" / "model.safetensors"), load_file(run / "final" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    reset = tmp_path / "reset"
+    train(_cfg(reset, tiny_model_dir, *extra[1:]), log=lambda s: None)
+    assert not (reset / "checkpoints" / "iter_000004" / "optimizer.pt").exists()
+    c = load_file(reset / "final" / "model.safetensors")
+    assert any(not torch.equal(a[k], c[k]) for k in a)

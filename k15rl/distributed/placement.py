@@ -49,6 +49,10 @@ class Trainer(Protocol):
         """A model holding the newest weights, for checkpoints and the final save."""
         ...
 
+    def optimizer_state(self) -> dict | None:
+        """The optimizer's state for a checkpoint when it carries over iterations, else None."""
+        ...
+
     def offload(self) -> None:
         """Free the device for the rollout phase (colocated mode); `onload` undoes it."""
         ...

@@ -311,6 +311,11 @@ class RemoteTrainer:
         self._pending = refs[1:]
         return refs[0]
 
+    def optimizer_state(self) -> None:
+        """Nothing to checkpoint: trainer workers reset their optimizer every iteration
+        (algorithm.optimizer_reset=false needs the local backend)."""
+        return None
+
     def current_model(self):
         """The master's copy of the model, brought up to date (checkpoints, final save)."""
         (state,) = self._get([self.weights()], "the weight gather", self.names[:1])

@@ -19,6 +19,7 @@ from k15rl.trainer.card import CARD, run_card
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"  # a file in CHECKPOINTS naming the newest complete checkpoint
+OPTIMIZER = "optimizer.pt"  # in a checkpoint: the optimizer's state when it carries over iterations
 
 
 def _fsync_tree(path: Path) -> None:
@@ -33,9 +34,10 @@ def _fsync_tree(path: Path) -> None:
         os.close(fd)
 
 
-def save_hf(model, tokenizer, dest: Path, extra: dict[str, Any] | None = None, card: str | None = None) -> Path:
+def save_hf(model, tokenizer, dest: Path, extra: dict[str, Any] | None = None, card: str | None = None,
+            optimizer: dict | None = None) -> Path:
     """Write model + tokenizer (+ `state.json`, + the model card `card` as README.md,
-    k15rl/trainer/card.py) to `dest` atomically: into a temporary sibling folder,
+    k15rl/trainer/card.py, + the optimizer's state_dict as `optimizer.pt`) to `dest` atomically: into a temporary sibling folder,
     fsync'ed, then renamed over. A crash mid-write leaves no folder that looks complete."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +49,10 @@ def save_hf(model, tokenizer, dest: Path, extra: dict[str, Any] | None = None, c
             (tmp / "state.json").write_text(json.dumps(extra, indent=2, default=str))
         if card is not None:
             (tmp / CARD).write_text(card)
+        if optimizer is not None:
+            import torch
+
+            torch.save(optimizer, tmp / OPTIMIZER)
         _fsync_tree(tmp)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
@@ -102,13 +108,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
 
 
-def save_checkpoint(out: Path, iteration: int, model, tokenizer, state: dict[str, Any], keep: int) -> Path:
-    """OUT/checkpoints/iter_<iteration>/ (model, tokenizer, state.json) written atomically,
+def save_checkpoint(out: Path, iteration: int, model, tokenizer, state: dict[str, Any], keep: int,
+                    optimizer: dict | None = None) -> Path:
+    """OUT/checkpoints/iter_<iteration>/ (model, tokenizer, state.json, the optimizer's
+    state when it carries over iterations) written atomically,
     then `latest` pointed at it; only the newest `keep` checkpoints are kept (0 = all).
     Its model card comes from the state's config and OUT/eval.jsonl so far."""
     root = Path(out) / CHECKPOINTS
     card = run_card(state["config"], iteration, read_jsonl(Path(out) / "eval.jsonl")) if "config" in state else None
-    dest = save_hf(model, tokenizer, root / f"iter_{iteration:06d}", state, card=card)
+    dest = save_hf(model, tokenizer, root / f"iter_{iteration:06d}", state, card=card, optimizer=optimizer)
     write_text_atomic(root / LATEST, dest.name + "\n")
     if keep > 0:
         for old in complete_checkpoints(out)[:-keep]:

@@ -126,7 +126,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False, lo
                 if checkpoint_now or out_of_time:
                     step(it + 1, "checkpoint")
                     save_checkpoint(run.out, it + 1, workers.trainer.current_model(), run.tokenizer, run.state_dict(),
-                                    cfg.checkpoint_keep)
+                                    cfg.checkpoint_keep, optimizer=workers.trainer.optimizer_state())
                 if out_of_time:
                     bar.write(f"time budget of {cfg.time_budget_minutes:g} min used up after {it + 1} iterations")
                     break

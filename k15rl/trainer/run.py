@@ -38,7 +38,8 @@ from k15rl.rollout.engine import SamplingParams
 from k15rl.rollout.factory import context_length
 from k15rl.rollout.replay import ReplayBuffer
 from k15rl.sampling import Sampler, make_sampler
-from k15rl.trainer.checkpoint import JsonlLog, latest_checkpoint, read_jsonl, rng_state, set_rng_state, truncate_jsonl
+from k15rl.trainer.checkpoint import (OPTIMIZER, JsonlLog, latest_checkpoint, read_jsonl, rng_state, set_rng_state,
+                                     truncate_jsonl)
 from k15rl.trainer.evaluate import eval_sampling_params
 from k15rl.trainer.loggers import RowLog, TeeLog, check_installed, open_sinks
 from k15rl.trainer.resolve import check_names, resolve_model_path, router_from_config
@@ -207,6 +208,8 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
             stack.callback(run.background.shutdown)
         if state:
             run.load_state_dict(state)
+            if (checkpoint / OPTIMIZER).is_file():  # algorithm.optimizer_reset=false: its moments go on
+                workers.trainer.load_optimizer_state(torch.load(checkpoint / OPTIMIZER, weights_only=True))
             log(f"resuming {out} from {checkpoint.name} (iteration {run.progress.iteration})")
         yield run
 

@@ -269,6 +269,7 @@ class PolicyTrainer:
     def __init__(self, model, plan: UpdatePlan, shard: Shard = ONE_RANK, device: str = "cpu", tokenizer=None):
         # tokenizer: a VLM's `VisionTokenizer`, for the pixel values of prompts with images
         self.model, self.plan, self.shard, self.device, self.tokenizer = model, plan, shard, device, tokenizer
+        self.optimizer: torch.optim.Optimizer | None = None  # kept across iterations: algorithm.optimizer_reset=false
         if plan.algorithm.activation_checkpointing:
             enable_activation_checkpointing(model)
 
@@ -276,7 +277,8 @@ class PolicyTrainer:
         """All optimizer steps of iteration `version` (the policy pi_i) on `trajectories`.
 
         The optimizer is created afresh here, i.e. reset at the start of every iteration,
-        as the report prescribes (§2.3.2). Returns the metrics averaged over steps, and
+        as the report prescribes (§2.3.2); with algorithm.optimizer_reset=false one AdamW
+        carries its moments from iteration to iteration (the ablation). Returns the metrics averaged over steps, and
         rollout/logprob_gap_mean, _max (`logprob_gap`): the engine's recorded log-probs
         against the trainer's pi_i ones over the non-stale response tokens of the first
         mini-batch (its forward precedes any step), or of the whole batch when pi_i's
@@ -295,9 +297,9 @@ class PolicyTrainer:
             gap = logprob_gap(batch.old_logprobs, current, fresh)  # the whole batch's fresh tokens
             batch.old_logprobs = current if a.recompute_old_logprobs else torch.where(batch.stale, current,
                                                                                        batch.old_logprobs)
-        trained = [q for q in model.parameters() if q.requires_grad]  # with LoRA: the adapters only
-        opt = torch.optim.AdamW(trained, lr=a.lr, betas=(a.betas[0], a.betas[1]),
-                                weight_decay=a.weight_decay)
+        opt = self.optimizer if not a.optimizer_reset and self.optimizer is not None else self._new_optimizer()
+        if not a.optimizer_reset:
+            self.optimizer = opt
         model.train()
         sums: dict[str, float] = {}
         steps = skipped = trailing = 0  # trailing: skipped steps since the last applied one
@@ -333,6 +335,21 @@ class PolicyTrainer:
         out.update(gap or {})
         return out
 
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        a = self.plan.algorithm
+        trained = [q for q in self.model.parameters() if q.requires_grad]  # with LoRA: the adapters only
+        return torch.optim.AdamW(trained, lr=a.lr, betas=(a.betas[0], a.betas[1]), weight_decay=a.weight_decay)
+
+    def optimizer_state(self) -> dict | None:
+        """The optimizer's state_dict for a checkpoint when it carries over iterations
+        (algorithm.optimizer_reset=false), else None: a reset optimizer has nothing to keep."""
+        return self.optimizer.state_dict() if self.optimizer is not None else None
+
+    def load_optimizer_state(self, state: dict) -> None:
+        """Resume the optimizer a checkpoint saved (`optimizer_state`)."""
+        self.optimizer = self._new_optimizer()
+        self.optimizer.load_state_dict(state)
+
     def weights(self):
         """The newest weights, as the engines' `load_weights` takes them (with LoRA merged,
         in the base model's names: k15rl/models/lora.py)."""
@@ -345,7 +362,8 @@ class PolicyTrainer:
 
     def offload(self) -> None:
         """Parameters to host memory while the engine samples (colocated; a no-op on CPU).
-        The optimizer is created afresh every iteration (report §2.3.2): no state to move."""
+        The optimizer is created afresh every iteration (report §2.3.2): no state to move;
+        a kept one (optimizer_reset=false) keeps its moments where they are."""
         if self.device != "cpu":
             self.model.to("cpu")
 
