@@ -240,6 +240,25 @@ def test_kept_kv_survives_an_evaluation_and_is_dropped_when_not_continued(policy
     assert set(engine._kept) == {"g5m0", "g5m1"}  # the four not continued by that call are gone
 
 
+def test_kept_kv_of_pulled_requests(policy):
+    """Requests pulled through `more` (how Ray workers take work) keep and take KV too, and a
+    call whose pulled requests keep drops what it did not take."""
+    model, tok = policy
+    engine = HFEngine(model, tok, max_batch=2)
+    params = SamplingParams(max_new_tokens=4, temperature=0)
+    p = [_ids(tok, q) for q in QUESTIONS[:3]]
+
+    def source(reqs):
+        reqs = list(reqs)
+        return lambda n: [reqs.pop(0) for _ in range(min(n, len(reqs)))]
+
+    first = engine.generate([], params, more=source(GenerationRequest(x, id=f"r{i}", keep_kv=True)
+                                                   for i, x in enumerate(p)))
+    assert sorted(engine._kept) == ["r0", "r1", "r2"]
+    engine.generate([], params, more=source([GenerationRequest(p[0], first[0].token_ids, id="r0", keep_kv=True)]))
+    assert sorted(engine._kept) == ["r0"]  # r0 continued and cut again; r1, r2 not continued: dropped
+
+
 def test_kept_kv_with_another_context_is_not_used(policy):
     """A request whose context is not what the kept KV covers is prefilled as usual."""
     model, tok = policy
