@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from long_cot import plot_arms, run_arm
+from long_cot import overthinking, plot_arms, run_arm
 from results import write_result
 from stats import t_interval
 
@@ -63,7 +63,17 @@ def main(argv: list[str] | None = None) -> int:
             "token_reduction": 1 - b["tokens_after"] / a["tokens_after"],
             "accuracy_delta_points": 100 * (b["acc_after"] - a["acc_after"]),
             "tokens_before": a["tokens_before"], "acc_before": a["acc_before"],
+            "greedy_tokens_none": a["greedy_tokens_after"], "greedy_tokens_length": b["greedy_tokens_after"],
+            "greedy_acc_none": a["greedy_acc_after"], "greedy_acc_length": b["greedy_acc_after"],
+            "greedy_token_reduction": 1 - b["greedy_tokens_after"] / a["greedy_tokens_after"],
+            "greedy_accuracy_delta_points": 100 * (b["greedy_acc_after"] - a["greedy_acc_after"]),
         })
+    # How much each final model (and the start) still overthinks, on 20 held-out prompts per level
+    levels = [int(x) for x in args.levels.split(",")]
+    probe = lambda d: overthinking(d, levels, args.test_per_level, args.max_new_tokens)  # noqa: E731
+    t_probe = time.time()
+    over = {"start": probe("builtin-long"),
+            **{arm: [probe(out / arm / f"seed{s}" / "final") for s in seeds] for arm in arms}}
     red = [x["token_reduction"] for x in per_seed]
     dacc = [x["accuracy_delta_points"] for x in per_seed]
     plot_arms(runs, out / "length_penalty.png",
@@ -72,14 +82,20 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": seeds, "token_reduction": statistics.mean(red), "token_reduction_ci95": t_interval(red),
         "accuracy_delta_points": statistics.mean(dacc), "accuracy_delta_ci95": t_interval(dacc),
         "goal": "token_reduction >= 0.30 with accuracy_delta_points >= -2",
+        "greedy": {k: {"mean": statistics.mean(x[k] for x in per_seed), "ci95": t_interval([x[k] for x in per_seed])}
+                   for k in ("greedy_token_reduction", "greedy_accuracy_delta_points")},
         "per_seed": per_seed, "iterations": args.iterations, "prompts_per_iteration": args.prompts,
         "samples_per_prompt": 8, "lr": args.lr, "weight": args.weight, "warmup_iterations": args.warmup, "levels": args.levels,
         "test_prompts": runs[0]["n_test"], "max_new_tokens": args.max_new_tokens,
         "seconds_per_iteration": {arm: statistics.mean(r["seconds_per_iteration"] for r in runs if r["arm"] == arm)
                                   for arm in arms},
+        "overthinking": over,
         "runs": [{k: v for k, v in r.items()} for r in runs],
     }
-    write_result("length_penalty", result)
+    # The runs' own wall time counts even when their folders were kept from an earlier call
+    result["runs_wall_s"] = sum(r["wall_s"] for r in runs)
+    result["overthinking_wall_s"] = time.time() - t_probe
+    write_result("length_penalty", result, wall_s=result["runs_wall_s"] + result["overthinking_wall_s"])
     print(f"token reduction {100 * result['token_reduction']:.1f}% "
           f"[{100 * result['token_reduction_ci95'][0]:.1f}, {100 * result['token_reduction_ci95'][1]:.1f}], "
           f"accuracy {result['accuracy_delta_points']:+.1f} points "

@@ -48,12 +48,18 @@ def run_arm(name: str, seed: int, overrides: list[str], out_root: Path, rerun: b
         print(f"{name} seed {seed}: {(time.time() - t0) / 60:.1f} min", flush=True)
     summary = json.loads((out / "summary.json").read_text())
     metrics = [m for m in read_jsonl(out / "metrics.jsonl") if "reward/mean" in m]
-    sampled = [e for e in read_jsonl(out / "eval.jsonl") if e["temperature"] > 0]
+    evals = read_jsonl(out / "eval.jsonl")
+    sampled = [e for e in evals if e["temperature"] > 0]
+    greedy = [e for e in evals if e["temperature"] == 0]  # at the start and the end
     return {
         "arm": name, "seed": seed,
         "acc_before": sampled[0]["accuracy"], "acc_after": sampled[-1]["accuracy"],
         "tokens_before": sampled[0]["mean_tokens"], "tokens_after": sampled[-1]["mean_tokens"],
         "n_test": sampled[-1]["n"],
+        "greedy_acc_before": greedy[0]["accuracy"] if greedy else None,
+        "greedy_acc_after": greedy[-1]["accuracy"] if greedy else None,
+        "greedy_tokens_before": greedy[0]["mean_tokens"] if greedy else None,
+        "greedy_tokens_after": greedy[-1]["mean_tokens"] if greedy else None,
         "acc_curve": [(e["iteration"], e["accuracy"]) for e in sampled],
         "test_tokens_curve": [(e["iteration"], e["mean_tokens"]) for e in sampled],
         "train_tokens_curve": [(m["iteration"], m["rollout/len_mean"]) for m in metrics],
@@ -62,6 +68,44 @@ def run_arm(name: str, seed: int, overrides: list[str], out_root: Path, rerun: b
         if metrics else None,
         "wall_s": summary["wall_time_s"],
     }
+
+
+def redundant_text(response: str) -> str:
+    """The part of a subset_sum response after its first check line and before its answer
+    line: empty for a concise trace; the search-on and the re-checks for one that overthinks
+    (k15rl/tasks/subset_sum.py)."""
+    lines = response.split("\n")
+    first = next((i for i, x in enumerate(lines) if x.startswith("check:")), None)
+    end = next((i for i, x in enumerate(lines) if x.startswith("answer:")), len(lines))
+    return "\n".join(lines[first + 1:end]) if first is not None and first < end else ""
+
+
+def overthinking(model_dir: Path | str, levels: list[int], n_per_level: int, max_new_tokens: int,
+                 seed: int = 0) -> dict:
+    """How much a model overthinks: one sample (T = 1) per held-out `subset_sum` prompt;
+    accuracy, mean tokens, the share of responses that search on or check again after their
+    first check, and the mean tokens of that redundant part (`redundant_text`)."""
+    from k15rl.models.loading import load_model, load_tokenizer
+    from k15rl.rewards import score
+    from k15rl.rollout.collect import rollout
+    from k15rl.rollout.engine import HFEngine, SamplingParams
+    from k15rl.tasks import get_task, make_prompts
+    from k15rl.trainer.resolve import resolve_model_path
+
+    path = resolve_model_path(str(model_dir), "model")
+    model, tok = load_model(path), load_tokenizer(path)
+    prompts = make_prompts(get_task("subset_sum"), "test", n_per_level, tuple(levels), seed)
+    trajs = rollout(HFEngine(model, tok, max_batch=128), tok, prompts, 1,
+                    SamplingParams(max_new_tokens, temperature=1.0, seed=seed, stop_token_ids=[tok.eos_token_id]))
+    score(trajs)
+    extra = [len(tok.encode(redundant_text(t.text), add_special_tokens=False)) for t in trajs]
+    correct = [i for i, t in enumerate(trajs) if t.correct]
+    return {"n": len(trajs), "accuracy": len(correct) / len(trajs),
+            "mean_tokens": statistics.mean(t.num_tokens for t in trajs),
+            "overthinking_frac": statistics.mean(x > 0 for x in extra),
+            "overthinking_frac_correct": statistics.mean(extra[i] > 0 for i in correct) if correct else None,
+            "redundant_tokens_mean": statistics.mean(extra),
+            "redundant_tokens_mean_correct": statistics.mean(extra[i] for i in correct) if correct else None}
 
 
 def plot_arms(runs: list[dict], dest: Path, title: str) -> None:

@@ -1,31 +1,32 @@
-"""Partial rollouts (report §2.6.2) vs whole rollouts, side by side in one run.
+"""Partial rollouts (report §2.6.2) vs whole rollouts on the long-CoT workload, side by side.
 
-Part 1, speed: the built-in model on the heavy-tailed workload (every trajectory ends at
-a Pareto-distributed length, 16 to 896 tokens; see workloads.py), K = 4 samples of 16
-prompts per iteration, one 64-slot engine. "whole" generates every trajectory to its
-end within the iteration (rollout.segment_tokens = 0); "partial" gives each trajectory
-at most --segment tokens per iteration and continues cut ones from the replay buffer
-first. Both run until the same number of trajectories has been trained, and the
-partial run then drains its replay buffer (no new prompts) so that all the work it
-started is counted; the weights stay fixed, so only scheduling differs. Prints wall time per iteration and per
-finished trajectory, and the ratio.
+The `builtin-long` model on `subset_sum` levels 2-5 (depth-first search traces: median
+about 350 tokens at T = 1, a tail to the 1,900-token limit), K = 8 samples of 8 prompts per
+iteration, one engine with 128 slots, weights fixed (only the scheduling differs):
 
-Part 2, learning (--learn-minutes > 0): the demo configuration trained for the same
-wall-time budget (evaluations excluded) with and without partial rollouts; prints test
-accuracy at the end of each.
+    whole            every trajectory runs to its end within its iteration (segment_tokens = 0):
+                     the iteration waits for its longest sample while slots empty out
+    partial          at most --segment new tokens per trajectory per iteration; cut ones are
+                     continued first next iteration and new prompts fill the other rows; a
+                     continuation re-encodes its prompt and earlier segments (a prefill)
+    partial+kept KV  the same, with rollout.keep_kv: a cut trajectory's KV cache stays in the
+                     engine, and its continuation starts from it without a prefill
 
-    python benchmarks/partial_rollouts.py                     # part 1, about 3 minutes
-    python benchmarks/partial_rollouts.py --learn-minutes 4   # and part 2, about 12 more
-    python benchmarks/partial_rollouts.py --trajectories 0 --learn-minutes 4   # part 2 only
+Every mode runs until --trajectories trajectories have finished; the partial modes then
+take no new prompts until the replay buffer is empty, so all the work they started is
+counted. Per mode: seconds per finished trajectory (the speed-up is whole's over the
+mode's), seconds per iteration, seconds in prefills, tokens generated, and accuracy per
+finished sample (the task's verifier, 95% interval).
 
-Part 1 writes benchmarks/results/partial_rollouts.json, part 2
-benchmarks/results/partial_rollouts_learn.json; docs/rollout.md renders both.
+    python benchmarks/partial_rollouts.py                          # about 20 minutes
+    python benchmarks/partial_rollouts.py --trajectories 64       # a smoke run
+
+Writes benchmarks/results/partial_rollouts.json; docs/long_cot.md renders it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,109 +35,134 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from results import write_result  # noqa: E402
-from workloads import ForcedLengthEngine, pareto_length, sort_prompts  # noqa: E402
+from stats import proportion_interval  # noqa: E402
 
-from k15rl.trainer.warmup import ensure_builtin  # noqa: E402
 from k15rl.models.loading import load_model, load_tokenizer  # noqa: E402
+from k15rl.rewards import score  # noqa: E402
 from k15rl.rollout.collect import partial_rollout  # noqa: E402
 from k15rl.rollout.engine import HFEngine, SamplingParams  # noqa: E402
 from k15rl.rollout.replay import ReplayBuffer  # noqa: E402
+from k15rl.tasks import get_task, make_prompts  # noqa: E402
+from k15rl.trainer.resolve import resolve_model_path  # noqa: E402
 
 
-def speed(engine, tok, prompts, k, per_iter, segment, max_tokens, target_trained):
-    """Iterations until `target_trained` trajectories are trained, then (partial) no new
-    prompts until the replay buffer is empty, so every trajectory started is finished and
-    counted. Returns (seconds, iterations, trained)."""
-    buffer, group, trained, it, pos = ReplayBuffer(), 0, 0, 0, 0
+class TimedEngine(HFEngine):
+    """HFEngine that adds up the seconds and tokens of its prefills."""
+
+    prefill_s = 0.0
+    prefill_tokens = 0
+
+    def _prefill(self, contexts, *args, **kw):
+        t0 = time.perf_counter()
+        try:
+            return super()._prefill(contexts, *args, **kw)
+        finally:
+            self.prefill_s += time.perf_counter() - t0
+            self.prefill_tokens += sum(len(c) for c in contexts)
+
+
+def run_mode(engine: TimedEngine, tok, prompts, k: int, per_iter: int, segment: int, keep_kv: bool,
+             max_tokens: int, target: int, stop_ids: list[int]) -> dict:
+    """Iterations (continue_first: cut trajectories take their rows, new prompts fill the
+    rest) until `target` trajectories have finished, then (partial) no new prompts until the
+    replay buffer is empty."""
+    engine.prefill_s, engine.prefill_tokens = 0.0, 0
+    buffer, group, pos, it, tokens = ReplayBuffer(), 0, 0, 0, 0
+    finished, per_iteration, timeline = [], [], [(0.0, 0)]
     t0 = time.perf_counter()
-    steady = None  # (seconds, trained) when the target was first reached, before draining
-    while trained < target_trained or len(buffer):
-        n_new = max(0, (per_iter * k - buffer.num_unfinished()) // k) if trained < target_trained else 0
+    while len(finished) < target or len(buffer):
+        n_new = max(0, (per_iter * k - buffer.num_unfinished()) // k) if len(finished) < target else 0
         batch, pos = prompts[pos:pos + n_new], pos + n_new
-        res = partial_rollout(engine, tok, buffer, batch, k, SamplingParams(max_tokens, seed=it), version=it,
-                              segment_tokens=segment, max_tokens=max_tokens, first_group=group)
-        group, trained, it = res.next_group, trained + len(res.trajectories), it + 1
-        if steady is None and trained >= target_trained:
-            steady = (time.perf_counter() - t0, trained, it)
-    return time.perf_counter() - t0, it, trained, steady
+        t1 = time.perf_counter()
+        res = partial_rollout(engine, tok, buffer, batch, k, SamplingParams(max_tokens, seed=it, stop_token_ids=stop_ids),
+                              version=it, segment_tokens=segment, max_tokens=max_tokens, first_group=group,
+                              keep_kv=keep_kv)
+        per_iteration.append(time.perf_counter() - t1)
+        group, it, tokens = res.next_group, it + 1, tokens + res.tokens_generated
+        score(res.trajectories)
+        finished += res.trajectories
+        timeline.append((time.perf_counter() - t0, len(finished)))
+        print(f"  iteration {it}: {len(res.trajectories)} finished ({len(finished)} in all), "
+              f"{buffer.num_unfinished()} cut, {per_iteration[-1]:.1f} s", flush=True)
+    seconds = time.perf_counter() - t0
+    correct = sum(t.correct for t in finished)
+    lo, hi = proportion_interval(correct, len(finished))
+    return {"iterations": it, "seconds": seconds, "finished": len(finished),
+            "s_per_iteration": seconds / it, "s_per_finished_trajectory": seconds / len(finished),
+            "prefill_s": engine.prefill_s, "prefill_tokens": engine.prefill_tokens, "tokens_generated": tokens,
+            "mean_tokens": sum(t.num_tokens for t in finished) / len(finished),
+            "accuracy_per_sample": correct / len(finished), "accuracy_ci95": [lo, hi],
+            "iteration_seconds": per_iteration, "timeline": timeline}
 
 
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+def plot(rows: dict, dest: Path) -> None:
+    """Finished trajectories against wall seconds, one line per mode (a step per iteration)."""
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-def learn(minutes: float, segment: int, out: str) -> dict:
-    from k15rl.config import load_config
-    from k15rl.trainer.loop import train
-
-    cfg = load_config("demo", [f"out={out}", f"time_budget_minutes={minutes}", f"rollout.segment_tokens={segment}",
-                               "iterations=1000", "eval.every=0", "data.test_per_level=50"])
-    return train(cfg, overwrite=True, log=lambda s: None)
-
-
-def speed_part(args: argparse.Namespace) -> None:
-    """Part 1: whole vs partial rollouts on the heavy-tailed workload, fixed weights."""
-    path = ensure_builtin()
-    model, tok = load_model(path), load_tokenizer(path)
-    k, per_iter, max_tokens = 4, 16, 896
-    prompts = sort_prompts(4 * args.trajectories)
-    engine = ForcedLengthEngine(HFEngine(model, tok, max_batch=per_iter * k), lambda rid: pareto_length(rid, seed=1))
-    print(f"speed: heavy-tailed lengths (Pareto 1.2, 16-896), k={k} x {per_iter} prompts per iteration, "
-          f"{args.trajectories} trajectories trained per mode, {torch.get_num_threads()} threads")
-    print(f"{'mode':22s} {'iterations':>10s} {'seconds':>8s} {'s/iteration':>11s} {'ms/trajectory':>13s} "
-          f"{'speed-up':>8s} {'before drain':>13s}")
-    rows = {}
-    modes = (("whole", 0), (f"partial (segment {args.segment})", args.segment))
-    for name, seg in modes:
-        rows[name] = speed(engine, tok, prompts, k, per_iter, seg, max_tokens, args.trajectories)
-    base = rows["whole"][0] / rows["whole"][2]
-    base_steady = rows["whole"][3][0] / rows["whole"][3][1]
-    measured = []
-    for (name, seg), (secs, its, trained, (s_secs, s_trained, s_its)) in zip(modes, rows.values()):
-        per, per_steady = secs / trained, s_secs / s_trained
-        print(f"{name:22s} {its:10d} {secs:8.1f} {secs / its:11.2f} {1000 * per:13.1f} {base / per:7.2f}x "
-              f"{base_steady / per_steady:12.2f}x")
-        measured.append({"mode": name, "segment_tokens": seg, "iterations": its, "seconds": secs, "trained": trained,
-                         "s_per_iteration": secs / its, "ms_per_trajectory": 1000 * per, "speed_up": base / per,
-                         "speed_up_before_drain": base_steady / per_steady})
-    print("ms/trajectory counts all work, including draining the replay buffer at the end; "
-          "'before drain': at the moment the target was reached (unfinished work left in the buffer)")
-    write_result("partial_rollouts", {"k": k, "prompts_per_iteration": per_iter, "max_tokens": max_tokens,
-                                      "trajectories": args.trajectories, "threads": torch.get_num_threads(),
-                                      "modes": measured})
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for r in rows.values():
+        t, n = zip(*r["timeline"])
+        ax.step(t, n, where="post", marker=".", label=f"{r['mode']}: {r['s_per_finished_trajectory']:.2f} s/trajectory")
+    ax.set_xlabel("wall seconds")
+    ax.set_ylabel("finished trajectories")
+    ax.set_title("partial vs whole rollouts, builtin-long on subset_sum (fixed weights)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--segment", type=int, default=64, help="rollout.segment_tokens of the partial runs")
-    ap.add_argument("--trajectories", type=int, default=512, help="trajectories trained per mode (0: no part 1)")
-    ap.add_argument("--learn-minutes", type=float, default=0.0)
-    ap.add_argument("--learn-segment", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--model", default="builtin-long")
+    ap.add_argument("--levels", default="2,3,4,5")
+    ap.add_argument("--segment", type=int, default=256, help="rollout.segment_tokens of the partial modes")
+    ap.add_argument("--trajectories", type=int, default=256, help="finished trajectories per mode")
+    ap.add_argument("--prompts", type=int, default=8, help="prompts per iteration (K = 8 samples each)")
+    ap.add_argument("--max-new-tokens", type=int, default=1900)
+    ap.add_argument("--modes", default="whole,partial,partial+kept KV")
+    ap.add_argument("--plot", default="runs/partial_rollouts/partial_rollouts.png")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.trajectories > 0:
-        speed_part(args)
-    if args.learn_minutes > 0:
-        print(f"\nlearning: demo configuration, {args.learn_minutes:g} min of iterations each (evaluations excluded)")
-        print(f"{'mode':22s} {'iterations':>10s} {'test acc before':>15s} {'after':>7s} {'mean tokens':>11s}")
-        learned = []
-        for name, seg in (("whole", 0), (f"partial (segment {args.learn_segment})", args.learn_segment)):
-            out = f"runs/bench_partial_{seg}"
-            s = learn(args.learn_minutes, seg, out)
-            print(f"{name:22s} {s['iterations']:10d} {100 * s['test_accuracy_before']:14.1f}% "
-                  f"{100 * s['test_accuracy_after']:6.1f}% {s['test_mean_tokens_after']:11.1f}")
-            metrics = read_metrics(Path(out) / "metrics.jsonl")
-            segments = sum(m.get(f"rollout/num_{o}", 0) for m in metrics for o in ("stop", "cut", "repeat", "max_len"))
-            learned.append({"mode": name, "segment_tokens": seg, "iterations": s["iterations"],
-                            "trained": sum(m.get("rollout/trained", 0) for m in metrics),
-                            "segments_cut_frac": sum(m.get("rollout/num_cut", 0) for m in metrics) / max(segments, 1),
-                            "test_accuracy_before": s["test_accuracy_before"],
-                            "test_accuracy_after": s["test_accuracy_after"],
-                            "test_mean_tokens_after": s["test_mean_tokens_after"]})
-        write_result("partial_rollouts_learn", {"minutes": args.learn_minutes, "test_per_level": 50,
-                                                "modes": learned})
+    t0 = time.time()
+    path = resolve_model_path(args.model, "--model")
+    model, tok = load_model(path), load_tokenizer(path)
+    k = 8
+    levels = tuple(int(x) for x in args.levels.split(","))
+    n = (args.trajectories // k + 4 * args.prompts) // len(levels) + 1
+    prompts = make_prompts(get_task("subset_sum"), "train", n, levels, seed=0)
+    prompts = [prompts[i] for i in torch.randperm(len(prompts), generator=torch.Generator().manual_seed(0)).tolist()]
+    engine = TimedEngine(model, tok, max_batch=128)
+    all_modes = {"whole": (0, False), "partial": (args.segment, False), "partial+kept KV": (args.segment, True)}
+    rows = {}
+    for name in args.modes.split(","):
+        segment, keep = all_modes[name]
+        print(f"{name}: segment {segment or 'none'}, {args.trajectories} trajectories", flush=True)
+        rows[name] = {"mode": name, "segment_tokens": segment, "keep_kv": keep,
+                      **run_mode(engine, tok, prompts, k, args.prompts, segment, keep, args.max_new_tokens,
+                                 args.trajectories, [tok.eos_token_id])}
+    base = rows["whole"]["s_per_finished_trajectory"] if "whole" in rows else None
+    print(f"\n{'mode':16s} {'iterations':>10s} {'s/iteration':>11s} {'s/trajectory':>12s} {'speed-up':>8s} "
+          f"{'prefill s':>9s} {'accuracy/sample':>15s} {'mean tokens':>11s}")
+    for r in rows.values():
+        r["speedup_per_finished_trajectory"] = base / r["s_per_finished_trajectory"] if base else None
+        print(f"{r['mode']:16s} {r['iterations']:10d} {r['s_per_iteration']:11.1f} "
+              f"{r['s_per_finished_trajectory']:12.3f} {r['speedup_per_finished_trajectory'] or 0:7.2f}x "
+              f"{r['prefill_s']:9.1f} {100 * r['accuracy_per_sample']:14.1f}% {r['mean_tokens']:11.0f}")
+    partial = [r for r in rows.values() if r["segment_tokens"]]
+    best = max(partial, key=lambda r: r["speedup_per_finished_trajectory"] or 0) if partial and base else None
+    plot(rows, Path(args.plot))
+    write_result("partial_rollouts", {
+        "model": args.model, "levels": list(levels), "k": k, "prompts_per_iteration": args.prompts,
+        "max_new_tokens": args.max_new_tokens, "segment_tokens": args.segment, "trajectories": args.trajectories,
+        "threads": torch.get_num_threads(), "weights": "fixed (scheduling only)",
+        "speedup_per_finished_trajectory": best["speedup_per_finished_trajectory"] if best else None,
+        "best_mode": best["mode"] if best else None,
+        "goal": "speedup_per_finished_trajectory >= 2 with no loss of accuracy per sample",
+        "modes": list(rows.values())}, wall_s=time.time() - t0)
 
 
 if __name__ == "__main__":

@@ -158,52 +158,35 @@ def render_rollout_throughput_readme(r: dict) -> str:
             f"{short_provenance(r, 'rollout_throughput')}")
 
 
-def _partial_modes(r: dict) -> tuple[dict, dict]:
-    whole = next(m for m in r["modes"] if m["segment_tokens"] == 0)
-    part = next(m for m in r["modes"] if m["segment_tokens"] > 0)
-    return whole, part
-
-
 def render_partial_rollouts(r: dict) -> str:
-    rows = [[("whole (`segment_tokens=0`)" if m["segment_tokens"] == 0 else
-              f"partial, {m['segment_tokens']} tokens per segment"), m["iterations"], f"{m['seconds']:.1f}",
-             f"{m['s_per_iteration']:.2f}", f"{m['ms_per_trajectory']:.1f}", ratio(m["speed_up"]),
-             ratio(m["speed_up_before_drain"])] for m in r["modes"]]
-    whole, part = _partial_modes(r)
-    return "\n".join([
-        f"Speed on the heavy-tailed workload (K = {r['k']} x {r['prompts_per_iteration']} prompts per iteration, "
-        f"one {r['k'] * r['prompts_per_iteration']}-slot engine, fixed weights, {r['threads']} threads, until "
-        f"{r['trajectories']:,} trajectories are trained; the partial run then drains its buffer so that all work "
-        f"it started is counted; \"before drain\": per trajectory at the moment the target was reached):", "",
-        table(["mode", "iterations", "seconds", "s/iteration", "ms/trajectory", "speed-up", "before drain"], rows), "",
-        f"Per trajectory, partial rollouts ran at {ratio(part['speed_up'])} the speed of whole rollouts (the goal, "
-        f"{GOAL_PARTIAL:g}x, is {'met' if part['speed_up'] >= GOAL_PARTIAL else 'not met'}); their iterations were "
-        f"{ratio(whole['s_per_iteration'] / part['s_per_iteration'])} shorter "
-        f"({part['s_per_iteration']:.2f} s against {whole['s_per_iteration']:.2f} s).",
-    ])
+    modes = {m["mode"]: m for m in r["modes"]}
+    rows = [[m["mode"] + (f" ({m['segment_tokens']} tokens per segment)" if m["segment_tokens"] else ""),
+             m["iterations"], f"{m['s_per_iteration']:.1f}", f"{m['s_per_finished_trajectory']:.3f}",
+             ratio(m["speedup_per_finished_trajectory"]), f"{m['prefill_s']:.0f} ({pct(m['prefill_s'] / m['seconds'], 0)})",
+             f"{m['tokens_generated']:,}",
+             f"{pct(m['accuracy_per_sample'])} [{pct(m['accuracy_ci95'][0])}, {pct(m['accuracy_ci95'][1])}]",
+             f"{m['mean_tokens']:.0f}"] for m in r["modes"]]
+    best = r["speedup_per_finished_trajectory"]
+    lines = [
+        f"`{r['model']}` on `subset_sum` levels {', '.join(map(str, r['levels']))}, K = {r['k']} x "
+        f"{r['prompts_per_iteration']} prompts per iteration, responses up to {r['max_new_tokens']:,} tokens, weights "
+        f"fixed, {r['threads']} threads; each mode until {r['trajectories']:,} trajectories have finished, the partial "
+        "modes then drain their replay buffer (no new prompts) so that all work they started is counted:", "",
+        table(["mode", "iterations", "s/iteration", "s per finished trajectory", "speed-up", "prefill s (share)",
+               "tokens generated", "accuracy per sample [95%]", "mean tokens"], rows), "",
+        f"Best partial mode: {r['best_mode']}, {ratio(best)} per finished trajectory (goal {GOAL_PARTIAL:g}x: "
+        f"{'met' if best >= GOAL_PARTIAL else 'not met'})."]
+    if "partial" in modes:
+        p = modes["partial"]
+        lines[-1] += (f" Re-encoding continued prefixes took {pct(p['prefill_s'] / p['seconds'], 0)} of the partial "
+                      "run's time without kept KV.")
+    return "\n".join(lines)
 
 
 def render_partial_rollouts_readme(r: dict) -> str:
-    whole, part = _partial_modes(r)
-    return (f"- partial rollouts ({part['segment_tokens']} tokens per segment) vs whole, heavy-tailed lengths: "
-            f"{ratio(part['speed_up'])} per trajectory, iterations "
-            f"{ratio(whole['s_per_iteration'] / part['s_per_iteration'])} shorter "
+    return (f"- partial rollouts ({r['segment_tokens']} tokens per segment, {r['best_mode']}) vs whole, long-CoT "
+            f"workload: {ratio(r['speedup_per_finished_trajectory'])} per finished trajectory "
             f"{short_provenance(r, 'partial_rollouts')}")
-
-
-def render_partial_rollouts_learn(r: dict) -> str:
-    rows = [["whole" if m["segment_tokens"] == 0 else f"partial, {m['segment_tokens']} tokens per segment",
-             m["iterations"], f"{m['trained']:,.0f}", pct(m["test_accuracy_before"]), pct(m["test_accuracy_after"]),
-             f"{m['test_mean_tokens_after']:.1f}"] for m in r["modes"]]
-    whole, part = _partial_modes(r)
-    return "\n".join([
-        f"Learning, demo configuration, {r['minutes']:g} minutes of iterations each (evaluations excluded), "
-        f"{6 * r['test_per_level']} held-out prompts ({r['test_per_level']} per level), sampled at T = 1:", "",
-        table(["mode", "iterations", "trajectories trained", "test accuracy before", "after", "mean tokens after"],
-              rows), "",
-        f"In the same time the partial run trained on {pct(1 - part['trained'] / whole['trained'], 0)} fewer "
-        f"trajectories ({pct(part['segments_cut_frac'], 0)} of its segments were cut and continued later).",
-    ])
 
 
 def render_overlap(r: dict) -> str:
@@ -547,7 +530,55 @@ def render_length_penalty(r: dict) -> str:
         f"{r['prompts_per_iteration']} prompts x {r['samples_per_prompt']} samples per arm; levels {r['levels']}; "
         f"{r['test_prompts']} held-out prompts; seconds per iteration {sec['none']:.0f} (none) and "
         f"{sec['length']:.0f} (length). Intervals: 95% t over seeds. Goal: at least 30% fewer tokens at no more than "
-        "2 points of accuracy lost."])
+        "2 points of accuracy lost.", *_greedy_line(r.get("greedy")), *_overthinking_table(r.get("overthinking"))])
+
+
+def _greedy_line(g: dict | None) -> list[str]:
+    """The same comparison under greedy decoding (the final greedy evaluation of each run)."""
+    if not g:
+        return []
+    t, a = g["greedy_token_reduction"], g["greedy_accuracy_delta_points"]
+    return ["", f"Greedy decoding, same held-out prompts: {pct(t['mean'])} fewer tokens [{pct(t['ci95'][0])}, "
+            f"{pct(t['ci95'][1])}], accuracy {a['mean']:+.1f} points [{a['ci95'][0]:+.1f}, {a['ci95'][1]:+.1f}]."]
+
+
+def render_length_penalty_readme(r: dict) -> str:
+    (tlo, thi), (alo, ahi) = r["token_reduction_ci95"], r["accuracy_delta_ci95"]
+    return (f"- length penalty vs none on the long-CoT workload, {len(r['seeds'])} seeds: "
+            f"{pct(r['token_reduction'])} fewer tokens [{pct(tlo)}, {pct(thi)}], accuracy "
+            f"{r['accuracy_delta_points']:+.1f} points [{alo:+.1f}, {ahi:+.1f}] (goal: 30% fewer at -2 points at "
+            f"most) {short_provenance(r, 'length_penalty')}")
+
+
+def _overthinking_table(over: dict | None) -> list[str]:
+    """How much the start model and each arm's final models still overthink (mean over seeds)."""
+    if not over:
+        return []
+    rows = []
+    for name, xs in over.items():
+        xs = xs if isinstance(xs, list) else [xs]
+        mean = lambda k: statistics.mean(x[k] for x in xs if x[k] is not None)  # noqa: E731
+        rows.append([name if name != "start" else "start (`builtin-long`)", len(xs), pct(mean("accuracy")),
+                     f"{mean('mean_tokens'):.0f}", pct(mean("overthinking_frac")),
+                     f"{mean('redundant_tokens_mean'):.0f} ({pct(mean('redundant_tokens_mean') / mean('mean_tokens'), 0)})"])
+    return ["", f"Overthinking left ({over['start']['n']} held-out prompts, one sample each at T = 1; redundant: "
+            "what a response writes after its first check line and before its answer, searching on or checking "
+            "again):", "", table(["model", "models", "accuracy", "mean tokens", "responses that overthink",
+                                  "redundant tokens (share)"], rows)]
+
+
+def render_loss_ablation(r: dict) -> str:
+    rows = []
+    for name, m in r["methods"].items():
+        (lo, hi), (glo, ghi) = m["final_accuracy_ci95"], m["gain_ci95"]
+        rows.append([f"`{name}`", ", ".join(f"`{o}`" for o in m["overrides"]),
+                     f"{pct(m['final_accuracy'])} [{pct(lo)}, {pct(hi)}]",
+                     f"{m['gain_points']:+.1f} [{glo:+.1f}, {ghi:+.1f}]", f"{m['final_tokens']:.0f}"])
+    return "\n".join([
+        table(["arm", "overrides", "final held-out accuracy [95%]", "gain (points) [95%]", "final mean tokens"], rows),
+        "", f"{len(r['seeds'])} seeds per arm; {r['iterations']} iterations x {r['prompts_per_iteration']} prompts x "
+        f"{r['samples_per_prompt']} samples; levels {r['levels']}; {r['test_prompts']} held-out prompts sampled at "
+        "T = 1. Intervals: 95% t over seeds."])
 
 
 @dataclass(frozen=True)
@@ -557,7 +588,6 @@ class Block:
     render: Callable[[dict], str]     # results dict -> the block's Markdown
 
 
-_PARTIAL_LEARN = "python benchmarks/partial_rollouts.py --trajectories 0 --learn-minutes 4"
 _SMOL = ".venv-vllm/bin/python benchmarks/vllm_vs_native.py --model /path/to/smollm2 --requests 32 --slots 32 " \
         "--max-new-tokens 64 --max-tail 128 --threads 1"
 BLOCKS: dict[str, Block] = {
@@ -565,11 +595,9 @@ BLOCKS: dict[str, Block] = {
                                 render_rollout_throughput),
     "rollout_throughput.readme": Block("rollout_throughput", "python benchmarks/rollout_throughput.py",
                                        render_rollout_throughput_readme),
-    "partial_rollouts": Block("partial_rollouts", "python benchmarks/partial_rollouts.py --trajectories 1024",
-                              render_partial_rollouts),
-    "partial_rollouts.readme": Block("partial_rollouts", "python benchmarks/partial_rollouts.py --trajectories 1024",
+    "partial_rollouts": Block("partial_rollouts", "python benchmarks/partial_rollouts.py", render_partial_rollouts),
+    "partial_rollouts.readme": Block("partial_rollouts", "python benchmarks/partial_rollouts.py",
                                      render_partial_rollouts_readme),
-    "partial_rollouts_learn": Block("partial_rollouts_learn", _PARTIAL_LEARN, render_partial_rollouts_learn),
     "overlap": Block("overlap", "python benchmarks/overlap.py --iterations 8", render_overlap),
     "overlap.readme": Block("overlap", "python benchmarks/overlap.py --iterations 8", render_overlap_readme),
     "sandbox_throughput": Block("sandbox_throughput", "python benchmarks/sandbox_throughput.py --n 60 --workers 1,2,4 "
@@ -605,7 +633,10 @@ BLOCKS: dict[str, Block] = {
     "train_flops": Block("train_flops", "python benchmarks/train_flops.py --model models/smollm2 --rows 8 "
                          "--response-tokens 224", render_train_flops),
     "vision_demo": Block("vision_demo", "python benchmarks/vision_demo.py", render_vision_demo),
+    "loss_ablation": Block("loss_ablation", "python benchmarks/loss_ablation.py", render_loss_ablation),
     "length_penalty": Block("length_penalty", "python benchmarks/length_penalty.py", render_length_penalty),
+    "length_penalty.readme": Block("length_penalty", "python benchmarks/length_penalty.py",
+                                   render_length_penalty_readme),
     "rollout_memory": Block("rollout_memory", "python benchmarks/rollout_memory.py --model models/smollm2 "
                             "--rows 64 --prompt-tokens 300 --new-tokens 48", render_rollout_memory),
     "long_cot_warmup": Block("long_cot_warmup", "python benchmarks/long_cot_warmup.py", render_long_cot_warmup),
