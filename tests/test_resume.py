@@ -41,15 +41,12 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("crash_at", [2, 5])
-def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_model_dir, monkeypatch, crash_at):
-    ref = tmp_path / "ref"
-    train(_cfg(ref, tiny_model_dir), log=lambda s: None)
-
-    run = tmp_path / "run"
+def _crash_then_resume(monkeypatch, cfg, crash_at: int) -> dict:
+    """Train `cfg` until the process dies after the rollout of iteration `crash_at` (its
+    score call raises), then resume it; returns the resumed run's summary."""
     real_score, calls = loop.score, []
 
-    def crashing_score(*a, **kw):  # the process dies after the rollout of iteration `crash_at`
+    def crashing_score(*a, **kw):
         calls.append(1)
         if len(calls) == crash_at:
             raise Crash
@@ -57,10 +54,19 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_model_dir, monkeypa
 
     monkeypatch.setattr(loop, "score", crashing_score)
     with pytest.raises(Crash):
-        train(_cfg(run, tiny_model_dir), log=lambda s: None)
+        train(cfg, log=lambda s: None)
     monkeypatch.setattr(loop, "score", real_score)
-    assert latest_checkpoint(run).name == f"iter_{crash_at - 1:06d}"
-    summary = train(_cfg(run, tiny_model_dir), resume=True, log=lambda s: None)
+    assert latest_checkpoint(cfg.out).name == f"iter_{crash_at - 1:06d}"
+    return train(cfg, resume=True, log=lambda s: None)
+
+
+@pytest.mark.parametrize("crash_at", [2, 5])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_model_dir, monkeypatch, crash_at):
+    ref = tmp_path / "ref"
+    train(_cfg(ref, tiny_model_dir), log=lambda s: None)
+
+    run = tmp_path / "run"
+    summary = _crash_then_resume(monkeypatch, _cfg(run, tiny_model_dir), crash_at)
     assert summary["resumed_from"].endswith(f"iter_{crash_at - 1:06d}")
 
     a, b = load_file(ref / "final" / "model.safetensors"), load_file(run / "final" / "model.safetensors")
@@ -156,19 +162,7 @@ def test_kept_optimizer_resumes_exactly(tmp_path, tiny_model_dir, monkeypatch):
     state = torch.load(ref / "checkpoints" / "iter_000004" / "optimizer.pt", weights_only=True)
     assert {int(s["step"]) for s in state["state"].values()} == {4}  # 4 iterations x 1 step, one AdamW
     run = tmp_path / "run"
-    real_score, calls = loop.score, []
-
-    def crashing_score(*a, **kw):
-        calls.append(1)
-        if len(calls) == 3:
-            raise Crash
-        return real_score(*a, **kw)
-
-    monkeypatch.setattr(loop, "score", crashing_score)
-    with pytest.raises(Crash):
-        train(_cfg(run, tiny_model_dir, *extra), log=lambda s: None)
-    monkeypatch.setattr(loop, "score", real_score)
-    train(_cfg(run, tiny_model_dir, *extra), resume=True, log=lambda s: None)
+    _crash_then_resume(monkeypatch, _cfg(run, tiny_model_dir, *extra), 3)
     a, b = load_file(ref / "final" / "model.safetensors"), load_file(run / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     reset = tmp_path / "reset"
