@@ -303,16 +303,26 @@ def render_long2short(r: dict) -> str:
              f"{m['mean_tokens']:.1f} +/- {m['mean_tokens_ci95']:.1f}",
              f"{100 * (m['mean_tokens'] / ref['mean_tokens'] - 1):+.1f}%",
              f"{1000 * m['accuracy'] / max(m['mean_tokens'], 1e-9):.1f}"] for m in models]
-    goals = [f"{label} vs long: {pct(g['token_cut'])} fewer tokens, accuracy {-g['accuracy_drop_points']:+.1f} points "
-             f"(goal: >= 30% fewer within 3 points: {'met' if g['met'] else 'not met'})"
-             for label, g in r.get("goal", {}).items()]
-    s = r["settings"]
+    labels = {"merge": "merge", "shortest_rs": "shortest-RS + SFT", "dpo": "DPO", "l2s_rl": "long2short RL"}
+    methods = [[label, len(r[k]["per_seed"]), f"{pct(r[k]['token_reduction'])} "
+                f"[{pct(r[k]['token_reduction_ci95'][0])}, {pct(r[k]['token_reduction_ci95'][1])}]",
+                f"{r[k]['accuracy_delta_points']:+.1f} [{r[k]['accuracy_delta_ci95'][0]:+.1f}, "
+                f"{r[k]['accuracy_delta_ci95'][1]:+.1f}]", f"{r[k]['correct_per_1k_tokens']:.2f}"]
+               for k, label in labels.items()]
+    s, g, rl = r["settings"], r["goal"], r["l2s_rl"]
+    verdict = ("met" if g["met_reduction_and_accuracy"] and g["l2s_rl_most_efficient"] else "not met")
     return "\n".join([
         f"{s['prompts']} test prompts ({s['data']}), {s['samples_per_prompt']} sample each at temperature "
-        f"{s['temperature']:g}, up to {s['max_new_tokens']} new tokens; long2short RL: {r['rl_iterations']} "
-        f"iterations:", "",
-        table(["model", "accuracy (%)", "vs long (points)", "mean tokens", "vs long", "correct per 1k tokens"], rows),
-        "", *[f"- {g}" for g in goals]])
+        f"{s['temperature']:g}, up to {s['max_new_tokens']} new tokens; seeds {r['seeds']} "
+        f"(shortest-RS, DPO and long2short RL once per seed; the merge once). Per method, against the long "
+        f"model (mean over seeds, 95% t-interval):", "",
+        table(["method", "runs", "token reduction", "accuracy (points)", "correct per 1k tokens"], methods), "",
+        f"- long2short RL: token reduction {pct(rl['token_reduction'])} at {rl['accuracy_delta_points']:+.1f} points; "
+        f"the most token-efficient (correct per 1k tokens) is {labels[g['most_token_efficient']]}. Goal (at least "
+        f"30% fewer within 3 points, and the most token-efficient of the four): **{verdict}** "
+        + short_provenance(r, "long2short"), "",
+        "Every model evaluated:", "",
+        table(["model", "accuracy (%)", "vs long (points)", "mean tokens", "vs long", "correct per 1k tokens"], rows)])
 
 
 def render_long2short_levels(r: dict) -> str:
