@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     write_result("loss_ablation", {
         "seeds": seeds, "methods": methods, "iterations": args.iterations, "prompts_per_iteration": args.prompts,
         "samples_per_prompt": 8, "levels": args.levels, "test_prompts": runs[0]["n_test"],
-        "max_new_tokens": args.max_new_tokens, "runs": runs}, wall_s=time.time() - t0)
+        "max_new_tokens": args.max_new_tokens, "runs": runs,
+        "runs_wall_s": sum(r["wall_s"] for r in runs)}, wall_s=time.time() - t0)
     print(f"{(time.time() - t0) / 60:.1f} min; plot {out / 'loss_ablation.png'}")
     return 0
 

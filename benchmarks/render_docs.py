@@ -266,33 +266,33 @@ def _mean_sd(xs: list[float], scale: float = 1.0, fmt: str = "{:.1f}") -> str:
 
 
 def render_sampling_ablation(r: dict) -> str:
-    runs = r["runs"]
     rows = []
-    for arm in dict.fromkeys(x["arm"] for x in runs):
-        rs = [x for x in runs if x["arm"] == arm]
-        rows.append([arm, _mean_sd([x["acc_before"] for x in rs], 100), _mean_sd([x["acc_after"] for x in rs], 100),
-                     _mean_sd([x["acc_after"] - x["acc_before"] for x in rs], 100),
-                     _mean_sd([x["hard_after"] for x in rs], 100), _mean_sd([x["greedy_after"] for x in rs], 100),
-                     _mean_sd([x["test_tokens_after"] for x in rs]),
-                     _mean_sd([x["train_tokens"] for x in rs], 1e-6, "{:.2f}"), _mean_sd([x["minutes"] for x in rs])])
-    seeds = sorted({x["seed"] for x in runs})
+    for name, m in r["methods"].items():
+        (lo, hi), (glo, ghi) = m["final_accuracy_ci95"], m["gain_ci95"]
+        vs = "-" if name == "uniform" or m["vs_uniform_ci95"] is None else (
+            f"{m['vs_uniform_points']:+.1f} [{m['vs_uniform_ci95'][0]:+.1f}, {m['vs_uniform_ci95'][1]:+.1f}]")
+        rows.append([f"`{name}`", f"{pct(m['final_accuracy'])} [{pct(lo)}, {pct(hi)}]",
+                     f"{m['gain_points']:+.1f} [{glo:+.1f}, {ghi:+.1f}]", vs, pct(m["hard_final_accuracy"]),
+                     f"{m['final_tokens']:.0f}"])
+    sep = [arm for arm, s in r["separated_from_uniform"].items() if s]
+    verdict = (f"The interval of the difference from uniform excludes 0 for: {', '.join(sep)}." if sep else
+               "No arm's difference from uniform has an interval that excludes 0: at this budget the intervals "
+               "do not separate.")
     return "\n".join([
-        f"Budget: {r['iterations']} iterations x {r['prompts']} prompts x {r['samples_per_prompt']} samples per arm "
-        f"and seed; {6 * r['test_per_level']} test prompts ({r['test_per_level']} per level); seeds "
-        f"{', '.join(map(str, seeds))}. Mean +/- standard deviation over seeds. Before RL, levels 4-6 were at "
-        f"{_mean_sd([x['hard_before'] for x in runs], 100)}% sampled and greedy accuracy was "
-        f"{_mean_sd([x['greedy_before'] for x in runs], 100)}%.", "",
-        table(["arm", "sampled acc. before (%)", "sampled acc. after (%)", "gain (points)", "levels 4-6 after (%)",
-               "greedy after (%)", "test tokens after", "train tokens (M)", "minutes per run"], rows)])
+        table(["arm", "final held-out accuracy [95%]", "gain (points) [95%]", "vs uniform, paired (points) [95%]",
+               f"levels >= {r['hard_min_level']} final", "final mean tokens"], rows),
+        "", f"{len(r['seeds'])} seeds per arm; {r['iterations']} iterations x {r['prompts_per_iteration']} prompts x "
+        f"{r['samples_per_prompt']} samples from a pool of {r['train_per_level']} train problems per level; levels "
+        f"{r['levels']}; {r['test_prompts']} held-out prompts sampled at T = 1. Intervals: 95% t over seeds. "
+        f"{verdict} Runs: {r['runs_wall_s'] / 60:.1f} min in all " + short_provenance(r, "sampling_ablation")])
 
 
 def render_sampling_ablation_readme(r: dict) -> str:
-    gains = {arm: statistics.mean(x["acc_after"] - x["acc_before"] for x in r["runs"] if x["arm"] == arm)
-             for arm in dict.fromkeys(x["arm"] for x in r["runs"])}
-    return ("- sampling ablation, gain in sampled test accuracy: "
-            + ", ".join(f"{arm} {100 * g:+.1f} points" for arm, g in gains.items())
-            + f" ({r['iterations']} iterations x {r['prompts']} prompts, {6 * r['test_per_level']} test prompts) "
-            + short_provenance(r, "sampling_ablation"))
+    m = r["methods"]
+    return ("- sampling ablation (long-CoT workload), final held-out accuracy vs uniform, paired by seed: "
+            + ", ".join(f"{arm} {x['vs_uniform_points']:+.1f} points [{x['vs_uniform_ci95'][0]:+.1f}, "
+                        f"{x['vs_uniform_ci95'][1]:+.1f}]" for arm, x in m.items() if arm != "uniform")
+            + f" ({len(r['seeds'])} seeds, {r['test_prompts']} test prompts) " + short_provenance(r, "sampling_ablation"))
 
 
 def render_long2short(r: dict) -> str:
@@ -588,7 +588,8 @@ def render_loss_ablation(r: dict) -> str:
         table(["arm", "overrides", "final held-out accuracy [95%]", "gain (points) [95%]", "final mean tokens"], rows),
         "", f"{len(r['seeds'])} seeds per arm; {r['iterations']} iterations x {r['prompts_per_iteration']} prompts x "
         f"{r['samples_per_prompt']} samples; levels {r['levels']}; {r['test_prompts']} held-out prompts sampled at "
-        "T = 1. Intervals: 95% t over seeds."])
+        f"T = 1. Intervals: 95% t over seeds. Runs: {r['runs_wall_s'] / 60:.1f} min in all (one after another on "
+        "2 cores) " + short_provenance(r, "loss_ablation")])
 
 
 @dataclass(frozen=True)
@@ -620,10 +621,8 @@ BLOCKS: dict[str, Block] = {
                           _ray_table),
     "ray_vs_local_overlap": Block("ray_vs_local_overlap", "python benchmarks/ray_vs_local.py --iterations 8 "
                                   "--eval-every 4 --test-per-level 25 --overlap", _ray_table),
-    "sampling_ablation": Block("sampling_ablation", "python benchmarks/sampling_ablation.py --iterations 12 "
-                               "--prompts 16 --test-per-level 25 --eval-every 6 --threads 1", render_sampling_ablation),
-    "sampling_ablation.readme": Block("sampling_ablation", "python benchmarks/sampling_ablation.py --iterations 12 "
-                                      "--prompts 16 --test-per-level 25 --eval-every 6 --threads 1",
+    "sampling_ablation": Block("sampling_ablation", "python benchmarks/sampling_ablation.py", render_sampling_ablation),
+    "sampling_ablation.readme": Block("sampling_ablation", "python benchmarks/sampling_ablation.py",
                                       render_sampling_ablation_readme),
     "long2short": Block("long2short", "python benchmarks/long2short.py", render_long2short),
     "long2short.levels": Block("long2short", "python benchmarks/long2short.py", render_long2short_levels),

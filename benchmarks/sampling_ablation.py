@@ -1,181 +1,121 @@
-"""Sampling strategies and the length penalty on the built-in demo task (report §2.3.3,
-§2.3.4), side by side: several seeds per arm, the same compute budget for every arm
-(iterations x prompts per iteration x K samples), the demo preset otherwise.
+"""Curriculum and prioritized sampling vs uniform (report §2.3.4) on the long-CoT workload,
+at equal samples: every arm trains the same iterations x prompts x K = 8 samples from the
+warmed-up `builtin-long` model (BASE in long_cot.py) on `subset_sum` levels 1-4 (the start
+model solves level 1 almost always and level 4 rarely, so where the samples go matters).
 
-    uniform      uniform sampling (the demo)
-    curriculum   uniform warm-up for half the iterations, then only levels >= 4 (the
-                 report's ablation: warm-up, then hard problems only)
-    prioritized  probability proportional to 1 - s_p (smoothed prior 0.5, floor 0.05)
-    length       uniform sampling, length reward weight 0.2 after a quarter of the
-                 iterations (step schedule)
+    uniform      uniform without replacement, reshuffled each pass
+    curriculum   uniform for the first half of the iterations, then only levels >= 3
+                 (the report's ablation: a warm-up, then hard problems only)
+    prioritized  probability proportional to max(1 - s_p, 0.05), s_p the prompt's success
+                 rate so far (prior 0.5); the train pool is small (--train-per-level) so that
+                 prompts come back and s_p is known when they do
 
-Writes OUT/<arm>/seed<S>/ (ordinary run folders), OUT/results.md (a Markdown table),
-OUT/sampling_ablation.png (test accuracy and mean response tokens over iterations,
-mean over seeds with the min-max band) and benchmarks/results/sampling_ablation.json
-(every run's numbers; docs/data.md renders it).
+Per arm and seed: held-out accuracy (sampled, T = 1) over iterations, overall and on the
+hard levels. Per arm: the mean final accuracy with a 95% t-interval over seeds, and its
+difference from uniform paired by seed (same seed, same test prompts and start model).
+Writes OUT/sampling_ablation.png and benchmarks/results/sampling_ablation.json.
 
-    python benchmarks/sampling_ablation.py                          # full demo budget: ~8 min a run
-    python benchmarks/sampling_ablation.py --iterations 16 --prompts 16 --test-per-level 30
+    python benchmarks/sampling_ablation.py                      # the benchmark (about 40 min on 2 cores)
+    python benchmarks/sampling_ablation.py --seeds 0 --iterations 2 --prompts 2 --test-per-level 2   # a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from long_cot import plot_arms, read_jsonl, run_arm
 from results import write_result
-
-ARMS: dict[str, list[str]] = {
-    "uniform": ["sampler.name=uniform"],
-    "curriculum": ["sampler.name=curriculum", "sampler.schedule=warmup_then_hard", "sampler.hard_min_level=4"],
-    "prioritized": ["sampler.name=prioritized", "sampler.prior=0.5", "sampler.min_weight=0.05"],
-    "length": ["sampler.name=uniform", "reward.length_weight=0.2"],
-}
+from stats import t_interval
 
 
-def arm_overrides(arm: str, args: argparse.Namespace, seed: int, out: Path) -> list[str]:
-    extra = list(ARMS[arm])
-    if arm == "curriculum":
-        extra.append(f"sampler.warmup_iterations={args.iterations // 2}")
-    if arm == "length":
-        extra.append(f"reward.length_warmup_iterations={args.iterations // 4}")
-    return [
-        f"out={out}", f"seed={seed}", f"iterations={args.iterations}",
-        f"rollout.prompts_per_iteration={args.prompts}", f"data.test_per_level={args.test_per_level}",
-        f"eval.every={args.eval_every}", f"threads={args.threads}",
-        f"algorithm.minibatches={min(4, args.prompts)}", *extra,
-    ]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
-
-
-def run_one(arm: str, seed: int, args: argparse.Namespace) -> dict:
-    from k15rl.config import load_config
-    from k15rl.trainer.loop import train
-
-    out = Path(args.out) / arm / f"seed{seed}"
-    if (out / "summary.json").exists() and not args.rerun:
-        print(f"{arm} seed {seed}: kept the finished run in {out}")
-    else:
-        cfg = load_config("demo", arm_overrides(arm, args, seed, out))
-        t0 = time.time()
-        train(cfg, overwrite=True, log=lambda s: None)
-        print(f"{arm} seed {seed}: {time.time() - t0:.0f} s")
-    summary = json.loads((out / "summary.json").read_text())
-    metrics = [m for m in read_jsonl(out / "metrics.jsonl") if "reward/mean" in m]
-    evals = read_jsonl(out / "eval.jsonl")
-    sampled = [e for e in evals if e["temperature"] > 0]
-    greedy = [e for e in evals if e["temperature"] == 0]
+def arms(iterations: int, hard_min_level: int) -> dict[str, list[str]]:
     return {
-        "arm": arm, "seed": seed, "summary": summary,
-        "acc_curve": [(e["iteration"], e["accuracy"]) for e in sampled],
-        "tok_curve": [(m["iteration"], m["rollout/len_mean"]) for m in metrics],
-        "acc_before": sampled[0]["accuracy"], "acc_after": sampled[-1]["accuracy"],
-        "hard_before": statistics.mean(sampled[0]["per_level"][lv]["accuracy"]
-                                       for lv in ("4", "5", "6") if lv in sampled[0]["per_level"]),
-        "greedy_before": greedy[0]["accuracy"] if greedy else float("nan"),
-        "greedy_after": greedy[-1]["accuracy"] if greedy else float("nan"),
-        "test_tokens_before": sampled[0]["mean_tokens"], "test_tokens_after": sampled[-1]["mean_tokens"],
-        "hard_after": statistics.mean(sampled[-1]["per_level"][lv]["accuracy"]
-                                      for lv in ("4", "5", "6") if lv in sampled[-1]["per_level"]),
-        "train_tokens": sum(m["rollout/len_mean"] * m.get("rollout/trained", args.prompts * 8) for m in metrics),
-        "minutes": summary.get("wall_time_s", float("nan")) / 60,
+        "uniform": ["sampler.name=uniform"],
+        "curriculum": ["sampler.name=curriculum", "sampler.schedule=warmup_then_hard",
+                       f"sampler.hard_min_level={hard_min_level}", f"sampler.warmup_iterations={iterations // 2}"],
+        "prioritized": ["sampler.name=prioritized", "sampler.prior=0.5", "sampler.min_weight=0.05"],
     }
 
 
-def mean_sd(xs: list[float], scale: float = 1.0, fmt: str = "{:.1f}") -> str:
-    xs = [x * scale for x in xs]
-    if len(xs) == 1:
-        return fmt.format(xs[0])
-    return f"{fmt.format(statistics.mean(xs))} +/- {fmt.format(statistics.stdev(xs))}"
+def hard_accuracy(out: Path, hard_min_level: int) -> tuple[float, float]:
+    """Sampled held-out accuracy on levels >= hard_min_level, first and last evaluation."""
+    sampled = [e for e in read_jsonl(out / "eval.jsonl") if e["temperature"] > 0]
 
+    def acc(e: dict) -> float:
+        cells = [v for lv, v in e["per_level"].items() if int(lv) >= hard_min_level]
+        return sum(c["accuracy"] * c["n"] for c in cells) / sum(c["n"] for c in cells)
 
-def table(results: list[dict], args: argparse.Namespace) -> str:
-    arms = list(dict.fromkeys(r["arm"] for r in results))
-    lines = [
-        f"Budget: {args.iterations} iterations x {args.prompts} prompts x 8 samples per arm and seed; "
-        f"{6 * args.test_per_level} test prompts ({args.test_per_level} per level); seeds "
-        f"{', '.join(map(str, sorted({r['seed'] for r in results})))}. Mean +/- standard deviation over seeds.",
-        "",
-        "| arm | sampled acc. before (%) | sampled acc. after (%) | gain (points) | levels 4-6 after (%) "
-        "| greedy after (%) | test tokens after | train tokens (M) | minutes per run |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for arm in arms:
-        rs = [r for r in results if r["arm"] == arm]
-        lines.append(
-            f"| {arm} | {mean_sd([r['acc_before'] for r in rs], 100)} | {mean_sd([r['acc_after'] for r in rs], 100)} "
-            f"| {mean_sd([r['acc_after'] - r['acc_before'] for r in rs], 100)} "
-            f"| {mean_sd([r['hard_after'] for r in rs], 100)} | {mean_sd([r['greedy_after'] for r in rs], 100)} "
-            f"| {mean_sd([r['test_tokens_after'] for r in rs])} "
-            f"| {mean_sd([r['train_tokens'] for r in rs], 1e-6, '{:.2f}')} "
-            f"| {mean_sd([r['minutes'] for r in rs])} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(results: list[dict], dest: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_acc, ax_tok) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for arm in dict.fromkeys(r["arm"] for r in results):
-        rs = [r for r in results if r["arm"] == arm]
-        for ax, key in ((ax_acc, "acc_curve"), (ax_tok, "tok_curve")):
-            its = [i for i, _ in rs[0][key]]
-            ys = [[dict(r[key]).get(i, float("nan")) for r in rs] for i in its]
-            mean = [statistics.mean(y) for y in ys]
-            line, = ax.plot(its, mean, marker="o" if key == "acc_curve" else None, label=arm)
-            if len(rs) > 1:
-                ax.fill_between(its, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.15)
-    ax_acc.set_title("test accuracy (sampled, T=1)")
-    ax_tok.set_title("mean response tokens (training rollouts)")
-    for ax in (ax_acc, ax_tok):
-        ax.set_xlabel("iteration")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(dest, dpi=110)
-    plt.close(fig)
+    return acc(sampled[0]), acc(sampled[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}")
+    p.add_argument("--arms", default="uniform,curriculum,prioritized")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--iterations", type=int, default=40)
-    p.add_argument("--prompts", type=int, default=32, help="prompts per iteration (8 samples each)")
-    p.add_argument("--test-per-level", type=int, default=100)
-    p.add_argument("--eval-every", type=int, default=10)
-    p.add_argument("--threads", type=int, default=0, help="torch threads per run; 0 = all cores")
+    p.add_argument("--iterations", type=int, default=6)
+    p.add_argument("--prompts", type=int, default=4, help="prompts per iteration (8 samples each)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--levels", default="1,2,3,4")
+    p.add_argument("--hard-min-level", type=int, default=3)
+    p.add_argument("--train-per-level", type=int, default=8, help="the train pool per level")
+    p.add_argument("--test-per-level", type=int, default=15)
+    p.add_argument("--max-new-tokens", type=int, default=1900)
     p.add_argument("--out", default="runs/sampling_ablation")
-    p.add_argument("--rerun", action="store_true", help="rerun arms whose run folder already holds a result")
+    p.add_argument("--rerun", action="store_true")
     args = p.parse_args(argv)
-    arms = [a.strip() for a in args.arms.split(",")]
-    unknown = [a for a in arms if a not in ARMS]
+    table = arms(args.iterations, args.hard_min_level)
+    names = args.arms.split(",")
+    unknown = [a for a in names if a not in table]
     if unknown:
-        p.error(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
-    seeds = [int(s) for s in args.seeds.split(",")]
+        p.error(f"--arms: unknown arm {unknown[0]!r} (choose from {', '.join(table)})")
+    common = [f"iterations={args.iterations}", f"rollout.prompts_per_iteration={args.prompts}",
+              f"algorithm.minibatches={min(2, args.prompts)}", f"algorithm.lr={args.lr}",
+              f"data.train_levels=[{args.levels}]", f"data.test_levels=[{args.levels}]",
+              f"data.train_per_level={args.train_per_level}", f"data.test_per_level={args.test_per_level}",
+              f"rollout.max_new_tokens={args.max_new_tokens}", f"eval.every={max(args.iterations // 3, 1)}"]
     t0 = time.time()
-    results = [run_one(arm, seed, args) for seed in seeds for arm in arms]
     out = Path(args.out)
-    md = table(results, args)
-    (out / "results.md").write_text(md)
-    plot(results, out / "sampling_ablation.png")
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    curves = ("acc_curve", "tok_curve", "summary")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs = []
+    for seed in seeds:
+        for arm in names:
+            r = run_arm(arm, seed, common + table[arm], out, args.rerun)
+            r["hard_before"], r["hard_after"] = hard_accuracy(out / arm / f"seed{seed}", args.hard_min_level)
+            runs.append(r)
+    methods = {}
+    base = {r["seed"]: r for r in runs if r["arm"] == "uniform"}
+    for arm in names:
+        rs = [r for r in runs if r["arm"] == arm]
+        final = [r["acc_after"] for r in rs]
+        gain = [100 * (r["acc_after"] - r["acc_before"]) for r in rs]
+        vs = [100 * (r["acc_after"] - base[r["seed"]]["acc_after"]) for r in rs if r["seed"] in base]
+        curve = [(i, statistics.mean(dict(r["acc_curve"])[i] for r in rs)) for i, _ in rs[0]["acc_curve"]]
+        methods[arm] = {"overrides": table[arm], "final_accuracy": statistics.mean(final),
+                        "final_accuracy_ci95": t_interval(final), "gain_points": statistics.mean(gain),
+                        "gain_ci95": t_interval(gain), "curve": curve,
+                        "hard_final_accuracy": statistics.mean(r["hard_after"] for r in rs),
+                        "final_tokens": statistics.mean(r["tokens_after"] for r in rs),
+                        "vs_uniform_points": statistics.mean(vs) if vs else None,
+                        "vs_uniform_ci95": t_interval(vs) if vs else None,
+                        "per_seed": [{"seed": r["seed"], "before": r["acc_before"], "after": r["acc_after"],
+                                      "hard_before": r["hard_before"], "hard_after": r["hard_after"]} for r in rs]}
+        lo, hi = methods[arm]["final_accuracy_ci95"]
+        print(f"{arm:12s} final accuracy {100 * methods[arm]['final_accuracy']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
+              f"gain {methods[arm]['gain_points']:+.1f} points; vs uniform {methods[arm]['vs_uniform_points']}")
+    separated = {arm: not (m["vs_uniform_ci95"][0] <= 0 <= m["vs_uniform_ci95"][1])
+                 for arm, m in methods.items() if arm != "uniform" and m["vs_uniform_ci95"]}
+    plot_arms(runs, out / "sampling_ablation.png", f"sampling ablation, {len(seeds)} seeds")
     write_result("sampling_ablation", {
-        "iterations": args.iterations, "prompts": args.prompts, "samples_per_prompt": 8,
-        "test_per_level": args.test_per_level, "eval_every": args.eval_every, "threads": args.threads,
-        "runs": [{k: v for k, v in r.items() if k not in curves} for r in results]})
-    print(md)
-    print(f"wrote {out / 'results.md'} and {out / 'sampling_ablation.png'} ({(time.time() - t0) / 60:.1f} min)")
+        "seeds": seeds, "methods": methods, "separated_from_uniform": separated, "iterations": args.iterations,
+        "prompts_per_iteration": args.prompts, "samples_per_prompt": 8, "levels": args.levels,
+        "hard_min_level": args.hard_min_level, "train_per_level": args.train_per_level,
+        "test_prompts": runs[0]["n_test"], "lr": args.lr, "max_new_tokens": args.max_new_tokens, "runs": runs,
+        "runs_wall_s": sum(r["wall_s"] for r in runs)}, wall_s=time.time() - t0)
+    print(f"{(time.time() - t0) / 60:.1f} min; plot {out / 'sampling_ablation.png'}")
     return 0
 
 
