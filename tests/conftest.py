@@ -44,3 +44,33 @@ def vlm_dir(tmp_path_factory):
             del os.environ["K15RL_CACHE"]
         else:
             os.environ["K15RL_CACHE"] = old
+
+
+class Crash(Exception):
+    """A process dying mid-run (raised from inside the loop by `crash_then_resume`)."""
+
+
+@pytest.fixture
+def crash_then_resume(monkeypatch):
+    """`run(cfg, crash_at)`: train `cfg` until the process dies after the rollout of
+    iteration `crash_at` (its score call raises `error`), call `before_resume()`, then
+    resume the run; returns the resumed run's summary."""
+    from k15rl.trainer import loop
+
+    def run(cfg, crash_at: int, before_resume=lambda: None, error: type[BaseException] = Crash) -> dict:
+        real_score, calls = loop.score, []
+
+        def crashing_score(*a, **kw):
+            calls.append(1)
+            if len(calls) == crash_at:
+                raise error
+            return real_score(*a, **kw)
+
+        monkeypatch.setattr(loop, "score", crashing_score)
+        with pytest.raises(error):
+            loop.train(cfg, log=lambda s: None)
+        monkeypatch.setattr(loop, "score", real_score)
+        before_resume()
+        return loop.train(cfg, resume=True, log=lambda s: None)
+
+    return run

@@ -107,26 +107,13 @@ def test_a_missing_package_is_one_line_before_the_folder_is_touched(tmp_path, ti
     assert not out.exists()
 
 
-def test_a_resumed_run_logs_each_step_once(tmp_path, tiny_model_dir, monkeypatch):
+def test_a_resumed_run_logs_each_step_once(tmp_path, tiny_model_dir, crash_then_resume):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from k15rl.trainer import loop
-
     out, extra = tmp_path / "run", ("log.tensorboard=true", "iterations=4", "checkpoint_every=2")
-    real_score, calls = loop.score, []
-
-    def crashing_score(*a, **kw):  # iteration 3 is logged after the checkpoint of 2, then 4 crashes
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real_score(*a, **kw)
-
-    monkeypatch.setattr(loop, "score", crashing_score)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(out, tiny_model_dir, *extra), log=lambda s: None)
-    monkeypatch.setattr(loop, "score", real_score)
-    train(_cfg(out, tiny_model_dir, *extra), resume=True, log=lambda s: None)
+    # iteration 3 is logged after the checkpoint of 2, then 4 crashes
+    crash_then_resume(_cfg(out, tiny_model_dir, *extra), 4, error=KeyboardInterrupt)
     ea = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
     ea.Reload()
     metrics = _rows(out / "metrics.jsonl")

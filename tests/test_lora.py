@@ -18,7 +18,6 @@ from k15rl.models.lora import ADAPTER, add_lora, policy_state_dict  # noqa: E402
 from k15rl.rollout.collect import rollout  # noqa: E402
 from k15rl.rollout.engine import HFEngine, SamplingParams  # noqa: E402
 from k15rl.tasks import TASKS, get_task, make_prompts  # noqa: E402
-from k15rl.trainer import loop  # noqa: E402
 from k15rl.trainer.checkpoint import latest_checkpoint  # noqa: E402
 from k15rl.trainer.logprobs import collate, token_logprobs  # noqa: E402
 from k15rl.trainer.loop import train  # noqa: E402
@@ -158,11 +157,7 @@ def _cfg(out, model, *extra):
     ])
 
 
-class Crash(Exception):
-    pass
-
-
-def test_lora_run_saves_merged_and_adapter_and_resumes_exactly(tmp_path, tiny_model_dir, toy_task, monkeypatch):
+def test_lora_run_saves_merged_and_adapter_and_resumes_exactly(tmp_path, tiny_model_dir, toy_task, crash_then_resume):
     from transformers import AutoModelForCausalLM
 
     ref = tmp_path / "ref"
@@ -189,21 +184,12 @@ def test_lora_run_saves_merged_and_adapter_and_resumes_exactly(tmp_path, tiny_mo
 
     # killed after the rollout of iteration 3, resumed from iter_000002
     run = tmp_path / "run"
-    real_score, calls = loop.score, []
 
-    def crashing_score(*a, **kw):
-        calls.append(1)
-        if len(calls) == 3:
-            raise Crash
-        return real_score(*a, **kw)
+    def died_after_iteration_2():
+        assert latest_checkpoint(run).name == "iter_000002"
+        assert (latest_checkpoint(run) / ADAPTER / "adapter_model.safetensors").is_file()
 
-    monkeypatch.setattr(loop, "score", crashing_score)
-    with pytest.raises(Crash):
-        train(_cfg(run, tiny_model_dir), log=lambda s: None)
-    monkeypatch.setattr(loop, "score", real_score)
-    assert latest_checkpoint(run).name == "iter_000002"
-    assert (latest_checkpoint(run) / ADAPTER / "adapter_model.safetensors").is_file()
-    summary = train(_cfg(run, tiny_model_dir), resume=True, log=lambda s: None)
+    summary = crash_then_resume(_cfg(run, tiny_model_dir), 3, died_after_iteration_2)
     assert summary["resumed_from"].endswith("iter_000002")
     for name in ("model.safetensors", f"{ADAPTER}/adapter_model.safetensors"):
         a, b = load_file(ref / "final" / name), load_file(run / "final" / name)

@@ -12,7 +12,6 @@ from k15rl.cli import main
 from k15rl.config import load_config
 from k15rl.errors import UserError
 from k15rl.tasks import TASKS
-from k15rl.trainer import loop
 from k15rl.trainer.checkpoint import latest_checkpoint, truncate_jsonl
 from k15rl.trainer.loop import train
 
@@ -37,36 +36,21 @@ def _metrics(out):
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-class Crash(Exception):
-    pass
-
-
-def _crash_then_resume(monkeypatch, cfg, crash_at: int) -> dict:
-    """Train `cfg` until the process dies after the rollout of iteration `crash_at` (its
-    score call raises), then resume it; returns the resumed run's summary."""
-    real_score, calls = loop.score, []
-
-    def crashing_score(*a, **kw):
-        calls.append(1)
-        if len(calls) == crash_at:
-            raise Crash
-        return real_score(*a, **kw)
-
-    monkeypatch.setattr(loop, "score", crashing_score)
-    with pytest.raises(Crash):
-        train(cfg, log=lambda s: None)
-    monkeypatch.setattr(loop, "score", real_score)
-    assert latest_checkpoint(cfg.out).name == f"iter_{crash_at - 1:06d}"
-    return train(cfg, resume=True, log=lambda s: None)
+def _at(cfg, crash_at: int):
+    """A check, before resuming, that the run died with its last checkpoint just before `crash_at`."""
+    def check():
+        assert latest_checkpoint(cfg.out).name == f"iter_{crash_at - 1:06d}"
+    return check
 
 
 @pytest.mark.parametrize("crash_at", [2, 5])
-def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_model_dir, monkeypatch, crash_at):
+def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_model_dir, crash_then_resume, crash_at):
     ref = tmp_path / "ref"
     train(_cfg(ref, tiny_model_dir), log=lambda s: None)
 
     run = tmp_path / "run"
-    summary = _crash_then_resume(monkeypatch, _cfg(run, tiny_model_dir), crash_at)
+    cfg = _cfg(run, tiny_model_dir)
+    summary = crash_then_resume(cfg, crash_at, _at(cfg, crash_at))
     assert summary["resumed_from"].endswith(f"iter_{crash_at - 1:06d}")
 
     a, b = load_file(ref / "final" / "model.safetensors"), load_file(run / "final" / "model.safetensors")
@@ -151,7 +135,7 @@ def test_cli_resume_errors(tmp_path, capsys):
     assert len(err) == 1 and "no run to resume" in err[0]
 
 
-def test_kept_optimizer_resumes_exactly(tmp_path, tiny_model_dir, monkeypatch):
+def test_kept_optimizer_resumes_exactly(tmp_path, tiny_model_dir, crash_then_resume):
     """algorithm.optimizer_reset=false: AdamW's moments carry across iterations and
     checkpoints, so a run killed after iteration 2 and resumed ends like an uninterrupted one;
     and the kept moments change the run (it differs from the reset one)."""
@@ -162,7 +146,8 @@ def test_kept_optimizer_resumes_exactly(tmp_path, tiny_model_dir, monkeypatch):
     state = torch.load(ref / "checkpoints" / "iter_000004" / "optimizer.pt", weights_only=True)
     assert {int(s["step"]) for s in state["state"].values()} == {4}  # 4 iterations x 1 step, one AdamW
     run = tmp_path / "run"
-    _crash_then_resume(monkeypatch, _cfg(run, tiny_model_dir, *extra), 3)
+    cfg = _cfg(run, tiny_model_dir, *extra)
+    crash_then_resume(cfg, 3, _at(cfg, 3))
     a, b = load_file(ref / "final" / "model.safetensors"), load_file(run / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     reset = tmp_path / "reset"

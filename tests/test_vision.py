@@ -302,7 +302,7 @@ def test_bad_image_in_an_sft_file_names_file_line_and_field(tmp_path):
         load_sft_jsonl(path)
 
 
-def test_resumed_vision_run_with_partial_rollouts_equals_uninterrupted(vlm_dir, tmp_path, monkeypatch):
+def test_resumed_vision_run_with_partial_rollouts_equals_uninterrupted(vlm_dir, tmp_path, crash_then_resume):
     """Cut trajectories with images in the replay buffer survive a crash: the resumed run's
     final weights are bitwise those of the uninterrupted run."""
     from safetensors.torch import load_file
@@ -318,21 +318,12 @@ def test_resumed_vision_run_with_partial_rollouts_equals_uninterrupted(vlm_dir, 
             "rollout.segment_tokens=3", "algorithm.lr=0.01", "eval.every=4", "threads=1", "checkpoint_every=1"])
 
     loop.train(cfg(tmp_path / "ref"), log=lambda s: None)
-    real, calls = loop.score, []
 
-    def crash(*a, **kw):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
+    def saved_images():
+        state = json.loads((tmp_path / "run" / "checkpoints" / "iter_000002" / "state.json").read_text())
+        assert state["replay_buffer"]["images"]  # cut trajectories with their images were saved
 
-    monkeypatch.setattr(loop, "score", crash)
-    with pytest.raises(KeyboardInterrupt):
-        loop.train(cfg(tmp_path / "run"), log=lambda s: None)
-    monkeypatch.setattr(loop, "score", real)
-    state = json.loads((tmp_path / "run" / "checkpoints" / "iter_000002" / "state.json").read_text())
-    assert state["replay_buffer"]["images"]  # cut trajectories with their images were saved
-    loop.train(cfg(tmp_path / "run"), resume=True, log=lambda s: None)
+    crash_then_resume(cfg(tmp_path / "run"), 3, saved_images, error=KeyboardInterrupt)
     a = load_file(tmp_path / "ref" / "final" / "model.safetensors")
     b = load_file(tmp_path / "run" / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
