@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = encode_pairs(tok, load_pairs_jsonl(sd / "pairs.jsonl"), 2048)
             ref = cached_reference_logps(model, rows, tok.pad_token_id, sd / "pairs.jsonl.ref_logps.pt",
                                          key=f"{model_fingerprint(long)}:{pairs_fingerprint(rows)}")
-            cfg = DPOConfig(beta=args.dpo_beta, lr=args.dpo_lr, epochs=1, batch_size=8, seed=seed)
+            cfg = DPOConfig(beta=args.dpo_beta, lr=args.dpo_lr, epochs=1, batch_size=8, max_length=2048, seed=seed)
             hist = dpo_train(model, tok, rows, ref, cfg)
             log(f"  dpo: {len(rows)} pairs, loss {hist[0]['dpo/loss']:.3f} -> {hist[-1]['dpo/loss']:.3f}, "
                 f"margin {hist[-1]['dpo/margin']:.2f}")
