@@ -11,11 +11,15 @@ iteration, one engine with 128 slots, weights fixed (only the scheduling differs
                      continuation re-encodes its prompt and earlier segments (a prefill)
     partial+kept KV  the same, with rollout.keep_kv: a cut trajectory's KV cache stays in the
                      engine, and its continuation starts from it without a prefill
+    ... , groups     the same engine with rollout.attention_groups = --attention-groups: the
+                     slots decode in groups, each over its own window of columns, so short
+                     contexts do not read the width of long ones (k15rl/rollout/slots.py)
 
 Every mode runs until --trajectories trajectories have finished; the partial modes then
 take no new prompts until the replay buffer is empty, so all the work they started is
-counted. Per mode: seconds per finished trajectory (the speed-up is whole's over the
-mode's), seconds per iteration, seconds in prefills, tokens generated, and accuracy per
+counted. Per mode: seconds per finished trajectory (the speed-up is that of the whole mode
+with the same attention groups over the mode's; `vs_whole_one_window` against plain
+whole), seconds per iteration, seconds in prefills, tokens generated, and accuracy per
 finished sample (the task's verifier, 95% interval).
 
     python benchmarks/partial_rollouts.py                          # about 20 minutes
@@ -47,18 +51,19 @@ from k15rl.trainer.resolve import resolve_model_path  # noqa: E402
 
 
 class TimedEngine(HFEngine):
-    """HFEngine that adds up the seconds and tokens of its prefills."""
+    """HFEngine that adds up the seconds and tokens of its prefills (`prefilled_*`; not
+    `prefill_tokens`, which is the engine's chunk budget)."""
 
-    prefill_s = 0.0
-    prefill_tokens = 0
+    prefilled_s = 0.0
+    prefilled_tokens = 0
 
     def _prefill(self, contexts, *args, **kw):
         t0 = time.perf_counter()
         try:
             return super()._prefill(contexts, *args, **kw)
         finally:
-            self.prefill_s += time.perf_counter() - t0
-            self.prefill_tokens += sum(len(c) for c in contexts)
+            self.prefilled_s += time.perf_counter() - t0
+            self.prefilled_tokens += sum(len(c) for c in contexts)
 
 
 def run_mode(engine: TimedEngine, tok, prompts, k: int, per_iter: int, segment: int, keep_kv: bool,
@@ -66,7 +71,7 @@ def run_mode(engine: TimedEngine, tok, prompts, k: int, per_iter: int, segment: 
     """Iterations (continue_first: cut trajectories take their rows, new prompts fill the
     rest) until `target` trajectories have finished, then (partial) no new prompts until the
     replay buffer is empty."""
-    engine.prefill_s, engine.prefill_tokens = 0.0, 0
+    engine.prefilled_s, engine.prefilled_tokens = 0.0, 0
     buffer, group, pos, it, tokens = ReplayBuffer(), 0, 0, 0, 0
     finished, per_iteration, timeline = [], [], [(0.0, 0)]
     t0 = time.perf_counter()
@@ -89,7 +94,7 @@ def run_mode(engine: TimedEngine, tok, prompts, k: int, per_iter: int, segment: 
     lo, hi = proportion_interval(correct, len(finished))
     return {"iterations": it, "seconds": seconds, "finished": len(finished),
             "s_per_iteration": seconds / it, "s_per_finished_trajectory": seconds / len(finished),
-            "prefill_s": engine.prefill_s, "prefill_tokens": engine.prefill_tokens, "tokens_generated": tokens,
+            "prefill_s": engine.prefilled_s, "prefill_tokens": engine.prefilled_tokens, "tokens_generated": tokens,
             "mean_tokens": sum(t.num_tokens for t in finished) / len(finished),
             "accuracy_per_sample": correct / len(finished), "accuracy_ci95": [lo, hi],
             "iteration_seconds": per_iteration, "timeline": timeline}
@@ -121,10 +126,12 @@ def main() -> None:
     ap.add_argument("--model", default="builtin-long")
     ap.add_argument("--levels", default="2,3,4,5")
     ap.add_argument("--segment", type=int, default=256, help="rollout.segment_tokens of the partial modes")
-    ap.add_argument("--trajectories", type=int, default=256, help="finished trajectories per mode")
+    ap.add_argument("--trajectories", type=int, default=128, help="finished trajectories per mode")
     ap.add_argument("--prompts", type=int, default=8, help="prompts per iteration (K = 8 samples each)")
     ap.add_argument("--max-new-tokens", type=int, default=1900)
-    ap.add_argument("--modes", default="whole,partial,partial+kept KV")
+    ap.add_argument("--attention-groups", type=int, default=4, help="rollout.attention_groups of the ', groups' modes")
+    ap.add_argument("--modes", default="whole,partial,partial+kept KV,whole, groups,partial+kept KV, groups",
+                    help="comma-separated; a mode name may itself hold ', groups'")
     ap.add_argument("--plot", default="runs/partial_rollouts/partial_rollouts.png")
     args = ap.parse_args()
     t0 = time.time()
@@ -135,29 +142,38 @@ def main() -> None:
     n = (args.trajectories // k + 4 * args.prompts) // len(levels) + 1
     prompts = make_prompts(get_task("subset_sum"), "train", n, levels, seed=0)
     prompts = [prompts[i] for i in torch.randperm(len(prompts), generator=torch.Generator().manual_seed(0)).tolist()]
-    engine = TimedEngine(model, tok, max_batch=128)
     all_modes = {"whole": (0, False), "partial": (args.segment, False), "partial+kept KV": (args.segment, True)}
+    names = [m.strip() for m in args.modes.replace(", groups", "|groups").split(",")]
     rows = {}
-    for name in args.modes.split(","):
-        segment, keep = all_modes[name]
-        print(f"{name}: segment {segment or 'none'}, {args.trajectories} trajectories", flush=True)
-        rows[name] = {"mode": name, "segment_tokens": segment, "keep_kv": keep,
+    for name in names:
+        base_name, _, grouped = name.partition("|")
+        segment, keep = all_modes[base_name]
+        groups = args.attention_groups if grouped else 1
+        name = base_name + (", groups" if grouped else "")
+        print(f"{name}: segment {segment or 'none'}, attention groups {groups}, {args.trajectories} trajectories",
+              flush=True)
+        engine = TimedEngine(model, tok, max_batch=128, attention_groups=groups)
+        rows[name] = {"mode": name, "segment_tokens": segment, "keep_kv": keep, "attention_groups": groups,
                       **run_mode(engine, tok, prompts, k, args.prompts, segment, keep, args.max_new_tokens,
                                  args.trajectories, [tok.eos_token_id])}
-    base = rows["whole"]["s_per_finished_trajectory"] if "whole" in rows else None
+    whole = {r["attention_groups"]: r["s_per_finished_trajectory"] for r in rows.values() if not r["segment_tokens"]}
+    plain = whole.get(1)
     print(f"\n{'mode':16s} {'iterations':>10s} {'s/iteration':>11s} {'s/trajectory':>12s} {'speed-up':>8s} "
           f"{'prefill s':>9s} {'accuracy/sample':>15s} {'mean tokens':>11s}")
     for r in rows.values():
+        base = whole.get(r["attention_groups"])
         r["speedup_per_finished_trajectory"] = base / r["s_per_finished_trajectory"] if base else None
+        r["vs_whole_one_window"] = plain / r["s_per_finished_trajectory"] if plain else None
         print(f"{r['mode']:16s} {r['iterations']:10d} {r['s_per_iteration']:11.1f} "
               f"{r['s_per_finished_trajectory']:12.3f} {r['speedup_per_finished_trajectory'] or 0:7.2f}x "
               f"{r['prefill_s']:9.1f} {100 * r['accuracy_per_sample']:14.1f}% {r['mean_tokens']:11.0f}")
     partial = [r for r in rows.values() if r["segment_tokens"]]
-    best = max(partial, key=lambda r: r["speedup_per_finished_trajectory"] or 0) if partial and base else None
+    best = max(partial, key=lambda r: r["speedup_per_finished_trajectory"] or 0) if partial and whole else None
     plot(rows, Path(args.plot))
     write_result("partial_rollouts", {
         "model": args.model, "levels": list(levels), "k": k, "prompts_per_iteration": args.prompts,
         "max_new_tokens": args.max_new_tokens, "segment_tokens": args.segment, "trajectories": args.trajectories,
+        "attention_groups": args.attention_groups,
         "threads": torch.get_num_threads(), "weights": "fixed (scheduling only)",
         "speedup_per_finished_trajectory": best["speedup_per_finished_trajectory"] if best else None,
         "best_mode": best["mode"] if best else None,

@@ -161,8 +161,10 @@ def render_rollout_throughput_readme(r: dict) -> str:
 def render_partial_rollouts(r: dict) -> str:
     modes = {m["mode"]: m for m in r["modes"]}
     rows = [[m["mode"] + (f" ({m['segment_tokens']} tokens per segment)" if m["segment_tokens"] else ""),
-             m["iterations"], f"{m['s_per_iteration']:.1f}", f"{m['s_per_finished_trajectory']:.3f}",
-             ratio(m["speedup_per_finished_trajectory"]), f"{m['prefill_s']:.0f} ({pct(m['prefill_s'] / m['seconds'], 0)})",
+             m.get("attention_groups", 1), m["iterations"], f"{m['s_per_iteration']:.1f}",
+             f"{m['s_per_finished_trajectory']:.3f}", ratio(m["speedup_per_finished_trajectory"]),
+             ratio(m.get("vs_whole_one_window") or m["speedup_per_finished_trajectory"]),
+             f"{m['prefill_s']:.0f} ({pct(m['prefill_s'] / m['seconds'], 0)})",
              f"{m['tokens_generated']:,}",
              f"{pct(m['accuracy_per_sample'])} [{pct(m['accuracy_ci95'][0])}, {pct(m['accuracy_ci95'][1])}]",
              f"{m['mean_tokens']:.0f}"] for m in r["modes"]]
@@ -172,7 +174,8 @@ def render_partial_rollouts(r: dict) -> str:
         f"{r['prompts_per_iteration']} prompts per iteration, responses up to {r['max_new_tokens']:,} tokens, weights "
         f"fixed, {r['threads']} threads; each mode until {r['trajectories']:,} trajectories have finished, the partial "
         "modes then drain their replay buffer (no new prompts) so that all work they started is counted:", "",
-        table(["mode", "iterations", "s/iteration", "s per finished trajectory", "speed-up", "prefill s (share)",
+        table(["mode", "attention groups", "iterations", "s/iteration", "s per finished trajectory",
+               "speed-up (vs whole, same groups)", "vs whole, one window", "prefill s (share)",
                "tokens generated", "accuracy per sample [95%]", "mean tokens"], rows), "",
         f"Best partial mode: {r['best_mode']}, {ratio(best)} per finished trajectory (goal {GOAL_PARTIAL:g}x: "
         f"{'met' if best >= GOAL_PARTIAL else 'not met'})."]

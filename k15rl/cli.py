@@ -80,7 +80,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     params = eval_sampling_params(cfg, stop_token_ids(tok, model), seed=cfg.seed)
     from k15rl.trainer.resolve import router_from_config
 
-    result, _ = evaluate(HFEngine(model, tok, cfg.rollout.max_batch), tok, test, params, cfg.eval.samples_per_prompt,
+    result, _ = evaluate(HFEngine.from_config(model, tok, cfg.rollout), tok, test, params, cfg.eval.samples_per_prompt,
                          rewards=router_from_config(cfg.reward))
     result = {"model": str(path), "temperature": cfg.eval.temperature, **result}
     print(f"accuracy {result['accuracy']:.4f} (+/- {result['accuracy_ci95']:.4f}), "
@@ -195,7 +195,7 @@ def _load_engine(model_arg: str, cfg):
     path = resolve_model_path(model_arg, "--model")
     tok = load_tokenizer(path, cfg.model.chat_template)
     model = on_device(load_model(path, cfg.model.dtype), cfg.distributed.device)
-    return HFEngine(model, tok, cfg.rollout.max_batch), tok, stop_token_ids(tok, model), model
+    return HFEngine.from_config(model, tok, cfg.rollout), tok, stop_token_ids(tok, model), model
 
 
 def _load_data_files(paths: list[str], cfg) -> list:

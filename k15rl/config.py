@@ -124,6 +124,10 @@ class RolloutConfig:
     # Built-in engine: prompts are prefilled in chunks of at most this many tokens (rows x the
     # longest context), so the prefill's own KV cache and activations stay small next to the slots'
     prefill_tokens: int = 4096
+    # Built-in engine: decode the slots in this many groups, each attending over its own
+    # window of columns (rollout/slots.py), so short contexts next to long ones do not read
+    # the long ones' width. 1 = one window for all slots.
+    attention_groups: int = 1
     # Partial rollouts (report §2.6.2): new tokens per trajectory per iteration; a trajectory
     # that uses them up is cut, kept in the replay buffer and continued next iteration. 0 = off.
     segment_tokens: int = 0
@@ -268,6 +272,8 @@ class TrainConfig:
             (self.rollout.max_new_tokens >= 1, "rollout.max_new_tokens", self.rollout.max_new_tokens, "must be >= 1"),
             (self.rollout.max_batch >= 1, "rollout.max_batch", self.rollout.max_batch, "must be >= 1"),
             (self.rollout.prefill_tokens >= 1, "rollout.prefill_tokens", self.rollout.prefill_tokens, "must be >= 1"),
+            (self.rollout.attention_groups >= 1, "rollout.attention_groups", self.rollout.attention_groups,
+             "must be >= 1"),
             (self.rollout.segment_tokens >= 0, "rollout.segment_tokens", self.rollout.segment_tokens, "must be >= 0"),
             (not self.rollout.keep_kv or self.rollout.segment_tokens > 0, "rollout.keep_kv", self.rollout.keep_kv,
              "needs partial rollouts (rollout.segment_tokens > 0): only cut trajectories keep their KV cache"),

@@ -119,6 +119,7 @@ CASES = [
     ("unknown sampler", ["train", "out={run}", "sampler.name=random"], "sampler.name"),
     ("unknown task", ["train", "out={run}", "data.tasks=[chess]"], "chess"),
     ("negative segment budget", ["train", "out={run}", "rollout.segment_tokens=-1"], "rollout.segment_tokens"),
+    ("no attention group", ["train", "out={run}", "rollout.attention_groups=0"], "rollout.attention_groups"),
     ("kept optimizer on Ray", ["train", "out={run}", "algorithm.optimizer_reset=false", "distributed.backend=ray"],
      "algorithm.optimizer_reset"),
     ("kept KV without partial rollouts", ["train", "out={run}", "rollout.keep_kv=true",

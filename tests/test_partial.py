@@ -203,21 +203,25 @@ def _segments_of_8(engine, tok, prompts, params, keep_kv, iterations=3, between=
     return results
 
 
-def test_kept_kv_continuation_equals_reencoding_and_skips_the_prefill(policy):
+@pytest.mark.parametrize("groups", [1, 2])
+def test_kept_kv_continuation_equals_reencoding_and_skips_the_prefill(policy, groups, monkeypatch):
     """rollout.keep_kv, unchanged weights: sampled (T=1) continuations from the kept KV cache
     draw the same tokens with the same log-probs as re-encoding prompt + earlier segments,
-    and the continued requests are never prefilled again."""
+    and the continued requests are never prefilled again (also with attention groups)."""
+    from k15rl.rollout.slots import SlotCache
+
+    monkeypatch.setattr(SlotCache, "PASS_COST", 0)  # split whenever it narrows a window (tiny model)
     model, tok = policy
     params = SamplingParams(max_new_tokens=24, temperature=1.0, seed=7)
     prompts = [_prompt(q, i) for i, q in enumerate(QUESTIONS[:3])]
     counting = CountingModel(model)
-    engine = HFEngine(counting, tok)
-    ref = _segments_of_8(HFEngine(model, tok), tok, prompts, params, keep_kv=False)
+    engine = HFEngine(counting, tok, attention_groups=groups)
+    ref = _segments_of_8(HFEngine(model, tok, attention_groups=groups), tok, prompts, params, keep_kv=False)
     got = _segments_of_8(engine, tok, prompts, params, keep_kv=True)
     for a, b in zip(ref[2].trajectories, got[2].trajectories):
         assert a.response_ids == b.response_ids
         torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=1e-4, rtol=0)
-    prefills = [shape for shape in counting.calls if shape[1] > 1]  # decoding steps are [S, 1]
+    prefills = [shape for shape in counting.calls if shape[1] > 1]  # decoding steps are [S, 1] (or a group's rows)
     assert len(prefills) == 1 and prefills[0][0] == 6  # the 6 new trajectories of iteration 0 only
     assert not engine._kept  # the last segments reached max_tokens: nothing left behind
 

@@ -103,3 +103,89 @@ def test_stop_strings_and_length(policy):
     stopped = engine.generate([GenerationRequest(p)], SamplingParams(max_new_tokens=20, temperature=0,
                                                                      stop_strings=[text[-1]]))[0]
     assert stopped.finish_reason == "stop" and len(stopped.token_ids) <= 3
+
+
+# -- attention groups (rollout.attention_groups, k15rl/rollout/slots.py) ------------------
+
+def _slot_cache(first_columns: list[int], end: int):
+    """A SlotCache of len(first_columns) slots whose slot j holds columns [first_j, end)."""
+    from k15rl.rollout.slots import SlotCache
+
+    kv = SlotCache(len(first_columns), 1, 1, 2, torch.float32, columns=end + 4, end=end)
+    kv.start = min(first_columns)
+    for j, f in enumerate(first_columns):
+        kv.mask[j, f:end] = 1
+    return kv
+
+
+def test_groups_and_repack_order_by_hand(monkeypatch):
+    """Slots using columns from 0, 8, 1, 8 to 10: two groups of two read 2 x 11 + 2 x 10 = 42
+    columns a step; sorted by first column (0, 1 | 8, 8) 2 x 11 + 2 x 3 = 28, a gain of 14
+    over the 0.125 x 4 x 11 = 5.5 that a repack must beat. A pass costing more than the
+    columns a split saves keeps one group."""
+    from k15rl.rollout.slots import SlotCache
+
+    kv = _slot_cache([0, 8, 1, 8], end=10)
+    live = torch.ones(4, dtype=torch.bool)
+    monkeypatch.setattr(SlotCache, "PASS_COST", 3)  # one group: 44 + 3 = 47 < two: 42 + 6 = 48
+    assert kv.groups(live, 2) == [(0, 4, 0)]
+    monkeypatch.setattr(SlotCache, "PASS_COST", 1)  # two groups: 42 + 2 = 44 < one: 44 + 1 = 45
+    assert kv.groups(live, 2) == [(0, 2, 0), (2, 4, 1)]
+    monkeypatch.setattr(SlotCache, "PASS_COST", 0)
+    assert kv.groups(live, 1) == [(0, 4, 0)]
+    assert kv.groups(live, 2) == [(0, 2, 0), (2, 4, 1)]
+    assert kv.window_cost(live, 2) == 42
+    assert kv.repack_order(live, 2).tolist() == [0, 2, 1, 3]
+    kv.keep(kv.repack_order(live, 2))
+    assert kv.groups(live, 2) == [(0, 2, 0), (2, 4, 8)] and kv.window_cost(live, 2) == 28
+    assert kv.repack_order(live, 2) is None  # sorted already
+    assert kv.repack_order(live, 1) is None
+    dead = torch.tensor([True, True, False, False])  # a group without live slots is not decoded
+    assert kv.groups(dead, 2) == [(0, 2, 0)]
+
+
+@pytest.mark.parametrize("groups", [2, 3])
+def test_attention_groups_change_nothing(policy, monkeypatch, groups):
+    """Greedy: decoding the slots in groups, each over its own window, with repacks as slots
+    refill, gives the tokens and log-probs of one shared window; and the groups' windows are
+    narrower than the shared one at some steps (the test exercises what it is about)."""
+    from k15rl.rollout.slots import SlotCache
+
+    model, tok = policy
+    qs = ["Compute 12+7.", "Sort: d b a c", "Rules: a->b b->a. Start at a and make 3 hops.", "Hi",
+          "Sort: q w e r t y", "Compute 3+4.", "Sort: z y", "Rules: c->d d->c. Start at d and make 2 hops."]
+    reqs = [GenerationRequest(encode_prompt(tok, (("user", q),)), max_new_tokens=b)
+            for q, b in zip(qs * 2, [30, 3, 25, 4, 6, 28, 2, 5, 7, 3, 26, 9, 4, 8, 3, 6])]
+    params = SamplingParams(max_new_tokens=30, temperature=0)
+    ref = HFEngine(model, tok, max_batch=6).generate(reqs, params)
+    narrower, select = [], SlotCache.select_group
+
+    def spy(self, group):
+        if group is not None:
+            narrower.append(group[2] > self.start)
+        select(self, group)
+
+    monkeypatch.setattr(SlotCache, "select_group", spy)
+    monkeypatch.setattr(SlotCache, "PASS_COST", 0)  # split whenever it narrows a window (tiny model)
+    got = HFEngine(model, tok, max_batch=6, attention_groups=groups).generate(reqs, params)
+    assert [s.token_ids for s in got] == [s.token_ids for s in ref]
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=1e-5)
+    assert any(narrower)
+
+
+def test_attention_groups_logprobs_match_trainer_recomputation(policy, monkeypatch):
+    """Sampled with attention groups: the recorded log-probs are the trainer's for the same tokens."""
+    from k15rl.rollout.slots import SlotCache
+
+    monkeypatch.setattr(SlotCache, "PASS_COST", 0)
+    model, tok = policy
+    prompts = _prompts(tok) * 3
+    engine = HFEngine(model, tok, max_batch=4, attention_groups=2)
+    params = SamplingParams(max_new_tokens=16, temperature=0.8, seed=3, stop_token_ids=[tok.eos_token_id])
+    segs = engine.generate([GenerationRequest(p, max_new_tokens=4 + 3 * i) for i, p in enumerate(prompts)], params)
+    batch = collate(prompts, [s.token_ids for s in segs], tok.pad_token_id)
+    with torch.no_grad():
+        lp = token_logprobs(model, batch, temperature=0.8)
+    for i, s in enumerate(segs):
+        torch.testing.assert_close(lp[i, : len(s.token_ids)], torch.tensor(s.logprobs), atol=1e-4, rtol=1e-4)

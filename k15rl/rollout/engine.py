@@ -193,11 +193,13 @@ class HFEngine:
     same tokens on every device up to the logits' numerics.
     """
 
-    def __init__(self, model, tokenizer, max_batch: int = 64, prefill_tokens: int = RolloutConfig.prefill_tokens):
+    def __init__(self, model, tokenizer, max_batch: int = 64, prefill_tokens: int = RolloutConfig.prefill_tokens,
+                 attention_groups: int = RolloutConfig.attention_groups):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.prefill_tokens = prefill_tokens  # admitted prompts are prefilled in chunks this large
+        self.attention_groups = attention_groups  # slots decoded in this many windows (SlotCache.groups)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # transformers >= 5.x names the KV-cache argument `cache`; older ones `past_key_values`.
         params = inspect.signature(model.forward).parameters
@@ -208,6 +210,12 @@ class HFEngine:
         self._features: dict[str, torch.Tensor] = {}
         self._grids: dict[str, torch.Tensor] = {}
         self._kept: dict[str, _KeptKV] = {}  # request id -> its cut segment's KV (keep_kv)
+
+    @classmethod
+    def from_config(cls, model, tokenizer, cfg: RolloutConfig) -> "HFEngine":
+        """The engine `rollout.*` describes (max_batch, prefill_tokens, attention_groups) on `model`."""
+        return cls(model, tokenizer, max_batch=cfg.max_batch, prefill_tokens=cfg.prefill_tokens,
+                   attention_groups=cfg.attention_groups)
 
     def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict, strict=True)
@@ -261,7 +269,8 @@ class HFEngine:
                 requests += pulled
                 out += [None] * len(pulled)
                 more = more if pulled else None
-            if waiting and free:
+            admitted = bool(waiting and free)
+            if admitted:
                 idx = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
                 contexts = [list(requests[i].prompt_ids) + list(requests[i].prefix_ids) for i in idx]
                 width = max(len(c) for c in contexts)
@@ -332,24 +341,36 @@ class HFEngine:
             if not live.any():
                 continue
             # 3. finished slots: drop unused leading columns; with nobody waiting and few
-            # slots live, shrink the batch so empty slots cost nothing
+            # slots live, shrink the batch so empty slots cost nothing; with attention groups,
+            # sort the slots by age when that narrows the groups' windows enough
+            order = None
             if finished:
                 kv.trim(live)
                 if not waiting and not more and int(live.sum()) <= len(rows) // 2:
-                    keep = live.nonzero().squeeze(1)
-                    kv.keep(keep)
-                    rows = [rows[j] for j in keep.tolist()]
-                    pos, offset, logits = pos[keep], offset[keep], logits[keep]
-                    tok_all, live = tok_all[keep], live[keep]
-                    if detector:
-                        detector.select(keep)
-            # 4. one decoding step for every slot (empty ones are ignored)
+                    order = live.nonzero().squeeze(1)
+            if order is None and (finished or admitted):
+                order = kv.repack_order(live, self.attention_groups)
+            if order is not None:
+                kv.keep(order)
+                rows = [rows[j] for j in order.tolist()]
+                pos, offset, logits = pos[order], offset[order], logits[order]
+                tok_all, live = tok_all[order], live[order]
+                if detector:
+                    detector.select(order)
+            # 4. one decoding step for every slot (empty ones are ignored), group by group
             mask = kv.step_mask(live)  # [S, L+1]
-            logits = self.model(
-                input_ids=tok_all[:, None].to(dev), attention_mask=mask.to(dev),
-                position_ids=(pos + offset)[:, None].to(dev),  # [S, 1] (M-RoPE models repeat it on each row)
-                use_cache=True, **{self._cache_kw: kv.cache},
-            ).logits[:, -1, :].cpu()  # [S, V]
+            for a, b, lo in kv.groups(live, self.attention_groups):
+                kv.select_group((a, b, lo))
+                step = self.model(
+                    input_ids=tok_all[a:b, None].to(dev), attention_mask=mask[a:b, lo - kv.start:].to(dev),
+                    position_ids=(pos + offset)[a:b, None].to(dev),  # [b-a, 1] (M-RoPE models repeat it per row)
+                    use_cache=True, **{self._cache_kw: kv.cache},
+                ).logits[:, -1, :].cpu()  # [b-a, V]
+                if b - a == len(rows):
+                    logits = step  # [S, V]
+                else:
+                    logits[a:b] = step
+            kv.select_group(None)
             kv.advance()
             pos = pos + live.long()
             for j, row in enumerate(rows):  # segments cut with keep_kv: their KV, now complete, is kept

@@ -50,4 +50,4 @@ def make_engine(cfg: RolloutConfig, path: str | Path, tokenizer, *, model=None, 
         model = load_model(path, dtype)
     elif not share:
         model = copy.deepcopy(model)
-    return HFEngine(model, tokenizer, max_batch=cfg.max_batch, prefill_tokens=cfg.prefill_tokens)
+    return HFEngine.from_config(model, tokenizer, cfg)
