@@ -221,7 +221,7 @@ def test_kept_kv_continuation_equals_reencoding_and_skips_the_prefill(policy, gr
     for a, b in zip(ref[2].trajectories, got[2].trajectories):
         assert a.response_ids == b.response_ids
         torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=1e-4, rtol=0)
-    prefills = [shape for shape in counting.calls if shape[1] > 1]  # decoding steps are [S, 1] (or a group's rows)
+    prefills = [shape for shape in counting.calls if shape[1] > 1]  # decoding steps are [S, 1]
     assert len(prefills) == 1 and prefills[0][0] == 6  # the 6 new trajectories of iteration 0 only
     assert not engine._kept  # the last segments reached max_tokens: nothing left behind
 

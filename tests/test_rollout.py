@@ -140,15 +140,17 @@ def test_groups_and_repack_order_by_hand(monkeypatch):
     assert kv.groups(live, 2) == [(0, 2, 0), (2, 4, 8)] and kv.window_cost(live, 2) == 28
     assert kv.repack_order(live, 2) is None  # sorted already
     assert kv.repack_order(live, 1) is None
-    dead = torch.tensor([True, True, False, False])  # a group without live slots is not decoded
-    assert kv.groups(dead, 2) == [(0, 2, 0)]
+    dead = torch.tensor([True, True, False, False])  # a group without live slots reads only the new column
+    assert kv.groups(dead, 2) == [(0, 2, 0), (2, 4, 10)]
 
 
 @pytest.mark.parametrize("groups", [2, 3])
 def test_attention_groups_change_nothing(policy, monkeypatch, groups):
-    """Greedy: decoding the slots in groups, each over its own window, with repacks as slots
-    refill, gives the tokens and log-probs of one shared window; and the groups' windows are
-    narrower than the shared one at some steps (the test exercises what it is about)."""
+    """Greedy: decoding with the slots' attention split into groups, each over its own
+    window, with repacks as slots refill, gives the tokens and log-probs of one shared
+    window; the model's attention layers really ran split, over windows narrower than the
+    shared one at some steps (the test exercises what it is about)."""
+    from k15rl.rollout import slots
     from k15rl.rollout.slots import SlotCache
 
     model, tok = policy
@@ -158,20 +160,22 @@ def test_attention_groups_change_nothing(policy, monkeypatch, groups):
             for q, b in zip(qs * 2, [30, 3, 25, 4, 6, 28, 2, 5, 7, 3, 26, 9, 4, 8, 3, 6])]
     params = SamplingParams(max_new_tokens=30, temperature=0)
     ref = HFEngine(model, tok, max_batch=6).generate(reqs, params)
-    narrower, select = [], SlotCache.select_group
+    narrower, attend = [], slots._grouped_sdpa
 
-    def spy(self, group):
-        if group is not None:
-            narrower.append(group[2] > self.start)
-        select(self, group)
+    def spy(module, query, key, value, mask, **kw):
+        split = slots._GROUPS.get()
+        if split is not None:
+            narrower.append(any(o > 0 for _, _, o in split))
+        return attend(module, query, key, value, mask, **kw)
 
-    monkeypatch.setattr(SlotCache, "select_group", spy)
+    monkeypatch.setattr(slots, "_grouped_sdpa", spy)
     monkeypatch.setattr(SlotCache, "PASS_COST", 0)  # split whenever it narrows a window (tiny model)
     got = HFEngine(model, tok, max_batch=6, attention_groups=groups).generate(reqs, params)
     assert [s.token_ids for s in got] == [s.token_ids for s in ref]
     for a, b in zip(got, ref):
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=1e-5)
     assert any(narrower)
+    assert model.config._attn_implementation != slots.GROUPED  # restored after each step
 
 
 def test_attention_groups_logprobs_match_trainer_recomputation(policy, monkeypatch):

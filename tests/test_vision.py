@@ -82,13 +82,21 @@ def test_vis_count_answer_matches_the_pixels():
         assert found == int(p.answer), p.meta["items"]
 
 
-def test_engine_logprobs_equal_trainer_logprobs_with_images(vlm_dir):
-    """The engine's recorded log-probs (prefill with image features, then decoding) are the
-    trainer's for the same tokens and images, in one pass or in micro-batches."""
+@pytest.mark.parametrize("groups", [1, 3])
+def test_engine_logprobs_equal_trainer_logprobs_with_images(vlm_dir, groups, monkeypatch):
+    """The engine's recorded log-probs (prefill with image features, then decoding, with
+    its attention in one window or split into groups) are the trainer's for the same tokens
+    and images, in one pass or in micro-batches."""
+    from k15rl.rollout import slots
+
+    split, attend = [], slots._grouped_sdpa
+    monkeypatch.setattr(slots, "_grouped_sdpa", lambda *a, **kw: split.append(1) or attend(*a, **kw))
+    monkeypatch.setattr(slots.SlotCache, "PASS_COST", 0)  # split whenever it narrows a window
     model, tok = load_model(vlm_dir), load_tokenizer(vlm_dir)
     prompts = visual_prompts(2)
-    trajs = rollout(HFEngine(model, tok, max_batch=5), tok, prompts, 3,
+    trajs = rollout(HFEngine(model, tok, max_batch=5, attention_groups=groups), tok, prompts, 3,
                     SamplingParams(max_new_tokens=12, seed=1, stop_token_ids=[tok.eos_token_id]))
+    assert bool(split) == (groups > 1)  # the language model's attention really ran split
     batch = make_train_batch(trajs, tok.pad_token_id, tokenizer=tok)
     # the 3 samples of a prompt share its image: the tower sees each distinct image once
     assert batch.tokens.images.pixel_values.shape == (len(prompts), 3, 96, 96)

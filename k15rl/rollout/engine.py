@@ -24,7 +24,7 @@ from k15rl.errors import UserError
 from k15rl.models.loading import model_device
 from k15rl.models.vision import (embed_with_images, image_features, image_key, image_token_id, prompt_image_mask,
                                  rope_positions)
-from k15rl.rollout.slots import SlotCache
+from k15rl.rollout.slots import SlotCache, grouped_attention
 from k15rl.types import GenerationRequest, Segment
 
 
@@ -357,20 +357,15 @@ class HFEngine:
                 tok_all, live = tok_all[order], live[order]
                 if detector:
                     detector.select(order)
-            # 4. one decoding step for every slot (empty ones are ignored), group by group
+            # 4. one decoding step for every slot (empty ones are ignored); with attention
+            # groups, each group of slots attends over its own window
             mask = kv.step_mask(live)  # [S, L+1]
-            for a, b, lo in kv.groups(live, self.attention_groups):
-                kv.select_group((a, b, lo))
-                step = self.model(
-                    input_ids=tok_all[a:b, None].to(dev), attention_mask=mask[a:b, lo - kv.start:].to(dev),
-                    position_ids=(pos + offset)[a:b, None].to(dev),  # [b-a, 1] (M-RoPE models repeat it per row)
+            with grouped_attention(self.model, kv.groups(live, self.attention_groups), kv.start):
+                logits = self.model(
+                    input_ids=tok_all[:, None].to(dev), attention_mask=mask.to(dev),
+                    position_ids=(pos + offset)[:, None].to(dev),  # [S, 1] (M-RoPE models repeat it per row)
                     use_cache=True, **{self._cache_kw: kv.cache},
-                ).logits[:, -1, :].cpu()  # [b-a, V]
-                if b - a == len(rows):
-                    logits = step  # [S, V]
-                else:
-                    logits[a:b] = step
-            kv.select_group(None)
+                ).logits[:, -1, :].cpu()  # [S, V]
             kv.advance()
             pos = pos + live.long()
             for j, row in enumerate(rows):  # segments cut with keep_kv: their KV, now complete, is kept

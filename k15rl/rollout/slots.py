@@ -18,16 +18,70 @@ One window for all slots means every slot attends over the oldest live sequence'
 columns: with long and short contexts mixed (continuous batching refills slots; partial
 rollouts continue long trajectories next to new prompts) most of a decoding step's
 attention reads masked-out columns. `groups` splits the slots into contiguous ranges,
-each decoded over its own window (from the first column any of its live slots uses), and
+each with its own window (from the first column any of its live slots uses), and
 `repack_order` says when sorting the slots by their first column (one copy, `keep`) makes
-those windows markedly narrower. Each slot's own columns, hence its output, are the same
-either way.
+those windows markedly narrower. The decoding step stays one pass through the model:
+only its attention is split, by `grouped_attention`, which the model's attention layers
+call through transformers' attention interface while the step runs. Each slot's own
+columns, hence its output, are the same either way.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 import torch.nn.functional as F
+
+# The groups of the decoding step in progress, as (a, b, offset): slots [a, b) attend over
+# key columns [offset, W) of the step's window. None: plain attention (every other call).
+_GROUPS: ContextVar[list[tuple[int, int, int]] | None] = ContextVar("k15rl_attention_groups", default=None)
+GROUPED = "k15rl_grouped_sdpa"  # the name registered with transformers' attention interfaces
+
+
+def _grouped_sdpa(module, query, key, value, attention_mask, **kwargs):
+    """transformers attention function: scaled dot-product attention, per group of slots
+    over its own columns while a grouped step runs (`grouped_attention`), else over all.
+    query [S, H, 1, D]; key, value [S, H_kv, W, D]; attention_mask [S, 1, 1, W] or None."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = _GROUPS.get()
+    if groups is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    out = [sdpa_attention_forward(module, query[a:b], key[a:b, :, o:], value[a:b, :, o:],
+                                  None if attention_mask is None else attention_mask[a:b, ..., o:], **kwargs)[0]
+           for a, b, o in groups]  # each [b-a, 1, H, D]
+    return torch.cat(out), None  # [S, 1, H, D]
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(GROUPED, _grouped_sdpa)
+    AttentionMaskInterface.register(GROUPED, sdpa_mask)
+
+
+@contextmanager
+def grouped_attention(model, groups: list[tuple[int, int, int]], start: int):
+    """While one decoding step runs, the model's attention layers attend per group: slots
+    [a, b) over columns [lo, end] of a `groups` entry (a, b, lo); `start` is the window's
+    first column. The split runs transformers' own SDPA attention per group, so it applies
+    only to models whose language model attends with it (`attn_implementation="sdpa"`, the
+    default); other models, and one group, decode over the shared window (same outputs)."""
+    text = model.config.get_text_config()
+    if len(groups) <= 1 or text._attn_implementation != "sdpa":
+        yield
+        return
+    _register()
+    token = _GROUPS.set([(a, b, lo - start) for a, b, lo in groups])
+    text._attn_implementation = GROUPED
+    try:
+        yield
+    finally:
+        _GROUPS.reset(token)
+        text._attn_implementation = "sdpa"
 
 
 def _slot_layer_class():
@@ -44,16 +98,15 @@ def _slot_layer_class():
 
         def update(self, key_states, value_states, *args, **kwargs):
             o = self.owner
-            a, b, lo = o.view  # the slots [a, b) being decoded, over columns [lo, end]
             n = key_states.shape[-2]  # 1 when decoding
-            self.buf_k[a:b, :, o.end:o.end + n] = key_states
-            self.buf_v[a:b, :, o.end:o.end + n] = value_states
-            self.keys = self.buf_k[a:b, :, lo:o.end + n]
-            self.values = self.buf_v[a:b, :, lo:o.end + n]
+            self.buf_k[:, :, o.end:o.end + n] = key_states
+            self.buf_v[:, :, o.end:o.end + n] = value_states
+            self.keys = self.buf_k[:, :, o.start:o.end + n]  # [S, H, W, D] the window
+            self.values = self.buf_v[:, :, o.start:o.end + n]
             return self.keys, self.values
 
         def get_seq_length(self) -> int:
-            return self.owner.end - self.owner.view[2]
+            return self.owner.end - self.owner.start
 
     return SlotLayer
 
@@ -66,7 +119,6 @@ class SlotCache:
         from transformers import DynamicCache
 
         self.start = self.end = end  # the window [start, end) starts empty at column `end`
-        self._view: tuple[int, int, int] | None = None  # (a, b, lo) while one group decodes
         self.mask = torch.zeros((slots, columns), dtype=torch.long)  # [S, C] 1 where a slot has a token
         layer_cls = _slot_layer_class()
         self.cache = DynamicCache()
@@ -77,40 +129,29 @@ class SlotCache:
             for _ in range(layers)
         ]
 
-    @property
-    def view(self) -> tuple[int, int, int]:
-        """(a, b, lo): the slots [a, b) the model is decoding and their first column; all
-        slots over the shared window unless a group is selected (`select_group`)."""
-        return self._view or (0, self.slots, self.start)
-
-    def select_group(self, group: tuple[int, int, int] | None) -> None:
-        """Decode only slots [a, b) over columns [lo, end] (a group from `groups`); None: all."""
-        self._view = group
-
     def first_columns(self, live: torch.Tensor) -> torch.Tensor:
         """[S] the first column each live slot uses (`end` for the others)."""
         used = self.mask[:, self.start:self.end].bool() & live[:, None]  # [S, end - start]
         first = used.int().argmax(1) + self.start  # [S] argmax: the first True
         return torch.where(used.any(1), first, torch.full_like(first, self.end))
 
-    # What one more decoding pass costs beyond its attention (weights read again, the
-    # per-layer calls), in slot-columns of attention reads: on the built-in long model on
-    # CPU a step costs about 1.6 us per slot-column and a few ms per pass. A rough figure:
-    # it only decides whether splitting pays.
-    PASS_COST = 4096
+    # What one more group costs beyond its attention reads (one more attention call per
+    # layer), in slot-columns of attention reads: on the built-in long model on CPU a step
+    # costs about 1.3 us per slot-column read and each extra call a few tens of us per
+    # layer. A rough figure: it only decides whether splitting pays.
+    PASS_COST = 256
 
     def groups(self, live: torch.Tensor, n: int) -> list[tuple[int, int, int]]:
-        """The slots cut into m <= n contiguous ranges of equal size, each with live slots,
-        as (a, b, lo): lo the first column its live slots use. m is the one with the least
-        `window_cost` + m x PASS_COST. n = 1: one group over the shared window."""
+        """The slots cut into m <= n contiguous ranges of equal size, as (a, b, lo): lo the
+        first column its live slots use (`end` for a range without any). m is the one with
+        the least `window_cost` + m x PASS_COST. n = 1: one group over the shared window."""
         S = self.slots
         if n <= 1:
             return [(0, S, self.start)]
         first = self.first_columns(live)  # [S]
         m = min(range(1, n + 1), key=lambda m: self.window_cost(live, m, first) + m * self.PASS_COST)
         size = -(-S // m)
-        return [(a, min(a + size, S), int(first[a:a + size].min())) for a in range(0, S, size)
-                if bool(live[a:a + size].any())]
+        return [(a, min(a + size, S), int(first[a:a + size].min())) for a in range(0, S, size)]
 
     def window_cost(self, live: torch.Tensor, n: int, first: torch.Tensor | None = None) -> int:
         """Columns a decoding step reads over all slots with `groups(live, n)`: sum of
