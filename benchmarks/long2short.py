@@ -12,8 +12,11 @@ a shorter model, and every model answers the same held-out prompts:
                          shortest correct one kept, the long model fine-tuned on those
     DPO                  pairs from the same samples (chosen = shortest correct; rejected =
                          wrong and longer, or correct and >= 1.5x as long), DPO from the long model
-    long2short RL        k1.5 RL from the long model with the length penalty on from the
-                         first iteration and a smaller rollout budget (--rl-max-new-tokens)
+    long2short RL        k1.5 RL with the length penalty on from the first iteration and a
+                         smaller rollout budget (--rl-max-new-tokens), from the merged model
+                         (--rl-base merge: the report starts long2short RL from the model
+                         "that offers the best balance between performance and token
+                         efficiency"; --rl-base long starts it from the long model)
 
 Shortest-RS, DPO and long2short RL run once per seed (their own samples); short-SFT and
 the merge are deterministic given the traces and run once. Every model is evaluated with
@@ -98,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sft-lr", type=float, default=1e-4)
     p.add_argument("--dpo-lr", type=float, default=1e-5)
     p.add_argument("--dpo-beta", type=float, default=0.1)
-    p.add_argument("--rl-iterations", type=int, default=8)
+    p.add_argument("--rl-base", choices=("merge", "long"), default="merge", help="long2short RL's start model")
+    p.add_argument("--rl-iterations", type=int, default=16)
     p.add_argument("--rl-prompts", type=int, default=8, help="prompts per RL iteration (8 samples each)")
     p.add_argument("--rl-lr", type=float, default=1e-4)
     p.add_argument("--rl-length-weight", type=float, default=1.0)
@@ -196,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         # 3. long2short RL: length penalty from the first iteration, a smaller rollout budget
         t0 = time.time()
         run_arm("l2s_rl", seed, [
-            f"model.path={long}", *data[:2], data[3], "data.test_per_level=5", f"iterations={args.rl_iterations}",
+            f"model.path={merged if args.rl_base == 'merge' else long}", *data[:2], data[3], "data.test_per_level=5", f"iterations={args.rl_iterations}",
             f"rollout.prompts_per_iteration={args.rl_prompts}", f"algorithm.minibatches={min(2, args.rl_prompts)}",
             f"algorithm.lr={args.rl_lr}", f"reward.length_weight={args.rl_length_weight}",
             "reward.length_warmup_iterations=0", f"rollout.max_new_tokens={args.rl_max_new_tokens}",
@@ -237,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     write_result("long2short", {
         "settings": settings, "long": str(args.long), "seeds": seeds, **methods,
         "reference": {"accuracy": ref.accuracy, "mean_tokens": ref.mean_tokens},
-        "goal": goal, "rl": {"iterations": args.rl_iterations, "prompts_per_iteration": args.rl_prompts,
+        "goal": goal, "rl": {"base": args.rl_base, "iterations": args.rl_iterations, "prompts_per_iteration": args.rl_prompts,
                              "lr": args.rl_lr, "length_weight": args.rl_length_weight,
                              "max_new_tokens": args.rl_max_new_tokens},
         "sample_prompts": args.sample_prompts, "models": [asdict(r) for r in results],

@@ -11,16 +11,20 @@ iteration, one engine with 128 slots, weights fixed (only the scheduling differs
                      continuation re-encodes its prompt and earlier segments (a prefill)
     partial+kept KV  the same, with rollout.keep_kv: a cut trajectory's KV cache stays in the
                      engine, and its continuation starts from it without a prefill
-    ... , groups     the same engine with rollout.attention_groups = --attention-groups: the
-                     slots decode in groups, each over its own window of columns, so short
-                     contexts do not read the width of long ones (k15rl/rollout/slots.py)
+    ... , groups     the same engine with rollout.attention_groups = --attention-groups: a
+                     decoding step's attention is split into groups of slots, each over its
+                     own window of columns, so short contexts do not read the width of long
+                     ones (k15rl/rollout/slots.py)
 
 Every mode runs until --trajectories trajectories have finished; the partial modes then
 take no new prompts until the replay buffer is empty, so all the work they started is
 counted. Per mode: seconds per finished trajectory (the speed-up is that of the whole mode
 with the same attention groups over the mode's; `vs_whole_one_window` against plain
 whole), seconds per iteration, seconds in prefills, tokens generated, and accuracy per
-finished sample (the task's verifier, 95% interval).
+finished sample (the task's verifier, 95% interval). Every decoding step is timed too: a
+least-squares fit over all of them (seconds = fixed + per live slot + per window column
+read) splits each mode's decoding into fixed per-step cost, per-slot cost and attention
+reads, used or masked out: what dominates, and so what partial rollouts can save.
 
     python benchmarks/partial_rollouts.py                          # about 20 minutes
     python benchmarks/partial_rollouts.py --trajectories 64       # a smoke run
@@ -44,6 +48,7 @@ from stats import proportion_interval  # noqa: E402
 from k15rl.models.loading import load_model, load_tokenizer  # noqa: E402
 from k15rl.rewards import score  # noqa: E402
 from k15rl.rollout.collect import partial_rollout  # noqa: E402
+from k15rl.rollout import slots  # noqa: E402
 from k15rl.rollout.engine import HFEngine, SamplingParams  # noqa: E402
 from k15rl.rollout.replay import ReplayBuffer  # noqa: E402
 from k15rl.tasks import get_task, make_prompts  # noqa: E402
@@ -52,10 +57,41 @@ from k15rl.trainer.resolve import resolve_model_path  # noqa: E402
 
 class TimedEngine(HFEngine):
     """HFEngine that adds up the seconds and tokens of its prefills (`prefilled_*`; not
-    `prefill_tokens`, which is the engine's chunk budget)."""
+    `prefill_tokens`, which is the engine's chunk budget) and records every decoding step
+    (forward hooks on the model): its seconds, live slots, the window columns its attention
+    reads (every slot of a group reads the group's window) and the columns the live slots
+    really use (`steps`: rows of [seconds, live slots, columns read, columns used])."""
 
     prefilled_s = 0.0
     prefilled_tokens = 0
+
+    def __init__(self, model, *args, **kw):
+        super().__init__(model, *args, **kw)
+        self.steps: list[tuple[float, int, int, int]] = []
+        self._t = 0.0
+        self._step: tuple[int, int, int] | None = None
+        self._hooks = [model.register_forward_pre_hook(self._before, with_kwargs=True),
+                       model.register_forward_hook(self._after)]
+
+    def close(self) -> None:
+        """Remove the hooks from the model (the next mode's engine hooks it again)."""
+        for h in self._hooks:
+            h.remove()
+
+    def _before(self, module, args, kwargs):
+        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+        self._step = None
+        if ids is not None and ids.shape[1] == 1 and mask is not None:  # a decoding step: mask [S, W]
+            used = mask.sum(1)  # [S] a free slot uses its new column only
+            width = mask.shape[1]
+            split = slots._GROUPS.get() or [(0, mask.shape[0], 0)]
+            read = sum((b - a) * (width - o) for a, b, o in split)
+            self._step = (int((used > 1).sum()), read, int(used[used > 1].sum()))
+        self._t = time.perf_counter()
+
+    def _after(self, module, args, output):
+        if self._step is not None:
+            self.steps.append((time.perf_counter() - self._t, *self._step))
 
     def _prefill(self, contexts, *args, **kw):
         t0 = time.perf_counter()
@@ -66,12 +102,38 @@ class TimedEngine(HFEngine):
             self.prefilled_tokens += sum(len(c) for c in contexts)
 
 
+def step_cost_model(steps: list[tuple[float, int, int, int]]) -> dict:
+    """Least squares over decoding steps: seconds = fixed + per_slot x live slots +
+    per_column x columns read (all modes' steps together)."""
+    x = torch.tensor([[1.0, n, read] for _, n, read, _ in steps], dtype=torch.float64)  # [N, 3]
+    y = torch.tensor([t for t, *_ in steps], dtype=torch.float64)  # [N]
+    coef = torch.linalg.lstsq(x, y[:, None]).solution.squeeze(1)  # [3]
+    resid = y - x @ coef
+    return {"fixed_s": float(coef[0]), "per_slot_s": float(coef[1]), "per_column_s": float(coef[2]),
+            "r2": float(1 - resid.pow(2).sum() / (y - y.mean()).pow(2).sum()), "steps": len(steps)}
+
+
+def decode_breakdown(steps: list[tuple[float, int, int, int]], fit: dict) -> dict:
+    """One mode's decoding steps: their seconds, and how the fitted model splits them into
+    fixed per-step cost, per-slot cost and attention reads (useful and masked-out)."""
+    n = len(steps)
+    slots_ = sum(s[1] for s in steps)
+    read = sum(s[2] for s in steps)
+    used = sum(s[3] for s in steps)
+    parts = {"fixed": fit["fixed_s"] * n, "per_slot": fit["per_slot_s"] * slots_,
+             "attention_used": fit["per_column_s"] * used, "attention_masked": fit["per_column_s"] * (read - used)}
+    model_s = sum(parts.values())
+    return {"steps": n, "seconds": sum(s[0] for s in steps), "mean_live_slots": slots_ / max(n, 1),
+            "columns_read_per_used": read / max(used, 1),
+            "share": {k: v / model_s for k, v in parts.items()} if model_s > 0 else None}
+
+
 def run_mode(engine: TimedEngine, tok, prompts, k: int, per_iter: int, segment: int, keep_kv: bool,
              max_tokens: int, target: int, stop_ids: list[int]) -> dict:
     """Iterations (continue_first: cut trajectories take their rows, new prompts fill the
     rest) until `target` trajectories have finished, then (partial) no new prompts until the
     replay buffer is empty."""
-    engine.prefilled_s, engine.prefilled_tokens = 0.0, 0
+    engine.prefilled_s, engine.prefilled_tokens, engine.steps = 0.0, 0, []
     buffer, group, pos, it, tokens = ReplayBuffer(), 0, 0, 0, 0
     finished, per_iteration, timeline = [], [], [(0.0, 0)]
     t0 = time.perf_counter()
@@ -97,7 +159,7 @@ def run_mode(engine: TimedEngine, tok, prompts, k: int, per_iter: int, segment: 
             "prefill_s": engine.prefilled_s, "prefill_tokens": engine.prefilled_tokens, "tokens_generated": tokens,
             "mean_tokens": sum(t.num_tokens for t in finished) / len(finished),
             "accuracy_per_sample": correct / len(finished), "accuracy_ci95": [lo, hi],
-            "iteration_seconds": per_iteration, "timeline": timeline}
+            "iteration_seconds": per_iteration, "timeline": timeline, "decode_steps": engine.steps}
 
 
 def plot(rows: dict, dest: Path) -> None:
@@ -156,6 +218,10 @@ def main() -> None:
         rows[name] = {"mode": name, "segment_tokens": segment, "keep_kv": keep, "attention_groups": groups,
                       **run_mode(engine, tok, prompts, k, args.prompts, segment, keep, args.max_new_tokens,
                                  args.trajectories, [tok.eos_token_id])}
+        engine.close()
+    fit = step_cost_model([s for r in rows.values() for s in r["decode_steps"]])
+    for r in rows.values():
+        r["decode"] = decode_breakdown(r.pop("decode_steps"), fit)
     whole = {r["attention_groups"]: r["s_per_finished_trajectory"] for r in rows.values() if not r["segment_tokens"]}
     plain = whole.get(1)
     print(f"\n{'mode':16s} {'iterations':>10s} {'s/iteration':>11s} {'s/trajectory':>12s} {'speed-up':>8s} "
@@ -167,6 +233,13 @@ def main() -> None:
         print(f"{r['mode']:16s} {r['iterations']:10d} {r['s_per_iteration']:11.1f} "
               f"{r['s_per_finished_trajectory']:12.3f} {r['speedup_per_finished_trajectory'] or 0:7.2f}x "
               f"{r['prefill_s']:9.1f} {100 * r['accuracy_per_sample']:14.1f}% {r['mean_tokens']:11.0f}")
+    print(f"decoding step = {1e3 * fit['fixed_s']:.2f} ms + {1e3 * fit['per_slot_s']:.3f} ms per live slot + "
+          f"{1e6 * fit['per_column_s']:.2f} us per column read (R^2 {fit['r2']:.2f}, {fit['steps']:,} steps)")
+    for r in rows.values():
+        d = r["decode"]
+        print(f"  {r['mode']:24s} {d['steps']:6d} steps, {d['mean_live_slots']:5.1f} live slots, "
+              f"{d['columns_read_per_used']:.2f} columns read per used; "
+              + ", ".join(f"{k} {100 * v:.0f}%" for k, v in (d["share"] or {}).items()))
     partial = [r for r in rows.values() if r["segment_tokens"]]
     best = max(partial, key=lambda r: r["speedup_per_finished_trajectory"] or 0) if partial and whole else None
     plot(rows, Path(args.plot))
@@ -178,7 +251,7 @@ def main() -> None:
         "speedup_per_finished_trajectory": best["speedup_per_finished_trajectory"] if best else None,
         "best_mode": best["mode"] if best else None,
         "goal": "speedup_per_finished_trajectory >= 2 with no loss of accuracy per sample",
-        "modes": list(rows.values())}, wall_s=time.time() - t0)
+        "step_cost_model": fit, "modes": list(rows.values())}, wall_s=time.time() - t0)
 
 
 if __name__ == "__main__":

@@ -183,6 +183,18 @@ def render_partial_rollouts(r: dict) -> str:
         p = modes["partial"]
         lines[-1] += (f" Re-encoding continued prefixes took {pct(p['prefill_s'] / p['seconds'], 0)} of the partial "
                       "run's time without kept KV.")
+    fit = r.get("step_cost_model")
+    if fit:
+        share = lambda m, k: pct(m["decode"]["share"][k], 0) if m["decode"]["share"] else "-"  # noqa: E731
+        lines += ["", f"Where decoding time goes: a least-squares fit over all {fit['steps']:,} decoding steps gives "
+                  f"{1e3 * fit['fixed_s']:.2f} ms per step + {1e3 * fit['per_slot_s']:.3f} ms per live slot + "
+                  f"{1e6 * fit['per_column_s']:.2f} us per window column read (R^2 {fit['r2']:.2f}); per mode:", "",
+                  table(["mode", "decoding steps", "decoding s", "mean live slots", "columns read per column used",
+                         "fixed per step", "per slot", "attention, used columns", "attention, masked columns"],
+                        [[m["mode"], f"{m['decode']['steps']:,}", f"{m['decode']['seconds']:.0f}",
+                          f"{m['decode']['mean_live_slots']:.1f}", f"{m['decode']['columns_read_per_used']:.2f}",
+                          share(m, "fixed"), share(m, "per_slot"), share(m, "attention_used"),
+                          share(m, "attention_masked")] for m in r["modes"]])]
     return "\n".join(lines)
 
 
@@ -323,7 +335,11 @@ def render_long2short(r: dict) -> str:
         f"- long2short RL: token reduction {pct(rl['token_reduction'])} at {rl['accuracy_delta_points']:+.1f} points; "
         f"the most token-efficient (correct per 1k tokens) is {labels[g['most_token_efficient']]}. Goal (at least "
         f"30% fewer within 3 points, and the most token-efficient of the four): **{verdict}** "
-        + short_provenance(r, "long2short"), "",
+        + short_provenance(r, "long2short"),
+        f"- long2short RL ran {r['rl']['iterations']} iterations x {r['rl']['prompts_per_iteration']} prompts x 8 "
+        f"samples from the {'merged' if r['rl'].get('base') == 'merge' else 'long'} model, lr {r['rl']['lr']:g}, "
+        f"length weight {r['rl']['length_weight']:g} from the first iteration, rollouts up to "
+        f"{r['rl']['max_new_tokens']} tokens.", "",
         "Every model evaluated:", "",
         table(["model", "accuracy (%)", "vs long (points)", "mean tokens", "vs long", "correct per 1k tokens"], rows)])
 
