@@ -51,6 +51,7 @@ test-vllm: $(VLLM_VENV)/.installed
 # own file when run; see benchmarks/results.py). docs-check changes nothing and fails on drift.
 docs: setup
 	$(BIN)/python benchmarks/render_docs.py
+	$(BIN)/python benchmarks/plots.py
 
 docs-check: setup
 	$(BIN)/python benchmarks/render_docs.py --check

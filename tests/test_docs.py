@@ -98,3 +98,19 @@ def test_bad_markers(render_docs, tmp_path):
         render_docs.render_text("<!-- results:nope -->\n<!-- /results -->\n", tmp_path, "a.md")
     with pytest.raises(ValueError, match="without its"):
         render_docs.render_text("<!-- results:overlap -->\nno end\n", tmp_path, "a.md")
+
+
+def test_plots_draw_from_the_results_files(tmp_path, monkeypatch):
+    """benchmarks/plots.py draws each long-CoT PNG from its committed results file (into a
+    temporary docs folder here), and names an unknown plot in a one-line error."""
+    spec = importlib.util.spec_from_file_location("plots", ROOT / "benchmarks" / "plots.py")
+    plots = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plots)
+    monkeypatch.setattr(plots, "DOCS", tmp_path)
+    present = [n for n in plots.PLOTS if (ROOT / "benchmarks" / "results" / f"{n}.json").exists()]
+    assert present, "no long-CoT results file to draw from"
+    assert plots.main(present) == 0
+    for name in present:
+        png = tmp_path / plots.PLOTS[name][1]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plots.main(["nonsense"]) == 2
