@@ -113,9 +113,12 @@ def step_cost_model(steps: list[tuple[float, int, int, int]]) -> dict:
             "r2": float(1 - resid.pow(2).sum() / (y - y.mean()).pow(2).sum()), "steps": len(steps)}
 
 
-def decode_breakdown(steps: list[tuple[float, int, int, int]], fit: dict) -> dict:
+def decode_breakdown(steps: list[tuple[float, int, int, int]], fit: dict, full: int) -> dict:
     """One mode's decoding steps: their seconds, and how the fitted model splits them into
-    fixed per-step cost, per-slot cost and attention reads (useful and masked-out)."""
+    fixed per-step cost, per-slot cost and attention reads (useful and masked-out).
+    `full_batch_bound`: the modelled seconds over those of the same slot-steps and used
+    columns decoded `full` slots per step with nothing masked, the most any scheduling of
+    this work (partial rollouts included) can save by keeping the batch full."""
     n = len(steps)
     slots_ = sum(s[1] for s in steps)
     read = sum(s[2] for s in steps)
@@ -123,8 +126,10 @@ def decode_breakdown(steps: list[tuple[float, int, int, int]], fit: dict) -> dic
     parts = {"fixed": fit["fixed_s"] * n, "per_slot": fit["per_slot_s"] * slots_,
              "attention_used": fit["per_column_s"] * used, "attention_masked": fit["per_column_s"] * (read - used)}
     model_s = sum(parts.values())
+    ideal_s = fit["fixed_s"] * -(-slots_ // full) + parts["per_slot"] + parts["attention_used"]
     return {"steps": n, "seconds": sum(s[0] for s in steps), "mean_live_slots": slots_ / max(n, 1),
-            "columns_read_per_used": read / max(used, 1),
+            "columns_read_per_used": read / max(used, 1), "modelled_s": model_s,
+            "full_batch_bound": model_s / ideal_s if ideal_s > 0 else None,
             "share": {k: v / model_s for k, v in parts.items()} if model_s > 0 else None}
 
 
@@ -221,7 +226,7 @@ def main() -> None:
         engine.close()
     fit = step_cost_model([s for r in rows.values() for s in r["decode_steps"]])
     for r in rows.values():
-        r["decode"] = decode_breakdown(r.pop("decode_steps"), fit)
+        r["decode"] = decode_breakdown(r.pop("decode_steps"), fit, k * args.prompts)
     whole = {r["attention_groups"]: r["s_per_finished_trajectory"] for r in rows.values() if not r["segment_tokens"]}
     plain = whole.get(1)
     print(f"\n{'mode':16s} {'iterations':>10s} {'s/iteration':>11s} {'s/trajectory':>12s} {'speed-up':>8s} "
@@ -238,7 +243,7 @@ def main() -> None:
     for r in rows.values():
         d = r["decode"]
         print(f"  {r['mode']:24s} {d['steps']:6d} steps, {d['mean_live_slots']:5.1f} live slots, "
-              f"{d['columns_read_per_used']:.2f} columns read per used; "
+              f"{d['columns_read_per_used']:.2f} columns read per used, full-batch bound {d['full_batch_bound']:.2f}x; "
               + ", ".join(f"{k} {100 * v:.0f}%" for k, v in (d["share"] or {}).items()))
     partial = [r for r in rows.values() if r["segment_tokens"]]
     best = max(partial, key=lambda r: r["speedup_per_finished_trajectory"] or 0) if partial and whole else None

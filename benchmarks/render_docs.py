@@ -52,12 +52,12 @@ def pct(x: float, digits: int = 1) -> str:
     return f"{100 * x:.{digits}f}%"
 
 
-def ratio(x: float) -> str:
+def ratio(x: float | None) -> str:
     """
-    >>> ratio(2.084)
-    '2.08x'
+    >>> ratio(2.084), ratio(None)
+    ('2.08x', '-')
     """
-    return f"{x:.2f}x"
+    return "-" if x is None else f"{x:.2f}x"
 
 
 def minutes(seconds: float) -> str:
@@ -178,7 +178,7 @@ def render_partial_rollouts(r: dict) -> str:
                "speed-up (vs whole, same groups)", "vs whole, one window", "prefill s (share)",
                "tokens generated", "accuracy per sample [95%]", "mean tokens"], rows), "",
         f"Best partial mode: {r['best_mode']}, {ratio(best)} per finished trajectory (goal {GOAL_PARTIAL:g}x: "
-        f"{'met' if best >= GOAL_PARTIAL else 'not met'})."]
+        f"{'met' if best is not None and best >= GOAL_PARTIAL else 'not met'})."]
     if "partial" in modes:
         p = modes["partial"]
         lines[-1] += (f" Re-encoding continued prefixes took {pct(p['prefill_s'] / p['seconds'], 0)} of the partial "
@@ -190,11 +190,15 @@ def render_partial_rollouts(r: dict) -> str:
                   f"{1e3 * fit['fixed_s']:.2f} ms per step + {1e3 * fit['per_slot_s']:.3f} ms per live slot + "
                   f"{1e6 * fit['per_column_s']:.2f} us per window column read (R^2 {fit['r2']:.2f}); per mode:", "",
                   table(["mode", "decoding steps", "decoding s", "mean live slots", "columns read per column used",
-                         "fixed per step", "per slot", "attention, used columns", "attention, masked columns"],
+                         "fixed per step", "per slot", "attention, used columns", "attention, masked columns",
+                         "full-batch bound"],
                         [[m["mode"], f"{m['decode']['steps']:,}", f"{m['decode']['seconds']:.0f}",
                           f"{m['decode']['mean_live_slots']:.1f}", f"{m['decode']['columns_read_per_used']:.2f}",
                           share(m, "fixed"), share(m, "per_slot"), share(m, "attention_used"),
-                          share(m, "attention_masked")] for m in r["modes"]])]
+                          share(m, "attention_masked"), ratio(m["decode"]["full_batch_bound"])] for m in r["modes"]]),
+                  "", "Full-batch bound: a mode's modelled decoding seconds over those of the same work with every "
+                  f"step full ({r['k'] * r['prompts_per_iteration']} live slots) and no masked column read: the most "
+                  "any scheduling, partial rollouts included, could gain on that work."]
     return "\n".join(lines)
 
 
