@@ -181,8 +181,9 @@ class AlgorithmConfig:
     minibatches: int = 1  # optimizer steps per epoch; each takes whole groups
     epochs: int = 1  # passes over the iteration's samples
     micro_batch: int = 64  # rows per forward pass (gradient accumulation)
-    # > 0: forward passes of at most this many tokens instead (rows x the longest row; rows sorted by
-    # length, a longer row goes alone); micro_batch is then unused. 0: micro_batch rows per pass
+    # > 0: forward passes of at most this many tokens instead (rows x the longest row; rows of
+    # similar length together, the cheapest such chunking: update.token_chunks; a longer row goes
+    # alone); micro_batch is then unused. 0: micro_batch rows per pass
     micro_batch_tokens: int = 0
     activation_checkpointing: bool = False  # recompute each layer's activations in the backward (less memory)
     recompute_old_logprobs: bool = False  # True: pi_i log-probs from the trainer, not the sampler

@@ -191,3 +191,33 @@ def test_logprobs_from_the_kept_logits_equal_the_full_logits(tiny_model_dir):
         want = [full[i, len(p) - 1 + t, tok] for t, tok in enumerate(r)]
         torch.testing.assert_close(got[i, :len(r)], torch.stack(want) if want else got[i, :0], atol=1e-6, rtol=0)
     assert torch.equal(got[2], torch.zeros(4)) and got[1].ne(0).all()
+
+
+def test_token_chunks_are_the_cheapest_within_the_budget():
+    """On random long-tailed lengths, token_chunks costs no more than any partition of the
+    rows into contiguous runs of the length-sorted order that fits the budget (all
+    enumerated, one pass among them), and every chunk fits."""
+    import itertools
+    import random
+
+    from k15rl.trainer.update import token_chunks
+
+    def cost(chunks, lengths, p=8):
+        if len(chunks) == 1:
+            return 3 * (len(chunks[0]) * max(lengths[i] for i in chunks[0]) + p)
+        return 4 * sum(len(c) * max(lengths[i] for i in c) + p for c in chunks)
+
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 7)
+        lengths = [int(rng.paretovariate(1.2) * 20) for _ in range(n)]
+        budget = rng.choice([max(lengths), 2 * max(lengths), n * max(lengths), sum(lengths)])
+        got = token_chunks(list(range(n)), lengths, budget, pass_tokens=8)
+        assert sorted(i for c in got for i in c) == list(range(n))
+        assert all(len(c) * max(lengths[i] for i in c) <= budget or len(c) == 1 for c in got)
+        order = sorted(range(n), key=lambda i: lengths[i])
+        best = min(cost([order[a:b] for a, b in zip((0, *cuts), (*cuts, n))], lengths)
+                   for k in range(n) for cuts in itertools.combinations(range(1, n), k)
+                   if all((b - a) * lengths[order[b - 1]] <= budget or b - a == 1
+                          for a, b in zip((0, *cuts), (*cuts, n))))
+        assert cost(got, lengths) <= best

@@ -98,15 +98,19 @@ def make_train_batch(
     )
 
 
+# What one more forward pass costs beyond its padded token slots (the per-layer calls), in
+# token slots; a rough figure for the built-in models on CPU: it only breaks near-ties.
+PASS_TOKENS = 32
+
+
 def micro_batches(tokens: TokenBatch, micro_batch: int, rows: Sequence[int] | None = None,
                   max_tokens: int = 0) -> list[list[int]]:
     """Row indices (all, or `rows`) in chunks, rows of similar length together (less
     padding); rows that fit in one chunk keep their order.
 
     `max_tokens` = 0: chunks of `micro_batch` rows. `max_tokens` > 0: chunks by token count
-    (algorithm.micro_batch_tokens): rows sorted by length are added to a chunk while its
-    padded size, rows x its longest row, stays within `max_tokens`; a row longer than
-    `max_tokens` is a chunk alone. The padded size is what a forward pass holds.
+    (algorithm.micro_batch_tokens), each holding at most `max_tokens` padded tokens (rows x
+    its longest row; a row longer than that is a chunk alone): `token_chunks` picks them.
 
     >>> tk = collate([[1]] * 4, [[2] * 3, [2], [2] * 7, [2] * 2], 0)  # 4, 2, 8, 3 tokens
     >>> micro_batches(tk, 2), micro_batches(tk, 2, max_tokens=8)
@@ -118,15 +122,48 @@ def micro_batches(tokens: TokenBatch, micro_batch: int, rows: Sequence[int] | No
         if len(order) > micro_batch:
             order.sort(key=lambda i: lengths[i])
         return [order[s : s + micro_batch] for s in range(0, len(order), micro_batch)]
-    if order and len(order) * max(lengths[i] for i in order) <= max_tokens:
-        return [order]  # all in one pass, order kept
-    chunks: list[list[int]] = []
-    for i in sorted(order, key=lambda i: lengths[i]):  # ascending: a chunk's newest row is its longest
-        if chunks and (len(chunks[-1]) + 1) * lengths[i] <= max_tokens:
-            chunks[-1].append(i)
-        else:
-            chunks.append([i])
-    return chunks
+    return token_chunks(order, [lengths[i] for i in order], max_tokens)
+
+
+def token_chunks(rows: Sequence[int], lengths: Sequence[int], max_tokens: int,
+                 pass_tokens: int = PASS_TOKENS) -> list[list[int]]:
+    """The rows (lengths[i]: row i's tokens) in the forward passes that cost least, each
+    within `max_tokens` padded tokens. Cost: padded token slots + `pass_tokens` per pass.
+    One pass (all rows fit) keeps its graph for the backward: forward + backward, about 3
+    forwards' work; several passes cost a no-grad forward, a recomputing forward and a
+    backward, about 4 (LogprobPasses). So one pass is kept, rows in order, unless splitting
+    saves more than that. Several: contiguous runs of the rows sorted by length (an optimal
+    chunking of a sorted list is contiguous), the cheapest by dynamic programming; written
+    here because no library chunks by padded size.
+
+    >>> token_chunks([0, 1, 2, 3], [100, 100, 100, 100], 400)  # equal lengths: one pass
+    [[0, 1, 2, 3]]
+    >>> token_chunks([0, 1, 2, 3], [50, 60, 70, 400], 1600)  # one pass 3 x 1,600; two 4 x (210 + 400)
+    [[0, 1, 2], [3]]
+    >>> token_chunks([0, 1, 2], [5, 9, 3], 10)  # a longer row than the budget: alone
+    [[2, 0], [1]]
+    """
+    if not rows:
+        return []
+    n, longest = len(rows), max(lengths)
+    by_len = sorted(range(n), key=lambda i: lengths[i])
+    L = [lengths[i] for i in by_len]
+    best = [0.0] + [float("inf")] * n  # best[j]: least cost of the j shortest rows
+    start = [0] * (n + 1)  # start[j]: where the last chunk of the j shortest rows starts
+    for j in range(1, n + 1):
+        for i in range(j - 1, -1, -1):  # the last chunk: sorted rows [i, j), padded to L[j-1]
+            if (j - i) * L[j - 1] > max_tokens and j - i > 1:
+                break
+            cost = best[i] + (j - i) * L[j - 1] + pass_tokens
+            if cost < best[j]:
+                best[j], start[j] = cost, i
+    if n * longest <= max_tokens and 3 * (n * longest + pass_tokens) <= 4 * best[n]:
+        return [list(rows)]
+    chunks, j = [], n
+    while j > 0:
+        chunks.append([rows[by_len[k]] for k in range(start[j], j)])
+        j = start[j]
+    return chunks[::-1]
 
 
 def shard_passes(tokens: TokenBatch, micro_batch: int, shard: Shard, max_tokens: int = 0) -> list[list[int]]:
