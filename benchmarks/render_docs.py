@@ -90,8 +90,10 @@ def provenance(r: dict, name: str) -> str:
         (f"other work on the machine {m['others_cores']:.2f} cores on average" if m.get("others_cores") is not None
          else f"load average {m['load_average'][0]:.1f} at the end" if m.get("load_average") else "")) if x)
     date = r.get("date", "?")[:16].replace("T", " ") + " UTC"
+    end = r.get("commit_at_end")
+    moved = f" (the checkout was at `{end[:12]}{'-dirty' if end.endswith('-dirty') else ''}` when it ended)" if end else ""
     return (f"_Measured by `{r.get('command', '?')}` at commit `{r.get('commit', '?')[:12]}"
-            f"{'-dirty' if str(r.get('commit', '')).endswith('-dirty') else ''}` on {date} ({where}); "
+            f"{'-dirty' if str(r.get('commit', '')).endswith('-dirty') else ''}`{moved} on {date} ({where}); "
             f"wall time {minutes(r.get('wall_s', 0))}. Source: `benchmarks/results/{name}.json`._")
 
 

@@ -3,7 +3,8 @@
 A results file holds the benchmark's own numbers plus where they come from:
 
     command   the exact command line (sys.orig_argv)
-    commit    git HEAD, with "-dirty" when tracked files had uncommitted changes
+    commit    git HEAD when the benchmark started, with "-dirty" when tracked files had
+              uncommitted changes (`commit_at_end` too, if the checkout changed while it ran)
               (changes under benchmarks/results/ itself do not count)
     date      UTC, ISO 8601
     machine   CPU model, cores, RAM, torch version and threads, Python, OS, and how busy
@@ -79,6 +80,9 @@ def git_commit(root: Path = ROOT) -> str:
     return head + ("-dirty" if status.strip() else "")
 
 
+_COMMIT = git_commit()  # at import: the code this process runs (a checkout may move on meanwhile)
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -133,10 +137,12 @@ def write_result(name: str, payload: dict, *, wall_s: float | None = None, resul
     """Write `payload` and its provenance to RESULTS_DIR/<name>.json (atomically); returns the path."""
     dest_dir = Path(results_dir) if results_dir else RESULTS_DIR
     dest_dir.mkdir(parents=True, exist_ok=True)
+    end = git_commit()
     record = {
         "name": name,
         "command": command_line(),
-        "commit": git_commit(),
+        "commit": _COMMIT,  # the code the benchmark started with
+        **({"commit_at_end": end} if end != _COMMIT else {}),  # the checkout changed while it ran
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "wall_s": round(time.time() - _START if wall_s is None else wall_s, 1),
