@@ -36,6 +36,7 @@ class CountingModel(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.inner = model
+        self.config = model.config  # the engine's attention groups switch the inner model's attention
         self.calls: list[tuple[int, int]] = []
 
     def forward(self, input_ids=None, cache=None, **kw):

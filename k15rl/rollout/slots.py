@@ -70,8 +70,8 @@ def grouped_attention(model, groups: list[tuple[int, int, int]], start: int):
     first column. The split runs transformers' own SDPA attention per group, so it applies
     only to models whose language model attends with it (`attn_implementation="sdpa"`, the
     default); other models, and one group, decode over the shared window (same outputs)."""
-    text = model.config.get_text_config()
-    if len(groups) <= 1 or text._attn_implementation != "sdpa":
+    text = model.config.get_text_config() if len(groups) > 1 else None
+    if text is None or text._attn_implementation != "sdpa":
         yield
         return
     _register()
