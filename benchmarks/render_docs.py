@@ -165,7 +165,7 @@ def render_partial_rollouts(r: dict) -> str:
     rows = [[m["mode"] + (f" ({m['segment_tokens']} tokens per segment)" if m["segment_tokens"] else ""),
              m.get("attention_groups", 1), m["iterations"], f"{m['s_per_iteration']:.1f}",
              f"{m['s_per_finished_trajectory']:.3f}", ratio(m["speedup_per_finished_trajectory"]),
-             ratio(m.get("vs_whole_one_window") or m["speedup_per_finished_trajectory"]),
+             ratio(m["vs_whole_same_groups"]) if "vs_whole_same_groups" in m else "-",
              f"{m['prefill_s']:.0f} ({pct(m['prefill_s'] / m['seconds'], 0)})",
              f"{m['tokens_generated']:,}",
              f"{pct(m['accuracy_per_sample'])} [{pct(m['accuracy_ci95'][0])}, {pct(m['accuracy_ci95'][1])}]",
@@ -177,7 +177,7 @@ def render_partial_rollouts(r: dict) -> str:
         f"fixed, {r['threads']} threads; each mode until {r['trajectories']:,} trajectories have finished, the partial "
         "modes then drain their replay buffer (no new prompts) so that all work they started is counted:", "",
         table(["mode", "attention groups", "iterations", "s/iteration", "s per finished trajectory",
-               "speed-up (vs whole, same groups)", "vs whole, one window", "prefill s (share)",
+               "speed-up (vs fastest whole)", "vs whole, same groups", "prefill s (share)",
                "tokens generated", "accuracy per sample [95%]", "mean tokens"], rows), "",
         f"Best partial mode: {r['best_mode']}, {ratio(best)} per finished trajectory (goal {GOAL_PARTIAL:g}x: "
         f"{'met' if best is not None and best >= GOAL_PARTIAL else 'not met'})."]
@@ -190,14 +190,17 @@ def render_partial_rollouts(r: dict) -> str:
         share = lambda m, k: pct(m["decode"]["share"][k], 0) if m["decode"]["share"] else "-"  # noqa: E731
         lines += ["", f"Where decoding time goes: a least-squares fit over all {fit['steps']:,} decoding steps gives "
                   f"{1e3 * fit['fixed_s']:.2f} ms per step + {1e3 * fit['per_slot_s']:.3f} ms per live slot + "
-                  f"{1e6 * fit['per_column_s']:.2f} us per window column read (R^2 {fit['r2']:.2f}); per mode:", "",
+                  f"{1e6 * fit['per_column_s']:.2f} us per window column read"
+                  + (f" + {1e3 * fit['per_group_s']:.2f} ms per attention group beyond the first" if "per_group_s" in fit
+                     else "") + f" (R^2 {fit['r2']:.2f}); per mode:", "",
                   table(["mode", "decoding steps", "decoding s", "mean live slots", "columns read per column used",
                          "fixed per step", "per slot", "attention, used columns", "attention, masked columns",
-                         "full-batch bound"],
+                         "extra groups", "full-batch bound"],
                         [[m["mode"], f"{m['decode']['steps']:,}", f"{m['decode']['seconds']:.0f}",
                           f"{m['decode']['mean_live_slots']:.1f}", f"{m['decode']['columns_read_per_used']:.2f}",
                           share(m, "fixed"), share(m, "per_slot"), share(m, "attention_used"),
-                          share(m, "attention_masked"), ratio(m["decode"]["full_batch_bound"])] for m in r["modes"]]),
+                          share(m, "attention_masked"), share(m, "groups") if "groups" in (m["decode"]["share"] or {})
+                          else "-", ratio(m["decode"]["full_batch_bound"])] for m in r["modes"]]),
                   "", "Full-batch bound: a mode's modelled decoding seconds over those of the same work with every "
                   f"step full ({r['k'] * r['prompts_per_iteration']} live slots) and no masked column read: the most "
                   "any scheduling, partial rollouts included, could gain on that work."]

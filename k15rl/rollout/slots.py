@@ -226,12 +226,19 @@ class SlotCache:
             self.start += int(used.nonzero()[0])
 
     def keep(self, rows: torch.Tensor) -> None:
-        """Keep only the given slots (a copy; used to shrink the batch at the tail)."""
-        lo = self.start
+        """Keep only the given slots, in the given order (to shrink the batch at the tail, or
+        to sort the slots for `groups`). Copies the window only: the columns from `end` on
+        are written by a decoding step (or `place`) before anything attends to them, so the
+        new buffer leaves them uninitialised."""
+        lo, n = self.start, self.end - self.start
         self.mask = self.mask[rows, lo:].clone()
         for layer in self.cache.layers:
-            layer.buf_k, layer.buf_v = layer.buf_k[rows, :, lo:].clone(), layer.buf_v[rows, :, lo:].clone()
-        self.start, self.end = 0, self.end - lo
+            S, H, C, D = layer.buf_k.shape
+            k, v = layer.buf_k.new_empty((len(rows), H, C - lo, D)), layer.buf_v.new_empty((len(rows), H, C - lo, D))
+            k[:, :, :n] = layer.buf_k[rows, :, lo:self.end]
+            v[:, :, :n] = layer.buf_v[rows, :, lo:self.end]
+            layer.buf_k, layer.buf_v = k, v
+        self.start, self.end = 0, n
 
     def _regrow(self, left: int, right: int) -> None:
         """A new buffer holding the window, with `left` free columns before it and the
