@@ -136,10 +136,11 @@ class SlotCache:
         return torch.where(used.any(1), first, torch.full_like(first, self.end))
 
     # What one more group costs beyond its attention reads (one more attention call per
-    # layer), in slot-columns of attention reads: on the built-in long model on CPU a step
-    # costs about 1.3 us per slot-column read and each extra call a few tens of us per
-    # layer. A rough figure: it only decides whether splitting pays.
-    PASS_COST = 256
+    # layer), in slot-columns of attention reads: benchmarks/partial_rollouts.py's step-cost
+    # fit on the built-in long model on CPU gives about 0.6 us per slot-column read and
+    # 0.74 ms per extra group, about 1,250 columns. A rough figure: it only decides whether
+    # splitting pays.
+    PASS_COST = 1024
 
     def groups(self, live: torch.Tensor, n: int) -> list[tuple[int, int, int]]:
         """The slots cut into m <= n contiguous ranges of equal size, as (a, b, lo): lo the
