@@ -221,3 +221,68 @@ def test_token_chunks_are_the_cheapest_within_the_budget():
                    if all((b - a) * lengths[order[b - 1]] <= budget or b - a == 1
                           for a, b in zip((0, *cuts), (*cuts, n))))
         assert cost(got, lengths) <= best
+
+
+def _heavy_tailed_batch(tok, vocab: int):
+    """Trajectories of 4 groups whose responses run from 2 to 60 tokens (a long tail), with
+    rewards that differ inside every group and old log-probs away from the current ones."""
+    import random
+
+    from k15rl.types import Prompt, Trajectory
+
+    rng = random.Random(0)
+    lengths = [2, 3, 5, 60, 4, 40, 6, 3, 7, 9, 55, 2, 5, 8, 3, 30]
+    trajs = [Trajectory(Prompt(f"p{i // 4}", (("user", "?"),), "", "t"), i // 4,
+                        [rng.randrange(5, vocab) for _ in range(3 + i % 3)],
+                        [rng.randrange(5, vocab) for _ in range(n)], [-2.0] * n, "stop", reward=float(i % 2))
+             for i, n in enumerate(lengths)]
+    return make_train_batch(trajs, tok.pad_token_id)
+
+
+@pytest.mark.parametrize("norm", ["sequence", "token"])
+def test_length_passes_keep_their_graphs_and_give_the_same_gradient(tiny_model_dir, norm):
+    """A batch that fits one micro-batch runs as passes of rows of similar length, each
+    keeping its graph: several passes, one forward each (no recomputation), at most the
+    one pass's padded tokens, and the gradient of one plain forward over the whole batch."""
+    from k15rl.distributed.shard import ONE_RANK
+    from k15rl.trainer.update import length_passes
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_model(tiny_model_dir)
+    batch = _heavy_tailed_batch(tok, model.config.vocab_size)
+    lengths = batch.tokens.attention_mask.sum(1).tolist()
+    passes = length_passes(batch.tokens, ONE_RANK)
+    assert len(passes) > 1 and sorted(i for p in passes for i in p) == list(range(len(lengths)))
+    padded = sum(len(p) * max(lengths[i] for i in p) for p in passes)
+    assert padded < 0.5 * len(lengths) * max(lengths)  # one pass: 16 x 66 tokens, mostly padding
+    model.zero_grad()
+    loss, _ = k15_loss(token_logprobs(model, batch.tokens), batch.old_logprobs, batch.rewards, batch.loss_mask,
+                       batch.group_ids, tau=0.5, normalization=norm)
+    loss.backward()
+    reference = torch.cat([p.grad.flatten() for p in model.parameters()])
+    calls, forward = [], model.forward
+
+    @functools.wraps(forward)
+    def counting(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape)
+        return forward(*args, **kwargs)
+
+    model.forward = counting
+    got = _grad(model, batch, len(lengths), norm)
+    assert len(calls) == len(passes)  # graphs kept: no recomputing forward in the backward
+    torch.testing.assert_close(got, reference, atol=1e-6, rtol=1e-4)
+
+
+def test_length_passes_keep_shard_passes_balanced(tiny_model_dir):
+    """FSDP2 ranks split their own rows by length, and run as many passes as the rank with
+    the most (padded with empty ones)."""
+    from k15rl.trainer.update import length_passes
+
+    tok = load_tokenizer(tiny_model_dir)
+    batch = _heavy_tailed_batch(tok, load_model(tiny_model_dir).config.vocab_size)
+    N = len(batch.tokens)
+    for W in (2, 3, 16, 20):
+        passes = [length_passes(batch.tokens, Shard(r, W)) for r in range(W)]
+        assert len({len(p) for p in passes}) == 1, W
+        for r, p in enumerate(passes):
+            assert sorted(i for c in p for i in c) == Shard(r, W).rows(N)

@@ -125,8 +125,8 @@ def micro_batches(tokens: TokenBatch, micro_batch: int, rows: Sequence[int] | No
     return token_chunks(order, [lengths[i] for i in order], max_tokens)
 
 
-def token_chunks(rows: Sequence[int], lengths: Sequence[int], max_tokens: int,
-                 pass_tokens: int = PASS_TOKENS) -> list[list[int]]:
+def token_chunks(rows: Sequence[int], lengths: Sequence[int], max_tokens: float,
+                 pass_tokens: int = PASS_TOKENS, recompute: bool = True) -> list[list[int]]:
     """The rows (lengths[i]: row i's tokens) in the forward passes that cost least, each
     within `max_tokens` padded tokens. Cost: padded token slots + `pass_tokens` per pass.
     One pass (all rows fit) keeps its graph for the backward: forward + backward, about 3
@@ -134,7 +134,9 @@ def token_chunks(rows: Sequence[int], lengths: Sequence[int], max_tokens: int,
     backward, about 4 (LogprobPasses). So one pass is kept, rows in order, unless splitting
     saves more than that. Several: contiguous runs of the rows sorted by length (an optimal
     chunking of a sorted list is contiguous), the cheapest by dynamic programming; written
-    here because no library chunks by padded size.
+    here because no library chunks by padded size. `recompute=False`: every pass keeps its
+    graph (`length_passes`), so several passes cost what their padded tokens cost and the
+    cheapest chunking is taken as it is (one chunk: the rows in their order).
 
     >>> token_chunks([0, 1, 2, 3], [100, 100, 100, 100], 400)  # equal lengths: one pass
     [[0, 1, 2, 3]]
@@ -157,7 +159,8 @@ def token_chunks(rows: Sequence[int], lengths: Sequence[int], max_tokens: int,
             cost = best[i] + (j - i) * L[j - 1] + pass_tokens
             if cost < best[j]:
                 best[j], start[j] = cost, i
-    if n * longest <= max_tokens and 3 * (n * longest + pass_tokens) <= 4 * best[n]:
+    if n * longest <= max_tokens and (start[n] == 0 if not recompute
+                                      else 3 * (n * longest + pass_tokens) <= 4 * best[n]):
         return [list(rows)]
     chunks, j = [], n
     while j > 0:
@@ -183,6 +186,34 @@ def shard_passes(tokens: TokenBatch, micro_batch: int, shard: Shard, max_tokens:
     return mine + [[] for _ in range(n - len(mine))]
 
 
+def length_passes(tokens: TokenBatch, shard: Shard, pass_tokens: int = PASS_TOKENS) -> list[list[int]]:
+    """This rank's rows, which fit in memory in one pass, as several passes of rows of
+    similar length, each keeping its graph: the same memory at most, less padding.
+
+    One pass pads every row to the longest; with heavy-tailed response lengths most of its
+    work is padding (the demo: a 64-row pass is about half padding). Rows of similar length
+    together (`token_chunks` without recomputation: padded tokens + `pass_tokens` per pass,
+    the least) do the same rows' work on fewer padded tokens; every kept graph together
+    holds at most the one pass's activations. A row's log-probs do not depend on the rows
+    it shares a pass with (causal attention, right padding), only their rounding can.
+    Every rank runs as many passes as the rank with the most (FSDP2's collectives), the
+    others padded with empty ones, as in `shard_passes`.
+
+    >>> tk = collate([[1]] * 4, [[2] * 30, [2], [2] * 29, [2] * 2], 0)  # 31, 2, 30, 3 tokens
+    >>> length_passes(tk, ONE_RANK, pass_tokens=8), length_passes(tk, ONE_RANK, pass_tokens=100)
+    ([[1, 3], [2, 0]], [[0, 1, 2, 3]])
+    """
+    N = len(tokens)
+    lengths = tokens.attention_mask.sum(1).tolist()  # [N] real tokens of each row
+
+    def passes(rows: list[int]) -> list[list[int]]:
+        return token_chunks(rows, [lengths[i] for i in rows], math.inf, pass_tokens, recompute=False)
+
+    mine = passes(shard.rows(N))
+    n = max(len(passes(Shard(r, shard.world).rows(N))) for r in range(shard.world))
+    return mine + [[] for _ in range(n - len(mine))]
+
+
 class LogprobPasses:
     """The forward passes over a batch that keep any loss exact under micro-batching and
     sharding (report §2.6: trainer workers split the batch).
@@ -200,10 +231,11 @@ class LogprobPasses:
 
     Micro-batches hold `micro_batch` rows, or with `max_tokens` > 0 at most that many
     padded tokens each (`micro_batches`). If this rank's rows fit in one micro-batch (the
-    same on every rank: `shard_passes` pads every rank to the most passes), the graph of
-    that one forward is kept for the backward: no extra forward. Otherwise a no-grad pass
-    per micro-batch first, and a recomputing pass per micro-batch in `backward`: one extra
-    forward for exactness.
+    same on every rank: `shard_passes` pads every rank to the most passes), the graphs of
+    the forward are kept for the backward: no extra forward; that one micro-batch runs as
+    passes of rows of similar length (`length_passes`: less padding, no more memory).
+    Otherwise a no-grad pass per micro-batch first, and a recomputing pass per micro-batch
+    in `backward`: one extra forward for exactness.
     """
 
     def __init__(self, model, tokens: TokenBatch, micro_batch: int, temperature: float, bf16: bool,
@@ -211,6 +243,8 @@ class LogprobPasses:
         self.model, self.tokens, self.temperature, self.bf16, self.shard = model, tokens, temperature, bf16, shard
         self.rows = shard_passes(tokens, micro_batch, shard, max_tokens)  # max_tokens > 0: by token count
         self.keep_graph = grad and len(self.rows) == 1
+        if len(self.rows) == 1:  # all of this rank's rows in memory at once: split by length
+            self.rows = length_passes(tokens, shard)
         with torch.set_grad_enabled(self.keep_graph):
             self.lps = [self._forward(rows) for rows in self.rows]  # [n, t] each
         if not grad:
@@ -235,10 +269,15 @@ class LogprobPasses:
 
     def backward(self, grad: torch.Tensor) -> None:
         """Back-propagate `grad` [N, T] (d loss / d logprobs) through this rank's passes."""
-        for rows, lp in zip(self.rows, self.lps):
-            if not self.keep_graph:
-                lp = self._forward(rows)  # [n, t] with grad
-            lp.backward(grad[rows, : lp.shape[1]] if rows else torch.zeros_like(lp))
+        def rows_grad(rows: list[int], lp: torch.Tensor) -> torch.Tensor:
+            return grad[rows, : lp.shape[1]] if rows else torch.zeros_like(lp)  # [n, t]
+
+        if self.keep_graph:  # the kept graphs, in one backward
+            torch.autograd.backward(self.lps, [rows_grad(rows, lp) for rows, lp in zip(self.rows, self.lps)])
+            return
+        for rows in self.rows:
+            lp = self._forward(rows)  # [n, t] with grad
+            lp.backward(rows_grad(rows, lp))
 
 
 def logprob_gap(recorded: torch.Tensor, trainer: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
