@@ -70,7 +70,7 @@ def test_finished_slot_is_refilled_at_once(policy):
     assert [len(s.token_ids) for s in segs] == [2, 10, 10]
     decode = [b for b, t in counting.calls if t == 1]
     prefill = [b for b, t in counting.calls if t > 1]
-    assert prefill == [2, 1]  # the third request is prefilled alone, as soon as the first finished
+    assert prefill == [1, 1]  # the first two share their prompt (one row); the third alone, once the first finished
     assert max(decode) <= 2
     # forward passes: prefill(A, B) + 9 decodes of B (A rides along for 1) + prefill(C) + the
     # 2 decodes C needs after B is done = 13; fixed batches would take 1 + 9 + 1 + 9 = 20
@@ -223,7 +223,7 @@ def test_kept_kv_continuation_equals_reencoding_and_skips_the_prefill(policy, gr
         assert a.response_ids == b.response_ids
         torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=1e-4, rtol=0)
     prefills = [shape for shape in counting.calls if shape[1] > 1]  # decoding steps are [S, 1]
-    assert len(prefills) == 1 and prefills[0][0] == 6  # the 6 new trajectories of iteration 0 only
+    assert len(prefills) == 1 and prefills[0][0] == 3  # iteration 0 only: its 6 trajectories, one row per prompt
     assert not engine._kept  # the last segments reached max_tokens: nothing left behind
 
 
@@ -402,3 +402,23 @@ def test_update_reference_for_stale_tokens(policy, train_on_stale):
         assert seen["old"][0, :2].tolist() == [-9.0, -9.0]
         assert seen["mask"].tolist() == [[0, 0, 1], [1, 1, 0]]
     assert seen["old"][0, 2].item() == -9.0 and seen["old"][1, :2].tolist() == [-9.0, -9.0]  # fresh: as sampled
+
+
+def test_requests_sharing_a_prompt_are_prefilled_once(policy):
+    """The K samples of a group share their prompt: it is prefilled in one row and its KV
+    written into each of their slots; greedy tokens and their log-probs equal those of each
+    request prefilled alone."""
+    model, tok = policy
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=3)
+    p, q = _ids(tok, "Hi"), _ids(tok, "Sort these letters: c a b")
+    counting = CountingModel(model)
+    segs = HFEngine(counting, tok).generate([GenerationRequest(x) for x in (p, q, p, p, q)], params)
+    assert [b for b, t in counting.calls if t > 1] == [2]  # one prefill, one row per distinct prompt
+    assert len(segs) == 5 and all(len(s.logprobs) == len(s.token_ids) > 0 for s in segs)
+    one = HFEngine(model, tok)
+    greedy = HFEngine(model, tok).generate([GenerationRequest(x) for x in (p, q, p)],
+                                            SamplingParams(max_new_tokens=12, temperature=0.0))
+    for x, s in zip((p, q, p), greedy):
+        alone = one.generate([GenerationRequest(x)], SamplingParams(max_new_tokens=12, temperature=0.0))[0]
+        assert s.token_ids == alone.token_ids
+        torch.testing.assert_close(torch.tensor(s.logprobs), torch.tensor(alone.logprobs), atol=1e-5, rtol=0)

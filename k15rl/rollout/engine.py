@@ -275,7 +275,13 @@ class HFEngine:
                 contexts = [list(requests[i].prompt_ids) + list(requests[i].prefix_ids) for i in idx]
                 width = max(len(c) for c in contexts)
                 reused = [self._take_kept(kept, requests[i].id, c) for i, c in zip(idx, contexts)]
-                fresh = [n for n, k in enumerate(reused) if k is None]
+                # a context (with its images) shared by several requests, the K samples of a
+                # group, is prefilled once and its KV written into each of their slots
+                same: dict[tuple, list[int]] = {}
+                for n, k in enumerate(reused):
+                    if k is None:
+                        same.setdefault((tuple(contexts[n]), tuple(requests[idx[n]].images)), []).append(n)
+                fresh = [ns[0] for ns in same.values()]  # one request of each distinct context
                 for lo, hi in prefill_chunks([len(contexts[n]) for n in fresh], self.prefill_tokens):
                     ns = fresh[lo:hi]
                     pre, new_logits, offsets = self._prefill([contexts[n] for n in ns],
@@ -289,9 +295,11 @@ class HFEngine:
                     P = pre.layers[0].keys.shape[2]
                     for i, n in enumerate(ns):
                         c = len(contexts[n])
-                        kv.place(free[n], [layer.keys[i, :, P - c:] for layer in pre.layers],
-                                 [layer.values[i, :, P - c:] for layer in pre.layers])
-                        offset[free[n]], logits[free[n]] = offsets[i], new_logits[i]
+                        keys = [layer.keys[i, :, P - c:] for layer in pre.layers]  # [H, c, D] each
+                        values = [layer.values[i, :, P - c:] for layer in pre.layers]
+                        for m in same[(tuple(contexts[n]), tuple(requests[idx[n]].images))]:
+                            kv.place(free[m], keys, values)
+                            offset[free[m]], logits[free[m]] = offsets[i], new_logits[i]
                     del pre  # this chunk's own KV cache, now copied into the slots
                 for n, k in enumerate(reused):
                     if k is None:

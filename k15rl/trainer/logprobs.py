@@ -111,12 +111,17 @@ def collate(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence
     return TokenBatch(input_ids, attention_mask, gather_idx, resp, mask)
 
 
-def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0) -> torch.Tensor:
+def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0, share_prompts: bool = False) -> torch.Tensor:
     """log softmax(logits / temperature) of each response token: [N, T], 0 on padding.
 
     The policy that samples at temperature T is softmax(logits / T); the trainer scores
     tokens under the same distribution so old and new log-probs are comparable.
+    `share_prompts` (for a model that `shares_prompts`): each distinct prompt runs through
+    the model once, its rows' responses on its keys and values (`_shared_prompt_logits`).
     """
+    if share_prompts:
+        logits = _shared_prompt_logits(model, batch)  # [N, T, V]
+        return _response_logprobs(logits.float(), batch, temperature)
     tokens = {"input_ids": batch.input_ids}  # [N, L]
     # The head runs only from the first position that predicts a response token on: the
     # prompts' logits ([N, P, V], most of [N, L, V] for long prompts and large vocabularies)
@@ -139,12 +144,84 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0) -> torch.
     hidden_logits = out.logits  # [N, L - first, V]
     rows = torch.arange(hidden_logits.shape[0], device=hidden_logits.device).unsqueeze(-1)  # [N, 1]
     idx = (batch.gather_idx - first).clamp(min=0)  # [N, T] (padding: any kept position, masked below)
-    logits = hidden_logits[rows, idx].float()  # [N, T, V] the predicting positions (a copy)
+    return _response_logprobs(hidden_logits[rows, idx].float(), batch, temperature)  # [N, T, V] a copy
+
+
+def _response_logprobs(logits: torch.Tensor, batch: TokenBatch, temperature: float) -> torch.Tensor:
+    """[N, T] log-probs of the response tokens from the logits [N, T, V] that predict them."""
     if temperature != 1.0:  # x / 1 == x exactly: no [N, T, V] copy (and none in the backward) at T = 1
         logits = logits / temperature
     logp = torch.log_softmax(logits, dim=-1)  # [N, T, V]
     tok = torch.gather(logp, 2, batch.response_ids.unsqueeze(-1)).squeeze(-1)  # [N, T]
     return tok * batch.response_mask
+
+
+def shares_prompts(model) -> bool:
+    """Whether `token_logprobs(..., share_prompts=True)` can run on `model`: a text-only
+    causal LM (a VLM's rows may hold images) whose forward keeps its KV cache while
+    training (activation checkpointing drops the cache). A property of the model alone,
+    so every FSDP2 rank takes the same path (the same forwards, whatever its rows)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    checkpointing = getattr(base, "is_activation_checkpointing", None)
+    if checkpointing is None:
+        checkpointing = getattr(base, "is_gradient_checkpointing", False)
+    return (config is not None and getattr(config, "vision_config", None) is None and not checkpointing
+            and _cache_kwarg(base) is not None)
+
+
+def _cache_kwarg(model) -> str | None:
+    """The forward's KV-cache argument: `cache` (transformers >= 5.x) or `past_key_values`."""
+    params = inspect.signature(model.forward).parameters
+    return next((k for k in ("cache", "past_key_values") if k in params), None)
+
+
+def _shared_prompt_logits(model, batch: TokenBatch) -> torch.Tensor:
+    """The logits [N, T, V] that predict the response tokens, each distinct prompt run once.
+
+    The K samples of a group share their prompt, and a prompt is often most of a row
+    (few-shot chat prompts: 126 of SmolLM2's 143 tokens). Two forwards instead of one:
+    (1) the distinct prompts but their last token, right-padded ([U, P]), keeping their
+    keys and values; (2) every row's last prompt token and response ([N, 1 + T]) on its
+    prompt's keys and values (indexed per row, so the backward sums the rows' gradients
+    into the prompt's one pass), rotary positions continuing the prompt's, prompt padding
+    masked. The same attention as one pass over [prompt, response]: the log-probs equal
+    the plain path's up to rounding (tests/test_update.py). Written here because
+    transformers shares prefixes only in generation, not in a training forward.
+    """
+    from transformers import DynamicCache
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kw = _cache_kwarg(base)
+    N, T = batch.response_ids.shape
+    dev = batch.input_ids.device
+    plen = (batch.attention_mask.sum(1) - batch.response_mask.sum(1)).long().tolist()  # [N] prompt tokens
+    distinct: dict[tuple[int, ...], int] = {}
+    which = [distinct.setdefault(tuple(batch.input_ids[i, : plen[i] - 1].tolist()), len(distinct))
+             for i in range(N)]  # [N] the row's prompt (but its last token)
+    U, P = len(distinct), max(1, max(len(k) for k in distinct))
+    prefix_ids = torch.zeros((U, P), dtype=torch.long, device=dev)  # [U, P] right-padded
+    prefix_mask = torch.zeros((U, P), dtype=torch.long, device=dev)  # [U, P] 1 on prompt tokens
+    for key, u in distinct.items():
+        prefix_ids[u, : len(key)] = torch.tensor(key, dtype=torch.long)
+        prefix_mask[u, : len(key)] = 1
+    compute_mask = prefix_mask.clone()
+    compute_mask[:, 0] = 1  # a one-token prompt has no prefix: a padding column keeps its row finite (masked in (2))
+    positions = torch.arange(P, device=dev).expand(U, P)  # [U, P]
+    cache = DynamicCache()
+    model(input_ids=prefix_ids, attention_mask=compute_mask, position_ids=positions, use_cache=True,
+          logits_to_keep=1, **{kw: cache})
+    rows = torch.tensor(which, dtype=torch.long, device=dev)  # [N]
+    per_row = DynamicCache()
+    for layer_idx, layer in enumerate(cache.layers):  # [U, H, P, D] -> [N, H, P, D]
+        per_row.update(layer.keys[rows], layer.values[rows], layer_idx)
+    last = batch.input_ids[torch.arange(N, device=dev), torch.tensor(plen, device=dev) - 1]  # [N]
+    ids = torch.cat([last[:, None], batch.response_ids], 1)  # [N, 1 + T]
+    mask = torch.cat([prefix_mask[rows], torch.ones((N, 1), dtype=torch.long, device=dev),
+                      batch.response_mask.long()], 1)  # [N, P + 1 + T]
+    pos = (torch.tensor(plen, device=dev) - 1)[:, None] + torch.arange(1 + T, device=dev)  # [N, 1 + T]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{kw: per_row})
+    return out.logits[:, :T]  # [N, T, V]: position t predicts response token t
 
 
 def _keeps_logits(model) -> bool:

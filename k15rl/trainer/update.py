@@ -24,7 +24,7 @@ from k15rl.algorithms.losses import LossFn, make_loss
 from k15rl.config import AlgorithmConfig, TrainConfig
 from k15rl.distributed.shard import ONE_RANK, Shard
 from k15rl.errors import UserError
-from k15rl.trainer.logprobs import TokenBatch, collate, token_logprobs
+from k15rl.trainer.logprobs import TokenBatch, collate, shares_prompts, token_logprobs
 from k15rl.types import Trajectory
 
 log = logging.getLogger(__name__)
@@ -241,6 +241,9 @@ class LogprobPasses:
     def __init__(self, model, tokens: TokenBatch, micro_batch: int, temperature: float, bf16: bool,
                  shard: Shard = ONE_RANK, grad: bool = True, max_tokens: int = 0):
         self.model, self.tokens, self.temperature, self.bf16, self.shard = model, tokens, temperature, bf16, shard
+        # Each distinct prompt once per pass; not under FSDP2, whose parameters, resharded after
+        # the prompts' forward, are gone when the backward reaches it (the same on every rank)
+        self.share = shard.world == 1 and tokens.images is None and shares_prompts(model)
         self.rows = shard_passes(tokens, micro_batch, shard, max_tokens)  # max_tokens > 0: by token count
         self.keep_graph = grad and len(self.rows) == 1
         if len(self.rows) == 1:  # all of this rank's rows in memory at once: split by length
@@ -254,7 +257,7 @@ class LogprobPasses:
         """token_logprobs of `rows`: [n, t]; for [] a dummy pass on row 0 (output ignored)."""
         tk = self.tokens
         with torch.autocast(tk.input_ids.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext():
-            return token_logprobs(self.model, tk.select(rows or [0]), self.temperature)  # [n, t]
+            return token_logprobs(self.model, tk.select(rows or [0]), self.temperature, self.share)  # [n, t]
 
     def logprobs(self) -> torch.Tensor:
         """The whole batch's log-probs [N, T] on every rank, detached, requiring grad."""
