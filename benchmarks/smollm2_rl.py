@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         "gain_points": gain, "gain_ci95": [gain - half, gain + half],
         "iterations": len(metrics), "wall_s": wall,
         "tokens_per_s": tokens / rollout_s if rollout_s else None,
+        "rollout_s_mean": rollout_s / len(metrics) if metrics else None,  # per iteration
+        "train_s_mean": sum(m.get("time/train", 0.0) for m in metrics) / len(metrics) if metrics else None,
         "curve": [{"iteration": e["iteration"], "accuracy": e["accuracy"], "ci95": e["accuracy_ci95"]} for e in evals],
     }
     print(f"held-out sampled accuracy {100 * before['accuracy']:.1f}% -> {100 * after['accuracy']:.1f}% "
