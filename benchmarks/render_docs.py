@@ -535,6 +535,32 @@ def render_train_flops(r: dict) -> str:
         table(["operators", "self time", "share"], rows)])
 
 
+def render_update_speed(r: dict) -> str:
+    st, d = r["same_trajectories"], r["demo"]
+    same = [[arm, f"{x['update_s']:.2f} s", f"{x['loss_policy']:.6f}"] for arm, x in st["arms"].items()]
+    demo = [[arm, f"{x['train_s']:.2f} s", pct(x["update_share"]), f"{x['rollout_s']:.2f} s", pct(x["rollout_share"]),
+             f"{x['iteration_s']:.2f} s", pct(x["accuracy_before"]), pct(x["accuracy_after"]),
+             pct(x["greedy_after"]) if x.get("greedy_after") is not None else "", minutes(x["wall_s"])]
+            for arm, x in d["arms"].items()]
+    return "\n".join([
+        f"The `demo` preset's update, one padded pass per 64-row micro-batch, each row with its prompt (`one pass`, "
+        f"how k15rl updated before) against rows of similar length in passes that keep their graphs, each distinct "
+        f"prompt once per pass (`length passes`). The same "
+        f"{st['rows']} trajectories (iteration 1's rollout; responses {st['response_tokens_mean']:.0f} tokens on "
+        f"average, at most {st['response_tokens_max']}), one update each, best of the timed ones:", "",
+        table(["arm", "update", "policy loss (mean of the 4 steps)"], same), "",
+        f"**{st['speedup']:.2f}x** faster. The weights after the update are "
+        f"{st['weights_apart_over_moved']:.1e} of their move apart (largest difference "
+        f"{st['weights_max_abs_diff']:.1e}): the same update up to rounding. The whole demo, "
+        f"{r['iterations']} iterations, seed {r['seed']}, each arm in its own process:", "",
+        table(["arm", "update / iteration", "share", "rollout / iteration", "share", "iteration",
+               "sampled accuracy before", "after", "greedy after", "wall time"], demo), "",
+        f"Update {d['train_s_ratio']:.2f}x faster in the loop, iterations {d['iteration_s_ratio']:.2f}x. "
+        f"Goal (the update's share of an iteration below the rollout's, results unchanged): "
+        f"{'met' if r['goal_met'] else '**not met**'}; accuracy after RL differs by "
+        f"{d['accuracy_after_delta_points']:+.1f} points (one seed each; one 600-prompt accuracy is about +/-4 points)."])
+
+
 def render_vision_demo(r: dict) -> str:
     rows = [[x["seed"], pct(x["before"]), pct(x["after"]), f"{x['gain_points']:+.1f}",
              pct(x["greedy_before"]) if x.get("greedy_before") is not None else "",
@@ -670,6 +696,7 @@ BLOCKS: dict[str, Block] = {
     "train_flops": Block("train_flops", "python benchmarks/train_flops.py --model models/smollm2 --rows 8 "
                          "--response-tokens 224", render_train_flops),
     "vision_demo": Block("vision_demo", "python benchmarks/vision_demo.py", render_vision_demo),
+    "update_speed": Block("update_speed", "python benchmarks/update_speed.py", render_update_speed),
     "loss_ablation": Block("loss_ablation", "python benchmarks/loss_ablation.py", render_loss_ablation),
     "length_penalty": Block("length_penalty", "python benchmarks/length_penalty.py", render_length_penalty),
     "length_penalty.readme": Block("length_penalty", "python benchmarks/length_penalty.py",

@@ -3,10 +3,13 @@ similar length that keep their graphs (`update.length_passes`, shipped), side by
 
 Arms (the same code but for one function):
 
-    one pass        `length_passes` replaced by the single pass `shard_passes` gives: every
-                    row of a 64-row micro-batch padded to its longest (how k15rl updated
-                    before length passes)
-    length passes   k15rl as it is
+    one pass        how k15rl updated before: `length_passes` replaced by the single pass
+                    `shard_passes` gives (every row of a 64-row micro-batch padded to its
+                    longest) and each row's prompt run with it (`shares_prompts` off)
+    length passes   k15rl as it is: rows of similar length in passes that keep their
+                    graphs, each distinct prompt run once per pass
+
+The rollout is the same code in both (its prefill runs each distinct prompt once).
 
 Two measurements, each arm in a child process of its own:
 
@@ -47,6 +50,7 @@ def _patch(arm: str) -> None:
 
     if arm == "one pass":
         update.length_passes = lambda tokens, shard, pass_tokens=0: update.shard_passes(tokens, 10**9, shard)
+        update.shares_prompts = lambda model: False
 
 
 def child_same(args: argparse.Namespace) -> None:
