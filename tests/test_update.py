@@ -273,7 +273,7 @@ def test_length_passes_keep_their_graphs_and_give_the_same_gradient(tiny_model_d
 
     model.forward = counting
     got = _grad(model, batch, len(lengths), norm)
-    assert len(calls) == 2 * len(passes)  # graphs kept, no recomputing forward (2: prompts, then rows)
+    assert len(calls) == len(passes)  # graphs kept: no recomputing forward (no prompt repeats: plain passes)
     assert float((got - reference).norm()) <= 1e-5 * float(reference.norm())  # rounding only
 
 
@@ -342,6 +342,9 @@ def test_shared_prompts_give_the_plain_logprobs_and_gradient(tiny_model_dir):
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert float((grads[1] - grads[0]).norm()) <= 1e-5 * float(grads[0].norm())  # rounding only
     assert calls[1:] == [(4, 11), (16, 21)]  # the prompts but their last token (at most 11), then the rows
+    calls.clear()
+    token_logprobs(model, batch.tokens.select([0, 4, 8, 12]), share_prompts=True)  # no prompt twice
+    assert calls == [(4, 22)]  # one plain pass (rows 0, 4, 8, 12: prompts of 1, 3, 7, 12 tokens)
 
 
 def test_shared_prompts_are_off_with_activation_checkpointing(tiny_model_dir):

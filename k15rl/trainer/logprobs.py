@@ -119,7 +119,7 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0, share_pro
     `share_prompts` (for a model that `shares_prompts`): each distinct prompt runs through
     the model once, its rows' responses on its keys and values (`_shared_prompt_logits`).
     """
-    if share_prompts:
+    if share_prompts and _repeats_a_prompt(batch):
         logits = _shared_prompt_logits(model, batch)  # [N, T, V]
         return _response_logprobs(logits.float(), batch, temperature)
     tokens = {"input_ids": batch.input_ids}  # [N, L]
@@ -159,8 +159,8 @@ def _response_logprobs(logits: torch.Tensor, batch: TokenBatch, temperature: flo
 def shares_prompts(model) -> bool:
     """Whether `token_logprobs(..., share_prompts=True)` can run on `model`: a text-only
     causal LM (a VLM's rows may hold images) whose forward keeps its KV cache while
-    training (activation checkpointing drops the cache). A property of the model alone,
-    so every FSDP2 rank takes the same path (the same forwards, whatever its rows)."""
+    training (activation checkpointing drops the cache). It then shares the prompts of a
+    batch in which some rows repeat a prompt, and runs one plain pass otherwise."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
     checkpointing = getattr(base, "is_activation_checkpointing", None)
@@ -174,6 +174,17 @@ def _cache_kwarg(model) -> str | None:
     """The forward's KV-cache argument: `cache` (transformers >= 5.x) or `past_key_values`."""
     params = inspect.signature(model.forward).parameters
     return next((k for k in ("cache", "past_key_values") if k in params), None)
+
+
+def _prompt_lengths(batch: TokenBatch) -> list[int]:
+    """[N] each row's prompt tokens."""
+    return (batch.attention_mask.sum(1) - batch.response_mask.sum(1)).long().tolist()
+
+
+def _repeats_a_prompt(batch: TokenBatch) -> bool:
+    """Whether two rows share their prompt (else one plain pass does the same work, once)."""
+    plen = _prompt_lengths(batch)
+    return len({tuple(batch.input_ids[i, :n].tolist()) for i, n in enumerate(plen)}) < len(plen)
 
 
 def _shared_prompt_logits(model, batch: TokenBatch) -> torch.Tensor:
@@ -195,7 +206,7 @@ def _shared_prompt_logits(model, batch: TokenBatch) -> torch.Tensor:
     kw = _cache_kwarg(base)
     N, T = batch.response_ids.shape
     dev = batch.input_ids.device
-    plen = (batch.attention_mask.sum(1) - batch.response_mask.sum(1)).long().tolist()  # [N] prompt tokens
+    plen = _prompt_lengths(batch)  # [N]
     distinct: dict[tuple[int, ...], int] = {}
     which = [distinct.setdefault(tuple(batch.input_ids[i, : plen[i] - 1].tolist()), len(distinct))
              for i in range(N)]  # [N] the row's prompt (but its last token)
