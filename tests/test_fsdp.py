@@ -51,6 +51,9 @@ CASES = {
     "tokens12": ("k15", {"tau": 0.1, "normalization": "token"}, {"micro_batch_tokens": 12}),
     "ckpt_tokens20": ("k15", {"tau": 0.1, "normalization": "sequence"},
                       {"micro_batch_tokens": 20, "activation_checkpointing": True}),
+    # one micro-batch as several length passes (no per-pass cost: split wherever it saves
+    # padding), every pass keeping its graph for one backward: the ranks' pass counts differ
+    "seq_split": ("k15", {"tau": 0.1, "normalization": "sequence"}, {"micro_batch": 64}),
 }
 
 
@@ -97,7 +100,14 @@ def run_case(case: str, shard: Shard | None = None):
     fields = dict(fields)
     train_on_stale = fields.pop("train_on_stale", True)
     plan = UpdatePlan(partial(LOSSES[loss], **kw), AlgorithmConfig(lr=1e-3, **fields), 1.0, train_on_stale, pad_id=0)
-    metrics = PolicyTrainer(model, plan, shard or ONE_RANK).update(fake_trajectories(case), version=1, seed=3)
+    import k15rl.trainer.update as update
+
+    pass_tokens = update.PASS_TOKENS
+    update.PASS_TOKENS = 0 if case.endswith("_split") else pass_tokens
+    try:
+        metrics = PolicyTrainer(model, plan, shard or ONE_RANK).update(fake_trajectories(case), version=1, seed=3)
+    finally:
+        update.PASS_TOKENS = pass_tokens
     return model, metrics
 
 
@@ -304,3 +314,12 @@ def test_full_state_dict_is_the_sharded_model(ranks, case):
 
 if __name__ == "__main__":
     _worker(Path(sys.argv[1]))
+
+
+def test_split_case_runs_several_length_passes_on_every_rank():
+    """The `seq_split` case really keeps several graphs per rank (what it is there to test)."""
+    from k15rl.trainer.update import length_passes, make_train_batch
+
+    tokens = make_train_batch(fake_trajectories("seq_split"), pad_id=0).tokens
+    for r in range(WORLD):
+        assert len([p for p in length_passes(tokens, Shard(r, WORLD), pass_tokens=0) if p]) > 1

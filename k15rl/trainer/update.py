@@ -186,7 +186,7 @@ def shard_passes(tokens: TokenBatch, micro_batch: int, shard: Shard, max_tokens:
     return mine + [[] for _ in range(n - len(mine))]
 
 
-def length_passes(tokens: TokenBatch, shard: Shard, pass_tokens: int = PASS_TOKENS) -> list[list[int]]:
+def length_passes(tokens: TokenBatch, shard: Shard, pass_tokens: int | None = None) -> list[list[int]]:
     """This rank's rows, which fit in memory in one pass, as several passes of rows of
     similar length, each keeping its graph: the same memory at most, less padding.
 
@@ -205,6 +205,7 @@ def length_passes(tokens: TokenBatch, shard: Shard, pass_tokens: int = PASS_TOKE
     """
     N = len(tokens)
     lengths = tokens.attention_mask.sum(1).tolist()  # [N] real tokens of each row
+    pass_tokens = PASS_TOKENS if pass_tokens is None else pass_tokens
 
     def passes(rows: list[int]) -> list[list[int]]:
         return token_chunks(rows, [lengths[i] for i in rows], math.inf, pass_tokens, recompute=False)
