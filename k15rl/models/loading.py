@@ -92,6 +92,15 @@ def model_device(model):
     return next(model.parameters()).device
 
 
+def cache_kwarg(model) -> str | None:
+    """The forward's KV-cache argument: `cache` (transformers >= 5.x), `past_key_values`
+    (older), or None when it names neither (it may still take them through **kwargs)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return next((k for k in ("cache", "past_key_values") if k in params), None)
+
+
 def load_or_fail(failure: str, load: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """`load(*args, **kwargs)` (a `from_pretrained`); an error loading user files that
     `check_model_folder` cannot see coming (an unknown model_type, weights that do not

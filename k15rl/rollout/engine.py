@@ -12,7 +12,6 @@ takes the next waiting request, so no compute is spent behind finished sequences
 
 from __future__ import annotations
 
-import inspect
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol, Sequence
@@ -21,7 +20,7 @@ import torch
 
 from k15rl.config import RolloutConfig
 from k15rl.errors import UserError
-from k15rl.models.loading import model_device
+from k15rl.models.loading import cache_kwarg, model_device
 from k15rl.models.vision import (embed_with_images, image_features, image_key, image_token_id, prompt_image_mask,
                                  rope_positions)
 from k15rl.rollout.slots import SlotCache, grouped_attention
@@ -201,9 +200,7 @@ class HFEngine:
         self.prefill_tokens = prefill_tokens  # admitted prompts are prefilled in chunks this large
         self.attention_groups = attention_groups  # slots decoded in this many windows (SlotCache.groups)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        # transformers >= 5.x names the KV-cache argument `cache`; older ones `past_key_values`.
-        params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache_kw = cache_kwarg(model) or "past_key_values"  # `cache` in transformers >= 5.x
         # Vision-language models: each image's features, computed once per `generate` call and
         # reused by every sample of its group (image content hash -> [tokens, hidden]), and
         # its patch grid for multi-row rotary positions (hash -> [3]; Qwen2-VL-style towers).
@@ -277,10 +274,11 @@ class HFEngine:
                 reused = [self._take_kept(kept, requests[i].id, c) for i, c in zip(idx, contexts)]
                 # a context (with its images) shared by several requests, the K samples of a
                 # group, is prefilled once and its KV written into each of their slots
+                key = [(tuple(c), tuple(requests[i].images)) for i, c in zip(idx, contexts)]
                 same: dict[tuple, list[int]] = {}
                 for n, k in enumerate(reused):
                     if k is None:
-                        same.setdefault((tuple(contexts[n]), tuple(requests[idx[n]].images)), []).append(n)
+                        same.setdefault(key[n], []).append(n)
                 fresh = [ns[0] for ns in same.values()]  # one request of each distinct context
                 for lo, hi in prefill_chunks([len(contexts[n]) for n in fresh], self.prefill_tokens):
                     ns = fresh[lo:hi]
@@ -297,7 +295,7 @@ class HFEngine:
                         c = len(contexts[n])
                         keys = [layer.keys[i, :, P - c:] for layer in pre.layers]  # [H, c, D] each
                         values = [layer.values[i, :, P - c:] for layer in pre.layers]
-                        for m in same[(tuple(contexts[n]), tuple(requests[idx[n]].images))]:
+                        for m in same[key[n]]:
                             kv.place(free[m], keys, values)
                             offset[free[m]], logits[free[m]] = offsets[i], new_logits[i]
                     del pre  # this chunk's own KV cache, now copied into the slots

@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 
 from k15rl.errors import UserError
+from k15rl.models.loading import cache_kwarg
 from k15rl.models.vision import ImageInputs
 
 
@@ -119,9 +120,11 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0, share_pro
     `share_prompts` (for a model that `shares_prompts`): each distinct prompt runs through
     the model once, its rows' responses on its keys and values (`_shared_prompt_logits`).
     """
-    if share_prompts and _repeats_a_prompt(batch):
-        logits = _shared_prompt_logits(model, batch)  # [N, T, V]
-        return _response_logprobs(logits.float(), batch, temperature)
+    if share_prompts:
+        plen, which, distinct = _distinct_prompts(batch)
+        if len(distinct) < len(plen):  # some rows repeat a prompt; else one plain pass does the same work
+            logits = _shared_prompt_logits(model, batch, plen, which, distinct)  # [N, T, V]
+            return _response_logprobs(logits.float(), batch, temperature)
     tokens = {"input_ids": batch.input_ids}  # [N, L]
     # The head runs only from the first position that predicts a response token on: the
     # prompts' logits ([N, P, V], most of [N, L, V] for long prompts and large vocabularies)
@@ -167,27 +170,21 @@ def shares_prompts(model) -> bool:
     if checkpointing is None:
         checkpointing = getattr(base, "is_gradient_checkpointing", False)
     return (config is not None and getattr(config, "vision_config", None) is None and not checkpointing
-            and _cache_kwarg(base) is not None)
+            and cache_kwarg(base) is not None)
 
 
-def _cache_kwarg(model) -> str | None:
-    """The forward's KV-cache argument: `cache` (transformers >= 5.x) or `past_key_values`."""
-    params = inspect.signature(model.forward).parameters
-    return next((k for k in ("cache", "past_key_values") if k in params), None)
+def _distinct_prompts(batch: TokenBatch) -> tuple[list[int], list[int], dict[tuple[int, ...], int]]:
+    """Each row's prompt tokens [N]; the index of its prompt but the last token [N]; those
+    distinct prompts (tokens -> index, in order of first appearance)."""
+    plen = (batch.attention_mask.sum(1) - batch.response_mask.sum(1)).long().tolist()  # [N]
+    distinct: dict[tuple[int, ...], int] = {}
+    which = [distinct.setdefault(tuple(batch.input_ids[i, : plen[i] - 1].tolist()), len(distinct))
+             for i in range(len(plen))]
+    return plen, which, distinct
 
 
-def _prompt_lengths(batch: TokenBatch) -> list[int]:
-    """[N] each row's prompt tokens."""
-    return (batch.attention_mask.sum(1) - batch.response_mask.sum(1)).long().tolist()
-
-
-def _repeats_a_prompt(batch: TokenBatch) -> bool:
-    """Whether two rows share their prompt (else one plain pass does the same work, once)."""
-    plen = _prompt_lengths(batch)
-    return len({tuple(batch.input_ids[i, :n].tolist()) for i, n in enumerate(plen)}) < len(plen)
-
-
-def _shared_prompt_logits(model, batch: TokenBatch) -> torch.Tensor:
+def _shared_prompt_logits(model, batch: TokenBatch, plen: list[int], which: list[int],
+                          distinct: dict[tuple[int, ...], int]) -> torch.Tensor:
     """The logits [N, T, V] that predict the response tokens, each distinct prompt run once.
 
     The K samples of a group share their prompt, and a prompt is often most of a row
@@ -203,13 +200,9 @@ def _shared_prompt_logits(model, batch: TokenBatch) -> torch.Tensor:
     from transformers import DynamicCache
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    kw = _cache_kwarg(base)
+    kw = cache_kwarg(base)
     N, T = batch.response_ids.shape
     dev = batch.input_ids.device
-    plen = _prompt_lengths(batch)  # [N]
-    distinct: dict[tuple[int, ...], int] = {}
-    which = [distinct.setdefault(tuple(batch.input_ids[i, : plen[i] - 1].tolist()), len(distinct))
-             for i in range(N)]  # [N] the row's prompt (but its last token)
     U, P = len(distinct), max(1, max(len(k) for k in distinct))
     prefix_ids = torch.zeros((U, P), dtype=torch.long, device=dev)  # [U, P] right-padded
     prefix_mask = torch.zeros((U, P), dtype=torch.long, device=dev)  # [U, P] 1 on prompt tokens
