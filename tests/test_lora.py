@@ -46,6 +46,42 @@ def test_unknown_target_module_names_the_key(tiny_model_dir):
         add_lora(load_model(tiny_model_dir), cfg.model.lora)
 
 
+def test_merged_save_writes_shard_by_shard_what_save_pretrained_would(tmp_path, tiny_model_dir, monkeypatch):
+    """A LoRA model's merged folder, written one shard at a time (several shards here),
+    loads as the same model as the merged weights saved in one piece by save_pretrained:
+    same tensors (a tied head written once), same config, same logits as the peft model."""
+    from transformers import AutoModelForCausalLM
+
+    import k15rl.models.lora as lora_mod
+
+    cfg = load_config(None, ["model.lora.rank=4", "model.lora.alpha=8"])
+    model = add_lora(load_model(tiny_model_dir), cfg.model.lora)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.05)  # B != 0: the merged weights differ from the base's
+    merged = policy_state_dict(model)
+    monkeypatch.setattr(lora_mod, "MERGED_SHARD_BYTES", 20_000)  # a few tensors per shard
+    lora_mod.save_model(model, tmp_path / "sharded")
+    model.get_base_model().save_pretrained(tmp_path / "whole", state_dict=merged)
+
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    files = set(index["weight_map"].values())
+    assert len(files) > 2
+    got = {k: v for f in files for k, v in load_file(tmp_path / "sharded" / f).items()}
+    want = load_file(tmp_path / "whole" / "model.safetensors")
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) and torch.equal(got[k], merged[k]) for k in want)
+    assert json.loads((tmp_path / "sharded" / "config.json").read_text()) == \
+        json.loads((tmp_path / "whole" / "config.json").read_text())
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "sharded").eval()
+    ids = torch.tensor([[5, 9, 17, 33, 2, 40, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+    assert (tmp_path / "sharded" / ADAPTER / "adapter_model.safetensors").is_file()
+
+
 def _engine_follows_the_adapter(path, engine: str, tol: float, monkeypatch, overrides: tuple[str, ...] = ()) -> None:
     """One LoRA update, then the weight sync: the engine's log-probs for a fixed prompt must
     equal the trained LoRA model's and differ from the base model's. Before the sync they

@@ -103,29 +103,87 @@ def policy_state_dict(model) -> dict:
     once to W's dtype), the adapters' own tensors left out; a plain model's `state_dict()`."""
     if not is_lora(model):
         return model.state_dict()
-    import torch
+    return {k: _merged(t, layer) for k, (t, layer) in _policy_plan(model).items()}
+
+
+def _policy_plan(model) -> dict:
+    """The policy's key names -> (the base model's tensor, the LoRA layer whose update it
+    takes, or None): the merged tensor has the base tensor's shape and dtype."""
     from peft.tuners.lora import LoraLayer
 
     base = model.get_base_model()
     layers = {n: m for n, m in base.named_modules() if isinstance(m, LoraLayer)}
     inside = tuple(f"{n}." for n in layers)
-    out = {k: v for k, v in base.state_dict().items() if not k.startswith(inside)}
+    plan = {k: (v, None) for k, v in base.state_dict().items() if not k.startswith(inside)}
+    for n, m in layers.items():
+        plan[f"{n}.weight"] = (m.base_layer.weight, m)
+        if getattr(m.base_layer, "bias", None) is not None:
+            plan[f"{n}.bias"] = (m.base_layer.bias, None)
+    return plan
+
+
+def _merged(tensor, layer):
+    """`tensor` detached, plus `layer`'s adapter update when a layer is given (W + (alpha / r)
+    B A in float32, rounded once to W's dtype)."""
+    import torch
+
+    if layer is None:
+        return tensor.detach()
     with torch.no_grad():
-        for n, m in layers.items():
-            w = m.base_layer.weight
-            out[f"{n}.weight"] = (w.float() + m.get_delta_weight(ADAPTER_NAME).float()).to(w.dtype)
-            if getattr(m.base_layer, "bias", None) is not None:
-                out[f"{n}.bias"] = m.base_layer.bias.detach()
-    return out
+        return (tensor.float() + layer.get_delta_weight(ADAPTER_NAME).float()).to(tensor.dtype)
+
+
+# The merged weights are written this many bytes at a time: a LoRA run's peak memory is its
+# update's, not a save that held a merged copy of every target weight and the file's bytes.
+MERGED_SHARD_BYTES = 100 << 20
+
+
+def _save_merged(model, folder: Path) -> None:
+    """The merged weights as a Hugging Face folder (config, safetensors shards of at most
+    MERGED_SHARD_BYTES with their index when there are several), one shard merged and
+    written at a time. `save_pretrained(state_dict=...)` needs every merged tensor at once
+    (a second copy of all target weights) and then serializes whole files in memory;
+    huggingface_hub plans the shards and safetensors writes each, as save_pretrained does.
+    Tensors that share storage (tied embeddings) are written once, under their first name,
+    and tied again on load, as save_pretrained leaves them."""
+    import json
+
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    base = model.get_base_model()
+    plan, seen = {}, set()
+    for k, (t, layer) in _policy_plan(model).items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if layer is None and key in seen:
+            continue
+        seen.add(key)
+        plan[k] = (t, layer)
+    split = split_torch_state_dict_into_shards({k: t for k, (t, _) in plan.items()},
+                                               max_shard_size=MERGED_SHARD_BYTES)
+    for filename, names in split.filename_to_tensors.items():
+        shard = {k: _merged(*plan[k]).contiguous() for k in names}
+        save_file(shard, str(folder / filename), metadata={"format": "pt"})
+        del shard
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    config = base.config
+    config.architectures = [type(base).__name__]
+    config.save_pretrained(folder)
+    if getattr(base, "generation_config", None) is not None and base.can_generate():
+        base.generation_config.save_pretrained(folder)
 
 
 def save_model(model, folder: str | Path) -> None:
     """`model.save_pretrained(folder)`; for a peft model the merged weights as an ordinary
     Hugging Face folder (what `AutoModelForCausalLM.from_pretrained` and the engines load),
-    plus the adapter alone in folder/adapter (peft's files; what a resumed run trains on)."""
+    written shard by shard (`_save_merged`), plus the adapter alone in folder/adapter
+    (peft's files; what a resumed run trains on)."""
     folder = Path(folder)
     if not is_lora(model):
         model.save_pretrained(folder, safe_serialization=True)
         return
-    model.get_base_model().save_pretrained(folder, state_dict=policy_state_dict(model), safe_serialization=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    _save_merged(model, folder)
     model.save_pretrained(folder / ADAPTER, safe_serialization=True)
