@@ -65,6 +65,31 @@ def test_text_rendered_question_lands_in_the_split_of_its_text_version():
             assert text.verify(text.warmup_trace(problem, random.Random(0)), p.answer)
 
 
+def test_vis_text_draws_one_character_per_patch_cell():
+    """Cell (i, j) of a text-rendered image holds character j of line i alone, the same
+    pixels wherever that character appears; cells past the text are blank."""
+    import numpy as np
+
+    from k15rl.tasks.visual import VisTextTask
+
+    task, cell = get_task("vis_text"), VisTextTask.CELL
+    glyphs: dict[str, np.ndarray] = {}
+    for p in make_prompts(task, "train", 30, task.levels, seed=0):
+        img = np.asarray(open_image(p.images[0]).convert("L"))  # [96, 96]
+        lines = VisTextTask.lines(p.meta["text_question"])
+        assert "".join(lines).replace(" ", "") == p.meta["text_question"].replace(" ", "")
+        for i in range(96 // cell):
+            for j in range(96 // cell):
+                block = img[i * cell:(i + 1) * cell, j * cell:(j + 1) * cell]
+                ch = lines[i][j] if i < len(lines) and j < len(lines[i]) else " "
+                if ch == " ":
+                    assert (block == 255).all()
+                else:
+                    assert (block < 128).any(), ch
+                    assert np.array_equal(glyphs.setdefault(ch, block), block), ch
+    assert set("0123456789+-") <= set(glyphs)
+
+
 def test_vis_count_answer_matches_the_pixels():
     """The answer is what the image shows: count the target colour's blobs in the pixels."""
     from k15rl.tasks.visual import COLOURS

@@ -158,38 +158,57 @@ class VisTextTask:
     """An `arith` question rendered into the image (text-rendered data, report §2.3.5); the
     text prompt holds no question. Answer and verifier are `arith`'s.
 
+    One character per CELL x CELL square, CELL the built-in tower's patch (12 px): each
+    image token then sees one whole character. Free-flowing 6 px text (two or three
+    characters, cut anywhere, per patch) was beyond what the built-in 2-layer tower learned
+    to read in its warm-up: 3% of these questions answered before and after RL
+    (docs/vision.md).
+
     >>> t = VisTextTask()
     >>> p = t.generate(random.Random(0), 1)
     >>> p.meta["split_key"] == p.meta["text_question"]  # the same split as the text version
     True
     >>> t.verify(t.warmup_trace(p, random.Random(0)), p.answer)
     True
+    >>> VisTextTask.lines("Compute 19+15-15-11-17-16-14-11.")
+    ['Compute', '19+15-15', '-11-17-1', '6-14-11.']
     """
 
     name = "vis_text"
     levels = (1, 2, 3, 4, 5)
-    CHARS_PER_LINE = SIZE // 6 - 1  # the default bitmap font is 6 px wide
+    trace_format = 2  # the images: 2 = one character per patch-sized cell (the traces are the same)
+    CELL = 12  # px, the built-in VLM's patch size
+    CHARS_PER_LINE = SIZE // CELL
 
     def __init__(self):
         self.text = ArithTask(mistake_prob=0.0)
+
+    @classmethod
+    def lines(cls, question: str) -> list[str]:
+        """`question` wrapped at CHARS_PER_LINE characters, long expressions broken anywhere."""
+        lines = [""]
+        for w in question.split():
+            while len(w) > cls.CHARS_PER_LINE:
+                lines.append(w[: cls.CHARS_PER_LINE])
+                w = w[cls.CHARS_PER_LINE :]
+            if len(lines[-1]) + len(w) + 1 > cls.CHARS_PER_LINE:
+                lines.append(w)
+            else:
+                lines[-1] = f"{lines[-1]} {w}".strip()
+        lines = [x for x in lines if x]
+        if len(lines) > SIZE // cls.CELL:
+            raise ValueError(f"{question!r} needs {len(lines)} lines; the image holds {SIZE // cls.CELL}")
+        return lines
 
     def generate(self, rng: random.Random, level: int) -> Problem:
         from PIL import ImageFont
 
         p = self.text.generate(rng, level)
         img, draw = _canvas()
-        font = ImageFont.load_default_imagefont()
-        words, lines = p.question.split(), [""]
-        for w in words:  # wrap at the line width, breaking long expressions after an operator
-            while len(w) > self.CHARS_PER_LINE:
-                lines.append(w[: self.CHARS_PER_LINE])
-                w = w[self.CHARS_PER_LINE :]
-            if len(lines[-1]) + len(w) + 1 > self.CHARS_PER_LINE:
-                lines.append(w)
-            else:
-                lines[-1] = f"{lines[-1]} {w}".strip()
-        for i, line in enumerate(x for x in lines if x):
-            draw.text((3, 4 + 13 * i), line, fill="black", font=font)
+        font = ImageFont.load_default_imagefont()  # 6x11 px bitmap: no font files needed
+        for i, line in enumerate(self.lines(p.question)):
+            for j, ch in enumerate(line):  # centred in its cell
+                draw.text((j * self.CELL + 3, i * self.CELL), ch, fill="black", font=font)
         return Problem("Answer the question shown in the image.", p.answer, level,
                        meta={**p.meta, "image": to_png(img), "split_key": p.question, "text_question": p.question})
 
