@@ -532,7 +532,12 @@ def render_train_flops(r: dict) -> str:
              f"{len(r['update_s_all'])})", f"{r['update_gflops']:.0f}"]]), "",
         f"Fraction of the bf16 GEMM peak: **{r['fraction_of_gemm_peak']:.2f}** (goal 0.5). Where the update's CPU time "
         "goes (torch.profiler, self time per operator, grouped):", "",
-        table(["operators", "self time", "share"], rows)])
+        table(["operators", "self time", "share"], rows)] + ([
+        "", f"The matrix products themselves ran at {r['matrix_products_gflops']:.0f} GFLOP/s "
+        f"({r['matrix_products_fraction_of_peak']:.2f} of the peak; {r['matrix_products_tflop_profiled']:.2f} TFLOP "
+        f"by the profiler's count). With every other operator taking no time at all, the update would reach "
+        f"**{r['fraction_bound_matmuls_only']:.2f}** of the peak: the most that removing or fusing the other "
+        f"operators can give."] if "fraction_bound_matmuls_only" in r else []))
 
 
 def render_update_speed(r: dict) -> str:
@@ -689,7 +694,7 @@ BLOCKS: dict[str, Block] = {
         "vllm_vs_native_smollm2_compiled", f"{_SMOL} --compile --results-name vllm_vs_native_smollm2_compiled",
         render_vllm_vs_native),
     "demo": Block("demo", "python benchmarks/demo.py", render_demo),
-    "lora": Block("lora", "python benchmarks/lora.py --iterations 20 --full-iterations 2", render_lora),
+    "lora": Block("lora", "python benchmarks/lora.py --iterations 20 --full-iterations 20", render_lora),
     "vllm_in_loop": Block("vllm_in_loop", ".venv-vllm/bin/python benchmarks/vllm_in_loop.py --iterations 4",
                           render_vllm_in_loop),
     "smollm2_rl": Block("smollm2_rl", "python benchmarks/smollm2_rl.py", render_smollm2_rl),

@@ -10,7 +10,10 @@
    token (QK^T and AV, forward + backward, causal: context = half the row on average).
 3. What limits it: torch.profiler over one update, self CPU time per operator, grouped
    into matrix products, attention, elementwise/normalisation, log-softmax/log-probs,
-   optimizer, and the rest.
+   optimizer, and the rest; and the matrix products' own speed (the profiler's FLOP count
+   of mm/addmm/bmm over their self time). `fraction_bound_matmuls_only` is the fraction
+   the update would reach if every other operator took no time at all (model FLOPs over
+   the matrix products' time): no change outside the matrix products gets past it.
 
 Writes benchmarks/results/train_flops.json with `fraction_of_gemm_peak`.
 
@@ -113,29 +116,39 @@ def main() -> int:
     row_tokens = args.prompt_tokens + args.response_tokens
     flops = model_flops(model, args.rows, row_tokens)
     achieved = flops / update_s / 1e9
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
         trainer.update(trajs, version=99, seed=99)
     by_group: dict[str, float] = defaultdict(float)
     top = []
+    mm_flops = 0.0  # the profiler's count for the matrix products it knows (mm, addmm, bmm)
     for ev in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total):
         name = ev.key
         group = next((g for g, pats in GROUPS if any(p in name for p in pats)), "other")
         by_group[group] += ev.self_cpu_time_total / 1e6
+        if group == "matrix products":
+            mm_flops += ev.flops or 0
         if len(top) < 12:
             top.append({"op": name, "self_s": ev.self_cpu_time_total / 1e6, "calls": ev.count})
     total = sum(by_group.values())
     shares = {g: {"self_s": s, "share": s / total} for g, s in sorted(by_group.items(), key=lambda x: -x[1])}
     frac = achieved / peak_bf16
+    mm_s = shares["matrix products"]["self_s"]
+    mm_gflops = mm_flops / mm_s / 1e9  # the matrix products' own speed
+    bound = flops / mm_s / 1e9 / peak_bf16  # every other operator free
     print(f"update: {update_s:.2f} s for {args.rows} x {row_tokens} tokens, {flops / 1e12:.2f} TFLOP: "
           f"{achieved:.0f} GFLOP/s = {frac:.2f} of the bf16 GEMM peak")
     for g, v in shares.items():
         print(f"  {g:<32} {v['self_s']:6.2f} s  {100 * v['share']:5.1f}%")
+    print(f"matrix products alone: {mm_gflops:.0f} GFLOP/s = {mm_gflops / peak_bf16:.2f} of the peak; "
+          f"with every other operator free the update would reach {bound:.2f}")
     write_result("train_flops", {
         "model": args.model, "parameters": sum(p.numel() for p in model.parameters()), "rows": args.rows,
         "row_tokens": row_tokens, "threads": args.threads, "gemm_n": args.gemm,
         "gemm_peak_gflops_bf16": peak_bf16, "gemm_peak_gflops_fp32": peak_fp32,
         "update_s": update_s, "update_s_all": times, "model_tflop_per_update": flops / 1e12,
         "update_gflops": achieved, "fraction_of_gemm_peak": frac, "profile_groups": shares, "profile_top_ops": top,
+        "matrix_products_tflop_profiled": mm_flops / 1e12, "matrix_products_gflops": mm_gflops,
+        "matrix_products_fraction_of_peak": mm_gflops / peak_bf16, "fraction_bound_matmuls_only": bound,
         "wall_s": time.time() - t_start,
     })
     return 0
