@@ -169,12 +169,19 @@ def test_activation_checkpointing_gives_the_same_update(tiny_model_dir):
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)
 
 
-def test_logprobs_from_the_kept_logits_equal_the_full_logits(tiny_model_dir):
-    """token_logprobs runs the head only from the first response-predicting position on
-    (logits_to_keep): the log-probs equal those taken from the model's full [N, L, V]
-    logits by hand, with prompts of different lengths, an empty response, and padding."""
+@pytest.mark.parametrize("per_row", [True, False])
+def test_logprobs_from_the_kept_logits_equal_the_full_logits(tiny_model_dir, monkeypatch, per_row):
+    """token_logprobs runs the head only where it is needed (logits_to_keep): on each row's
+    response-predicting positions where the model takes per-row positions (transformers
+    5.x), else from the first such position on. Either way the log-probs equal those taken
+    from the model's full [N, L, V] logits by hand, and their gradients match, with prompts
+    of different lengths, an empty response, and padding."""
+    import k15rl.trainer.logprobs as lp_mod
     from k15rl.trainer.logprobs import collate
 
+    assert lp_mod._keeps_logits_at(load_model(tiny_model_dir))  # the tiny Llama slices per row
+    if not per_row:
+        monkeypatch.setattr(lp_mod, "_keeps_logits_at", lambda model: False)
     model = load_model(tiny_model_dir)
     prompts, responses = [[5, 6, 7, 8, 9, 10], [5, 6, 7], [5, 6, 7, 8]], [[11, 12], [13, 14, 15, 16], []]
     batch = collate(prompts, responses, pad_id=0)
@@ -187,14 +194,25 @@ def test_logprobs_from_the_kept_logits_equal_the_full_logits(tiny_model_dir):
 
     model.forward = recording
     got = token_logprobs(model, batch, temperature=0.7)  # [3, 4]
-    assert calls == [batch.input_ids.shape[1] - 2]  # from position 2, the shortest prompt's last token
-    with torch.no_grad():
-        full = torch.log_softmax(forward(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-                                 .logits.float() / 0.7, -1)  # [3, L, V]
+    if per_row:
+        assert len(calls) == 1 and torch.equal(calls[0], batch.gather_idx)
+    else:
+        assert calls == [batch.input_ids.shape[1] - 2]  # from position 2, the shortest prompt's last token
+    full = torch.log_softmax(forward(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+                             .logits.float() / 0.7, -1)  # [3, L, V]
+    want = torch.zeros(3, 4)
     for i, (p, r) in enumerate(zip(prompts, responses)):
-        want = [full[i, len(p) - 1 + t, tok] for t, tok in enumerate(r)]
-        torch.testing.assert_close(got[i, :len(r)], torch.stack(want) if want else got[i, :0], atol=1e-6, rtol=0)
+        for t, tok in enumerate(r):
+            want[i, t] = full[i, len(p) - 1 + t, tok]
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
     assert torch.equal(got[2], torch.zeros(4)) and got[1].ne(0).all()
+    weights = torch.arange(12.0).view(3, 4)  # any d loss / d logp
+    g_got = torch.autograd.grad((got * weights).sum(), list(model.parameters()), allow_unused=True)
+    g_want = torch.autograd.grad((want * weights).sum(), list(model.parameters()), allow_unused=True)
+    for a, b in zip(g_got, g_want):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 def test_token_chunks_are_the_cheapest_within_the_budget():

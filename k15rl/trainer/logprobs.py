@@ -5,6 +5,7 @@ Shapes: N samples, L = padded prompt+response length, T = padded response length
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Sequence
@@ -124,13 +125,20 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0, share_pro
         plen, which, distinct = _distinct_prompts(batch)
         if len(distinct) < len(plen):  # some rows repeat a prompt; else one plain pass does the same work
             logits = _shared_prompt_logits(model, batch, plen, which, distinct)  # [N, T, V]
-            return _response_logprobs(logits.float(), batch, temperature)
+            return _response_logprobs(logits, batch, temperature)
     tokens = {"input_ids": batch.input_ids}  # [N, L]
-    # The head runs only from the first position that predicts a response token on: the
-    # prompts' logits ([N, P, V], most of [N, L, V] for long prompts and large vocabularies)
-    # are never made. Row-wise the same matmul: the kept logits do not change.
+    # The head runs only where it is needed. Where the model takes per-row positions, on
+    # exactly the positions that predict response tokens: the logits come out [N, T, V], no
+    # copy of them gathered (and no zero-filled [N, L, V] gradient for that gather in the
+    # backward). Else from the first such position on: the prompts' logits ([N, P, V], most
+    # of [N, L, V] for long prompts and large vocabularies) are never made. Row-wise the
+    # same matmul: the kept logits do not change.
     first = int(batch.gather_idx[batch.response_mask > 0].min()) if bool(batch.response_mask.any()) else 0
-    if first and _keeps_logits(model):
+    positions = batch.images is None and _keeps_logits_at(model)
+    if positions:
+        tokens["logits_to_keep"] = batch.gather_idx  # [N, T]
+        first = 0
+    elif first and _keeps_logits(model):
         tokens["logits_to_keep"] = batch.input_ids.shape[1] - first
     else:
         first = 0
@@ -144,17 +152,20 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0, share_pro
                                                     batch.images.grid_thw[batch.image_index])[0]
         with images_in_embeddings(model, batch.images, batch.image_mask, batch.image_index):
             out = model(**tokens, attention_mask=batch.attention_mask, use_cache=False)
+    if positions:  # [N, T, V]: position t predicts response token t (padding: position 0, masked below)
+        return _response_logprobs(out.logits, batch, temperature)
     hidden_logits = out.logits  # [N, L - first, V]
     rows = torch.arange(hidden_logits.shape[0], device=hidden_logits.device).unsqueeze(-1)  # [N, 1]
     idx = (batch.gather_idx - first).clamp(min=0)  # [N, T] (padding: any kept position, masked below)
-    return _response_logprobs(hidden_logits[rows, idx].float(), batch, temperature)  # [N, T, V] a copy
+    return _response_logprobs(hidden_logits[rows, idx], batch, temperature)  # [N, T, V] a copy
 
 
 def _response_logprobs(logits: torch.Tensor, batch: TokenBatch, temperature: float) -> torch.Tensor:
-    """[N, T] log-probs of the response tokens from the logits [N, T, V] that predict them."""
+    """[N, T] log-probs of the response tokens from the logits [N, T, V] that predict them,
+    computed in float32 whatever the logits' dtype (bf16 under autocast)."""
     if temperature != 1.0:  # x / 1 == x exactly: no [N, T, V] copy (and none in the backward) at T = 1
-        logits = logits / temperature
-    logp = torch.log_softmax(logits, dim=-1)  # [N, T, V]
+        logits = logits.float() / temperature
+    logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # [N, T, V]: the cast inside, no float copy
     tok = torch.gather(logp, 2, batch.response_ids.unsqueeze(-1)).squeeze(-1)  # [N, T]
     return tok * batch.response_mask
 
@@ -226,6 +237,23 @@ def _shared_prompt_logits(model, batch: TokenBatch, plen: list[int], which: list
     pos = (torch.tensor(plen, device=dev) - 1)[:, None] + torch.arange(1 + T, device=dev)  # [N, 1 + T]
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{kw: per_row})
     return out.logits[:, :T]  # [N, T, V]: position t predicts response token t
+
+
+def _keeps_logits_at(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` as per-row positions [N, T]: it
+    slices with transformers' `slice_logits_to_keep` (transformers 5.x causal LMs), which
+    takes a 2-D integer tensor as each row's positions. Older or custom forwards index
+    `hidden[:, logits_to_keep]` and would read such a tensor wrongly."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _forward_slices_per_row(type(base))
+
+
+@functools.cache
+def _forward_slices_per_row(cls) -> bool:
+    try:
+        return "slice_logits_to_keep(" in inspect.getsource(cls.forward)
+    except (OSError, TypeError):  # no source (compiled, dynamic): the safe path
+        return False
 
 
 def _keeps_logits(model) -> bool:
