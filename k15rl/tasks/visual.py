@@ -178,7 +178,7 @@ class VisTextTask:
     levels = (1, 2, 3, 4, 5)
     trace_format = 2  # the images: 2 = one character per patch-sized cell (the traces are the same)
     CELL = 12  # px, the built-in VLM's patch size
-    CHARS_PER_LINE = SIZE // CELL
+    CHARS_PER_LINE = LINES = SIZE // CELL  # a square image: as many lines as characters per line
 
     def __init__(self):
         self.text = ArithTask(mistake_prob=0.0)
@@ -196,8 +196,8 @@ class VisTextTask:
             else:
                 lines[-1] = f"{lines[-1]} {w}".strip()
         lines = [x for x in lines if x]
-        if len(lines) > SIZE // cls.CELL:
-            raise ValueError(f"{question!r} needs {len(lines)} lines; the image holds {SIZE // cls.CELL}")
+        if len(lines) > cls.LINES:
+            raise ValueError(f"{question!r} needs {len(lines)} lines; the image holds {cls.LINES}")
         return lines
 
     def generate(self, rng: random.Random, level: int) -> Problem:

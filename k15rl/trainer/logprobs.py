@@ -14,6 +14,7 @@ import torch
 
 from k15rl.errors import UserError
 from k15rl.models.loading import cache_kwarg
+from k15rl.models.lora import served_module
 from k15rl.models.vision import ImageInputs
 
 
@@ -133,15 +134,14 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0, share_pro
     # backward). Else from the first such position on: the prompts' logits ([N, P, V], most
     # of [N, L, V] for long prompts and large vocabularies) are never made. Row-wise the
     # same matmul: the kept logits do not change.
-    first = int(batch.gather_idx[batch.response_mask > 0].min()) if bool(batch.response_mask.any()) else 0
     positions = batch.images is None and _keeps_logits_at(model)
+    first = 0
     if positions:
         tokens["logits_to_keep"] = batch.gather_idx  # [N, T]
-        first = 0
-    elif first and _keeps_logits(model):
-        tokens["logits_to_keep"] = batch.input_ids.shape[1] - first
-    else:
-        first = 0
+    elif bool(batch.response_mask.any()) and _keeps_logits(model):
+        first = int(batch.gather_idx[batch.response_mask > 0].min())
+        if first:
+            tokens["logits_to_keep"] = batch.input_ids.shape[1] - first
     if batch.images is None:
         out = model(**tokens, attention_mask=batch.attention_mask, use_cache=False)
     else:  # the prompts' image tokens embedded as their images' features (inside the forward: FSDP)
@@ -175,7 +175,7 @@ def shares_prompts(model) -> bool:
     causal LM (a VLM's rows may hold images) whose forward keeps its KV cache while
     training (activation checkpointing drops the cache). It then shares the prompts of a
     batch in which some rows repeat a prompt, and runs one plain pass otherwise."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = served_module(model)
     config = getattr(base, "config", None)
     checkpointing = getattr(base, "is_activation_checkpointing", None)
     if checkpointing is None:
@@ -210,7 +210,7 @@ def _shared_prompt_logits(model, batch: TokenBatch, plen: list[int], which: list
     """
     from transformers import DynamicCache
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = served_module(model)
     kw = cache_kwarg(base)
     N, T = batch.response_ids.shape
     dev = batch.input_ids.device
@@ -244,7 +244,7 @@ def _keeps_logits_at(model) -> bool:
     slices with transformers' `slice_logits_to_keep` (transformers 5.x causal LMs), which
     takes a 2-D integer tensor as each row's positions. Older or custom forwards index
     `hidden[:, logits_to_keep]` and would read such a tensor wrongly."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = served_module(model)
     return _forward_slices_per_row(type(base))
 
 
@@ -259,5 +259,5 @@ def _forward_slices_per_row(cls) -> bool:
 def _keeps_logits(model) -> bool:
     """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs and
     VLMs do; a peft model passes it on to its base model)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = served_module(model)
     return "logits_to_keep" in inspect.signature(base.forward).parameters
