@@ -76,8 +76,8 @@ def test_autocast_follows_the_model(tiny_model_dir, sft_file, monkeypatch):
     """SFT's bf16 autocast is for the model's device (here the CPU), and its batches go there."""
     seen = []
     real = torch.autocast
-    monkeypatch.setattr(finetune.torch, "autocast", lambda device_type, **kw: seen.append(device_type) or real(
-        device_type, **kw))
+    monkeypatch.setattr(finetune.torch, "autocast", lambda device_type, **kw: kw.get("enabled", True) and seen.append(
+        device_type) or real(device_type, **kw))  # the enabling ones (the fused LM head turns it off inside)
     model = load_model(tiny_model_dir)
     examples = [([{"role": "user", "content": "1 + 1?"}], "answer: 2")] * 4
     sft_train(model, load_tokenizer(tiny_model_dir), examples, SFTConfig(batch_size=2, autocast_bf16=True))

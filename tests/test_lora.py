@@ -154,9 +154,14 @@ def test_vllm_engine_samples_from_the_updated_adapter(monkeypatch):
     _engine_follows_the_adapter(ensure_builtin(), "vllm", 1e-4, monkeypatch)  # float32, as tests/test_vllm_engine.py
 
 
-def test_activation_checkpointing_leaves_the_lora_update_unchanged(tiny_model_dir):
+def test_activation_checkpointing_leaves_the_lora_update_unchanged(tiny_model_dir, monkeypatch):
     """benchmarks/lora.py runs both arms with algorithm.activation_checkpointing: on a peft
-    model (frozen inputs, non-reentrant) the update must be the one without it."""
+    model (frozen inputs, non-reentrant) the update must be the one without it. Both arms
+    on plain passes (checkpointing turns the shared-prompt passes off), so that only the
+    checkpointing differs."""
+    import k15rl.trainer.update as update_mod
+
+    monkeypatch.setattr(update_mod, "shares_prompts", lambda model: False)
     tok = load_tokenizer(tiny_model_dir)
     prompts = make_prompts(get_task("sort"), "train", 3, (1,), seed=0)
     params = SamplingParams(max_new_tokens=12, seed=0)

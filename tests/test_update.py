@@ -144,9 +144,14 @@ def _checkpointing(model) -> bool:
     return bool(getattr(model, name))
 
 
-def test_activation_checkpointing_gives_the_same_update(tiny_model_dir):
+def test_activation_checkpointing_gives_the_same_update(tiny_model_dir, monkeypatch):
     """algorithm.activation_checkpointing: the same gradient (recomputed activations) and
-    the same update as without."""
+    the same update as without. Both on plain passes (checkpointing turns the shared-prompt
+    passes off): the same arithmetic but the recomputation, so the same numbers to the
+    last bits, which AdamW's first step (g / |g| for tiny g) would otherwise amplify."""
+    import k15rl.trainer.update as update_mod
+
+    monkeypatch.setattr(update_mod, "shares_prompts", lambda model: False)
     tok = load_tokenizer(tiny_model_dir)
     model = load_model(tiny_model_dir)
     trajs = _trajectories(model, tok)
@@ -211,8 +216,8 @@ def test_logprobs_from_the_kept_logits_equal_the_full_logits(tiny_model_dir, mon
     g_want = torch.autograd.grad((want * weights).sum(), list(model.parameters()), allow_unused=True)
     for a, b in zip(g_got, g_want):
         assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+        if a is not None:  # rounding only (the fused head sums the softmax in another order)
+            assert float((a - b).norm()) <= 1e-6 * float(b.norm()) + 1e-7
 
 
 def test_token_chunks_are_the_cheapest_within_the_budget():

@@ -16,6 +16,7 @@ from k15rl.errors import UserError
 from k15rl.models.loading import cache_kwarg
 from k15rl.models.lora import served_module
 from k15rl.models.vision import ImageInputs
+from k15rl.trainer.head import fused_head, fuses_head
 
 
 @dataclass
@@ -120,13 +121,12 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0, share_pro
     The policy that samples at temperature T is softmax(logits / T); the trainer scores
     tokens under the same distribution so old and new log-probs are comparable.
     `share_prompts` (for a model that `shares_prompts`): each distinct prompt runs through
-    the model once, its rows' responses on its keys and values (`_shared_prompt_logits`).
+    the model once, its rows' responses on its keys and values (`_shared_prompt_logprobs`).
     """
     if share_prompts:
         plen, which, distinct = _distinct_prompts(batch)
         if len(distinct) < len(plen):  # some rows repeat a prompt; else one plain pass does the same work
-            logits = _shared_prompt_logits(model, batch, plen, which, distinct)  # [N, T, V]
-            return _response_logprobs(logits, batch, temperature)
+            return _shared_prompt_logprobs(model, batch, plen, which, distinct, temperature)  # [N, T]
     tokens = {"input_ids": batch.input_ids}  # [N, L]
     # The head runs only where it is needed. Where the model takes per-row positions, on
     # exactly the positions that predict response tokens: the logits come out [N, T, V], no
@@ -142,6 +142,10 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0, share_pro
         first = int(batch.gather_idx[batch.response_mask > 0].min())
         if first:
             tokens["logits_to_keep"] = batch.input_ids.shape[1] - first
+    if positions and fuses_head(model):  # the head fused with the log-probs: no [N, T, V] logits (k15rl.trainer.head)
+        with fused_head(model, batch.response_ids, temperature):
+            out = model(**tokens, attention_mask=batch.attention_mask, use_cache=False)
+        return out.logits * batch.response_mask  # [N, T]
     if batch.images is None:
         out = model(**tokens, attention_mask=batch.attention_mask, use_cache=False)
     else:  # the prompts' image tokens embedded as their images' features (inside the forward: FSDP)
@@ -194,9 +198,9 @@ def _distinct_prompts(batch: TokenBatch) -> tuple[list[int], list[int], dict[tup
     return plen, which, distinct
 
 
-def _shared_prompt_logits(model, batch: TokenBatch, plen: list[int], which: list[int],
-                          distinct: dict[tuple[int, ...], int]) -> torch.Tensor:
-    """The logits [N, T, V] that predict the response tokens, each distinct prompt run once.
+def _shared_prompt_logprobs(model, batch: TokenBatch, plen: list[int], which: list[int],
+                            distinct: dict[tuple[int, ...], int], temperature: float) -> torch.Tensor:
+    """The response tokens' log-probs [N, T], each distinct prompt run once.
 
     The K samples of a group share their prompt, and a prompt is often most of a row
     (few-shot chat prompts: 126 of SmolLM2's 143 tokens). Two forwards instead of one:
@@ -235,8 +239,13 @@ def _shared_prompt_logits(model, batch: TokenBatch, plen: list[int], which: list
     mask = torch.cat([prefix_mask[rows], torch.ones((N, 1), dtype=torch.long, device=dev),
                       batch.response_mask.long()], 1)  # [N, P + 1 + T]
     pos = (torch.tensor(plen, device=dev) - 1)[:, None] + torch.arange(1 + T, device=dev)  # [N, 1 + T]
+    if fuses_head(model):  # the head fused with the log-probs (k15rl.trainer.head); the last column predicts nothing
+        targets = torch.cat([batch.response_ids, batch.response_ids[:, :1]], 1)  # [N, 1 + T]
+        with fused_head(model, targets, temperature):
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{kw: per_row})
+        return out.logits[:, :T] * batch.response_mask  # [N, T]
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{kw: per_row})
-    return out.logits[:, :T]  # [N, T, V]: position t predicts response token t
+    return _response_logprobs(out.logits[:, :T], batch, temperature)  # position t predicts response token t
 
 
 def _keeps_logits_at(model) -> bool:

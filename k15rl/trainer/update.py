@@ -340,6 +340,16 @@ def enable_activation_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def _fuses_adamw(params: Sequence[torch.Tensor]) -> bool:
+    """Whether AdamW can take its fused kernel (one pass per tensor, none of the for-loop
+    version's [V, H] temporaries for sqrt and division): plain float tensors on a CPU or a
+    GPU (not FSDP2's DTensors), as torch's fused AdamW requires."""
+    from torch.distributed.tensor import DTensor
+
+    return bool(params) and all(not isinstance(q, DTensor) and q.is_floating_point()
+                                and q.device.type in ("cpu", "cuda") for q in params)
+
+
 class PolicyTrainer:
     """The policy being trained and its update, on one rank of `shard` (one process:
     ONE_RANK; FSDP2 ranks: `model` wrapped by `k15rl.distributed.shard.shard_model`, every
@@ -418,7 +428,8 @@ class PolicyTrainer:
     def _new_optimizer(self) -> torch.optim.Optimizer:
         a = self.plan.algorithm
         trained = [q for q in self.model.parameters() if q.requires_grad]  # with LoRA: the adapters only
-        return torch.optim.AdamW(trained, lr=a.lr, betas=(a.betas[0], a.betas[1]), weight_decay=a.weight_decay)
+        return torch.optim.AdamW(trained, lr=a.lr, betas=(a.betas[0], a.betas[1]), weight_decay=a.weight_decay,
+                                 fused=_fuses_adamw(trained) or None)
 
     def optimizer_state(self) -> dict | None:
         """The optimizer's state_dict for a checkpoint when it carries over iterations
