@@ -164,9 +164,10 @@ def test_loop_on_ray_learns_like_one_process(cluster, tmp_path, tiny_model_dir, 
         assert (out / "checkpoints" / "iter_000012").is_dir()
     (first, last, summary) = curves["ray"]
     # Which worker pulls which request depends on timing, and the samples with it, so the
-    # Ray curve is a different draw from the local one: seen from +0.26 (under load) to
-    # +0.37 over 12 iterations; the local run gains about +0.37.
-    assert last > first + 0.2, curves
+    # Ray curve is a different draw from the local one: seen from +0.18 to +0.37 over 12
+    # iterations; the local run gains about +0.37. Without learning the difference of these
+    # 3-iteration means (384 samples each) stays within about +-0.03.
+    assert last > first + 0.1, curves
     assert summary["test_accuracy_after"] > summary["test_accuracy_before"]
     assert abs(last - curves["local"][1]) < 0.35, curves  # same kind of curve, not the same samples
 
