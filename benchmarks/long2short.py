@@ -13,10 +13,11 @@ a shorter model, and every model answers the same held-out prompts:
     DPO                  pairs from the same samples (chosen = shortest correct; rejected =
                          wrong and longer, or correct and >= 1.5x as long), DPO from the long model
     long2short RL        k1.5 RL with the length penalty on from the first iteration and a
-                         smaller rollout budget (--rl-max-new-tokens), from the long model;
-                         --rl-base merge starts it from the merged model instead (the report
-                         starts long2short RL from the model "that offers the best balance
-                         between performance and token efficiency")
+                         smaller rollout budget (--rl-max-new-tokens), from the merged model:
+                         the report starts long2short RL, after the long-CoT RL, from the
+                         model "that offers the best balance between performance and token
+                         efficiency", and of the long model and the merge that is the merge
+                         (--rl-base long starts it from the long model)
 
 Shortest-RS, DPO and long2short RL run once per seed (their own samples); short-SFT and
 the merge are deterministic given the traces and run once. Every model is evaluated with
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sft-lr", type=float, default=1e-4)
     p.add_argument("--dpo-lr", type=float, default=1e-5)
     p.add_argument("--dpo-beta", type=float, default=0.1)
-    p.add_argument("--rl-base", choices=("long", "merge"), default="long", help="long2short RL's start model")
+    p.add_argument("--rl-base", choices=("long", "merge"), default="merge", help="long2short RL's start model")
     p.add_argument("--rl-iterations", type=int, default=8)
     p.add_argument("--rl-prompts", type=int, default=8, help="prompts per RL iteration (8 samples each)")
     p.add_argument("--rl-lr", type=float, default=1e-4)
