@@ -36,3 +36,23 @@ def return_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt)
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+
+
+def release_free_memory() -> bool:
+    """Give the heap's free pages back to the operating system (glibc's malloc_trim);
+    True if any went back.
+
+    The thresholds above return large blocks; the smaller tensors of a phase (a prefill's
+    per-layer KV, activations, optimizer moments of small weights) come from the heap, and
+    when a phase ends they leave free chunks between live ones. glibc trims only the heap's
+    top, so those pages stay resident and the next phase's allocations, which rarely fit the
+    same holes, add to them: a run's resident memory grows phase after phase. Called at the
+    end of a rollout and of an update. Not glibc, or another allocator preloaded (jemalloc,
+    tcmalloc: malloc_trim would not be theirs): nothing happens."""
+    if "LD_PRELOAD" in os.environ:
+        return False
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return bool(trim(0))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from k15rl.config import TrainConfig
+from k15rl.malloc import release_free_memory
 from k15rl.models.loading import load_model, on_device
 from k15rl.models.lora import LoraResume, add_lora, served_module
 from k15rl.rollout.engine import RolloutEngine
@@ -80,11 +81,13 @@ class Workers:
     @contextmanager
     def update_phase(self) -> Iterator[None]:
         """The trainer's turn on the device: colocated, the engine sleeps and the trainer's
-        weights come back to the device for the block, then the engine wakes up."""
+        weights come back to the device for the block, then the engine wakes up. The
+        update's freed heap pages go back to the operating system after (`release_free_memory`)."""
         if self.colocate:
             self.engine.sleep()
             self.trainer.onload()
         yield
+        release_free_memory()
         if self.colocate:
             self.trainer.offload()
             self.engine.wake_up()

@@ -39,7 +39,7 @@ import torch
 from k15rl.config import TrainConfig
 from k15rl.distributed.shard import ONE_RANK, full_state_dict, init_process_group, shard_model
 from k15rl.errors import UserError, WorkerFailure, WorkerTimeout
-from k15rl.malloc import return_freed_memory
+from k15rl.malloc import release_free_memory, return_freed_memory
 from k15rl.rollout.engine import SamplingParams
 from k15rl.trainer.update import PolicyTrainer, UpdatePlan
 from k15rl.types import GenerationRequest, Segment, Trajectory
@@ -267,7 +267,9 @@ class TrainerWorker:
         self.trainer = PolicyTrainer(model, self.plan, shard, self.device, tokenizer)
 
     def update(self, trajectories: list[Trajectory], version: int, seed: int) -> dict[str, float]:
-        return self.trainer.update(trajectories, version, seed)
+        metrics = self.trainer.update(trajectories, version, seed)
+        release_free_memory()  # the update's freed heap pages (k15rl/malloc.py)
+        return metrics
 
     def state_dict(self) -> dict[str, torch.Tensor] | None:
         """Full weights on rank 0 (every rank must take part when sharded), None elsewhere."""

@@ -20,6 +20,7 @@ import torch
 
 from k15rl.config import RolloutConfig
 from k15rl.errors import UserError
+from k15rl.malloc import release_free_memory
 from k15rl.models.loading import cache_kwarg, model_device
 from k15rl.models.vision import (embed_with_images, image_features, image_key, image_token_id, prompt_image_mask,
                                  rope_positions)
@@ -229,7 +230,8 @@ class HFEngine:
         until it has room, while the others take them.
 
         The model generates in eval mode (no dropout) and goes back to its former mode after:
-        it may be the trainer's own (`placement.shares_weights`).
+        it may be the trainer's own (`placement.shares_weights`). The KV cache's freed heap
+        pages go back to the operating system after (`release_free_memory`).
         """
         training = self.model.training
         self.model.eval()
@@ -237,6 +239,7 @@ class HFEngine:
             return self._generate(list(requests), params, more)
         finally:
             self.model.train(training)
+            release_free_memory()
 
     def _generate(self, requests: list[GenerationRequest], params: SamplingParams,
                   more: Callable[[int], Sequence[GenerationRequest]] | None) -> list[Segment]:
