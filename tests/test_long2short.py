@@ -91,6 +91,26 @@ def test_pair_rows_and_shortest_rows_count_questions():
     assert st2.mean_tokens_all == pytest.approx((10 + 20 + 16 + 5 + 6 + 7 + 3) / 7)
 
 
+def test_samples_a_row_cannot_hold_are_left_out_and_counted(tmp_path):
+    """A sampled U+0000 (a byte token) in the shortest correct or a rejected response: the
+    rows leave that sample out (the next shortest is chosen) and count it, and the files
+    they make load back."""
+    from k15rl.data import write_jsonl
+    from k15rl.trainer.sft import load_sft_jsonl
+
+    groups = [SampledGroup(_prompt(0), [S(4, True, "ab\x00"), S(9, True, "short"), S(30, False, "long\x00 wrong"),
+                                        S(20, False, "long wrong")])]
+    rows, st = dpo_pair_rows(groups)
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [("short", "long wrong")] and st.unwritable == 2
+    assert "2 samples left out" in st.line()
+    sft, st2 = shortest_rs_rows(groups)
+    assert [r["response"] for r in sft] == ["short"] and st2.unwritable == 2
+    write_jsonl(tmp_path / "pairs.jsonl", rows)
+    write_jsonl(tmp_path / "sft.jsonl", sft)
+    assert [p.chosen for p in load_pairs_jsonl(tmp_path / "pairs.jsonl")] == ["short"]
+    assert len(load_sft_jsonl(tmp_path / "sft.jsonl")) == 1
+
+
 # ---- merging ----
 
 def _perturbed_copy(src, dst, scale=0.1, seed=1):

@@ -32,7 +32,7 @@ from k15rl.algorithms import dpo_loss
 from k15rl.data.readers import read_jsonl_objects
 from k15rl.data.rows import images_field, with_row_images
 from k15rl.errors import UserError
-from k15rl.long2short.shortest import Sample, SampledGroup, prompt_field, shortest_correct
+from k15rl.long2short.shortest import Sample, SampledGroup, prompt_field, shortest_correct, writable
 from k15rl.models.vision import image_key
 
 
@@ -82,25 +82,29 @@ class PairStats:
     pairs: int = 0
     wrong_longer: int = 0
     correct_too_long: int = 0
+    unwritable: int = 0  # samples left out: text a row cannot hold (`shortest.writable`)
 
     def line(self) -> str:
         return (f"{self.questions} questions -> {self.pairs} pairs ({self.wrong_longer} wrong and longer, "
                 f"{self.correct_too_long} correct but too long); {self.without_correct} questions without a "
-                f"correct sample, {self.without_pairs} with nothing to reject")
+                f"correct sample, {self.without_pairs} with nothing to reject"
+                + (f"; {self.unwritable} samples left out (control characters)" if self.unwritable else ""))
 
 
 def dpo_pair_rows(groups: Sequence[SampledGroup], ratio: float = 1.5) -> tuple[list[dict], PairStats]:
     """JSONL rows {"prompt", "chosen", "rejected", ...} (the `k15rl dpo` format)."""
     rows, st = [], PairStats(questions=len(groups))
     for g in groups:
-        if shortest_correct(g.samples) is None:
+        samples = writable(g.samples)
+        st.unwritable += len(g.samples) - len(samples)
+        if shortest_correct(samples) is None:
             st.without_correct += 1
             continue
-        pairs = dpo_pairs(g.samples, ratio)
+        pairs = dpo_pairs(samples, ratio)
         if not pairs:
             st.without_pairs += 1
         for p in pairs:
-            c, r = g.samples[p.chosen], g.samples[p.rejected]
+            c, r = samples[p.chosen], samples[p.rejected]
             rows.append({"prompt": prompt_field(g.prompt), "chosen": c.text, "rejected": r.text, "reason": p.reason,
                          "chosen_tokens": c.num_tokens, "rejected_tokens": r.num_tokens, "task": g.prompt.task,
                          "level": g.prompt.level, **images_field(g.prompt)})

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Sequence
 
+from k15rl.data.readers import bad_text
 from k15rl.data.rows import images_field
 from k15rl.rollout.collect import rollout
 from k15rl.rollout.engine import RolloutEngine, SamplingParams
@@ -55,6 +56,18 @@ def shortest_correct(samples: Sequence[Sample]) -> int | None:
     return best
 
 
+def writable(samples: Sequence[Sample]) -> list[Sample]:
+    """The samples a training row can hold. A small model can sample a byte token that
+    decodes to a control character (U+0000 seen from `builtin-long`); the SFT and DPO
+    readers refuse such text (`bad_text`), so a row holding it would stop the next stage.
+    Those samples are left out of the rows, and counted in the stats.
+
+    >>> [s.text for s in writable([Sample("a", 1, True), Sample("b\\x00", 2, False)])]
+    ['a']
+    """
+    return [s for s in samples if bad_text(s.text) is None]
+
+
 def prompt_field(prompt: Prompt) -> str | list[dict]:
     """A prompt as the SFT/DPO JSONL files hold it: the question alone when it is the
     only message, else the chat as a list of {"role", "content"} messages."""
@@ -68,6 +81,7 @@ class ShortestStats:
     questions: int = 0
     kept: int = 0  # questions with at least one correct sample
     without_correct: int = 0  # questions none of whose samples is correct (left out)
+    unwritable: int = 0  # samples left out: text a row cannot hold (`writable`)
     mean_tokens_all: float = 0.0  # over every sample
     mean_tokens_correct: float = 0.0  # over every correct sample
     mean_tokens_kept: float = 0.0  # over the kept (shortest correct) responses
@@ -75,7 +89,8 @@ class ShortestStats:
     def line(self) -> str:
         return (f"{self.questions} questions: {self.kept} kept, {self.without_correct} without a correct sample "
                 f"(left out); mean tokens: all samples {self.mean_tokens_all:.1f}, correct samples "
-                f"{self.mean_tokens_correct:.1f}, kept {self.mean_tokens_kept:.1f}")
+                f"{self.mean_tokens_correct:.1f}, kept {self.mean_tokens_kept:.1f}"
+                + (f"; {self.unwritable} samples left out (control characters)" if self.unwritable else ""))
 
 
 def shortest_rs_rows(groups: Sequence[SampledGroup]) -> tuple[list[dict], ShortestStats]:
@@ -86,11 +101,13 @@ def shortest_rs_rows(groups: Sequence[SampledGroup]) -> tuple[list[dict], Shorte
     all_tokens = [s.num_tokens for g in groups for s in g.samples]
     correct_tokens = [s.num_tokens for g in groups for s in g.samples if s.correct]
     for g in groups:
-        i = shortest_correct(g.samples)
+        samples = writable(g.samples)
+        st.unwritable += len(g.samples) - len(samples)
+        i = shortest_correct(samples)
         if i is None:
             st.without_correct += 1
             continue
-        s = g.samples[i]
+        s = samples[i]
         rows.append({"prompt": prompt_field(g.prompt), "response": s.text, "answer": g.prompt.answer,
                      "task": g.prompt.task, "level": g.prompt.level, "tokens": s.num_tokens,
                      "correct_samples": sum(x.correct for x in g.samples), "samples": len(g.samples),
