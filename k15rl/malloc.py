@@ -17,11 +17,22 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 MMAP_THRESHOLD_BYTES = 4 << 20  # blocks of 4 MiB and more: mmap, returned on free
 TRIM_THRESHOLD_BYTES = 128 << 20  # free heap top kept up to 128 MiB (glibc default: 128 KiB)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+
+
+@functools.cache
+def _libc_function(name: str):
+    """The C library's function `name`, or None (not glibc: macOS, musl). Looked up once:
+    find_library runs ldconfig, too slow for every rollout and update."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
 
 
 def return_freed_memory() -> bool:
@@ -30,10 +41,8 @@ def return_freed_memory() -> bool:
     choice stands): nothing changes."""
     if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt)
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
 
@@ -51,8 +60,5 @@ def release_free_memory() -> bool:
     tcmalloc: malloc_trim would not be theirs): nothing happens."""
     if "LD_PRELOAD" in os.environ:
         return False
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return False
-    return bool(trim(0))
+    trim = _libc_function("malloc_trim")
+    return trim is not None and bool(trim(0))
