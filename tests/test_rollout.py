@@ -193,3 +193,32 @@ def test_attention_groups_logprobs_match_trainer_recomputation(policy, monkeypat
         lp = token_logprobs(model, batch, temperature=0.8)
     for i, s in enumerate(segs):
         torch.testing.assert_close(lp[i, : len(s.token_ids)], torch.tensor(s.logprobs), atol=1e-4, rtol=1e-4)
+
+
+def test_many_requests_through_few_slots_reuse_the_buffer(policy, monkeypatch):
+    """Greedy: 48 requests through 3 slots give the tokens and log-probs of all 48 decoded
+    at once, and the slot buffer does not grow with the number of requests: its window
+    moves back to column 0 in place (`_slide`), and it never holds more than 1.5 windows
+    + 64 columns (a window here is at most the longest prompt + 12 new tokens + 1)."""
+    from k15rl.rollout.slots import SlotCache
+
+    model, tok = policy
+    prompts = _prompts(tok) * 16
+    reqs = [GenerationRequest(p, max_new_tokens=4 + i % 9) for i, p in enumerate(prompts)]
+    params = SamplingParams(max_new_tokens=12, temperature=0)
+    ref = HFEngine(model, tok, max_batch=len(reqs)).generate(reqs, params)
+    seen, slides, slide = [], [], SlotCache._slide
+
+    def spy(self):
+        slides.append(self.end - self.start)
+        slide(self)
+
+    step_mask = SlotCache.step_mask
+    monkeypatch.setattr(SlotCache, "_slide", spy)
+    monkeypatch.setattr(SlotCache, "step_mask", lambda self, live: (seen.append(self.columns), step_mask(self, live))[1])
+    got = HFEngine(model, tok, max_batch=3).generate(reqs, params)
+    assert [s.token_ids for s in got] == [s.token_ids for s in ref]
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=1e-5)
+    window = max(len(p) for p in prompts) + 12 + 1
+    assert slides and max(seen) <= window + max(64, window // 2)

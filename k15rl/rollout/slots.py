@@ -11,8 +11,9 @@ and the model attends over the window through a per-slot mask. A sequence occupi
 slot for its whole life, right-aligned at `end` when it joins; when it finishes its
 mask row is cleared and the next request is written into the same slot, so nothing
 moves. Leading columns that no live slot uses are dropped by moving `start` (no copy).
-Copies happen only when the buffer must grow, or when the batch is compacted once few
-slots are live and none are waiting.
+When `end` reaches the last column, the window moves back to column 0 in place if enough
+columns before it are dead, else the buffer grows. Copies happen only then, or when the
+batch is compacted once few slots are live and none are waiting.
 
 One window for all slots means every slot attends over the oldest live sequence's
 columns: with long and short contexts mixed (continuous batching refills slots; partial
@@ -210,8 +211,12 @@ class SlotCache:
         """Open column `end` for the coming decoding step; returns the model's attention
         mask [S, end - start + 1]. A slot without a sequence attends to its own new
         column only, so its (ignored) output stays finite."""
-        if self.end == self.columns:
-            self._regrow(left=0, right=max(64, self.columns // 2))
+        if self.end == self.columns:  # out of columns: reuse the dead ones before the window, or grow
+            room = max(64, (self.end - self.start) // 2)
+            if self.start >= room:
+                self._slide()
+            else:
+                self._regrow(left=0, right=room)
         self.mask[~live] = 0
         self.mask[:, self.end] = 1
         return self.mask[:, self.start:self.end + 1]
@@ -239,6 +244,21 @@ class SlotCache:
             k[:, :, :n] = layer.buf_k[rows, :, lo:self.end]
             v[:, :, :n] = layer.buf_v[rows, :, lo:self.end]
             layer.buf_k, layer.buf_v = k, v
+        self.start, self.end = 0, n
+
+    def _slide(self) -> None:
+        """Move the window to column 0 in place: the columns before it, which no live slot
+        uses, become free columns after it. Growing only when fewer than half a window of
+        such columns are free keeps the buffer within 1.5 windows (+64 columns) however
+        many requests pass through it: continuous batching over many prompts (an
+        evaluation) otherwise grows it by half its size each time `end` reaches the last
+        column."""
+        lo, n = self.start, self.end - self.start
+        self.mask[:, :n] = self.mask[:, lo:self.end].clone()
+        self.mask[:, n:] = 0
+        for layer in self.cache.layers:  # one layer's window at a time as a temporary
+            layer.buf_k[:, :, :n] = layer.buf_k[:, :, lo:self.end].clone()
+            layer.buf_v[:, :, :n] = layer.buf_v[:, :, lo:self.end].clone()
         self.start, self.end = 0, n
 
     def _regrow(self, left: int, right: int) -> None:
