@@ -81,7 +81,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from k15rl.trainer.resolve import router_from_config
 
     result, _ = evaluate(HFEngine.from_config(model, tok, cfg.rollout), tok, test, params, cfg.eval.samples_per_prompt,
-                         rewards=router_from_config(cfg.reward))
+                         rewards=router_from_config(cfg.reward), max_batch=cfg.eval.max_batch)
     result = {"model": str(path), "temperature": cfg.eval.temperature, **result}
     print(f"accuracy {result['accuracy']:.4f} (+/- {result['accuracy_ci95']:.4f}), "
           f"mean tokens {result['mean_tokens']:.1f}, n={result['n']}")

@@ -200,6 +200,10 @@ class EvalConfig:
     temperature: float = 1.0  # 0 = greedy
     samples_per_prompt: int = 1
     max_new_tokens: int | None = None  # None: rollout.max_new_tokens
+    # Sequences an evaluation decodes together: its prompts go to the engine in chunks of at
+    # most this many samples, so its KV cache holds at most this many (each its own prompt:
+    # unlike a rollout's groups, no two share one). 0: all at once (up to rollout.max_batch).
+    max_batch: int = 0
 
 
 @dataclass
@@ -313,6 +317,7 @@ class TrainConfig:
             (self.eval.temperature >= 0, "eval.temperature", self.eval.temperature, "must be >= 0"),
             (self.eval.samples_per_prompt >= 1, "eval.samples_per_prompt", self.eval.samples_per_prompt, "must be >= 1"),
             (self.eval.every >= 0, "eval.every", self.eval.every, "must be >= 0"),
+            (self.eval.max_batch >= 0, "eval.max_batch", self.eval.max_batch, "must be >= 0"),
             (self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be >= 0"),
             (self.checkpoint_keep >= 0, "checkpoint_keep", self.checkpoint_keep, "must be >= 0"),
             (self.algorithm.max_consecutive_skips >= 1, "algorithm.max_consecutive_skips",

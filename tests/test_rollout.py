@@ -222,3 +222,30 @@ def test_many_requests_through_few_slots_reuse_the_buffer(policy, monkeypatch):
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=1e-5)
     window = max(len(p) for p in prompts) + 12 + 1
     assert slides and max(seen) <= window + max(64, window // 2)
+
+
+def test_evaluation_in_chunks_of_max_batch(policy):
+    """eval.max_batch: 7 prompts x 2 samples with max_batch 4 reach the engine as chunks of
+    2 prompts (4 samples) at most; greedy, they give the tokens of one call, in order, with
+    each prompt's group id; sampled, the chunks draw with seeds of their own."""
+    from k15rl.trainer.evaluate import evaluate
+    from k15rl.types import Prompt
+
+    model, tok = policy
+    prompts = [Prompt(f"p{i}", (("user", f"Compute {i}+{i + 3}."),), answer=str(2 * i + 3), task="arith", level=1)
+               for i in range(7)]
+    calls = []
+
+    class Spy(HFEngine):
+        def generate(self, requests, params, more=None):
+            calls.append((len(requests), params.seed))
+            return super().generate(requests, params, more)
+
+    engine = Spy(model, tok, max_batch=16)
+    greedy = SamplingParams(max_new_tokens=6, temperature=0, seed=5)
+    whole, whole_t = evaluate(engine, tok, prompts, greedy, samples_per_prompt=2)
+    chunked, chunked_t = evaluate(engine, tok, prompts, greedy, samples_per_prompt=2, max_batch=4)
+    assert calls[0] == (14, 5) and calls[1:] == [(4, 5), (4, 5 + 1000003), (4, 5 + 2 * 1000003), (2, 5 + 3 * 1000003)]
+    assert [t.response_ids for t in chunked_t] == [t.response_ids for t in whole_t]
+    assert [t.group for t in chunked_t] == [t.group for t in whole_t] == [i // 2 for i in range(14)]
+    assert chunked["n"] == whole["n"] == 14

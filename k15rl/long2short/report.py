@@ -129,7 +129,7 @@ def evaluate_models(models: Sequence[tuple[str, str]], prompts, cfg, samples_per
         model = on_device(load_model(path, cfg.model.dtype), cfg.distributed.device)
         params = eval_sampling_params(cfg, stop_token_ids(tok, model), seed=cfg.seed)
         _, trajs = evaluate(HFEngine.from_config(model, tok, cfg.rollout), tok, prompts, params, samples_per_prompt,
-                            rewards=router_from_config(cfg.reward))
+                            rewards=router_from_config(cfg.reward), max_batch=cfg.eval.max_batch)
         r = model_result(label, str(path), trajs)
         log(f"{label}: accuracy {100 * r.accuracy:.1f}% +/- {100 * r.accuracy_ci95:.1f}, mean tokens "
             f"{r.mean_tokens:.1f} +/- {r.mean_tokens_ci95:.1f} (n={r.n})")

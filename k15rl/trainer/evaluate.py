@@ -60,9 +60,17 @@ def evaluate(
     params: SamplingParams,
     samples_per_prompt: int = 1,
     rewards=None,
+    max_batch: int = 0,
 ) -> tuple[dict, list[Trajectory]]:
     """Sample `samples_per_prompt` responses per prompt (temperature 0: greedy) and score them
-    (`rewards`: a RewardRouter, as in training)."""
-    trajectories = rollout(engine, tokenizer, prompts, samples_per_prompt, params)
+    (`rewards`: a RewardRouter, as in training). `max_batch` > 0 (eval.max_batch): the
+    prompts go to the engine in chunks of at most that many samples (at least one prompt),
+    chunk c > 0 sampled with seed params.seed + c x 1000003 so chunks draw independently."""
+    per = max(1, max_batch // samples_per_prompt) if max_batch else max(len(prompts), 1)
+    trajectories = []
+    for c, lo in enumerate(range(0, len(prompts), per)):
+        chunk_params = dataclasses.replace(params, seed=params.seed + c * 1000003) if c else params
+        trajectories += rollout(engine, tokenizer, prompts[lo:lo + per], samples_per_prompt, chunk_params,
+                                first_group=lo)
     score(trajectories, rewards=rewards)
     return summarize(trajectories), trajectories

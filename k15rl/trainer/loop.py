@@ -212,7 +212,7 @@ def run_eval(run: Run, iteration: int, params: SamplingParams) -> dict:
     t0 = time.time()
     run.workers.sync_weights(run.progress.iteration)
     result, _ = evaluate(run.workers.engine, run.tokenizer, run.test_prompts, params,
-                         run.cfg.eval.samples_per_prompt, rewards=run.router)
+                         run.cfg.eval.samples_per_prompt, rewards=run.router, max_batch=run.cfg.eval.max_batch)
     row = {"iteration": iteration, "temperature": params.temperature, **result, "time/eval": time.time() - t0}
     run.eval_log.write(row)
     return row
