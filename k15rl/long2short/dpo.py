@@ -88,7 +88,8 @@ class PairStats:
         return (f"{self.questions} questions -> {self.pairs} pairs ({self.wrong_longer} wrong and longer, "
                 f"{self.correct_too_long} correct but too long); {self.without_correct} questions without a "
                 f"correct sample, {self.without_pairs} with nothing to reject"
-                + (f"; {self.unwritable} samples left out (control characters)" if self.unwritable else ""))
+                + (f"; {self.unwritable} samples left out (a control character or lone surrogate "
+                   f"in their text)" if self.unwritable else ""))
 
 
 def dpo_pair_rows(groups: Sequence[SampledGroup], ratio: float = 1.5) -> tuple[list[dict], PairStats]:

@@ -90,7 +90,8 @@ class ShortestStats:
         return (f"{self.questions} questions: {self.kept} kept, {self.without_correct} without a correct sample "
                 f"(left out); mean tokens: all samples {self.mean_tokens_all:.1f}, correct samples "
                 f"{self.mean_tokens_correct:.1f}, kept {self.mean_tokens_kept:.1f}"
-                + (f"; {self.unwritable} samples left out (control characters)" if self.unwritable else ""))
+                + (f"; {self.unwritable} samples left out (a control character or lone surrogate "
+                   f"in their text)" if self.unwritable else ""))
 
 
 def shortest_rs_rows(groups: Sequence[SampledGroup]) -> tuple[list[dict], ShortestStats]:
