@@ -517,7 +517,7 @@ def render_smollm2_rl(r: dict) -> str:
         table(["prompts", "before", "after", "gain (points)", "n"], rows), "",
         f"Gain {r['gain_points']:+.1f} points, 95% interval [{lo:+.1f}, {hi:+.1f}]; {minutes(r['wall_s'])} in all; "
         f"rollout {r['tokens_per_s']:.0f} tokens/s. Goal (at least +10 points, interval above 0, at most 60 min): "
-        f"{'met' if goal else '**not met**'}. Curve: `{r['plot']}` (in the run folder, not committed)."])
+        f"{'met' if goal else '**not met**'}. Curve: `{r['plot']}` (in the run folder)."])
 
 
 def render_train_flops(r: dict) -> str:
