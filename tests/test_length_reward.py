@@ -78,3 +78,17 @@ def test_score_adds_the_weighted_length_reward_to_the_task_reward():
     assert [t.reward_terms["length"] for t in ts] == pytest.approx([0.05, 0.0, -0.05, 0.0])
     score(ts, length_penalty_weight=0.0)
     assert [t.reward for t in ts] == [1.0, 1.0, 0.0, 1.0] and "length" not in ts[0].reward_terms
+
+
+def test_rollout_metrics_report_right_and_wrong_lengths_apart():
+    from k15rl.rollout.collect import PartialRolloutResult
+    from k15rl.rollout.replay import ReplayBuffer
+    from k15rl.trainer.run import rollout_metrics
+
+    p = Prompt("p", (("user", "2+2?"),), "4", "integer")
+    ts = [Trajectory(p, 0, [1], [5] * n, [0.0] * n, "stop", correct=ok) for n, ok in ((10, True), (30, True), (100, False))]
+    m = rollout_metrics(PartialRolloutResult(trajectories=ts), ReplayBuffer(), 1.0)
+    assert m["rollout/len_mean"] == pytest.approx(140 / 3)
+    assert m["rollout/len_mean_correct"] == 20.0 and m["rollout/len_mean_wrong"] == 100.0
+    m = rollout_metrics(PartialRolloutResult(trajectories=ts[:2]), ReplayBuffer(), 1.0)
+    assert "rollout/len_mean_wrong" not in m  # no wrong response: no mean of nothing

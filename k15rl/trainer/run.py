@@ -242,6 +242,10 @@ def rollout_metrics(result: PartialRolloutResult, buffer: ReplayBuffer, seconds:
         "rollout/len_max": float(max(lens)),
         "rollout/frac_groups_all_equal": sum(len(set(g)) == 1 for g in groups.values()) / len(groups),
     })
+    # Length of right and of wrong responses apart: what the length reward (report §2.3.3) acts on
+    for name, ts in (("correct", [t for t in trajs if t.correct]), ("wrong", [t for t in trajs if not t.correct])):
+        if ts:
+            out[f"rollout/len_mean_{name}"] = sum(t.num_tokens for t in ts) / len(ts)
     by_task: dict[str, list[Trajectory]] = {}
     for t in trajs:
         by_task.setdefault(t.prompt.task, []).append(t)
