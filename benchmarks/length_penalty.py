@@ -31,22 +31,26 @@ from stats import t_interval
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--iterations", type=int, default=8)
+    p.add_argument("--iterations", type=int, default=16)
     p.add_argument("--prompts", type=int, default=8, help="prompts per iteration (8 samples each)")
     p.add_argument("--weight", type=float, default=1.0, help="length reward weight after the warm-up")
     p.add_argument("--warmup", type=int, default=2, help="iterations without the length reward")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--levels", default="1,2,3", help="subset_sum levels (1-3: most answers right, 140-350 tokens)")
+    p.add_argument("--minibatches", type=int, default=4, help="optimizer steps per iteration")
     p.add_argument("--test-per-level", type=int, default=20)
-    p.add_argument("--max-new-tokens", type=int, default=1900)
+    p.add_argument("--eval-samples", type=int, default=2, help="samples per held-out prompt (T = 1)")
+    p.add_argument("--max-new-tokens", type=int, default=1024,
+                   help="every level 1-3 warm-up trace fits 1,024 tokens; past it a response is a runaway")
     p.add_argument("--out", default="runs/length_penalty")
     p.add_argument("--rerun", action="store_true")
     args = p.parse_args(argv)
     common = [f"iterations={args.iterations}", f"rollout.prompts_per_iteration={args.prompts}",
-              f"algorithm.minibatches={min(2, args.prompts)}", f"data.train_levels=[{args.levels}]",
+              f"algorithm.minibatches={min(args.minibatches, args.prompts)}", f"data.train_levels=[{args.levels}]",
               f"data.test_levels=[{args.levels}]", f"data.test_per_level={args.test_per_level}",
               "data.train_per_level=400", f"algorithm.lr={args.lr}",
-              f"rollout.max_new_tokens={args.max_new_tokens}", f"eval.every={max(args.iterations // 4, 1)}"]
+              f"rollout.max_new_tokens={args.max_new_tokens}", "eval.every=0",
+              f"eval.samples_per_prompt={args.eval_samples}"]
     arms = {"none": ["reward.length_weight=0"],
             "length": [f"reward.length_weight={args.weight}", f"reward.length_warmup_iterations={args.warmup}"]}
     t0 = time.time()
@@ -67,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             "greedy_acc_none": a["greedy_acc_after"], "greedy_acc_length": b["greedy_acc_after"],
             "greedy_token_reduction": 1 - b["greedy_tokens_after"] / a["greedy_tokens_after"],
             "greedy_accuracy_delta_points": 100 * (b["greedy_acc_after"] - a["greedy_acc_after"]),
+            # the right answers alone: what the length reward shortens, apart from how long wrong ones run
+            "tokens_correct_none": a["tokens_correct_after"], "tokens_correct_length": b["tokens_correct_after"],
+            "token_reduction_correct": 1 - b["tokens_correct_after"] / a["tokens_correct_after"],
         })
     # How much each final model (and the start) still overthinks, on 20 held-out prompts per level
     levels = [int(x) for x in args.levels.split(",")]
@@ -77,16 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     red = [x["token_reduction"] for x in per_seed]
     dacc = [x["accuracy_delta_points"] for x in per_seed]
     plot_arms(runs, out / "length_penalty.png",
-              f"length penalty (weight {args.weight} after {args.warmup} iterations) vs none, {len(seeds)} seeds")
+              f"length penalty (weight {args.weight} after {args.warmup} iterations) vs none, {len(seeds)} seeds",
+              panels=(("acc_curve", "held-out accuracy (sampled, T=1)", 100),
+                      ("test_tokens_curve", "held-out mean response tokens", 1),
+                      ("train_tokens_correct_curve", "training rollouts: mean tokens, right answers", 1),
+                      ("train_tokens_wrong_curve", "training rollouts: mean tokens, wrong answers", 1)))
     result = {
         "seeds": seeds, "token_reduction": statistics.mean(red), "token_reduction_ci95": t_interval(red),
         "accuracy_delta_points": statistics.mean(dacc), "accuracy_delta_ci95": t_interval(dacc),
+        "token_reduction_correct": statistics.mean(x["token_reduction_correct"] for x in per_seed),
+        "token_reduction_correct_ci95": t_interval([x["token_reduction_correct"] for x in per_seed]),
         "goal": "token_reduction >= 0.30 with accuracy_delta_points >= -2",
         "greedy": {k: {"mean": statistics.mean(x[k] for x in per_seed), "ci95": t_interval([x[k] for x in per_seed])}
                    for k in ("greedy_token_reduction", "greedy_accuracy_delta_points")},
         "per_seed": per_seed, "iterations": args.iterations, "prompts_per_iteration": args.prompts,
         "samples_per_prompt": 8, "lr": args.lr, "weight": args.weight, "warmup_iterations": args.warmup, "levels": args.levels,
-        "test_prompts": runs[0]["n_test"], "max_new_tokens": args.max_new_tokens,
+        "test_prompts": runs[0]["n_test"] // args.eval_samples, "eval_samples_per_prompt": args.eval_samples,
+        "minibatches": args.minibatches, "max_new_tokens": args.max_new_tokens,
         "seconds_per_iteration": {arm: statistics.mean(r["seconds_per_iteration"] for r in runs if r["arm"] == arm)
                                   for arm in arms},
         "overthinking": over,

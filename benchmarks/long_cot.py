@@ -55,6 +55,8 @@ def run_arm(name: str, seed: int, overrides: list[str], out_root: Path, rerun: b
         "arm": name, "seed": seed,
         "acc_before": sampled[0]["accuracy"], "acc_after": sampled[-1]["accuracy"],
         "tokens_before": sampled[0]["mean_tokens"], "tokens_after": sampled[-1]["mean_tokens"],
+        "tokens_correct_before": sampled[0].get("mean_tokens_correct"),
+        "tokens_correct_after": sampled[-1].get("mean_tokens_correct"),
         "n_test": sampled[-1]["n"],
         "greedy_acc_before": greedy[0]["accuracy"] if greedy else None,
         "greedy_acc_after": greedy[-1]["accuracy"] if greedy else None,
@@ -64,6 +66,10 @@ def run_arm(name: str, seed: int, overrides: list[str], out_root: Path, rerun: b
         "test_tokens_curve": [(e["iteration"], e["mean_tokens"]) for e in sampled],
         "train_tokens_curve": [(m["iteration"], m["rollout/len_mean"]) for m in metrics],
         "train_acc_curve": [(m["iteration"], m["reward/accuracy"]) for m in metrics],
+        "train_tokens_correct_curve": [(m["iteration"], m["rollout/len_mean_correct"]) for m in metrics
+                                       if "rollout/len_mean_correct" in m],
+        "train_tokens_wrong_curve": [(m["iteration"], m["rollout/len_mean_wrong"]) for m in metrics
+                                     if "rollout/len_mean_wrong" in m],
         "seconds_per_iteration": statistics.mean(m["time/iteration"] for m in metrics)
         if metrics else None,
         "wall_s": summary["wall_time_s"],
@@ -108,23 +114,27 @@ def overthinking(model_dir: Path | str, levels: list[int], n_per_level: int, max
             "redundant_tokens_mean_correct": statistics.mean(extra[i] for i in correct) if correct else None}
 
 
-def plot_arms(runs: list[dict], dest: Path, title: str) -> None:
-    """Held-out accuracy and mean tokens over iterations, per arm (mean over seeds, min-max band)."""
+PANELS = (("acc_curve", "held-out accuracy (sampled, T=1)", 100),
+          ("test_tokens_curve", "held-out mean response tokens", 1),
+          ("train_tokens_curve", "training rollouts: mean tokens", 1))
+
+
+def plot_arms(runs: list[dict], dest: Path, title: str, panels: tuple = PANELS) -> None:
+    """Curves over iterations, per arm (mean over seeds, min-max band): by default held-out
+    accuracy and mean tokens and training tokens; `panels`: (run key, title, scale) each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    panels = (("acc_curve", "held-out accuracy (sampled, T=1)", 100), ("test_tokens_curve",
-              "held-out mean response tokens", 1), ("train_tokens_curve", "training rollouts: mean tokens", 1))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
     for ax, (key, label, scale) in zip(axes, panels):
         for arm in dict.fromkeys(r["arm"] for r in runs):
             rs = [r for r in runs if r["arm"] == arm]
             its = [i for i, _ in rs[0][key]]
             cols = [[scale * dict(r[key]).get(i, float("nan")) for r in rs] for i in its]
-            line, = ax.plot(its, [statistics.mean(c) for c in cols], marker="o" if key != "train_tokens_curve"
-                            else None, label=arm)
+            line, = ax.plot(its, [statistics.mean(c) for c in cols], marker=None if key.startswith("train_")
+                            else "o", label=arm)
             if len(rs) > 1:
                 ax.fill_between(its, [min(c) for c in cols], [max(c) for c in cols], color=line.get_color(),
                                 alpha=0.15)

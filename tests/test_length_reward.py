@@ -92,3 +92,14 @@ def test_rollout_metrics_report_right_and_wrong_lengths_apart():
     assert m["rollout/len_mean_correct"] == 20.0 and m["rollout/len_mean_wrong"] == 100.0
     m = rollout_metrics(PartialRolloutResult(trajectories=ts[:2]), ReplayBuffer(), 1.0)
     assert "rollout/len_mean_wrong" not in m  # no wrong response: no mean of nothing
+
+
+def test_evaluation_summary_gives_the_mean_length_of_right_answers():
+    from k15rl.trainer.evaluate import summarize
+
+    p = Prompt("p", (("user", "2+2?"),), "4", "integer", level=2)
+    ts = [Trajectory(p, 0, [1], [5] * n, [0.0] * n, "stop", correct=ok) for n, ok in ((10, True), (30, True), (200, False))]
+    s = summarize(ts)
+    assert s["mean_tokens"] == pytest.approx(80.0) and s["mean_tokens_correct"] == 20.0
+    assert s["per_level"]["2"]["mean_tokens_correct"] == 20.0
+    assert summarize(ts[2:])["mean_tokens_correct"] is None

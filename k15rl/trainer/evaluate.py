@@ -15,17 +15,20 @@ from k15rl.types import Prompt, Trajectory
 
 
 def summarize(trajectories: Sequence[Trajectory]) -> dict:
-    """Accuracy (with a 95% normal-approximation half-width) and mean response tokens,
-    overall, per difficulty level, and per task (data source) when there are several (a
+    """Accuracy (with a 95% normal-approximation half-width) and mean response tokens (of all
+    responses, and of the right ones), overall, per difficulty level, and per task (data source) when there are several (a
     mixed text and vision run, report §2.3.5)."""
 
     def block(ts: Sequence[Trajectory]) -> dict:
         n = len(ts)
         acc = sum(t.correct for t in ts) / n
+        right = [t.num_tokens for t in ts if t.correct]
         return {
             "accuracy": acc,
             "accuracy_ci95": 1.96 * math.sqrt(max(acc * (1 - acc), 1e-12) / n),
             "mean_tokens": sum(t.num_tokens for t in ts) / n,
+            # of the right answers alone (None if there is none): what a length penalty shortens
+            "mean_tokens_correct": sum(right) / len(right) if right else None,
             "n": n,
         }
 
