@@ -586,18 +586,32 @@ def render_vision_demo(r: dict) -> str:
 
 
 def render_length_penalty(r: dict) -> str:
-    rows = [[x["seed"], f"{x['tokens_none']:.0f}", f"{x['tokens_length']:.0f}", pct(x["token_reduction"]),
-             pct(x["acc_none"]), pct(x["acc_length"]), f"{x['accuracy_delta_points']:+.1f}"] for x in r["per_seed"]]
+    right = "token_reduction_correct" in r  # results files before the right answers' tokens were recorded lack it
+    rows = []
+    for x in r["per_seed"]:
+        row = [x["seed"], f"{x['tokens_none']:.0f}", f"{x['tokens_length']:.0f}", pct(x["token_reduction"])]
+        if right:
+            row += [f"{x['tokens_correct_none']:.0f}", f"{x['tokens_correct_length']:.0f}",
+                    pct(x["token_reduction_correct"])]
+        rows.append(row + [pct(x["acc_none"]), pct(x["acc_length"]), f"{x['accuracy_delta_points']:+.1f}"])
     (tlo, thi), (alo, ahi) = r["token_reduction_ci95"], r["accuracy_delta_ci95"]
-    rows.append([f"mean of {len(r['seeds'])}", "", "", f"**{pct(r['token_reduction'])}** [{pct(tlo)}, {pct(thi)}]",
-                 "", "", f"**{r['accuracy_delta_points']:+.1f}** [{alo:+.1f}, {ahi:+.1f}]"])
+    mean = [f"mean of {len(r['seeds'])}", "", "", f"**{pct(r['token_reduction'])}** [{pct(tlo)}, {pct(thi)}]"]
+    head = ["seed", "tokens, no penalty", "tokens, length penalty", "token reduction"]
+    if right:
+        clo, chi = r["token_reduction_correct_ci95"]
+        mean += ["", "", f"{pct(r['token_reduction_correct'])} [{pct(clo)}, {pct(chi)}]"]
+        head += ["right answers' tokens, no penalty", "right answers' tokens, length penalty",
+                 "reduction, right answers"]
+    rows.append(mean + ["", "", f"**{r['accuracy_delta_points']:+.1f}** [{alo:+.1f}, {ahi:+.1f}]"])
     sec = r["seconds_per_iteration"]
+    samples = r.get("eval_samples_per_prompt", 1)
+    steps = f", {r['minibatches']} optimizer steps each" if "minibatches" in r else ""
     return "\n".join([
-        table(["seed", "tokens, no penalty", "tokens, length penalty", "token reduction", "accuracy, no penalty",
-               "accuracy, length penalty", "accuracy delta (points)"], rows), "",
+        table(head + ["accuracy, no penalty", "accuracy, length penalty", "accuracy delta (points)"], rows), "",
         f"Weight {r['weight']} after {r['warmup_iterations']} warm-up iterations; {r['iterations']} iterations x "
-        f"{r['prompts_per_iteration']} prompts x {r['samples_per_prompt']} samples per arm; levels {r['levels']}; "
-        f"{r['test_prompts']} held-out prompts; seconds per iteration {sec['none']:.0f} (none) and "
+        f"{r['prompts_per_iteration']} prompts x {r['samples_per_prompt']} samples per arm{steps}; lr {r['lr']:g}; "
+        f"responses up to {r['max_new_tokens']} tokens; levels {r['levels']}; {r['test_prompts']} held-out prompts x "
+        f"{samples} sample{'s' if samples > 1 else ''} (T = 1); seconds per iteration {sec['none']:.0f} (none) and "
         f"{sec['length']:.0f} (length). Intervals: 95% t over seeds. Goal: at least 30% fewer tokens at no more than "
         "2 points of accuracy lost.", *_greedy_line(r.get("greedy")), *_overthinking_table(r.get("overthinking"))])
 
