@@ -103,9 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dpo-lr", type=float, default=1e-5)
     p.add_argument("--dpo-beta", type=float, default=0.1)
     p.add_argument("--rl-base", choices=("long", "merge"), default="merge", help="long2short RL's start model")
-    p.add_argument("--rl-iterations", type=int, default=8)
+    p.add_argument("--rl-iterations", type=int, default=16)
     p.add_argument("--rl-prompts", type=int, default=8, help="prompts per RL iteration (8 samples each)")
-    p.add_argument("--rl-lr", type=float, default=1e-4)
+    p.add_argument("--rl-lr", type=float, default=2e-5)
+    p.add_argument("--rl-minibatches", type=int, default=4, help="optimizer steps per RL iteration")
     p.add_argument("--rl-length-weight", type=float, default=1.0)
     p.add_argument("--rl-max-new-tokens", type=int, default=320, help="long2short RL's rollout budget")
     p.add_argument("--rerun", action="store_true", help="redo stages whose output exists")
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         run_arm("l2s_rl", seed, [
             f"model.path={merged if args.rl_base == 'merge' else long}", *data[:2], data[3], "data.test_per_level=5", f"iterations={args.rl_iterations}",
-            f"rollout.prompts_per_iteration={args.rl_prompts}", f"algorithm.minibatches={min(2, args.rl_prompts)}",
+            f"rollout.prompts_per_iteration={args.rl_prompts}", f"algorithm.minibatches={min(args.rl_minibatches, args.rl_prompts)}",
             f"algorithm.lr={args.rl_lr}", f"reward.length_weight={args.rl_length_weight}",
             "reward.length_warmup_iterations=0", f"rollout.max_new_tokens={args.rl_max_new_tokens}",
             f"eval.max_new_tokens={args.max_new_tokens}", "eval.every=0"], out, args.rerun)
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": settings, "long": str(args.long), "seeds": seeds, **methods,
         "reference": {"accuracy": ref.accuracy, "mean_tokens": ref.mean_tokens},
         "goal": goal, "rl": {"base": args.rl_base, "iterations": args.rl_iterations, "prompts_per_iteration": args.rl_prompts,
-                             "lr": args.rl_lr, "length_weight": args.rl_length_weight,
+                             "lr": args.rl_lr, "minibatches": args.rl_minibatches, "length_weight": args.rl_length_weight,
                              "max_new_tokens": args.rl_max_new_tokens},
         "sample_prompts": args.sample_prompts, "models": [asdict(r) for r in results],
         **json.loads(json.dumps(story, default=str))}, wall_s=story["wall_time_s"])
