@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             "greedy_accuracy_delta_points": 100 * (b["greedy_acc_after"] - a["greedy_acc_after"]),
             # the right answers alone: what the length reward shortens, apart from how long wrong ones run
             "tokens_correct_none": a["tokens_correct_after"], "tokens_correct_length": b["tokens_correct_after"],
-            "token_reduction_correct": 1 - b["tokens_correct_after"] / a["tokens_correct_after"],
+            "token_reduction_correct": 1 - b["tokens_correct_after"] / a["tokens_correct_after"]
+            if a["tokens_correct_after"] and b["tokens_correct_after"] else None,  # None: an arm had no right answer
         })
     # How much each final model (and the start) still overthinks, on 20 held-out prompts per level
     levels = [int(x) for x in args.levels.split(",")]
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             **{arm: [probe(out / arm / f"seed{s}" / "final") for s in seeds] for arm in arms}}
     red = [x["token_reduction"] for x in per_seed]
     dacc = [x["accuracy_delta_points"] for x in per_seed]
+    cut_right = [x["token_reduction_correct"] for x in per_seed if x["token_reduction_correct"] is not None]
     plot_arms(runs, out / "length_penalty.png",
               f"length penalty (weight {args.weight} after {args.warmup} iterations) vs none, {len(seeds)} seeds",
               panels=(("acc_curve", "held-out accuracy (sampled, T=1)", 100),
@@ -92,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "seeds": seeds, "token_reduction": statistics.mean(red), "token_reduction_ci95": t_interval(red),
         "accuracy_delta_points": statistics.mean(dacc), "accuracy_delta_ci95": t_interval(dacc),
-        "token_reduction_correct": statistics.mean(x["token_reduction_correct"] for x in per_seed),
-        "token_reduction_correct_ci95": t_interval([x["token_reduction_correct"] for x in per_seed]),
+        "token_reduction_correct": statistics.mean(cut_right) if cut_right else None,
+        "token_reduction_correct_ci95": t_interval(cut_right) if len(cut_right) > 1 else None,
         "goal": "token_reduction >= 0.30 with accuracy_delta_points >= -2",
         "greedy": {k: {"mean": statistics.mean(x[k] for x in per_seed), "ci95": t_interval([x[k] for x in per_seed])}
                    for k in ("greedy_token_reduction", "greedy_accuracy_delta_points")},

@@ -586,13 +586,14 @@ def render_vision_demo(r: dict) -> str:
 
 
 def render_length_penalty(r: dict) -> str:
-    right = "token_reduction_correct" in r  # results files before the right answers' tokens were recorded lack it
+    right = r.get("token_reduction_correct_ci95") is not None  # older results files lack it
     rows = []
     for x in r["per_seed"]:
         row = [x["seed"], f"{x['tokens_none']:.0f}", f"{x['tokens_length']:.0f}", pct(x["token_reduction"])]
         if right:
-            row += [f"{x['tokens_correct_none']:.0f}", f"{x['tokens_correct_length']:.0f}",
-                    pct(x["token_reduction_correct"])]
+            cut = x["token_reduction_correct"]
+            row += [f"{x['tokens_correct_none'] or 0:.0f}", f"{x['tokens_correct_length'] or 0:.0f}",
+                    pct(cut) if cut is not None else "(no right answer)"]
         rows.append(row + [pct(x["acc_none"]), pct(x["acc_length"]), f"{x['accuracy_delta_points']:+.1f}"])
     (tlo, thi), (alo, ahi) = r["token_reduction_ci95"], r["accuracy_delta_ci95"]
     mean = [f"mean of {len(r['seeds'])}", "", "", f"**{pct(r['token_reduction'])}** [{pct(tlo)}, {pct(thi)}]"]

@@ -16,8 +16,8 @@ from k15rl.types import Prompt, Trajectory
 
 def summarize(trajectories: Sequence[Trajectory]) -> dict:
     """Accuracy (with a 95% normal-approximation half-width) and mean response tokens (of all
-    responses, and of the right ones), overall, per difficulty level, and per task (data source) when there are several (a
-    mixed text and vision run, report §2.3.5)."""
+    responses, and of the right ones), overall, per difficulty level, and per task (data
+    source) when there are several (a mixed text and vision run, report §2.3.5)."""
 
     def block(ts: Sequence[Trajectory]) -> dict:
         n = len(ts)
