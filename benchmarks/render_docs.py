@@ -527,7 +527,7 @@ def render_train_flops(r: dict) -> str:
         f"tokens with bf16 autocast on {r['threads']} threads:", "",
         table(["", "GFLOP/s"], [
             [f"bf16 GEMM peak ({r['gemm_n']}^3 `torch.matmul`, best of 5)", f"{r['gemm_peak_gflops_bf16']:.0f}"],
-            [f"fp32 GEMM peak (the same)", f"{r['gemm_peak_gflops_fp32']:.0f}"],
+            ["fp32 GEMM peak (the same)", f"{r['gemm_peak_gflops_fp32']:.0f}"],
             [f"the update ({r['model_tflop_per_update']:.2f} TFLOP of model FLOPs in {r['update_s']:.2f} s, best of "
              f"{len(r['update_s_all'])})", f"{r['update_gflops']:.0f}"]]), "",
         f"Fraction of the bf16 GEMM peak: **{r['fraction_of_gemm_peak']:.2f}** (goal 0.5). Where the update's CPU time "

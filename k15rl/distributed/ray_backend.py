@@ -198,7 +198,7 @@ class EnginePool:
         self.last_counts: list[int] = []  # requests each worker served in the last call
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Segment]:
-        ray = _ray()
+        _ray()  # a clear error if ray is missing, before any remote call
         _get([self.queue.put.remote(list(enumerate(requests)))], ["the work queue"], "the rollout", self.timeout_s)
         parts = _get([w.run.remote(self.queue, params, self.chunk) for w in self.workers], self.names, "the rollout",
                      self.timeout_s)

@@ -19,9 +19,12 @@ import hashlib
 import io
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from k15rl.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_TOKEN = "<image>"
 # Chat template of the built-in VLM: the built-in text template, with list contents
