@@ -45,7 +45,7 @@ def test_builtin_vlm_is_an_ordinary_hf_folder(vlm_dir):
 
 
 def test_visual_tasks_render_deterministically_and_split_by_scene():
-    for name in ("vis_count", "vis_bars", "vis_text"):
+    for name in ("vis_count", "vis_bars", "vis_text", "vis_sort"):
         task = get_task(name)
         a = make_prompts(task, "train", 5, task.levels, seed=0)
         b = make_prompts(task, "train", 5, task.levels, seed=0)
@@ -55,24 +55,28 @@ def test_visual_tasks_render_deterministically_and_split_by_scene():
         assert all(split_of(p.meta["split_key"]) == "train" for p in a)
 
 
-def test_text_rendered_question_lands_in_the_split_of_its_text_version():
-    text, shot = get_task("arith"), get_task("vis_text")
+@pytest.mark.parametrize("text_name,shot_name", [("arith", "vis_text"), ("sort", "vis_sort")])
+def test_text_rendered_question_lands_in_the_split_of_its_text_version(text_name, shot_name):
+    text, shot = get_task(text_name), get_task(shot_name)
     for split in ("train", "test"):
         for p in make_prompts(shot, split, 20, (1, 2, 3), seed=0):
             q = p.meta["text_question"]
             assert split_of(q) == split and IMAGE_TOKEN not in q and q not in p.question
             problem = Problem(q, p.answer, p.level, p.meta)
             assert text.verify(text.warmup_trace(problem, random.Random(0)), p.answer)
+            trace = shot.warmup_trace(problem, random.Random(0))
+            assert trace.startswith(f"the image reads: {q}\n") and shot.verify(trace, p.answer)
 
 
-def test_vis_text_draws_one_character_per_patch_cell():
+@pytest.mark.parametrize("name,chars", [("vis_text", "0123456789+-"), ("vis_sort", "abcdefghijklmnopqrstuvwxyz")])
+def test_text_rendered_tasks_draw_one_character_per_patch_cell(name, chars):
     """Cell (i, j) of a text-rendered image holds character j of line i alone, the same
     pixels wherever that character appears; cells past the text are blank."""
     import numpy as np
 
     from k15rl.tasks.visual import VisTextTask
 
-    task, cell = get_task("vis_text"), VisTextTask.CELL
+    task, cell = get_task(name), VisTextTask.CELL
     glyphs: dict[str, np.ndarray] = {}
     for p in make_prompts(task, "train", 30, task.levels, seed=0):
         img = np.asarray(open_image(p.images[0]).convert("L"))  # [96, 96]
@@ -87,7 +91,7 @@ def test_vis_text_draws_one_character_per_patch_cell():
                 else:
                     assert (block < 128).any(), ch
                     assert np.array_equal(glyphs.setdefault(ch, block), block), ch
-    assert set("0123456789+-") <= set(glyphs)
+    assert set(chars) <= set(glyphs)
 
 
 def test_vis_count_answer_matches_the_pixels():

@@ -8,6 +8,8 @@ can be generated:
     vis_text    text-rendered: an `arith` question drawn into the image, the text prompt
                 only says "answer the question in the image", so the same problem can be
                 asked as text (task `arith`) or as a screenshot and the answers compared
+    vis_sort    text-rendered: the same for a `sort` question (the text demo's task, whose
+                errors are single slips that sampling makes and RL removes)
 
 A problem's image is PNG bytes in `meta["image"]`; `make_prompts` turns it into an
 `<image>` placeholder in the prompt and `meta["images"]`. The split of a visual problem is
@@ -23,6 +25,7 @@ import random
 from k15rl.models.vision import to_png
 from k15rl.tasks.arith import ArithTask
 from k15rl.tasks.base import Problem
+from k15rl.tasks.sort import SortTask
 from k15rl.verifiers import verify_integer
 from k15rl.verifiers.answers import extract_answer
 
@@ -181,7 +184,7 @@ class VisTextTask:
     CHARS_PER_LINE = LINES = SIZE // CELL  # a square image: as many lines as characters per line
 
     def __init__(self):
-        self.text = ArithTask(mistake_prob=0.0)
+        self.text = ArithTask(mistake_prob=0.0)  # the text task whose questions are drawn
 
     @classmethod
     def lines(cls, question: str) -> list[str]:
@@ -221,4 +224,26 @@ class VisTextTask:
         return f"the image reads: {problem.meta['text_question']}\n" + self.text.warmup_trace(text, rng)
 
 
-VISUAL_TASKS = {"vis_bars": VisBarsTask, "vis_count": VisCountTask, "vis_text": VisTextTask}
+class VisSortTask(VisTextTask):
+    """A `sort` question rendered into the image, drawn as `vis_text` draws `arith`'s; the
+    trace reads the letters off the image, then sorts them as `sort`'s warm-up does (with
+    its occasional noticed-and-redone slip). Levels 1-5 of `sort` (4 to 16 letters; the
+    20 of level 6 do not fit the image).
+
+    >>> t = VisSortTask()
+    >>> p = t.generate(random.Random(0), 5)
+    >>> len(VisSortTask.lines(p.meta["text_question"])) <= VisSortTask.LINES
+    True
+    >>> t.verify(t.warmup_trace(p, random.Random(0)), p.answer)
+    True
+    """
+
+    name = "vis_sort"
+    levels = (1, 2, 3, 4, 5)
+    trace_format = 1
+
+    def __init__(self):
+        self.text = SortTask()
+
+
+VISUAL_TASKS = {"vis_bars": VisBarsTask, "vis_count": VisCountTask, "vis_sort": VisSortTask, "vis_text": VisTextTask}
