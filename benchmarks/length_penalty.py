@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     common = [f"iterations={args.iterations}", f"rollout.prompts_per_iteration={args.prompts}",
               f"algorithm.minibatches={min(args.minibatches, args.prompts)}", f"data.train_levels=[{args.levels}]",
               f"data.test_levels=[{args.levels}]", f"data.test_per_level={args.test_per_level}",
-              "data.train_per_level=400", f"algorithm.lr={args.lr}",
+              "data.train_per_level=150", f"algorithm.lr={args.lr}",
               f"rollout.max_new_tokens={args.max_new_tokens}", "eval.every=0",
               f"eval.samples_per_prompt={args.eval_samples}"]
     arms = {"none": ["reward.length_weight=0"],

@@ -148,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
 
     long = resolve_model_path(args.long, "--long", log=log)
     warm = resolve_model_path("builtin-long", "builtin-long", log=log)
+    # Every model here descends from builtin-long, so none trains on its warm-up's prompts
     data = [f"data.train_levels=[{args.levels}]", f"data.test_levels=[{args.levels}]",
-            f"data.test_per_level={args.test_per_level}", "data.train_per_level=400"]
+            f"data.test_per_level={args.test_per_level}", "data.train_per_level=150",
+            "data.exclude_warmup=builtin-long"]
     eval_cfg = load_config(None, [*BASE, f"model.path={long}", *data, f"rollout.max_new_tokens={args.max_new_tokens}",
                                   f"eval.max_new_tokens={args.max_new_tokens}"])
     train_prompts, test = build_prompts(eval_cfg, log=lambda s: None)
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         # 3. long2short RL: length penalty from the first iteration, a smaller rollout budget
         t0 = time.time()
         run_arm("l2s_rl", seed, [
-            f"model.path={merged if args.rl_base == 'merge' else long}", *data[:2], data[3], "data.test_per_level=5", f"iterations={args.rl_iterations}",
+            f"model.path={merged if args.rl_base == 'merge' else long}", *data[:2], *data[3:], "data.test_per_level=5", f"iterations={args.rl_iterations}",
             f"rollout.prompts_per_iteration={args.rl_prompts}", f"algorithm.minibatches={min(args.rl_minibatches, args.rl_prompts)}",
             f"algorithm.lr={args.rl_lr}", f"reward.length_weight={args.rl_length_weight}",
             "reward.length_warmup_iterations=0", f"rollout.max_new_tokens={args.rl_max_new_tokens}",

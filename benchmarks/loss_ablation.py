@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     common = [f"iterations={args.iterations}", f"rollout.prompts_per_iteration={args.prompts}",
               f"algorithm.minibatches={min(2, args.prompts)}", f"data.train_levels=[{args.levels}]",
               f"data.test_levels=[{args.levels}]", f"data.test_per_level={args.test_per_level}",
-              "data.train_per_level=400", f"rollout.max_new_tokens={args.max_new_tokens}",
+              "data.train_per_level=150", f"rollout.max_new_tokens={args.max_new_tokens}",
               f"eval.every={max(args.iterations // 3, 1)}"]
     t0 = time.time()
     out = Path(args.out)

@@ -72,6 +72,11 @@ class DataConfig:
     seed: int = 0
     system_prompt: str | None = None  # prepended to every prompt that has no system message
     few_shot: int = 0  # built-in tasks: this many worked examples (train split, lowest train level) as chat turns before each prompt
+    # Built-in tasks' RL train prompts leave out the prompts a built-in model's warm-up fitted
+    # (report §2.2; RL on them would train on memorised answers): "auto" = model.path's when it
+    # is a built-in model (its name or cache folder); a built-in model's name (for a model made
+    # from one, e.g. merged); "none" = keep them
+    exclude_warmup: str = "auto"
     # Prompt-set files (JSONL, JSON, CSV/TSV, Parquet, datasets folders); mixable with tasks.
     train_files: list[str] = field(default_factory=list)
     test_files: list[str] = field(default_factory=list)

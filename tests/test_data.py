@@ -457,3 +457,61 @@ def test_few_shot_turns_come_before_every_builtin_prompt():
     assert len(plain[0].messages) == 1
     with pytest.raises(UserError, match="data.few_shot"):
         load_config(None, ["data.few_shot=-1"])
+
+
+def test_make_prompts_leaves_out_excluded_problems_and_draws_others_in_their_place():
+    from k15rl.tasks import get_task, make_prompts, problem_key
+
+    task = get_task("sort")
+    plain = make_prompts(task, "train", 10, (1, 2), seed=0)
+    banned = {problem_key(p) for p in plain[::2]}  # every other problem of each level
+    kept = make_prompts(task, "train", 10, (1, 2), seed=0, exclude=banned)
+    assert len(kept) == 20 and not banned & {problem_key(p) for p in kept}
+    # the problems not excluded come in the same order, the new ones after them
+    assert [p.question for p in kept[:5]] == [p.question for p in plain[1:10:2]]
+    with pytest.raises(ValueError, match=r"could not draw 3 distinct train problems \(got 2; 1 more were excluded\)"):
+        make_prompts(FiniteTask(), "train", 3, (1,), seed=0, exclude={"q0"})
+
+
+class FiniteTask:
+    """Three distinct problems in all (q0, q1, q2), each of the train split."""
+
+    name, levels = "finite", (1,)
+
+    def generate(self, rng, level):
+        from k15rl.tasks import Problem
+
+        i = rng.randrange(3)
+        return Problem(f"q{i}", str(i), level, meta={"split_key": f"q{i}"})
+
+
+def test_rl_train_prompts_leave_out_the_builtin_models_warmup_prompts(monkeypatch):
+    """data.exclude_warmup (report §2.2): with a built-in model, by name or by its cache
+    folder, no RL train prompt is one the warm-up fitted; `none` keeps them; the held-out
+    split is untouched; a bad value and a pool too small are one-line errors."""
+    from k15rl.data import build_prompts
+    from k15rl.models.builtin import BUILTIN_SPECS, builtin_dir, warmup_prompts
+    from k15rl.tasks import problem_key
+
+    warm = {problem_key(p) for p in warmup_prompts(BUILTIN_SPECS["builtin"])}
+    assert len(warm) == sum(BUILTIN_SPECS["builtin"].sft_per_level)
+    quiet = lambda s: None  # noqa: E731
+    base = ["data.tasks=[sort]", "data.train_per_level=20", "data.test_per_level=5"]
+    kept, _ = build_prompts(load_config(None, ["model.path=builtin", "data.exclude_warmup=none", *base]), quiet)
+    assert {problem_key(p) for p in kept} <= warm  # the same seed draws the warm-up's problems first
+    for model in ("builtin", str(builtin_dir(BUILTIN_SPECS["builtin"]))):
+        train, test = build_prompts(load_config(None, [f"model.path={model}", *base]), quiet)
+        assert len(train) == 120 and warm.isdisjoint(problem_key(p) for p in train)
+        assert [p.id for p in test] == [p.id for p in build_prompts(
+            load_config(None, ["model.path=builtin", "data.exclude_warmup=none", *base]), quiet)[1]]
+    # a model made from a built-in one (a folder of its own) names it
+    train, _ = build_prompts(load_config(None, ["model.path=/some/merged", "data.exclude_warmup=builtin", *base]), quiet)
+    assert warm.isdisjoint(problem_key(p) for p in train)
+    other, _ = build_prompts(load_config(None, ["model.path=/some/merged", *base]), quiet)  # auto: not built-in
+    assert {problem_key(p) for p in other} <= warm
+    with pytest.raises(UserError, match=r"data.exclude_warmup: 'nope' is not auto, none or a built-in model"):
+        build_prompts(load_config(None, ["data.exclude_warmup=nope", *base]), quiet)
+    with pytest.raises(UserError, match=r"level 1: could not draw 300 distinct train problems \(got \d+; 400 more were "
+                                        r"excluded\): the excluded ones are the built-in model's warm-up prompts"):
+        build_prompts(load_config(None, ["model.path=builtin-long", "data.tasks=[subset_sum]", "data.train_levels=[1]",
+                                         "data.test_levels=[1]", "data.train_per_level=300"]), quiet)

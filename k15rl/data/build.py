@@ -194,8 +194,10 @@ def few_shot_turns(task, n: int, level: int, seed: int) -> tuple[tuple[str, str]
     return turns
 
 
-def builtin_prompts(data: DataConfig, other_data: bool = False) -> tuple[list[Prompt], list[Prompt]]:
-    """Train and test prompts of the built-in tasks (disjoint splits by construction)."""
+def builtin_prompts(data: DataConfig, other_data: bool = False,
+                    exclude: frozenset[str] = frozenset()) -> tuple[list[Prompt], list[Prompt]]:
+    """Train and test prompts of the built-in tasks (disjoint splits by construction); no
+    train prompt's `problem_key` is in `exclude`."""
     from k15rl.tasks import get_task, make_prompts
 
     tasks = data.tasks if data.tasks is not None else ([] if data.train_files or other_data else ["sort"])
@@ -206,11 +208,13 @@ def builtin_prompts(data: DataConfig, other_data: bool = False) -> tuple[list[Pr
         try:
             tr_levels = tuple(lv for lv in data.train_levels if lv in task.levels)
             te_levels = tuple(lv for lv in data.test_levels if lv in task.levels)
-            task_train = make_prompts(task, "train", data.train_per_level, tr_levels, data.seed)
+            task_train = make_prompts(task, "train", data.train_per_level, tr_levels, data.seed, exclude)
             task_test = make_prompts(task, "test", data.test_per_level, te_levels, data.seed)
             shots = few_shot_turns(task, data.few_shot, min(tr_levels or task.levels), data.seed)
         except ValueError as e:
-            raise UserError(f"config key data: {e}") from None
+            hint = (": the excluded ones are the built-in model's warm-up prompts (data.exclude_warmup); lower "
+                    "data.train_per_level" if "excluded" in str(e) else "")
+            raise UserError(f"config key data: {e}{hint}") from None
         train += [dataclasses.replace(p, messages=shots + p.messages) for p in task_train]
         test += [dataclasses.replace(p, messages=shots + p.messages) for p in task_test]
     if data.system_prompt:
@@ -220,11 +224,12 @@ def builtin_prompts(data: DataConfig, other_data: bool = False) -> tuple[list[Pr
 
 
 def build_prompt_sets(data: DataConfig, log: Log = print, train_dataset: Any = None,
-                      eval_dataset: Any = None) -> PromptSets:
+                      eval_dataset: Any = None, exclude: frozenset[str] = frozenset()) -> PromptSets:
     """Train and test prompts: built-in tasks plus files plus in-memory datasets (lists of
-    row dicts or `datasets.Dataset`s, read like a file's rows), deduplicated, reported."""
+    row dicts or `datasets.Dataset`s, read like a file's rows), deduplicated, reported.
+    `exclude`: keys (`problem_key`) of problems the built-in tasks' train prompts leave out."""
     report = DataReport()
-    train, test = builtin_prompts(data, other_data=train_dataset is not None)
+    train, test = builtin_prompts(data, other_data=train_dataset is not None, exclude=exclude)
     if train_dataset is not None:  # held out by data.test_fraction, as file prompts, unless eval_dataset is given
         prompts, rep = load_rows(memory_rows(train_dataset), "train_dataset", "train_dataset", data, log)
         report.files.append(rep)
@@ -268,9 +273,36 @@ def build_prompt_sets(data: DataConfig, log: Log = print, train_dataset: Any = N
 
 def build_prompts(cfg: TrainConfig, log: Log = print, train_dataset: Any = None,
                   eval_dataset: Any = None) -> tuple[list[Prompt], list[Prompt]]:
-    """Train and held-out test prompts of a run: `build_prompt_sets(cfg.data, ...)`."""
-    sets = build_prompt_sets(cfg.data, log, train_dataset, eval_dataset)
+    """Train and held-out test prompts of a run: `build_prompt_sets(cfg.data, ...)`, the
+    train prompts without the warm-up prompts of the built-in model `data.exclude_warmup`
+    names (`warmup_keys`)."""
+    exclude = warmup_keys(cfg)
+    if exclude:
+        log(f"data: the built-in tasks' train prompts leave out the {len(exclude)} prompts of the built-in "
+            "model's warm-up (data.exclude_warmup)")
+    sets = build_prompt_sets(cfg.data, log, train_dataset, eval_dataset, exclude=exclude)
     return sets.train, sets.test
+
+
+def warmup_keys(cfg: TrainConfig) -> frozenset[str]:
+    """Keys (`problem_key`) of the prompts the warm-up of the built-in model that
+    `data.exclude_warmup` names fitted (report §2.2): "auto" = model.path's if it is a
+    built-in model, "none" = nothing, else a `BUILTIN_SPECS` name. Empty when no task of
+    that model is among data.tasks."""
+    from k15rl.models.builtin import BUILTIN_SPECS, builtin_name, warmup_prompts
+    from k15rl.tasks import problem_key
+
+    choice = cfg.data.exclude_warmup
+    if choice == "none":
+        return frozenset()
+    if choice != "auto" and choice not in BUILTIN_SPECS:
+        raise UserError(f"config key data.exclude_warmup: {choice!r} is not auto, none or a built-in model "
+                        f"({', '.join(sorted(BUILTIN_SPECS))})")
+    name = builtin_name(cfg.model.path) if choice == "auto" else choice
+    tasks = cfg.data.tasks if cfg.data.tasks is not None else ([] if cfg.data.train_files else ["sort"])
+    if name is None or not set(BUILTIN_SPECS[name].tasks) & set(tasks):
+        return frozenset()
+    return frozenset(problem_key(p) for p in warmup_prompts(BUILTIN_SPECS[name]))
 
 
 def prompt_token_limit(cfg: TrainConfig, model_config) -> int | None:

@@ -106,6 +106,28 @@ def builtin_dir(spec: BuiltinSpec) -> Path:
     return cache_root() / f"builtin-{spec_hash(spec)}"
 
 
+def warmup_prompts(spec: BuiltinSpec) -> list:
+    """The train-split prompts whose traces the warm-up of `spec` fits (report §2.2), per
+    task and level, in the order the warm-up draws them (`trainer/warmup.py`)."""
+    from k15rl.tasks import get_task, make_prompts
+
+    prompts = []
+    for name in spec.tasks:
+        task = get_task(name)
+        for level, n in zip(spec.levels, spec.sft_per_level):
+            if level in task.levels:
+                prompts += make_prompts(task, "train", n, (level,), seed=spec.seed)
+    return prompts
+
+
+def builtin_name(path: str | Path) -> str | None:
+    """The `BUILTIN_SPECS` name of `path`: a name itself, or the cache folder of one."""
+    if str(path) in BUILTIN_SPECS:
+        return str(path)
+    folder = Path(path).expanduser().resolve()
+    return next((name for name, spec in BUILTIN_SPECS.items() if builtin_dir(spec).resolve() == folder), None)
+
+
 def build_tokenizer(corpus: list[str], vocab_size: int):
     """A byte-level BPE tokenizer trained on `corpus`, digits split one per token,
     wrapped as a `PreTrainedTokenizerFast` with a chat template."""

@@ -55,10 +55,18 @@ def split_of(question: str) -> str:
     return "test" if h % HASH_BUCKETS < TEST_BUCKETS else "train"
 
 
+def problem_key(prompt: Prompt) -> str:
+    """What tells a built-in task's problems apart, and decides their split: the scene of
+    a visual problem (`meta["split_key"]`), else the question."""
+    return prompt.meta.get("split_key", prompt.question)
+
+
 def make_prompts(
-    task: Task, split: str, n_per_level: int, levels: tuple[int, ...], seed: int
+    task: Task, split: str, n_per_level: int, levels: tuple[int, ...], seed: int,
+    exclude: frozenset[str] | set[str] = frozenset(),
 ) -> list[Prompt]:
-    """`n_per_level` distinct problems of each level from one split, deterministic by seed.
+    """`n_per_level` distinct problems of each level from one split, deterministic by seed,
+    none of whose keys (`problem_key`) is in `exclude`.
 
     A problem's split is that of its `meta["split_key"]` when it has one (visual tasks),
     else of its question. A problem with `meta["image"]` (PNG bytes) becomes a prompt with
@@ -74,17 +82,22 @@ def make_prompts(
             raise ValueError(f"task {task.name!r} has levels {task.levels}, got level {level}")
         rng = random.Random(f"{task.name}/{split}/{level}/{seed}")
         seen: set[str] = set()
+        excluded: set[str] = set()
         attempts = 0
         while len(seen) < n_per_level:
             attempts += 1
             if attempts > 50 * n_per_level + 1000:
+                left_out = f"; {len(excluded)} more were excluded" if excluded else ""
                 raise ValueError(
                     f"task {task.name!r} level {level}: could not draw {n_per_level} distinct "
-                    f"{split} problems (got {len(seen)})"
+                    f"{split} problems (got {len(seen)}{left_out})"
                 )
             p = task.generate(rng, level)
             key = p.meta.get("split_key", p.question)  # visual tasks: the scene, not the question
             if key in seen or split_of(key) != split:
+                continue
+            if key in exclude:
+                excluded.add(key)
                 continue
             seen.add(key)
             meta = dict(p.meta)

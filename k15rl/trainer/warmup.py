@@ -16,27 +16,23 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from k15rl.models.builtin import BuiltinSpec, build_model, build_tokenizer, builtin_dir
+from k15rl.models.builtin import BuiltinSpec, build_model, build_tokenizer, builtin_dir, warmup_prompts
 from k15rl.models.vision import IMAGE_TOKEN, VisionTokenizer, build_processor, build_vlm
-from k15rl.tasks import Problem, get_task, make_prompts
+from k15rl.tasks import Problem, get_task
 from k15rl.trainer.sft import SFTConfig, sft_train
 
 
 def warmup_examples(spec: BuiltinSpec) -> list[tuple[list[dict], str]]:
     """(chat messages, long-CoT response) pairs for the SFT warm-up, from the train split."""
     rng = random.Random(spec.seed)
+    tasks = {name: get_task(name) for name in spec.tasks}
     examples = []
-    for name in spec.tasks:
-        task = get_task(name)
-        for level, n in zip(spec.levels, spec.sft_per_level):
-            if level not in task.levels:
-                continue
-            for p in make_prompts(task, "train", n, (level,), seed=spec.seed):
-                trace = task.warmup_trace(Problem(p.question, p.answer, p.level, p.meta), rng)
-                messages = [{"role": r, "content": c} for r, c in p.messages]
-                if p.images:  # with the message that holds their placeholders
-                    messages[-1]["images"] = p.images
-                examples.append((messages, trace))
+    for p in warmup_prompts(spec):
+        trace = tasks[p.task].warmup_trace(Problem(p.question, p.answer, p.level, p.meta), rng)
+        messages = [{"role": r, "content": c} for r, c in p.messages]
+        if p.images:  # with the message that holds their placeholders
+            messages[-1]["images"] = p.images
+        examples.append((messages, trace))
     rng.shuffle(examples)
     return examples
 
