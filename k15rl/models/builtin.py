@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from k15rl.models.vision import VisionSpec
+from k15rl.types import Prompt
 
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 # Jinja chat template of the built-in tokenizer: role tags, no whitespace added.
@@ -106,12 +107,12 @@ def builtin_dir(spec: BuiltinSpec) -> Path:
     return cache_root() / f"builtin-{spec_hash(spec)}"
 
 
-def warmup_prompts(spec: BuiltinSpec) -> list:
+def warmup_prompts(spec: BuiltinSpec) -> list[Prompt]:
     """The train-split prompts whose traces the warm-up of `spec` fits (report §2.2), per
     task and level, in the order the warm-up draws them (`trainer/warmup.py`)."""
     from k15rl.tasks import get_task, make_prompts
 
-    prompts = []
+    prompts: list[Prompt] = []
     for name in spec.tasks:
         task = get_task(name)
         for level, n in zip(spec.levels, spec.sft_per_level):
