@@ -83,16 +83,22 @@ def plot_token_efficiency(results: Sequence[ModelResult], path: Path, title: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for i, r in enumerate(results):
+    # One colour per method, one marker per seed ("DPO (seed 1)"), named in a legend beside
+    # the axes: labels written next to the points overlap where methods cluster.
+    methods: list[str] = []
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    for r in results:
+        method, _, seed = r.label.partition(" (seed ")
+        if method not in methods:
+            methods.append(method)
+        marker = "osD^v<>p"[int(seed.rstrip(")")) % 8] if seed.rstrip(")").isdigit() else "o"
         ax.errorbar(r.mean_tokens, 100 * r.accuracy, xerr=r.mean_tokens_ci95, yerr=100 * r.accuracy_ci95,
-                    fmt="o", capsize=3, color=f"C{i % 10}", label=r.label)
-        ax.annotate(r.label, (r.mean_tokens, 100 * r.accuracy), textcoords="offset points", xytext=(5, 5), fontsize=8)
+                    fmt=marker, capsize=3, color=f"C{methods.index(method) % 10}", label=r.label, alpha=0.85)
     ax.set_xlabel("mean response tokens")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title or "token efficiency (95% intervals)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
