@@ -10,6 +10,7 @@ model's context once the tokenizer is known.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import random
 import re
@@ -194,13 +195,18 @@ def few_shot_turns(task, n: int, level: int, seed: int) -> tuple[tuple[str, str]
     return turns
 
 
+def builtin_task_names(data: DataConfig, other_data: bool = False) -> list[str]:
+    """data.tasks; unset: [sort] when no files (or in-memory data) are given, none when they are."""
+    return data.tasks if data.tasks is not None else ([] if data.train_files or other_data else ["sort"])
+
+
 def builtin_prompts(data: DataConfig, other_data: bool = False,
                     exclude: frozenset[str] = frozenset()) -> tuple[list[Prompt], list[Prompt]]:
     """Train and test prompts of the built-in tasks (disjoint splits by construction); no
     train prompt's `problem_key` is in `exclude`."""
     from k15rl.tasks import get_task, make_prompts
 
-    tasks = data.tasks if data.tasks is not None else ([] if data.train_files or other_data else ["sort"])
+    tasks = builtin_task_names(data, other_data)
     train: list[Prompt] = []
     test: list[Prompt] = []
     for name in tasks:
@@ -289,8 +295,7 @@ def warmup_keys(cfg: TrainConfig) -> frozenset[str]:
     `data.exclude_warmup` names fitted (report §2.2): "auto" = model.path's if it is a
     built-in model, "none" = nothing, else a `BUILTIN_SPECS` name. Empty when no task of
     that model is among data.tasks."""
-    from k15rl.models.builtin import BUILTIN_SPECS, builtin_name, warmup_prompts
-    from k15rl.tasks import problem_key
+    from k15rl.models.builtin import BUILTIN_SPECS, builtin_name
 
     choice = cfg.data.exclude_warmup
     if choice == "none":
@@ -299,9 +304,17 @@ def warmup_keys(cfg: TrainConfig) -> frozenset[str]:
         raise UserError(f"config key data.exclude_warmup: {choice!r} is not auto, none or a built-in model "
                         f"({', '.join(sorted(BUILTIN_SPECS))})")
     name = builtin_name(cfg.model.path) if choice == "auto" else choice
-    tasks = cfg.data.tasks if cfg.data.tasks is not None else ([] if cfg.data.train_files else ["sort"])
-    if name is None or not set(BUILTIN_SPECS[name].tasks) & set(tasks):
+    if name is None or not set(BUILTIN_SPECS[name].tasks) & set(builtin_task_names(cfg.data)):
         return frozenset()
+    return _warmup_keys(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _warmup_keys(name: str) -> frozenset[str]:
+    """`warmup_keys` of a built-in model, drawn (and, for a VLM, rendered) once per process."""
+    from k15rl.models.builtin import BUILTIN_SPECS, warmup_prompts
+    from k15rl.tasks import problem_key
+
     return frozenset(problem_key(p) for p in warmup_prompts(BUILTIN_SPECS[name]))
 
 

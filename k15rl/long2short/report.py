@@ -89,9 +89,10 @@ def plot_token_efficiency(results: Sequence[ModelResult], path: Path, title: str
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
     for r in results:
         method, _, seed = r.label.partition(" (seed ")
+        seed = seed.rstrip(")")
         if method not in methods:
             methods.append(method)
-        marker = "osD^v<>p"[int(seed.rstrip(")")) % 8] if seed.rstrip(")").isdigit() else "o"
+        marker = "osD^v<>p"[int(seed) % 8] if seed.isdigit() else "o"
         ax.errorbar(r.mean_tokens, 100 * r.accuracy, xerr=r.mean_tokens_ci95, yerr=100 * r.accuracy_ci95,
                     fmt=marker, capsize=3, color=f"C{methods.index(method) % 10}", label=r.label, alpha=0.85)
     ax.set_xlabel("mean response tokens")
