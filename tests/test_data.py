@@ -460,7 +460,7 @@ def test_few_shot_turns_come_before_every_builtin_prompt():
 
 
 def test_make_prompts_leaves_out_excluded_problems_and_draws_others_in_their_place():
-    from k15rl.tasks import get_task, make_prompts, problem_key
+    from k15rl.tasks import TooFewProblems, get_task, make_prompts, problem_key
 
     task = get_task("sort")
     plain = make_prompts(task, "train", 10, (1, 2), seed=0)
@@ -469,8 +469,12 @@ def test_make_prompts_leaves_out_excluded_problems_and_draws_others_in_their_pla
     assert len(kept) == 20 and not banned & {problem_key(p) for p in kept}
     # the problems not excluded come in the same order, the new ones after them
     assert [p.question for p in kept[:5]] == [p.question for p in plain[1:10:2]]
-    with pytest.raises(ValueError, match=r"could not draw 3 distinct train problems \(got 2; 1 more were excluded\)"):
+    with pytest.raises(TooFewProblems, match=r"could not draw 3 distinct train problems \(got 2; 1 more were excluded\)") as e:
         make_prompts(FiniteTask(), "train", 3, (1,), seed=0, exclude={"q0"})
+    assert e.value.excluded == 1
+    with pytest.raises(TooFewProblems, match=r"could not draw 4 distinct train problems \(got 3\)$") as e:
+        make_prompts(FiniteTask(), "train", 4, (1,), seed=0)
+    assert e.value.excluded == 0
 
 
 class FiniteTask:

@@ -204,7 +204,7 @@ def builtin_prompts(data: DataConfig, other_data: bool = False,
                     exclude: frozenset[str] = frozenset()) -> tuple[list[Prompt], list[Prompt]]:
     """Train and test prompts of the built-in tasks (disjoint splits by construction); no
     train prompt's `problem_key` is in `exclude`."""
-    from k15rl.tasks import get_task, make_prompts
+    from k15rl.tasks import TooFewProblems, get_task, make_prompts
 
     tasks = builtin_task_names(data, other_data)
     train: list[Prompt] = []
@@ -219,7 +219,7 @@ def builtin_prompts(data: DataConfig, other_data: bool = False,
             shots = few_shot_turns(task, data.few_shot, min(tr_levels or task.levels), data.seed)
         except ValueError as e:
             hint = (": the excluded ones are the built-in model's warm-up prompts (data.exclude_warmup); lower "
-                    "data.train_per_level" if "excluded" in str(e) else "")
+                    "data.train_per_level" if isinstance(e, TooFewProblems) and e.excluded else "")
             raise UserError(f"config key data: {e}{hint}") from None
         train += [dataclasses.replace(p, messages=shots + p.messages) for p in task_train]
         test += [dataclasses.replace(p, messages=shots + p.messages) for p in task_test]

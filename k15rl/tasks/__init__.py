@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from k15rl.tasks.arith import ArithTask
-from k15rl.tasks.base import Problem, Task, make_prompts, problem_key, split_of
+from k15rl.tasks.base import Problem, Task, TooFewProblems, make_prompts, problem_key, split_of
 from k15rl.tasks.code import CodeTask
 from k15rl.tasks.countdown import CountdownTask
 from k15rl.tasks.hops import HopsTask
@@ -27,4 +27,4 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["TASKS", "ArithTask", "CodeTask", "CountdownTask", "HopsTask", "LongAddTask", "ReasoningGymTask", "SortTask", "SubsetSumTask", "VISUAL_TASKS", "VisBarsTask", "VisCountTask", "VisSortTask", "VisTextTask", "Problem", "Task", "get_task", "make_prompts", "problem_key", "split_of"]
+__all__ = ["TASKS", "ArithTask", "CodeTask", "CountdownTask", "HopsTask", "LongAddTask", "ReasoningGymTask", "SortTask", "SubsetSumTask", "VISUAL_TASKS", "VisBarsTask", "VisCountTask", "VisSortTask", "VisTextTask", "Problem", "Task", "TooFewProblems", "get_task", "make_prompts", "problem_key", "split_of"]

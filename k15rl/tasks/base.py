@@ -55,10 +55,19 @@ def split_of(question: str) -> str:
     return "test" if h % HASH_BUCKETS < TEST_BUCKETS else "train"
 
 
-def problem_key(prompt: Prompt) -> str:
+def problem_key(item: Prompt | Problem) -> str:
     """What tells a built-in task's problems apart, and decides their split: the scene of
     a visual problem (`meta["split_key"]`), else the question."""
-    return prompt.meta.get("split_key", prompt.question)
+    return item.meta.get("split_key", item.question)
+
+
+class TooFewProblems(ValueError):
+    """A level of a split has fewer distinct problems than asked; `excluded` of the others
+    were left out because their keys were in `make_prompts`' `exclude`."""
+
+    def __init__(self, message: str, excluded: int):
+        super().__init__(message)
+        self.excluded = excluded
 
 
 def make_prompts(
@@ -72,7 +81,8 @@ def make_prompts(
     else of its question. A problem with `meta["image"]` (PNG bytes) becomes a prompt with
     an `<image>` placeholder and `meta["images"]`.
 
-    Raises ValueError if a level has fewer distinct problems in the split than asked.
+    Raises TooFewProblems (a ValueError) if a level has fewer distinct problems in the
+    split than asked.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -88,12 +98,12 @@ def make_prompts(
             attempts += 1
             if attempts > 50 * n_per_level + 1000:
                 left_out = f"; {len(excluded)} more were excluded" if excluded else ""
-                raise ValueError(
+                raise TooFewProblems(
                     f"task {task.name!r} level {level}: could not draw {n_per_level} distinct "
-                    f"{split} problems (got {len(seen)}{left_out})"
+                    f"{split} problems (got {len(seen)}{left_out})", len(excluded)
                 )
             p = task.generate(rng, level)
-            key = p.meta.get("split_key", p.question)  # visual tasks: the scene, not the question
+            key = problem_key(p)  # visual tasks: the scene, not the question
             if key in seen or split_of(key) != split:
                 continue
             if key in exclude:
