@@ -68,6 +68,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from k15rl.trainer.resolve import check_names, resolve_model_path
 
     check_output_path(args.output, "--output", folder=False)
+    if args.responses:
+        check_output_path(args.responses, "--responses", folder=False)
     cfg = check_names(load_config(args.config, args.overrides))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -80,14 +82,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     params = eval_sampling_params(cfg, stop_token_ids(tok, model), seed=cfg.seed)
     from k15rl.trainer.resolve import router_from_config
 
-    result, _ = evaluate(HFEngine.from_config(model, tok, cfg.rollout), tok, test, params, cfg.eval.samples_per_prompt,
-                         rewards=router_from_config(cfg.reward), max_batch=cfg.eval.max_batch)
+    result, trajectories = evaluate(HFEngine.from_config(model, tok, cfg.rollout), tok, test, params,
+                                    cfg.eval.samples_per_prompt, rewards=router_from_config(cfg.reward),
+                                    max_batch=cfg.eval.max_batch)
     result = {"model": str(path), "temperature": cfg.eval.temperature, **result}
     print(f"accuracy {result['accuracy']:.4f} (+/- {result['accuracy_ci95']:.4f}), "
           f"mean tokens {result['mean_tokens']:.1f}, n={result['n']}")
     for level, r in result["per_level"].items():
         print(f"  level {level}: accuracy {r['accuracy']:.4f}, mean tokens {r['mean_tokens']:.1f}, n={r['n']}")
     Path(args.output).write_text(json.dumps(result, indent=2))
+    if args.responses:
+        from k15rl.data import write_jsonl
+        from k15rl.trainer.evaluate import response_rows
+
+        n = write_jsonl(args.responses, response_rows(trajectories))
+        print(f"{n} responses written to {args.responses}")
     print(f"written to {args.output}")
     return 0
 
@@ -543,6 +552,7 @@ def _run_commands(sub) -> None:
     e.add_argument("--model", required=True, help="a Hugging Face model folder, or 'builtin'")
     e.add_argument("--config", help="YAML file or preset name for data/eval settings")
     e.add_argument("--output", default="eval_results.json")
+    e.add_argument("--responses", help="also write every response (question, answer, reward, tokens) to this JSONL")
     e.add_argument("overrides", nargs="*", help="key=value config overrides")
     e.set_defaults(fn=_cmd_eval)
 

@@ -209,6 +209,9 @@ class EvalConfig:
     # most this many samples, so its KV cache holds at most this many (each its own prompt:
     # unlike a rollout's groups, no two share one). 0: all at once (up to rollout.max_batch).
     max_batch: int = 0
+    # Write every evaluation's responses (question, answer, response, reward, tokens) to
+    # OUT/eval_responses/iter<N>_T<temperature>.jsonl, one row per sample.
+    save_responses: bool = False
 
 
 @dataclass

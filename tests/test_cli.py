@@ -88,3 +88,28 @@ def test_overrides_may_follow_flags(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--overwrite", "--nope"])
     assert e.value.code == 2
+
+
+def test_eval_writes_every_response_it_scored(tmp_path, capsys, tiny_model_dir):
+    """k15rl eval --responses: one row per sample, whose rewards give the printed accuracy."""
+    import json
+
+    out, responses = tmp_path / "e.json", tmp_path / "r" / "responses.jsonl"
+    code = main(["eval", "--model", str(tiny_model_dir), "--output", str(out), "--responses", str(responses),
+                 "data.test_per_level=1", "data.test_levels=[1,2]", "eval.samples_per_prompt=3",
+                 "rollout.max_new_tokens=8", "threads=1"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    rows = [json.loads(x) for x in responses.read_text().splitlines()]
+    assert len(rows) == result["n"] == 2 * 3 and [r["sample"] for r in rows] == [0, 1, 2, 0, 1, 2]
+    assert sum(r["correct"] for r in rows) / 6 == pytest.approx(result["accuracy"])
+    assert sorted({r["level"] for r in rows}) == [1, 2] and all(0 < r["tokens"] <= 8 for r in rows)
+    assert all(r["task"] == "sort" and r["question"].startswith("Sort") for r in rows)
+    assert "6 responses written to" in capsys.readouterr().out
+
+
+def test_eval_responses_path_that_cannot_be_written_is_refused_first(tmp_path, capsys, tiny_model_dir):
+    code, err = run(["eval", "--model", str(tiny_model_dir), "--output", str(tmp_path / "e.json"),
+                     "--responses", str(tmp_path)], capsys)
+    assert code == 2 and len(err) == 1 and f"--responses {tmp_path}: is a folder" in err[0]
+    assert not (tmp_path / "e.json").exists()

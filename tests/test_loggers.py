@@ -120,3 +120,23 @@ def test_a_resumed_run_logs_each_step_once(tmp_path, tiny_model_dir, crash_then_
     assert [e.step for e in ea.Scalars("reward/mean")] == [1, 2, 3, 4]
     assert all(_same(e.value, m["reward/mean"]) for e, m in zip(ea.Scalars("reward/mean"), metrics))
     assert [e.step for e in ea.Scalars("eval/accuracy")] == [0, 1, 2, 3, 4]
+
+
+def test_saved_eval_responses_are_the_evaluations_and_survive_a_resume(tmp_path, tiny_model_dir, crash_then_resume):
+    """eval.save_responses: one file per evaluation, one row per sample; each file's
+    accuracy and mean tokens are its eval.jsonl row's. A resumed run re-evaluates what
+    came after its checkpoint and leaves no file of the interrupted run behind."""
+    out = tmp_path / "run"
+    cfg = _cfg(out, tiny_model_dir, "eval.save_responses=true", "iterations=4", "checkpoint_every=2",
+               "eval.samples_per_prompt=2")
+    stale = out / "eval_responses" / "iter9_T1.jsonl"  # as if evaluated after the checkpoint, never again
+    crash_then_resume(cfg, 4, before_resume=lambda: stale.write_text("{}\n"))
+    files = sorted(p.name for p in (out / "eval_responses").iterdir())
+    assert files == sorted([f"iter{i}_T1.jsonl" for i in range(5)] + ["iter0_T0.jsonl", "iter4_T0.jsonl"])
+    for ev in _rows(out / "eval.jsonl"):
+        rows = _rows(out / "eval_responses" / f"iter{ev['iteration']}_T{ev['temperature']:g}.jsonl")
+        assert len(rows) == ev["n"] and ev["n"] % 2 == 0  # test prompts x 2 samples
+        assert sum(r["correct"] for r in rows) / len(rows) == pytest.approx(ev["accuracy"])
+        assert sum(r["tokens"] for r in rows) / len(rows) == pytest.approx(ev["mean_tokens"])
+        assert [r["sample"] for r in rows] == [0, 1] * (len(rows) // 2) and {r["task"] for r in rows} == {"digit_first"}
+        assert all(r["question"].startswith("Say a number") and r["answer"] == "" and r["images"] == 0 for r in rows)

@@ -1,4 +1,5 @@
-"""Evaluation on held-out prompts: accuracy and mean response tokens, overall and per level."""
+"""Evaluation on held-out prompts: accuracy and mean response tokens, overall and per level;
+the responses themselves as rows (`response_rows`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,28 @@ from k15rl.rollout.collect import rollout
 from k15rl.rollout.engine import RolloutEngine, SamplingParams
 from k15rl.rollout.factory import sampling_params
 from k15rl.types import Prompt, Trajectory
+
+
+def response_rows(trajectories: Sequence[Trajectory]) -> list[dict]:
+    """One JSON-ready row per sampled response: what it answered, what was asked and
+    expected, and how it scored (`eval.save_responses`, `k15rl eval --responses`). Images
+    are counted, not copied: the prompt id names them."""
+    return [{
+        "prompt_id": t.prompt.id, "task": t.prompt.task, "level": t.prompt.level, "sample": i,
+        "question": t.prompt.meta.get("text_question", t.prompt.question), "images": len(t.prompt.images),
+        "answer": t.prompt.answer, "response": t.text, "correct": t.correct, "reward": t.reward,
+        "tokens": t.num_tokens, "finish_reason": str(t.finish_reason),
+    } for t, i in zip(trajectories, _sample_index(trajectories))]
+
+
+def _sample_index(trajectories: Sequence[Trajectory]) -> list[int]:
+    """Each trajectory's index among the samples of its group (0 .. samples_per_prompt - 1)."""
+    seen: dict[int, int] = defaultdict(int)
+    out = []
+    for t in trajectories:
+        out.append(seen[t.group])
+        seen[t.group] += 1
+    return out
 
 
 def summarize(trajectories: Sequence[Trajectory]) -> dict:

@@ -23,9 +23,10 @@ from k15rl.rollout.engine import SamplingParams
 from k15rl.rollout.factory import sampling_params
 from k15rl.trainer.card import run_card
 from k15rl.trainer.checkpoint import latest_checkpoint, read_jsonl, save_checkpoint, save_hf, write_json_atomic
-from k15rl.trainer.evaluate import evaluate
+from k15rl.data import write_jsonl
+from k15rl.trainer.evaluate import evaluate, response_rows
 from k15rl.trainer.plots import plot_run
-from k15rl.trainer.run import Run, open_run, rollout_metrics, run_summary
+from k15rl.trainer.run import Run, open_run, responses_path, rollout_metrics, run_summary
 
 
 def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False, log: Callable[[str], None] = print,
@@ -211,8 +212,11 @@ def run_eval(run: Run, iteration: int, params: SamplingParams) -> dict:
     """Evaluate the newest policy on the test prompts; one row of eval.jsonl."""
     t0 = time.time()
     run.workers.sync_weights(run.progress.iteration)
-    result, _ = evaluate(run.workers.engine, run.tokenizer, run.test_prompts, params,
-                         run.cfg.eval.samples_per_prompt, rewards=run.router, max_batch=run.cfg.eval.max_batch)
+    result, trajectories = evaluate(run.workers.engine, run.tokenizer, run.test_prompts, params,
+                                    run.cfg.eval.samples_per_prompt, rewards=run.router,
+                                    max_batch=run.cfg.eval.max_batch)
+    if run.cfg.eval.save_responses:
+        write_jsonl(responses_path(run.out, iteration, params.temperature), response_rows(trajectories))
     row = {"iteration": iteration, "temperature": params.temperature, **result, "time/eval": time.time() - t0}
     run.eval_log.write(row)
     return row

@@ -47,7 +47,12 @@ from k15rl.trainer.update import update_plan
 from k15rl.types import Prompt, Trajectory
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "summary.json", "final", "checkpoints", "curves.png",
-             "tensorboard", "wandb", "wandb_id")
+             "tensorboard", "wandb", "wandb_id", "eval_responses")
+
+
+def responses_path(out: Path, iteration: int, temperature: float) -> Path:
+    """Where `eval.save_responses` writes the responses of the evaluation at `iteration`."""
+    return out / "eval_responses" / f"iter{iteration}_T{temperature:g}.jsonl"
 
 
 @dataclass
@@ -188,6 +193,9 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     if state:  # rows logged after the checkpoint would otherwise appear twice
         truncate_jsonl(out / "metrics.jsonl", state["metrics_lines"])
         truncate_jsonl(out / "eval.jsonl", state["eval_lines"])
+        for f in (out / "eval_responses").glob("iter*_T*.jsonl"):  # evaluated after the checkpoint
+            if int(f.name[4:f.name.index("_")]) > state["iteration"]:
+                f.unlink()
     plan = update_plan(cfg, tokenizer.pad_token_id)  # the loss and its arguments, decided once
     with ExitStack() as stack:
         workers = stack.enter_context(start_workers(
