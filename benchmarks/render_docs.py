@@ -644,11 +644,13 @@ def _overthinking_table(over: dict | None) -> list[str]:
         mean = lambda k: statistics.mean(x[k] for x in xs if x[k] is not None)  # noqa: E731
         rows.append([name if name != "start" else "start (`builtin-long`)", len(xs), pct(mean("accuracy")),
                      f"{mean('mean_tokens'):.0f}", pct(mean("overthinking_frac")),
-                     f"{mean('redundant_tokens_mean'):.0f} ({pct(mean('redundant_tokens_mean') / mean('mean_tokens'), 0)})"])
+                     f"{mean('redundant_tokens_mean'):.0f} ({pct(mean('redundant_tokens_mean') / mean('mean_tokens'), 0)})",
+                     pct(mean("overthinking_frac_correct")), f"{mean('redundant_tokens_mean_correct'):.0f}"])
     return ["", f"Overthinking left ({over['start']['n']} held-out prompts, one sample each at T = 1; redundant: "
             "what a response writes after its first check line and before its answer, searching on or checking "
             "again):", "", table(["model", "models", "accuracy", "mean tokens", "responses that overthink",
-                                  "redundant tokens (share)"], rows)]
+                                  "redundant tokens (share)", "right answers that overthink",
+                                  "redundant tokens, right answers"], rows)]
 
 
 def render_loss_ablation(r: dict) -> str:
