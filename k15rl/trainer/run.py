@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -194,7 +195,8 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         truncate_jsonl(out / "metrics.jsonl", state["metrics_lines"])
         truncate_jsonl(out / "eval.jsonl", state["eval_lines"])
         for f in (out / "eval_responses").glob("iter*_T*.jsonl"):  # evaluated after the checkpoint
-            if int(f.name[4:f.name.index("_")]) > state["iteration"]:
+            m = re.fullmatch(r"iter(\d+)_T.+\.jsonl", f.name)
+            if m and int(m[1]) > state["iteration"]:
                 f.unlink()
     plan = update_plan(cfg, tokenizer.pad_token_id)  # the loss and its arguments, decided once
     with ExitStack() as stack:
