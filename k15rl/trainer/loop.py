@@ -16,6 +16,7 @@ from functools import partial
 from typing import Callable
 
 from k15rl.config import TrainConfig
+from k15rl.data import write_jsonl
 from k15rl.errors import UserError, WorkerFailure
 from k15rl.rewards import length_weight, score
 from k15rl.rollout.collect import PartialRolloutResult, partial_rollout
@@ -23,7 +24,6 @@ from k15rl.rollout.engine import SamplingParams
 from k15rl.rollout.factory import sampling_params
 from k15rl.trainer.card import run_card
 from k15rl.trainer.checkpoint import latest_checkpoint, read_jsonl, save_checkpoint, save_hf, write_json_atomic
-from k15rl.data import write_jsonl
 from k15rl.trainer.evaluate import evaluate, response_rows
 from k15rl.trainer.plots import plot_run
 from k15rl.trainer.run import Run, open_run, responses_path, rollout_metrics, run_summary
