@@ -51,8 +51,12 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "summary.json", "fina
              "tensorboard", "wandb", "wandb_id", "eval_responses")
 
 
+RESPONSES_NAME = re.compile(r"iter(\d+)_T(.+)\.jsonl")  # iter<N>_T<temperature>.jsonl
+
+
 def responses_path(out: Path, iteration: int, temperature: float) -> Path:
-    """Where `eval.save_responses` writes the responses of the evaluation at `iteration`."""
+    """Where `eval.save_responses` writes the responses of the evaluation at `iteration`
+    (a name `RESPONSES_NAME` matches)."""
     return out / "eval_responses" / f"iter{iteration}_T{temperature:g}.jsonl"
 
 
@@ -194,8 +198,8 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     if state:  # rows logged after the checkpoint would otherwise appear twice
         truncate_jsonl(out / "metrics.jsonl", state["metrics_lines"])
         truncate_jsonl(out / "eval.jsonl", state["eval_lines"])
-        for f in (out / "eval_responses").glob("iter*_T*.jsonl"):  # evaluated after the checkpoint
-            m = re.fullmatch(r"iter(\d+)_T.+\.jsonl", f.name)
+        for f in (out / "eval_responses").glob("*.jsonl"):  # evaluated after the checkpoint
+            m = RESPONSES_NAME.fullmatch(f.name)
             if m and int(m[1]) > state["iteration"]:
                 f.unlink()
     plan = update_plan(cfg, tokenizer.pad_token_id)  # the loss and its arguments, decided once
