@@ -663,7 +663,8 @@ def render_loss_ablation(r: dict) -> str:
     return "\n".join([
         table(["arm", "overrides", "final held-out accuracy [95%]", "gain (points) [95%]", "final mean tokens"], rows),
         "", f"{len(r['seeds'])} seeds per arm; {r['iterations']} iterations x {r['prompts_per_iteration']} prompts x "
-        f"{r['samples_per_prompt']} samples; levels {r['levels']}; {r['test_prompts']} held-out prompts sampled at "
+        f"{r['samples_per_prompt']} samples; levels {r['levels']}; responses up to {r['max_new_tokens']} tokens; "
+        f"{r['test_prompts']} held-out prompts sampled at "
         f"T = 1. Intervals: 95% t over seeds. Runs: {r['runs_wall_s'] / 60:.1f} min in all (one after another on "
         "2 cores) " + short_provenance(r, "loss_ablation")])
 
