@@ -14,7 +14,7 @@ Per arm and seed: held-out accuracy (sampled, T = 1) over iterations; per arm th
 final accuracy with a 95% t-interval over seeds and its gain over the start. Writes
 OUT/loss_ablation.png and benchmarks/results/loss_ablation.json.
 
-    python benchmarks/loss_ablation.py                                   # all six arms (about 45 min)
+    python benchmarks/loss_ablation.py                                   # all six arms (about 50 min on 2 cores)
     python benchmarks/loss_ablation.py --arms k15,grpo,rest              # the loss comparison alone
     python benchmarks/loss_ablation.py --seeds 0 --iterations 2 --prompts 2 --test-per-level 2   # a smoke run
 """
