@@ -308,7 +308,8 @@ def render_sampling_ablation(r: dict) -> str:
         "", f"{len(r['seeds'])} seeds per arm; {r['iterations']} iterations x {r['prompts_per_iteration']} prompts x "
         f"{r['samples_per_prompt']} samples from a pool of {r['train_per_level']} train problems per level; levels "
         f"{r['levels']}; {r['test_prompts']} held-out prompts sampled at T = 1; lr {r['lr']:g}"
-        + (f", {r['minibatches']} optimizer step(s) per iteration" if "minibatches" in r else "")
+        + (f", {r['minibatches']} optimizer step{'s' if r['minibatches'] > 1 else ''} per iteration"
+           if "minibatches" in r else "")
         + f", responses up to {r['max_new_tokens']} tokens. Intervals: 95% t over seeds. "
         f"{verdict} Runs: {r['runs_wall_s'] / 60:.1f} min in all " + short_provenance(r, "sampling_ablation")])
 

@@ -15,7 +15,7 @@ hard levels. Per arm: the mean final accuracy with a 95% t-interval over seeds, 
 difference from uniform paired by seed (same seed, same test prompts and start model).
 Writes OUT/sampling_ablation.png and benchmarks/results/sampling_ablation.json.
 
-    python benchmarks/sampling_ablation.py                      # the benchmark (about 40 min on 2 cores)
+    python benchmarks/sampling_ablation.py                      # the benchmark (about 50 min on 2 cores)
     python benchmarks/sampling_ablation.py --seeds 0 --iterations 2 --prompts 2 --test-per-level 2   # a smoke run
 """
 
