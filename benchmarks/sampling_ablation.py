@@ -76,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in names if a not in table]
     if unknown:
         p.error(f"--arms: unknown arm {unknown[0]!r} (choose from {', '.join(table)})")
+    steps = min(args.minibatches, args.prompts)
     common = [f"iterations={args.iterations}", f"rollout.prompts_per_iteration={args.prompts}",
-              f"algorithm.minibatches={min(args.minibatches, args.prompts)}", f"algorithm.lr={args.lr}",
+              f"algorithm.minibatches={steps}", f"algorithm.lr={args.lr}",
               f"data.train_levels=[{args.levels}]", f"data.test_levels=[{args.levels}]",
               f"data.train_per_level={args.train_per_level}", f"data.test_per_level={args.test_per_level}",
               f"rollout.max_new_tokens={args.max_new_tokens}", f"eval.every={max(args.iterations // 3, 1)}"]
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": seeds, "methods": methods, "separated_from_uniform": separated, "iterations": args.iterations,
         "prompts_per_iteration": args.prompts, "samples_per_prompt": 8, "levels": args.levels,
         "hard_min_level": args.hard_min_level, "train_per_level": args.train_per_level,
-        "test_prompts": runs[0]["n_test"], "lr": args.lr, "minibatches": args.minibatches, "max_new_tokens": args.max_new_tokens, "runs": runs,
+        "test_prompts": runs[0]["n_test"], "lr": args.lr, "minibatches": steps, "max_new_tokens": args.max_new_tokens,
+        "runs": runs,
         "runs_wall_s": sum(r["wall_s"] for r in runs)}, wall_s=time.time() - t0)
     print(f"{(time.time() - t0) / 60:.1f} min; plot {out / 'sampling_ablation.png'}")
     return 0
