@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/length_penalty")
     p.add_argument("--rerun", action="store_true")
     args = p.parse_args(argv)
+    steps = min(args.minibatches, args.prompts)
     common = [f"iterations={args.iterations}", f"rollout.prompts_per_iteration={args.prompts}",
-              f"algorithm.minibatches={min(args.minibatches, args.prompts)}", f"data.train_levels=[{args.levels}]",
+              f"algorithm.minibatches={steps}", f"data.train_levels=[{args.levels}]",
               f"data.test_levels=[{args.levels}]", f"data.test_per_level={args.test_per_level}",
               "data.train_per_level=150", f"algorithm.lr={args.lr}",
               f"rollout.max_new_tokens={args.max_new_tokens}", "eval.every=0",
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "per_seed": per_seed, "iterations": args.iterations, "prompts_per_iteration": args.prompts,
         "samples_per_prompt": 8, "lr": args.lr, "weight": args.weight, "warmup_iterations": args.warmup, "levels": args.levels,
         "test_prompts": runs[0]["n_test"] // args.eval_samples, "eval_samples_per_prompt": args.eval_samples,
-        "minibatches": args.minibatches, "max_new_tokens": args.max_new_tokens,
+        "minibatches": steps, "max_new_tokens": args.max_new_tokens,
         "seconds_per_iteration": {arm: statistics.mean(r["seconds_per_iteration"] for r in runs if r["arm"] == arm)
                                   for arm in arms},
         "overthinking": over,
