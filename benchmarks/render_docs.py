@@ -667,13 +667,18 @@ def render_loss_ablation(r: dict) -> str:
     rows = []
     for name, m in r["methods"].items():
         (lo, hi), (glo, ghi) = m["final_accuracy_ci95"], m["gain_ci95"]
+        vs = m.get("vs_k15_ci95")
         rows.append([f"`{name}`", ", ".join(f"`{o}`" for o in m["overrides"]),
                      f"{pct(m['final_accuracy'])} [{pct(lo)}, {pct(hi)}]",
-                     f"{m['gain_points']:+.1f} [{glo:+.1f}, {ghi:+.1f}]", f"{m['final_tokens']:.0f}"])
+                     f"{m['gain_points']:+.1f} [{glo:+.1f}, {ghi:+.1f}]",
+                     f"{m['vs_k15_points']:+.1f} [{vs[0]:+.1f}, {vs[1]:+.1f}]" if vs else "-",
+                     f"{m['final_tokens']:.0f}"])
+    steps = f"; {plural(r['minibatches'], 'optimizer step')} per iteration" if "minibatches" in r else ""
     return "\n".join([
-        table(["arm", "overrides", "final held-out accuracy [95%]", "gain (points) [95%]", "final mean tokens"], rows),
+        table(["arm", "overrides", "final held-out accuracy [95%]", "gain (points) [95%]",
+               "vs `k15`, paired by seed (points) [95%]", "final mean tokens"], rows),
         "", f"{len(r['seeds'])} seeds per arm; {r['iterations']} iterations x {r['prompts_per_iteration']} prompts x "
-        f"{r['samples_per_prompt']} samples; levels {r['levels']}; responses up to {r['max_new_tokens']} tokens; "
+        f"{r['samples_per_prompt']} samples{steps}; levels {r['levels']}; responses up to {r['max_new_tokens']} tokens; "
         f"{r['test_prompts']} held-out prompts sampled at "
         f"T = 1. Intervals: 95% t over seeds. Runs: {r['runs_wall_s'] / 60:.1f} min in all (one after another on "
         "2 cores) " + short_provenance(r, "loss_ablation")])
