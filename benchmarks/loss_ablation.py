@@ -15,7 +15,7 @@ final accuracy with a 95% t-interval over seeds, its gain over the start, and it
 difference from `k15` paired by seed (same seed, same test prompts and start model). Writes
 OUT/loss_ablation.png and benchmarks/results/loss_ablation.json.
 
-    python benchmarks/loss_ablation.py                                   # all six arms (about 50 min on 2 cores)
+    python benchmarks/loss_ablation.py                                   # all six arms (about 55 min on 2 cores)
     python benchmarks/loss_ablation.py --arms k15,grpo,rest              # the loss comparison alone
     python benchmarks/loss_ablation.py --seeds 0 --iterations 2 --prompts 2 --test-per-level 2   # a smoke run
 """
