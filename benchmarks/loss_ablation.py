@@ -30,7 +30,7 @@ from pathlib import Path
 
 from long_cot import plot_arms, run_arm
 from results import write_result
-from stats import t_interval
+from stats import paired_points, t_interval
 
 
 def arms(lr: float, lr2: float) -> dict[str, list[str]]:
@@ -80,19 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = [run_arm(arm, seed, common + table[arm], out, args.rerun) for seed in seeds for arm in names]
     methods = {}
-    base = {r["seed"]: r for r in runs if r["arm"] == "k15"}
     for arm in names:
         rs = [r for r in runs if r["arm"] == arm]
         final = [r["acc_after"] for r in rs]
         gain = [100 * (r["acc_after"] - r["acc_before"]) for r in rs]
-        vs = [100 * (r["acc_after"] - base[r["seed"]]["acc_after"]) for r in rs if r["seed"] in base]
+        vs, vs_ci = paired_points(runs, arm, "k15")
         curve = [(i, statistics.mean(dict(r["acc_curve"])[i] for r in rs)) for i, _ in rs[0]["acc_curve"]]
         methods[arm] = {"overrides": table[arm], "final_accuracy": statistics.mean(final),
                         "final_accuracy_ci95": t_interval(final), "gain_points": statistics.mean(gain),
                         "gain_ci95": t_interval(gain), "curve": curve,
                         "final_tokens": statistics.mean(r["tokens_after"] for r in rs),
-                        "vs_k15_points": statistics.mean(vs) if vs and arm != "k15" else None,
-                        "vs_k15_ci95": t_interval(vs) if vs and arm != "k15" else None,
+                        "vs_k15_points": vs, "vs_k15_ci95": vs_ci,
                         "per_seed": [{"seed": r["seed"], "before": r["acc_before"], "after": r["acc_after"]}
                                      for r in rs]}
         lo, hi = methods[arm]["final_accuracy_ci95"]

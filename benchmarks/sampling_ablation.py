@@ -29,7 +29,7 @@ from pathlib import Path
 
 from long_cot import plot_arms, read_jsonl, run_arm
 from results import write_result
-from stats import t_interval
+from stats import paired_points, t_interval
 
 
 def arms(iterations: int, hard_min_level: int) -> dict[str, list[str]]:
@@ -92,20 +92,18 @@ def main(argv: list[str] | None = None) -> int:
             r["hard_before"], r["hard_after"] = hard_accuracy(out / arm / f"seed{seed}", args.hard_min_level)
             runs.append(r)
     methods = {}
-    base = {r["seed"]: r for r in runs if r["arm"] == "uniform"}
     for arm in names:
         rs = [r for r in runs if r["arm"] == arm]
         final = [r["acc_after"] for r in rs]
         gain = [100 * (r["acc_after"] - r["acc_before"]) for r in rs]
-        vs = [100 * (r["acc_after"] - base[r["seed"]]["acc_after"]) for r in rs if r["seed"] in base]
+        vs, vs_ci = paired_points(runs, arm, "uniform")
         curve = [(i, statistics.mean(dict(r["acc_curve"])[i] for r in rs)) for i, _ in rs[0]["acc_curve"]]
         methods[arm] = {"overrides": table[arm], "final_accuracy": statistics.mean(final),
                         "final_accuracy_ci95": t_interval(final), "gain_points": statistics.mean(gain),
                         "gain_ci95": t_interval(gain), "curve": curve,
                         "hard_final_accuracy": statistics.mean(r["hard_after"] for r in rs),
                         "final_tokens": statistics.mean(r["tokens_after"] for r in rs),
-                        "vs_uniform_points": statistics.mean(vs) if vs else None,
-                        "vs_uniform_ci95": t_interval(vs) if vs else None,
+                        "vs_uniform_points": vs, "vs_uniform_ci95": vs_ci,
                         "per_seed": [{"seed": r["seed"], "before": r["acc_before"], "after": r["acc_after"],
                                       "hard_before": r["hard_before"], "hard_after": r["hard_after"]} for r in rs]}
         lo, hi = methods[arm]["final_accuracy_ci95"]

@@ -34,6 +34,25 @@ def t_interval(xs: list[float]) -> list[float]:
     return [m - h, m + h]
 
 
+def paired_points(runs: list[dict], arm: str, baseline: str) -> tuple[float | None, list[float] | None]:
+    """`arm`'s final accuracy minus `baseline`'s, in points, paired by seed (same seed, same
+    start model and test prompts): the mean and its 95% t-interval; (None, None) for the
+    baseline itself or where no seed has both. `runs` are `long_cot.run_arm` results.
+
+    >>> runs = [{"arm": a, "seed": s, "acc_after": x} for a, s, x in
+    ...         [("b", 0, 0.5), ("b", 1, 0.6), ("a", 0, 0.7), ("a", 1, 0.7)]]
+    >>> mean, ci = paired_points(runs, "a", "b"); round(mean, 6), ci is not None
+    (15.0, True)
+    >>> paired_points(runs, "b", "b")
+    (None, None)
+    """
+    base = {r["seed"]: r["acc_after"] for r in runs if r["arm"] == baseline}
+    diffs = [100 * (r["acc_after"] - base[r["seed"]]) for r in runs if r["arm"] == arm and r["seed"] in base]
+    if arm == baseline or not diffs:
+        return None, None
+    return statistics.mean(diffs), t_interval(diffs)
+
+
 def proportion_interval(successes: int, n: int) -> list[float]:
     """95% normal-approximation interval [low, high] of a proportion (the one evaluations report).
 
