@@ -80,7 +80,7 @@ def test_text_rendered_tasks_draw_one_character_per_patch_cell(name, chars):
     glyphs: dict[str, np.ndarray] = {}
     for p in make_prompts(task, "train", 30, task.levels, seed=0):
         img = np.asarray(open_image(p.images[0]).convert("L"))  # [96, 96]
-        lines = VisTextTask.lines(p.meta["text_question"])
+        lines = VisTextTask.lines(task.drawn(p.meta["text_question"]))
         assert "".join(lines).replace(" ", "") == p.meta["text_question"].replace(" ", "")
         for i in range(96 // cell):
             for j in range(96 // cell):

@@ -203,13 +203,19 @@ class VisTextTask:
             raise ValueError(f"{question!r} needs {len(lines)} lines; the image holds {cls.LINES}")
         return lines
 
+    @classmethod
+    def drawn(cls, question: str) -> str:
+        """The text drawn into the image: the question as it is (each `arith` character is one
+        token of the built-in tokenizer, so the reading advances one cell per token)."""
+        return question
+
     def generate(self, rng: random.Random, level: int) -> Problem:
         from PIL import ImageFont
 
         p = self.text.generate(rng, level)
         img, draw = _canvas()
         font = ImageFont.load_default_imagefont()  # 6x11 px bitmap: no font files needed
-        for i, line in enumerate(self.lines(p.question)):
+        for i, line in enumerate(self.lines(self.drawn(p.question))):
             for j, ch in enumerate(line):  # centred in its cell
                 draw.text((j * self.CELL + 3, i * self.CELL), ch, fill="black", font=font)
         return Problem("Answer the question shown in the image.", p.answer, level,
@@ -225,22 +231,34 @@ class VisTextTask:
 
 
 class VisSortTask(VisTextTask):
-    """A `sort` question rendered into the image, drawn as `vis_text` draws `arith`'s; the
-    trace reads the letters off the image, then sorts them as `sort`'s warm-up does (with
-    its occasional noticed-and-redone slip). Levels 1-5 of `sort` (4 to 16 letters; the
-    20 of level 6 do not fit the image).
+    """A `sort` question rendered into the image, drawn as `vis_text` draws `arith`'s but
+    with the letters side by side, one per cell (`drawn`); the trace reads the letters off
+    the image, then sorts them as `sort`'s warm-up does (with its occasional
+    noticed-and-redone slip). Levels 1-5 of `sort` (4 to 16 letters; the 20 of level 6 do
+    not fit the image).
 
     >>> t = VisSortTask()
     >>> p = t.generate(random.Random(0), 5)
-    >>> len(VisSortTask.lines(p.meta["text_question"])) <= VisSortTask.LINES
-    True
+    >>> VisSortTask.lines(VisSortTask.drawn(p.meta["text_question"]))[3:]
+    ['mynbiqpz', 'jtlrdvce', '.']
     >>> t.verify(t.warmup_trace(p, random.Random(0)), p.answer)
     True
     """
 
     name = "vis_sort"
     levels = (1, 2, 3, 4, 5)
-    trace_format = 1
+    trace_format = 2  # 2: letters drawn side by side (1: with the question's spaces between them)
+
+    @classmethod
+    def drawn(cls, question: str) -> str:
+        """The question with no spaces between its letters: the built-in tokenizer reads
+        " e" as one token, so with the spaces drawn each token of the reading would advance
+        two cells, and the relative offset from a token to its cell would change letter by
+        letter. The warm-up VLM's image features tell every letter apart (a linear probe on
+        them is right on all held-out cells), yet with the spaces drawn it never learned to
+        read them (docs/vision.md); `vis_text`'s digits, one token per cell, it reads."""
+        head, letters = question.split(": ", 1)
+        return f"{head}: {letters.replace(' ', '')}"
 
     def __init__(self):
         self.text = SortTask()
