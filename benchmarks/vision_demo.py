@@ -25,7 +25,7 @@ from stats import t_interval
 
 # The kinds of visual data of report §2.3.5 that the built-in tasks stand for.
 KINDS = {"vis_count": "synthetic: counting shapes", "vis_bars": "synthetic: chart reading",
-         "vis_text": "text-rendered: arithmetic"}
+         "vis_text": "text-rendered: arithmetic", "vis_sort": "text-rendered: letter sorting"}
 
 
 def run_seed(seed: int, overrides: list[str], out: Path, rerun: bool) -> dict:
