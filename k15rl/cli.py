@@ -60,8 +60,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
+    import dataclasses
+
     from k15rl.config import load_config
-    from k15rl.data import build_prompts
+    from k15rl.data import build_prompts, fit_context, prompt_token_limit
     from k15rl.models.loading import load_model, load_tokenizer, on_device, stop_token_ids
     from k15rl.rollout.engine import HFEngine
     from k15rl.trainer.evaluate import eval_sampling_params, evaluate
@@ -79,6 +81,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("no test prompts: set data.test_files or data.test_fraction for data files")
     tok = load_tokenizer(path, cfg.model.chat_template)
     model = on_device(load_model(path, cfg.model.dtype), cfg.distributed.device)
+    # as in training, prompts must leave room for the response (here eval.max_new_tokens)
+    budget = dataclasses.replace(cfg, rollout=dataclasses.replace(
+        cfg.rollout, max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens))
+    test, _ = fit_context(test, tok, prompt_token_limit(budget, model.config), "test")
     params = eval_sampling_params(cfg, stop_token_ids(tok, model), seed=cfg.seed)
     from k15rl.trainer.resolve import router_from_config
 
@@ -101,6 +107,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_flags(*checks: tuple[str, object, bool, str]) -> None:
+    """Range checks of command-line flags: (flag, value, ok, what it must be)."""
+    for flag, value, ok, must in checks:
+        if not ok:
+            raise UserError(f"{flag} must be {must} (got {value})")
+
+
+def _check_distinct(outputs: dict[str, str | None], inputs: list[str]) -> None:
+    """An output may not be an input or another output: writing it would destroy the other."""
+    seen: dict[Path, str] = {Path(p).resolve(): "--data" for p in inputs}
+    for flag, path in outputs.items():
+        if not path:
+            continue
+        if (other := seen.get(Path(path).resolve())) is not None:
+            raise UserError(f"{flag} {path}: is also {other}; writing it would destroy that file")
+        seen[Path(path).resolve()] = flag
+
+
 def _finetune_start(args: argparse.Namespace):
     """The model to fine-tune and its tokenizer (`--model`, `--chat-template`), after
     refusing an `--out` that already holds a model (unless `--overwrite`)."""
@@ -109,6 +133,7 @@ def _finetune_start(args: argparse.Namespace):
     from k15rl.trainer.resolve import resolve_model_path
     from k15rl.models.loading import load_model, load_tokenizer, on_device
 
+    _check_flags(("--threads", args.threads, args.threads >= 0, ">= 0 (0: torch's default)"))
     out = check_output_path(args.out, "--out")
     path = resolve_model_path(args.model, "--model")
     if (out / "config.json").exists() and not args.overwrite:
@@ -149,16 +174,19 @@ def _cmd_warmup_data(args: argparse.Namespace) -> int:
         levels = tuple(int(x) for x in args.levels.split(","))
     except ValueError:
         raise UserError(f"--levels must be comma-separated integers (got {args.levels!r})") from None
+    _check_flags(("--n", args.n, args.n >= 1, ">= 1"))
     check_output_path(args.out, "--out", folder=False)
     rng = random.Random(args.seed)
+    drawn = []  # every task's prompts first: a bad --tasks or --levels leaves no file behind
+    for name in args.tasks.split(","):
+        try:
+            task = get_task(name)
+            drawn.append((task, make_prompts(task, args.split, args.n, levels, args.seed)))
+        except ValueError as e:
+            raise UserError(str(e)) from None
     n = 0
     with open(args.out, "w") as f:
-        for name in args.tasks.split(","):
-            try:
-                task = get_task(name)
-                prompts = make_prompts(task, args.split, args.n, levels, args.seed)
-            except ValueError as e:
-                raise UserError(str(e)) from None
+        for task, prompts in drawn:
             for p in prompts:
                 trace = task.warmup_trace(Problem(p.question, p.answer, p.level, p.meta), rng)
                 f.write(json.dumps({"prompt": p.question, "response": trace, "answer": p.answer,
@@ -233,8 +261,11 @@ def _cmd_export_data(args: argparse.Namespace) -> int:
     check_output_path(args.out, "--out", folder=False)
     rows = []
     for task in args.task.split(","):
-        rows += export_rows(task.strip(), levels=levels, n=args.n, split=args.split, seed=args.seed,
-                            verifier=args.verifier)
+        try:
+            rows += export_rows(task.strip(), levels=levels, n=args.n, split=args.split, seed=args.seed,
+                                verifier=args.verifier)
+        except ValueError as e:
+            raise UserError(f"--verifier {args.verifier}: {e}" if "verifier" in str(e) else str(e)) from None
     n = write_jsonl(args.out, rows)
     print(f"wrote {n} prompts to {args.out}")
     return 0
@@ -244,8 +275,14 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     from k15rl.data import fit_context, prompt_to_row, prompt_token_limit, write_jsonl
     from k15rl.data.curate import HEURISTICS, easy_to_hack, heuristic_reasons, summary_table
 
-    if args.attempts < 1:
-        raise UserError(f"--attempts must be >= 1 (got {args.attempts})")
+    _check_flags(("--attempts", args.attempts, args.attempts >= 1, ">= 1"),
+                 ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, ">= 1"),
+                 ("--temperature", args.temperature, 0 <= args.temperature < float("inf"), "a finite number >= 0"),
+                 ("--batch", args.batch, args.batch >= 1, ">= 1"))
+    if args.no_heuristics and not args.model:
+        raise UserError("--no-heuristics without --model leaves no filter to run: give --model for the "
+                        "easy-to-hack filter, or drop --no-heuristics")
+    _check_distinct({"--out": args.out, "--dropped": args.dropped}, args.data)
     for key, path in (("--out", args.out), ("--dropped", args.dropped)):
         if path:
             check_output_path(path, key, folder=False)
@@ -299,6 +336,9 @@ def _cmd_difficulty(args: argparse.Namespace) -> int:
         raise UserError(f"--samples must be >= 1 (got {args.samples})")
     if args.temperature <= 0:
         raise UserError(f"--temperature must be > 0 (got {args.temperature})")
+    _check_flags(("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 0, ">= 0 (0: rollout.max_new_tokens)"),
+                 ("--batch", args.batch, args.batch >= 1, ">= 1"))
+    _check_distinct({"--out": args.out}, args.data)
     check_output_path(args.out, "--out", folder=False)
     cfg = _data_config(args)
     prompts = _load_data_files(args.data, cfg)
@@ -383,6 +423,8 @@ def _l2s_sample(args: argparse.Namespace):
         raise UserError(f"--n must be >= 1 (got {args.n})")
     if args.temperature < 0:
         raise UserError(f"--temperature must be >= 0 (got {args.temperature})")
+    _check_flags(("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 0, ">= 0 (0: rollout.max_new_tokens)"))
+    _check_distinct({"--out": args.out}, args.data or [])
     check_output_path(args.out, "--out", folder=False)
     cfg = _data_config(args)
     prompts = _l2s_prompts(args, cfg, "train")

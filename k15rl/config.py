@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -320,7 +321,9 @@ class TrainConfig:
              "must be >= 0"),
             (self.reward.length_weight >= 0, "reward.length_weight", self.reward.length_weight, "must be >= 0"),
             (self.data.train_per_level >= 1, "data.train_per_level", self.data.train_per_level, "must be >= 1"),
-            (self.data.few_shot >= 0, "data.few_shot", self.data.few_shot, "must be >= 0"),
+            (0 <= self.data.few_shot <= 32, "data.few_shot", self.data.few_shot,
+             "must be in [0, 32] (worked examples in every prompt: more fit no context, and rendering "
+             "every prompt with them takes hours)"),
             (self.data.test_per_level >= 1, "data.test_per_level", self.data.test_per_level, "must be >= 1"),
             (self.eval.temperature >= 0, "eval.temperature", self.eval.temperature, "must be >= 0"),
             (self.eval.samples_per_prompt >= 1, "eval.samples_per_prompt", self.eval.samples_per_prompt, "must be >= 1"),
@@ -332,15 +335,39 @@ class TrainConfig:
              self.algorithm.max_consecutive_skips, "must be >= 1"),
             (self.time_budget_minutes >= 0, "time_budget_minutes", self.time_budget_minutes, "must be >= 0"),
             (self.threads >= 0, "threads", self.threads, "must be >= 0"),
+            (bool(self.out.strip()), "out", self.out, "must name a folder"),
+            (0 <= self.seed < 2**32, "seed", self.seed, "must be in [0, 2**32)"),
+            (0 <= self.data.seed < 2**32, "data.seed", self.data.seed, "must be in [0, 2**32)"),
+            (self.eval.max_new_tokens is None or self.eval.max_new_tokens >= 1, "eval.max_new_tokens",
+             self.eval.max_new_tokens, "must be >= 1 (or null: rollout.max_new_tokens)"),
+            (len(self.algorithm.betas) == 2 and all(0 <= b < 1 for b in self.algorithm.betas), "algorithm.betas",
+             self.algorithm.betas, "must be two numbers in [0, 1)"),
+            (self.algorithm.weight_decay >= 0, "algorithm.weight_decay", self.algorithm.weight_decay, "must be >= 0"),
+            (self.algorithm.grad_clip > 0, "algorithm.grad_clip", self.algorithm.grad_clip, "must be > 0"),
             *self._lora_checks(),
             *self._distributed_checks(),
             *self._optimizer_checks(),
         ]
+        checks = [(False, key, value, "must be a finite number") for key, value in _non_finite(self)] + checks
         for ok, key, value, why in checks:
             if not ok:
                 raise UserError(f"config key {key}: {why} (got {value!r})")
         self._validate_data()
+        self._validate_chat_template()
         return self
+
+    def _validate_chat_template(self) -> None:
+        """A Jinja `model.chat_template` that does not parse fails here, not at the first prompt."""
+        template = self.model.chat_template
+        if template in (None, "plain"):
+            return
+        import jinja2
+
+        try:
+            jinja2.Environment().parse(template)
+        except jinja2.TemplateSyntaxError as e:
+            raise UserError(f"config key model.chat_template: not a valid Jinja template ({e.message}, "
+                            f"line {e.lineno})") from None
 
     def _lora_checks(self) -> list[tuple[bool, str, Any, str]]:
         lo = self.model.lora
@@ -396,6 +423,19 @@ class TrainConfig:
         for ok, key, value, why in checks:
             if not ok:
                 raise UserError(f"config key {key}: {why} (got {value!r})")
+
+
+def _non_finite(node: Any, key: str = "") -> list[tuple[str, float]]:
+    """(dotted key, value) of every inf or NaN number in a config tree, lists included: no
+    setting means anything by them, and range checks such as `lr > 0` let inf through."""
+    if dataclasses.is_dataclass(node):
+        return [bad for f in dataclasses.fields(node)
+                for bad in _non_finite(getattr(node, f.name), f"{key}.{f.name}" if key else f.name)]
+    if isinstance(node, (list, tuple)):
+        return [bad for i, v in enumerate(node) for bad in _non_finite(v, f"{key}[{i}]")]
+    if isinstance(node, float) and not math.isfinite(node):
+        return [(key, node)]
+    return []
 
 
 def to_dict(cfg: Any) -> dict:
@@ -488,12 +528,31 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 def preset_path(name_or_path: str) -> Path:
     """A YAML file path, or the name of a preset shipped in k15rl/configs/."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") and p.exists():
+    if p.suffix in (".yaml", ".yml") and p.is_file():
         return p
     shipped = CONFIG_DIR / f"{name_or_path}.yaml"
     if shipped.exists():
         return shipped
+    if p.is_dir():
+        raise UserError(f"config file {name_or_path}: is a folder, not a YAML file")
+    if p.is_file():  # a YAML file by another name
+        return p
     raise UserError(f"config file {name_or_path} does not exist (presets: {', '.join(list_presets())})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, except that a key given twice in one mapping is an error
+    (PyYAML keeps the last one in silence, so `iterations: 1` ... `iterations: 5` ran 5)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def list_presets() -> list[str]:
@@ -509,7 +568,11 @@ def load_config(config: str | dict | None = None, overrides: list[str] | tuple[s
     elif config:
         path = preset_path(config)
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        except OSError as e:
+            raise UserError(f"{path}: cannot be read ({e.strerror})") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f":{mark.line + 1}" if mark else ""

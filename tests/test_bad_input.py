@@ -5,6 +5,7 @@ written either: no output at a fresh path ({new}), no new file among the inputs.
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 
@@ -89,6 +90,10 @@ def _files(tmp_path):
                                            '{"prompt": "2+2?", "chosen": "4\\u0000", "rejected": "5"}\n')
     (d / "bad.gguf").write_bytes(b"GGUF" + bytes(12))  # magic, then nothing
     (d / "afile").write_text("a file where a folder is wanted\n")
+    (d / "dup.yaml").write_text("iterations: 1\nrollout:\n  k: 4\niterations: 5\n")
+    (d / "latin1.yaml").write_bytes(b"iterations: 2\n# caf\xe9\n")
+    (d / "conf.d").mkdir(exist_ok=True)
+    (d / "long.jsonl").write_text(json.dumps({"problem": "a b c d e f g " * 400, "answer": "1"}) + "\n")
     problem = d / "problems" / "p1"
     (problem / "solutions").mkdir(parents=True, exist_ok=True)
     (problem / "statement.md").write_text("Print the sum.\x07\n")
@@ -101,6 +106,8 @@ def _files(tmp_path):
 # (case, arguments after `k15rl`, text the error line must contain); filled in: {run} (a finished run),
 # {model} (a good model folder), {bad} (broken model folders, see bad_models), {in} (input files),
 # {new} (a path that must not exist afterwards), {ro} (a folder on a read-only file system)
+PROGRESS_BAR = re.compile(r"\d+%\|.*\| \d+/\d+ \[")  # a tqdm line: " 50%|#####     | 1/2 [00:01<..."
+
 CASES = [
     ("malformed YAML", ["train", "--config", "{in}/bad.yaml", "out={run}"], "bad.yaml:4"),
     ("YAML that is not a mapping", ["train", "--config", "{in}/list.yaml", "out={run}"], "list.yaml"),
@@ -238,6 +245,54 @@ CASES = [
     ("export-data --out below a file", ["export-data", "--task", "arith", "--out", "{in}/afile/rows.jsonl"],
      "{in}/afile is a file"),
     ("warmup-data --out is a folder", ["warmup-data", "--out", "{in}"], "--out {in}: is a folder"),
+    # values that types let through: inf, out-of-range optimizer settings, levels no task has
+    ("lr = inf", ["train", "out={run}", "algorithm.lr=inf"], "config key algorithm.lr: must be a finite number"),
+    ("temperature = nan", ["train", "out={run}", "rollout.temperature=.nan"], "rollout.temperature"),
+    ("betas out of [0, 1), with --overwrite", ["train", "--overwrite", "out={run}", "algorithm.betas=[2,3]"],
+     "algorithm.betas"),
+    ("one beta", ["train", "out={run}", "algorithm.betas=[0.9]"], "algorithm.betas"),
+    ("weight decay < 0", ["train", "out={run}", "algorithm.weight_decay=-1"], "algorithm.weight_decay"),
+    ("grad clip < 0", ["train", "out={run}", "algorithm.grad_clip=-1"], "algorithm.grad_clip"),
+    ("eval budget < 1", ["train", "out={run}", "eval.max_new_tokens=-5"], "eval.max_new_tokens"),
+    ("seed < 0", ["train", "out={run}", "seed=-1"], "config key seed"),
+    ("empty out", ["train", "out="], "config key out"),
+    ("few-shot examples beyond any context", ["train", "out={run}", "data.few_shot=100000"], "data.few_shot"),
+    ("a test level no task has", ["train", "--overwrite", "out={run}", "data.tasks=[sort]", "data.test_levels=[0]"],
+     "data.test_levels"),
+    ("test_fraction without data files", ["train", "--overwrite", "out={run}", "model.path={model}",
+                                          "data.test_fraction=0.5"], "data.test_fraction"),
+    ("response budget beyond the context", ["train", "--overwrite", "out={run}", "model.path={model}",
+                                            "rollout.max_new_tokens=100000"], "config key rollout.max_new_tokens"),
+    ("unknown LoRA target, with --overwrite", ["train", "--overwrite", "out={run}", "model.path={model}",
+                                               "model.lora.rank=2", "model.lora.target_modules=[nosuch]"],
+     "model.lora.target_modules"),
+    ("chat template that does not parse", ["train", "out={run}", "model.chat_template={{{{ bad"],
+     "model.chat_template"),
+    ("YAML key given twice", ["train", "--config", "{in}/dup.yaml", "out={run}"], "dup.yaml:4"),
+    ("YAML not UTF-8", ["train", "--config", "{in}/latin1.yaml", "out={run}"], "latin1.yaml: not UTF-8"),
+    ("config is a folder", ["train", "--config", "{in}/conf.d", "out={run}"], "conf.d: is a folder"),
+    ("eval: every prompt beyond the context", ["eval", "--model", "{model}", "--output", "{new}",
+                                               "data.train_files=[{in}/good.jsonl]", "data.test_files=[{in}/long.jsonl]"],
+     "every test prompt is longer"),
+    # command-line flags
+    ("sft --threads < 0", ["sft", "--model", "{model}", "--data", "{in}/sft.jsonl", "--out", "{new}",
+                           "--threads", "-2"], "--threads must be >= 0"),
+    ("difficulty --max-new-tokens < 0", ["difficulty", "--model", "{model}", "--data", "{in}/good.jsonl",
+                                         "--out", "{new}", "--max-new-tokens", "-5"], "--max-new-tokens"),
+    ("difficulty --out is its --data", ["difficulty", "--model", "{model}", "--data", "{in}/good.jsonl",
+                                        "--out", "{in}/good.jsonl"], "is also --data"),
+    ("curate --dropped is its --out", ["curate", "--data", "{in}/good.jsonl", "--out", "{new}",
+                                       "--dropped", "{new}"], "--dropped {new}: is also --out"),
+    ("curate --no-heuristics without --model", ["curate", "--data", "{in}/good.jsonl", "--out", "{new}",
+                                                "--no-heuristics"], "--no-heuristics"),
+    ("curate --temperature < 0", ["curate", "--data", "{in}/good.jsonl", "--out", "{new}", "--model", "{model}",
+                                  "--temperature", "-1"], "--temperature"),
+    ("export-data: unknown verifier", ["export-data", "--task", "rg:chain_sum", "--n", "2", "--verifier", "nosuch",
+                                       "--out", "{new}"], "nosuch"),
+    ("warmup-data: unknown task", ["warmup-data", "--tasks", "nosuch", "--out", "{new}"], "nosuch"),
+    ("warmup-data --n < 1", ["warmup-data", "--n", "0", "--out", "{new}"], "--n must be >= 1"),
+    ("dpo --ref-cache is not a cache", ["dpo", "--model", "{model}", "--data", "{in}/pairs.jsonl", "--out", "{new}",
+                                        "--ref-cache", "{in}/afile"], "{in}/afile: not a reference log-prob cache"),
 ]
 
 
@@ -252,7 +307,8 @@ def test_bad_input_one_line_exit_2_out_untouched(request, tmp_path, capsys, exis
         fill["ro"] = str(request.getfixturevalue("readonly_dir"))
     before, inputs_before = _snapshot(existing_run), _snapshot(inputs)
     code = main([a.format(**fill) for a in argv])
-    err = capsys.readouterr().err.strip().splitlines()
+    # the error is one line; a progress bar of work done before it (loading the weights) is not part of it
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not PROGRESS_BAR.search(line)]
     assert code == 2, (case, err)
     assert len(err) == 1 and err[0].startswith("k15rl: error:"), err
     assert needle.format(**fill) in err[0], err[0]

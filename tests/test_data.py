@@ -477,14 +477,33 @@ def test_make_prompts_leaves_out_excluded_problems_and_draws_others_in_their_pla
     assert e.value.excluded == 0
 
 
+def test_make_prompts_gives_up_on_an_exhausted_level_without_drawing_50_times_a_huge_request():
+    """Asking a level for far more problems than it has stops once no new one has come for
+    50x the draws that found one (1,150 draws here), not after 50 x 10^8 draws."""
+    import time
+
+    from k15rl.tasks import TooFewProblems, make_prompts
+
+    task = FiniteTask()
+    t0 = time.perf_counter()
+    with pytest.raises(TooFewProblems, match=r"could not draw 100000000 distinct train problems \(got 3\)"):
+        make_prompts(task, "train", 10**8, (1,), seed=0)
+    assert task.draws < 2000, task.draws
+    assert time.perf_counter() - t0 < 10
+
+
 class FiniteTask:
     """Three distinct problems in all (q0, q1, q2), each of the train split."""
 
     name, levels = "finite", (1,)
 
+    def __init__(self):
+        self.draws = 0
+
     def generate(self, rng, level):
         from k15rl.tasks import Problem
 
+        self.draws += 1
         i = rng.randrange(3)
         return Problem(f"q{i}", str(i), level, meta={"split_key": f"q{i}"})
 

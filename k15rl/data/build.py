@@ -207,6 +207,12 @@ def builtin_prompts(data: DataConfig, other_data: bool = False,
     from k15rl.tasks import TooFewProblems, get_task, make_prompts
 
     tasks = builtin_task_names(data, other_data)
+    if tasks:  # levels of which no task has one would give no prompts in silence (tasks differ in their levels)
+        known = {lv for name in tasks for lv in get_task(name).levels}
+        for key, levels in (("data.train_levels", data.train_levels), ("data.test_levels", data.test_levels)):
+            if levels and not known & set(levels):
+                raise UserError(f"config key {key}: no task of data.tasks ({', '.join(tasks)}) has any of the "
+                                f"levels {levels} (their levels: {', '.join(map(str, sorted(known)))})")
     train: list[Prompt] = []
     test: list[Prompt] = []
     for name in tasks:
@@ -235,6 +241,9 @@ def build_prompt_sets(data: DataConfig, log: Log = print, train_dataset: Any = N
     row dicts or `datasets.Dataset`s, read like a file's rows), deduplicated, reported.
     `exclude`: keys (`problem_key`) of problems the built-in tasks' train prompts leave out."""
     report = DataReport()
+    if data.test_fraction and not data.train_files and train_dataset is None:
+        raise UserError(f"config key data.test_fraction: {data.test_fraction} holds out a share of data.train_files, "
+                        "and there are none (the built-in tasks' test split is data.test_levels/test_per_level)")
     train, test = builtin_prompts(data, other_data=train_dataset is not None, exclude=exclude)
     if train_dataset is not None:  # held out by data.test_fraction, as file prompts, unless eval_dataset is given
         prompts, rep = load_rows(memory_rows(train_dataset), "train_dataset", "train_dataset", data, log)
@@ -322,9 +331,16 @@ def prompt_token_limit(cfg: TrainConfig, model_config) -> int | None:
     """The most prompt tokens a run allows: data.max_prompt_tokens if set, else the
     model's context (max_position_embeddings) minus rollout.max_new_tokens; None if the
     model states no context length."""
-    if cfg.data.max_prompt_tokens:
-        return cfg.data.max_prompt_tokens
     ctx = model_positions(model_config)
+    if cfg.data.max_prompt_tokens:
+        if ctx is not None and cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens > ctx:
+            raise UserError(f"config key data.max_prompt_tokens: {cfg.data.max_prompt_tokens} prompt tokens plus "
+                            f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} exceed the model's context of "
+                            f"{ctx} positions")
+        return cfg.data.max_prompt_tokens
+    if ctx is not None and ctx - cfg.rollout.max_new_tokens < 1:
+        raise UserError(f"config key rollout.max_new_tokens: {cfg.rollout.max_new_tokens} leaves no room for a "
+                        f"prompt in the model's context of {ctx} positions")
     return None if ctx is None else ctx - cfg.rollout.max_new_tokens
 
 

@@ -240,7 +240,13 @@ def cached_reference_logps(model, rows: Sequence[Encoded], pad_id: int, cache: P
     """Reference log-probs [P, 2], read from `cache` when it holds them for `key` (the
     reference model's and the pairs' fingerprints), else computed once and written there."""
     if cache is not None and cache.is_file():
-        saved = torch.load(cache, weights_only=True)
+        try:
+            saved = torch.load(cache, weights_only=True)
+        except Exception as e:  # torch raises several types for a file that is not its own
+            raise UserError(f"{cache}: not a reference log-prob cache ({type(e).__name__}); remove it or choose "
+                            "another --ref-cache") from None
+        if not isinstance(saved, dict) or not isinstance(saved.get("logps"), torch.Tensor):
+            raise UserError(f"{cache}: not a reference log-prob cache; remove it or choose another --ref-cache")
         if saved.get("key") == key and saved["logps"].shape == (len(rows), 2):
             log(f"reference log-probs of {len(rows)} pairs read from {cache}")
             return saved["logps"]

@@ -93,10 +93,14 @@ def make_prompts(
         rng = random.Random(f"{task.name}/{split}/{level}/{seed}")
         seen: set[str] = set()
         excluded: set[str] = set()
-        attempts = 0
+        attempts = stalled = 0  # stalled: draws since the last new problem
         while len(seen) < n_per_level:
             attempts += 1
-            if attempts > 50 * n_per_level + 1000:
+            stalled += 1
+            # gives up when a level is exhausted: after 50x the draws asked for, or, sooner for a
+            # huge request, after 50x the draws that found a new one (drawing the last of N
+            # distinct problems takes about N draws on average)
+            if attempts > 50 * n_per_level + 1000 or stalled > 50 * len(seen) + 1000:
                 left_out = f"; {len(excluded)} more were excluded" if excluded else ""
                 raise TooFewProblems(
                     f"task {task.name!r} level {level}: could not draw {n_per_level} distinct "
@@ -110,6 +114,7 @@ def make_prompts(
                 excluded.add(key)
                 continue
             seen.add(key)
+            stalled = 0
             meta = dict(p.meta)
             question = p.question
             if "image" in meta:  # one image, one placeholder before the question (verl's layout)

@@ -194,19 +194,21 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         sampler = make_sampler(cfg.sampler.name, train_prompts, cfg.seed, **options)
     except ValueError as e:
         raise UserError(f"config key sampler: {e}") from None
-    prepare_out(out, cfg, overwrite or resume, resuming=checkpoint is not None)
-    if state:  # rows logged after the checkpoint would otherwise appear twice
-        truncate_jsonl(out / "metrics.jsonl", state["metrics_lines"])
-        truncate_jsonl(out / "eval.jsonl", state["eval_lines"])
-        for f in (out / "eval_responses").glob("*.jsonl"):  # evaluated after the checkpoint
-            m = RESPONSES_NAME.fullmatch(f.name)
-            if m and int(m[1]) > state["iteration"]:
-                f.unlink()
     plan = update_plan(cfg, tokenizer.pad_token_id)  # the loss and its arguments, decided once
     with ExitStack() as stack:
+        # the workers first: LoRA target modules, the device and the rollout engine can still
+        # refuse the configuration, and OUT is untouched until they have started
         workers = stack.enter_context(start_workers(
             cfg, path, model, tokenizer, plan, context_length(cfg, model.config, limit),
             version=state["iteration"] if state else 0, log=log, lora_resume=lora_resume))
+        prepare_out(out, cfg, overwrite or resume, resuming=checkpoint is not None)
+        if state:  # rows logged after the checkpoint would otherwise appear twice
+            truncate_jsonl(out / "metrics.jsonl", state["metrics_lines"])
+            truncate_jsonl(out / "eval.jsonl", state["eval_lines"])
+            for f in (out / "eval_responses").glob("*.jsonl"):  # evaluated after the checkpoint
+                m = RESPONSES_NAME.fullmatch(f.name)
+                if m and int(m[1]) > state["iteration"]:
+                    f.unlink()
         stops = stop_token_ids(tokenizer, model)
         sinks = stack.enter_context(open_sinks(cfg, out, resumed_at=state["iteration"] if state else None))
         run = Run(
