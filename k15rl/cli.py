@@ -38,6 +38,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from k15rl.api import train
 
+    _refuse_override(args.overrides, "out", "--out")
     out = args.out or f"runs/{Path(args.config).stem if args.config.endswith(('.yaml', '.yml')) else args.config}"
     summary = train(args.config, f"out={out}", *args.overrides, overwrite=args.overwrite)
     per_task = summary.get("test_per_task_after")
@@ -69,6 +70,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from k15rl.trainer.evaluate import eval_sampling_params, evaluate
     from k15rl.trainer.resolve import check_names, resolve_model_path
 
+    _refuse_override(args.overrides, "model.path", "--model")
     check_output_path(args.output, "--output", folder=False)
     if args.responses:
         check_output_path(args.responses, "--responses", folder=False)
@@ -105,6 +107,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"{n} responses written to {args.responses}")
     print(f"written to {args.output}")
     return 0
+
+
+def _refuse_override(overrides: list[str], key: str, flag: str) -> None:
+    """A command that takes `key` as `flag` refuses it as a key=value override too (one
+    of the two would be ignored in silence)."""
+    if any(o.split("=", 1)[0].strip() == key for o in overrides):
+        raise UserError(f"override {key}=...: this command takes it as {flag}")
 
 
 def _check_flags(*checks: tuple[str, object, bool, str]) -> None:

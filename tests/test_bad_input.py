@@ -93,6 +93,11 @@ def _files(tmp_path):
     (d / "dup.yaml").write_text("iterations: 1\nrollout:\n  k: 4\niterations: 5\n")
     (d / "latin1.yaml").write_bytes(b"iterations: 2\n# caf\xe9\n")
     (d / "conf.d").mkdir(exist_ok=True)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "red").save(d / "red.png")
+    (d / "img.jsonl").write_text(json.dumps({"prompt": "<image>What colour?", "answer": "red",
+                                             "images": ["red.png"]}) + "\n")
     (d / "long.jsonl").write_text(json.dumps({"problem": "a b c d e f g " * 400, "answer": "1"}) + "\n")
     problem = d / "problems" / "p1"
     (problem / "solutions").mkdir(parents=True, exist_ok=True)
@@ -274,7 +279,12 @@ CASES = [
     ("eval: every prompt beyond the context", ["eval", "--model", "{model}", "--output", "{new}",
                                                "data.train_files=[{in}/good.jsonl]", "data.test_files=[{in}/long.jsonl]"],
      "every test prompt is longer"),
+    ("images for a text-only model", ["train", "--overwrite", "out={run}", "model.path={model}",
+                                      "data.train_files=[{in}/img.jsonl]"], "img.jsonl line 1, field 'images'"),
     # command-line flags
+    ("eval: model.path beside --model", ["eval", "--model", "{model}", "--output", "{new}", "model.path=/nonexistent"],
+     "override model.path=...: this command takes it as --model"),
+    ("demo: out= beside --out", ["demo", "--out", "{new}", "out={in}/other"], "override out=...: this command takes it as --out"),
     ("sft --threads < 0", ["sft", "--model", "{model}", "--data", "{in}/sft.jsonl", "--out", "{new}",
                            "--threads", "-2"], "--threads must be >= 0"),
     ("difficulty --max-new-tokens < 0", ["difficulty", "--model", "{model}", "--data", "{in}/good.jsonl",

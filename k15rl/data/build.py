@@ -354,7 +354,10 @@ def fit_context(prompts: Sequence[Prompt], tokenizer, limit: int | None, name: s
         return list(prompts), 0
     kept, longest = [], None
     for p in prompts:
-        n = len(encode_prompt(tokenizer, p.messages, p.images))
+        try:
+            n = len(encode_prompt(tokenizer, p.messages, p.images))
+        except UserError as e:  # e.g. images for a text-only model: name the row they come from
+            raise UserError(f"{p.meta.get('source', p.id)}, field 'images': {e}") from None
         if n <= limit:
             kept.append(p)
         elif longest is None or n > longest[0]:
