@@ -157,11 +157,9 @@ def _cmd_sft(args: argparse.Namespace) -> int:
     from k15rl.trainer.checkpoint import save_hf
     from k15rl.trainer.sft import SFTConfig, load_sft_jsonl, sft_train
 
-    for key, v in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
-        if v < 1:
-            raise UserError(f"{key} must be >= 1 (got {v})")
-    if args.lr <= 0:
-        raise UserError(f"--lr must be > 0 (got {args.lr})")
+    _check_flags(("--epochs", args.epochs, args.epochs >= 1, ">= 1"),
+                 ("--batch-size", args.batch_size, args.batch_size >= 1, ">= 1"),
+                 ("--lr", args.lr, args.lr > 0, "> 0"))
     examples = load_sft_jsonl(args.data)
     _, out, model, tok = _finetune_start(args)
     cfg = SFTConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, autocast_bf16=args.bf16)
@@ -265,8 +263,7 @@ def _cmd_export_data(args: argparse.Namespace) -> int:
         levels = tuple(int(x) for x in args.levels.split(","))
     except ValueError:
         raise UserError(f"--levels must be comma-separated integers (got {args.levels!r})") from None
-    if args.n < 1:
-        raise UserError(f"--n must be >= 1 (got {args.n})")
+    _check_flags(("--n", args.n, args.n >= 1, ">= 1"))
     check_output_path(args.out, "--out", folder=False)
     rows = []
     for task in args.task.split(","):
@@ -341,11 +338,9 @@ def _cmd_difficulty(args: argparse.Namespace) -> int:
     from k15rl.data import fit_context, prompt_to_row, prompt_token_limit, write_jsonl
     from k15rl.data.difficulty import SampleSettings, histogram, pass_rates
 
-    if args.samples < 1:
-        raise UserError(f"--samples must be >= 1 (got {args.samples})")
-    if args.temperature <= 0:
-        raise UserError(f"--temperature must be > 0 (got {args.temperature})")
-    _check_flags(("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 0, ">= 0 (0: rollout.max_new_tokens)"),
+    _check_flags(("--samples", args.samples, args.samples >= 1, ">= 1"),
+                 ("--temperature", args.temperature, args.temperature > 0, "> 0"),
+                 ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 0, ">= 0 (0: rollout.max_new_tokens)"),
                  ("--batch", args.batch, args.batch >= 1, ">= 1"))
     _check_distinct({"--out": args.out}, args.data)
     check_output_path(args.out, "--out", folder=False)
@@ -428,11 +423,9 @@ def _l2s_sample(args: argparse.Namespace):
     from k15rl.trainer.resolve import router_from_config
     from k15rl.rollout.factory import sampling_params
 
-    if args.n < 1:
-        raise UserError(f"--n must be >= 1 (got {args.n})")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (got {args.temperature})")
-    _check_flags(("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 0, ">= 0 (0: rollout.max_new_tokens)"))
+    _check_flags(("--n", args.n, args.n >= 1, ">= 1"),
+                 ("--temperature", args.temperature, args.temperature >= 0, ">= 0"),
+                 ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 0, ">= 0 (0: rollout.max_new_tokens)"))
     _check_distinct({"--out": args.out}, args.data or [])
     check_output_path(args.out, "--out", folder=False)
     cfg = _data_config(args)
