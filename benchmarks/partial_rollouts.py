@@ -2,7 +2,8 @@
 
 The `builtin-long` model on `subset_sum` levels 2-5 (depth-first search traces: median
 about 350 tokens at T = 1, a tail to the 1,900-token limit), K = 8 samples of 8 prompts per
-iteration, one engine with 128 slots, weights fixed (only the scheduling differs):
+iteration, one engine with 64 slots (K x prompts: a whole iteration's trajectories), weights
+fixed (only the scheduling differs):
 
     whole            every trajectory runs to its end within its iteration (segment_tokens = 0):
                      the iteration waits for its longest sample while slots empty out
@@ -11,6 +12,11 @@ iteration, one engine with 128 slots, weights fixed (only the scheduling differs
                      continuation re-encodes its prompt and earlier segments (a prefill)
     partial+kept KV  the same, with rollout.keep_kv: a cut trajectory's KV cache stays in the
                      engine, and its continuation starts from it without a prefill
+    ... , budget     rollout.iteration_tokens = 64 slots x --segment tokens instead of a cap per
+                     trajectory: the buffer is topped up to twice an iteration's trajectories
+                     (cut and not yet started), all go to the engine, a freed slot takes the next
+                     at once, and when the iteration has sampled its budget the ones in flight
+                     are cut (their KV kept) and the rest wait for the next iteration
     ... , groups     the same engine with rollout.attention_groups = --attention-groups: a
                      decoding step's attention is split into groups of slots, each over its
                      own window of columns, so short contexts do not read the width of long
@@ -136,10 +142,10 @@ def decode_breakdown(steps: list[tuple[float, int, int, int, int]], fit: dict, f
 
 
 def run_mode(engine: TimedEngine, tok, prompts, k: int, per_iter: int, segment: int, keep_kv: bool,
-             max_tokens: int, target: int, stop_ids: list[int]) -> dict:
+             max_tokens: int, target: int, stop_ids: list[int], token_budget: int = 0) -> dict:
     """Iterations (continue_first: cut trajectories take their rows, new prompts fill the
-    rest) until `target` trajectories have finished, then (partial) no new prompts until the
-    replay buffer is empty."""
+    rest up to `per_iter` x k) until `target` trajectories have finished, then (partial) no
+    new prompts until the replay buffer is empty."""
     engine.prefilled_s, engine.prefilled_tokens, engine.steps = 0.0, 0, []
     buffer, group, pos, it, tokens = ReplayBuffer(), 0, 0, 0, 0
     finished, per_iteration, timeline = [], [], [(0.0, 0)]
@@ -150,7 +156,7 @@ def run_mode(engine: TimedEngine, tok, prompts, k: int, per_iter: int, segment: 
         t1 = time.perf_counter()
         res = partial_rollout(engine, tok, buffer, batch, k, SamplingParams(max_tokens, seed=it, stop_token_ids=stop_ids),
                               version=it, segment_tokens=segment, max_tokens=max_tokens, first_group=group,
-                              keep_kv=keep_kv)
+                              keep_kv=keep_kv, token_budget=token_budget)
         per_iteration.append(time.perf_counter() - t1)
         group, it, tokens = res.next_group, it + 1, tokens + res.tokens_generated
         score(res.trajectories)
@@ -199,7 +205,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8, help="prompts per iteration (K = 8 samples each)")
     ap.add_argument("--max-new-tokens", type=int, default=1900)
     ap.add_argument("--attention-groups", type=int, default=4, help="rollout.attention_groups of the ', groups' modes")
-    ap.add_argument("--modes", default="whole,partial,partial+kept KV,whole, groups,partial+kept KV, groups",
+    ap.add_argument("--modes", default="whole,partial,partial+kept KV,whole, groups,partial+kept KV, groups,"
+                                       "partial+kept KV, budget, groups",
                     help="comma-separated; a mode name may itself hold ', groups'")
     ap.add_argument("--plot", default="runs/partial_rollouts/partial_rollouts.png")
     args = ap.parse_args()
@@ -211,25 +218,32 @@ def main() -> None:
     n = (args.trajectories // k + 4 * args.prompts) // len(levels) + 1
     prompts = make_prompts(get_task("subset_sum"), "train", n, levels, seed=0)
     prompts = [prompts[i] for i in torch.randperm(len(prompts), generator=torch.Generator().manual_seed(0)).tolist()]
-    all_modes = {"whole": (0, False), "partial": (args.segment, False), "partial+kept KV": (args.segment, True)}
-    names = [m.strip() for m in args.modes.replace(", groups", "|groups").split(",")]
+    slots = k * args.prompts
+    # name -> (segment tokens, keep_kv, iteration token budget, trajectories the buffer is topped up to / k)
+    all_modes = {"whole": (0, False, 0, args.prompts), "partial": (args.segment, False, 0, args.prompts),
+                 "partial+kept KV": (args.segment, True, 0, args.prompts),
+                 "partial+kept KV|budget": (0, True, slots * args.segment, 2 * args.prompts)}
+    names = [m.strip() for m in args.modes.replace(", groups", "|groups").replace(", budget", "|budget").split(",")]
     rows = {}
     for name in names:
-        base_name, _, grouped = name.partition("|")
-        segment, keep = all_modes[base_name]
+        grouped = name.endswith("|groups")
+        base_name = name.removesuffix("|groups")
+        segment, keep, budget, per_iter = all_modes[base_name]
         groups = args.attention_groups if grouped else 1
-        name = base_name + (", groups" if grouped else "")
-        print(f"{name}: segment {segment or 'none'}, attention groups {groups}, {args.trajectories} trajectories",
-              flush=True)
-        engine = TimedEngine(model, tok, max_batch=128, attention_groups=groups)
-        rows[name] = {"mode": name, "segment_tokens": segment, "keep_kv": keep, "attention_groups": groups,
-                      **run_mode(engine, tok, prompts, k, args.prompts, segment, keep, args.max_new_tokens,
-                                 args.trajectories, [tok.eos_token_id])}
+        name = base_name.replace("|", ", ") + (", groups" if grouped else "")
+        print(f"{name}: segment {segment or 'none'}, iteration budget {budget or 'none'}, attention groups {groups}, "
+              f"{args.trajectories} trajectories", flush=True)
+        engine = TimedEngine(model, tok, max_batch=slots, attention_groups=groups)
+        rows[name] = {"mode": name, "segment_tokens": segment, "keep_kv": keep, "iteration_tokens": budget,
+                      "attention_groups": groups,
+                      **run_mode(engine, tok, prompts, k, per_iter, segment, keep, args.max_new_tokens,
+                                 args.trajectories, [tok.eos_token_id], token_budget=budget)}
         engine.close()
     fit = step_cost_model([s for r in rows.values() for s in r["decode_steps"]])
     for r in rows.values():
         r["decode"] = decode_breakdown(r.pop("decode_steps"), fit, k * args.prompts)
-    whole = {r["attention_groups"]: r["s_per_finished_trajectory"] for r in rows.values() if not r["segment_tokens"]}
+    whole = {r["attention_groups"]: r["s_per_finished_trajectory"] for r in rows.values()
+             if not r["segment_tokens"] and not r["iteration_tokens"]}
     fastest = min(whole.values()) if whole else None
     for r in rows.values():
         same = whole.get(r["attention_groups"])
@@ -246,7 +260,7 @@ def main() -> None:
         print(f"  {r['mode']:24s} {d['steps']:6d} steps, {d['mean_live_slots']:5.1f} live slots, "
               f"{d['columns_read_per_used']:.2f} columns read per used, full-batch bound {d['full_batch_bound']:.2f}x; "
               + ", ".join(f"{k} {100 * v:.0f}%" for k, v in (d["share"] or {}).items()))
-    partial = [r for r in rows.values() if r["segment_tokens"]]
+    partial = [r for r in rows.values() if r["segment_tokens"] or r["iteration_tokens"]]
     best = max(partial, key=lambda r: r["speedup_per_finished_trajectory"] or 0) if partial and whole else None
     plot(rows, Path(args.plot))
     write_result("partial_rollouts", {

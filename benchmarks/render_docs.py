@@ -170,7 +170,8 @@ def render_rollout_throughput_readme(r: dict) -> str:
 
 def render_partial_rollouts(r: dict) -> str:
     modes = {m["mode"]: m for m in r["modes"]}
-    rows = [[m["mode"] + (f" ({m['segment_tokens']} tokens per segment)" if m["segment_tokens"] else ""),
+    rows = [[m["mode"] + (f" ({m['segment_tokens']} tokens per segment)" if m["segment_tokens"] else "")
+             + (f" ({m['iteration_tokens']:,} tokens per iteration)" if m.get("iteration_tokens") else ""),
              m.get("attention_groups", 1), m["iterations"], f"{m['s_per_iteration']:.1f}",
              f"{m['s_per_finished_trajectory']:.3f}", ratio(m["speedup_per_finished_trajectory"]),
              ratio(m["vs_whole_same_groups"]) if "vs_whole_same_groups" in m else "-",
@@ -216,7 +217,10 @@ def render_partial_rollouts(r: dict) -> str:
 
 
 def render_partial_rollouts_readme(r: dict) -> str:
-    return (f"- partial rollouts ({r['segment_tokens']} tokens per segment, {r['best_mode']}) vs whole, long-CoT "
+    best = next(m for m in r["modes"] if m["mode"] == r["best_mode"])
+    budget = (f"{best['iteration_tokens']:,} tokens per iteration" if best.get("iteration_tokens")
+              else f"{best['segment_tokens']} tokens per segment")
+    return (f"- partial rollouts ({budget}, {r['best_mode']}) vs whole, long-CoT "
             f"workload: {ratio(r['speedup_per_finished_trajectory'])} per finished trajectory "
             f"{short_provenance(r, 'partial_rollouts')}")
 

@@ -138,6 +138,13 @@ class RolloutConfig:
     # that uses them up is cut, kept in the replay buffer and continued next iteration. 0 = off.
     segment_tokens: int = 0
     continue_first: bool = True  # cut trajectories take their rows first; new prompts fill the rest
+    # Built-in engine: the iteration's output-token budget (report §2.6.2). All unfinished
+    # trajectories (cut, or new and not started: prompts_per_iteration x k of them with
+    # continue_first) go to the engine at once, more than its max_batch slots, so a freed
+    # slot takes the next at once; when the iteration has sampled this many tokens, those in
+    # flight are cut and the rest wait in the replay buffer. 0 = off (the iteration ends
+    # when its last trajectory stops or uses its segment_tokens).
+    iteration_tokens: int = 0
     # Built-in engine: a cut trajectory's KV cache stays in the engine and its continuation
     # starts from it instead of re-encoding prompt and earlier segments. That prefix was then
     # encoded by the previous policy, so it needs algorithm.recompute_old_logprobs=true.
@@ -289,8 +296,19 @@ class TrainConfig:
             (self.rollout.attention_groups >= 1, "rollout.attention_groups", self.rollout.attention_groups,
              "must be >= 1"),
             (self.rollout.segment_tokens >= 0, "rollout.segment_tokens", self.rollout.segment_tokens, "must be >= 0"),
-            (not self.rollout.keep_kv or self.rollout.segment_tokens > 0, "rollout.keep_kv", self.rollout.keep_kv,
-             "needs partial rollouts (rollout.segment_tokens > 0): only cut trajectories keep their KV cache"),
+            (not self.rollout.keep_kv or self.rollout.segment_tokens > 0 or self.rollout.iteration_tokens > 0,
+             "rollout.keep_kv", self.rollout.keep_kv, "needs partial rollouts (rollout.segment_tokens > 0 or "
+             "rollout.iteration_tokens > 0): only cut trajectories keep their KV cache"),
+            (self.rollout.iteration_tokens >= 0, "rollout.iteration_tokens", self.rollout.iteration_tokens,
+             "must be >= 0"),
+            (not self.rollout.iteration_tokens or self.rollout.engine == "hf", "rollout.iteration_tokens",
+             self.rollout.iteration_tokens, "needs the built-in engine (rollout.engine=hf)"),
+            (not self.rollout.iteration_tokens or self.distributed.backend == "local", "rollout.iteration_tokens",
+             self.rollout.iteration_tokens, "needs distributed.backend=local (Ray rollout workers pull requests "
+             "from a queue and take no token budget yet)"),
+            (not self.rollout.iteration_tokens or self.rollout.continue_first, "rollout.iteration_tokens",
+             self.rollout.iteration_tokens, "needs rollout.continue_first=true: unstarted trajectories wait in "
+             "the buffer, and new prompts only top it up"),
             (not self.rollout.keep_kv or self.rollout.engine == "hf", "rollout.keep_kv", self.rollout.keep_kv,
              "needs the built-in engine (rollout.engine=hf); vLLM re-encodes continued prefixes"),
             (not self.rollout.keep_kv or self.algorithm.recompute_old_logprobs, "rollout.keep_kv",

@@ -117,6 +117,31 @@ def test_loop_with_partial_rollouts(tmp_path, tiny_model_dir, toy_task, continue
     assert "replay_buffer" in state and state["next_group"] >= 4
 
 
+@pytest.mark.parametrize("keep_kv", [False, True])
+def test_loop_with_an_iteration_token_budget(tmp_path, tiny_model_dir, toy_task, keep_kv):
+    """rollout.iteration_tokens: 8 trajectories an iteration for 2 slots and a budget of 6
+    tokens; what is cut or not started waits in the buffer (checkpointed), and is trained on
+    once its group has finished."""
+    cfg = load_config(None, [
+        f"out={tmp_path / 'run'}", f"model.path={tiny_model_dir}", "data.tasks=[digit_first]",
+        "data.train_per_level=20", "data.test_per_level=2", "iterations=5", "rollout.k=2",
+        "rollout.prompts_per_iteration=4", "rollout.max_new_tokens=6", "rollout.iteration_tokens=6",
+        "rollout.max_batch=2", f"rollout.keep_kv={str(keep_kv).lower()}",
+        f"algorithm.recompute_old_logprobs={str(keep_kv).lower()}", "eval.every=0", "threads=1", "checkpoint_every=2",
+    ])
+    train(cfg, log=lambda s: None)
+    out = tmp_path / "run"
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    for m in metrics:
+        started = sum(m[f"rollout/num_{o}"] for o in ("stop", "cut", "repeat", "max_len"))
+        assert started + m["rollout/not_started"] <= 8  # continue_first: the buffer is topped up to 8
+        assert m["rollout/not_started"] > 0  # 2 slots and 6 tokens cannot start 8 trajectories
+    assert sum(m["rollout/trained"] for m in metrics) > 0
+    state = json.loads((out / "checkpoints" / "iter_000002" / "state.json").read_text())
+    members = [m for g in state["replay_buffer"]["groups"] for m in g]
+    assert any(not m["response_ids"] for m in members)  # not started yet: kept for the next iteration
+
+
 def test_loop_with_overlapped_rollouts(tmp_path, tiny_model_dir, toy_task):
     """rollout.overlap: the next rollout runs during the update, by the policy one version
     behind; its tokens are stale when trained on, and learning still happens."""

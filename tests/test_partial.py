@@ -422,3 +422,53 @@ def test_requests_sharing_a_prompt_are_prefilled_once(policy):
         alone = one.generate([GenerationRequest(x)], SamplingParams(max_new_tokens=12, temperature=0.0))[0]
         assert s.token_ids == alone.token_ids
         torch.testing.assert_close(torch.tensor(s.logprobs), torch.tensor(alone.logprobs), atol=1e-5, rtol=0)
+
+
+# -- the iteration's output-token budget (rollout.iteration_tokens) --------------------
+
+def test_token_budget_cuts_what_runs_and_leaves_the_rest_unstarted(policy):
+    """Greedy: a call with a token budget cuts the sequences in flight once its slots have
+    sampled that many tokens, and gives requests never admitted an empty segment; continuing
+    the cut ones and starting the others yields exactly the uninterrupted generations."""
+    model, tok = policy
+    prompts = [_ids(tok, q) for q in QUESTIONS]
+    params = SamplingParams(max_new_tokens=12, temperature=0)
+    whole = HFEngine(model, tok, max_batch=2).generate([GenerationRequest(p) for p in prompts], params)
+    engine = HFEngine(model, tok, max_batch=2)
+    first = engine.generate([GenerationRequest(p) for p in prompts], params, token_budget=15)
+    spent = sum(len(s.token_ids) for s in first)
+    assert 15 <= spent <= 15 + 2 - 1  # overshoot: at most the slots' count minus one
+    assert all(s.finish_reason == "length" for s in first if len(s.token_ids) < 12)
+    assert not first[-1].token_ids  # the last request never got a slot
+    rest = engine.generate([GenerationRequest(p, s.token_ids, max_new_tokens=12 - len(s.token_ids))
+                            for p, s in zip(prompts, first)], params)
+    for w, a, b in zip(whole, first, rest):
+        assert a.token_ids + b.token_ids == w.token_ids
+        torch.testing.assert_close(torch.tensor(a.logprobs + b.logprobs), torch.tensor(w.logprobs), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("keep_kv", [False, True])
+def test_partial_rollout_with_a_token_budget(policy, keep_kv):
+    """rollout.iteration_tokens: every unfinished trajectory is handed to the engine, more
+    than its slots; each iteration samples about the budget, those not started wait in the
+    buffer, and once the buffer drains every trajectory equals its uninterrupted greedy
+    generation (also when continued from kept KV)."""
+    model, tok = policy
+    params = SamplingParams(max_new_tokens=24, temperature=0)
+    prompts = [_prompt(q, i) for i, q in enumerate(QUESTIONS[:3])]
+    whole = rollout(HFEngine(model, tok, max_batch=2), tok, prompts, 2, params)
+    engine, buffer = HFEngine(model, tok, max_batch=2), ReplayBuffer()
+    results = [partial_rollout(engine, tok, buffer, prompts, 2, params, version=0, segment_tokens=0, max_tokens=24,
+                               first_group=0, keep_kv=keep_kv, token_budget=10)]
+    assert results[0].not_started > 0 and buffer.num_unfinished() == 6 - len(results[0].trajectories)
+    assert 10 <= results[0].tokens_generated <= 11
+    while len(buffer):
+        results.append(partial_rollout(engine, tok, buffer, [], 2, params, version=len(results), segment_tokens=0,
+                                       max_tokens=24, first_group=3, keep_kv=keep_kv, token_budget=10))
+        assert len(results) < 30
+    got = sorted((t for r in results for t in r.trajectories), key=lambda t: t.group)  # stable: members in order
+    assert [(t.group, t.prompt.id) for t in got] == [(t.group, t.prompt.id) for t in whole]
+    for t, w in zip(got, whole):
+        assert t.response_ids == w.response_ids and t.finish_reason == w.finish_reason
+        torch.testing.assert_close(torch.tensor(t.logprobs), torch.tensor(w.logprobs), atol=1e-4, rtol=0)
+    assert sum(r.tokens_generated for r in results) == sum(len(t.response_ids) for t in got)

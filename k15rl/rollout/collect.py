@@ -3,7 +3,8 @@
 `rollout` samples whole responses (evaluation, and training without partial rollouts).
 `partial_rollout` is one iteration of report §2.6.2: continue the replay buffer's cut
 trajectories, start the new prompts' groups, give every trajectory at most
-`segment_tokens` new tokens, and release the groups whose members have all finished.
+`segment_tokens` new tokens (and the iteration at most `token_budget`), and release the
+groups whose members have all finished.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class PartialRolloutResult:
     trajectories: list[Trajectory]  # members of the groups completed this iteration, oldest group first
     outcomes: Counter = field(default_factory=Counter)  # outcome of each segment generated this iteration
     tokens_generated: int = 0
-    continued: int = 0  # trajectories resumed from the buffer this iteration
+    continued: int = 0  # cut trajectories resumed from the buffer this iteration
+    not_started: int = 0  # trajectories the token budget left unstarted (they wait in the buffer)
     next_group: int = 0  # first free group id
 
 
@@ -68,6 +70,7 @@ def partial_rollout(
     max_tokens: int,
     first_group: int,
     keep_kv: bool = False,
+    token_budget: int = 0,
 ) -> PartialRolloutResult:
     """One rollout phase with partial rollouts (report §2.6.2).
 
@@ -78,9 +81,16 @@ def partial_rollout(
     `cut` and stays in the buffer; at `max_tokens` it is `max_len`. Every token records
     `version`, the policy that sampled it. `keep_kv`: a cut trajectory's KV cache stays in
     the engine for its continuation (rollout.keep_kv; engines that cannot keep it ignore it).
+
+    `token_budget` (rollout.iteration_tokens; 0: none) is the iteration's output-token
+    budget (§2.6.2): all the buffer's unfinished trajectories are handed to the engine,
+    more than its slots, so a slot freed by a finished trajectory takes the next one at
+    once; when the budget is spent, the trajectories in flight are cut and those not
+    started yet wait in the buffer, first in line next iteration.
     """
     segment = segment_tokens or max_tokens
-    continued = buffer.unfinished()
+    continued = buffer.unfinished()  # cut ones, and (token budget) ones not started yet
+    resumed = sum(bool(m.response_ids) for m in continued)
     for i, p in enumerate(prompts):
         ids = encode_prompt(tokenizer, p.messages, p.images)
         buffer.add_group([Member(p, first_group + i, ids, index=j) for j in range(k)])
@@ -91,9 +101,14 @@ def partial_rollout(
                           images=m.prompt.images, keep_kv=keep_kv and len(m.response_ids) + b < max_tokens)
         for m, b in zip(active, budgets)
     ]
-    segments = engine.generate(requests, replace(params, max_new_tokens=segment))
+    budget = {"token_budget": token_budget} if token_budget else {}  # only engines that take one get it
+    segments = engine.generate(requests, replace(params, max_new_tokens=segment), **budget)
     outcomes: Counter = Counter()
+    not_started = 0
     for m, seg in zip(active, segments):
+        if not seg.token_ids and seg.finish_reason == "length":  # the budget ran out before its turn
+            not_started += 1
+            continue
         m.response_ids = m.response_ids + seg.token_ids
         m.logprobs = m.logprobs + seg.logprobs
         m.versions = m.versions + [version] * len(seg.token_ids)
@@ -105,7 +120,8 @@ def partial_rollout(
         trajectories=trajectories,
         outcomes=outcomes,
         tokens_generated=sum(len(s.token_ids) for s in segments),
-        continued=len(continued),
+        continued=resumed,
+        not_started=not_started,
         next_group=first_group + len(prompts),
     )
 

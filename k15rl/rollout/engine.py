@@ -220,8 +220,17 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams,
-                 more: Callable[[int], Sequence[GenerationRequest]] | None = None) -> list[Segment]:
+                 more: Callable[[int], Sequence[GenerationRequest]] | None = None,
+                 token_budget: int = 0) -> list[Segment]:
         """One Segment per request, in the order given. Requests are admitted in that order.
+
+        `token_budget` (0: none): the call's output-token budget (report §2.6.2, "a fixed
+        output token budget"). Once the live slots have sampled that many tokens in all,
+        every sequence still running ends with finish reason "length" (a cut; with
+        `keep_kv` its KV cache is kept), and requests not yet admitted get an empty
+        "length" segment: nothing of theirs was generated. So more requests than slots
+        keep the slots full until the budget is spent, instead of draining behind the
+        longest sequence. It may be overshot by at most the slots' count minus one.
 
         `more(n)`: a source of further requests, asked for at most n whenever slots are
         free and nothing waits; their segments follow those of `requests`, in the order
@@ -236,13 +245,13 @@ class HFEngine:
         training = self.model.training
         self.model.eval()
         try:
-            return self._generate(list(requests), params, more)
+            return self._generate(list(requests), params, more, token_budget)
         finally:
             self.model.train(training)
             release_free_memory()
 
     def _generate(self, requests: list[GenerationRequest], params: SamplingParams,
-                  more: Callable[[int], Sequence[GenerationRequest]] | None) -> list[Segment]:
+                  more: Callable[[int], Sequence[GenerationRequest]] | None, token_budget: int = 0) -> list[Segment]:
         dev = model_device(self.model)  # the model's inputs go there; [S, V] logits come back
         gen = torch.Generator().manual_seed(params.seed)
         stop_ids = torch.tensor(params.stop_token_ids or [-1])
@@ -258,6 +267,7 @@ class HFEngine:
         detector = RepeatDetector(params.repeat_ngram, params.repeat_times, params.repeat_min_tokens) \
             if params.repeat_ngram > 0 else None
         kept, self._kept = self._kept, {}  # continuations take theirs from `kept`; new cuts go to _kept
+        spent = 0  # tokens sampled in this call (token_budget)
         if detector:
             detector.add_rows([[]] * S)
         while waiting or more or any(r is not None for r in rows):
@@ -329,6 +339,13 @@ class HFEngine:
             stopped = torch.isin(tok, stop_ids).tolist()
             repeated = detector.step(tok_all)[live_idx].tolist() if detector else [False] * len(stopped)
             finished = False
+            spent += len(stopped)
+            spent_all = bool(token_budget) and spent >= token_budget
+            if spent_all:  # the budget is spent: requests never admitted end empty, nothing more is pulled
+                for r in waiting:
+                    out[r] = Segment([], [], "length")
+                waiting.clear()
+                more = None
             for j, t, l, st, rep in zip(live_idx.tolist(), tok.tolist(), lp.tolist(), stopped, repeated):
                 row = rows[j]
                 row.tokens.append(t)
@@ -338,7 +355,7 @@ class HFEngine:
                     reason = "stop"
                 elif rep:
                     reason = "repeat"
-                elif len(row.tokens) >= row.budget:
+                elif len(row.tokens) >= row.budget or spent_all:
                     reason = "length"
                 if reason:
                     out[row.index] = Segment(row.tokens, row.logprobs, reason)  # type: ignore[arg-type]

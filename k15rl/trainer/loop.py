@@ -177,7 +177,7 @@ def start_rollout(run: Run, it: int) -> Callable[[], PartialRolloutResult]:
     run.workers.sync_weights(progress.iteration)  # pi_i: the newest weights (a no-op after step 5)
     job = partial(partial_rollout, run.workers.engine, run.tokenizer, run.buffer, prompts, r.k, params,
                   version=run.workers.version, segment_tokens=r.segment_tokens, max_tokens=r.max_new_tokens,
-                  first_group=first, keep_kv=r.keep_kv)
+                  first_group=first, keep_kv=r.keep_kv, token_budget=r.iteration_tokens)
     if run.background:
         return run.background.submit(job).result
     result = job()

@@ -239,6 +239,7 @@ def rollout_metrics(result: PartialRolloutResult, buffer: ReplayBuffer, seconds:
     out.update({
         "rollout/tokens_per_s": result.tokens_generated / max(seconds, 1e-9),
         "rollout/continued": float(result.continued),
+        "rollout/not_started": float(result.not_started),
         "rollout/buffer_unfinished": float(buffer.num_unfinished()),
         "rollout/buffer_waiting": float(buffer.num_waiting()),
     })
