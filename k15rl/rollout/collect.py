@@ -98,7 +98,8 @@ def partial_rollout(
     budgets = [min(segment, max_tokens - len(m.response_ids)) for m in active]
     requests = [
         GenerationRequest(m.prompt_ids, m.response_ids, max_new_tokens=b, id=f"g{m.group}m{m.index}",
-                          images=m.prompt.images, keep_kv=keep_kv and len(m.response_ids) + b < max_tokens)
+                          images=m.prompt.images,
+                          keep_kv=keep_kv and (len(m.response_ids) + b < max_tokens or bool(token_budget)))
         for m, b in zip(active, budgets)
     ]
     budget = {"token_budget": token_budget} if token_budget else {}  # only engines that take one get it
