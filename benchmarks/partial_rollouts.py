@@ -22,9 +22,9 @@ fixed (only the scheduling differs):
                      own window of columns, so short contexts do not read the width of long
                      ones (k15rl/rollout/slots.py)
 
-Every mode runs until --trajectories trajectories have finished; the partial modes then
-take no new prompts until the replay buffer is empty, so all the work they started is
-counted. Per mode: seconds per finished trajectory (the speed-up is that of the fastest
+Every mode rolls out the same --trajectories / K prompts, K samples each, and ends when all
+of them have finished (the partial modes drain their replay buffer at the end): the same
+work in every mode, up to the sampled tokens. Per mode: seconds per finished trajectory (the speed-up is that of the fastest
 whole mode over the mode's; `vs_whole_same_groups` against the whole mode with the same
 attention groups), seconds per iteration, seconds in prefills, tokens generated, and accuracy per
 finished sample (the task's verifier, 95% interval). Every decoding step is timed too: a
@@ -32,7 +32,7 @@ least-squares fit over all of them (seconds = fixed + per live slot + per window
 read + per attention group beyond the first) splits each mode's decoding into fixed per-step cost, per-slot cost and attention
 reads, used or masked out: what dominates, and so what partial rollouts can save.
 
-    python benchmarks/partial_rollouts.py                          # about 20 minutes
+    python benchmarks/partial_rollouts.py                          # about 25 minutes
     python benchmarks/partial_rollouts.py --trajectories 64       # a smoke run
 
 Writes benchmarks/results/partial_rollouts.json; docs/long_cot.md renders it.
@@ -143,15 +143,16 @@ def decode_breakdown(steps: list[tuple[float, int, int, int, int]], fit: dict, f
 
 def run_mode(engine: TimedEngine, tok, prompts, k: int, per_iter: int, segment: int, keep_kv: bool,
              max_tokens: int, target: int, stop_ids: list[int], token_budget: int = 0) -> dict:
-    """Iterations (continue_first: cut trajectories take their rows, new prompts fill the
-    rest up to `per_iter` x k) until `target` trajectories have finished, then (partial) no
-    new prompts until the replay buffer is empty."""
+    """The same `target` / k prompts in every mode: iterations (continue_first: cut
+    trajectories take their rows, new prompts fill the rest up to `per_iter` x k) until
+    every one of them has been started and the replay buffer is empty."""
     engine.prefilled_s, engine.prefilled_tokens, engine.steps = 0.0, 0, []
     buffer, group, pos, it, tokens = ReplayBuffer(), 0, 0, 0, 0
     finished, per_iteration, timeline = [], [], [(0.0, 0)]
+    prompts = prompts[:target // k]
     t0 = time.perf_counter()
-    while len(finished) < target or len(buffer):
-        n_new = max(0, (per_iter * k - buffer.num_unfinished()) // k) if len(finished) < target else 0
+    while pos < len(prompts) or len(buffer):
+        n_new = max(0, (per_iter * k - buffer.num_unfinished()) // k)
         batch, pos = prompts[pos:pos + n_new], pos + n_new
         t1 = time.perf_counter()
         res = partial_rollout(engine, tok, buffer, batch, k, SamplingParams(max_tokens, seed=it, stop_token_ids=stop_ids),
@@ -201,7 +202,7 @@ def main() -> None:
     ap.add_argument("--model", default="builtin-long")
     ap.add_argument("--levels", default="2,3,4,5")
     ap.add_argument("--segment", type=int, default=256, help="rollout.segment_tokens of the partial modes")
-    ap.add_argument("--trajectories", type=int, default=128, help="finished trajectories per mode")
+    ap.add_argument("--trajectories", type=int, default=256, help="trajectories per mode (--trajectories / 8 prompts)")
     ap.add_argument("--prompts", type=int, default=8, help="prompts per iteration (K = 8 samples each)")
     ap.add_argument("--max-new-tokens", type=int, default=1900)
     ap.add_argument("--attention-groups", type=int, default=4, help="rollout.attention_groups of the ', groups' modes")
@@ -215,7 +216,7 @@ def main() -> None:
     model, tok = load_model(path), load_tokenizer(path)
     k = 8
     levels = tuple(int(x) for x in args.levels.split(","))
-    n = (args.trajectories // k + 4 * args.prompts) // len(levels) + 1
+    n = args.trajectories // k // len(levels) + 1
     prompts = make_prompts(get_task("subset_sum"), "train", n, levels, seed=0)
     prompts = [prompts[i] for i in torch.randperm(len(prompts), generator=torch.Generator().manual_seed(0)).tolist()]
     slots = k * args.prompts
@@ -266,7 +267,7 @@ def main() -> None:
     write_result("partial_rollouts", {
         "model": args.model, "levels": list(levels), "k": k, "prompts_per_iteration": args.prompts,
         "max_new_tokens": args.max_new_tokens, "segment_tokens": args.segment, "trajectories": args.trajectories,
-        "attention_groups": args.attention_groups,
+        "attention_groups": args.attention_groups, "slots": slots, "same_prompts": True,
         "threads": torch.get_num_threads(), "weights": "fixed (scheduling only)",
         "speedup_per_finished_trajectory": best["speedup_per_finished_trajectory"] if best else None,
         "best_mode": best["mode"] if best else None,

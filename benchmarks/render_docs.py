@@ -183,8 +183,11 @@ def render_partial_rollouts(r: dict) -> str:
     lines = [
         f"`{r['model']}` on `subset_sum` levels {', '.join(map(str, r['levels']))}, K = {r['k']} x "
         f"{r['prompts_per_iteration']} prompts per iteration, responses up to {r['max_new_tokens']:,} tokens, weights "
-        f"fixed, {r['threads']} threads; each mode until {r['trajectories']:,} trajectories have finished, the partial "
-        "modes then drain their replay buffer (no new prompts) so that all work they started is counted:", "",
+        f"fixed, {r['threads']} threads, an engine of {r.get('slots', 128)} slots; "
+        + (f"every mode rolls out the same {r['trajectories'] // r['k']} prompts ({r['trajectories']:,} trajectories) "
+           "to the end, the partial modes draining their replay buffer last:" if r.get("same_prompts") else
+           f"each mode until {r['trajectories']:,} trajectories have finished, the partial modes then drain their "
+           "replay buffer (no new prompts) so that all work they started is counted:"), "",
         table(["mode", "attention groups", "iterations", "s/iteration", "s per finished trajectory",
                "speed-up (vs fastest whole)", "vs whole, same groups", "prefill s (share)",
                "tokens generated", "accuracy per sample [95%]", "mean tokens"], rows), "",

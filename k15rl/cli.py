@@ -24,6 +24,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from k15rl.api import train
 
     if args.resume:  # the run's own config, plus overrides (e.g. more iterations=)
+        if args.overwrite:
+            raise UserError(f"--resume {args.resume} continues that run and --overwrite would replace it: "
+                            "give one of the two")
         if args.config:
             raise UserError("--resume takes the run's own config.yaml; give changes as key=value overrides")
         if not (Path(args.resume) / "config.yaml").is_file():
@@ -71,16 +74,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from k15rl.trainer.resolve import check_names, resolve_model_path
 
     _refuse_override(args.overrides, "model.path", "--model")
-    check_output_path(args.output, "--output", folder=False)
+    check_output_path(args.output, "--output", folder=False, overwrite=args.overwrite)
     if args.responses:
-        check_output_path(args.responses, "--responses", folder=False)
+        check_output_path(args.responses, "--responses", folder=False, overwrite=args.overwrite)
     cfg = check_names(load_config(args.config, args.overrides))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     path = resolve_model_path(args.model, "--model")
-    _, test = build_prompts(cfg)
+    _, test = build_prompts(cfg, need_train=False)  # evaluation needs the held-out split only
     if not test:
-        raise UserError("no test prompts: set data.test_files or data.test_fraction for data files")
+        raise UserError("config key data: no test prompts (check data.tasks, data.test_levels, data.test_files; "
+                        "for data files without a test file, data.test_fraction)")
     tok = load_tokenizer(path, cfg.model.chat_template)
     model = on_device(load_model(path, cfg.model.dtype), cfg.distributed.device)
     # as in training, prompts must leave room for the response (here eval.max_new_tokens)
@@ -162,7 +166,9 @@ def _cmd_sft(args: argparse.Namespace) -> int:
                  ("--lr", args.lr, args.lr > 0, "> 0"))
     examples = load_sft_jsonl(args.data)
     _, out, model, tok = _finetune_start(args)
-    cfg = SFTConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, autocast_bf16=args.bf16)
+    _check_flags(("--max-length", args.max_length, args.max_length >= 2, ">= 2"))
+    cfg = SFTConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, autocast_bf16=args.bf16,
+                    max_length=args.max_length)
     losses = sft_train(model, tok, examples, cfg)
     save_hf(model, tok, out, {"sft": vars(args) | {"final_loss": losses[-1]}}, card=model_card(
         base_model=args.model, kind="sft", recipe={"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
@@ -182,7 +188,7 @@ def _cmd_warmup_data(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"--levels must be comma-separated integers (got {args.levels!r})") from None
     _check_flags(("--n", args.n, args.n >= 1, ">= 1"))
-    check_output_path(args.out, "--out", folder=False)
+    check_output_path(args.out, "--out", folder=False, overwrite=args.overwrite)
     rng = random.Random(args.seed)
     drawn = []  # every task's prompts first: a bad --tasks or --levels leaves no file behind
     for name in args.tasks.split(","):
@@ -264,7 +270,7 @@ def _cmd_export_data(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"--levels must be comma-separated integers (got {args.levels!r})") from None
     _check_flags(("--n", args.n, args.n >= 1, ">= 1"))
-    check_output_path(args.out, "--out", folder=False)
+    check_output_path(args.out, "--out", folder=False, overwrite=args.overwrite)
     rows = []
     for task in args.task.split(","):
         try:
@@ -291,7 +297,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     _check_distinct({"--out": args.out, "--dropped": args.dropped}, args.data)
     for key, path in (("--out", args.out), ("--dropped", args.dropped)):
         if path:
-            check_output_path(path, key, folder=False)
+            check_output_path(path, key, folder=False, overwrite=args.overwrite)
     cfg = _data_config(args)
     prompts = _load_data_files(args.data, cfg)
     counts = {name: 0 for name in HEURISTICS}
@@ -343,7 +349,7 @@ def _cmd_difficulty(args: argparse.Namespace) -> int:
                  ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 0, ">= 0 (0: rollout.max_new_tokens)"),
                  ("--batch", args.batch, args.batch >= 1, ">= 1"))
     _check_distinct({"--out": args.out}, args.data)
-    check_output_path(args.out, "--out", folder=False)
+    check_output_path(args.out, "--out", folder=False, overwrite=args.overwrite)
     cfg = _data_config(args)
     prompts = _load_data_files(args.data, cfg)
     engine, tok, stops, model = _load_engine(args.model, cfg)
@@ -379,7 +385,7 @@ def _cmd_codetests(args: argparse.Namespace) -> int:
                        ("--cpu-s", args.cpu_s, args.cpu_s > 0)):
         if not ok:
             raise UserError(f"{key}: out of range (got {v})")
-    check_output_path(args.out, "--out", folder=False)
+    check_output_path(args.out, "--out", folder=False, overwrite=args.overwrite)
     problems = load_problem_dirs(args.problems)
     cfg = CodeTestsConfig(cases=args.cases, case_agreement=args.case_agreement, problem_pass=args.problem_pass,
                           seed=args.seed, workers=args.workers, limits=Limits(cpu_s=args.cpu_s, wall_s=2 * args.cpu_s))
@@ -427,7 +433,7 @@ def _l2s_sample(args: argparse.Namespace):
                  ("--temperature", args.temperature, args.temperature >= 0, ">= 0"),
                  ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 0, ">= 0 (0: rollout.max_new_tokens)"))
     _check_distinct({"--out": args.out}, args.data or [])
-    check_output_path(args.out, "--out", folder=False)
+    check_output_path(args.out, "--out", folder=False, overwrite=args.overwrite)
     cfg = _data_config(args)
     prompts = _l2s_prompts(args, cfg, "train")
     engine, tok, stops, model = _load_engine(args.model, cfg)
@@ -598,6 +604,7 @@ def _run_commands(sub) -> None:
     e.add_argument("--output", default="eval_results.json")
     e.add_argument("--responses", help="also write every response (question, answer, reward, tokens) to this JSONL")
     e.add_argument("overrides", nargs="*", help="key=value config overrides")
+    e.add_argument("--overwrite", action="store_true", help="replace the output file(s) if they exist")
     e.set_defaults(fn=_cmd_eval)
 
     v = sub.add_parser("show", help="a run folder's config, latest metrics, evaluation table and checkpoints")
@@ -614,6 +621,8 @@ def _finetune_commands(sub) -> None:
     s.add_argument("--epochs", type=int, default=1)
     s.add_argument("--lr", type=float, default=1e-4)
     s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--max-length", type=int, default=1024,
+                   help="prompt + response tokens; a longer response is cut to fit (and said so)")
     s.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     s.add_argument("--threads", type=int, default=0)
     s.add_argument("--device", default="cpu", choices=_devices(), help="where to train (as distributed.device)")
@@ -647,6 +656,7 @@ def _finetune_commands(sub) -> None:
     w.add_argument("--split", default="train", choices=["train", "test"])
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--out", required=True)
+    w.add_argument("--overwrite", action="store_true", help="replace the output file(s) if they exist")
     w.set_defaults(fn=_cmd_warmup_data)
 
 
@@ -670,6 +680,7 @@ def _data_commands(sub) -> None:
     x.add_argument("--seed", type=int, default=0)
     x.add_argument("--verifier", default="math", help="reasoning-gym: verifier written with each row")
     x.add_argument("--out", required=True)
+    x.add_argument("--overwrite", action="store_true", help="replace the output file(s) if they exist")
     x.set_defaults(fn=_cmd_export_data)
 
     c = sub.add_parser("curate", help="drop multiple-choice, true/false, proof and easy-to-hack prompts (report §2.1)")
@@ -684,6 +695,7 @@ def _data_commands(sub) -> None:
     c.add_argument("--dropped", help="also write the dropped prompts, with the filters that dropped them")
     c.add_argument("--config", help="YAML file or preset for data.* and model.* settings")
     c.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.columns.prompt=question")
+    c.add_argument("--overwrite", action="store_true", help="replace the output file(s) if they exist")
     c.set_defaults(fn=_cmd_curate)
 
     f = sub.add_parser("difficulty", help="pass rate of each prompt under a model (report §2.3.4)")
@@ -697,6 +709,7 @@ def _data_commands(sub) -> None:
     f.add_argument("--drop-solved", action="store_true", help="leave out prompts with pass rate 1")
     f.add_argument("--config", help="YAML file or preset for data.* and model.* settings")
     f.add_argument("overrides", nargs="*", help="key=value overrides")
+    f.add_argument("--overwrite", action="store_true", help="replace the output file(s) if they exist")
     f.set_defaults(fn=_cmd_difficulty)
     c = sub.add_parser("codetests", help="generate test cases with cyaron scripts and keep those reference "
                                          "solutions agree on (report §2.3.5)")
@@ -708,6 +721,7 @@ def _data_commands(sub) -> None:
     c.add_argument("--workers", type=int, default=2, help="sandboxes in parallel")
     c.add_argument("--cpu-s", type=float, default=2.0, help="CPU seconds per run")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--overwrite", action="store_true", help="replace the output file(s) if they exist")
     c.set_defaults(fn=_cmd_codetests)
 
 
@@ -739,6 +753,7 @@ def _long2short_commands(sub) -> None:
                            help="a correct response at least this many times the chosen length is rejected")
         q.add_argument("--config", help="YAML file or preset for data.*, model.* and rollout.* settings")
         q.add_argument("overrides", nargs="*", help="key=value overrides")
+        q.add_argument("--overwrite", action="store_true", help="replace the output file(s) if they exist")
         q.set_defaults(fn=fn)
     r = l2s_sub.add_parser("report", help="accuracy against mean response tokens per model: table + PNG")
     r.add_argument("--models", required=True, nargs="+", help="model folders (or 'builtin'); the first is the reference")

@@ -30,13 +30,14 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_output_path(path: str | Path, key: str, folder: bool = True) -> Path:
+def check_output_path(path: str | Path, key: str, folder: bool = True, overwrite: bool = True) -> Path:
     """`path` as a place this command can write its output to: a folder (`folder`) or a
     file, which may not exist yet. Refused with a UserError naming `key` and the path:
     a path under /proc or /sys; an existing file where a folder is wanted or a folder
-    where a file is; a path below a file; one whose nearest existing folder cannot be
-    written to (a read-only file system, which `os.access` reports even to root, or no
-    permission). Nothing is created; returns `path` as a Path."""
+    where a file is; an existing file when not `overwrite` (a command's --overwrite); a
+    path below a file; one whose nearest existing folder cannot be written to (a
+    read-only file system, which `os.access` reports even to root, or no permission).
+    Nothing is created; returns `path` as a Path."""
     p = Path(path).expanduser()
     where = f"{key} {path}"
     root = _virtual_root(p.absolute().resolve())
@@ -45,6 +46,8 @@ def check_output_path(path: str | Path, key: str, folder: bool = True) -> Path:
     if p.exists() and p.is_dir() != folder:
         kind, wanted = ("a file", "a folder") if folder else ("a folder", "a file")
         raise UserError(f"{where}: is {kind}, not {wanted}; choose another path")
+    if not folder and not overwrite and p.is_file():
+        raise UserError(f"{where}: already exists; pass --overwrite to replace it, or choose another path")
     target = p.absolute()
     base = _nearest_existing(target if folder else target.parent)
     if not base.is_dir():

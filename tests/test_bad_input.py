@@ -84,6 +84,8 @@ def _files(tmp_path):
     (d / "control.jsonl").write_text('{"problem": "1+1?", "answer": "2\\u0007"}\n')
     (d / "control.csv").write_text("problem,answer\n1+1?,2\n2+2?\x1b[0m,4\n")
     (d / "sft.jsonl").write_text('{"prompt": "1+1?", "response": "2"}\n')
+    (d / "sft_empty.jsonl").write_text('{"prompt": "1+1?", "response": "2"}\n{"prompt": "2+2?", "response": " "}\n')
+    (d / "pairs_same.jsonl").write_text('{"prompt": "1+1?", "chosen": "2", "rejected": "2"}\n')
     (d / "sft_surrogate.jsonl").write_text('{"prompt": "1+1?", "response": "2\\udfff"}\n')
     (d / "pairs.jsonl").write_text('{"prompt": "1+1?", "chosen": "2", "rejected": "two, I think"}\n')
     (d / "pairs_control.jsonl").write_text('{"prompt": "1+1?", "chosen": "2", "rejected": "3"}\n'
@@ -93,6 +95,8 @@ def _files(tmp_path):
     (d / "dup.yaml").write_text("iterations: 1\nrollout:\n  k: 4\niterations: 5\n")
     (d / "latin1.yaml").write_bytes(b"iterations: 2\n# caf\xe9\n")
     (d / "conf.d").mkdir(exist_ok=True)
+    (d / "own").mkdir(exist_ok=True)
+    (d / "own" / "config.yaml").write_text("# the user's own settings\niterations: 1\n")
     from PIL import Image
 
     Image.new("RGB", (8, 8), "red").save(d / "red.png")
@@ -301,6 +305,38 @@ CASES = [
                                        "--out", "{new}"], "nosuch"),
     ("warmup-data: unknown task", ["warmup-data", "--tasks", "nosuch", "--out", "{new}"], "nosuch"),
     ("warmup-data --n < 1", ["warmup-data", "--n", "0", "--out", "{new}"], "--n must be >= 1"),
+    ("sft: an empty response", ["sft", "--model", "{model}", "--data", "{in}/sft_empty.jsonl", "--out", "{new}"],
+     "{in}/sft_empty.jsonl:2: field 'response' is empty"),
+    ("sft: a prompt of --max-length tokens", ["sft", "--model", "{model}", "--data", "{in}/sft.jsonl", "--out", "{new}",
+                                              "--max-length", "3"], "example 1: its prompt is"),
+    ("dpo: chosen == rejected", ["dpo", "--model", "{model}", "--data", "{in}/pairs_same.jsonl", "--out", "{new}"],
+     "{in}/pairs_same.jsonl:1: fields 'chosen' and 'rejected' are the same text"),
+    ("eval with no data source", ["eval", "--model", "{model}", "--output", "{new}", "data.tasks=[]"],
+     "config key data: no test prompts"),
+    ("show a file", ["show", "{in}/afile"], "{in}/afile: is a file"),
+    ("--resume with --overwrite", ["train", "--resume", "{run}", "--overwrite"], "--overwrite would replace it"),
+    ("out= holds the user's own config.yaml", ["train", "--config", "{in}/own/config.yaml", "out={in}/own",
+                                               "model.path={model}", "--overwrite"],
+     "out {in}/own: holds a config.yaml that no run wrote"),
+    # an output file that exists is replaced only with --overwrite
+    ("eval --output exists", ["eval", "--model", "{model}", "--output", "{in}/afile"], "--output {in}/afile: already exists"),
+    ("eval --responses exists", ["eval", "--model", "{model}", "--output", "{new}", "--responses", "{in}/afile"],
+     "--responses {in}/afile: already exists"),
+    ("warmup-data --out exists", ["warmup-data", "--out", "{in}/afile"], "--out {in}/afile: already exists"),
+    ("export-data --out exists", ["export-data", "--task", "arith", "--out", "{in}/afile"],
+     "--out {in}/afile: already exists"),
+    ("curate --out exists", ["curate", "--data", "{in}/good.jsonl", "--out", "{in}/afile"],
+     "--out {in}/afile: already exists"),
+    ("curate --dropped exists", ["curate", "--data", "{in}/good.jsonl", "--out", "{new}", "--dropped", "{in}/afile"],
+     "--dropped {in}/afile: already exists"),
+    ("difficulty --out exists", ["difficulty", "--model", "{model}", "--data", "{in}/good.jsonl", "--out", "{in}/afile"],
+     "--out {in}/afile: already exists"),
+    ("codetests --out exists", ["codetests", "--problems", "{in}", "--out", "{in}/afile"],
+     "--out {in}/afile: already exists"),
+    ("shortest-rs --out exists", ["long2short", "shortest-rs", "--model", "{model}", "--out", "{in}/afile"],
+     "--out {in}/afile: already exists"),
+    ("dpo-pairs --out exists", ["long2short", "dpo-pairs", "--model", "{model}", "--out", "{in}/afile"],
+     "--out {in}/afile: already exists"),
     ("dpo --ref-cache is not a cache", ["dpo", "--model", "{model}", "--data", "{in}/pairs.jsonl", "--out", "{new}",
                                         "--ref-cache", "{in}/afile"], "{in}/afile: not a reference log-prob cache"),
 ]

@@ -374,6 +374,10 @@ def test_export_builtin_task_loads_back_identically(tmp_path, capsys):
     assert [(p.messages, p.answer, p.task, p.level) for p in prompts] == \
         [(p.messages, p.answer, p.task, p.level) for p in expected]
     assert "wrote 10 prompts" in capsys.readouterr().out
+    assert main(["export-data", "--task", "sort", "--levels", "1", "--n", "3", "--out", str(out)]) == 2  # exists
+    assert len(out.read_text().splitlines()) == 10  # untouched
+    assert main(["export-data", "--task", "sort", "--levels", "1", "--n", "3", "--out", str(out), "--overwrite"]) == 0
+    assert len(out.read_text().splitlines()) == 3
 
 
 def test_export_reasoning_gym(tmp_path):

@@ -26,6 +26,28 @@ def test_first_step_loss_is_hf_loss_with_prompt_masked(tiny_model_dir):
     assert losses[0] == pytest.approx(ref, rel=1e-5)
 
 
+def test_a_response_longer_than_max_length_is_cut_and_said_so(tiny_model_dir):
+    """The cut example's first step loss is HF's loss on the tokens that fit (no end of
+    sequence); one line says how many were cut. A prompt of max_length tokens is refused."""
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_model(tiny_model_dir)
+    messages = [{"role": "user", "content": "Sort these letters: c a b."}]
+    p = encode_prompt(tok, [("user", messages[0]["content"])])
+    r = encode_response(tok, "plan: 3 letters\nanswer: a b c")
+    ids = torch.tensor([p + r[:4]])
+    labels = ids.clone()
+    labels[0, : len(p)] = -100
+    with torch.no_grad():
+        ref = model(input_ids=ids, labels=labels).loss.item()
+    lines = []
+    losses = sft_train(model, tok, [(messages, "plan: 3 letters\nanswer: a b c")],
+                       SFTConfig(epochs=1, lr=1e-3, batch_size=1, max_length=len(p) + 4), log=lines.append)
+    assert losses[0] == pytest.approx(ref, rel=1e-5)
+    assert len(lines) == 1 and lines[0].startswith("sft: 1 of 1 examples are longer than max_length")
+    with pytest.raises(UserError, match=f"example 1: its prompt is {len(p)} tokens"):
+        sft_train(model, tok, [(messages, "answer: a b c")], SFTConfig(max_length=len(p)))
+
+
 def test_sft_lowers_the_loss(tiny_model_dir):
     tok = load_tokenizer(tiny_model_dir)
     model = load_model(tiny_model_dir)

@@ -266,6 +266,9 @@ def test_image_rows_in_verl_and_trl_layouts(tmp_path):
 @pytest.mark.parametrize("row, match", [
     ({"prompt": "<image>x", "answer": "1", "images": ["nope.png"]}, r"field 'images': image 0: file .*nope.png does not exist"),
     ({"prompt": "<image>x", "answer": "1", "images": ["bad.png"]}, r"field 'images': image 0 \(.*bad.png\): not a readable image"),
+    ({"prompt": "<image>x", "answer": "1", "images": ["."]}, r"field 'images': image 0: .* is a folder, not an image"),
+    ({"prompt": "<image>x", "answer": "1", "images": ["https://example.org/a.png"]},
+     r"field 'images': image 0: https://example.org/a.png is a URL; images are read from local files"),
     ({"prompt": "<image><image>x", "answer": "1", "images": ["ok.png"]}, r"field 'images': 2 <image> placeholder\(s\) .* but 1 image"),
     ({"prompt": "x", "answer": "1", "images": ["ok.png"]}, r"field 'images': 0 <image> placeholder"),
     ({"prompt": "<image>x", "answer": "1"}, r"field 'prompt': 1 <image> placeholder\(s\) in the prompt but 0 image"),

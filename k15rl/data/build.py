@@ -236,7 +236,8 @@ def builtin_prompts(data: DataConfig, other_data: bool = False,
 
 
 def build_prompt_sets(data: DataConfig, log: Log = print, train_dataset: Any = None,
-                      eval_dataset: Any = None, exclude: frozenset[str] = frozenset()) -> PromptSets:
+                      eval_dataset: Any = None, exclude: frozenset[str] = frozenset(),
+                      need_train: bool = True) -> PromptSets:
     """Train and test prompts: built-in tasks plus files plus in-memory datasets (lists of
     row dicts or `datasets.Dataset`s, read like a file's rows), deduplicated, reported.
     `exclude`: keys (`problem_key`) of problems the built-in tasks' train prompts leave out."""
@@ -281,13 +282,13 @@ def build_prompt_sets(data: DataConfig, log: Log = print, train_dataset: Any = N
     report.overlap = n - len(train)
     if report.overlap:
         log(f"data: {report.overlap} train prompts removed because the test set holds them")
-    if not train:
+    if not train and need_train:
         raise UserError("config key data: no training prompts (check data.tasks, data.train_files, data.train_levels)")
     return PromptSets(unique_ids(train), unique_ids(test), report)
 
 
 def build_prompts(cfg: TrainConfig, log: Log = print, train_dataset: Any = None,
-                  eval_dataset: Any = None) -> tuple[list[Prompt], list[Prompt]]:
+                  eval_dataset: Any = None, need_train: bool = True) -> tuple[list[Prompt], list[Prompt]]:
     """Train and held-out test prompts of a run: `build_prompt_sets(cfg.data, ...)`, the
     train prompts without the warm-up prompts of the built-in model `data.exclude_warmup`
     names (`warmup_keys`)."""
@@ -295,7 +296,7 @@ def build_prompts(cfg: TrainConfig, log: Log = print, train_dataset: Any = None,
     if exclude:
         log(f"data: the built-in tasks' train prompts leave out the {len(exclude)} prompts of the built-in "
             "model's warm-up (data.exclude_warmup)")
-    sets = build_prompt_sets(cfg.data, log, train_dataset, eval_dataset, exclude=exclude)
+    sets = build_prompt_sets(cfg.data, log, train_dataset, eval_dataset, exclude=exclude, need_train=need_train)
     return sets.train, sets.test
 
 

@@ -193,9 +193,14 @@ def load_image(value: Any, field: str, index: int, base_dir: Path | None) -> byt
         except (IndexError, ValueError):
             raise BadRow(field, f"{where}: not a valid base64 data URI") from None
     elif isinstance(value, str):
+        if "://" in value:  # nothing is downloaded: rows name local files
+            raise BadRow(field, f"{where}: {value:.80} is a URL; images are read from local files, data URIs or "
+                                "bytes (download it first)")
         path = Path(value).expanduser()
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
+        if path.is_dir():
+            raise BadRow(field, f"{where}: {path} is a folder, not an image file")
         if not path.is_file():
             raise BadRow(field, f"{where}: file {path} does not exist")
         try:

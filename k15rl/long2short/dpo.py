@@ -135,6 +135,11 @@ def load_pairs_jsonl(path: str | Path) -> list[PairExample]:
         for key in ("chosen", "rejected"):
             if not isinstance(row[key], str):
                 raise UserError(f"{path}:{lineno}: field {key!r} must be a string (got {row[key]!r:.40})")
+            if not row[key].strip():
+                raise UserError(f"{path}:{lineno}: field {key!r} is empty")
+        if row["chosen"] == row["rejected"]:
+            raise UserError(f"{path}:{lineno}: fields 'chosen' and 'rejected' are the same text: the pair "
+                            "prefers nothing (DPO's gradient on it is zero)")
         prompt = row["prompt"]
         if isinstance(prompt, str):
             messages = [{"role": "user", "content": prompt}]

@@ -268,6 +268,10 @@ class HFEngine:
             if params.repeat_ngram > 0 else None
         kept, self._kept = self._kept, {}  # continuations take theirs from `kept`; new cuts go to _kept
         spent = 0  # tokens sampled in this call (token_budget)
+        # columns the slot cache starts with after the first prompts' width: room for the
+        # longest response; with a token budget, for the steps the budget lasts with every
+        # slot busy (the cache slides or grows past it when needed, SlotCache.step_mask)
+        room = 1 + min(params.max_new_tokens, -(-token_budget // S) if token_budget else params.max_new_tokens)
         if detector:
             detector.add_rows([[]] * S)
         while waiting or more or any(r is not None for r in rows):
@@ -301,7 +305,7 @@ class HFEngine:
                     if kv is None:
                         k0 = pre.layers[0].keys  # [b, H, P, D]
                         kv = SlotCache(S, len(pre.layers), k0.shape[1], k0.shape[3], k0.dtype,
-                                       columns=width + params.max_new_tokens + 1, end=width, device=dev)
+                                       columns=width + room, end=width, device=dev)
                         logits = new_logits.new_zeros((S, new_logits.shape[1]))
                     P = pre.layers[0].keys.shape[2]
                     for i, n in enumerate(ns):
@@ -318,7 +322,7 @@ class HFEngine:
                     if kv is None:
                         k0 = k.keys[0]  # [H, c, D]
                         kv = SlotCache(S, len(k.keys), k0.shape[0], k0.shape[2], k0.dtype,
-                                       columns=width + params.max_new_tokens + 1, end=width, device=dev)
+                                       columns=width + room, end=width, device=dev)
                         logits = k.logits.new_zeros((S, k.logits.shape[0]))
                     kv.place(free[n], k.keys, k.values)
                     offset[free[n]], logits[free[n]] = k.offset, k.logits

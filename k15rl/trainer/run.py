@@ -129,6 +129,20 @@ def holds_run(out: Path) -> bool:
     return out.exists() and any((out / f).exists() for f in RUN_FILES)
 
 
+def foreign_config(out: Path) -> bool:
+    """OUT holds a config.yaml that no run wrote (a run's holds every section of the
+    config, `out` among them) and nothing else of a run: the user's own file, which a run
+    would replace (and --overwrite delete)."""
+    path = out / "config.yaml"
+    if not path.is_file() or any((out / f).exists() for f in RUN_FILES if f != "config.yaml"):
+        return False
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return True
+    return not (isinstance(data, dict) and {"out", "model", "data", "rollout", "algorithm"} <= set(data))
+
+
 def prepare_out(out: Path, cfg: TrainConfig, overwrite: bool, resuming: bool = False) -> None:
     """Create the run folder. A folder that already holds a run is refused unless
     `overwrite` (then only the run's own files are removed) or `resuming` (kept)."""
@@ -172,6 +186,9 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     train_prompts, test_prompts = build_prompts(cfg, log, train_dataset, eval_dataset)
     if resume and not (out / "config.yaml").is_file():
         raise UserError(f"--resume {out}: no run to resume there (no config.yaml)")
+    if foreign_config(out):
+        raise UserError(f"out {out}: holds a config.yaml that no run wrote, which the run would replace with its "
+                        f"own: choose another out=")
     if not (resume or overwrite) and holds_run(out):
         raise UserError(f"output folder {out} already holds a run: pass --resume {out} to continue it, "
                         f"--overwrite to replace it, or choose another out=")

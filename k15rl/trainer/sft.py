@@ -49,6 +49,8 @@ def load_sft_jsonl(path: str | Path) -> list[tuple[list[dict], str]]:
             raise UserError(f"{path}:{lineno}: field 'prompt' must be a string or a list of chat messages")
         if not isinstance(response, str):
             raise UserError(f"{path}:{lineno}: field 'response' must be a string")
+        if not response.strip():
+            raise UserError(f"{path}:{lineno}: field 'response' is empty")
         out.append((with_row_images(messages, row, path, lineno), response))
     if not out:
         raise UserError(f"data file {path} holds no examples")
@@ -81,15 +83,21 @@ def sft_train(
     vision-language model.
     The optimizer, schedule and loop are `k15rl.trainer.finetune.train_steps`.
     """
-    encoded, images = [], []
-    for messages, response in examples:
+    encoded, images, cut = [], [], 0
+    for n, (messages, response) in enumerate(examples, 1):
         pngs = tuple(png for m in messages for png in m.get("images", ()))  # a message's own images
         p = encode_prompt(tokenizer, [(m["role"], m["content"]) for m in messages], pngs)
         images.append(pngs)
         r = encode_response(tokenizer, response)
-        if len(p) + len(r) > cfg.max_length:
-            r = r[: max(cfg.max_length - len(p), 1)]
+        if len(p) >= cfg.max_length:
+            raise UserError(f"example {n}: its prompt is {len(p)} tokens, and max_length is {cfg.max_length} "
+                            "(prompt and response): raise --max-length or shorten the prompt")
+        if len(p) + len(r) > cfg.max_length:  # trained on as far as it fits; it loses its end of sequence
+            r, cut = r[: cfg.max_length - len(p)], cut + 1
         encoded.append((p, r))
+    if cut:
+        log(f"sft: {cut} of {len(examples)} examples are longer than max_length {cfg.max_length} tokens; their "
+            "responses are cut to fit and lose their end (raise --max-length to keep them whole)")
     rng = random.Random(cfg.seed)
     lengths = [len(p) + len(r) for p, r in encoded]
     batches = [rows for _ in range(cfg.epochs) for rows in _length_bucketed_batches(lengths, cfg.batch_size, rng)]

@@ -61,6 +61,8 @@ def _fmt(v) -> str:
 def show_run(folder: str | Path) -> str:
     """The text `k15rl show` prints for a run folder."""
     out = Path(folder)
+    if out.is_file():
+        raise UserError(f"{out}: is a file; give the run folder (out=)")
     if not out.is_dir():
         raise UserError(f"{out}: no such folder")
     cfg_path = out / "config.yaml"
