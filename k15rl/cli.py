@@ -163,10 +163,10 @@ def _cmd_sft(args: argparse.Namespace) -> int:
 
     _check_flags(("--epochs", args.epochs, args.epochs >= 1, ">= 1"),
                  ("--batch-size", args.batch_size, args.batch_size >= 1, ">= 1"),
-                 ("--lr", args.lr, args.lr > 0, "> 0"))
+                 ("--lr", args.lr, args.lr > 0, "> 0"),
+                 ("--max-length", args.max_length, args.max_length >= 2, ">= 2"))
     examples = load_sft_jsonl(args.data)
     _, out, model, tok = _finetune_start(args)
-    _check_flags(("--max-length", args.max_length, args.max_length >= 2, ">= 2"))
     cfg = SFTConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, autocast_bf16=args.bf16,
                     max_length=args.max_length)
     losses = sft_train(model, tok, examples, cfg)
