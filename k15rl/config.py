@@ -303,9 +303,6 @@ class TrainConfig:
              "must be >= 0"),
             (not self.rollout.iteration_tokens or self.rollout.engine == "hf", "rollout.iteration_tokens",
              self.rollout.iteration_tokens, "needs the built-in engine (rollout.engine=hf)"),
-            (not self.rollout.iteration_tokens or self.distributed.backend == "local", "rollout.iteration_tokens",
-             self.rollout.iteration_tokens, "needs distributed.backend=local (Ray rollout workers pull requests "
-             "from a queue and take no token budget yet)"),
             (not self.rollout.iteration_tokens or self.rollout.continue_first, "rollout.iteration_tokens",
              self.rollout.iteration_tokens, "needs rollout.continue_first=true: unstarted trajectories wait in "
              "the buffer, and new prompts only top it up"),

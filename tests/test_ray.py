@@ -81,6 +81,30 @@ def test_pool_serves_like_one_engine(cluster, tiny_model_dir):
     assert sum(pool.last_counts) == len(reqs) and len(pool.last_counts) == 2
 
 
+def test_pool_with_a_token_budget(cluster, tiny_model_dir):
+    """rollout.iteration_tokens on Ray: each of two workers gets half the budget; greedy
+    segments are prefixes of one local engine's generations, requests no worker pulled come
+    back empty, and the queue is left empty for the next call."""
+    from k15rl.distributed.ray_backend import EnginePool, RolloutWorker
+
+    cfg = _cfg(tiny_model_dir, "distributed.chunk_size=2", "rollout.max_batch=2")
+    workers = [ray.remote(RolloutWorker).options(num_cpus=1).remote(cfg, str(tiny_model_dir), 256, i)
+               for i in range(2)]
+    pool = EnginePool(workers, chunk_size=2)
+    tok = load_tokenizer(tiny_model_dir)
+    reqs = _requests(tok, [3, 12, 5, 1, 8, 2, 10, 4, 6, 7, 9, 11])
+    params = SamplingParams(max_new_tokens=12, temperature=0.0)
+    local = HFEngine(load_model(tiny_model_dir), tok, max_batch=2).generate(reqs, params)
+    cut = pool.generate(reqs, params, token_budget=20)
+    spent = sum(len(s.token_ids) for s in cut)
+    assert 20 <= spent <= 20 + 2 * (2 - 1)  # each worker's half, overshot by at most its slots - 1
+    assert any(not s.token_ids for s in cut)
+    for c, w in zip(cut, local):
+        assert c.token_ids == w.token_ids[:len(c.token_ids)]
+    again = pool.generate(reqs, params)  # nothing of the first call left in the queue
+    assert [s.token_ids for s in again] == [s.token_ids for s in local]
+
+
 def test_busy_worker_takes_no_new_work(cluster, tiny_model_dir):
     """One slot per worker: whoever pulls the long request is busy with it while the
     other serves the short ones (report §2.6.2)."""

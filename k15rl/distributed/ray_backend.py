@@ -155,8 +155,10 @@ class RolloutWorker:
         """Answers once the worker has loaded its engine (the start-up waits on it)."""
         return True
 
-    def run(self, queue, params: SamplingParams, chunk: int) -> list[tuple[int, Segment]]:
-        """Generate for requests pulled from `queue` until it is empty; (index, segment) pairs."""
+    def run(self, queue, params: SamplingParams, chunk: int, token_budget: int = 0) -> list[tuple[int, Segment]]:
+        """Generate for requests pulled from `queue` until it is empty, or (`token_budget`,
+        pulling engines only) until this worker has sampled that many tokens; (index,
+        segment) pairs of the requests it pulled."""
         import ray
 
         taken: list[int] = []
@@ -169,7 +171,8 @@ class RolloutWorker:
         # Workers draw different random streams; a worker's stream depends on what it pulled.
         params = dataclasses.replace(params, seed=params.seed * 1009 + self.rank)
         if self.pulls:
-            segments = self.engine.generate([], params, more=take)
+            budget = {"token_budget": token_budget} if token_budget else {}
+            segments = self.engine.generate([], params, more=take, **budget)
         else:
             segments, calls = [], 0
             while batch := take(chunk):
@@ -197,15 +200,24 @@ class EnginePool:
         self.queue = queue if queue is not None else ray.remote(WorkQueue).options(num_cpus=0).remote()
         self.last_counts: list[int] = []  # requests each worker served in the last call
 
-    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Segment]:
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams,
+                 token_budget: int = 0) -> list[Segment]:
+        """`token_budget` (rollout.iteration_tokens): split evenly over the workers, each of
+        which stops pulling and cuts what it runs at its share; requests no worker pulled
+        get an empty "length" segment, as HFEngine gives them."""
         _ray()  # a clear error if ray is missing, before any remote call
         _get([self.queue.put.remote(list(enumerate(requests)))], ["the work queue"], "the rollout", self.timeout_s)
-        parts = _get([w.run.remote(self.queue, params, self.chunk) for w in self.workers], self.names, "the rollout",
-                     self.timeout_s)
+        share = -(-token_budget // len(self.workers)) if token_budget else 0
+        parts = _get([w.run.remote(self.queue, params, self.chunk, share) for w in self.workers], self.names,
+                     "the rollout", self.timeout_s)
         out: list[Segment | None] = [None] * len(requests)
         for part in parts:
             for i, seg in part:
                 out[i] = seg
+        if token_budget:  # what the budget left in the queue
+            for i, _ in _get([self.queue.take.remote(len(requests))], ["the work queue"], "the rollout",
+                             self.timeout_s)[0]:
+                out[i] = Segment([], [], "length")
         self.last_counts = [len(p) for p in parts]
         assert all(s is not None for s in out), "a request was not served"
         return out  # type: ignore[return-value]
