@@ -62,18 +62,23 @@ def test_engine_pulls_requests_from_a_source(tiny_model_dir):
     assert asked[0] == 3 and asked[-1] >= 1 and all(n <= 3 for n in asked)
 
 
-def test_pool_serves_like_one_engine(cluster, tiny_model_dir):
-    """Two workers, greedy: every request gets the tokens and log-probs one local engine gives it."""
+def _pool_and_local(model_dir, chunk: int, slots: int):
+    """Two Ray rollout workers of `slots` slots as one pool, twelve requests, greedy
+    sampling, and what one local engine of as many slots generates for them."""
     from k15rl.distributed.ray_backend import EnginePool, RolloutWorker
 
-    cfg = _cfg(tiny_model_dir, "distributed.chunk_size=3", "rollout.max_batch=4")
-    workers = [ray.remote(RolloutWorker).options(num_cpus=1).remote(cfg, str(tiny_model_dir), 256, i)
-               for i in range(2)]
-    pool = EnginePool(workers, chunk_size=3)
-    tok = load_tokenizer(tiny_model_dir)
+    cfg = _cfg(model_dir, f"distributed.chunk_size={chunk}", f"rollout.max_batch={slots}")
+    workers = [ray.remote(RolloutWorker).options(num_cpus=1).remote(cfg, str(model_dir), 256, i) for i in range(2)]
+    tok = load_tokenizer(model_dir)
     reqs = _requests(tok, [3, 12, 5, 1, 8, 2, 10, 4, 6, 7, 9, 11])
     params = SamplingParams(max_new_tokens=12, temperature=0.0)
-    local = HFEngine(load_model(tiny_model_dir), tok, max_batch=4).generate(reqs, params)
+    local = HFEngine(load_model(model_dir), tok, max_batch=slots).generate(reqs, params)
+    return EnginePool(workers, chunk_size=chunk), reqs, params, local
+
+
+def test_pool_serves_like_one_engine(cluster, tiny_model_dir):
+    """Two workers, greedy: every request gets the tokens and log-probs one local engine gives it."""
+    pool, reqs, params, local = _pool_and_local(tiny_model_dir, chunk=3, slots=4)
     remote = pool.generate(reqs, params)
     assert [s.token_ids for s in remote] == [s.token_ids for s in local]
     for r, l in zip(remote, local):
@@ -85,16 +90,7 @@ def test_pool_with_a_token_budget(cluster, tiny_model_dir):
     """rollout.iteration_tokens on Ray: each of two workers gets half the budget; greedy
     segments are prefixes of one local engine's generations, requests no worker pulled come
     back empty, and the queue is left empty for the next call."""
-    from k15rl.distributed.ray_backend import EnginePool, RolloutWorker
-
-    cfg = _cfg(tiny_model_dir, "distributed.chunk_size=2", "rollout.max_batch=2")
-    workers = [ray.remote(RolloutWorker).options(num_cpus=1).remote(cfg, str(tiny_model_dir), 256, i)
-               for i in range(2)]
-    pool = EnginePool(workers, chunk_size=2)
-    tok = load_tokenizer(tiny_model_dir)
-    reqs = _requests(tok, [3, 12, 5, 1, 8, 2, 10, 4, 6, 7, 9, 11])
-    params = SamplingParams(max_new_tokens=12, temperature=0.0)
-    local = HFEngine(load_model(tiny_model_dir), tok, max_batch=2).generate(reqs, params)
+    pool, reqs, params, local = _pool_and_local(tiny_model_dir, chunk=2, slots=2)
     cut = pool.generate(reqs, params, token_budget=20)
     spent = sum(len(s.token_ids) for s in cut)
     assert 20 <= spent <= 20 + 2 * (2 - 1)  # each worker's half, overshot by at most its slots - 1
