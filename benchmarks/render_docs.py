@@ -228,20 +228,6 @@ def render_partial_rollouts_readme(r: dict) -> str:
             f"{short_provenance(r, 'partial_rollouts')}")
 
 
-def render_decode_attention(r: dict) -> str:
-    rows = [[x["round"] + 1, "written out (`decode_attention`)" if x["attention"] == "written_out" else
-             "transformers' SDPA", f"{x['tokens']:,}", f"{x['seconds']:.1f}", f"{x['tokens_per_s']:.0f}"]
-            for x in r["runs"]]
-    return "\n".join([
-        f"`{r['model']}` on `{r['task']}` levels {', '.join(map(str, r['levels']))}, K = {r['k']} x {r['prompts']} "
-        f"prompts in one engine of {r['slots']} slots, responses up to {r['max_new_tokens']:,} tokens, T = 1, "
-        f"{r['threads']} threads; the arms alternate:", "",
-        table(["round", "decoding attention", "tokens", "seconds", "tokens/s"], rows), "",
-        f"Written-out attention: {ratio(r['speedup'])} the tokens per second of SDPA, mean of the rounds' ratios"
-        + (f" [{ratio(r['speedup_ci95'][0])}, {ratio(r['speedup_ci95'][1])}]" if r.get("speedup_ci95") else "")
-        + " (per round " + ", ".join(ratio(x) for x in r["speedup_per_round"]) + ")."])
-
-
 def render_overlap(r: dict) -> str:
     rows = [["sequential" if not m["overlap"] else "`rollout.overlap=true`", m["threads"],
              f"{m['s_per_iteration']:.2f}", ratio(m["speed_up"])] for m in r["modes"]]
@@ -722,7 +708,6 @@ BLOCKS: dict[str, Block] = {
     "partial_rollouts": Block("partial_rollouts", "python benchmarks/partial_rollouts.py", render_partial_rollouts),
     "partial_rollouts.readme": Block("partial_rollouts", "python benchmarks/partial_rollouts.py",
                                      render_partial_rollouts_readme),
-    "decode_attention": Block("decode_attention", "python benchmarks/decode_attention.py", render_decode_attention),
     "overlap": Block("overlap", "python benchmarks/overlap.py --iterations 8", render_overlap),
     "overlap.readme": Block("overlap", "python benchmarks/overlap.py --iterations 8", render_overlap_readme),
     "sandbox_throughput": Block("sandbox_throughput", "python benchmarks/sandbox_throughput.py --n 60 --workers 1,2,4 "
