@@ -118,30 +118,6 @@ def _slot_cache(first_columns: list[int], end: int):
     return kv
 
 
-@pytest.mark.parametrize("mask_kind", ["bool", "float", "none"])
-@pytest.mark.parametrize("kv_heads", [4, 2])
-def test_decode_attention_equals_transformers_sdpa(mask_kind, kv_heads):
-    """The decoding step's written-out attention gives transformers' SDPA attention output,
-    with a bool, a float or no mask, and with grouped-query heads (4 query heads on 2 keys)."""
-    from types import SimpleNamespace
-
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    from k15rl.rollout.slots import decode_attention
-
-    g = torch.Generator().manual_seed(0)
-    S, H, W, D = 5, 4, 9, 8
-    q, k, v = (torch.randn(S, h, n, D, generator=g) for h, n in ((H, 1), (kv_heads, W), (kv_heads, W)))
-    keep = torch.rand(S, 1, 1, W, generator=g) > 0.3
-    keep[..., -1] = True  # every slot attends to its own new column
-    mask = {"bool": keep, "float": torch.zeros(S, 1, 1, W).masked_fill(~keep, float("-inf")), "none": None}[mask_kind]
-    module = SimpleNamespace(num_key_value_groups=H // kv_heads, is_causal=True, training=False)
-    got, _ = decode_attention(module, q, k, v, mask, scaling=0.3)
-    want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.3)
-    assert got.shape == want.shape == (S, 1, H, D)
-    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
-
-
 def test_groups_and_repack_order_by_hand(monkeypatch):
     """Slots using columns from 0, 8, 1, 8 to 10: two groups of two read 2 x 11 + 2 x 10 = 42
     columns a step; sorted by first column (0, 1 | 8, 8) 2 x 11 + 2 x 3 = 28, a gain of 14

@@ -41,43 +41,17 @@ _GROUPS: ContextVar[list[tuple[int, int, int]] | None] = ContextVar("k15rl_atten
 GROUPED = "k15rl_grouped_sdpa"  # the name registered with transformers' attention interfaces
 
 
-def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """transformers' SDPA attention for one decoding step, written out as two matmuls and a
-    softmax on the CPU. For one query row per slot, torch's CPU SDPA kernel with a mask
-    takes about 2.7x as long as this (1.0 against 2.9 ms for 32 slots x 8 heads x 600
-    columns on 2 threads); same outputs to float rounding. Anything else (several query
-    rows, a GPU, dropout, softcapping, attention sinks, position biases) goes to
-    transformers' own `sdpa_attention_forward`.
-    query [S, H, 1, D]; key, value [S, H_kv, W, D]; attention_mask [S, 1, 1, W] (bool: True
-    attends; float: added) or None. Returns ([S, 1, H, D], None) as transformers expects."""
+def _grouped_sdpa(module, query, key, value, attention_mask, **kwargs):
+    """transformers attention function: scaled dot-product attention, per group of slots
+    over its own columns while a grouped step runs (`grouped_attention`), else over all.
+    query [S, H, 1, D]; key, value [S, H_kv, W, D]; attention_mask [S, 1, 1, W] or None."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    plain = not (dropout or kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None
-                 or kwargs.get("position_bias") is not None or kwargs.get("output_attentions"))
-    if query.shape[2] != 1 or query.device.type != "cpu" or not plain:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    S, H, _, D = query.shape
-    kv = key.shape[1]
-    q = query.reshape(S, kv, H // kv, D)  # [S, H_kv, rep, D]: a key head's query heads as its rows
-    scores = (q @ key.transpose(-1, -2)) * (D ** -0.5 if scaling is None else scaling)  # [S, H_kv, rep, W]
-    if attention_mask is not None:
-        scores = scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool \
-            else scores + attention_mask
-    out = torch.softmax(scores, -1) @ value  # [S, H_kv, rep, D]
-    return out.reshape(S, 1, H, D), None
-
-
-def _grouped_sdpa(module, query, key, value, attention_mask, **kwargs):
-    """transformers attention function of a decoding step (`grouped_attention`): attention
-    per group of slots over its own columns while a grouped step runs, else over all;
-    `decode_attention` either way.
-    query [S, H, 1, D]; key, value [S, H_kv, W, D]; attention_mask [S, 1, 1, W] or None."""
     groups = _GROUPS.get()
     if groups is None:
-        return decode_attention(module, query, key, value, attention_mask, **kwargs)
-    out = [decode_attention(module, query[a:b], key[a:b, :, o:], value[a:b, :, o:],
-                            None if attention_mask is None else attention_mask[a:b, ..., o:], **kwargs)[0]
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    out = [sdpa_attention_forward(module, query[a:b], key[a:b, :, o:], value[a:b, :, o:],
+                                  None if attention_mask is None else attention_mask[a:b, ..., o:], **kwargs)[0]
            for a, b, o in groups]  # each [b-a, 1, H, D]
     return torch.cat(out), None  # [S, 1, H, D]
 
@@ -92,17 +66,17 @@ def _register() -> None:
 
 @contextmanager
 def grouped_attention(model, groups: list[tuple[int, int, int]], start: int):
-    """While one decoding step runs, the model's attention layers attend with
-    `decode_attention`, per group: slots [a, b) over columns [lo, end] of a `groups` entry
-    (a, b, lo); `start` is the window's first column. It applies only to models whose
-    language model attends with SDPA (`attn_implementation="sdpa"`, the default); other
-    models decode over the shared window with their own attention (same outputs)."""
-    text = model.config.get_text_config()
-    if text._attn_implementation != "sdpa":
+    """While one decoding step runs, the model's attention layers attend per group: slots
+    [a, b) over columns [lo, end] of a `groups` entry (a, b, lo); `start` is the window's
+    first column. The split runs transformers' own SDPA attention per group, so it applies
+    only to models whose language model attends with it (`attn_implementation="sdpa"`, the
+    default); other models, and one group, decode over the shared window (same outputs)."""
+    text = model.config.get_text_config() if len(groups) > 1 else None
+    if text is None or text._attn_implementation != "sdpa":
         yield
         return
     _register()
-    token = _GROUPS.set([(a, b, lo - start) for a, b, lo in groups] if len(groups) > 1 else None)
+    token = _GROUPS.set([(a, b, lo - start) for a, b, lo in groups])
     text._attn_implementation = GROUPED
     try:
         yield
