@@ -135,6 +135,24 @@ def test_cli_resume_errors(tmp_path, capsys):
     assert len(err) == 1 and "no run to resume" in err[0]
 
 
+def test_resume_with_an_iteration_token_budget_is_exact(tmp_path, tiny_model_dir, crash_then_resume):
+    """rollout.iteration_tokens: the checkpointed buffer holds trajectories not started yet
+    (no tokens) next to cut ones; a run killed after iteration 2 and resumed ends exactly like
+    an uninterrupted one."""
+    extra = ("rollout.segment_tokens=0", "rollout.iteration_tokens=6", "rollout.max_batch=2", "iterations=4",
+             "checkpoint_keep=0")
+    ref = tmp_path / "ref"
+    train(_cfg(ref, tiny_model_dir, *extra), log=lambda s: None)
+    state = json.loads((ref / "checkpoints" / "iter_000002" / "state.json").read_text())
+    assert any(not m["response_ids"] for g in state["replay_buffer"]["groups"] for m in g)  # not started
+    run = tmp_path / "run"
+    cfg = _cfg(run, tiny_model_dir, *extra)
+    crash_then_resume(cfg, 3, _at(cfg, 3))
+    a, b = load_file(ref / "final" / "model.safetensors"), load_file(run / "final" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["rollout/not_started"] for m in _metrics(ref)] == [m["rollout/not_started"] for m in _metrics(run)]
+
+
 def test_kept_optimizer_resumes_exactly(tmp_path, tiny_model_dir, crash_then_resume):
     """algorithm.optimizer_reset=false: AdamW's moments carry across iterations and
     checkpoints, so a run killed after iteration 2 and resumed ends like an uninterrupted one;
