@@ -24,7 +24,11 @@ fixed (only the scheduling differs):
 
 Every mode rolls out the same --trajectories / K prompts, K samples each, and ends when all
 of them have finished (the partial modes drain their replay buffer at the end): the same
-work in every mode, up to the sampled tokens. Per mode: seconds per finished trajectory (the speed-up is that of the fastest
+work in every mode, up to the sampled tokens. A training run keeps taking new prompts and
+never drains, so each mode also reports its milliseconds per generated token over the
+iterations that still had prompts to start (`ms_per_token_before_drain`; whole rollouts
+never drain, so theirs is all of them) and that speed-up against the fastest whole mode.
+Per mode: seconds per finished trajectory (the speed-up is that of the fastest
 whole mode over the mode's; `vs_whole_same_groups` against the whole mode with the same
 attention groups), seconds per iteration, seconds in prefills, tokens generated, and accuracy per
 finished sample (the task's verifier, 95% interval). Every decoding step is timed too: a
@@ -148,10 +152,11 @@ def run_mode(engine: TimedEngine, tok, prompts, k: int, per_iter: int, segment: 
     every one of them has been started and the replay buffer is empty."""
     engine.prefilled_s, engine.prefilled_tokens, engine.steps = 0.0, 0, []
     buffer, group, pos, it, tokens = ReplayBuffer(), 0, 0, 0, 0
-    finished, per_iteration, timeline = [], [], [(0.0, 0)]
+    finished, per_iteration, timeline, fed = [], [], [(0.0, 0)], []
     prompts = prompts[:target // k]
     t0 = time.perf_counter()
     while pos < len(prompts) or len(buffer):
+        fed.append((pos < len(prompts), 0))  # (prompts left to start: not yet the drain, tokens generated)
         n_new = max(0, (per_iter * k - buffer.num_unfinished()) // k)
         batch, pos = prompts[pos:pos + n_new], pos + n_new
         t1 = time.perf_counter()
@@ -160,6 +165,7 @@ def run_mode(engine: TimedEngine, tok, prompts, k: int, per_iter: int, segment: 
                               keep_kv=keep_kv, token_budget=token_budget)
         per_iteration.append(time.perf_counter() - t1)
         group, it, tokens = res.next_group, it + 1, tokens + res.tokens_generated
+        fed[-1] = (fed[-1][0], res.tokens_generated)
         score(res.trajectories)
         finished += res.trajectories
         timeline.append((time.perf_counter() - t0, len(finished)))
@@ -168,7 +174,9 @@ def run_mode(engine: TimedEngine, tok, prompts, k: int, per_iter: int, segment: 
     seconds = time.perf_counter() - t0
     correct = sum(t.correct for t in finished)
     lo, hi = proportion_interval(correct, len(finished))
-    return {"iterations": it, "seconds": seconds, "finished": len(finished),
+    before = [(s, n) for s, (f, n) in zip(per_iteration, fed) if f]
+    return {"ms_per_token_before_drain": 1e3 * sum(s for s, _ in before) / max(sum(n for _, n in before), 1),
+            "drain_iterations": sum(not f for f, _ in fed), "iterations": it, "seconds": seconds, "finished": len(finished),
             "s_per_iteration": seconds / it, "s_per_finished_trajectory": seconds / len(finished),
             "prefill_s": engine.prefilled_s, "prefill_tokens": engine.prefilled_tokens, "tokens_generated": tokens,
             "mean_tokens": sum(t.num_tokens for t in finished) / len(finished),
@@ -245,6 +253,10 @@ def main() -> None:
         r["decode"] = decode_breakdown(r.pop("decode_steps"), fit, k * args.prompts)
     whole = {r["attention_groups"]: r["s_per_finished_trajectory"] for r in rows.values()
              if not r["segment_tokens"] and not r["iteration_tokens"]}
+    whole_token = min((r["ms_per_token_before_drain"] for r in rows.values()
+                       if not r["segment_tokens"] and not r["iteration_tokens"]), default=None)
+    for r in rows.values():  # per token generated while prompts remain (a training run's regime)
+        r["speedup_per_token_before_drain"] = whole_token / r["ms_per_token_before_drain"] if whole_token else None
     fastest = min(whole.values()) if whole else None
     for r in rows.values():
         same = whole.get(r["attention_groups"])

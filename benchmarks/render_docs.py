@@ -178,7 +178,9 @@ def render_partial_rollouts(r: dict) -> str:
              f"{m['prefill_s']:.0f} ({pct(m['prefill_s'] / m['seconds'], 0)})",
              f"{m['tokens_generated']:,}",
              f"{pct(m['accuracy_per_sample'])} [{pct(m['accuracy_ci95'][0])}, {pct(m['accuracy_ci95'][1])}]",
-             f"{m['mean_tokens']:.0f}"] for m in r["modes"]]
+             f"{m['mean_tokens']:.0f}"]
+            + ([f"{m['ms_per_token_before_drain']:.2f} ({ratio(m['speedup_per_token_before_drain'])})"]
+               if "ms_per_token_before_drain" in r["modes"][0] else []) for m in r["modes"]]
     best = r["speedup_per_finished_trajectory"]
     lines = [
         f"`{r['model']}` on `subset_sum` levels {', '.join(map(str, r['levels']))}, K = {r['k']} x "
@@ -190,7 +192,9 @@ def render_partial_rollouts(r: dict) -> str:
            "replay buffer (no new prompts) so that all work they started is counted:"), "",
         table(["mode", "attention groups", "iterations", "s/iteration", "s per finished trajectory",
                "speed-up (vs fastest whole)", "vs whole, same groups", "prefill s (share)",
-               "tokens generated", "accuracy per sample [95%]", "mean tokens"], rows), "",
+               "tokens generated", "accuracy per sample [95%]", "mean tokens"]
+              + (["ms per token before the drain (speed-up)"] if "ms_per_token_before_drain" in r["modes"][0]
+                 else []), rows), "",
         f"Best partial mode: {r['best_mode']}, {ratio(best)} per finished trajectory (goal {GOAL_PARTIAL:g}x: "
         f"{'met' if best is not None and best >= GOAL_PARTIAL else 'not met'})."]
     if "partial" in modes:
