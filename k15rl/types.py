@@ -75,6 +75,16 @@ class Segment:
     logprobs: list[float]
     finish_reason: SegmentEnd
 
+    @classmethod
+    def not_started(cls) -> "Segment":
+        """A request an output-token budget ran out before (rollout.iteration_tokens):
+        nothing generated; it waits to be started by a later call."""
+        return cls([], [], "length")
+
+    @property
+    def started(self) -> bool:
+        return bool(self.token_ids) or self.finish_reason != "length"
+
 
 @dataclass
 class Trajectory:

@@ -217,7 +217,7 @@ class EnginePool:
         if token_budget:  # what the budget left in the queue
             for i, _ in _get([self.queue.take.remote(len(requests))], ["the work queue"], "the rollout",
                              self.timeout_s)[0]:
-                out[i] = Segment([], [], "length")
+                out[i] = Segment.not_started()
         self.last_counts = [len(p) for p in parts]
         assert all(s is not None for s in out), "a request was not served"
         return out  # type: ignore[return-value]

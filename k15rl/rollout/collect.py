@@ -107,7 +107,7 @@ def partial_rollout(
     outcomes: Counter = Counter()
     not_started = 0
     for m, seg in zip(active, segments):
-        if not seg.token_ids and seg.finish_reason == "length":  # the budget ran out before its turn
+        if not seg.started:  # the budget ran out before its turn
             not_started += 1
             continue
         m.response_ids = m.response_ids + seg.token_ids

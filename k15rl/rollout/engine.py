@@ -347,7 +347,7 @@ class HFEngine:
             spent_all = bool(token_budget) and spent >= token_budget
             if spent_all:  # the budget is spent: requests never admitted end empty, nothing more is pulled
                 for r in waiting:
-                    out[r] = Segment([], [], "length")
+                    out[r] = Segment.not_started()
                 waiting.clear()
                 more = None
             for j, t, l, st, rep in zip(live_idx.tolist(), tok.tolist(), lp.tolist(), stopped, repeated):
