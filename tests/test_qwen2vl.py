@@ -42,11 +42,12 @@ def image_only_processor_class():
     return ImageOnlyQwen2VLProcessor
 
 
-@pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory):
-    """A random Qwen2-VL (2 text layers 32 wide, a 1-block tower on 4-pixel patches merged
-    2x2) with its processor, saved as an ordinary Hugging Face folder."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+def build_qwen2vl(path, hidden_size=32, mrope_section=(4, 2, 2), video_processor=False):
+    """A random Qwen2-VL (2 text layers `hidden_size` wide in 2 heads, a 1-block tower on
+    4-pixel patches merged 2x2) with its processor, saved as an ordinary Hugging Face
+    folder. `video_processor`: the model's own processor (needs torchvision), else
+    `image_only_processor_class`'s."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from k15rl.models.builtin import build_tokenizer
@@ -59,25 +60,38 @@ def qwen_dir(tmp_path_factory):
     # 8..48-pixel sides (multiples of patch 4 x merge 2): a 96x96 task image becomes 48x48
     images = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=8 * 8,
                                       max_pixels=48 * 48, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    processor = image_only_processor_class()(image_processor=images, tokenizer=tok, chat_template=TEMPLATE)
+    if video_processor:
+        from transformers import Qwen2VLVideoProcessor
+
+        processor = Qwen2VLProcessor(image_processor=images, tokenizer=tok, video_processor=Qwen2VLVideoProcessor(),
+                                     chat_template=TEMPLATE)
+    else:
+        processor = image_only_processor_class()(image_processor=images, tokenizer=tok, chat_template=TEMPLATE)
     ids = tok.convert_tokens_to_ids
     config = Qwen2VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]},
+        text_config=dict(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=1024,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                          "mrope_section": list(mrope_section)},
                          tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                          bos_token_id=None, initializer_range=0.2),
-        vision_config=dict(depth=1, embed_dim=32, num_heads=2, hidden_size=32, mlp_ratio=2, patch_size=4,
+        vision_config=dict(depth=1, embed_dim=32, num_heads=2, hidden_size=hidden_size, mlp_ratio=2, patch_size=4,
                            spatial_merge_size=2, temporal_patch_size=2, in_channels=3, initializer_range=0.2),
         image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
         tie_word_embeddings=True,
     )  # initializer_range 0.2: logits far from uniform, so positions and pixels visibly matter
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("qwen2vl")
     Qwen2VLForConditionalGeneration(config).save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    """`build_qwen2vl`'s model: text layers 32 wide, the image-only processor."""
+    return build_qwen2vl(tmp_path_factory.mktemp("qwen2vl"))
 
 
 def _resized(png: bytes, size: tuple[int, int]) -> bytes:

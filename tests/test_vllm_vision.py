@@ -175,3 +175,43 @@ def test_weight_sync_with_trainer_names_changes_and_restores_output(vlm, engine)
     copy = engine._copy
     engine.close()
     assert not copy.exists()
+
+
+def test_qwen2vl_on_vllm_images_of_any_size(tmp_path):
+    """A tiny random Qwen2-VL (multi-row rotary positions, each image its own number of
+    tokens; tests/test_qwen2vl.py) on vLLM: images of three sizes, two images in one prompt
+    and a text-only prompt. Sampled log-probs equal the trainer's, greedy tokens HFEngine's,
+    and the weight sync (transformers' `model.visual.*`, `model.language_model.*` names)
+    reaches the tower. Runs after the LLaVA engine above is closed (one per process)."""
+    from test_qwen2vl import build_qwen2vl, prompts_of_many_sizes
+
+    assert not ve._LIVE
+    path = build_qwen2vl(tmp_path / "qwen2vl", hidden_size=64, mrope_section=(8, 4, 4), video_processor=True)
+    tok, model = load_tokenizer(path), load_model(path)
+    prompts = prompts_of_many_sizes()
+    engine = ve.VLLMEngine(path, tok, VllmConfig(kv_cache_gb=0.25), max_model_len=1024, seed=0)
+    try:
+        assert engine._copy is None  # not a CLIP tower: vLLM reads the folder as it is
+        trajs = rollout(engine, tok, prompts, 3, SamplingParams(max_new_tokens=10, seed=1,
+                                                                stop_token_ids=[tok.eos_token_id]))
+        batch = make_train_batch(trajs, tok.pad_token_id, tokenizer=tok)
+        assert batch.tokens.images.grid_thw.shape == (4, 3)  # 4 distinct images of 3 sizes
+        with torch.no_grad():
+            lp = token_logprobs(model, batch.tokens)  # [N, T]
+        mask = batch.tokens.response_mask.bool()
+        assert (lp[mask] - batch.old_logprobs[mask]).abs().max() < LOGPROB_TOL
+        greedy = SamplingParams(max_new_tokens=12, temperature=0.0, stop_token_ids=[])
+        reqs = [GenerationRequest(encode_prompt(tok, p.messages, p.images), images=p.images) for p in prompts]
+        assert [s.token_ids for s in engine.generate(reqs, greedy)] == \
+            [s.token_ids for s in HFEngine(model, tok).generate(reqs, greedy)]
+        gen = torch.Generator().manual_seed(0)
+        changed = {k: (v + 0.5 * torch.randn(v.shape, generator=gen) if k.startswith("model.visual.") and v.dim() == 2
+                       else v) for k, v in model.state_dict().items()}
+        engine.load_weights(changed)
+        model.load_state_dict(changed)
+        v, h = engine.generate(reqs, greedy), HFEngine(model, tok).generate(reqs, greedy)
+        for a, b in zip(v, h):
+            assert a.token_ids == b.token_ids
+            assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < LOGPROB_TOL
+    finally:
+        engine.close()
