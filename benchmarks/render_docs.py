@@ -408,7 +408,8 @@ def render_vllm_vs_native(r: dict) -> str:
                          ratio(w["vllm_over_native"]) if e["engine"] == "vllm" else ""])
     t = r["heavy_tailed_targets"]
     return "\n".join([
-        f"Model {r['model']} ({r['parameters_m']:.1f}M parameters, {r['dtype']}), {r['requests']} requests, "
+        f"Model {r['model']} ({r['parameters_m']:.1f}M parameters, {r['dtype']}), {r['requests']} requests"
+        f"{' (' + r['prompts'] + ')' if r.get('prompts') else ''}, "
         f"{r['slots']} slots, {r['threads']} threads, median of {r['repeats']}; vllm {r['vllm']} "
         f"({'compiled' if r['compiled'] else 'eager'}), engine start {r['engine_start_s']:.1f} s (not counted); "
         f"heavy-tailed targets: mean {t['mean']:.0f}, max {t['max']} tokens:", "",
@@ -732,6 +733,8 @@ BLOCKS: dict[str, Block] = {
     "soak": Block("soak", "python benchmarks/soak.py --minutes 30 --threads 1", render_soak),
     "vllm_vs_native": Block("vllm_vs_native", ".venv-vllm/bin/python benchmarks/vllm_vs_native.py --threads 1 "
                             "--repeats 2", render_vllm_vs_native),
+    "vllm_vs_native_vision": Block("vllm_vs_native_vision", ".venv-vllm/bin/python benchmarks/vllm_vs_native.py "
+                                   "--vision --threads 1 --repeats 2", render_vllm_vs_native),
     "vllm_vs_native_smollm2": Block("vllm_vs_native_smollm2", f"{_SMOL} --results-name vllm_vs_native_smollm2",
                                     render_vllm_vs_native),
     "vllm_vs_native_smollm2_compiled": Block(

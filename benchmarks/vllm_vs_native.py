@@ -9,12 +9,17 @@ the two workloads of benchmarks/rollout_throughput.py (see workloads.py):
     heavy-tailed  each trajectory ends after a Pareto-drawn length (16-896 tokens),
                   whatever the model samples (ForcedLengthEngine around each engine)
 
+With --vision: the built-in vision-language model (docs/vision.md) on its four visual
+tasks, levels 1-5, each prompt with its image (vLLM gets it as multi_modal_data; the
+native engine computes its features at prefill).
+
 Prints generated tokens/s of each engine and the ratio vllm / native, whatever it is.
 Engine start-up is reported separately and not counted. Writes
 benchmarks/results/<--results-name>.json (docs/vllm.md renders it). Needs vllm (docs/vllm.md):
 
     .venv-vllm/bin/python benchmarks/vllm_vs_native.py                       # built-in model
     .venv-vllm/bin/python benchmarks/vllm_vs_native.py --model DIR --requests 32 --max-new-tokens 64
+    .venv-vllm/bin/python benchmarks/vllm_vs_native.py --vision      # -> vllm_vs_native_vision.json
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from results import write_result  # noqa: E402
-from workloads import ForcedLengthEngine, pareto_length, sort_prompts  # noqa: E402
+from workloads import ForcedLengthEngine, pareto_length, sort_prompts, visual_prompts  # noqa: E402
 
 from k15rl.config import VllmConfig  # noqa: E402
 from k15rl.trainer.warmup import ensure_builtin  # noqa: E402
@@ -51,19 +56,26 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="vLLM without enforce_eager (slower start)")
     ap.add_argument("--kv-cache-gb", type=float, default=1.0, help="vLLM CPU KV cache")
     ap.add_argument("--workloads", default="natural,heavy-tailed")
-    ap.add_argument("--results-name", default="vllm_vs_native", help="writes benchmarks/results/NAME.json")
+    ap.add_argument("--vision", action="store_true", help="the built-in VLM (or --model's) on the visual tasks")
+    ap.add_argument("--results-name", default=None,
+                    help="writes benchmarks/results/NAME.json (default: vllm_vs_native, or vllm_vs_native_vision)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    path = Path(args.model) if args.model else ensure_builtin()
+    if args.model:
+        path = Path(args.model)
+    else:
+        from k15rl.models.builtin import BUILTIN_SPECS
+
+        path = ensure_builtin(BUILTIN_SPECS["builtin-vision"]) if args.vision else ensure_builtin()
     from k15rl.rollout.vllm_engine import VLLMEngine
 
     tok = load_tokenizer(path)
     model = load_model(path, args.dtype)
-    prompts = sort_prompts(args.requests)
-    prompt_ids = [encode_prompt(tok, p.messages) for p in prompts]
+    prompts = visual_prompts(args.requests) if args.vision else sort_prompts(args.requests)
+    prompt_ids = [encode_prompt(tok, p.messages, p.images) for p in prompts]
     longest = max(len(p) for p in prompt_ids)
-    positions = getattr(model.config, "max_position_embeddings", 2048)
+    positions = getattr(model.config.get_text_config(), "max_position_embeddings", 2048)
     tail = min(args.max_tail, positions - longest - 1)
     targets = [pareto_length(f"r{i}", seed=0, high=tail) for i in range(len(prompts))]
     stops = stop_token_ids(tok, model)
@@ -73,7 +85,7 @@ def main() -> None:
                       max_num_seqs=args.slots)
     fast = VLLMEngine(path, tok, vcfg, max_model_len=min(positions, longest + max(tail, args.max_new_tokens) + 1))
     start = time.perf_counter() - t0
-    reqs = [GenerationRequest(p, id=f"r{i}") for i, p in enumerate(prompt_ids)]
+    reqs = [GenerationRequest(ids, id=f"r{i}", images=p.images) for i, (ids, p) in enumerate(zip(prompt_ids, prompts))]
     natural = SamplingParams(args.max_new_tokens, temperature=1.0, stop_token_ids=stops, repeat_ngram=20,
                              repeat_times=4, repeat_min_tokens=32)
     workloads = {
@@ -112,8 +124,9 @@ def main() -> None:
             {"engine": k, "tokens": tokens[k], "seconds": statistics.median(times[k]), "tokens_per_s": rate[k]}
             for k in ("native", "vllm")]})
     fast.close()
-    write_result(args.results_name, {
-        "model": "builtin" if args.model is None else Path(args.model).name,
+    write_result(args.results_name or ("vllm_vs_native_vision" if args.vision else "vllm_vs_native"), {
+        "model": Path(args.model).name if args.model else ("builtin-vision" if args.vision else "builtin"),
+        "prompts": "visual tasks, levels 1-5, one image each" if args.vision else "sort, levels 1-6",
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6, "dtype": args.dtype,
         "requests": args.requests, "slots": args.slots, "threads": torch.get_num_threads(), "repeats": args.repeats,
         "vllm": vllm_pkg.__version__, "compiled": args.compile, "engine_start_s": start,

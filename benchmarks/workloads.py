@@ -58,6 +58,17 @@ class ForcedLengthEngine:
         self.inner.load_weights(state_dict)
 
 
+def visual_prompts(n: int, seed: int = 0):
+    """n prompts of the four visual tasks (one image each), levels 1-5 in equal shares, shuffled."""
+    from k15rl.tasks import get_task, make_prompts
+
+    per = -(-n // 20)
+    prompts = [p for name in ("vis_count", "vis_bars", "vis_text", "vis_sort")
+               for p in make_prompts(get_task(name), "train", per, (1, 2, 3, 4, 5), seed)]
+    random.Random(seed).shuffle(prompts)
+    return prompts[:n]
+
+
 def sort_prompts(n: int, seed: int = 0):
     """n sort questions, levels 1-6 in equal shares, shuffled."""
     from k15rl.tasks import get_task, make_prompts
