@@ -165,6 +165,49 @@ class _KeptKV:
     offset: int  # rotary offset of the tokens that follow (M-RoPE models; else 0)
 
 
+class _Slots:
+    """The decoding slots of one `HFEngine.generate` call: the request each holds, its next
+    token's position and rotary offset, its next-token logits, and the KV cache of all of
+    them (created by the first admission, when the model's cache shapes are known)."""
+
+    def __init__(self, S: int, detector: RepeatDetector | None):
+        self.rows: list[_Row | None] = [None] * S  # the request each slot holds
+        self.pos = torch.zeros(S, dtype=torch.long)  # [S] position of each slot's next token
+        self.offset = torch.zeros(S, dtype=torch.long)  # [S] its rotary offset (M-RoPE models; else 0)
+        self.logits: torch.Tensor | None = None  # [S, V] next-token logits of each slot
+        self.kv: SlotCache | None = None
+        self.detector = detector  # repeat detection, a row per slot
+        if detector:
+            detector.add_rows([[]] * S)
+
+    def free(self) -> list[int]:
+        return [j for j, r in enumerate(self.rows) if r is None]
+
+    def any_live(self) -> bool:
+        return any(r is not None for r in self.rows)
+
+    def start(self, layers: int, heads: int, head_dim: int, dtype, vocab: int, logits_dtype, *, columns: int,
+              end: int, device) -> None:
+        """Create the KV cache and logits on the first admission (a no-op afterwards)."""
+        if self.kv is None:
+            S = len(self.rows)
+            self.kv = SlotCache(S, layers, heads, head_dim, dtype, columns=columns, end=end, device=device)
+            self.logits = torch.zeros((S, vocab), dtype=logits_dtype)
+
+    def put(self, j: int, keys: list[torch.Tensor], values: list[torch.Tensor], offset, logits: torch.Tensor) -> None:
+        """Slot j takes a context's KV (per layer [H, c, D]), rotary offset and next-token logits [V]."""
+        self.kv.place(j, keys, values)
+        self.offset[j], self.logits[j] = offset, logits
+
+    def reorder(self, order: torch.Tensor) -> None:
+        """Keep slots `order` ([S'] indices), in that order."""
+        self.kv.keep(order)
+        self.rows = [self.rows[j] for j in order.tolist()]
+        self.pos, self.offset, self.logits = self.pos[order], self.offset[order], self.logits[order]
+        if self.detector:
+            self.detector.select(order)
+
+
 class HFEngine:
     """Continuous batching with a KV cache on any Hugging Face causal LM.
 
@@ -252,31 +295,22 @@ class HFEngine:
 
     def _generate(self, requests: list[GenerationRequest], params: SamplingParams,
                   more: Callable[[int], Sequence[GenerationRequest]] | None, token_budget: int = 0) -> list[Segment]:
-        dev = model_device(self.model)  # the model's inputs go there; [S, V] logits come back
         gen = torch.Generator().manual_seed(params.seed)
-        stop_ids = torch.tensor(params.stop_token_ids or [-1])
-        max_stop = max((len(s) for s in params.stop_strings), default=0)
         waiting = deque(range(len(requests)))
         out: list[Segment | None] = [None] * len(requests)
         S = self.max_batch if more else min(self.max_batch, len(requests))
-        rows: list[_Row | None] = [None] * S  # the request each slot holds
-        kv: SlotCache | None = None
-        pos = torch.zeros(S, dtype=torch.long)  # [S] position of each slot's next token
-        offset = torch.zeros(S, dtype=torch.long)  # [S] its rotary offset (M-RoPE models; else 0)
-        logits = None  # [S, V] next-token logits of each slot
         detector = RepeatDetector(params.repeat_ngram, params.repeat_times, params.repeat_min_tokens) \
             if params.repeat_ngram > 0 else None
+        slots = _Slots(S, detector)
         kept, self._kept = self._kept, {}  # continuations take theirs from `kept`; new cuts go to _kept
         spent = 0  # tokens sampled in this call (token_budget)
         # columns the slot cache starts with after the first prompts' width: room for the
         # longest response; with a token budget, for the steps the budget lasts with every
         # slot busy (the cache slides or grows past it when needed, SlotCache.step_mask)
         room = 1 + min(params.max_new_tokens, -(-token_budget // S) if token_budget else params.max_new_tokens)
-        if detector:
-            detector.add_rows([[]] * S)
-        while waiting or more or any(r is not None for r in rows):
+        while waiting or more or slots.any_live():
             # 1. admit waiting requests into free slots: prefill them together, write their KV in
-            free = [j for j, r in enumerate(rows) if r is None]
+            free = slots.free()
             if free and not waiting and more:
                 pulled = list(more(len(free)))
                 waiting.extend(range(len(requests), len(requests) + len(pulled)))
@@ -286,88 +320,20 @@ class HFEngine:
             admitted = bool(waiting and free)
             if admitted:
                 idx = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
-                contexts = [list(requests[i].prompt_ids) + list(requests[i].prefix_ids) for i in idx]
-                width = max(len(c) for c in contexts)
-                reused = [self._take_kept(kept, requests[i].id, c) for i, c in zip(idx, contexts)]
-                # a context (with its images) shared by several requests, the K samples of a
-                # group, is prefilled once and its KV written into each of their slots
-                key = [(tuple(c), tuple(requests[i].images)) for i, c in zip(idx, contexts)]
-                same: dict[tuple, list[int]] = {}
-                for n, k in enumerate(reused):
-                    if k is None:
-                        same.setdefault(key[n], []).append(n)
-                fresh = [ns[0] for ns in same.values()]  # one request of each distinct context
-                for lo, hi in prefill_chunks([len(contexts[n]) for n in fresh], self.prefill_tokens):
-                    ns = fresh[lo:hi]
-                    pre, new_logits, offsets = self._prefill([contexts[n] for n in ns],
-                                                             [requests[idx[n]].images for n in ns],
-                                                             [len(requests[idx[n]].prompt_ids) for n in ns])
-                    if kv is None:
-                        k0 = pre.layers[0].keys  # [b, H, P, D]
-                        kv = SlotCache(S, len(pre.layers), k0.shape[1], k0.shape[3], k0.dtype,
-                                       columns=width + room, end=width, device=dev)
-                        logits = new_logits.new_zeros((S, new_logits.shape[1]))
-                    P = pre.layers[0].keys.shape[2]
-                    for i, n in enumerate(ns):
-                        c = len(contexts[n])
-                        keys = [layer.keys[i, :, P - c:] for layer in pre.layers]  # [H, c, D] each
-                        values = [layer.values[i, :, P - c:] for layer in pre.layers]
-                        for m in same[key[n]]:
-                            kv.place(free[m], keys, values)
-                            offset[free[m]], logits[free[m]] = offsets[i], new_logits[i]
-                    del pre  # this chunk's own KV cache, now copied into the slots
-                for n, k in enumerate(reused):
-                    if k is None:
-                        continue
-                    if kv is None:
-                        k0 = k.keys[0]  # [H, c, D]
-                        kv = SlotCache(S, len(k.keys), k0.shape[0], k0.shape[2], k0.dtype,
-                                       columns=width + room, end=width, device=dev)
-                        logits = k.logits.new_zeros((S, k.logits.shape[0]))
-                    kv.place(free[n], k.keys, k.values)
-                    offset[free[n]], logits[free[n]] = k.offset, k.logits
-                for n, (r, c) in enumerate(zip(idx, contexts)):
-                    req, j = requests[r], free[n]
-                    pos[j] = len(c)
-                    rows[j] = _Row(r, min(params.max_new_tokens, req.max_new_tokens or params.max_new_tokens), c)
-                if detector:
-                    detector.reset_rows(free[:len(idx)], [requests[r].prefix_ids for r in idx])
-            if all(r is None for r in rows):  # the source ran dry before anything was admitted
+                self._admit(slots, requests, idx, free, kept, room, params)
+            if not slots.any_live():  # the source ran dry before anything was admitted
                 break
-            # 2. sample one token for every live slot
-            live = torch.tensor([r is not None for r in rows])  # [S]
-            live_idx = live.nonzero().squeeze(1)  # [B]
-            tok, lp = sample_token(logits[live_idx], params.temperature, params.top_p, gen)  # [B], [B]
-            tok_all = torch.full((len(rows),), self.pad_id, dtype=torch.long)  # [S]
-            tok_all[live_idx] = tok
-            stopped = torch.isin(tok, stop_ids).tolist()
-            repeated = detector.step(tok_all)[live_idx].tolist() if detector else [False] * len(stopped)
-            finished = False
-            spent += len(stopped)
+            # 2. sample one token for every live slot; a spent budget cuts every sequence and
+            # ends the requests never admitted empty, and nothing more is pulled
+            tok_all, live, n = self._sample(slots, params, gen)
+            spent += n
             spent_all = bool(token_budget) and spent >= token_budget
-            if spent_all:  # the budget is spent: requests never admitted end empty, nothing more is pulled
+            if spent_all:
                 for r in waiting:
                     out[r] = Segment.not_started()
                 waiting.clear()
                 more = None
-            for j, t, l, st, rep in zip(live_idx.tolist(), tok.tolist(), lp.tolist(), stopped, repeated):
-                row = rows[j]
-                row.tokens.append(t)
-                row.logprobs.append(l)
-                reason = None
-                if st or (max_stop and self._hit_stop_string(row.tokens, params.stop_strings, max_stop)):
-                    reason = "stop"
-                elif rep:
-                    reason = "repeat"
-                elif len(row.tokens) >= row.budget or spent_all:
-                    reason = "length"
-                if reason:
-                    out[row.index] = Segment(row.tokens, row.logprobs, reason)  # type: ignore[arg-type]
-                    if reason == "length" and requests[row.index].keep_kv:
-                        row.keep = True  # stays in the next step, which encodes its last token
-                    else:
-                        rows[j], live[j], finished = None, False, True
-                        kv.clear(j)
+            finished = self._finish(slots, tok_all, live, requests, out, params, spent_all)
             if not live.any():
                 continue
             # 3. finished slots: drop unused leading columns; with nobody waiting and few
@@ -375,40 +341,129 @@ class HFEngine:
             # sort the slots by age when that narrows the groups' windows enough
             order = None
             if finished:
-                kv.trim(live)
-                if not waiting and not more and int(live.sum()) <= len(rows) // 2:
+                slots.kv.trim(live)
+                if not waiting and not more and int(live.sum()) <= len(slots.rows) // 2:
                     order = live.nonzero().squeeze(1)
             if order is None and (finished or admitted):
-                order = kv.repack_order(live, self.attention_groups)
+                order = slots.kv.repack_order(live, self.attention_groups)
             if order is not None:
-                kv.keep(order)
-                rows = [rows[j] for j in order.tolist()]
-                pos, offset, logits = pos[order], offset[order], logits[order]
+                slots.reorder(order)
                 tok_all, live = tok_all[order], live[order]
-                if detector:
-                    detector.select(order)
-            # 4. one decoding step for every slot (empty ones are ignored); with attention
-            # groups, each group of slots attends over its own window
-            mask = kv.step_mask(live)  # [S, L+1]
-            with grouped_attention(self.model, kv.groups(live, self.attention_groups), kv.start):
-                logits = self.model(
-                    input_ids=tok_all[:, None].to(dev), attention_mask=mask.to(dev),
-                    position_ids=(pos + offset)[:, None].to(dev),  # [S, 1] (M-RoPE models repeat it per row)
-                    use_cache=True, **{self._cache_kw: kv.cache},
-                ).logits[:, -1, :].cpu()  # [S, V]
-            kv.advance()
-            pos = pos + live.long()
-            for j, row in enumerate(rows):  # segments cut with keep_kv: their KV, now complete, is kept
+            # 4. one decoding step for every slot (empty ones are ignored)
+            self._decode(slots, tok_all, live)
+            for j, row in enumerate(slots.rows):  # segments cut with keep_kv: their KV, now complete, is kept
                 if row is not None and row.keep:
-                    keys, values = kv.take(j)
+                    keys, values = slots.kv.take(j)
                     self._kept[requests[row.index].id] = _KeptKV(row.context + row.tokens, keys, values,
-                                                                 logits[j].clone(), int(offset[j]))
-                    rows[j] = None
+                                                                 slots.logits[j].clone(), int(slots.offset[j]))
+                    slots.rows[j] = None
         if not any(r.keep_kv for r in requests):  # e.g. an evaluation between two iterations
             self._kept.update(kept)  # leaves the kept KV for the next rollout; else what was not taken goes
         self._features.clear()  # bounded memory: features live for one call
         self._grids.clear()
         return out  # type: ignore[return-value]
+
+    def _admit(self, slots: _Slots, requests: list[GenerationRequest], idx: list[int], free: list[int],
+               kept: dict[str, _KeptKV], room: int, params: SamplingParams) -> None:
+        """Requests `idx` into slots `free[:len(idx)]`: their KV kept from a cut segment, or
+        prefilled in chunks. A context (with its images) shared by several requests, the K
+        samples of a group, is prefilled once and its KV written into each of their slots."""
+        contexts = [list(requests[i].prompt_ids) + list(requests[i].prefix_ids) for i in idx]
+        width = max(len(c) for c in contexts)
+        dev = model_device(self.model)
+        reused = [self._take_kept(kept, requests[i].id, c) for i, c in zip(idx, contexts)]
+        key = [(tuple(c), tuple(requests[i].images)) for i, c in zip(idx, contexts)]
+        same: dict[tuple, list[int]] = {}
+        for n, k in enumerate(reused):
+            if k is None:
+                same.setdefault(key[n], []).append(n)
+        fresh = [ns[0] for ns in same.values()]  # one request of each distinct context
+        for lo, hi in prefill_chunks([len(contexts[n]) for n in fresh], self.prefill_tokens):
+            ns = fresh[lo:hi]
+            pre, logits, offsets = self._prefill([contexts[n] for n in ns], [requests[idx[n]].images for n in ns],
+                                                 [len(requests[idx[n]].prompt_ids) for n in ns])
+            k0 = pre.layers[0].keys  # [b, H, P, D]
+            slots.start(len(pre.layers), k0.shape[1], k0.shape[3], k0.dtype, logits.shape[1], logits.dtype,
+                        columns=width + room, end=width, device=dev)
+            P = k0.shape[2]
+            for i, n in enumerate(ns):
+                c = len(contexts[n])
+                keys = [layer.keys[i, :, P - c:] for layer in pre.layers]  # [H, c, D] each
+                values = [layer.values[i, :, P - c:] for layer in pre.layers]
+                for m in same[key[n]]:
+                    slots.put(free[m], keys, values, offsets[i], logits[i])
+            del pre  # this chunk's own KV cache, now copied into the slots
+        for n, k in enumerate(reused):
+            if k is not None:
+                k0 = k.keys[0]  # [H, c, D]
+                slots.start(len(k.keys), k0.shape[0], k0.shape[2], k0.dtype, k.logits.shape[0], k.logits.dtype,
+                            columns=width + room, end=width, device=dev)
+                slots.put(free[n], k.keys, k.values, k.offset, k.logits)
+        for n, (r, c) in enumerate(zip(idx, contexts)):
+            req, j = requests[r], free[n]
+            slots.pos[j] = len(c)
+            slots.rows[j] = _Row(r, min(params.max_new_tokens, req.max_new_tokens or params.max_new_tokens), c)
+        if slots.detector:
+            slots.detector.reset_rows(free[:len(idx)], [requests[r].prefix_ids for r in idx])
+
+    def _sample(self, slots: _Slots, params: SamplingParams, gen: torch.Generator):
+        """One token for every live slot, appended to its row: (tokens [S] (pad where empty),
+        live [S] bool, how many were sampled)."""
+        live = torch.tensor([r is not None for r in slots.rows])  # [S]
+        live_idx = live.nonzero().squeeze(1)  # [B]
+        tok, lp = sample_token(slots.logits[live_idx], params.temperature, params.top_p, gen)  # [B], [B]
+        tok_all = torch.full((len(slots.rows),), self.pad_id, dtype=torch.long)  # [S]
+        tok_all[live_idx] = tok
+        for j, t, l in zip(live_idx.tolist(), tok.tolist(), lp.tolist()):
+            slots.rows[j].tokens.append(t)
+            slots.rows[j].logprobs.append(l)
+        return tok_all, live, len(live_idx)
+
+    def _finish(self, slots: _Slots, tok_all: torch.Tensor, live: torch.Tensor, requests: list[GenerationRequest],
+                out: list[Segment | None], params: SamplingParams, spent_all: bool) -> bool:
+        """End the rows whose last token stops them, in order of precedence: a stop token or
+        stop string, a repeat, the budget (or a spent call budget). Their segments go to
+        `out`; their slots are freed (`live` updated in place), except a cut one with keep_kv,
+        which stays for the next step to encode its last token. Returns whether any slot was
+        freed. `tok_all` [S]: the tokens `_sample` just appended (pad where empty)."""
+        repeated = slots.detector.step(tok_all).tolist() if slots.detector else [False] * len(slots.rows)
+        stop_ids = set(params.stop_token_ids)
+        max_stop = max((len(s) for s in params.stop_strings), default=0)
+        finished = False
+        for j in live.nonzero().squeeze(1).tolist():
+            row = slots.rows[j]
+            reason = None
+            if row.tokens[-1] in stop_ids or (max_stop and self._hit_stop_string(row.tokens, params.stop_strings,
+                                                                                    max_stop)):
+                reason = "stop"
+            elif repeated[j]:
+                reason = "repeat"
+            elif len(row.tokens) >= row.budget or spent_all:
+                reason = "length"
+            if reason:
+                out[row.index] = Segment(row.tokens, row.logprobs, reason)  # type: ignore[arg-type]
+                if reason == "length" and requests[row.index].keep_kv:
+                    row.keep = True  # stays in the next step, which encodes its last token
+                else:
+                    slots.rows[j], live[j], finished = None, False, True
+                    slots.kv.clear(j)
+        return finished
+
+    def _decode(self, slots: _Slots, tok_all: torch.Tensor, live: torch.Tensor) -> None:
+        """One decoding step of every slot (empty ones are ignored): each live slot's last
+        token goes into its KV cache, and its next-token logits replace `slots.logits`. With
+        attention groups, each group of slots attends over its own window."""
+        dev = model_device(self.model)
+        kv = slots.kv
+        mask = kv.step_mask(live)  # [S, L+1]
+        with grouped_attention(self.model, kv.groups(live, self.attention_groups), kv.start):
+            slots.logits = self.model(
+                input_ids=tok_all[:, None].to(dev), attention_mask=mask.to(dev),
+                position_ids=(slots.pos + slots.offset)[:, None].to(dev),  # [S, 1] (M-RoPE models repeat it per row)
+                use_cache=True, **{self._cache_kw: kv.cache},
+            ).logits[:, -1, :].cpu()  # [S, V]
+        kv.advance()
+        slots.pos = slots.pos + live.long()
 
     @staticmethod
     def _take_kept(kept: dict[str, _KeptKV], rid: str, context: list[int]) -> _KeptKV | None:
