@@ -188,6 +188,10 @@ class AlgorithmConfig:
     std_eps: float = 1e-6  # grpo: added to the group's reward standard deviation
     rest_threshold: float = 0.5  # rest: samples with a reward above it are fitted
     lr: float = 1e-4
+    # The learning rate across the run's iterations (the report gives none): constant, or
+    # from lr at the first iteration down to lr * lr_end_ratio at the last (update.lr_at)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    lr_end_ratio: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -320,6 +324,8 @@ class TrainConfig:
             (self.algorithm.clip_eps > 0, "algorithm.clip_eps", self.algorithm.clip_eps, "must be > 0"),
             (self.algorithm.std_eps > 0, "algorithm.std_eps", self.algorithm.std_eps, "must be > 0"),
             (self.algorithm.lr > 0, "algorithm.lr", self.algorithm.lr, "must be > 0"),
+            (0 <= self.algorithm.lr_end_ratio <= 1, "algorithm.lr_end_ratio", self.algorithm.lr_end_ratio,
+             "must be in [0, 1]"),
             (self.algorithm.minibatches >= 1, "algorithm.minibatches", self.algorithm.minibatches, "must be >= 1"),
             (self.algorithm.minibatches <= self.rollout.prompts_per_iteration, "algorithm.minibatches",
              self.algorithm.minibatches, "must be <= rollout.prompts_per_iteration (mini-batches hold whole groups)"),

@@ -260,6 +260,8 @@ CASES = [
     ("betas out of [0, 1), with --overwrite", ["train", "--overwrite", "out={run}", "algorithm.betas=[2,3]"],
      "algorithm.betas"),
     ("one beta", ["train", "out={run}", "algorithm.betas=[0.9]"], "algorithm.betas"),
+    ("lr end ratio > 1", ["train", "out={run}", "algorithm.lr_end_ratio=2"], "algorithm.lr_end_ratio: must be in"),
+    ("unknown lr schedule", ["train", "out={run}", "algorithm.lr_schedule=step"], "algorithm.lr_schedule"),
     ("weight decay < 0", ["train", "out={run}", "algorithm.weight_decay=-1"], "algorithm.weight_decay"),
     ("grad clip < 0", ["train", "out={run}", "algorithm.grad_clip=-1"], "algorithm.grad_clip"),
     ("eval budget < 1", ["train", "out={run}", "eval.max_new_tokens=-5"], "eval.max_new_tokens"),

@@ -173,3 +173,23 @@ def test_kept_optimizer_resumes_exactly(tmp_path, tiny_model_dir, crash_then_res
     assert not (reset / "checkpoints" / "iter_000004" / "optimizer.pt").exists()
     c = load_file(reset / "final" / "model.safetensors")
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_lr_schedule_runs_and_resumes_exactly(tmp_path, tiny_model_dir, crash_then_resume):
+    """algorithm.lr_schedule=cosine: every iteration's update uses update.lr_at's rate (its
+    AdamW is new each iteration, so the rate is the whole state), logged as train/lr from
+    lr at iteration 1 to lr * lr_end_ratio at the last; resumed after iteration 2, the run
+    ends like an uninterrupted one."""
+    extra = ("algorithm.lr_schedule=cosine", "algorithm.lr_end_ratio=0.2", "iterations=4",
+             "rollout.segment_tokens=0")
+    ref = tmp_path / "ref"
+    train(_cfg(ref, tiny_model_dir, *extra), log=lambda s: None)
+    lrs = [m["train/lr"] for m in _metrics(ref)]
+    # t = 0, 1/3, 2/3, 1: 0.01 * (0.2 + 0.8 * (1 + cos(pi t)) / 2) = 0.01, 0.008, 0.004, 0.002
+    assert lrs == pytest.approx([0.01, 0.008, 0.004, 0.002])
+    run = tmp_path / "run"
+    cfg = _cfg(run, tiny_model_dir, *extra)
+    crash_then_resume(cfg, 3, _at(cfg, 3))
+    a, b = load_file(ref / "final" / "model.safetensors"), load_file(run / "final" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["train/lr"] for m in _metrics(run)] == lrs

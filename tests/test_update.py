@@ -17,7 +17,7 @@ from k15rl.rollout.engine import HFEngine, SamplingParams
 from k15rl.tasks import get_task, make_prompts
 from k15rl.trainer.logprobs import token_logprobs
 from k15rl.distributed.shard import Shard
-from k15rl.trainer.update import (LogprobPasses, PolicyTrainer, UpdatePlan, enable_activation_checkpointing,
+from k15rl.trainer.update import (LogprobPasses, PolicyTrainer, UpdatePlan, enable_activation_checkpointing, lr_at,
                                   make_train_batch, micro_batches, shard_passes)
 
 
@@ -378,3 +378,18 @@ def test_shared_prompts_are_off_with_activation_checkpointing(tiny_model_dir):
     model = load_model(tiny_model_dir)
     enable_activation_checkpointing(model)
     assert not shares_prompts(model)
+
+
+def test_lr_schedule_hand_computed():
+    """algorithm.lr_schedule over 5 iterations (t = 0, 1/4, 1/2, 3/4, 1), lr_end_ratio 0.1:
+    linear 1 - 0.9 t; cosine 0.1 + 0.9 (1 + cos(pi t)) / 2; constant lr. One iteration or
+    an iteration past the last (a resumed run given more) are handled."""
+    linear = AlgorithmConfig(lr=1e-3, lr_schedule="linear", lr_end_ratio=0.1)
+    assert [lr_at(linear, v, 5) for v in range(5)] == pytest.approx([1e-3, 7.75e-4, 5.5e-4, 3.25e-4, 1e-4])
+    cosine = AlgorithmConfig(lr=1e-3, lr_schedule="cosine", lr_end_ratio=0.1)
+    half = 0.5 * 2 ** -0.5  # (1 + cos(pi / 4)) / 2 - 1/2
+    assert [lr_at(cosine, v, 5) for v in range(5)] == pytest.approx(
+        [1e-3, 1e-4 + 9e-4 * (0.5 + half), 5.5e-4, 1e-4 + 9e-4 * (0.5 - half), 1e-4])
+    assert lr_at(cosine, 7, 5) == pytest.approx(1e-4)
+    assert lr_at(linear, 0, 1) == 1e-3
+    assert [lr_at(AlgorithmConfig(lr=1e-3), v, 5) for v in range(5)] == [1e-3] * 5

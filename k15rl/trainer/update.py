@@ -40,11 +40,25 @@ class UpdatePlan:
     temperature: float  # the sampling temperature: log-probs are taken under softmax(logits / T)
     train_on_stale: bool  # tokens sampled by older policy versions (partial rollouts) count in the loss
     pad_id: int
+    iterations: int = 1  # the run's, for algorithm.lr_schedule
 
 
 def update_plan(cfg: TrainConfig, pad_id: int) -> UpdatePlan:
     return UpdatePlan(make_loss(cfg.algorithm), cfg.algorithm, cfg.rollout.temperature or 1.0,
-                      cfg.rollout.train_on_stale_segments, pad_id)
+                      cfg.rollout.train_on_stale_segments, pad_id, cfg.iterations)
+
+
+def lr_at(a: AlgorithmConfig, version: int, iterations: int) -> float:
+    """The learning rate of the update of iteration `version` (0-based; the policy pi_i it
+    starts from) of `iterations` (algorithm.lr_schedule): `lr` throughout (constant), or
+    from `lr` at the first iteration to `lr * lr_end_ratio` at the last, on a straight line
+    (linear) or a half cosine (cosine). Iterations past the last (a run resumed with more)
+    keep the last one's."""
+    if a.lr_schedule == "constant" or iterations <= 1:
+        return a.lr
+    t = min(max(version, 0) / (iterations - 1), 1.0)  # 0 at the first iteration, 1 at the last
+    shape = 1.0 - t if a.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * t))
+    return a.lr * (a.lr_end_ratio + (1.0 - a.lr_end_ratio) * shape)
 
 
 @dataclass
@@ -390,6 +404,9 @@ class PolicyTrainer:
         opt = self.optimizer if not a.optimizer_reset and self.optimizer is not None else self._new_optimizer()
         if not a.optimizer_reset:
             self.optimizer = opt
+        lr = lr_at(a, version, p.iterations)
+        for group in opt.param_groups:
+            group["lr"] = lr
         model.train()
         sums: dict[str, float] = {}
         steps = skipped = trailing = 0  # trailing: skipped steps since the last applied one
@@ -422,6 +439,7 @@ class PolicyTrainer:
         out["train/skipped_steps"] = float(skipped)
         out["train/trailing_skips"] = float(trailing)
         out["train/stale_token_frac"] = float(batch.stale[batch.tokens.response_mask > 0].float().mean())
+        out["train/lr"] = lr
         out.update(gap or {})
         return out
 
