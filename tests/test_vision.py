@@ -403,3 +403,27 @@ def test_vision_preset_trains_on_prompts_the_warm_up_did_not_see():
     assert not any((p.images[0], p.question) in seen for p in train)
     # a few small scenes come back with another colour asked (another problem)
     assert sum(p.images[0] in {img for img, _ in seen} for p in train) < 0.02 * len(train)
+
+
+def test_vllm_prompt_has_one_placeholder_per_image_and_clip_names_vllm_reads():
+    """What the vLLM engine hands vLLM (tests/test_vllm_vision.py runs it): each image's run
+    of image tokens made one placeholder (vLLM expands it again), two images side by side
+    refused; a CLIP tower's transformers names under `vision_model.` (vLLM's loader)."""
+    from k15rl.rollout.vllm_engine import _collapse_images, _vllm_name
+    from k15rl.types import GenerationRequest
+
+    I = 9  # noqa: E741 the image token
+    req = GenerationRequest([1, I, I, I, 2, 3, I, I, 4], images=(b"a", b"b"))
+    assert _collapse_images(req, I) == [1, I, 2, 3, I, 4]
+    assert _collapse_images(req, None) == req.prompt_ids  # a text model: unchanged
+    with pytest.raises(UserError, match="text between two images"):
+        _collapse_images(GenerationRequest([1, I, I, I, I, 2], images=(b"a", b"b")), I)
+    assert _vllm_name("model.vision_tower.encoder.layers.0.mlp.fc1.weight", True) == \
+        "model.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"
+    assert _vllm_name("vision_tower.embeddings.patch_embedding.weight", True) == \
+        "vision_tower.vision_model.embeddings.patch_embedding.weight"
+    named = "vision_tower.vision_model.pre_layrnorm.bias"  # already in vLLM's layout
+    assert _vllm_name(named, True) == named
+    assert _vllm_name("model.language_model.layers.0.mlp.up_proj.weight", True) == \
+        "model.language_model.layers.0.mlp.up_proj.weight"
+    assert _vllm_name("model.visual.blocks.0.attn.qkv.weight", False) == "model.visual.blocks.0.attn.qkv.weight"

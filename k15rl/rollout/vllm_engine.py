@@ -601,9 +601,15 @@ def _collapse_images(request: GenerationRequest, image_token_id: int | None) -> 
     the trainer sees them). vLLM 0.32 does not recognise an expanded run in a token prompt:
     it expands the run's first token again (measured: a 64-token image became 127 tokens),
     so it is given one placeholder per image and expands it itself, into the same number of
-    tokens at the same place. A run is the image's whole expansion: images of one prompt are
-    separated by other tokens (LLaVA's template, Qwen2-VL's vision start/end tokens)."""
+    tokens at the same place. A run is one image's whole expansion, so two images need a
+    token between them (Qwen2-VL's template puts its vision start and end tokens there; with
+    LLaVA's, two placeholders written side by side make one run: UserError)."""
     ids = list(request.prompt_ids)
     if image_token_id is None:
         return ids
-    return [t for i, t in enumerate(ids) if t != image_token_id or i == 0 or ids[i - 1] != image_token_id]
+    out = [t for i, t in enumerate(ids) if t != image_token_id or i == 0 or ids[i - 1] != image_token_id]
+    if out.count(image_token_id) != len(request.images):
+        raise UserError(f"rollout.engine=vllm: request {request.id or '?'} has {len(request.images)} images but "
+                        f"{out.count(image_token_id)} runs of image tokens; vLLM needs text between two images "
+                        "(write something between their placeholders)")
+    return out
