@@ -51,8 +51,8 @@ $(VLLM_VENV)/.installed: tests/vllm_env/torchvision_cpu_shim.py
 	touch $@
 
 test-vllm: $(VLLM_VENV)/.installed
-	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_engine.py tests/test_vllm_vision.py tests/test_ray_vllm.py \
-		tests/test_lora.py
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_engine.py tests/test_vllm_vision.py tests/test_vllm_budget.py \
+		tests/test_ray_vllm.py tests/test_lora.py
 
 # The docs' result tables, rendered from benchmarks/results/*.json (each benchmark writes its
 # own file when run; see benchmarks/results.py). docs-check changes nothing and fails on drift.

@@ -305,8 +305,6 @@ class TrainConfig:
              "rollout.iteration_tokens > 0): only cut trajectories keep their KV cache"),
             (self.rollout.iteration_tokens >= 0, "rollout.iteration_tokens", self.rollout.iteration_tokens,
              "must be >= 0"),
-            (not self.rollout.iteration_tokens or self.rollout.engine == "hf", "rollout.iteration_tokens",
-             self.rollout.iteration_tokens, "needs the built-in engine (rollout.engine=hf)"),
             (not self.rollout.iteration_tokens or self.rollout.continue_first, "rollout.iteration_tokens",
              self.rollout.iteration_tokens, "needs rollout.continue_first=true: unstarted trajectories wait in "
              "the buffer, and new prompts only top it up"),

@@ -78,7 +78,6 @@ def test_string_choices_are_checked_once_with_the_key(bad, message):
     (["rollout.engine=sglang"], "rollout.engine"),
     (["rollout.vllm.gpu_memory_utilization=1.5"], "rollout.vllm.gpu_memory_utilization"),
     (["rollout.iteration_tokens=-1"], "rollout.iteration_tokens"),
-    (["rollout.iteration_tokens=64", "rollout.engine=vllm"], "rollout.iteration_tokens"),
     (["rollout.iteration_tokens=64", "rollout.continue_first=false"], "rollout.iteration_tokens"),
 ])
 def test_bad_distributed_settings_name_the_key(overrides, key):

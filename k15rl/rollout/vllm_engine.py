@@ -51,7 +51,9 @@ import re
 import shutil
 import threading
 import warnings
+import uuid
 import weakref
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -177,16 +179,38 @@ def truncate(
     return out
 
 
+@dataclass
+class _Budget:
+    """A `generate` call's output-token budget (rollout.iteration_tokens), shared by the
+    watches of its requests: K15EarlyStop counts every token they sample, and once `limit`
+    are spent makes each of them stop at its next step (`forced`: its last token is the
+    forced stop token, not a sample)."""
+
+    limit: int
+    spent: int = 0
+    forced: set[int] = field(default_factory=set)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.spent >= self.limit
+
+
+_BUDGETS: dict[str, _Budget] = {}  # call key (SamplingParams.extra_args) -> its budget, while the call runs
+
+
 class _Watch:
     """One running request as K15EarlyStop sees it: the repeat detector's recurrence
     (RepeatDetector._state, incrementally) and the stop-string check, fed each new
-    token of `output` (vLLM's live list of the request's sampled tokens)."""
+    token of `output` (vLLM's live list of the request's sampled tokens); and its call's
+    token budget, if any, which counts those tokens."""
 
     def __init__(self, spec: dict, prompt: list[int] | None, output: list[int], tokenizer):
         self.output = output
         self.seen = 0
         self.fired = False
         self.force = int(spec["force"])
+        self.rid = int(spec.get("rid", -1))
+        self.budget = _BUDGETS.get(spec.get("budget", ""))
         self.n = int(spec.get("ngram", 0))
         if self.n:
             periods = range(1, self.n + 1)
@@ -211,6 +235,8 @@ class _Watch:
         while not self.fired and self.seen < len(out) and out[self.seen] >= 0:  # -1: async placeholder
             t = out[self.seen]
             self.seen += 1
+            if self.budget is not None:
+                self.budget.spent += 1
             if self.n and self._feed(t):
                 self.fired = True
             elif self.hit and self.hit(out[: self.seen], self.stops, self.max_stop):
@@ -255,8 +281,12 @@ def _make_early_stop_class():
 
         def apply(self, logits: torch.Tensor) -> torch.Tensor:
             fired = []
-            for i, w in self.rows.items():
+            for w in self.rows.values():
                 w.advance()
+            for i, w in self.rows.items():
+                if w.budget is not None and w.budget.exhausted and not w.fired:  # cut by its call's budget
+                    w.fired = True
+                    w.budget.forced.add(w.rid)
                 if w.fired and i < logits.shape[0]:
                     fired.append((i, w.force))
             if fired:
@@ -459,8 +489,23 @@ class VLLMEngine:
         _LIVE.add(self)
 
     # ------------------------------------------------------------------ generation
-    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Segment]:
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams,
+                 token_budget: int = 0) -> list[Segment]:
         """One Segment per request, in order (see the module docstring for semantics).
+
+        `token_budget` (0: none; rollout.iteration_tokens, report §2.6.2): the call's
+        output-token budget, with HFEngine's semantics. Once the requests have sampled that
+        many tokens in all, every running one ends with finish reason "length" (a cut), and
+        requests vLLM has not started get an empty "length" segment
+        (`Segment.not_started`). K15EarlyStop counts the tokens and makes every request of
+        the call stop at its next step (a forced stop token, removed from its segment).
+        Requests vLLM schedules after that stop at their first token: a prefill each
+        (shared within a group by prefix caching), which vLLM's offline API gives no way
+        to withdraw. Overshoot: the tokens of the step in which the budget ran out, fewer
+        than the requests running together. Needs a stop token id. Assumes vLLM's
+        synchronous scheduling (its CPU backend's); with asynchronous scheduling (a GPU
+        build, not run here) a request whose own stop token falls in the step where the
+        budget runs out could lose that token and be cut instead.
 
         Seeds: the sampler draws from the worker's global torch generator, which is
         seeded with `params.seed` at the start of each call (and this process's RNG
@@ -474,6 +519,8 @@ class VLLMEngine:
         """
         if not requests:
             return []
+        if token_budget and not params.stop_token_ids:
+            raise ValueError("a token budget needs a stop token id (to end the running requests)")
         if params.top_p < 1 and not self._warned_top_p:
             self._warned_top_p = True
             warnings.warn("rollout.engine=vllm with top_p < 1: the engine's log-probs are under the top-p "
@@ -488,14 +535,15 @@ class VLLMEngine:
                 raise UserError(f"rollout.engine=vllm: a context of {len(c)} tokens (request {r.id or '?'}) does not "
                                 f"fit rollout.vllm.max_model_len={self.max_model_len}")
         watch = params.repeat_ngram > 0 or bool(params.stop_strings)
+        key = uuid.uuid4().hex if token_budget else ""
         sps = []
-        for c, r, b in zip(contexts, requests, budgets):
+        for i, (c, r, b) in enumerate(zip(contexts, requests, budgets)):
             extra = None
-            if watch and params.stop_token_ids:
+            if (watch or token_budget) and params.stop_token_ids:
                 extra = {_WATCH_KEY: {
                     "force": params.stop_token_ids[0], "ngram": params.repeat_ngram, "times": params.repeat_times,
                     "min_tokens": params.repeat_min_tokens, "prefix_len": len(r.prefix_ids),
-                    "stop_strings": list(params.stop_strings),
+                    "stop_strings": list(params.stop_strings), "budget": key, "rid": i,
                 }}
             sps.append(self._SamplingParams(
                 n=1,
@@ -513,20 +561,30 @@ class VLLMEngine:
                                 **_multi_modal(r)) if r.images else self._prompt(prompt_token_ids=c)
                    for c, r in zip(contexts, requests)]
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):
-            self.llm.collective_rpc(_seed_worker, args=(params.seed,))
-            outs = self.llm.generate(prompts, sps, use_tqdm=False)
+        budget = _BUDGETS[key] = _Budget(token_budget) if token_budget else None
+        try:
+            with torch.random.fork_rng(devices=devices):
+                self.llm.collective_rpc(_seed_worker, args=(params.seed,))
+                outs = self.llm.generate(prompts, sps, use_tqdm=False)
+        finally:
+            _BUDGETS.pop(key, None)
         tokens, logprobs = [], []
-        for o in outs:
+        for i, o in enumerate(outs):
             c = o.outputs[0]
             ids = list(c.token_ids)
-            tokens.append(ids)
             lps = c.logprobs or []
-            logprobs.append([float(lps[i][t].logprob) for i, t in enumerate(ids)])
+            lp = [float(lps[j][t].logprob) for j, t in enumerate(ids)]
+            if budget is not None and i in budget.forced:  # its last token is the forced stop, not a sample
+                ids, lp = ids[:-1], lp[:-1]
+            tokens.append(ids)
+            logprobs.append(lp)
         cuts = truncate(tokens, [r.prefix_ids for r in requests], budgets, params, self.tokenizer)
         segments = []
-        for ids, lps, (keep, reason) in zip(tokens, logprobs, cuts):
-            segments.append(Segment(ids[:keep], lps[:keep], reason or "length"))  # type: ignore[arg-type]
+        for i, (ids, lps, (keep, reason)) in enumerate(zip(tokens, logprobs, cuts)):
+            if budget is not None and not ids:
+                segments.append(Segment.not_started())
+            else:
+                segments.append(Segment(ids[:keep], lps[:keep], reason or "length"))  # type: ignore[arg-type]
         return segments
 
     # ------------------------------------------------------------------ weight sync
