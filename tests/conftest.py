@@ -24,26 +24,30 @@ def tiny_model_dir(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
-def vlm_dir(tmp_path_factory):
-    """The built-in VLM's build (processor, LLaVA model, warm-up), shrunk to seconds."""
+def build_small_vlm(cache, **sizes):
+    """The built-in VLM's build (processor, LLaVA model, warm-up) with `sizes` (BuiltinSpec
+    fields), cached in `cache` (not the user's cache)."""
     from dataclasses import replace
 
     from k15rl.models.builtin import BUILTIN_SPECS
     from k15rl.trainer.warmup import ensure_builtin
 
-    cache = tmp_path_factory.mktemp("cache")
     old = os.environ.get("K15RL_CACHE")
     os.environ["K15RL_CACHE"] = str(cache)
     try:
-        spec = replace(BUILTIN_SPECS["builtin-vision"], sft_per_level=[4] * 5, sft_epochs=1, hidden_size=32,
-                       intermediate_size=64, num_layers=1, num_heads=2)
-        return ensure_builtin(spec, log=lambda s: None)
+        return ensure_builtin(replace(BUILTIN_SPECS["builtin-vision"], **sizes), log=lambda s: None)
     finally:
         if old is None:
             del os.environ["K15RL_CACHE"]
         else:
             os.environ["K15RL_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def vlm_dir(tmp_path_factory):
+    """The built-in VLM shrunk to seconds."""
+    return build_small_vlm(tmp_path_factory.mktemp("cache"), sft_per_level=[4] * 5, sft_epochs=1, hidden_size=32,
+                           intermediate_size=64, num_layers=1, num_heads=2)
 
 
 class Crash(Exception):

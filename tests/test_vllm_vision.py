@@ -11,7 +11,6 @@ attention has no kernel for the 16 of tests/conftest.py's `vlm_dir`).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,20 +36,10 @@ LOGPROB_TOL = 1e-4  # as for text models (tests/test_vllm_engine.py)
 
 @pytest.fixture(scope="module")
 def vlm(tmp_path_factory):
-    from k15rl.models.builtin import BUILTIN_SPECS
-    from k15rl.trainer.warmup import ensure_builtin
+    from conftest import build_small_vlm
 
-    old = os.environ.get("K15RL_CACHE")
-    os.environ["K15RL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    try:
-        spec = replace(BUILTIN_SPECS["builtin-vision"], sft_per_level=[8] * 5, sft_epochs=2, hidden_size=64,
-                       intermediate_size=128, num_layers=1, num_heads=2)
-        return ensure_builtin(spec, log=lambda s: None)
-    finally:
-        if old is None:
-            os.environ.pop("K15RL_CACHE", None)
-        else:
-            os.environ["K15RL_CACHE"] = old
+    return build_small_vlm(tmp_path_factory.mktemp("cache"), sft_per_level=[8] * 5, sft_epochs=2, hidden_size=64,
+                           intermediate_size=128, num_layers=1, num_heads=2)
 
 
 def _prompts(n=2):
