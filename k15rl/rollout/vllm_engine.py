@@ -561,7 +561,7 @@ class VLLMEngine:
                                 **_multi_modal(r)) if r.images else self._prompt(prompt_token_ids=c)
                    for c, r in zip(contexts, requests)]
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        budget = _BUDGETS[key] = _Budget(token_budget) if token_budget else None
+        call_budget = _BUDGETS[key] = _Budget(token_budget) if token_budget else None
         try:
             with torch.random.fork_rng(devices=devices):
                 self.llm.collective_rpc(_seed_worker, args=(params.seed,))
@@ -574,14 +574,14 @@ class VLLMEngine:
             ids = list(c.token_ids)
             lps = c.logprobs or []
             lp = [float(lps[j][t].logprob) for j, t in enumerate(ids)]
-            if budget is not None and i in budget.forced:  # its last token is the forced stop, not a sample
+            if call_budget is not None and i in call_budget.forced:  # its last token: the forced stop
                 ids, lp = ids[:-1], lp[:-1]
             tokens.append(ids)
             logprobs.append(lp)
         cuts = truncate(tokens, [r.prefix_ids for r in requests], budgets, params, self.tokenizer)
         segments = []
-        for i, (ids, lps, (keep, reason)) in enumerate(zip(tokens, logprobs, cuts)):
-            if budget is not None and not ids:
+        for ids, lps, (keep, reason) in zip(tokens, logprobs, cuts):
+            if call_budget is not None and not ids:
                 segments.append(Segment.not_started())
             else:
                 segments.append(Segment(ids[:keep], lps[:keep], reason or "length"))  # type: ignore[arg-type]
