@@ -156,9 +156,9 @@ class RolloutWorker:
         return True
 
     def run(self, queue, params: SamplingParams, chunk: int, token_budget: int = 0) -> list[tuple[int, Segment]]:
-        """Generate for requests pulled from `queue` until it is empty, or (`token_budget`,
-        pulling engines only) until this worker has sampled that many tokens; (index,
-        segment) pairs of the requests it pulled."""
+        """Generate for requests pulled from `queue` until it is empty, or (`token_budget`)
+        until this worker has sampled that many tokens; (index, segment) pairs of the
+        requests it pulled."""
         import ray
 
         taken: list[int] = []
@@ -173,10 +173,14 @@ class RolloutWorker:
         if self.pulls:
             budget = {"token_budget": token_budget} if token_budget else {}
             segments = self.engine.generate([], params, more=take, **budget)
-        else:
-            segments, calls = [], 0
-            while batch := take(chunk):
-                segments += self.engine.generate(batch, dataclasses.replace(params, seed=params.seed + 65537 * calls))
+        else:  # chunk by chunk; with a budget, each chunk gets what is left of it, and pulling stops once spent
+            segments, calls, spent = [], 0, 0
+            while (not token_budget or spent < token_budget) and (batch := take(chunk)):
+                budget = {"token_budget": token_budget - spent} if token_budget else {}
+                segs = self.engine.generate(batch, dataclasses.replace(params, seed=params.seed + 65537 * calls),
+                                            **budget)
+                spent += sum(len(s.token_ids) for s in segs)
+                segments += segs
                 calls += 1
         return list(zip(taken, segments))
 
