@@ -557,8 +557,9 @@ class VLLMEngine:
                 skip_special_tokens=False,
                 extra_args=extra,
             ))
+        opened: dict[bytes, Any] = {}  # each distinct image decoded once (the K samples of a group share it)
         prompts = [self._prompt(prompt_token_ids=_collapse_images(r, self.image_token_id) + list(r.prefix_ids),
-                                **_multi_modal(r)) if r.images else self._prompt(prompt_token_ids=c)
+                                **_multi_modal(r, opened)) if r.images else self._prompt(prompt_token_ids=c)
                    for c, r in zip(contexts, requests)]
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         call_budget = _BUDGETS[key] = _Budget(token_budget) if token_budget else None
@@ -645,11 +646,13 @@ class VLLMEngine:
         gc.collect()
 
 
-def _multi_modal(request: GenerationRequest) -> dict:
-    """A request's images for vLLM (`multi_modal_data`, PIL images in placeholder order)."""
+def _multi_modal(request: GenerationRequest, opened: dict[bytes, Any]) -> dict:
+    """A request's images for vLLM (`multi_modal_data`, PIL images in placeholder order),
+    each decoded once into `opened` (PNG bytes -> image) for the whole call."""
     from k15rl.models.vision import open_image
 
-    return {"multi_modal_data": {"image": [open_image(b) for b in request.images]}}
+    images = [opened[b] if b in opened else opened.setdefault(b, open_image(b)) for b in request.images]
+    return {"multi_modal_data": {"image": images}}
 
 
 def _collapse_images(request: GenerationRequest, image_token_id: int | None) -> list[int]:
