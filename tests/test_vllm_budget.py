@@ -74,6 +74,31 @@ def test_budget_cuts_running_requests_and_leaves_the_rest_unstarted(setup):
     assert not ve._BUDGETS  # the call's budget is gone with it
 
 
+def test_requests_not_started_when_the_budget_runs_out_are_withdrawn(setup, monkeypatch):
+    """Once the budget is spent, the requests vLLM has not scheduled are aborted, not
+    started for one forced token (a prefill each): of 12 requests, 4 at a time, only
+    those that ran plus at most one batch's worth were ever scheduled, nothing is left
+    in the engine, and the next call runs as usual."""
+    tok, model, engine, prompts = setup
+    made = []
+
+    class Recorded(ve._Budget):
+        def __init__(self, limit: int):
+            super().__init__(limit)
+            made.append(self)
+
+    monkeypatch.setattr(ve, "_Budget", Recorded)
+    reqs = [GenerationRequest(encode_prompt(tok, p.messages)) for p in prompts]
+    cut = engine.generate(reqs, _greedy(tok, model), token_budget=40)
+    ran = {i for i, s in enumerate(cut) if s.started}
+    (budget,) = made
+    assert ran <= budget.started
+    assert len(budget.started) <= len(ran) + SLOTS < len(reqs)  # without withdrawing, all 12 would start
+    assert engine.llm.llm_engine.get_num_unfinished_requests() == 0
+    again = engine.generate(reqs[:SLOTS], _greedy(tok, model, 8))
+    assert all(s.started and s.token_ids for s in again)
+
+
 def test_budget_larger_than_the_work_changes_nothing(setup):
     tok, model, engine, prompts = setup
     reqs = [GenerationRequest(encode_prompt(tok, p.messages)) for p in prompts[:6]]

@@ -184,11 +184,13 @@ class _Budget:
     """A `generate` call's output-token budget (rollout.iteration_tokens), shared by the
     watches of its requests: K15EarlyStop counts every token they sample, and once `limit`
     are spent makes each of them stop at its next step (`forced`: its last token is the
-    forced stop token, not a sample)."""
+    forced stop token, not a sample). `started`: the requests vLLM has scheduled (a watch
+    exists for each); the others are withdrawn once the budget is spent."""
 
     limit: int
     spent: int = 0
     forced: set[int] = field(default_factory=set)
+    started: set[int] = field(default_factory=set)
 
     @property
     def exhausted(self) -> bool:
@@ -211,6 +213,8 @@ class _Watch:
         self.force = int(spec["force"])
         self.rid = int(spec.get("rid", -1))
         self.budget = _BUDGETS.get(spec.get("budget", ""))
+        if self.budget is not None:
+            self.budget.started.add(self.rid)
         self.n = int(spec.get("ngram", 0))
         if self.n:
             periods = range(1, self.n + 1)
@@ -498,11 +502,10 @@ class VLLMEngine:
         many tokens in all, every running one ends with finish reason "length" (a cut), and
         requests vLLM has not started get an empty "length" segment
         (`Segment.not_started`). K15EarlyStop counts the tokens and makes every request of
-        the call stop at its next step (a forced stop token, removed from its segment).
-        Requests vLLM schedules after that stop at their first token: a prefill each
-        (shared within a group by prefix caching), which vLLM's offline API gives no way
-        to withdraw. Overshoot: the tokens of the step in which the budget ran out, fewer
-        than the requests running together. Needs a stop token id. Assumes vLLM's
+        the call stop at its next step (a forced stop token, removed from its segment);
+        after the step in which the budget ran out, the requests vLLM has not scheduled
+        are withdrawn (`_run`), so they cost no prefill. Overshoot: the tokens of the step
+        in which the budget ran out, fewer than the requests running together. Needs a stop token id. Assumes vLLM's
         synchronous scheduling (its CPU backend's); with asynchronous scheduling (a GPU
         build, not run here) a request whose own stop token falls in the step where the
         budget runs out could lose that token and be cut instead.
@@ -566,14 +569,14 @@ class VLLMEngine:
         try:
             with torch.random.fork_rng(devices=devices):
                 self.llm.collective_rpc(_seed_worker, args=(params.seed,))
-                outs = self.llm.generate(prompts, sps, use_tqdm=False)
+                outs = self._run(prompts, sps, call_budget)
         finally:
             _BUDGETS.pop(key, None)
         tokens, logprobs = [], []
         for i, o in enumerate(outs):
-            c = o.outputs[0]
-            ids = list(c.token_ids)
-            lps = c.logprobs or []
+            c = o.outputs[0] if o is not None and o.outputs else None
+            ids = list(c.token_ids) if c is not None else []  # None: withdrawn before vLLM scheduled it
+            lps = (c.logprobs if c is not None else None) or []
             lp = [float(lps[j][t].logprob) for j, t in enumerate(ids)]
             if call_budget is not None and i in call_budget.forced:  # its last token: the forced stop
                 ids, lp = ids[:-1], lp[:-1]
@@ -587,6 +590,32 @@ class VLLMEngine:
             else:
                 segments.append(Segment(ids[:keep], lps[:keep], reason or "length"))  # type: ignore[arg-type]
         return segments
+
+    def _run(self, prompts: list, sps: list, budget: _Budget | None) -> list:
+        """vLLM's outputs for `prompts`, in order. Without a budget, `LLM.generate`.
+
+        With one, the same engine loop, stepped here: once a step has spent the budget,
+        the requests vLLM has not scheduled yet (no watch was made for them) are aborted
+        before the next step, and their output is None. `LLM.generate` would start each of
+        them for one forced token, a prefill each."""
+        if budget is None:
+            return self.llm.generate(prompts, sps, use_tqdm=False)
+        engine = self.llm.llm_engine
+        internal = self.llm.enqueue(prompts, sps, use_tqdm=False)  # vLLM's internal ids, in order
+        states = engine.output_processor.request_states
+        row = {states[r].external_req_id: i for i, r in enumerate(internal)}  # outputs carry the external id
+        outs: list = [None] * len(prompts)
+        withdrawn = False
+        while engine.has_unfinished_requests():
+            for o in engine.step():
+                if o.finished:
+                    outs[row[o.request_id]] = o
+            if budget.exhausted and not withdrawn:
+                withdrawn = True
+                waiting = [r for i, r in enumerate(internal) if i not in budget.started and outs[i] is None]
+                if waiting:
+                    engine.abort_request(waiting, internal=True)
+        return outs
 
     # ------------------------------------------------------------------ weight sync
     def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
