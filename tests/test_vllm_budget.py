@@ -99,6 +99,30 @@ def test_requests_not_started_when_the_budget_runs_out_are_withdrawn(setup, monk
     assert all(s.started and s.token_ids for s in again)
 
 
+@pytest.mark.parametrize("budget", [40, 0])
+def test_an_interrupted_call_leaves_nothing_in_the_engine(setup, monkeypatch, budget):
+    """A call interrupted mid-way (Ctrl-C in the engine loop), with a budget or without,
+    aborts its requests: the next call gets only its own outputs."""
+    tok, model, engine, prompts = setup
+    reqs = [GenerationRequest(encode_prompt(tok, p.messages)) for p in prompts]
+    core = engine.llm.llm_engine
+    step, calls = core.step, []
+
+    def interrupted():
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return step()
+
+    monkeypatch.setattr(core, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        engine.generate(reqs, _greedy(tok, model), token_budget=budget)
+    monkeypatch.setattr(core, "step", step)
+    assert core.get_num_unfinished_requests() == 0
+    params = _greedy(tok, model, 8)
+    assert engine.generate(reqs[:2], params, token_budget=1000) == engine.generate(reqs[:2], params)
+
+
 def test_budget_larger_than_the_work_changes_nothing(setup):
     tok, model, engine, prompts = setup
     reqs = [GenerationRequest(encode_prompt(tok, p.messages)) for p in prompts[:6]]

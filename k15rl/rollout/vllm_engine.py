@@ -592,29 +592,34 @@ class VLLMEngine:
         return segments
 
     def _run(self, prompts: list, sps: list, budget: _Budget | None) -> list:
-        """vLLM's outputs for `prompts`, in order. Without a budget, `LLM.generate`.
-
-        With one, the same engine loop, stepped here: once a step has spent the budget,
-        the requests vLLM has not scheduled yet (no watch was made for them) are aborted
-        before the next step, and their output is None. `LLM.generate` would start each of
-        them for one forced token, a prefill each."""
-        if budget is None:
-            return self.llm.generate(prompts, sps, use_tqdm=False)
+        """vLLM's outputs for `prompts`, in order: `LLM.generate`'s engine loop, stepped
+        here for two things it does not do. With a budget, once a step has spent it, the
+        requests vLLM has not scheduled yet (no watch was made for them) are aborted before
+        the next step, and their output is None (`LLM.generate` would start each of them
+        for one forced token, a prefill each). Interrupted (an exception, Ctrl-C), the
+        call's requests are aborted, so that none is left for the next call to return."""
         engine = self.llm.llm_engine
         internal = self.llm.enqueue(prompts, sps, use_tqdm=False)  # vLLM's internal ids, in order
         states = engine.output_processor.request_states
         row = {states[r].external_req_id: i for i, r in enumerate(internal)}  # outputs carry the external id
         outs: list = [None] * len(prompts)
         withdrawn = False
-        while engine.has_unfinished_requests():
-            for o in engine.step():
-                if o.finished:
-                    outs[row[o.request_id]] = o
-            if budget.exhausted and not withdrawn:
-                withdrawn = True
-                waiting = [r for i, r in enumerate(internal) if i not in budget.started and outs[i] is None]
-                if waiting:
-                    engine.abort_request(waiting, internal=True)
+        try:
+            while engine.has_unfinished_requests():
+                for o in engine.step():
+                    if o.finished:
+                        outs[row[o.request_id]] = o
+                if budget is not None and budget.exhausted and not withdrawn:
+                    withdrawn = True
+                    waiting = [r for i, r in enumerate(internal) if i not in budget.started and outs[i] is None]
+                    if waiting:
+                        engine.abort_request(waiting, internal=True)
+        except BaseException:  # interrupted: leave nothing of this call in the engine for the next one
+            engine.abort_request([r for i, r in enumerate(internal) if outs[i] is None], internal=True)
+            raise
+        missing = [i for i, o in enumerate(outs) if o is None and (budget is None or i in budget.started)]
+        if missing:
+            raise RuntimeError(f"vLLM finished without an output for requests {missing}")
         return outs
 
     # ------------------------------------------------------------------ weight sync
