@@ -505,10 +505,13 @@ class VLLMEngine:
         the call stop at its next step (a forced stop token, removed from its segment);
         after the step in which the budget ran out, the requests vLLM has not scheduled
         are withdrawn (`_run`), so they cost no prefill. Overshoot: the tokens of the step
-        in which the budget ran out, fewer than the requests running together. Needs a stop token id. Assumes vLLM's
-        synchronous scheduling (its CPU backend's); with asynchronous scheduling (a GPU
-        build, not run here) a request whose own stop token falls in the step where the
-        budget runs out could lose that token and be cut instead.
+        in which the budget ran out, fewer than the requests running together. Needs a
+        stop token id. A forced token is told from a sampled stop token by its log-prob,
+        exactly 0.0 (every other token masked); so with vLLM's asynchronous scheduling (GPU
+        builds: the processor sees a request's tokens one step late, and a request may
+        finish on its own stop token in the step before it is forced) such a request keeps
+        its stop token and finishes. There, the overshoot can be one step's tokens more.
+        Run here with synchronous scheduling only (the CPU backend's).
 
         Seeds: the sampler draws from the worker's global torch generator, which is
         seeded with `params.seed` at the start of each call (and this process's RNG
@@ -578,7 +581,7 @@ class VLLMEngine:
             ids = list(c.token_ids) if c is not None else []  # None: withdrawn before vLLM scheduled it
             lps = (c.logprobs if c is not None else None) or []
             lp = [float(lps[j][t].logprob) for j, t in enumerate(ids)]
-            if call_budget is not None and i in call_budget.forced:  # its last token: the forced stop
+            if call_budget is not None and i in call_budget.forced and lp and lp[-1] == 0.0:  # the forced stop
                 ids, lp = ids[:-1], lp[:-1]
             tokens.append(ids)
             logprobs.append(lp)
