@@ -124,6 +124,16 @@ def test_process_isolation_fallback():
     for body, reason in (("a + b", "pass"), ("a - b", "wrong_answer")):
         r = run_function(f"def add(a, b):\n    return {body}\n", check, "add", FAST, isolation="process", python=py)
         assert r.reason == reason, r
+    # a working folder 3,000 levels deep is removed (shutil.rmtree would fail on it), and
+    # the kernel objects that outlive a process are refused there too (seccomp)
+    deep = "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\nprint('x')\n"
+    assert run_stdio(deep, [StdioTest("", "x")], FAST, isolation="process", python=py).reason == "pass"
+    assert run_stdio("import os\nprint(os.listdir('.'))", [StdioTest("", "[]")], FAST, isolation="process",
+                     python=py).reason == "pass"
+    from test_sandbox_hostile import KERNEL_OBJECTS
+
+    r = run_stdio(KERNEL_OBJECTS, [StdioTest("", "0")], FAST, isolation="process", python=py)
+    assert r.reason == "pass", r
 
 
 def _humaneval_check(n: int | None) -> tuple[int, int, int]:
@@ -184,6 +194,28 @@ def test_setup_helpers_come_from_the_dataset_not_the_program():
     assert run_function(honest, check, "decode", FAST, setup=setup).reason == "pass"
     assert run_function(cheat, check, "decode", FAST, setup=setup).reason == "wrong_answer"
     assert run_function(cheat, check, "decode", FAST).reason == "pass"  # without set-up the program's helper is used
+
+
+def test_a_data_rows_prefix_in_meta_is_the_judges_set_up():
+    """A data row's function-call tests (`test_cases: {"test", "entry_point"}`) with the
+    problem's header as `prefix` in the row's meta: the judge runs the dataset's helpers,
+    so a program that redefines them fails; an honest one passes."""
+    prefix = "def encode(s):\n    return s[::-1]\n\ndef decode(s):\n    \"\"\"Undo encode.\"\"\"\n"
+    check = "def check(candidate):\n    for s in ('abc', 'xyz'):\n        assert candidate(encode(s)) == s\n"
+    meta = {"test_cases": {"test": check, "entry_point": "decode"}, "prefix": prefix}
+    p = Prompt(id="row", messages=(("user", "x"),), answer="", task="code_tests", meta=meta)
+    cheat = "```python\ndef encode(s):\n    return s\n\ndef decode(s):\n    return s\n```"
+    assert code_reward(cheat, p) == 0.0
+    assert code_reward("```python\n    return s[::-1]\n```", p) == 1.0  # a completion of the header
+
+
+def test_stop_iteration_from_the_program_does_not_end_the_tests_loop():
+    """A StopIteration raised into a test's map() would end its loop as if every case had
+    passed: it reaches the tests as a RuntimeError."""
+    check = "XS = [1, 2, 3]\nYS = [2, 4, 6]\ndef check(candidate):\n    for got, want in zip(map(candidate, XS), YS):\n" \
+            "        assert got == want\n"
+    assert run_function("def double(x):\n    raise StopIteration\n", check, "double", FAST).reward == 0.0
+    assert run_function("def double(x):\n    return 2 * x\n", check, "double", FAST).reason == "pass"
 
 
 def test_a_sandbox_that_cannot_start_is_a_sandbox_error_and_frees_its_slot(monkeypatch):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from k15rl.verifiers._sandbox_runner import SECCOMP
 from k15rl.verifiers.sandbox import (UID_BASE, Limits, StdioTest, namespace_support, run_function, run_stdio, shutdown,
                                      supervisor_pids)
 
@@ -28,6 +29,18 @@ HOST_MARKERS = [Path("/tmp") / MARKER, Path("/var/tmp") / MARKER, Path("/dev/shm
                 Path.home() / MARKER]
 CHECK_ADD = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
 CHECK_FLOAT = "def check(candidate):\n    assert abs(candidate(1.0) - 0.5) < 1e-6\n"
+
+# Kernel objects that outlive a process (SysV shared memory, message queue, semaphores,
+# a POSIX message queue, a key in the uid's keyring): a program that could create them
+# could leave what it learnt of the tests to its next grading. Prints how many it made.
+_NR = SECCOMP[2] if SECCOMP else {}
+KERNEL_OBJECTS = (
+    "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nmade = 0\n"
+    f"calls = [({_NR.get('shmget')}, 0x6b15, 4096, 0o1666), ({_NR.get('msgget')}, 0x6b15, 0o1666),\n"
+    f"         ({_NR.get('semget')}, 0x6b15, 1, 0o1666),\n"
+    f"         ({_NR.get('mq_open')}, b'k15', os.O_CREAT | os.O_RDWR, 0o600, None),\n"
+    f"         ({_NR.get('add_key')}, b'user', b'k15', b'secret', 6, -4)]\n"
+    "for nr, *args in calls:\n    made += nr is not None and libc.syscall(nr, *args) >= 0\nprint(made)\n")
 
 # (id, style, program, expected reason, expected stdout for stdio programs)
 # In stdio programs, the expected output is what the program would print if the attack
@@ -229,13 +242,17 @@ HOST_ATTACKS = [
      "import os, signal, time\nif os.fork() == 0:\n    os.setsid()\n    for s in range(1, 32):\n        try:\n"
      "            signal.signal(s, signal.SIG_IGN)\n        except (OSError, ValueError):\n            pass\n"
      "    if os.fork() == 0:\n        time.sleep(30)\n    os._exit(0)\nprint('parent done')\n", "wrong_answer", "x"),
+    ("kernel_ipc_and_keyring", "stdio", KERNEL_OBJECTS, "wrong_answer", "5"),
+    ("deep_directory_tree", "stdio",
+     "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\nprint('x')\n", "pass", "x"),
+    ("host_name", "stdio", "import socket\nprint(socket.gethostname())\n", "wrong_answer", socket.gethostname()),
     ("leave_file_for_next_run", "stdio",
      "import os\nopen('/tmp/k15-left', 'w').write('x')\nopen('/dev/shm/k15-left', 'w').write('x')\nprint('x')\n",
      "pass", "x"),
 ]
 HOSTILE += VERDICT_ATTACKS + HOST_ATTACKS
 NEEDS_NAMESPACES = {"unmount_hidden_dir", "read_project_file", "delete_project_file", "socket_outside",
-                    "socket_localhost", "fill_dev_shm"} | {h[0] for h in HOST_ATTACKS}
+                    "socket_localhost", "fill_dev_shm", "host_name"} | {h[0] for h in HOST_ATTACKS}
 
 
 def _processes() -> list[tuple[int, int, str, str, bool]]:
@@ -395,5 +412,11 @@ def test_shutdown_leaves_no_process():
 
 
 def test_suite_is_large_enough():
-    assert len(HOSTILE) >= 41 + 15 and len(VERDICT_ATTACKS) >= 15
+    assert len(HOSTILE) >= 44 + 15 and len(VERDICT_ATTACKS) >= 15
     assert len({h[0] for h in HOSTILE}) == len(HOSTILE)
+
+
+def test_no_kernel_object_outlives_a_program():
+    """Every one of KERNEL_OBJECTS' calls fails in the sandbox (seccomp, EPERM)."""
+    r = run_stdio(KERNEL_OBJECTS, [StdioTest("", "0")], LIMITS)
+    assert r.reason == "pass", r

@@ -33,12 +33,32 @@ import sys
 MEMORY_EXIT = 86
 MAX_FRAME = 8 << 20  # bytes of one encoded call or return value
 PR_SET_NO_NEW_PRIVS, PR_SET_SECUREBITS, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 38, 28, 4, 24
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 # SECBIT_NOROOT|_LOCKED, NO_SETUID_FIXUP|_LOCKED, KEEP_CAPS_LOCKED: uid 0 gains no
 # capabilities on execve, and the bits cannot be undone.
 SECUREBITS_LOCKED_NOROOT = 0x01 | 0x02 | 0x04 | 0x08 | 0x20
 SYS_CAPSET = {"x86_64": 126, "aarch64": 91}.get(os.uname().machine)
 _libc = ctypes.CDLL(None, use_errno=True)
 _write, _exit, _type = os.write, os._exit, type
+
+# Kernel objects that outlive a process and its folders: SysV shared memory, message
+# queues and semaphores, POSIX message queues (they live as long as the supervisor's IPC
+# namespace) and keyrings (per uid, in the host's kernel). A program could leave in them
+# what it learnt of the tests for the next grading of the same response, or pin memory
+# past its limits. No program of a coding task needs them; a seccomp filter makes each
+# call fail with EPERM. (audit arch, x32 bit or None, {syscall: number})
+SECCOMP = {
+    "x86_64": (0xC000003E, 0x40000000, {
+        "shmget": 29, "shmat": 30, "shmctl": 31, "semget": 64, "semop": 65, "semctl": 66, "shmdt": 67,
+        "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "semtimedop": 220, "mq_open": 240,
+        "mq_unlink": 241, "mq_timedsend": 242, "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245,
+        "add_key": 248, "request_key": 249, "keyctl": 250}),
+    "aarch64": (0xC00000B7, None, {
+        "mq_open": 180, "mq_unlink": 181, "mq_timedsend": 182, "mq_timedreceive": 183, "mq_notify": 184,
+        "mq_getsetattr": 185, "msgget": 186, "msgctl": 187, "msgrcv": 188, "msgsnd": 189, "semget": 190,
+        "semctl": 191, "semtimedop": 192, "semop": 193, "shmget": 194, "shmctl": 195, "shmat": 196, "shmdt": 197,
+        "add_key": 217, "request_key": 218, "keyctl": 219}),
+}.get(os.uname().machine)
 
 
 # --- plain data across processes -------------------------------------------------------
@@ -134,6 +154,35 @@ def _capset_zero():
         raise OSError(ctypes.get_errno(), "capset")
 
 
+def deny_persistent_ipc():
+    """Install the seccomp filter of SECCOMP: those calls fail with EPERM, so do calls
+    of another ABI (32-bit, x32). Needs no_new_privs (or root). Written here because
+    the libseccomp bindings need a system library; the filter is a dozen BPF
+    instructions: check the ABI, compare the call's number, allow or deny."""
+    if SECCOMP is None:  # another architecture: no filter (docs/code_rewards.md)
+        return
+    arch, x32, calls = SECCOMP
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    nrs = sorted(calls.values())
+    prog = [(ld, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, deny), (ld, 0, 0, 0)]  # seccomp_data: nr at 0, arch at 4
+    checks = ([(jge, 0, 0, x32)] if x32 else []) + [(jeq, 0, 0, nr) for nr in nrs]
+    for i, (code, _, _, k) in enumerate(checks):  # a match jumps over the rest and the allow, to the deny
+        prog.append((code, len(checks) - i, 0, k))
+    prog += [(ret, 0, 0, allow), (ret, 0, 0, deny)]
+
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(Filter))]
+
+    insns = (Filter * len(prog))(*[Filter(*x) for x in prog])
+    fprog = Prog(len(prog), insns)
+    if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "seccomp filter")
+
+
 def confine(spec):
     """Limits, then privileges: another uid when we are real root, else uid 0 of the
     user namespace without any capability; never regaining any (no_new_privs)."""
@@ -157,6 +206,7 @@ def confine(spec):
             _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
         _capset_zero()
     _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    deny_persistent_ipc()
     # the judge stays undumpable: no ptrace, no /proc/<pid>/mem or fd of it
     _libc.prctl(PR_SET_DUMPABLE, int(spec["role"] == "candidate"), 0, 0, 0)
 
@@ -246,8 +296,11 @@ class _Remote:
         if "value" in answer:
             return decode(answer["value"])
         exc = getattr(builtins, str(answer.get("raised")), None)
-        if not (isinstance(exc, type) and issubclass(exc, Exception)) or issubclass(exc, AssertionError):
-            exc = RuntimeError  # the program's AssertionError is not the test's
+        if (not (isinstance(exc, type) and issubclass(exc, Exception))
+                or issubclass(exc, (AssertionError, StopIteration, StopAsyncIteration))):
+            # the program's AssertionError is not the test's; a StopIteration raised into
+            # the test's map() or generator would end its loop early, as if all had passed
+            exc = RuntimeError
         raise exc(f"in the program: {answer.get('message', '')}")
 
 

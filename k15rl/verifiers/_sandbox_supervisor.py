@@ -19,7 +19,8 @@ Per test: a candidate process runs the program (and, for function-call tests, a 
 process runs the test code against it, over pipes, and writes the verdict to a pipe of
 the supervisor's); the supervisor enforces the wall-clock and output limits, then kills
 every process but itself and the zygote (looping over /proc until none is left, so
-setsid daemons and processes that ignore signals go too) and empties /tmp and /dev/shm.
+setsid daemons and processes that ignore signals go too) and mounts a fresh /tmp and
+/dev/shm. A supervisor that cannot clean up reports an error, and the host replaces it.
 
 Without namespaces (`"namespaces": false`) the same runs in a private working folder;
 leftovers are killed by session and (as root) by uid: weaker, see docs/code_rewards.md.
@@ -29,7 +30,6 @@ import ctypes
 import json
 import os
 import selectors
-import shutil
 import signal
 import socket
 import subprocess
@@ -40,6 +40,9 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC = 32, 1024, 2048, 4096, 16384
 MS_PRIVATE, MS_RELATIME = 1 << 18, 1 << 21
 MNT_DETACH = 2
+# the writable tmpfs mounts of namespace mode: (flags, options); /tmp's size is disk_mb
+SCRATCH = {"/tmp": (MS_NOSUID | MS_NODEV, "size={disk_mb}m,mode=1777"),
+           "/dev/shm": (MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=1m,mode=1777")}
 PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine)
 NEW_ROOT = "/tmp/.k15root"
@@ -91,7 +94,9 @@ def _under(path, root):
 
 
 def build_root(cfg):
-    """The whole filesystem a program sees (namespace mode); ends inside it."""
+    """The whole filesystem a program sees (namespace mode); ends inside it. Also the
+    host's name, which the UTS namespace starts with, is replaced."""
+    socket.sethostname("sandbox")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     os.makedirs(NEW_ROOT, exist_ok=True)
     _mount("tmpfs", NEW_ROOT, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
@@ -121,12 +126,14 @@ def build_root(cfg):
         os.symlink(f"/proc/self/fd/{i}", r("/dev/" + name))
     os.symlink("/proc/self/fd", r("/dev/fd"))
     os.makedirs(r("/dev/shm"))
-    _mount("tmpfs", r("/dev/shm"), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=1m,mode=1777")
+    flags, options = SCRATCH["/dev/shm"]
+    _mount("tmpfs", r("/dev/shm"), "tmpfs", flags, options.format(disk_mb=cfg["disk_mb"]))
     _mount(None, r("/dev"), None, MS_REMOUNT | MS_RDONLY | MS_NOSUID, "size=64k,mode=755")
     os.makedirs(r("/proc"))
     _mount("/proc", r("/proc"), None, MS_BIND | MS_REC)  # this PID namespace's /proc
     os.makedirs(r("/tmp"))
-    _mount("tmpfs", r("/tmp"), "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['disk_mb']}m,mode=1777")
+    flags, options = SCRATCH["/tmp"]
+    _mount("tmpfs", r("/tmp"), "tmpfs", flags, options.format(disk_mb=cfg["disk_mb"]))
     os.makedirs(r("/.k15/old"), exist_ok=True)
     with open(r("/.k15/runner.py"), "w") as f:
         f.write(cfg["runner_source"])
@@ -203,7 +210,7 @@ def kill_leftovers(cfg, keep, pgid):
             if not found:
                 return
             time.sleep(0.001)
-        return
+        raise RuntimeError("processes of the last test survived 1000 rounds of SIGKILL")  # replaced by the host
     try:
         os.killpg(pgid, signal.SIGKILL)
     except OSError:
@@ -234,16 +241,24 @@ def _reap(keep):
             return
 
 
-def _empty(folder):
-    for name in os.listdir(folder):
-        p = os.path.join(folder, name)
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            try:
-                os.unlink(p)
-            except OSError:
-                pass
+def _fresh_scratch(cfg):
+    """Empty /tmp and /dev/shm by mounting new ones over them (the old ones, detached,
+    go once nothing uses them): nothing a program left there, however deep or odd a tree,
+    can make emptying them fail."""
+    for target, (flags, options) in SCRATCH.items():
+        _check(_libc.umount2(target.encode(), MNT_DETACH), f"umount {target}")
+        _mount("tmpfs", target, "tmpfs", flags, options.format(disk_mb=cfg["disk_mb"]))
+
+
+def _remove_tree(path):
+    """Remove `path` (no namespaces: the working folder) with coreutils' rm, which
+    removes trees of any depth (shutil.rmtree recurses once per level and fails on a
+    deep one). Raises if anything is left: the supervisor is then replaced."""
+    if os.path.lexists(path):
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", path], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    if os.path.lexists(path):
+        raise OSError(f"could not remove {path}")
 
 
 class Supervisor:
@@ -287,7 +302,7 @@ class Supervisor:
         lim = job["limits"]
         cap = lim["output_kb"] * 1024
         workdir = os.path.join(self.base, "w")
-        shutil.rmtree(workdir, ignore_errors=True)
+        _remove_tree(workdir)  # emptied after the last test already: this only checks
         os.makedirs(workdir, mode=0o700)
         if self.cfg["uid"] is not None:
             os.chown(workdir, self.cfg["uid"], self.cfg["uid"])
@@ -415,10 +430,9 @@ class Supervisor:
         if not self.zygote.healthy():
             self.restart_zygote()
         if self.cfg["namespaces"]:
-            _empty("/tmp")
-            _empty("/dev/shm")
+            _fresh_scratch(self.cfg)
         else:
-            shutil.rmtree(os.path.join(self.base, "w"), ignore_errors=True)
+            _remove_tree(os.path.join(self.base, "w"))
 
     def restart_zygote(self):
         self.zygote.close()

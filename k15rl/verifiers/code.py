@@ -74,7 +74,8 @@ def _from_test_cases(cases: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(cases, Mapping):
         if "check" in cases or "test" in cases:
             return {"check": cases.get("check", cases.get("test")),
-                    "entry_point": cases.get("entry_point", meta.get("entry_point")), "prefix": cases.get("prefix")}
+                    "entry_point": cases.get("entry_point", meta.get("entry_point")),
+                    "prefix": cases.get("prefix", meta.get("prefix"))}
         if "inputs" in cases and "outputs" in cases:
             ins, outs = cases["inputs"], cases["outputs"]
             if not isinstance(ins, list) or not isinstance(outs, list) or len(ins) != len(outs):

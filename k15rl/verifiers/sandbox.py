@@ -260,7 +260,7 @@ class _Supervisor:
         cmd = [python, "-I", "-S", str(_SUPERVISOR)]
         if ns:
             cmd = [shutil.which("unshare"), *(["--user", "--map-root-user"] if userns else []), "--net", "--pid",
-                   "--ipc", "--fork", "--mount", "--mount-proc", "--kill-child", *cmd]
+                   "--ipc", "--uts", "--fork", "--mount", "--mount-proc", "--kill-child", *cmd]
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      start_new_session=True, close_fds=True, env=env, cwd="/")
@@ -410,12 +410,14 @@ def _execute(program: str, mode: str, runs: list[dict], limits: Limits, *, isola
     healthy = False
     try:
         res = sup.request(job, outer)
-        healthy = res.get("nonce") == nonce
+        # a supervisor that reports an error (it could not clean up after a program) is
+        # replaced: the next program must not start where this one left things
+        healthy = res.get("nonce") == nonce and "error" not in res
     except (OSError, TimeoutError, EOFError, ValueError) as e:
         return [], mode_iso, str(e)
     finally:
         _POOL.release(sup, healthy)
-    if not healthy:
+    if res.get("nonce") != nonce:
         return [], mode_iso, "result without the supervisor's nonce"
     return res["results"], mode_iso, res.get("error")
 
