@@ -17,7 +17,7 @@ from pathlib import Path
 
 from k15rl.errors import WORKER_FAILURE_EXIT, UserError, WorkerFailure
 from k15rl.models.builtin import BUILTIN_SPECS  # standard library only: names for --spec
-from k15rl.paths import check_output_path
+from k15rl.paths import check_model_output, check_output_path
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -29,6 +29,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                             "give one of the two")
         if args.config:
             raise UserError("--resume takes the run's own config.yaml; give changes as key=value overrides")
+        _refuse_override(args.overrides, "out", "--resume")
         if not (Path(args.resume) / "config.yaml").is_file():
             raise UserError(f"--resume {args.resume}: no run to resume there (no config.yaml)")
         train(str(Path(args.resume) / "config.yaml"), *args.overrides, f"out={args.resume}",
@@ -77,6 +78,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     check_output_path(args.output, "--output", folder=False, overwrite=args.overwrite)
     if args.responses:
         check_output_path(args.responses, "--responses", folder=False, overwrite=args.overwrite)
+        _check_distinct({"--output": args.output, "--responses": args.responses}, [])
     cfg = check_names(load_config(args.config, args.overrides))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -120,6 +122,24 @@ def _refuse_override(overrides: list[str], key: str, flag: str) -> None:
         raise UserError(f"override {key}=...: this command takes it as {flag}")
 
 
+def _flags(args: argparse.Namespace) -> dict:
+    """The command's flags as given, for the state.json it writes (not the handler)."""
+    return {k: v for k, v in vars(args).items() if k != "fn"}
+
+
+def _finite(text: str) -> float:
+    """argparse type of every float flag: a finite number (float() takes 'inf' and 'nan')."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
+    return value
+
+
 def _check_flags(*checks: tuple[str, object, bool, str]) -> None:
     """Range checks of command-line flags: (flag, value, ok, what it must be)."""
     for flag, value, ok, must in checks:
@@ -147,10 +167,8 @@ def _finetune_start(args: argparse.Namespace):
     from k15rl.models.loading import load_model, load_tokenizer, on_device
 
     _check_flags(("--threads", args.threads, args.threads >= 0, ">= 0 (0: torch's default)"))
-    out = check_output_path(args.out, "--out")
+    out = check_model_output(args.out, "--out", args.overwrite)
     path = resolve_model_path(args.model, "--model")
-    if (out / "config.json").exists() and not args.overwrite:
-        raise UserError(f"output folder {out} already holds a model: pass --overwrite or choose another --out")
     if args.threads:
         torch.set_num_threads(args.threads)
     return path, out, on_device(load_model(path), args.device, "--device"), load_tokenizer(path, args.chat_template)
@@ -170,7 +188,7 @@ def _cmd_sft(args: argparse.Namespace) -> int:
     cfg = SFTConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, autocast_bf16=args.bf16,
                     max_length=args.max_length)
     losses = sft_train(model, tok, examples, cfg)
-    save_hf(model, tok, out, {"sft": vars(args) | {"final_loss": losses[-1]}}, card=model_card(
+    save_hf(model, tok, out, {"sft": _flags(args) | {"final_loss": losses[-1]}}, card=model_card(
         base_model=args.model, kind="sft", recipe={"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
                                                    "steps": len(losses), "final loss": losses[-1]},
         data=[f"SFT file: {args.data} ({len(examples)} examples)"]))
@@ -181,6 +199,7 @@ def _cmd_sft(args: argparse.Namespace) -> int:
 def _cmd_warmup_data(args: argparse.Namespace) -> int:
     import random
 
+    from k15rl.data.rows import images_field
     from k15rl.tasks import Problem, get_task, make_prompts
 
     try:
@@ -203,7 +222,7 @@ def _cmd_warmup_data(args: argparse.Namespace) -> int:
             for p in prompts:
                 trace = task.warmup_trace(Problem(p.question, p.answer, p.level, p.meta), rng)
                 f.write(json.dumps({"prompt": p.question, "response": trace, "answer": p.answer,
-                                    "task": p.task, "level": p.level}) + "\n")
+                                    "task": p.task, "level": p.level, **images_field(p)}) + "\n")
                 n += 1
     print(f"wrote {n} warm-up examples to {args.out}")
     return 0
@@ -261,21 +280,36 @@ def _load_data_files(paths: list[str], cfg) -> list:
     return unique_ids(prompts)
 
 
+EXPORT_LEVELS = "1,2,3,4,5,6"  # export-data's default --levels
+
+
 def _cmd_export_data(args: argparse.Namespace) -> int:
     from k15rl.data import write_jsonl
-    from k15rl.data.export import export_rows
+    from k15rl.data.export import RG_PREFIX, export_rows
 
+    tasks = [t.strip() for t in args.task.split(",")]
     try:
-        levels = tuple(int(x) for x in args.levels.split(","))
+        levels = tuple(int(x) for x in (args.levels or EXPORT_LEVELS).split(","))
     except ValueError:
         raise UserError(f"--levels must be comma-separated integers (got {args.levels!r})") from None
+    for flag, values in (("--task", tasks), ("--levels", levels)):
+        if len(set(values)) != len(values):
+            raise UserError(f"{flag} {getattr(args, flag[2:])}: names one more than once (the rows would repeat)")
+    rg = [t for t in tasks if t.startswith(RG_PREFIX)]
+    if rg and (args.levels or args.split):
+        raise UserError(f"--levels / --split apply to built-in tasks; {rg[0]} draws --n items of reasoning-gym's own")
+    if len(rg) < len(tasks) and args.verifier:
+        raise UserError("--verifier applies to rg:NAME tasks; a built-in task's rows carry its own verifier")
     _check_flags(("--n", args.n, args.n >= 1, ">= 1"))
     check_output_path(args.out, "--out", folder=False, overwrite=args.overwrite)
+    if not args.out.endswith(".jsonl"):
+        raise UserError(f"--out {args.out}: export-data writes JSON lines; name the file *.jsonl (data files are "
+                        "read by their extension)")
     rows = []
-    for task in args.task.split(","):
+    for task in tasks:
         try:
-            rows += export_rows(task.strip(), levels=levels, n=args.n, split=args.split, seed=args.seed,
-                                verifier=args.verifier)
+            rows += export_rows(task, levels=levels, n=args.n, split=args.split or "train", seed=args.seed,
+                                verifier=args.verifier or "math")
         except ValueError as e:
             raise UserError(f"--verifier {args.verifier}: {e}" if "verifier" in str(e) else str(e)) from None
     n = write_jsonl(args.out, rows)
@@ -490,14 +524,16 @@ def _cmd_l2s_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_l2s_report(args: argparse.Namespace) -> int:
-    from k15rl.long2short.report import evaluate_models, write_report
+    from k15rl.long2short.report import REPORT_FILES, evaluate_models, write_report
     from k15rl.trainer.resolve import resolve_model_path
 
     if args.labels and len(args.labels) != len(args.models):
         raise UserError(f"--labels: {len(args.labels)} labels for {len(args.models)} models")
     if args.samples < 1:
         raise UserError(f"--samples must be >= 1 (got {args.samples})")
-    check_output_path(args.out, "--out")
+    out = check_output_path(args.out, "--out")
+    for name in REPORT_FILES:  # a report is not replaced unless asked: it may be all that is left of a run
+        check_output_path(out / name, "--out", folder=False, overwrite=args.overwrite)
     cfg = _data_config(args)
     paths = [str(resolve_model_path(m, "--models")) for m in args.models]
     # default labels: folder names, with the run's name for run folders' final/ and checkpoints
@@ -541,7 +577,7 @@ def _cmd_dpo(args: argparse.Namespace) -> int:
     ref = cached_reference_logps(model, rows, tok.pad_token_id, cache,
                                  key=f"{model_fingerprint(path)}:{pairs_fingerprint(rows)}", tokenizer=tok)
     history = dpo_train(model, tok, rows, ref, cfg)
-    save_hf(model, tok, out, {"dpo": vars(args) | {"last": history[-1]}}, card=model_card(
+    save_hf(model, tok, out, {"dpo": _flags(args) | {"last": history[-1]}}, card=model_card(
         base_model=args.model, kind="dpo", recipe={"loss": "dpo", "beta": args.beta, "sft_weight": args.sft_weight,
                                                    "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
                                                    "steps": len(history), "final loss": history[-1]["dpo/loss"]},
@@ -619,7 +655,7 @@ def _finetune_commands(sub) -> None:
     s.add_argument("--data", required=True, help="JSONL with 'prompt' and 'response' fields")
     s.add_argument("--out", required=True)
     s.add_argument("--epochs", type=int, default=1)
-    s.add_argument("--lr", type=float, default=1e-4)
+    s.add_argument("--lr", type=_finite, default=1e-4)
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--max-length", type=int, default=1024,
                    help="prompt + response tokens; a longer response is cut to fit (and said so)")
@@ -634,10 +670,10 @@ def _finetune_commands(sub) -> None:
     o.add_argument("--model", required=True, help="the model to train, also the reference (a folder or 'builtin')")
     o.add_argument("--data", required=True, help="JSONL with 'prompt', 'chosen' and 'rejected' fields")
     o.add_argument("--out", required=True)
-    o.add_argument("--beta", type=float, default=0.1)
-    o.add_argument("--sft-weight", type=float, default=0.0,
+    o.add_argument("--beta", type=_finite, default=0.1)
+    o.add_argument("--sft-weight", type=_finite, default=0.0,
                    help="add this times the chosen responses' per-token NLL (0: plain DPO)")
-    o.add_argument("--lr", type=float, default=1e-5)
+    o.add_argument("--lr", type=_finite, default=1e-5)
     o.add_argument("--epochs", type=int, default=1)
     o.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")
     o.add_argument("--ref-cache", help="file caching the reference log-probs (default: DATA.ref_logps.pt)")
@@ -674,11 +710,11 @@ def _data_commands(sub) -> None:
 
     x = sub.add_parser("export-data", help="built-in or reasoning-gym (rg:NAME) tasks as a prompt-set JSONL")
     x.add_argument("--task", required=True, help="built-in task(s), comma-separated, or rg:NAME (reasoning-gym)")
-    x.add_argument("--levels", default="1,2,3,4,5,6", help="built-in tasks: levels to export")
+    x.add_argument("--levels", help=f"built-in tasks: levels to export (default {EXPORT_LEVELS})")
     x.add_argument("--n", type=int, default=100, help="prompts per level (built-in) or in all (reasoning-gym)")
-    x.add_argument("--split", default="train", choices=["train", "test"], help="built-in tasks: which split")
+    x.add_argument("--split", choices=["train", "test"], help="built-in tasks: which split (default train)")
     x.add_argument("--seed", type=int, default=0)
-    x.add_argument("--verifier", default="math", help="reasoning-gym: verifier written with each row")
+    x.add_argument("--verifier", help="reasoning-gym: verifier written with each row (default math)")
     x.add_argument("--out", required=True)
     x.add_argument("--overwrite", action="store_true", help="replace the output file(s) if they exist")
     x.set_defaults(fn=_cmd_export_data)
@@ -689,7 +725,7 @@ def _data_commands(sub) -> None:
     c.add_argument("--model", help="model for the easy-to-hack filter (a folder or 'builtin'); without it, skipped")
     c.add_argument("--attempts", type=int, default=8, help="direct answers asked per prompt (report: 8)")
     c.add_argument("--max-new-tokens", type=int, default=32, help="token budget of a direct answer")
-    c.add_argument("--temperature", type=float, default=1.0)
+    c.add_argument("--temperature", type=_finite, default=1.0)
     c.add_argument("--batch", type=int, default=32, help="prompts per generation call")
     c.add_argument("--no-heuristics", action="store_true", help="run only the easy-to-hack filter")
     c.add_argument("--dropped", help="also write the dropped prompts, with the filters that dropped them")
@@ -703,7 +739,7 @@ def _data_commands(sub) -> None:
     f.add_argument("--data", required=True, nargs="+", help="prompt-set file(s)")
     f.add_argument("--out", required=True, help="JSONL of the prompts with a pass_rate field")
     f.add_argument("--samples", type=int, default=10, help="answers per prompt (report: 10)")
-    f.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (report: relatively high)")
+    f.add_argument("--temperature", type=_finite, default=1.0, help="sampling temperature (report: relatively high)")
     f.add_argument("--max-new-tokens", type=int, default=0, help="0: rollout.max_new_tokens")
     f.add_argument("--batch", type=int, default=32, help="prompts per generation call")
     f.add_argument("--drop-solved", action="store_true", help="leave out prompts with pass rate 1")
@@ -716,10 +752,10 @@ def _data_commands(sub) -> None:
     c.add_argument("--problems", required=True, help="folder of problem folders (statement.md, gen.py, solutions/)")
     c.add_argument("--out", required=True, help="JSONL of kept problems with their tests")
     c.add_argument("--cases", type=int, default=50, help="candidate inputs per problem")
-    c.add_argument("--case-agreement", type=float, default=0.7, help="fraction of solutions agreeing on a case")
-    c.add_argument("--problem-pass", type=float, default=0.9, help="fraction of solutions passing all kept cases")
+    c.add_argument("--case-agreement", type=_finite, default=0.7, help="fraction of solutions agreeing on a case")
+    c.add_argument("--problem-pass", type=_finite, default=0.9, help="fraction of solutions passing all kept cases")
     c.add_argument("--workers", type=int, default=2, help="sandboxes in parallel")
-    c.add_argument("--cpu-s", type=float, default=2.0, help="CPU seconds per run")
+    c.add_argument("--cpu-s", type=_finite, default=2.0, help="CPU seconds per run")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--overwrite", action="store_true", help="replace the output file(s) if they exist")
     c.set_defaults(fn=_cmd_codetests)
@@ -733,7 +769,7 @@ def _long2short_commands(sub) -> None:
     m.add_argument("--long", required=True, help="long-CoT model folder (or 'builtin')")
     m.add_argument("--short", required=True, help="short-CoT model folder (or 'builtin')")
     m.add_argument("--out", required=True)
-    m.add_argument("--weight", type=float, default=0.5, help="weight of the long model (0.5: the plain average)")
+    m.add_argument("--weight", type=_finite, default=0.5, help="weight of the long model (0.5: the plain average)")
     m.add_argument("--overwrite", action="store_true")
     m.set_defaults(fn=_cmd_l2s_merge)
     for name, fn, help_ in (("shortest-rs", _cmd_l2s_shortest, "n samples per question, keep the shortest correct "
@@ -745,11 +781,11 @@ def _long2short_commands(sub) -> None:
         q.add_argument("--data", nargs="+", help="prompt-set file(s); without: the config's built-in train split")
         q.add_argument("--out", required=True, help="JSONL to write")
         q.add_argument("--n", type=int, default=8, help="samples per question (report: 8)")
-        q.add_argument("--temperature", type=float, default=1.0)
+        q.add_argument("--temperature", type=_finite, default=1.0)
         q.add_argument("--max-new-tokens", type=int, default=0, help="0: rollout.max_new_tokens")
         q.add_argument("--limit", type=int, default=0, help="use the first N prompts only (0: all)")
         if name == "dpo-pairs":
-            q.add_argument("--ratio", type=float, default=1.5,
+            q.add_argument("--ratio", type=_finite, default=1.5,
                            help="a correct response at least this many times the chosen length is rejected")
         q.add_argument("--config", help="YAML file or preset for data.*, model.* and rollout.* settings")
         q.add_argument("overrides", nargs="*", help="key=value overrides")
@@ -765,6 +801,7 @@ def _long2short_commands(sub) -> None:
     r.add_argument("--limit", type=int, default=0, help="use the first N prompts only (0: all)")
     r.add_argument("--config", help="YAML file or preset: eval.temperature, eval.max_new_tokens, data.* ...")
     r.add_argument("overrides", nargs="*", help="key=value overrides")
+    r.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
     r.set_defaults(fn=_cmd_l2s_report)
 
 
@@ -787,8 +824,8 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerFailure as e:
         print(f"k15rl: error: {e}", file=sys.stderr)
         return WORKER_FAILURE_EXIT
-    except KeyboardInterrupt:
-        print("k15rl: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"k15rl: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
 
 

@@ -249,6 +249,12 @@ class DistributedConfig:
     timeout_s: float = 1800.0
 
 
+# distributed keys that only the Ray backend reads
+RAY_ONLY = ("address", "rollout_workers", "chunk_size", "cpus_per_worker", "gpus_per_worker", "num_cpus",
+            "object_store_mb", "timeout_s")
+_DISTRIBUTED_DEFAULTS = DistributedConfig()
+
+
 @dataclass
 class LogConfig:
     """Loggers beside metrics.jsonl and eval.jsonl (k15rl/trainer/loggers.py; docs/logging.md).
@@ -429,6 +435,15 @@ class TrainConfig:
             (d.object_store_mb >= 64, "distributed.object_store_mb", d.object_store_mb, "must be >= 64"),
             (d.timeout_s >= 0, "distributed.timeout_s", d.timeout_s, "must be >= 0 (0 = no limit)"),
         ]
+
+    def ignored_ray_settings(self) -> list[str]:
+        """Ray-only settings changed from their defaults on a one-process run (a Ray run's
+        config resumed locally, a Ray preset switched to local): the run says it ignores
+        them, rather than refusing a config that is otherwise fine."""
+        d = self.distributed
+        if d.backend == "ray":
+            return []
+        return [f"distributed.{k}={getattr(d, k)}" for k in RAY_ONLY if getattr(d, k) != getattr(_DISTRIBUTED_DEFAULTS, k)]
 
     def _validate_data(self) -> None:
         d, s = self.data, self.sampler

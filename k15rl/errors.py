@@ -14,6 +14,10 @@ class UserError(Exception):
     """Bad input from the user: a config key, a value, a path. The message names it."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: the message says where, and how to resume (exit code 130)."""
+
+
 class WorkerFailure(Exception):
     """A worker died or hung. `worker` names it ("rollout worker 1", "trainer worker 0",
     "reward function for source 'gsm8k'"), `problem` says what happened ("died during the

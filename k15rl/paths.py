@@ -56,3 +56,18 @@ def check_output_path(path: str | Path, key: str, folder: bool = True, overwrite
         if not os.access(place, os.W_OK | (os.X_OK if place.is_dir() else 0)):
             raise UserError(f"{where}: {place} is not writable (read-only file system or no permission)")
     return p
+
+
+def check_model_output(path: str | Path, key: str, overwrite: bool) -> Path:
+    """`path` as the folder a command writes a whole model to, replacing the folder: as
+    `check_output_path`, and refused if it already holds a model (a config.json) unless
+    `overwrite`, or if it holds anything else at all (a run folder, the user's files),
+    which writing the model would delete."""
+    p = check_output_path(path, key)
+    if (p / "config.json").exists():
+        if not overwrite:
+            raise UserError(f"output folder {path} already holds a model: pass --overwrite or choose another {key}")
+    elif p.is_dir() and any(p.iterdir()):
+        raise UserError(f"output folder {path} is not empty and holds no model (writing the model would replace "
+                        f"it): choose another {key}")
+    return p

@@ -51,6 +51,14 @@ def bad_models(tmp_path_factory, tiny_model_dir):
             (root / name / file).unlink()
         else:
             (root / name / file).write_bytes(content)
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny_model_dir, root / "nonfinite")  # what a diverged run saves
+    weights = load_file(root / "nonfinite" / "model.safetensors")
+    name = sorted(weights)[-1]
+    weights[name] = torch.full_like(weights[name], float("inf"))
+    save_file(weights, root / "nonfinite" / "model.safetensors", metadata={"format": "pt"})
     return root
 
 
@@ -97,6 +105,9 @@ def _files(tmp_path):
     (d / "conf.d").mkdir(exist_ok=True)
     (d / "own").mkdir(exist_ok=True)
     (d / "own" / "config.yaml").write_text("# the user's own settings\niterations: 1\n")
+    (d / "report").mkdir(exist_ok=True)
+    (d / "report" / "report.md").write_text("an earlier long2short report\n")
+    (d / "fake.jsonl.gz").write_bytes(b"not gzip")
     from PIL import Image
 
     Image.new("RGB", (8, 8), "red").save(d / "red.png")
@@ -303,8 +314,16 @@ CASES = [
                                                 "--no-heuristics"], "--no-heuristics"),
     ("curate --temperature < 0", ["curate", "--data", "{in}/good.jsonl", "--out", "{new}", "--model", "{model}",
                                   "--temperature", "-1"], "--temperature"),
+    ("export-data: a task given twice", ["export-data", "--task", "sort,sort", "--out", "{new}.jsonl"],
+     "--task sort,sort: names one more than once"),
+    ("export-data: --split for reasoning-gym", ["export-data", "--task", "rg:chain_sum", "--split", "test",
+                                                "--out", "{new}.jsonl"], "--levels / --split apply to built-in tasks"),
+    ("export-data: --verifier for a built-in task", ["export-data", "--task", "sort", "--verifier", "integer",
+                                                     "--out", "{new}.jsonl"], "--verifier applies to rg:NAME tasks"),
+    ("export-data --out not .jsonl", ["export-data", "--task", "sort", "--out", "{new}.txt"],
+     "--out {new}.txt: export-data writes JSON lines"),
     ("export-data: unknown verifier", ["export-data", "--task", "rg:chain_sum", "--n", "2", "--verifier", "nosuch",
-                                       "--out", "{new}"], "nosuch"),
+                                       "--out", "{new}.jsonl"], "nosuch"),
     ("warmup-data: unknown task", ["warmup-data", "--tasks", "nosuch", "--out", "{new}"], "nosuch"),
     ("warmup-data --n < 1", ["warmup-data", "--n", "0", "--out", "{new}"], "--n must be >= 1"),
     ("sft: an empty response", ["sft", "--model", "{model}", "--data", "{in}/sft_empty.jsonl", "--out", "{new}"],
@@ -339,6 +358,25 @@ CASES = [
      "--out {in}/afile: already exists"),
     ("dpo-pairs --out exists", ["long2short", "dpo-pairs", "--model", "{model}", "--out", "{in}/afile"],
      "--out {in}/afile: already exists"),
+    # outputs that would destroy something else
+    ("sft --out holds the user's files", ["sft", "--model", "{model}", "--data", "{in}/sft.jsonl", "--out", "{in}/own"],
+     "output folder {in}/own is not empty and holds no model"),
+    ("dpo --out is a run folder, with --overwrite", ["dpo", "--model", "{model}", "--data", "{in}/pairs.jsonl",
+                                                     "--out", "{run}", "--overwrite"],
+     "output folder {run} is not empty and holds no model"),
+    ("eval --responses is its --output", ["eval", "--model", "{model}", "--output", "{new}", "--responses", "{new}"],
+     "--responses {new}: is also --output"),
+    ("long2short report: a report already there", ["long2short", "report", "--models", "{model}", "--out",
+                                                   "{in}/report"], "--out {in}/report/report.md: already exists"),
+    ("a model whose weights hold inf", ["eval", "--model", "{bad}/nonfinite", "--output", "{new}"],
+     "holds inf or nan values"),
+    ("--resume with out=", ["train", "--resume", "{run}", "out={in}/other"],
+     "override out=...: this command takes it as --resume"),
+    ("a .gz file that is not gzip", ["curate", "--data", "{in}/fake.jsonl.gz", "--out", "{new}"],
+     "{in}/fake.jsonl.gz: not a readable gzip file"),
+    ("a test file that does not exist", ["train", "--overwrite", "out={run}", "model.path={model}",
+                                         "data.train_files=[{in}/good.jsonl]", "data.test_files=[{in}/nope.jsonl]"],
+     "config key data.test_files: {in}/nope.jsonl does not exist"),
     ("dpo --ref-cache is not a cache", ["dpo", "--model", "{model}", "--data", "{in}/pairs.jsonl", "--out", "{new}",
                                         "--ref-cache", "{in}/afile"], "{in}/afile: not a reference log-prob cache"),
 ]
@@ -361,7 +399,7 @@ def test_bad_input_one_line_exit_2_out_untouched(request, tmp_path, capsys, exis
     assert len(err) == 1 and err[0].startswith("k15rl: error:"), err
     assert needle.format(**fill) in err[0], err[0]
     assert _snapshot(existing_run) == before
-    assert _snapshot(inputs) == inputs_before and not new.exists()  # nothing written
+    assert _snapshot(inputs) == inputs_before and not any(tmp_path.glob("new*"))  # nothing written
 
 
 def test_disk_full_while_writing_a_checkpoint(tmp_path, capsys, tiny_model_dir, monkeypatch):

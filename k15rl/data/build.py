@@ -245,6 +245,10 @@ def build_prompt_sets(data: DataConfig, log: Log = print, train_dataset: Any = N
     if data.test_fraction and not data.train_files and train_dataset is None:
         raise UserError(f"config key data.test_fraction: {data.test_fraction} holds out a share of data.train_files, "
                         "and there are none (the built-in tasks' test split is data.test_levels/test_per_level)")
+    for key in ("train_files", "test_files"):  # before any is read: the key may come from a preset
+        missing = [f for f in getattr(data, key) or () if not Path(f).exists()]
+        if missing:
+            raise UserError(f"config key data.{key}: {missing[0]} does not exist")
     train, test = builtin_prompts(data, other_data=train_dataset is not None, exclude=exclude)
     if train_dataset is not None:  # held out by data.test_fraction, as file prompts, unless eval_dataset is given
         prompts, rep = load_rows(memory_rows(train_dataset), "train_dataset", "train_dataset", data, log)

@@ -19,6 +19,7 @@ import gzip
 import io
 import json
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -66,6 +67,14 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", newline="")
 
 
+GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)  # not gzip, cut short, corrupt
+
+
+def not_gzip(path: str | Path, e: Exception) -> UserError:
+    """The error for a `.gz` file that does not decompress, naming the file."""
+    return UserError(f"{path}: not a readable gzip file ({e or type(e).__name__})")
+
+
 def not_utf8(path: str | Path, e: UnicodeDecodeError) -> UserError:
     """The error for a text file that is not UTF-8, naming the file and the byte."""
     return UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})")
@@ -102,6 +111,8 @@ def read_rows(path: str | Path) -> Iterator[RawRow]:
             yield from _datasets_rows(path)
     except UnicodeDecodeError as e:
         raise not_utf8(path, e) from None
+    except GZIP_ERRORS as e:
+        raise not_gzip(path, e) from None
 
 
 # What a model's text may not hold: lone UTF-16 surrogates (JSON "\\ud800": not encodable
@@ -185,6 +196,8 @@ def read_jsonl_objects(path: str | Path, fields: Sequence[str] = ()) -> Iterator
                 yield j.lineno, j.value
     except UnicodeDecodeError as e:
         raise not_utf8(path, e) from None
+    except GZIP_ERRORS as e:
+        raise not_gzip(path, e) from None
 
 
 def _jsonl_rows(lines: Iterable[str]) -> Iterator[RawRow]:

@@ -20,6 +20,7 @@ import torch
 
 from k15rl.errors import UserError
 from k15rl.models.loading import check_model_folder, read_model_config, safetensors_files
+from k15rl.paths import check_model_output
 
 # Files of a model folder that are not copied to the merged one: the weights (rewritten)
 # and run bookkeeping.
@@ -108,10 +109,7 @@ def merge_models(long_dir: str | Path, short_dir: str | Path, out: str | Path, w
     if not 0.0 <= weight <= 1.0:
         raise UserError(f"--weight must be in [0, 1] (got {weight})")
     check_compatible(long_dir, short_dir)
-    if (out / "config.json").exists() and not overwrite:
-        raise UserError(f"output folder {out} already holds a model: pass --overwrite or choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").exists():
-        raise UserError(f"output folder {out} is not empty and holds no model: choose another --out")
+    check_model_output(out, "--out", overwrite)
     try:
         merged = merge_state_dicts(load_safetensors(long_dir), load_safetensors(short_dir), weight)
     except ValueError as e:

@@ -15,6 +15,8 @@ from typing import Sequence
 
 from k15rl.types import Trajectory
 
+REPORT_FILES = ("report.md", "report.json", "token_efficiency.png")  # what write_report writes into its folder
+
 
 @dataclass
 class ModelResult:
@@ -112,7 +114,7 @@ def write_report(results: Sequence[ModelResult], out: Path, settings: dict) -> d
     md = (f"Settings: {', '.join(f'{k}={v}' for k, v in settings.items())}. Intervals are 95%; relative "
           f"columns are against the first model.\n\n{markdown_table(results)}\n\nPer level (accuracy / mean tokens):"
           f"\n\n{level_table(results)}\n")
-    paths = {"md": out / "report.md", "json": out / "report.json", "png": out / "token_efficiency.png"}
+    paths = {kind: out / name for kind, name in zip(("md", "json", "png"), REPORT_FILES)}
     paths["md"].write_text(md)
     paths["json"].write_text(json.dumps({"settings": settings, "models": [asdict(r) for r in results]}, indent=2))
     plot_token_efficiency(results, paths["png"])

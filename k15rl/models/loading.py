@@ -66,7 +66,19 @@ def load_model(path: str | Path, dtype: str = "float32"):
     auto = AutoModelForImageTextToText if is_vision_folder(path) else AutoModelForCausalLM
     model = load_or_fail(f"{path}: cannot load the model", auto.from_pretrained, str(path), dtype=torch_dtype(dtype))
     model.eval()
+    check_finite(model, path)
     return model
+
+
+def check_finite(model, path: str | Path) -> None:
+    """A model whose weights hold inf or nan (a diverged run's, a damaged file) samples
+    nothing sensible and fails deep inside sampling: refused here, naming the weight."""
+    import torch
+
+    with torch.no_grad():
+        bad = next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+    if bad is not None:
+        raise UserError(f"{path}: weight {bad} holds inf or nan values (a diverged or damaged model)")
 
 
 def on_device(model, device: str, key: str = "distributed.device"):

@@ -16,6 +16,7 @@ import torch
 from k15rl.errors import UserError
 from k15rl.models.lora import save_model
 from k15rl.trainer.card import CARD, run_card
+from k15rl.trainer.jsonl import read_jsonl
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"  # a file in CHECKPOINTS naming the newest complete checkpoint
@@ -176,9 +177,3 @@ class JsonlLog:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

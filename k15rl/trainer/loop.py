@@ -17,7 +17,7 @@ from typing import Callable
 
 from k15rl.config import TrainConfig
 from k15rl.data import write_jsonl
-from k15rl.errors import UserError, WorkerFailure
+from k15rl.errors import Interrupted, UserError, WorkerFailure
 from k15rl.rewards import length_weight, score
 from k15rl.rollout.collect import PartialRolloutResult, partial_rollout
 from k15rl.rollout.engine import SamplingParams
@@ -140,6 +140,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False, lo
                     card=run_card(run.cfg, progress.iteration, read_jsonl(run.out / "eval.jsonl")))
         except WorkerFailure as e:  # a worker died or hung: one line naming it, the step, and how to go on
             raise e.located(f" at {step}", resume_hint(run)) from None
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted at {step}{resume_hint(run)}") from None
     return finish(run, log)
 
 

@@ -125,6 +125,28 @@ class Run:
         self.greedy_evals = [e for e in logged if e["temperature"] == 0.0] if self.greedy_params else []
 
 
+# what Run.state_dict writes and load_state_dict reads (a checkpoint's state.json)
+STATE_KEYS = ("iteration", "next_group", "train_seconds", "consecutive_skips", "sampler", "replay_buffer", "rng",
+              "metrics_lines", "eval_lines")
+
+
+def read_state(checkpoint: Path) -> dict:
+    """A checkpoint's state.json. One that does not parse, or lacks a key the resumed run
+    needs, was damaged after it was written (checkpoints are written whole or not at all):
+    a UserError naming the file, rather than a run that restarts or guesses."""
+    path = checkpoint / "state.json"
+    try:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({getattr(e, 'msg', e)}): the checkpoint is damaged; move "
+                        f"{checkpoint} aside to resume from the one before it") from None
+    missing = [k for k in STATE_KEYS if k not in state] if isinstance(state, dict) else ["iteration"]
+    if missing:
+        raise UserError(f"{path}: no {missing[0]!r}: the checkpoint is damaged; move {checkpoint} aside to resume "
+                        f"from the one before it")
+    return state
+
+
 def holds_run(out: Path) -> bool:
     return out.exists() and any((out / f).exists() for f in RUN_FILES)
 
@@ -193,9 +215,17 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         raise UserError(f"output folder {out} already holds a run: pass --resume {out} to continue it, "
                         f"--overwrite to replace it, or choose another out=")
     checkpoint = latest_checkpoint(out) if resume else None
-    state = json.loads((checkpoint / "state.json").read_text()) if checkpoint else None
+    state = read_state(checkpoint) if checkpoint else None
+    if state is not None:  # the logs' rows up to the checkpoint, which the resumed run keeps, must read
+        read_jsonl(out / "metrics.jsonl", limit=state["metrics_lines"])
+        read_jsonl(out / "eval.jsonl", limit=state["eval_lines"])
+    if state is not None and state["iteration"] > cfg.iterations:
+        raise UserError(f"config key iterations={cfg.iterations}: the run in {out} is already at iteration "
+                        f"{state['iteration']} ({checkpoint.name}); give at least that many")
     if resume and not checkpoint:
         log(f"{out}: no complete checkpoint yet, starting the run over from iteration 0")
+    if ignored := cfg.ignored_ray_settings():
+        log(f"distributed.backend=local: {', '.join(ignored)} apply to Ray runs only and are ignored")
     path = checkpoint or resolve_model_path(cfg.model.path, "model.path", log)
     # LoRA: a checkpoint holds the merged weights (the engine's) and the adapter; the trainer
     # goes on training that adapter on the frozen base model (k15rl/models/lora.py)
@@ -219,7 +249,7 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
             cfg, path, model, tokenizer, plan, context_length(cfg, model.config, limit),
             version=state["iteration"] if state else 0, log=log, lora_resume=lora_resume))
         prepare_out(out, cfg, overwrite or resume, resuming=checkpoint is not None)
-        if state:  # rows logged after the checkpoint would otherwise appear twice
+        if state is not None:  # rows logged after the checkpoint would otherwise appear twice
             truncate_jsonl(out / "metrics.jsonl", state["metrics_lines"])
             truncate_jsonl(out / "eval.jsonl", state["eval_lines"])
             for f in (out / "eval_responses").glob("*.jsonl"):  # evaluated after the checkpoint
@@ -239,7 +269,7 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         )
         if run.background:
             stack.callback(run.background.shutdown)
-        if state:
+        if state is not None:
             run.load_state_dict(state)
             if (checkpoint / OPTIMIZER).is_file():  # algorithm.optimizer_reset=false: its moments go on
                 workers.trainer.load_optimizer_state(torch.load(checkpoint / OPTIMIZER, weights_only=True))

@@ -4,13 +4,13 @@ final/. Bad input is a UserError naming the path (and line)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
 
 from k15rl.errors import UserError
 from k15rl.trainer.card import eval_table
+from k15rl.trainer.jsonl import read_jsonl, torn_tail
 
 # the main keys of a metrics.jsonl row, in this order; other loss/ keys follow
 METRIC_KEYS = ("iteration", "reward/mean", "reward/accuracy", "rollout/len_mean", "rollout/len_max",
@@ -21,25 +21,6 @@ CONFIG_KEYS = ("out", "iterations", "seed", "model.path", "data.tasks", "data.tr
                "rollout.max_new_tokens", "rollout.segment_tokens", "reward.length_weight",
                "reward.length_warmup_iterations", "reward.sources", "algorithm.loss", "algorithm.tau", "algorithm.lr",
                "eval.every", "eval.temperature", "distributed.backend")
-
-
-def read_rows(path: Path) -> list[dict]:
-    """The rows of a JSON-lines file; a line that is not a JSON object is a UserError
-    naming the file and line. A missing file has no rows."""
-    if not path.is_file():
-        return []
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{i}: not a JSON object")
-        rows.append(row)
-    return rows
 
 
 def _get(tree: dict, dotted: str):
@@ -75,10 +56,12 @@ def show_run(folder: str | Path) -> str:
         raise UserError(f"{cfg_path}{f':{mark.line + 1}' if mark else ''}: not valid YAML") from None
     if not isinstance(cfg, dict):
         raise UserError(f"{cfg_path}: not a mapping of config keys")
-    metrics, evals = read_rows(out / "metrics.jsonl"), read_rows(out / "eval.jsonl")
+    metrics, evals = read_jsonl(out / "metrics.jsonl"), read_jsonl(out / "eval.jsonl")
 
     lines = [f"run {out}", "", "config (config.yaml):"]
     lines += [f"  {k:<36} {_fmt(v)}" for k in CONFIG_KEYS if (v := _get(cfg, k)) not in (None, [], "")]
+    torn = [f"{name}: its last line was cut short (a killed write) and is left out; resuming drops it"
+            for name in ("metrics.jsonl", "eval.jsonl") if torn_tail(out / name)]
     lines += ["", f"metrics (metrics.jsonl, {len(metrics)} rows):"]
     if metrics:
         last = metrics[-1]
@@ -93,6 +76,7 @@ def show_run(folder: str | Path) -> str:
                          if (p / "state.json").is_file()) if (out / "checkpoints").is_dir() else []
     lines += ["", f"checkpoints: {', '.join(checkpoints) if checkpoints else 'none'}",
               f"final model: {out / 'final' if (out / 'final' / 'config.json').is_file() else 'none'}"]
+    lines += [f"note: {t}" for t in torn]
     summary = out / "summary.json"
     if summary.is_file():
         lines.append(f"summary: {summary}")
