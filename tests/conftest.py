@@ -78,3 +78,20 @@ def crash_then_resume(monkeypatch):
         return loop.train(cfg, resume=True, log=lambda s: None)
 
     return run
+
+
+def snapshot(folder) -> dict[str, str]:
+    """Every file under `folder` and the sha256 of its bytes: equal before and after a
+    command that must not have changed anything there."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def tiny_run_args(out, model, iterations: int = 1, *extra: str) -> list[str]:
+    """`k15rl train` arguments of a run that takes seconds: the tiny model, level-1 sort,
+    2 prompts x 2 samples of 4 tokens, one thread."""
+    return ["train", f"out={out}", f"model.path={model}", "data.tasks=[sort]", "data.train_levels=[1]",
+            "data.test_levels=[1]", "data.train_per_level=8", "data.test_per_level=2", f"iterations={iterations}",
+            "rollout.k=2", "rollout.prompts_per_iteration=2", "rollout.max_new_tokens=4", "threads=1", *extra]

@@ -3,31 +3,23 @@ names the key, file, line or value, exit code 2, and the run already in OUT unto
 (even with --overwrite: input is checked before anything in OUT is removed). Nothing is
 written either: no output at a fresh path ({new}), no new file among the inputs."""
 
-import hashlib
 import json
 import re
 import shutil
 import subprocess
 
 import pytest
+from conftest import snapshot, tiny_run_args
 
 from k15rl.cli import main
 from k15rl.trainer import checkpoint as ckpt_module
-
-
-def _snapshot(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
 def existing_run(tmp_path_factory, tiny_model_dir):
     """A finished run that every bad command below points at (out=...)."""
     out = tmp_path_factory.mktemp("existing") / "run"
-    code = main(["train", f"out={out}", f"model.path={tiny_model_dir}", "data.tasks=[sort]", "data.train_levels=[1]",
-                 "data.test_levels=[1]", "data.train_per_level=8", "data.test_per_level=2", "iterations=1",
-                 "rollout.k=2", "rollout.prompts_per_iteration=2", "rollout.max_new_tokens=4", "threads=1"])
-    assert code == 0
+    assert main(tiny_run_args(out, tiny_model_dir)) == 0
     return out
 
 
@@ -391,15 +383,15 @@ def test_bad_input_one_line_exit_2_out_untouched(request, tmp_path, capsys, exis
             "new": str(new)}
     if any("{ro}" in a for a in argv):
         fill["ro"] = str(request.getfixturevalue("readonly_dir"))
-    before, inputs_before = _snapshot(existing_run), _snapshot(inputs)
+    before, inputs_before = snapshot(existing_run), snapshot(inputs)
     code = main([a.format(**fill) for a in argv])
     # the error is one line; a progress bar of work done before it (loading the weights) is not part of it
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not PROGRESS_BAR.search(line)]
     assert code == 2, (case, err)
     assert len(err) == 1 and err[0].startswith("k15rl: error:"), err
     assert needle.format(**fill) in err[0], err[0]
-    assert _snapshot(existing_run) == before
-    assert _snapshot(inputs) == inputs_before and not any(tmp_path.glob("new*"))  # nothing written
+    assert snapshot(existing_run) == before
+    assert snapshot(inputs) == inputs_before and not any(tmp_path.glob("new*"))  # nothing written
 
 
 def test_disk_full_while_writing_a_checkpoint(tmp_path, capsys, tiny_model_dir, monkeypatch):

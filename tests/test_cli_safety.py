@@ -4,29 +4,21 @@ real run, resume limits, Ctrl-C, float flags, warm-up rows with images
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 
 import pytest
+from conftest import snapshot, tiny_run_args
 
 from k15rl.cli import main
 from k15rl.trainer import loop
-
-
-def _snapshot(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
 def run_two(tmp_path_factory, tiny_model_dir):
     """A finished run of 2 iterations with a checkpoint after each."""
     out = tmp_path_factory.mktemp("two") / "run"
-    assert main(["train", f"out={out}", f"model.path={tiny_model_dir}", "data.tasks=[sort]", "data.train_levels=[1]",
-                 "data.test_levels=[1]", "data.train_per_level=8", "data.test_per_level=2", "iterations=2",
-                 "checkpoint_every=1", "rollout.k=2", "rollout.prompts_per_iteration=2", "rollout.max_new_tokens=4",
-                 "threads=1"]) == 0
+    assert main(tiny_run_args(out, tiny_model_dir, 2, "checkpoint_every=1")) == 0
     return out
 
 
@@ -53,26 +45,26 @@ def test_resume_from_a_damaged_state_json_names_it_and_changes_nothing(run_two, 
     iteration 0 and logged iteration 1 twice)."""
     run = _copy(run_two, tmp_path)
     (run / "checkpoints" / "iter_000002" / "state.json").write_text(damage)
-    before = _snapshot(run)
+    before = snapshot(run)
     assert main(["train", "--resume", str(run), "iterations=3"]) == 2
     assert needle in _one_line(capsys)
-    assert _snapshot(run) == before
+    assert snapshot(run) == before
 
 
 def test_resume_with_fewer_iterations_than_done_is_refused(run_two, tmp_path, capsys):
     run = _copy(run_two, tmp_path)
-    before = _snapshot(run)
+    before = snapshot(run)
     assert main(["train", "--resume", str(run), "iterations=1"]) == 2
-    assert "iterations=1: the run in" in _one_line(capsys) and _snapshot(run) == before
+    assert "iterations=1: the run in" in _one_line(capsys) and snapshot(run) == before
 
 
 def test_a_damaged_log_line_names_the_file_and_line_and_a_torn_last_line_is_dropped(run_two, tmp_path, capsys):
     run = _copy(run_two, tmp_path)
     lines = (run / "eval.jsonl").read_text().splitlines(keepends=True)
     (run / "eval.jsonl").write_text("garbage\n" + "".join(lines[1:]))
-    before = _snapshot(run)
+    before = snapshot(run)
     assert main(["train", "--resume", str(run), "iterations=3"]) == 2
-    assert f"{run / 'eval.jsonl'}:1: not valid JSON" in _one_line(capsys) and _snapshot(run) == before
+    assert f"{run / 'eval.jsonl'}:1: not valid JSON" in _one_line(capsys) and snapshot(run) == before
     # what a kill leaves: a last line cut short. `show` reads the rest and says so
     run = _copy(run_two, tmp_path / "b")
     with open(run / "metrics.jsonl", "a") as f:
@@ -94,11 +86,7 @@ def test_ctrl_c_names_the_iteration_and_how_to_resume(run_two, tmp_path, capsys,
 
     monkeypatch.setattr(loop, "start_rollout", interrupted)
     out = tmp_path / "run"
-    code = main(["train", f"out={out}", f"model.path={tiny_model_dir}", "data.tasks=[sort]", "data.train_levels=[1]",
-                 "data.test_levels=[1]", "data.train_per_level=8", "data.test_per_level=2", "iterations=3",
-                 "checkpoint_every=1", "rollout.k=2", "rollout.prompts_per_iteration=2", "rollout.max_new_tokens=4",
-                 "threads=1"])
-    assert code == 130
+    assert main(tiny_run_args(out, tiny_model_dir, 3, "checkpoint_every=1")) == 130
     line = _one_line(capsys)
     assert "interrupted at iteration 2 (rollout)" in line and f"resume with k15rl train --resume {out}" in line
     assert "from iter_000001" in line
