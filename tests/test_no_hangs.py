@@ -153,11 +153,11 @@ def test_ray_rollout_worker_killed_mid_iteration(cluster, tmp_path, tiny_model_d
     from k15rl.distributed import ray_backend
 
     class DiesInIteration2(ray_backend.RolloutWorker):
-        def run(self, queue, params, chunk):
+        def run(self, queue, params, chunk, budget=0):
             self.runs = getattr(self, "runs", 0) + 1  # 1: the evaluation at the start, 2: iteration 1
             if self.runs == 3 and self.rank == 1:
                 os.kill(os.getpid(), signal.SIGKILL)
-            return super().run(queue, params, chunk)
+            return super().run(queue, params, chunk, budget)
 
     monkeypatch.setattr(ray_backend, "RolloutWorker", DiesInIteration2)
     out = tmp_path / "run"
