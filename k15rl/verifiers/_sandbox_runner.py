@@ -41,23 +41,32 @@ SYS_CAPSET = {"x86_64": 126, "aarch64": 91}.get(os.uname().machine)
 _libc = ctypes.CDLL(None, use_errno=True)
 _write, _exit, _type = os.write, os._exit, type
 
-# Kernel objects that outlive a process and its folders: SysV shared memory, message
-# queues and semaphores, POSIX message queues (they live as long as the supervisor's IPC
-# namespace) and keyrings (per uid, in the host's kernel). A program could leave in them
-# what it learnt of the tests for the next grading of the same response, or pin memory
-# past its limits. No program of a coding task needs them; a seccomp filter makes each
-# call fail with EPERM. (audit arch, x32 bit or None, {syscall: number})
+# What can outlive a program or carry state to the next grading of the same response
+# (which could then keep which of its answers the tests accepted), denied with EPERM by a
+# seccomp filter; no program of a coding task needs any of it:
+# - SysV shared memory, message queues, semaphores and POSIX message queues (they live as
+#   long as the supervisor's IPC namespace), kernel keyrings (per uid, in the host kernel);
+# - sockets (`socket`: the network namespace's counters, such as /proc/net/snmp's, outlive
+#   the program) and passing descriptors (`sendmsg`: a socket pair holding its own
+#   descriptors in flight outlives every process, with whatever they hold); `socketpair`
+#   stays (asyncio's event loop needs it) but can no longer pass descriptors;
+# - memfd_create/memfd_secret (memory outside RLIMIT_AS and the size-limited /tmp);
+# - posix_fadvise and mincore (setting and reading which pages of the host's /usr are
+#   cached: a channel between gradings).
+# (audit arch, x32 bit or None, {syscall: number})
 SECCOMP = {
     "x86_64": (0xC000003E, 0x40000000, {
-        "shmget": 29, "shmat": 30, "shmctl": 31, "semget": 64, "semop": 65, "semctl": 66, "shmdt": 67,
-        "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "semtimedop": 220, "mq_open": 240,
-        "mq_unlink": 241, "mq_timedsend": 242, "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245,
-        "add_key": 248, "request_key": 249, "keyctl": 250}),
+        "mincore": 27, "shmget": 29, "shmat": 30, "shmctl": 31, "socket": 41, "sendmsg": 46, "semget": 64,
+        "semop": 65, "semctl": 66, "shmdt": 67, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71,
+        "semtimedop": 220, "fadvise64": 221, "mq_open": 240, "mq_unlink": 241, "mq_timedsend": 242,
+        "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245, "add_key": 248, "request_key": 249,
+        "keyctl": 250, "sendmmsg": 307, "memfd_create": 319, "memfd_secret": 447}),
     "aarch64": (0xC00000B7, None, {
         "mq_open": 180, "mq_unlink": 181, "mq_timedsend": 182, "mq_timedreceive": 183, "mq_notify": 184,
         "mq_getsetattr": 185, "msgget": 186, "msgctl": 187, "msgrcv": 188, "msgsnd": 189, "semget": 190,
         "semctl": 191, "semtimedop": 192, "semop": 193, "shmget": 194, "shmctl": 195, "shmat": 196, "shmdt": 197,
-        "add_key": 217, "request_key": 218, "keyctl": 219}),
+        "socket": 198, "sendmsg": 211, "add_key": 217, "request_key": 218, "keyctl": 219, "fadvise64": 223,
+        "mincore": 232, "sendmmsg": 269, "memfd_create": 279, "memfd_secret": 447}),
 }.get(os.uname().machine)
 
 

@@ -29,6 +29,7 @@ leftovers are killed by session and (as root) by uid: weaker, see docs/code_rewa
 import ctypes
 import json
 import os
+import secrets
 import selectors
 import signal
 import socket
@@ -241,6 +242,19 @@ def _reap(keep):
             return
 
 
+def _scatter_pids():
+    """Set this PID namespace's next PID at random before each program starts: otherwise a
+    program could leave a number in the PID counter (by forking until it reads back what
+    it wants) for the next one to read from its own PID, a channel between gradings."""
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            top = int(f.read())
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(300 + secrets.randbelow(top - 301)))  # 300: the lowest PID the kernel reuses
+    except OSError:  # a kernel without ns_last_pid (CONFIG_CHECKPOINT_RESTORE): docs/code_rewards.md
+        pass
+
+
 def _fresh_scratch(cfg):
     """Empty /tmp and /dev/shm by mounting new ones over them (the old ones, detached,
     go once nothing uses them): nothing a program left there, however deep or odd a tree,
@@ -291,6 +305,8 @@ class Supervisor:
         if not self.cfg["namespaces"] and self.cfg["packages"]:
             spec["packages"] = os.pathsep.join(os.path.dirname(src) for _, src in self.cfg["packages"])
         try:
+            if self.cfg["namespaces"]:
+                _scatter_pids()
             return self.zygote.spawn(spec, fds)
         finally:
             for fd in fds:
