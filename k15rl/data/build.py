@@ -296,7 +296,7 @@ def build_prompts(cfg: TrainConfig, log: Log = print, train_dataset: Any = None,
     """Train and held-out test prompts of a run: `build_prompt_sets(cfg.data, ...)`, the
     train prompts without the warm-up prompts of the built-in model `data.exclude_warmup`
     names (`warmup_keys`)."""
-    exclude = warmup_keys(cfg)
+    exclude = warmup_keys(cfg, other_data=train_dataset is not None)
     if exclude:
         log(f"data: the built-in tasks' train prompts leave out the {len(exclude)} prompts of the built-in "
             "model's warm-up (data.exclude_warmup)")
@@ -304,11 +304,12 @@ def build_prompts(cfg: TrainConfig, log: Log = print, train_dataset: Any = None,
     return sets.train, sets.test
 
 
-def warmup_keys(cfg: TrainConfig) -> frozenset[str]:
+def warmup_keys(cfg: TrainConfig, other_data: bool = False) -> frozenset[str]:
     """Keys (`problem_key`) of the prompts the warm-up of the built-in model that
     `data.exclude_warmup` names fitted (report §2.2): "auto" = model.path's if it is a
     built-in model, "none" = nothing, else a `BUILTIN_SPECS` name. Empty when no task of
-    that model is among data.tasks."""
+    that model is among the run's built-in tasks (`builtin_task_names`; `other_data`:
+    in-memory rows are given, so an unset data.tasks means none)."""
     from k15rl.models.builtin import BUILTIN_SPECS, builtin_name
 
     choice = cfg.data.exclude_warmup
@@ -318,7 +319,7 @@ def warmup_keys(cfg: TrainConfig) -> frozenset[str]:
         raise UserError(f"config key data.exclude_warmup: {choice!r} is not auto, none or a built-in model "
                         f"({', '.join(sorted(BUILTIN_SPECS))})")
     name = builtin_name(cfg.model.path) if choice == "auto" else choice
-    if name is None or not set(BUILTIN_SPECS[name].tasks) & set(builtin_task_names(cfg.data)):
+    if name is None or not set(BUILTIN_SPECS[name].tasks) & set(builtin_task_names(cfg.data, other_data)):
         return frozenset()
     return _warmup_keys(name)
 
