@@ -312,14 +312,18 @@ class _Supervisor:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except OSError:
             pass
-        self.proc.wait()
+        try:
+            self.proc.wait(timeout=30)  # a process stuck in the kernel must not hang the trainer
+        except subprocess.TimeoutExpired:
+            pass
         for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             try:
                 f.close()
             except OSError:
                 pass
-        if self.workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.workdir:  # without namespaces; rm removes trees of any depth (shutil.rmtree recurses per level)
+            subprocess.run(["rm", "-rf", "--one-file-system", "--", self.workdir], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         _SLOTS.release(self.slot)
 
 
