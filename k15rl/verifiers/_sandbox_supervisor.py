@@ -27,6 +27,7 @@ leftovers are killed by session and (as root) by uid: weaker, see docs/code_rewa
 """
 
 import ctypes
+import functools
 import json
 import os
 import secrets
@@ -242,13 +243,19 @@ def _reap(keep):
             return
 
 
+@functools.lru_cache(maxsize=1)
+def _pid_max():
+    """The kernel's largest PID, read once (it is fixed for the supervisor's life)."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        return int(f.read())
+
+
 def _scatter_pids():
     """Set this PID namespace's next PID at random before each program starts: otherwise a
     program could leave a number in the PID counter (by forking until it reads back what
     it wants) for the next one to read from its own PID, a channel between gradings."""
     try:
-        with open("/proc/sys/kernel/pid_max") as f:
-            top = int(f.read())
+        top = _pid_max()
         with open("/proc/sys/kernel/ns_last_pid", "w") as f:
             f.write(str(300 + secrets.randbelow(top - 301)))  # 300: the lowest PID the kernel reuses
     except OSError:  # a kernel without ns_last_pid (CONFIG_CHECKPOINT_RESTORE): docs/code_rewards.md
