@@ -63,9 +63,38 @@ def test_function_style():
 
 
 def test_the_program_sees_a_fresh_private_directory():
+    # it holds the program's own source, as for `python solution.py`, and what it writes
     prog = "import os\nopen('mine', 'w').write('x')\nprint(sorted(os.listdir('.')), os.environ.get('HOME') == os.getcwd())"
-    r1 = run_stdio(prog, [StdioTest("", "['mine'] True"), StdioTest("", "['mine'] True")], FAST)
+    want = "['mine', 'solution.py'] True"
+    r1 = run_stdio(prog, [StdioTest("", want), StdioTest("", want)], FAST)
     assert r1.reason == "pass", r1  # the second test does not see the first one's file
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_multiprocessing_on_the_programs_own_functions(method):
+    """The program is the interpreter's __main__ module, as when run as a file: a pool's
+    workers find its functions and classes by name (pickled by reference), also when they
+    re-import it (spawn)."""
+    prog = (
+        "import multiprocessing as mp, sys\n"
+        "class Times:\n    def __init__(self, k): self.k = k\n    def __call__(self, x): return self.k * x\n"
+        "def square(x):\n    return x * x\n"
+        "if __name__ == '__main__':\n"
+        f"    mp.set_start_method('{method}')\n"
+        "    n = int(input())\n"
+        "    with mp.Pool(2) as pool:\n"
+        "        print(sum(pool.map(square, range(n))), sum(pool.map(Times(3), range(n))),"
+        " sys.modules['__main__'].__file__)\n"
+    )
+    r = run_stdio(prog, [StdioTest("10\n", "285 135 solution.py")], FAST)
+    assert r.reason == "pass", r
+    # function mode: the judge calls a function that hands the program's own functions to
+    # a process pool
+    prog = ("from concurrent.futures import ProcessPoolExecutor\n"
+            "def square(x):\n    return x * x\n"
+            "def total(n):\n    with ProcessPoolExecutor(2) as ex:\n        return sum(ex.map(square, range(n)))\n")
+    check = "def check(candidate):\n    assert candidate(10) == 285\n"
+    assert run_function(prog, check, "total", FAST).reason == "pass"
 
 
 def test_extract_program_and_specs():
@@ -128,7 +157,7 @@ def test_process_isolation_fallback():
     # the kernel objects that outlive a process are refused there too (seccomp)
     deep = "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\nprint('x')\n"
     assert run_stdio(deep, [StdioTest("", "x")], FAST, isolation="process", python=py).reason == "pass"
-    assert run_stdio("import os\nprint(os.listdir('.'))", [StdioTest("", "[]")], FAST, isolation="process",
+    assert run_stdio("import os\nprint(os.listdir('.'))", [StdioTest("", "['solution.py']")], FAST, isolation="process",
                      python=py).reason == "pass"
     from test_sandbox_hostile import KERNEL_OBJECTS
 

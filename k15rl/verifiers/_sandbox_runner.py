@@ -40,6 +40,7 @@ SECUREBITS_LOCKED_NOROOT = 0x01 | 0x02 | 0x04 | 0x08 | 0x20
 SYS_CAPSET = {"x86_64": 126, "aarch64": 91}.get(os.uname().machine)
 _libc = ctypes.CDLL(None, use_errno=True)
 _write, _exit, _type = os.write, os._exit, type
+_module_type = type(sys)
 
 # What can outlive a program or carry state to the next grading of the same response
 # (which could then keep which of its answers the tests accepted), denied with EPERM by a
@@ -250,13 +251,24 @@ def candidate(spec):
     if spec["audit"]:
         _block_network()
     function = spec["mode"] == "function"
-    sys.argv = ["solution.py"]
-    user = {"__name__": "__main__", "__builtins__": builtins}
+    # The program is the interpreter's __main__ module, as if run as `python solution.py`:
+    # pickling its functions and classes by reference (multiprocessing, concurrent.futures)
+    # looks them up in sys.modules["__main__"], and the spawn and forkserver start methods
+    # re-import it from its __file__.
+    path = "solution.py"  # in the working folder, which is the program's own
+    with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.write(source)
+    sys.argv = [path]
+    main = _module_type("__main__")
+    main.__file__ = path
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    user = main.__dict__
     try:
         import linecache
 
-        linecache.cache["solution.py"] = (len(source), None, source.splitlines(True), "solution.py")
-        exec(compile(source, "solution.py", "exec"), user)
+        linecache.cache[path] = (len(source), None, source.splitlines(True), path)
+        exec(compile(source, path, "exec"), user)
         if not function:
             return  # a normal exit follows: non-daemon threads, atexit, flushed output
         names = sorted(k for k, v in user.items() if callable(v) and not k.startswith("__"))
