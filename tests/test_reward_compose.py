@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -49,7 +50,8 @@ def _traj(p: Prompt, text: str, group: int = 0) -> Trajectory:
 
 
 def test_sources_pick_functions_and_failures_score_zero():
-    verify_math("answer: 1", "1")  # its first call imports sympy: not part of the timed calls
+    with ThreadPoolExecutor(2) as ex:  # start two math-verify workers: not part of the timed calls
+        assert all(ex.map(lambda _: verify_math("answer: 1", "1"), range(2)))
     router = RewardRouter({"a": "math", "b": f"{__name__}:length_reward_fn", "slow": f"{__name__}:slow_reward",
                            "bad": f"{__name__}:broken_reward"}, timeout_s=1.0, workers=4)
     prompts = [_prompt(0, "a"), _prompt(1, "a"), _prompt(2, "b"), _prompt(3, "slow"), _prompt(4, "bad"),
@@ -126,3 +128,18 @@ def test_the_judge_gets_a_resolved_folder(tiny_model_dir, tmp_path):
 
     for name in BUILTIN_SPECS:
         assert check_names(load_config(None, ["reward.sources=[free=judge]", f"reward.judge_model={name}"]))
+
+
+def test_a_math_answer_that_never_finishes_scores_zero_and_the_run_goes_on(monkeypatch):
+    """Through the router, as in training: the comparison is stopped at the math limit,
+    scored 0 and counted, well before reward.stuck_timeout_s would stop the run."""
+    from k15rl.verifiers import math_pool
+
+    monkeypatch.setattr(math_pool, "TIMEOUT_S", 1.0)
+    router = RewardRouter({"a": "math"}, timeout_s=30.0, stuck_timeout_s=60.0, workers=2)
+    prompts = [_prompt(i, "a") for i in range(3)]
+    t0 = time.monotonic()
+    outcomes, stats = router.score(["answer: 4", "answer: 9^{9^{9^{9}}}", "answer: 2+2"], prompts)
+    assert time.monotonic() - t0 < 10.0
+    assert [o.value for o in outcomes] == [1.0, 0.0, 1.0]
+    assert "TimeoutError" in outcomes[1].message and stats.errors == 1
