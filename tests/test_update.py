@@ -393,3 +393,42 @@ def test_lr_schedule_hand_computed():
     assert lr_at(cosine, 7, 5) == pytest.approx(1e-4)
     assert lr_at(linear, 0, 1) == 1e-3
     assert [lr_at(AlgorithmConfig(lr=1e-3), v, 5) for v in range(5)] == [1e-3] * 5
+
+
+def test_shared_prompt_gradient_is_bitwise_reproducible_with_threads(tiny_model_dir):
+    """The shared-prompt path's gradient is the same bits on every backward with several
+    threads. Its per-row keys and values were `keys[rows]`, whose backward (index_put_ with
+    accumulate) adds with atomics across threads on CPU: the same run's loss then differed
+    in the last bits from one run to the next (2 threads, the demo's first iteration)."""
+    import random
+
+    from k15rl.types import Prompt, Trajectory
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_model(tiny_model_dir)
+    vocab = model.config.vocab_size
+    rng = random.Random(0)
+    # 8 prompts of 24 tokens, 16 samples each: the keys' gradient [128, 2, 23, 16] is past
+    # the size at which torch's CPU kernels split work across threads
+    prompts = [[rng.randrange(5, vocab) for _ in range(24)] for _ in range(8)]
+    # each prompt's rows spread over the batch (as in the length-sorted passes), so that
+    # threads taking halves of the rows add into the same prompt's keys
+    trajs = [Trajectory(Prompt(f"p{i % 8}", (("user", "?"),), "", "t"), i % 8, prompts[i % 8],
+                        [rng.randrange(5, vocab) for _ in range(rng.randrange(1, 12))], [], "stop",
+                        reward=float(i % 3 == 0)) for i in range(128)]
+    for t in trajs:
+        t.logprobs = [-2.0] * len(t.response_ids)
+    batch = make_train_batch(trajs, tok.pad_token_id)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(10):
+            model.zero_grad()
+            logp = token_logprobs(model, batch.tokens, share_prompts=True)
+            loss, _ = k15_loss(logp, batch.old_logprobs, batch.rewards, batch.loss_mask, batch.group_ids, tau=0.5)
+            loss.backward()
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(g, grads[0]) for g in grads[1:])

@@ -233,7 +233,10 @@ def _shared_prompt_logprobs(model, batch: TokenBatch, plen: list[int], which: li
     rows = torch.tensor(which, dtype=torch.long, device=dev)  # [N]
     per_row = DynamicCache()
     for layer_idx, layer in enumerate(cache.layers):  # [U, H, P, D] -> [N, H, P, D]
-        per_row.update(layer.keys[rows], layer.values[rows], layer_idx)
+        # index_select, not keys[rows]: the backward of advanced indexing is index_put_ with
+        # accumulate, which on CPU with several threads adds with atomics in any order (runs
+        # then differ in the last bits); index_select's backward, index_add_, sums in order
+        per_row.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), layer_idx)
     last = batch.input_ids[torch.arange(N, device=dev), torch.tensor(plen, device=dev) - 1]  # [N]
     ids = torch.cat([last[:, None], batch.response_ids], 1)  # [N, 1 + T]
     mask = torch.cat([prefix_mask[rows], torch.ones((N, 1), dtype=torch.long, device=dev),
