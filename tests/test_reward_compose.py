@@ -137,9 +137,9 @@ def test_a_math_answer_that_never_finishes_scores_zero_and_the_run_goes_on(monke
 
     monkeypatch.setattr(math_pool, "TIMEOUT_S", 1.0)
     router = RewardRouter({"a": "math"}, timeout_s=30.0, stuck_timeout_s=60.0, workers=2)
-    prompts = [_prompt(i, "a") for i in range(3)]
+    prompts = [_prompt(i, "a", answer="2x") for i in range(3)]  # symbolic: sympy gets the answer
     t0 = time.monotonic()
-    outcomes, stats = router.score(["answer: 4", "answer: 9^{9^{9^{9}}}", "answer: 2+2"], prompts)
+    outcomes, stats = router.score(["answer: x+x", "answer: 9^{9^{9^{9}}}", "answer: 2 x"], prompts)
     assert time.monotonic() - t0 < 10.0
     assert [o.value for o in outcomes] == [1.0, 0.0, 1.0]
     assert "TimeoutError" in outcomes[1].message and stats.errors == 1

@@ -53,7 +53,8 @@ def test_math_answers_that_never_finish_time_out_and_free_their_worker():
         with concurrent.futures.ThreadPoolExecutor(1) as ex:
             t0 = time.monotonic()
             with pytest.raises(TimeoutError, match="did not compare"):
-                ex.submit(verify_math, f"answer: {huge}", "4", 1.0).result()
+                # a symbolic reference: against a number, an unworked expression is refused before sympy
+                ex.submit(verify_math, f"answer: {huge}", "x + 1", 1.0).result()
             assert time.monotonic() - t0 < 5.0
     killed = [w.proc for w in math_pool._idle]
     assert verify_math(r"answer: \frac{2}{4}", "0.5") and verify_math("answer: 3", "3")
@@ -76,3 +77,52 @@ def test_math_workers_have_a_memory_limit_and_their_own_session(monkeypatch):
     assert os.getsid(worker.proc.pid) == worker.proc.pid != os.getsid(0)
     math_pool.shutdown()
     assert worker.proc.poll() is not None
+
+
+def test_reading_the_answer_takes_linear_time():
+    """Responses that made the old patterns backtrack (cubic or quadratic time, the GIL held
+    throughout, so no reward time limit could stop it: 137 s for the first at 4,000
+    spaces): each is read in well under a second at 100,000 characters."""
+    import time
+
+    cases = ["The answer is 7" + " " * 100_000 + "apples", "3+4=7\n" + "\n" * 100_000,
+             "3+4=7\n" + "\n" * 100_000 + "so 7\nanswer: 7", " \n" * 50_000 + "answer: 7",
+             "answer: 7" + " " * 100_000 + ".", "\\boxed{" * 20_000]
+    for text in cases:
+        t0 = time.monotonic()
+        extract_answer(text)
+        assert time.monotonic() - t0 < 1.0, repr(text[:40])
+    assert extract_answer(cases[2]) == "7" and extract_answer(cases[3]) == "7"
+
+
+def test_a_question_copied_as_the_answer_is_not_a_number():
+    """Against a numeric reference, math-verify would evaluate an expression the response
+    left undone; such answers score wrong (a policy learns to copy the question)."""
+    copied = [(r"17 \times 23", "391"), (r"1234 \cdot 5678", "7006652"), (r"\sum_{k=1}^{100} k", "5050"),
+              (r"\binom{10}{3}", "120"), (r"\int_0^1 x^2 \, dx", r"\frac{1}{3}"), (r"\gcd(84, 120)", "12"),
+              ("10!", "3628800"), (r"\log_2 1024", "10"), ("(48 - 12) / 4 + 7", "16")]
+    for got, ref in copied:
+        assert not verify_math(f"answer: {got}", ref), got
+    worked = [("391", "391"), ("1,234", "1234"), (r"\frac{2}{4}", "0.5"), ("x = 5", "5"), (r"50\%", "50"),
+              (r"3 \text{ cm}", "3"), (r"-\frac{1}{3}", r"-\frac{1}{3}"), (r"\sqrt{8}", r"2\sqrt{2}")]
+    for got, ref in worked:
+        assert verify_math(f"answer: {got}", ref), got
+
+
+def test_two_numbers_are_not_one_integer():
+    assert not verify_integer("answer: 3, 4", "34") and not verify_integer("answer: 3 4", "34")
+    assert not verify_integer("answer: 1,2,3,4", "1234") and verify_integer("answer: 1,234", "1234")
+
+
+def test_the_answer_given_last_counts():
+    assert not verify_integer("answer: 7\nwait, 3+4 = 8, so \\boxed{8}", "7")
+    assert verify_integer("\\boxed{8}\nno.\nanswer: 7", "7")
+    assert verify_integer("\\boxed{7} and later an unclosed \\boxed{", "7")
+
+
+def test_common_final_answer_formats():
+    for text in ("**Answer:** 7", "### Answer: 7", "Answer: $7$", "Answer: \\boxed{7}", "The answer is **7**.",
+                 "Final Answer: The final answer is $\\boxed{7}$. I hope it is correct.", "answer: 7.",
+                 "Answer:\n\\[\n\\boxed{7}\n\\]", "answer:\n\n 7", "> **Final answer**: 7"):
+        assert verify_integer(text, "7"), text
+    assert verify_math("**Final Answer:** $\\frac{1}{2}$", "0.5") and verify_math("answer: \\[4\\]", "4")

@@ -1,19 +1,91 @@
 """Rule-based verifiers: r(x, y, y*) in {0, 1} (report §2.3.1, §2.3.5).
 
 A verifier is a plain function `(response: str, answer: str) -> bool`. Answers are read
-from a fixed final-answer format: the last line that starts with ``answer:``, or the last
-``\\boxed{...}``.
+from a fixed final-answer format: whichever comes last of the last line that starts with
+``answer:`` and the last ``\\boxed{...}``; else a final "the answer is X".
+
+The text is a policy's output, so reading it must take time linear in its length: a
+regular expression that backtracks over long runs of spaces or blank lines (a response cut
+at its token budget often ends in one) holds the GIL for seconds to minutes, and no reward
+time limit can interrupt it. Lines are therefore matched one at a time, each by a pattern
+anchored at its start.
 """
 
 from __future__ import annotations
 
 import re
 
-from k15rl.verifiers import math_pool
-
-_ANSWER_LINE = re.compile(r"^\s*(?:final\s+)?answer\s*[:=]\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+# an answer line: "answer: X", "Final answer = X", markdown "**Answer:** X", "### Answer: X", "> answer: X"
+_ANSWER_LINE = re.compile(r"[ \t>#*_]*(?:final[ \t]+)?answer[ \t*_]*[:=](.*)", re.IGNORECASE)
 # Instruction-tuned models often end with "The answer is 10." instead of the fixed format.
-_ANSWER_IS = re.compile(r"\banswer is\s*:?\s*([^\n]+?)\s*\.?\s*$", re.IGNORECASE | re.MULTILINE)
+_ANSWER_IS = re.compile(r"\banswer is\b", re.IGNORECASE)
+_BOXED = "\\boxed{"
+_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+
+
+def _lines_from_the_end(text: str):
+    """(start, line) of each line of `text`, last first."""
+    end = len(text)
+    while end >= 0:
+        start = text.rfind("\n", 0, end) + 1
+        yield start, text[start:end]
+        end = start - 1
+
+
+def _clean(value: str) -> str:
+    """An answer without its markup: surrounding spaces, a final period, markdown bold,
+    math delimiters (``$7$``, ``\\(7\\)``, ``\\[7\\]``).
+
+    >>> [_clean(v) for v in (" 42 ", "**7**.", "$\\\\frac{1}{2}$.", "\\\\[ 4 \\\\]", "3*4")]
+    ['42', '7', '\\\\frac{1}{2}', '4', '3*4']
+    """
+    v = value.strip()
+    for _ in range(2):  # "**$7$**." -> "7"
+        v = v.rstrip().removesuffix(".").strip().strip("*").strip()
+        for a, b in _DELIMITERS:
+            if len(v) >= len(a) + len(b) and v.startswith(a) and v.endswith(b):
+                v = v[len(a): len(v) - len(b)].strip()
+                break
+    return v
+
+
+def _answer_line(text: str) -> tuple[int, str] | None:
+    """(start, value) of the last answer line with a value; a line ``answer:`` alone takes
+    the next line that is not blank."""
+    following = None  # the nearest non-blank line after the current one
+    for start, line in _lines_from_the_end(text):
+        m = _ANSWER_LINE.match(line)
+        if m:
+            value = _clean(m.group(1))
+            if not value and following is not None:
+                value = _clean(following)
+            if value:
+                return start, value
+        if line.strip():
+            following = line
+    return None
+
+
+def _boxed(text: str, tries: int = 3) -> tuple[int, str] | None:
+    """(start, content) of the last ``\\boxed{...}`` whose braces close; an unclosed one
+    after it is passed over (at most `tries` are looked at: each is a scan to the end)."""
+    end = len(text)
+    for _ in range(tries):
+        start = text.rfind(_BOXED, 0, end)
+        if start < 0:
+            return None
+        i = start + len(_BOXED)
+        depth = 1
+        for j in range(i, len(text)):
+            c = text[j]
+            if c == "{":
+                depth += 1
+            elif c == "}":
+                depth -= 1
+                if depth == 0:
+                    return start, text[i:j]
+        end = start
+    return None
 
 
 def extract_boxed(text: str) -> str | None:
@@ -23,27 +95,19 @@ def extract_boxed(text: str) -> str | None:
     '3'
     >>> extract_boxed(r"\boxed{\frac{1}{2}}")
     '\\frac{1}{2}'
+    >>> extract_boxed(r"\boxed{7} then \boxed{unclosed")
+    '7'
     >>> extract_boxed("none") is None
     True
     """
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    i = start + len("\\boxed{")
-    depth = 1
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j]
-    return None  # unbalanced: no answer
+    found = _boxed(text)
+    return None if found is None else found[1]
 
 
 def extract_answer(text: str) -> str | None:
-    r"""The final answer of a response: the last ``answer:`` line, else the last
-    ``\boxed{}``, else the last "the answer is X" at the end of a line.
+    r"""The final answer of a response: of the last ``answer:`` line and the last
+    ``\boxed{}``, the one that comes last; else the last "the answer is X" (the rest of
+    its line). Markup around the answer goes (`_clean`).
 
     >>> extract_answer("plan...\nanswer: 42")
     '42'
@@ -53,17 +117,38 @@ def extract_answer(text: str) -> str | None:
     '12'
     >>> extract_answer("3 + 5 + 2 = 10\n\nThe answer is 10.")
     '10'
+    >>> extract_answer("answer: 7\nno, 3+4 is 8: \\boxed{8}")  # the later one
+    '8'
+    >>> extract_answer("**Final Answer:** $\\frac{1}{2}$.")
+    '\\frac{1}{2}'
     >>> extract_answer("no final line") is None
     True
     """
-    matches = _ANSWER_LINE.findall(text)
-    if matches:
-        return matches[-1]
-    boxed = extract_boxed(text)
-    if boxed is not None:
-        return boxed
-    matches = _ANSWER_IS.findall(text)
-    return matches[-1] if matches else None
+    line, box = _answer_line(text), _boxed(text)
+    if line is not None and (box is None or line[0] > box[0]):
+        return line[1]
+    if box is not None:
+        return box[1].strip()
+    for _, text_line in _lines_from_the_end(text):
+        last = None
+        for last in _ANSWER_IS.finditer(text_line):
+            pass
+        if last is not None:
+            value = _clean(text_line[last.end():].lstrip(" \t:"))
+            if value:
+                return value
+    return None
+
+
+# An integer written out: digits, or digits with commas between groups of three (1,234).
+_INTEGER = re.compile(r"[+-]?(?:\d+|\d{1,3}(?:,\d{3})+)")
+# A number written out (no operation left to do): 391, -2.5, .5, 1/2, \frac{1}{2}, \dfrac{-3}{4}, \frac12.
+_NUMBER = re.compile(r"[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?|\\[dt]?frac(?:\{[+-]?\d+\}\{\d+\}|\d\d))")
+# Around a number: LaTeX spacing, a unit or a percent or degree sign, "x = " before it.
+_NUMBER_DECOR = re.compile(r"\\[!,;: ]|\{,\}|\\%|%|\^\\circ|\^\{\\circ\}|\\\$")
+_TRAILING_UNIT = re.compile(r"\\(?:text|mathrm|textbf|mbox)\{[^{}]*\}$")
+_VARIABLE = re.compile(r"[A-Za-z]\s*=")
+MAX_MATH_ANSWER_CHARS = 1000  # longer final answers are not compared (each would cost seconds of sympy)
 
 
 def verify_integer(response: str, answer: str) -> bool:
@@ -77,18 +162,38 @@ def verify_integer(response: str, answer: str) -> bool:
     True
     >>> verify_integer("answer: 12 or 13", "12")
     False
+    >>> verify_integer("answer: 3, 4", "34"), verify_integer("answer: 3 4", "34")  # two numbers
+    (False, False)
     """
     got = extract_answer(response)
-    if got is None:
-        return False
-    got = got.replace(",", "").replace(" ", "").rstrip(".")
-    if re.fullmatch(r"[+-]?\d+", got) is None:
+    if got is None or _INTEGER.fullmatch(got) is None:
         return False
     gold = int(answer)  # a dataset answer that is no integer is the data's error: it raises
     try:
-        return int(got) == gold
+        return int(got.replace(",", "")) == gold
     except ValueError:  # over Python's 4,300-digit limit: a wrong answer, not an error
         return False
+
+
+def is_number(text: str) -> bool:
+    r"""Whether `text` is a number written out, with nothing left to compute: an integer,
+    a decimal, a fraction, maybe signed, with LaTeX spacing, thousands commas, a unit, a
+    percent or degree sign, or ``x =`` around it.
+
+    >>> [is_number(t) for t in ("391", "-2.5", r"\frac{1}{2}", "1,234", r"x = 5\%", r"3 \text{ cm}")]
+    [True, True, True, True, True, True]
+    >>> [is_number(t) for t in (r"17 \times 23", "10!", r"\sqrt{8}", "2^{10}", r"\binom{10}{3}", "1 2")]
+    [False, False, False, False, False, False]
+    """
+    t = _TRAILING_UNIT.sub("", text.strip()).strip()
+    t = _NUMBER_DECOR.sub("", t)
+    m = _VARIABLE.match(t)
+    if m:
+        t = t[m.end():]
+    t = t.strip()
+    if _INTEGER.fullmatch(t):
+        t = t.replace(",", "")
+    return _NUMBER.fullmatch(t.replace(" ", "")) is not None and " " not in t.strip()
 
 
 def verify_math(response: str, answer: str, timeout_seconds: float | None = None) -> bool:
@@ -100,16 +205,25 @@ def verify_math(response: str, answer: str, timeout_seconds: float | None = None
     ``9^{9^{9^9}}``) raises TimeoutError after `timeout_seconds` (None: `math_pool.TIMEOUT_S`,
     10 s), from any thread.
 
+    Where the reference answer is a number (`is_number`), so must the final answer be:
+    sympy would otherwise work out what the response left undone, and a policy learns to
+    copy the question (``17 \times 23`` for 391, ``\sum_{k=1}^{100} k`` for 5050). A final
+    answer over `MAX_MATH_ANSWER_CHARS` characters is not compared.
+
     >>> verify_math("answer: (a+2)(a-2)", "a^2-4")
     True
     >>> verify_math(r"so \boxed{\frac{1}{2}}", "0.5")
     True
     >>> verify_math("answer: 3", "4")
     False
+    >>> verify_math(r"answer: 17 \times 23", "391")  # the question, not its answer
+    False
     >>> verify_math("no answer here", "4")
     False
     """
     got = extract_answer(response)
-    if got is None:
+    if got is None or len(got) > MAX_MATH_ANSWER_CHARS or (is_number(answer) and not is_number(got)):
         return False
+    from k15rl.verifiers import math_pool  # worker processes: only where math is verified
+
     return math_pool.math_equal(answer, got, math_pool.TIMEOUT_S if timeout_seconds is None else timeout_seconds)
