@@ -9,7 +9,6 @@ model on a CPU in minutes: the default task of the built-in demo.
 from __future__ import annotations
 
 import random
-import re
 import string
 
 from k15rl.tasks.base import Problem
@@ -47,10 +46,17 @@ class SortTask:
         )
 
     def verify(self, response: str, answer: str) -> bool:
+        """The sorted letters, one per item, after the final `answer:`.
+
+        >>> t = SortTask()
+        >>> [t.verify(r, "a b c") for r in ("answer: a b c", "answer: A, B, C", "answer: ab c 1", "answer: a b")]
+        [True, True, False, False]
+        """
         got = extract_answer(response)
         if got is None:
             return False
-        return re.findall(r"[a-z]", got.lower()) == answer.split() and len(re.findall(r"\S+", got.replace(",", " "))) == len(answer.split())
+        # the letters in order, one per item, spaces or commas between: "a b c", "A, B, C"
+        return got.lower().replace(",", " ").split() == answer.split()
 
     def warmup_trace(self, problem: Problem, rng: random.Random) -> str:
         """Plan; one line per pick (the first letter in order among those left);
