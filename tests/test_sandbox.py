@@ -159,6 +159,8 @@ def test_process_isolation_fallback():
     assert run_stdio(deep, [StdioTest("", "x")], FAST, isolation="process", python=py).reason == "pass"
     assert run_stdio("import os\nprint(os.listdir('.'))", [StdioTest("", "['solution.py']")], FAST, isolation="process",
                      python=py).reason == "pass"
+    oom = "print(open('/proc/self/oom_score_adj').read().strip())"  # the OOM killer's first choice
+    assert run_stdio(oom, [StdioTest("", "1000")], FAST, isolation="process", python=py).reason == "pass"
     from test_sandbox_hostile import KERNEL_OBJECTS
 
     r = run_stdio(KERNEL_OBJECTS, [StdioTest("", "0")], FAST, isolation="process", python=py)
@@ -257,3 +259,10 @@ def test_a_sandbox_that_cannot_start_is_a_sandbox_error_and_frees_its_slot(monke
     assert outs[0].reason == "sandbox_error" and "no_such_package_k15" in outs[0].stderr
     assert len(sandbox._SLOTS._free) == free
     assert run_stdio("print(1)", [StdioTest("", "1")], FAST).reason == "pass"
+
+
+def test_programs_are_the_oom_killers_first_choice():
+    """Programs that together take the machine's memory are killed before the trainer."""
+    prog = "print(open('/proc/self/oom_score_adj').read().strip())"
+    assert run_stdio(prog, [StdioTest("", "1000")], FAST).reason == "pass"
+    assert open("/proc/self/oom_score_adj").read().strip() != "1000"  # not the caller's

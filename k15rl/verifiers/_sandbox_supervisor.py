@@ -282,10 +282,23 @@ def _remove_tree(path):
         raise OSError(f"could not remove {path}")
 
 
+def _oom_first():
+    """Make this process, and every process it starts, the kernel OOM killer's first
+    choice: programs that together take the machine's memory (up to `processes` x
+    `memory_mb` each) are killed before the trainer. Raising the score needs no privilege;
+    where /proc does not allow it, the programs keep the default score."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+
+
 class Supervisor:
     def __init__(self, cfg):
         self.cfg = cfg
         _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+        _oom_first()
         if cfg["namespaces"]:
             build_root(cfg)
             self.base, runner = "/tmp", "/.k15/runner.py"
