@@ -75,6 +75,7 @@ def test_math_workers_have_a_memory_limit_and_their_own_session(monkeypatch):
     limits = open(f"/proc/{worker.proc.pid}/limits").read()
     assert f"Max address space         {1024 << 20}" in limits, limits
     assert os.getsid(worker.proc.pid) == worker.proc.pid != os.getsid(0)
+    assert open(f"/proc/{worker.proc.pid}/oom_score_adj").read().strip() == "1000"
     math_pool.shutdown()
     assert worker.proc.poll() is not None
 
