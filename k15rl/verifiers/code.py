@@ -21,22 +21,69 @@ from k15rl.types import Prompt
 from k15rl.verifiers.sandbox import Limits, RunResult, StdioTest
 from k15rl.verifiers.sandbox_pool import CodeJob, grade
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.DOTALL)
+# A fence line: ``` or ~~~ (three or more), then an info string whose first word is the language.
+_FENCE = re.compile(r"(`{3,}|~{3,})(.*)")
+_PYTHON = re.compile(r"py(?:thon)?[0-9.]*")  # python, py, python3, py3, python3.11
 
 
-def extract_program(response: str) -> str | None:
-    """The program of a response: the last fenced block marked python (or unmarked).
+def _fenced_blocks(response: str) -> list[tuple[str, str]]:
+    """(language, body) of each fenced block, in order, read line by line (time linear in
+    the response). A fence may be indented (a list item: its body loses as much
+    indentation; a body indented under an unindented fence stays so, a completion); a block
+    closes at a line of the same fence character, at least as long; the last block may
+    be left open (a response cut at a stop string or its token budget)."""
+    lines = response.replace("\r\n", "\n").split("\n")
+    blocks, i = [], 0
+    while i < len(lines):
+        indent = len(lines[i]) - len(lines[i].lstrip(" \t"))
+        m = _FENCE.match(lines[i][indent:])
+        if not m or (m.group(1)[0] == "`" and "`" in m.group(2)):  # inline ```code``` is no fence
+            i += 1
+            continue
+        fence, info = m.group(1), m.group(2).strip()
+        body, i = [], i + 1
+        while i < len(lines):
+            t = lines[i].strip()
+            if len(t) >= len(fence) and t == fence[0] * len(t):
+                break
+            line = lines[i]
+            cut = len(line) - len(line.lstrip(" \t"))
+            body.append(line[min(cut, indent):])  # a fence indented in a list item: its body too
+            i += 1
+        i += 1  # past the closing fence
+        lang = info.split()[0].lower().lstrip("{.") if info else ""
+        blocks.append((lang, "\n".join(body) + "\n" if body else ""))
+    return blocks
+
+
+def extract_program(response: str, entry_point: str | None = None) -> str | None:
+    """The program of a response: the last fenced block marked python, else the last
+    unmarked one (a bare block after the code is usually its sample output). With
+    `entry_point`, the last such block that defines it, if one does (a solution followed
+    by an example of its use).
 
     >>> extract_program("plan\\n```python\\nprint(1)\\n```\\nanswer above")
     'print(1)\\n'
+    >>> extract_program("```python\\nprint(1)\\n```\\noutput:\\n```\\n1\\n```")
+    'print(1)\\n'
+    >>> extract_program("```python title=x\\nprint(4)\\n```\\nthen print(5)\\n```")
+    'print(4)\\n'
     >>> extract_program("```text\\nno\\n```") is None
     True
     >>> extract_program("no code") is None
     True
     """
-    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(response)]
-    code = [body for lang, body in blocks if lang in ("python", "py", "python3", "")]
+    blocks = [(lang, body) for lang, body in _fenced_blocks(response) if body.strip()]
+    code = [body for lang, body in blocks if _PYTHON.fullmatch(lang)] or [body for lang, body in blocks if not lang]
+    if entry_point is not None:
+        defining = [b for b in code if _defines(b, entry_point)]
+        code = defining or code
     return code[-1] if code else None
+
+
+def _defines(program: str, name: str) -> bool:
+    """Whether `program` has a `def name(` line."""
+    return re.search(rf"^[ \t]*def[ \t]+{re.escape(name)}[ \t]*\(", program, re.MULTILINE) is not None
 
 
 def job_from_spec(program: str, spec: Mapping[str, Any]) -> CodeJob:
@@ -49,8 +96,11 @@ def job_from_spec(program: str, spec: Mapping[str, Any]) -> CodeJob:
         if not isinstance(entry, str) or not entry:
             raise ValueError("function-call tests need meta['entry_point'] (a function name)")
         prefix = spec.get("prefix") or ""
-        if prefix and not re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", program, re.MULTILINE):
+        if not _defines(program, entry):
             program = prefix + program  # a completion of the given function header
+        elif prefix:  # a whole function: the header's imports (typing's List, ...) still count
+            imports = [line for line in prefix.splitlines() if re.match(r"(?:import|from)[ \t]+\S", line)]
+            program = "".join(line + "\n" for line in imports) + program
         # the prefix (the problem's header and helpers, from the dataset) also defines the
         # helpers the tests call, in the judge: the program cannot redefine them there
         return CodeJob(program, check=str(spec["check"]), entry_point=entry, setup=prefix or None)
@@ -62,6 +112,8 @@ def job_from_spec(program: str, spec: Mapping[str, Any]) -> CodeJob:
         if not isinstance(t, Mapping) or not isinstance(t.get("input"), str) or not isinstance(t.get("output"), str):
             raise ValueError(f"tests[{i}] must be {{'input': str, 'output': str}} (got {t!r:.80})")
         cases.append(StdioTest(t["input"], t["output"]))
+    if not any(c.output.strip() for c in cases):
+        raise ValueError("every test expects no output: a program that prints nothing would pass them all")
     return CodeJob(program, tests=tuple(cases))
 
 
@@ -80,14 +132,59 @@ def _from_test_cases(cases: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
             ins, outs = cases["inputs"], cases["outputs"]
             if not isinstance(ins, list) or not isinstance(outs, list) or len(ins) != len(outs):
                 raise ValueError("test_cases: 'inputs' and 'outputs' must be lists of equal length")
-            if cases.get("fn_name"):  # APPS wraps a return value in a list: accept both
+            if cases.get("fn_name"):  # APPS wraps a return value in a list, and reads a tuple as a list
                 check = (f"CASES = {list(zip(ins, outs))!r}\n\ndef check(candidate):\n    for args, want in CASES:\n"
-                         "        got = candidate(*args)\n        assert got == want or [got] == want\n")
+                         "        got = candidate(*args)\n        if isinstance(got, tuple):\n"
+                         "            got = list(got)\n        assert got == want or [got] == want\n")
                 return {"check": check, "entry_point": cases["fn_name"]}
             return {"tests": [{"input": _text(i), "output": _text(o)} for i, o in zip(ins, outs)]}
     if isinstance(cases, str) and "def check" in cases:
         return {"check": cases, "entry_point": meta.get("entry_point"), "prefix": meta.get("prefix")}
     raise ValueError(f"test_cases of an unknown shape: {str(cases)[:80]!r}")
+
+
+def check_test_cases(cases: Any, meta: Mapping[str, Any]) -> None:
+    """Raise ValueError, saying why, for a data row's `test_cases` that cannot grade a
+    program fairly: an unknown shape, no tests, expected outputs that are all empty (a
+    program printing nothing passes), or function-call tests that use a name neither they
+    nor a trusted `prefix` define (such as a helper of the problem's): the program would
+    define it, and could define it to pass.
+
+    >>> check_test_cases({"test": "def check(c): assert c(2) == helper(2)", "entry_point": "f"}, {})
+    Traceback (most recent call last):
+    ValueError: the tests use helper, defined by neither them nor a prefix: give the problem's code as test_cases' "prefix" (else the graded program defines it)
+    """
+    spec = _from_test_cases(cases, meta)
+    job_from_spec("", spec)
+    if spec.get("check") is not None and not spec.get("prefix"):
+        free = sorted(_free_names(str(spec["check"])) - {"candidate", str(spec.get("entry_point"))})
+        if free:
+            raise ValueError(f"the tests use {', '.join(free[:5])}, defined by neither them nor a prefix: give the "
+                             "problem's code as test_cases' \"prefix\" (else the graded program defines it)")
+
+
+def _free_names(code: str) -> set[str]:
+    """Names `code` reads that it never binds and that are not builtins."""
+    import ast
+    import builtins
+
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as e:
+        raise ValueError(f"the tests do not parse: {e}") from None
+    loaded, bound = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    return {n for n in loaded - bound if not hasattr(builtins, n)}
 
 
 def _text(v: Any) -> str:
@@ -113,7 +210,8 @@ def spec_of(prompt: Prompt) -> Mapping[str, Any]:
 def grade_response(response: str, spec: Mapping[str, Any], limits: Limits = Limits(), *,
                    isolation: str = "auto") -> RunResult:
     """Extract the program of `response` and run it against `spec`'s tests."""
-    program = extract_program(response)
+    entry = spec.get("entry_point") if spec.get("check") is not None else None
+    program = extract_program(response, entry if isinstance(entry, str) and entry else None)
     if program is None:
         return RunResult("runtime_error", 0, 1, "no ```python block in the response")
     return grade(job_from_spec(program, spec), limits, isolation=isolation)
