@@ -98,3 +98,25 @@ def test_apps_call_based_rows_read_a_tuple_as_a_list():
     spec = _from_test_cases({"inputs": [[1, 3]], "outputs": [[1, 3]], "fn_name": "pair"}, {})
     assert grade_response("```python\ndef pair(a, b):\n    return a, b\n```", spec, FAST).reason == "pass"
     assert grade_response("```python\ndef pair(a, b):\n    return b, a\n```", spec, FAST).reason == "wrong_answer"
+
+
+def test_prefix_imports_are_whole_statements_after_future_imports():
+    check = "def check(candidate):\n    assert candidate([3]) == 3\n"
+    prefix = ('from typing import (\n    List,\n)\nimport math\n\n\ndef first(xs: List[int]) -> int:\n'
+              '    """Pick one.\nfrom the list pick one\n    """\n')
+    spec = {"check": check, "entry_point": "first", "prefix": prefix}
+    for program in ("def first(xs: List[int]) -> int:\n    return xs[0]\n",
+                    "from __future__ import annotations\ndef first(xs: List[int]) -> int:\n    return xs[0]\n"):
+        assert grade_response(f"```python\n{program}```", spec, FAST).reason == "pass", program
+
+
+def test_star_imports_match_patterns_and_generated_checks_are_not_free_names():
+    check_test_cases({"test": "from math import *\ndef check(c):\n    assert c(16) == sqrt(16)\n", "entry_point": "f"}, {})
+    check_test_cases({"test": "def check(c):\n    match c(1):\n        case [x]:\n            assert x\n",
+                      "entry_point": "f"}, {})
+    check_test_cases({"inputs": [[1]], "outputs": [2], "fn_name": "f"}, {})
+
+
+def test_pandoc_fences():
+    for fence in ("```{python}", "```{.python}"):
+        assert grade_response(f"{fence}\n{ADD_PROGRAM}```", ADD, FAST).reason == "pass", fence

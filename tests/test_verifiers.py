@@ -127,3 +127,21 @@ def test_common_final_answer_formats():
                  "Answer:\n\\[\n\\boxed{7}\n\\]", "answer:\n\n 7", "> **Final answer**: 7"):
         assert verify_integer(text, "7"), text
     assert verify_math("**Final Answer:** $\\frac{1}{2}$", "0.5") and verify_math("answer: \\[4\\]", "4")
+
+
+def test_numbers_written_with_units_wrappers_or_notation_count():
+    for got, ref in [(r"1.5 \times 10^3", "1500"), (r"12\text{ m}^2", "12"), (r"4\,\mathrm{cm}^2", "4"),
+                     (r"\textbf{10}", "10"), (r"\mathbf{5}", "5"), (r"\text{3}", "3"), ("5°", "5"), ("(3)", "3"),
+                     ("- 5", "-5"), (r"5\ \text{cm}", "5"), ("a_1 = 5", "5")]:
+        assert verify_math(f"answer: {got}", ref), got
+    assert not verify_math("answer: 782/2", "391") and not verify_math(r"answer: \frac{782}{2}", "391")  # undone
+
+
+def test_two_delimited_answers_are_not_one():
+    assert not verify_math(r"answer: $$\sqrt{3}$$ or $$\sqrt{2}$$", r"\sqrt{2}")
+    assert not verify_math(r"answer: $$2\pi$$, $$\pi$$", r"\pi")
+
+
+def test_answer_on_the_next_line_and_empty_boxes():
+    assert extract_answer("The answer is:\n42") == "42" and extract_answer("So the final answer is\n\n42.") == "42"
+    assert extract_answer("Answer: 5\n\\boxed{}") == "5" and verify_integer("\\boxed{5.}", "5")

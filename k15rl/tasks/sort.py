@@ -9,6 +9,7 @@ model on a CPU in minutes: the default task of the built-in demo.
 from __future__ import annotations
 
 import random
+import re
 import string
 
 from k15rl.tasks.base import Problem
@@ -49,14 +50,14 @@ class SortTask:
         """The sorted letters, one per item, after the final `answer:`.
 
         >>> t = SortTask()
-        >>> [t.verify(r, "a b c") for r in ("answer: a b c", "answer: A, B, C", "answer: ab c 1", "answer: a b")]
+        >>> [t.verify(r, "a b c") for r in ("answer: a b c", "answer: [a, b, c]", "answer: ab c 1", "answer: a b")]
         [True, True, False, False]
         """
         got = extract_answer(response)
         if got is None:
             return False
-        # the letters in order, one per item, spaces or commas between: "a b c", "A, B, C"
-        return got.lower().replace(",", " ").split() == answer.split()
+        # the letters in order, one per item: "a b c", "A, B, C", "[a, b, c]", "a; b; c"
+        return re.sub(r"[\[\](){}`'\";,]", " ", got.lower()).split() == answer.split()
 
     def warmup_trace(self, problem: Problem, rng: random.Random) -> str:
         """Plan; one line per pick (the first letter in order among those left);

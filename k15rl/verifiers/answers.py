@@ -43,8 +43,10 @@ def _clean(value: str) -> str:
     for _ in range(2):  # "**$7$**." -> "7"
         v = v.rstrip().removesuffix(".").strip().strip("*").strip()
         for a, b in _DELIMITERS:
-            if len(v) >= len(a) + len(b) and v.startswith(a) and v.endswith(b):
-                v = v[len(a): len(v) - len(b)].strip()
+            inner = v[len(a): len(v) - len(b)]
+            # one pair around it all: "$$x$$ or $$y$$" is two answers, not one in $$...$$
+            if len(v) >= len(a) + len(b) and v.startswith(a) and v.endswith(b) and a not in inner and b not in inner:
+                v = inner.strip()
                 break
     return v
 
@@ -67,8 +69,9 @@ def _answer_line(text: str) -> tuple[int, str] | None:
 
 
 def _boxed(text: str, tries: int = 3) -> tuple[int, str] | None:
-    """(start, content) of the last ``\\boxed{...}`` whose braces close; an unclosed one
-    after it is passed over (at most `tries` are looked at: each is a scan to the end)."""
+    """(start, content) of the last ``\\boxed{...}`` whose braces close and that holds
+    something; an unclosed or empty one after it is passed over (at most `tries` are looked
+    at: each is a scan to the end). The content without its markup (`_clean`)."""
     end = len(text)
     for _ in range(tries):
         start = text.rfind(_BOXED, 0, end)
@@ -83,7 +86,9 @@ def _boxed(text: str, tries: int = 3) -> tuple[int, str] | None:
             elif c == "}":
                 depth -= 1
                 if depth == 0:
-                    return start, text[i:j]
+                    break
+        if depth == 0 and _clean(text[i:j]):
+            return start, _clean(text[i:j])
         end = start
     return None
 
@@ -128,15 +133,20 @@ def extract_answer(text: str) -> str | None:
     if line is not None and (box is None or line[0] > box[0]):
         return line[1]
     if box is not None:
-        return box[1].strip()
+        return box[1]
+    following = None  # "The answer is:" alone takes the next line that is not blank
     for _, text_line in _lines_from_the_end(text):
         last = None
         for last in _ANSWER_IS.finditer(text_line):
             pass
         if last is not None:
             value = _clean(text_line[last.end():].lstrip(" \t:"))
+            if not value and following is not None:
+                value = _clean(following)
             if value:
                 return value
+        if text_line.strip():
+            following = text_line
     return None
 
 
@@ -144,10 +154,14 @@ def extract_answer(text: str) -> str | None:
 _INTEGER = re.compile(r"[+-]?(?:\d+|\d{1,3}(?:,\d{3})+)")
 # A number written out (no operation left to do): 391, -2.5, .5, 1/2, \frac{1}{2}, \dfrac{-3}{4}, \frac12.
 _NUMBER = re.compile(r"[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?|\\[dt]?frac(?:\{[+-]?\d+\}\{\d+\}|\d\d))")
-# Around a number: LaTeX spacing, a unit or a percent or degree sign, "x = " before it.
-_NUMBER_DECOR = re.compile(r"\\[!,;: ]|\{,\}|\\%|%|\^\\circ|\^\{\\circ\}|\\\$")
-_TRAILING_UNIT = re.compile(r"\\(?:text|mathrm|textbf|mbox)\{[^{}]*\}$")
-_VARIABLE = re.compile(r"[A-Za-z]\s*=")
+_SCIENTIFIC = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:(?:\\times|\\cdot|×)10\^(?:\{[+-]?\d+\}|\d)|e[+-]?\d+)")
+# A number in a text or bold wrapper: \text{3}, \textbf{10}, \mathbf{5}.
+_WRAPPED = re.compile(r"\\(?:text|textbf|mathbf|mathrm|boldsymbol|mbox)\{([^{}]*)\}")
+# A unit after the number, maybe squared: \text{ cm}, \mathrm{m}^2, \text{m}^{3}.
+_UNIT = re.compile(r"\\(?:text|mathrm|mbox)\{[^{}]*\}(?:\^(?:\{\d\}|\d))?$")
+# Spacing, percent and degree signs, dollar signs, thousands braces.
+_NUMBER_DECOR = re.compile(r"\\[!,;: ]|\{,\}|\\%|%|\^\\circ|\^\{\\circ\}|°|\\\$|\$")
+_VARIABLE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?\s*=")
 MAX_MATH_ANSWER_CHARS = 1000  # longer final answers are not compared (each would cost seconds of sympy)
 
 
@@ -177,23 +191,41 @@ def verify_integer(response: str, answer: str) -> bool:
 
 def is_number(text: str) -> bool:
     r"""Whether `text` is a number written out, with nothing left to compute: an integer,
-    a decimal, a fraction, maybe signed, with LaTeX spacing, thousands commas, a unit, a
-    percent or degree sign, or ``x =`` around it.
+    a decimal, a fraction that is no integer, scientific notation, maybe signed, with LaTeX
+    spacing, thousands commas, a unit, a percent or degree sign, a text or bold wrapper,
+    parentheses or ``x =`` around it.
 
-    >>> [is_number(t) for t in ("391", "-2.5", r"\frac{1}{2}", "1,234", r"x = 5\%", r"3 \text{ cm}")]
-    [True, True, True, True, True, True]
-    >>> [is_number(t) for t in (r"17 \times 23", "10!", r"\sqrt{8}", "2^{10}", r"\binom{10}{3}", "1 2")]
-    [False, False, False, False, False, False]
+    >>> [is_number(t) for t in ("391", "-2.5", r"\frac{1}{2}", "1,234", r"x = 5\%", r"3 \text{ cm}",
+    ...                         r"1.5 \times 10^3", r"\textbf{10}", r"4\,\mathrm{cm}^2", "(3)", "- 5", "a_1 = 5")]
+    [True, True, True, True, True, True, True, True, True, True, True, True]
+    >>> [is_number(t) for t in (r"17 \times 23", "10!", r"\sqrt{8}", "2^{10}", r"\binom{10}{3}", "1 2", "782/2")]
+    [False, False, False, False, False, False, False]
     """
-    t = _TRAILING_UNIT.sub("", text.strip()).strip()
-    t = _NUMBER_DECOR.sub("", t)
+    t = _WRAPPED.sub(lambda m: m.group(1) if _digits_only(m.group(1)) else m.group(0), text.strip())
+    for _ in range(2):  # "4 \text{ cm}^2", "5\ \text{cm}"
+        t = _NUMBER_DECOR.sub("", _UNIT.sub("", t.strip())).strip()
     m = _VARIABLE.match(t)
     if m:
-        t = t[m.end():]
-    t = t.strip()
-    if _INTEGER.fullmatch(t):
+        t = t[m.end():].strip()
+    if t.startswith("(") and t.endswith(")"):
+        t = t[1:-1].strip()
+    t = re.sub(r"(?<=\d)\s+(?=\d)", "#", t)  # a space between digits: two numbers
+    t = re.sub(r"\s+", "", t)
+    if re.fullmatch(r"[+-]?\d{1,3}(?:,\d{3})+", t):
         t = t.replace(",", "")
-    return _NUMBER.fullmatch(t.replace(" ", "")) is not None and " " not in t.strip()
+    if _SCIENTIFIC.fullmatch(t):
+        return True
+    if _NUMBER.fullmatch(t) is None:
+        return False
+    frac = re.fullmatch(r"[+-]?(\d+)/(\d+)|[+-]?\\[dt]?frac\{[+-]?(\d+)\}\{(\d+)\}", t)
+    if frac:  # 782/2 for 391: a division left to do
+        p, q = (int(g) for g in (frac.groups()[:2] if frac.group(1) else frac.groups()[2:]))
+        return q != 0 and p % q != 0
+    return True
+
+
+def _digits_only(text: str) -> bool:
+    return re.fullmatch(r"\s*[+-]?[\d.,]+\s*", text) is not None
 
 
 def verify_math(response: str, answer: str, timeout_seconds: float | None = None) -> bool:

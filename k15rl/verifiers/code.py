@@ -51,7 +51,7 @@ def _fenced_blocks(response: str) -> list[tuple[str, str]]:
             body.append(line[min(cut, indent):])  # a fence indented in a list item: its body too
             i += 1
         i += 1  # past the closing fence
-        lang = info.split()[0].lower().lstrip("{.") if info else ""
+        lang = info.split()[0].lower().strip("{}.") if info else ""  # also ```{python} and ```{.python}
         blocks.append((lang, "\n".join(body) + "\n" if body else ""))
     return blocks
 
@@ -86,6 +86,36 @@ def _defines(program: str, name: str) -> bool:
     return re.search(rf"^[ \t]*def[ \t]+{re.escape(name)}[ \t]*\(", program, re.MULTILINE) is not None
 
 
+def _imports_of(prefix: str) -> str:
+    """The import statements at the top level of `prefix` (whole, also across lines; no
+    `__future__` ones), as source. A prefix ending in a bare function header is parsed
+    with a body added."""
+    import ast
+
+    for source in (prefix, prefix + "\n    pass\n"):
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        return "".join(ast.get_source_segment(source, n) + "\n" for n in tree.body
+                       if isinstance(n, ast.Import) or (isinstance(n, ast.ImportFrom) and n.module != "__future__"))
+    return ""
+
+
+def _with_imports(program: str, imports: str) -> str:
+    r"""`imports` put into `program` after its `from __future__` lines (which must come first).
+
+    >>> _with_imports("from __future__ import annotations\ndef f(): pass\n", "import math\n")
+    'from __future__ import annotations\nimport math\ndef f(): pass\n'
+    """
+    lines = program.splitlines(keepends=True)
+    at = 0
+    for i, line in enumerate(lines):
+        if re.match(r"from[ \t]+__future__[ \t]+import", line):
+            at = i + 1
+    return "".join(lines[:at]) + imports + "".join(lines[at:])
+
+
 def job_from_spec(program: str, spec: Mapping[str, Any]) -> CodeJob:
     """A `CodeJob` from a test spec ({"tests": [...]} or {"check", "entry_point", "prefix"}).
 
@@ -99,8 +129,7 @@ def job_from_spec(program: str, spec: Mapping[str, Any]) -> CodeJob:
         if not _defines(program, entry):
             program = prefix + program  # a completion of the given function header
         elif prefix:  # a whole function: the header's imports (typing's List, ...) still count
-            imports = [line for line in prefix.splitlines() if re.match(r"(?:import|from)[ \t]+\S", line)]
-            program = "".join(line + "\n" for line in imports) + program
+            program = _with_imports(program, _imports_of(prefix))
         # the prefix (the problem's header and helpers, from the dataset) also defines the
         # helpers the tests call, in the judge: the program cannot redefine them there
         return CodeJob(program, check=str(spec["check"]), entry_point=entry, setup=prefix or None)
@@ -156,7 +185,8 @@ def check_test_cases(cases: Any, meta: Mapping[str, Any]) -> None:
     """
     spec = _from_test_cases(cases, meta)
     job_from_spec("", spec)
-    if spec.get("check") is not None and not spec.get("prefix"):
+    generated = isinstance(cases, Mapping) and bool(cases.get("fn_name"))  # our own check: no helpers
+    if spec.get("check") is not None and not spec.get("prefix") and not generated:
         free = sorted(_free_names(str(spec["check"])) - {"candidate", str(spec.get("entry_point"))})
         if free:
             raise ValueError(f"the tests use {', '.join(free[:5])}, defined by neither them nor a prefix: give the "
@@ -164,7 +194,8 @@ def check_test_cases(cases: Any, meta: Mapping[str, Any]) -> None:
 
 
 def _free_names(code: str) -> set[str]:
-    """Names `code` reads that it never binds and that are not builtins."""
+    """Names `code` reads that it never binds and that are not builtins (none where it
+    star-imports: what that binds is not known here)."""
     import ast
     import builtins
 
@@ -181,7 +212,13 @@ def _free_names(code: str) -> set[str]:
         elif isinstance(node, ast.arg):
             bound.add(node.arg)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any(a.name == "*" for a in node.names):
+                return set()
             bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            bound.add(node.rest)
         elif isinstance(node, ast.ExceptHandler) and node.name:
             bound.add(node.name)
     return {n for n in loaded - bound if not hasattr(builtins, n)}
