@@ -68,10 +68,11 @@ def _answer_line(text: str) -> tuple[int, str] | None:
     return None
 
 
-def _boxed(text: str, tries: int = 3) -> tuple[int, str] | None:
+def _boxed(text: str, tries: int = 3, answer: bool = True) -> tuple[int, str] | None:
     """(start, content) of the last ``\\boxed{...}`` whose braces close and that holds
     something; an unclosed or empty one after it is passed over (at most `tries` are looked
-    at: each is a scan to the end). The content without its markup (`_clean`)."""
+    at: each is a scan to the end). The content without its markup (`_clean`). With
+    `answer=False`, the last closed one as it is, empty or not."""
     end = len(text)
     for _ in range(tries):
         start = text.rfind(_BOXED, 0, end)
@@ -87,6 +88,8 @@ def _boxed(text: str, tries: int = 3) -> tuple[int, str] | None:
                 depth -= 1
                 if depth == 0:
                     break
+        if depth == 0 and not answer:
+            return start, text[i:j]
         if depth == 0 and _clean(text[i:j]):
             return start, _clean(text[i:j])
         end = start
@@ -94,7 +97,7 @@ def _boxed(text: str, tries: int = 3) -> tuple[int, str] | None:
 
 
 def extract_boxed(text: str) -> str | None:
-    r"""Content of the last ``\boxed{...}``, with nested braces.
+    r"""Content of the last ``\boxed{...}`` whose braces close, with nested braces, as it is.
 
     >>> extract_boxed(r"so \boxed{\frac{1}{2}} and \boxed{3}")
     '3'
@@ -105,7 +108,7 @@ def extract_boxed(text: str) -> str | None:
     >>> extract_boxed("none") is None
     True
     """
-    found = _boxed(text)
+    found = _boxed(text, answer=False)
     return None if found is None else found[1]
 
 
