@@ -88,10 +88,10 @@ def _boxed(text: str, tries: int = 3, answer: bool = True) -> tuple[int, str] | 
                 depth -= 1
                 if depth == 0:
                     break
-        if depth == 0 and not answer:
-            return start, text[i:j]
-        if depth == 0 and _clean(text[i:j]):
-            return start, _clean(text[i:j])
+        if depth == 0:
+            content = text[i:j] if not answer else _clean(text[i:j])
+            if content or not answer:
+                return start, content
         end = start
     return None
 
@@ -214,7 +214,7 @@ def is_number(text: str) -> bool:
         t = t[1:-1].strip()
     t = re.sub(r"(?<=\d)\s+(?=\d)", "#", t)  # a space between digits: two numbers
     t = re.sub(r"\s+", "", t)
-    if re.fullmatch(r"[+-]?\d{1,3}(?:,\d{3})+", t):
+    if _INTEGER.fullmatch(t):  # thousands commas
         t = t.replace(",", "")
     if _SCIENTIFIC.fullmatch(t):
         return True
