@@ -120,3 +120,102 @@ def test_star_imports_match_patterns_and_generated_checks_are_not_free_names():
 def test_pandoc_fences():
     for fence in ("```{python}", "```{.python}"):
         assert grade_response(f"{fence}\n{ADD_PROGRAM}```", ADD, FAST).reason == "pass", fence
+
+
+# --- correct programs that used to fail (docs/code_rewards.md) -----------------------------
+
+def test_arguments_changed_in_place_reach_the_tests():
+    """Function mode sends values to the program's process; what it changes in its list,
+    dict and set arguments is copied back into the tests' objects, nested lists in place
+    (the test's reference to a row sees the change)."""
+    check = ("def check(candidate):\n    a = [3, 1, 2]\n    assert candidate(a) is None\n    assert a == [1, 2, 3]\n"
+             "    m = [[1, 2], [3, 4]]\n    row = m[0]\n    transpose(m)\n    assert m == [[1, 3], [2, 4]] and row is m[0]\n"
+             "    d, s = {'x': 1, 'y': 2}, {1}\n    drop(d, key='x', seen=s)\n    assert d == {'y': 2} and s == {1, 'x'}\n")
+    prog = ("def sort_in_place(a):\n    a.sort()\n"
+            "def transpose(m):\n    for i in range(len(m)):\n        for j in range(i):\n"
+            "            m[i][j], m[j][i] = m[j][i], m[i][j]\n"
+            "def drop(d, key, seen):\n    del d[key]\n    seen.add(key)\n")
+    assert run_function(prog, check, "sort_in_place", FAST).reason == "pass"
+    copy = prog.replace("    a.sort()\n", "    return sorted(a)\n")  # sorts a copy: the test's list is unchanged
+    assert run_function(copy, check, "sort_in_place", FAST).reason == "wrong_answer"
+    hidden = prog.replace("    a.sort()\n", "    a.sort()\n    a.append(object())\n")  # no longer plain data
+    assert run_function(hidden, check, "sort_in_place", FAST).reason == "wrong_answer"
+
+
+LEETCODE = ("class Solution:\n    def __init__(self):\n        self.seen = {}\n\n"
+            "    def twoSum(self, nums, target):\n        for i, x in enumerate(nums):\n"
+            "            if target - x in self.seen:\n                return [self.seen[target - x], i]\n"
+            "            self.seen[x] = i\n")
+
+
+@pytest.mark.parametrize("entry", ["Solution().twoSum", "twoSum"])
+def test_leetcode_class_solution(entry):
+    """LeetCode's `class Solution`, under its data's entry point `Solution().twoSum` or the
+    method's bare name; a fresh instance per call, as LeetCode's judge makes one per test
+    (this solution keeps what it saw in the instance)."""
+    check = ("def check(candidate):\n    assert candidate(nums=[2, 7, 11, 15], target=9) == [0, 1]\n"
+             "    assert candidate([3, 2, 4], 6) == [1, 2]\n")
+    spec = {"check": check, "entry_point": entry, "prefix": "from typing import *\n"}
+    assert grade_response(f"```python\n{LEETCODE}```", spec, FAST).reason == "pass"
+    wrong = LEETCODE.replace("[self.seen[target - x], i]", "[i, self.seen[target - x]]")
+    assert grade_response(f"```python\n{wrong}```", spec, FAST).reason == "wrong_answer"
+    two = LEETCODE + "\n\nclass Other:\n    def twoSum(self, nums, target):\n        return []\n"  # which one is meant?
+    assert grade_response(f"```python\n{two}```", spec, FAST).reason == ("pass" if "()" in entry else "runtime_error")
+
+
+def test_an_entry_point_is_a_name_or_class_method():
+    for bad in ("", "os.system('x')", "Solution.twoSum", "a b"):
+        with pytest.raises(ValueError, match="entry_point"):
+            check_test_cases({"test": "def check(c):\n    assert c(1)\n", "entry_point": bad}, {})
+
+
+MBPP_ASSERTS = ['assert remove_Occ("hello","l") == "heo"', 'assert remove_Occ("abcda","a") == "bcd"',
+                'assert math.floor(len(remove_Occ("PHP","P"))) == 1']
+
+
+def test_mbpp_assert_lines():
+    """MBPP's tests are top-level asserts calling the function by name, with the row's
+    test imports; the entry point is the function the first assert calls."""
+    good = ("```python\ndef remove_Occ(s, ch):\n    i, j = s.find(ch), s.rfind(ch)\n"
+            "    return s if i < 0 else (s[:i] + s[i + 1:j] + s[j + 1:] if i != j else s[:i] + s[i + 1:])\n```")
+    wrong = "```python\ndef remove_Occ(s, ch):\n    return s.replace(ch, '', 1)\n```"  # the first only
+    from k15rl.verifiers.code import _from_test_cases
+
+    spec = _from_test_cases({"test_list": MBPP_ASSERTS, "test_imports": ["import math"]}, {})
+    assert spec["entry_point"] == "remove_Occ"
+    assert grade_response(good, spec, FAST).reason == "pass"
+    assert grade_response(wrong, spec, FAST).reason == "wrong_answer"
+    with pytest.raises(ValueError, match="math"):  # the row's imports left out: refused at load, naming what
+        check_test_cases(MBPP_ASSERTS, {})
+    with pytest.raises(ValueError, match="assert lines"):
+        check_test_cases(["print(1)"], {})
+    with pytest.raises(ValueError, match="entry_point"):
+        check_test_cases(["assert len('ab') == 2"], {})
+
+
+def test_real_numbers_in_stdio_outputs_match_within_a_tolerance():
+    """A real number in the expected output matches within 1e-6, absolute or relative (the
+    usual checker of real-valued answers); integers, words and spaces stay exact; the
+    supervisor's stop at a first failure reads outputs the same way (two tests pass)."""
+    third = {"tests": [{"input": "1 3", "output": "0.333333333"}, {"input": "2 4", "output": "0.500000000"}]}
+    div = "```python\na, b = map(int, input().split())\nprint({})\n```"
+    assert grade_response(div.format("a / b"), third, FAST).reason == "pass"
+    assert grade_response(div.format("f'{a / b:.2f}'"), third, FAST).reason == "wrong_answer"
+    assert grade_response(div.format("a / b"), {**third, "float_tolerance": 0}, FAST).reason == "wrong_answer"
+    ints = {"tests": [{"input": "1 1", "output": "1"}]}
+    assert grade_response(div.format("a / b"), ints, FAST).reason == "wrong_answer"  # 1.0 is not 1
+    pattern = {"tests": [{"input": "1 1", "output": "  *\n ***"}]}
+    assert grade_response(div.format("'*\\n***'"), pattern, FAST).reason == "wrong_answer"
+    with pytest.raises(ValueError, match="float_tolerance"):
+        job_from_spec("", {**third, "float_tolerance": "1e-6"})
+
+
+def test_apps_call_based_cases_of_100k_integers():
+    """The cases of a call-based row travel as one JSON string, not as a literal compiled
+    as source (5 cases of 100,000 integers gave the tests' process a MemoryError)."""
+    from k15rl.verifiers.code import _from_test_cases
+
+    ins = [[list(range(k, k + 100_000))] for k in range(5)]
+    spec = _from_test_cases({"inputs": ins, "outputs": [[sum(x[0])] for x in ins], "fn_name": "total"}, {})
+    r = grade_response("```python\ndef total(xs):\n    return sum(xs)\n```", spec, Limits(cpu_s=4, wall_s=8))
+    assert r.reason == "pass", r.detail

@@ -542,3 +542,21 @@ def test_rl_train_prompts_leave_out_the_builtin_models_warmup_prompts(monkeypatc
                                         r"excluded\): the excluded ones are the built-in model's warm-up prompts"):
         build_prompts(load_config(None, ["model.path=builtin-long", "data.tasks=[subset_sum]", "data.train_levels=[1]",
                                          "data.test_levels=[1]", "data.train_per_level=300"]), quiet)
+
+
+def test_mbpp_rows_load_with_their_test_imports(tmp_path):
+    """MBPP's layout: `test_list` (assert lines) is read as the test cases, with the row's
+    `test_imports`; a row whose asserts need an import it does not give is refused at load."""
+    from k15rl.verifiers.code import code_reward
+
+    asserts = ["assert math.isqrt(square(3)) == 3", "assert square(-2) == 4"]
+    f = write_jsonl(tmp_path / "mbpp.jsonl", [
+        {"task_id": 1, "prompt": "Write square(x).", "code": "def square(x): return x * x",
+         "test_imports": ["import math"], "test_list": asserts}])
+    (p,), _ = load_file(f, data_cfg(), lambda s: None)
+    assert p.meta["test_cases"] == {"test_list": asserts, "test_imports": ["import math"]}
+    assert code_reward("```python\ndef square(x):\n    return x * x\n```", p) == 1.0
+    assert code_reward("```python\ndef square(x):\n    return x + x\n```", p) == 0.0
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Write square(x).", "test_list": asserts}])
+    with pytest.raises(UserError, match=r"bad\.jsonl.*line 1.*test_list.*math"):
+        load_file(bad, data_cfg(), lambda s: None)

@@ -42,7 +42,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "answer": ("answer", "ground_truth", "reward_model.ground_truth", "final_answer", "solution", "target"),
     "difficulty": ("difficulty", "level"),
     "domain": ("domain", "data_source", "subject", "type", "category"),
-    "test_cases": ("test_cases", "tests", "input_output"),
+    "test_cases": ("test_cases", "tests", "input_output", "test_list"),
     "pass_rate": ("pass_rate",),
     "id": ("id", "uid", "problem_id"),
     "verifier": ("verifier",),
@@ -354,15 +354,18 @@ def row_to_prompt(
     meta: dict[str, Any] = {"source": source}
     if images:
         meta["images"] = images
-    _, tests = checked_field(row, "test_cases", columns)
+    name, tests = checked_field(row, "test_cases", columns)
     if tests is not _MISSING:
         meta["test_cases"] = _maybe_json(tests)
+        if name == "test_list":  # MBPP's asserts, with the imports and set-up code its row gives them
+            extra = {k: _maybe_json(row[k]) for k in ("test_imports", "test_setup_code") if row.get(k)}
+            meta["test_cases"] = {"test_list": meta["test_cases"], **extra}
         from k15rl.verifiers.code import check_test_cases
 
         try:
             check_test_cases(meta["test_cases"], meta)
         except ValueError as e:
-            raise BadRow("test_cases", str(e)) from None
+            raise BadRow(name, str(e)) from None
 
     name, value = checked_field(row, "answer", columns)
     if value is not _MISSING:

@@ -12,7 +12,8 @@ The new process drops privileges and takes its limits, then plays one of two rol
 - `candidate`: runs the program. In stdio mode the program reads stdin and prints; the
   supervisor and the host compare the output. In function mode the program's names
   are served over a pipe: the judge sends calls, the candidate answers with return
-  values encoded as plain data (`encode`), nothing else.
+  values encoded as plain data (`encode`), nothing else; list, dict and set arguments
+  go back as they are after the call, so that a change in place reaches the tests.
 - `judge` (function mode): runs the test code's `check(candidate)` in a process of its
   own, where `candidate` is a proxy that calls into the program's process. The verdict
   is written to a pipe only the supervisor reads. Nothing the program does in its own
@@ -299,7 +300,7 @@ def candidate(spec):
         if not function:
             return  # a normal exit follows: non-daemon threads, atexit, flushed output
         names = sorted(k for k, v in user.items() if callable(v) and not k.startswith("__"))
-        send(5, {"ready": names})
+        send(5, {"ready": names, "methods": _methods(user, name)})
     except MemoryError:
         _write(2, b"MemoryError\n")
         _exit(MEMORY_EXIT)
@@ -315,8 +316,9 @@ def candidate(spec):
         except EOFError:
             break
         try:
-            fn = user[req["call"]]
-            out = {"value": encode(fn(*decode(req["args"]), **decode(req["kwargs"])))}
+            fn = _callable(user, req["call"])
+            args, kwargs = decode(req["args"]), decode(req["kwargs"])
+            out = {"value": encode(fn(*args, **kwargs)), "after": _changed_in_place(args, kwargs)}
         except MemoryError:
             _write(2, b"MemoryError\n")
             _exit(MEMORY_EXIT)
@@ -332,6 +334,62 @@ def candidate(spec):
     _exit(0)
 
 
+def _methods(user, module_name):
+    """`Class().method` for each public method of each class the program defines
+    (LeetCode's `class Solution`), served from a fresh instance per call."""
+    out = []
+    for cls_name, cls in list(user.items()):
+        if isinstance(cls, type) and getattr(cls, "__module__", None) == module_name and not cls_name.startswith("_"):
+            out += [f"{cls_name}().{m}" for m, f in list(vars(cls).items()) if callable(f) and not m.startswith("_")]
+    return sorted(out)
+
+
+def _callable(user, call):
+    """What a call named `call` runs: a function of the program, or `Class().method`: the
+    method of a new instance, as LeetCode's judge makes one per test case."""
+    cls_name, dot, method = call.partition("().")
+    if dot:
+        return getattr(user[cls_name](), method)
+    return user[call]
+
+
+def _changed_in_place(args, kwargs):
+    """The list, dict and set arguments as they are after the call (a program that sorts
+    its argument in place), for the judge to copy back into the tests' own objects:
+    [position or name, value]. One that no longer encodes (the program put an object
+    into it) is left out; the tests then see it unchanged."""
+    out = []
+    for key, value in list(enumerate(args)) + list(kwargs.items()):
+        if _type(value) in (list, dict, set):
+            try:
+                out.append([key, encode(value)])
+            except (TypeError, RecursionError):
+                pass
+    return out
+
+
+def _copy_back(target, value, depth=0):
+    """Make the tests' object `target` equal to `value`, in place; lists, dicts and sets
+    inside it are changed in place too, so the tests' references to them see the change.
+    False (nothing done) where the two are not containers of the same kind."""
+    if depth > 100:
+        return False
+    if isinstance(target, list) and _type(value) is list:
+        target[:] = [t if _copy_back(t, v, depth + 1) else v for t, v in zip(target, value)] + value[len(target):]
+    elif isinstance(target, dict) and _type(value) is dict:
+        for k in [k for k in target if k not in value]:
+            del target[k]
+        for k, v in value.items():
+            if not (k in target and _copy_back(target[k], v, depth + 1)):
+                target[k] = v
+    elif isinstance(target, set) and _type(value) is set:
+        target.clear()
+        target.update(value)
+    else:
+        return False
+    return True
+
+
 class _Remote:
     """The judge's stand-in for one of the program's functions."""
 
@@ -342,6 +400,11 @@ class _Remote:
         send(self.fds[0], {"call": self.name, "args": encode(list(args)), "kwargs": encode(kwargs)})
         answer = recv(self.fds[1])
         if "value" in answer:
+            for key, value in answer.get("after", []):  # arguments the program changed in place
+                if _type(key) is int and 0 <= key < len(args):
+                    _copy_back(args[key], decode(value))
+                elif _type(key) is str and key in kwargs:
+                    _copy_back(kwargs[key], decode(value))
             return decode(answer["value"])
         exc = getattr(builtins, str(answer.get("raised")), None)
         if (not (isinstance(exc, type) and issubclass(exc, Exception))
@@ -360,8 +423,12 @@ def judge(spec):
     verdict = "error: the program did not start"
     try:
         ready = recv(5)
-        entry = job["entry_point"]
-        if entry not in ready["ready"]:
+        entry = call = job["entry_point"]
+        if call not in ready["ready"] and call not in ready["methods"]:
+            # a bare method name (`twoSum`) that one class of the program defines
+            owners = [m for m in ready["methods"] if m.endswith(f"().{call}")]
+            call = owners[0] if len(owners) == 1 else None
+        if call is None:
             verdict = f"error: the program does not define {entry}()"
         else:
             # the tests see the program's functions (HumanEval's tests call its helpers),
@@ -371,7 +438,7 @@ def judge(spec):
             env.update({"__name__": "tests", "__builtins__": builtins})
             if job.get("setup"):
                 exec(compile(job["setup"], "setup.py", "exec"), env)
-            env[entry] = _Remote(entry, (4, 5))
+            env[entry] = _Remote(call, (4, 5))
             exec(compile(job["check"], "tests.py", "exec"), env)
             env["check"](env[entry])
             verdict = "pass"

@@ -30,6 +30,7 @@ import ctypes
 import functools
 import json
 import os
+import re
 import secrets
 import selectors
 import signal
@@ -477,13 +478,52 @@ class Supervisor:
 
 
 def normalize_output(text):
-    """Outputs compare equal up to trailing spaces on lines and trailing blank lines."""
+    """Outputs compare equal up to trailing spaces on lines and blank lines at the ends.
+
+    >>> normalize_output("3 \\n4\\n\\n") == normalize_output("3\\n4")
+    True
+    """
     return "\n".join(line.rstrip() for line in text.strip("\n").split("\n")).strip("\n")
 
 
-def _ran_ok(r, expected):
+# A real number as judges' checkers read one: a decimal point or an exponent (an integer
+# stays an integer: "3.0" is not "3"); and any number a program may print in its place.
+_REAL = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+|\d+(?=[eE]))(?:[eE][+-]?\d+)?")
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def outputs_match(got, expected, tolerance=0.0):
+    """Whether a program's output matches the expected output: line by line, up to
+    `normalize_output`. With `tolerance` > 0, a word of the expected output that is a real
+    number matches any number within it, absolute or relative (|got - want| <= tolerance
+    * max(1, |want|): the usual checker of real-valued answers, so 0.5 matches 0.500000);
+    every other word, and the spaces between words, must be equal.
+
+    >>> outputs_match("0.5 3\\n", "0.5000001 3", 1e-6), outputs_match("0.5 3", "0.5001 3", 1e-6)
+    (True, False)
+    >>> outputs_match("3.0", "3", 1e-6), outputs_match("0.5", "0.500000")
+    (False, False)
+    """
+    got, expected = normalize_output(got), normalize_output(expected)
+    if got == expected or tolerance <= 0:
+        return got == expected
+    got_lines, want_lines = got.split("\n"), expected.split("\n")
+    if len(got_lines) != len(want_lines):
+        return False
+    for g, w in zip(got_lines, want_lines):
+        gw, ww = re.split(r"(\s+)", g), re.split(r"(\s+)", w)  # words, with the spaces between
+        if len(gw) != len(ww):
+            return False
+        for a, b in zip(gw, ww):
+            if a != b and not (_REAL.fullmatch(b) and _NUMBER.fullmatch(a)
+                               and abs(float(a) - float(b)) <= tolerance * max(1.0, abs(float(b)))):
+                return False
+    return True
+
+
+def _ran_ok(r, expected, tolerance):
     ok = r.get("returncode") == 0 and not r.get("timed_out") and not r.get("output_exceeded")
-    return ok and (expected is None or normalize_output(r["stdout"]) == normalize_output(expected))
+    return ok and (expected is None or outputs_match(r["stdout"], expected, tolerance))
 
 
 def main():
@@ -503,7 +543,8 @@ def main():
             for item in job["runs"]:
                 r = sup.run_one(job, item.get("stdin", "").encode("utf-8", "surrogatepass"))
                 out["results"].append(r)
-                if "error" in r or (job["stop_at_first_failure"] and not _ran_ok(r, item.get("expected"))):
+                if "error" in r or (job["stop_at_first_failure"]
+                                    and not _ran_ok(r, item.get("expected"), job.get("float_tolerance", 0.0))):
                     break
         except Exception as e:
             out["error"] = f"{type(e).__name__}: {e}"

@@ -6,7 +6,9 @@ Where the tests live (the contract with tasks and data loaders):
 - `Prompt.meta["check"]` and `Prompt.meta["entry_point"]`: function-call test code
   defining `check(candidate)` (HumanEval style); `meta["prefix"]` (optional) is code put
   before the response's program when the program does not define the entry point
-  itself (HumanEval's function header and imports);
+  itself (HumanEval's function header and imports). The entry point is a function name,
+  or `Class().method` (LeetCode's `Solution().twoSum`); a bare name that only a class of
+  the program defines as a method is served the same way;
 - or the same keys as a JSON object in `Prompt.answer`, so that the plain verifier
   signature `(response, answer)` works too (`verify_code`).
 """
@@ -18,7 +20,7 @@ import re
 from typing import Any, Mapping
 
 from k15rl.types import Prompt
-from k15rl.verifiers.sandbox import Limits, RunResult, StdioTest
+from k15rl.verifiers.sandbox import FLOAT_TOLERANCE, Limits, RunResult, StdioTest
 from k15rl.verifiers.sandbox_pool import CodeJob, grade
 
 # A fence line: ``` or ~~~ (three or more), then an info string whose first word is the language.
@@ -81,8 +83,12 @@ def extract_program(response: str, entry_point: str | None = None) -> str | None
     return code[-1] if code else None
 
 
+_ENTRY_POINT = re.compile(r"[A-Za-z_]\w*(?:\(\)\.[A-Za-z_]\w*)?")  # f, or Solution().f
+
+
 def _defines(program: str, name: str) -> bool:
-    """Whether `program` has a `def name(` line."""
+    """Whether `program` has a `def name(` line (of the method, for `Class().method`)."""
+    name = name.rpartition(".")[2]
     return re.search(rf"^[ \t]*def[ \t]+{re.escape(name)}[ \t]*\(", program, re.MULTILINE) is not None
 
 
@@ -123,8 +129,9 @@ def job_from_spec(program: str, spec: Mapping[str, Any]) -> CodeJob:
     """
     if spec.get("check") is not None:
         entry = spec.get("entry_point")
-        if not isinstance(entry, str) or not entry:
-            raise ValueError("function-call tests need meta['entry_point'] (a function name)")
+        if not isinstance(entry, str) or not _ENTRY_POINT.fullmatch(entry):
+            raise ValueError(f"function-call tests need an entry_point, a function name or Class().method "
+                             f"(got {entry!r:.80})")
         prefix = spec.get("prefix") or ""
         if not _defines(program, entry):
             program = prefix + program  # a completion of the given function header
@@ -143,13 +150,20 @@ def job_from_spec(program: str, spec: Mapping[str, Any]) -> CodeJob:
         cases.append(StdioTest(t["input"], t["output"]))
     if not any(c.output.strip() for c in cases):
         raise ValueError("every test expects no output: a program that prints nothing would pass them all")
-    return CodeJob(program, tests=tuple(cases))
+    tolerance = spec.get("float_tolerance", FLOAT_TOLERANCE)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
+        raise ValueError(f"float_tolerance must be a number in [0, 1) (got {tolerance!r:.40})")
+    return CodeJob(program, tests=tuple(cases), float_tolerance=float(tolerance))
 
 
 def _from_test_cases(cases: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
     """A spec from a data row's `test_cases` field in its common shapes: a list of
     {"input", "output"}; {"inputs": [...], "outputs": [...]} (APPS/TACO, with "fn_name"
-    for call-based problems); {"check"/"test": code, "entry_point": name}."""
+    for call-based problems; "float_tolerance" for stdio ones); {"check"/"test": code,
+    "entry_point": name}; MBPP's assert lines, as a list or as {"test_list": [...],
+    "test_setup_code", "test_imports"}."""
+    if isinstance(cases, list) and cases and all(isinstance(c, str) for c in cases):
+        return _asserts_spec(cases, meta)
     if isinstance(cases, list):
         return {"tests": cases}
     if isinstance(cases, Mapping):
@@ -157,19 +171,59 @@ def _from_test_cases(cases: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
             return {"check": cases.get("check", cases.get("test")),
                     "entry_point": cases.get("entry_point", meta.get("entry_point")),
                     "prefix": cases.get("prefix", meta.get("prefix"))}
+        if "test_list" in cases:
+            if not isinstance(cases["test_list"], list) or not all(isinstance(c, str) for c in cases["test_list"]):
+                raise ValueError("test_cases: 'test_list' must be a list of assert lines")
+            return _asserts_spec(cases["test_list"], {**meta, **cases})
         if "inputs" in cases and "outputs" in cases:
             ins, outs = cases["inputs"], cases["outputs"]
             if not isinstance(ins, list) or not isinstance(outs, list) or len(ins) != len(outs):
                 raise ValueError("test_cases: 'inputs' and 'outputs' must be lists of equal length")
             if cases.get("fn_name"):  # APPS wraps a return value in a list, and reads a tuple as a list
-                check = (f"CASES = {list(zip(ins, outs))!r}\n\ndef check(candidate):\n    for args, want in CASES:\n"
+                # the cases travel as one JSON string: a literal of their values, compiled
+                # as source, takes far more memory (5 cases of 100,000 integers: MemoryError)
+                check = (f"import json\nCASES = json.loads({json.dumps(list(zip(ins, outs)))!r})\n\n"
+                         "def check(candidate):\n    for args, want in CASES:\n"
                          "        got = candidate(*args)\n        if isinstance(got, tuple):\n"
                          "            got = list(got)\n        assert got == want or [got] == want\n")
                 return {"check": check, "entry_point": cases["fn_name"]}
-            return {"tests": [{"input": _text(i), "output": _text(o)} for i, o in zip(ins, outs)]}
+            spec: dict[str, Any] = {"tests": [{"input": _text(i), "output": _text(o)} for i, o in zip(ins, outs)]}
+            if "float_tolerance" in cases:
+                spec["float_tolerance"] = cases["float_tolerance"]
+            return spec
     if isinstance(cases, str) and "def check" in cases:
         return {"check": cases, "entry_point": meta.get("entry_point"), "prefix": meta.get("prefix")}
     raise ValueError(f"test_cases of an unknown shape: {str(cases)[:80]!r}")
+
+
+def _asserts_spec(asserts: list[str], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Function-call tests from MBPP's top-level `assert` lines, which call the function by
+    name: they become the body of `check(candidate)` (after the row's test imports and
+    set-up code); the entry point is the row's, else the function the first assert calls."""
+    import ast
+    import builtins
+    import textwrap
+
+    lines = [a.strip() for a in asserts if a.strip()]
+    if not lines or not all(a.startswith("assert") for a in lines):
+        raise ValueError("test_cases: a list of strings must be assert lines (MBPP's test_list)")
+    imports = meta.get("test_imports") or []
+    setup = meta.get("test_setup_code") or ""
+    if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports) or not isinstance(setup, str):
+        raise ValueError("test_cases: 'test_imports' must be a list of strings and 'test_setup_code' a string")
+    entry = meta.get("entry_point")
+    if not entry:
+        try:
+            calls = [n.func.id for n in ast.walk(ast.parse(lines[0])) if isinstance(n, ast.Call)
+                     and isinstance(n.func, ast.Name) and not hasattr(builtins, n.func.id)]
+        except SyntaxError as e:
+            raise ValueError(f"the tests do not parse: {e}") from None
+        if not calls:
+            raise ValueError(f"cannot tell which function {lines[0][:60]!r} tests: give the row an entry_point")
+        entry = calls[0]
+    check = "".join(i + "\n" for i in imports) + setup + "\n\ndef check(candidate):\n"
+    check += "".join(textwrap.indent(a, "    ") + "\n" for a in lines)
+    return {"check": check, "entry_point": entry, "prefix": meta.get("prefix")}
 
 
 def check_test_cases(cases: Any, meta: Mapping[str, Any]) -> None:
@@ -181,7 +235,7 @@ def check_test_cases(cases: Any, meta: Mapping[str, Any]) -> None:
 
     >>> check_test_cases({"test": "def check(c): assert c(2) == helper(2)", "entry_point": "f"}, {})
     Traceback (most recent call last):
-    ValueError: the tests use helper, defined by neither them nor a prefix: give the problem's code as test_cases' "prefix" (else the graded program defines it)
+    ValueError: the tests use helper, defined by neither them nor a prefix: add its import, or the problem's code as test_cases' "prefix" (else the graded program defines it)
     """
     spec = _from_test_cases(cases, meta)
     job_from_spec("", spec)
@@ -189,8 +243,8 @@ def check_test_cases(cases: Any, meta: Mapping[str, Any]) -> None:
     if spec.get("check") is not None and not spec.get("prefix") and not generated:
         free = sorted(_free_names(str(spec["check"])) - {"candidate", str(spec.get("entry_point"))})
         if free:
-            raise ValueError(f"the tests use {', '.join(free[:5])}, defined by neither them nor a prefix: give the "
-                             "problem's code as test_cases' \"prefix\" (else the graded program defines it)")
+            raise ValueError(f"the tests use {', '.join(free[:5])}, defined by neither them nor a prefix: add its "
+                             "import, or the problem's code as test_cases' \"prefix\" (else the graded program defines it)")
 
 
 def _free_names(code: str) -> set[str]:

@@ -44,7 +44,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
+# the supervisor compares outputs where it stops at a first failure, and the host where it
+# grades: one rule, written in the supervisor (standard library only)
+from k15rl.verifiers._sandbox_supervisor import normalize_output, outputs_match
+
 log = logging.getLogger(__name__)
+
+# A real number in an expected output matches within this, absolute or relative
+# (the checker of real-valued answers on judges such as Codeforces); 0: exactly.
+FLOAT_TOLERANCE = 1e-6
 
 Reason = Literal["pass", "wrong_answer", "runtime_error", "timeout", "memory", "output_limit", "sandbox_error"]
 REASONS: tuple[str, ...] = ("pass", "wrong_answer", "runtime_error", "timeout", "memory", "output_limit",
@@ -111,16 +119,6 @@ class RunResult:
         return asdict(self)
 
 
-def normalize_output(text: str) -> str:
-    """Outputs compare equal up to trailing spaces on lines and blank lines at the ends.
-
-    >>> normalize_output("3 \\n4\\n\\n") == normalize_output("3\\n4")
-    True
-    """
-    return "\n".join(line.rstrip() for line in text.strip("\n").split("\n")).strip("\n")
-
-
-@functools.lru_cache(maxsize=None)
 def namespace_support() -> tuple[bool, bool, str]:
     """(usable, needs a user namespace, why not): can this process start a sandbox in
     fresh PID/mount/network namespaces? Tried once per process with `unshare`."""
@@ -399,13 +397,13 @@ def supervisor_pids() -> list[int]:
 
 def _execute(program: str, mode: str, runs: list[dict], limits: Limits, *, isolation: str,
              stop_at_first_failure: bool, python: str | None, packages: Sequence[str] = (),
-             function: dict | None = None) -> tuple[list[dict], str, str | None]:
+             extra: dict | None = None) -> tuple[list[dict], str, str | None]:
     """Grade one job on a pre-started supervisor. Returns (raw results, isolation, error)."""
     mode_iso = isolation_mode(isolation)
     key = (python or sys._base_executable, tuple(packages), mode_iso, limits.disk_mb)
     nonce = secrets.token_hex(16)
     job = {"nonce": nonce, "mode": mode, "program": program, "runs": runs, "limits": asdict(limits),
-           "stop_at_first_failure": stop_at_first_failure, **(function or {})}
+           "stop_at_first_failure": stop_at_first_failure, **(extra or {})}
     outer = len(runs) * (limits.wall_s + 1.0) + 10.0
     try:
         sup = _POOL.acquire(key)
@@ -446,15 +444,18 @@ def _classify(raw: dict, limits: Limits, judged: bool = False) -> Reason:
 
 
 def run_stdio(program: str, tests: Sequence[StdioTest], limits: Limits = Limits(), *, isolation: str = "auto",
-              stop_at_first_failure: bool = True, python: str | None = None) -> RunResult:
+              stop_at_first_failure: bool = True, python: str | None = None,
+              float_tolerance: float = FLOAT_TOLERANCE) -> RunResult:
     """Run `program` once per test with the test's input on stdin; pass if every
-    output matches (up to `normalize_output`)."""
+    output matches (`outputs_match`: up to trailing spaces and blank lines at the ends,
+    real numbers within `float_tolerance`)."""
     t0 = time.monotonic()
     if not tests:
         return RunResult("sandbox_error", 0, 0, "no test cases")
     runs = [{"stdin": t.input, "expected": t.output} for t in tests]
     raw, iso, error = _execute(program, "stdio", runs, limits, isolation=isolation,
-                               stop_at_first_failure=stop_at_first_failure, python=python)
+                               stop_at_first_failure=stop_at_first_failure, python=python,
+                               extra={"float_tolerance": float_tolerance})
     outcomes = []
     passed = 0
     first: tuple[Reason, str] | None = None
@@ -463,7 +464,7 @@ def run_stdio(program: str, tests: Sequence[StdioTest], limits: Limits = Limits(
             error = r["error"]
             break
         reason = _classify(r, limits)
-        if reason == "pass" and normalize_output(r["stdout"]) != normalize_output(t.output):
+        if reason == "pass" and not outputs_match(r["stdout"], t.output, float_tolerance):
             reason = "wrong_answer"
         outcomes.append(TestOutcome(reason, r["stdout"], r["stderr"], r["wall_s"], r["returncode"]))
         if reason == "pass":
@@ -506,7 +507,7 @@ def run_function(program: str, check: str, entry_point: str, limits: Limits = Li
     t0 = time.monotonic()
     function = {"check": check, "entry_point": entry_point, "setup": setup}
     raw, iso, error = _execute(program, "function", [{"stdin": ""}], limits, isolation=isolation,
-                               stop_at_first_failure=True, python=python, function=function)
+                               stop_at_first_failure=True, python=python, extra=function)
     wall = time.monotonic() - t0
     if not raw or "error" in raw[0]:
         return RunResult("sandbox_error", 0, 1, error or (raw[0]["error"] if raw else "not run"), iso, wall)

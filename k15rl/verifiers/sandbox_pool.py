@@ -19,20 +19,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from k15rl.verifiers.sandbox import Limits, RunResult, StdioTest, run_function, run_stdio
+from k15rl.verifiers.sandbox import FLOAT_TOLERANCE, Limits, RunResult, StdioTest, run_function, run_stdio
 
 
 @dataclass(frozen=True)
 class CodeJob:
     """A program with stdin/stdout `tests`, or with function-call test code `check`
     calling `entry_point` (HumanEval style); `setup` is trusted code (the problem's
-    header and helpers) that the tests' process runs first."""
+    header and helpers) that the tests' process runs first. `float_tolerance`: how far a
+    printed real number may be from the expected one (stdio tests; 0: exactly)."""
 
     program: str
     tests: tuple[StdioTest, ...] = ()
     check: str | None = None
     entry_point: str | None = None
     setup: str | None = None
+    float_tolerance: float = FLOAT_TOLERANCE
 
 
 def grade(job: CodeJob, limits: Limits = Limits(), *, isolation: str = "auto") -> RunResult:
@@ -41,7 +43,7 @@ def grade(job: CodeJob, limits: Limits = Limits(), *, isolation: str = "auto") -
         if not job.entry_point:
             return RunResult("sandbox_error", 0, 1, "function-call tests need an entry_point")
         return run_function(job.program, job.check, job.entry_point, limits, setup=job.setup, isolation=isolation)
-    return run_stdio(job.program, job.tests, limits, isolation=isolation)
+    return run_stdio(job.program, job.tests, limits, isolation=isolation, float_tolerance=job.float_tolerance)
 
 
 class SandboxPool:
