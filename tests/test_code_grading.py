@@ -219,3 +219,24 @@ def test_apps_call_based_cases_of_100k_integers():
     spec = _from_test_cases({"inputs": ins, "outputs": [[sum(x[0])] for x in ins], "fn_name": "total"}, {})
     r = grade_response("```python\ndef total(xs):\n    return sum(xs)\n```", spec, Limits(cpu_s=4, wall_s=8))
     assert r.reason == "pass", r.detail
+
+
+def test_each_call_based_case_has_its_own_limits():
+    """A call-based row's cases each get the CPU and wall limit of one test (as APPS gives
+    them, and as stdio tests have): three cases of about 0.6 s CPU pass under a 1 s limit,
+    where the row used to share one; a case that loops or sleeps is stopped at one case's
+    limit, as a timeout."""
+    from k15rl.verifiers.code import _from_test_cases
+
+    spec = _from_test_cases({"inputs": [[n] for n in (1, 2, 3)], "outputs": [[n] for n in (1, 2, 3)],
+                             "fn_name": "slow"}, {})
+    assert spec["cases"] == 3
+    busy = "import time\ndef slow(n):\n    t = time.process_time()\n    while time.process_time() - t < 0.6:\n        pass\n    return n\n"
+    assert grade_response(f"```python\n{busy}```", spec, FAST).reason == "pass"
+    for stuck in ("    while n == 2:\n        pass\n", "    if n == 2:\n        time.sleep(60)\n"):
+        program = f"```python\nimport time\ndef slow(n):\n{stuck}    return n\n```"
+        t0 = time.monotonic()
+        r = grade_response(program, spec, FAST)
+        assert r.reason == "timeout" and time.monotonic() - t0 < 4.0, (r.reason, r.detail)
+    with pytest.raises(ValueError, match="cases"):
+        job_from_spec("", {**spec, "cases": 0})

@@ -14,6 +14,8 @@ The new process drops privileges and takes its limits, then plays one of two rol
   are served over a pipe: the judge sends calls, the candidate answers with return
   values encoded as plain data (`encode`), nothing else; list, dict and set arguments
   go back as they are after the call, so that a change in place reaches the tests.
+  Each call (and the program's own start) has its own CPU and wall limit
+  (`call_limits`); the process's limits are the row's total.
 - `judge` (function mode): runs the test code's `check(candidate)` in a process of its
   own, where `candidate` is a proxy that calls into the program's process. The verdict
   is written to a pipe only the supervisor reads. Nothing the program does in its own
@@ -26,6 +28,7 @@ import ctypes
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import struct
@@ -255,6 +258,15 @@ def _builtin_base(cls):
     return "Exception"
 
 
+def _limit_next_call(cpu_s):
+    """The next call's own CPU limit: the soft limit `cpu_s` above the CPU time used so
+    far (SIGXCPU there); the hard limit, the row's total, stays."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    want = int(ru.ru_utime + ru.ru_stime + cpu_s + 0.999)
+    resource.setrlimit(resource.RLIMIT_CPU, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+
+
 def _error_text(e):
     try:
         return f"{_type(e).__name__}: {e}"[-2000:]
@@ -292,7 +304,10 @@ def candidate(spec):
     if function:
         sys.path.insert(0, os.getcwd())  # spawned processes import `solution` by name
     user = module.__dict__
+    call_cpu_s = spec["call_limits"]["cpu_s"] if function else None
     try:
+        if function:
+            _limit_next_call(call_cpu_s)
         import linecache
 
         linecache.cache[path] = (len(source), None, source.splitlines(True), path)
@@ -316,6 +331,7 @@ def candidate(spec):
         except EOFError:
             break
         try:
+            _limit_next_call(call_cpu_s)
             fn = _callable(user, req["call"])
             args, kwargs = decode(req["args"]), decode(req["kwargs"])
             out = {"value": encode(fn(*args, **kwargs)), "after": _changed_in_place(args, kwargs)}
@@ -390,15 +406,27 @@ def _copy_back(target, value, depth=0):
     return True
 
 
+class _CallTimeout(BaseException):
+    """A call to the program ran past its wall limit (a BaseException: the tests'
+    `except Exception` does not take it for the program's error)."""
+
+
+def _answer(fd, wall_s, what):
+    """The program's next message, if it comes within `wall_s`."""
+    if not select.select([fd], [], [], wall_s)[0]:
+        raise _CallTimeout(f"{what} took more than {wall_s:g} s")
+    return recv(fd)
+
+
 class _Remote:
     """The judge's stand-in for one of the program's functions."""
 
-    def __init__(self, name, fds):
-        self.name, self.fds = name, fds
+    def __init__(self, name, fds, wall_s):
+        self.name, self.fds, self.wall_s = name, fds, wall_s
 
     def __call__(self, *args, **kwargs):
         send(self.fds[0], {"call": self.name, "args": encode(list(args)), "kwargs": encode(kwargs)})
-        answer = recv(self.fds[1])
+        answer = _answer(self.fds[1], self.wall_s, f"the call {self.name}()")
         if "value" in answer:
             for key, value in answer.get("after", []):  # arguments the program changed in place
                 if _type(key) is int and 0 <= key < len(args):
@@ -421,8 +449,9 @@ def judge(spec):
     with os.fdopen(3, encoding="utf-8") as f:
         job = json.load(f)
     verdict = "error: the program did not start"
+    wall_s = spec["call_limits"]["wall_s"]
     try:
-        ready = recv(5)
+        ready = _answer(5, wall_s, "the program's start")
         entry = call = job["entry_point"]
         if call not in ready["ready"] and call not in ready["methods"]:
             # a bare method name (`twoSum`) that one class of the program defines
@@ -434,16 +463,18 @@ def judge(spec):
             # the tests see the program's functions (HumanEval's tests call its helpers),
             # except any that shadow a builtin; trusted set-up code (the problem's own
             # header and helpers) defines them from the dataset instead where given
-            env = {k: _Remote(k, (4, 5)) for k in ready["ready"] if not hasattr(builtins, k)}
+            env = {k: _Remote(k, (4, 5), wall_s) for k in ready["ready"] if not hasattr(builtins, k)}
             env.update({"__name__": "tests", "__builtins__": builtins})
             if job.get("setup"):
                 exec(compile(job["setup"], "setup.py", "exec"), env)
-            env[entry] = _Remote(call, (4, 5))
+            env[entry] = _Remote(call, (4, 5), wall_s)
             exec(compile(job["check"], "tests.py", "exec"), env)
             env["check"](env[entry])
             verdict = "pass"
     except AssertionError as e:
         verdict = f"fail: {_error_text(e)}"
+    except _CallTimeout as e:
+        verdict = f"timeout: {e}"
     except BaseException as e:
         verdict = f"error: {_error_text(e)}"
     os.close(4)  # the program sees end-of-file and exits

@@ -319,6 +319,7 @@ class Supervisor:
 
     def _spawn(self, role, job, fds, cwd):
         spec = {"role": role, "mode": job["mode"], "limits": job["limits"], "cwd": cwd,
+                "call_limits": job.get("call_limits"),
                 "uid": self.cfg["uid"] if role == "candidate" else self.cfg["judge_uid"],
                 "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": cwd, "LANG": "C.UTF-8",
                         "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"},

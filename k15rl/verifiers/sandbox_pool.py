@@ -27,7 +27,8 @@ class CodeJob:
     """A program with stdin/stdout `tests`, or with function-call test code `check`
     calling `entry_point` (HumanEval style); `setup` is trusted code (the problem's
     header and helpers) that the tests' process runs first. `float_tolerance`: how far a
-    printed real number may be from the expected one (stdio tests; 0: exactly)."""
+    printed real number may be from the expected one (stdio tests; 0: exactly). `cases`:
+    how many test cases `check` runs, each with the limits of one (`run_function`)."""
 
     program: str
     tests: tuple[StdioTest, ...] = ()
@@ -35,6 +36,7 @@ class CodeJob:
     entry_point: str | None = None
     setup: str | None = None
     float_tolerance: float = FLOAT_TOLERANCE
+    cases: int = 1
 
 
 def grade(job: CodeJob, limits: Limits = Limits(), *, isolation: str = "auto") -> RunResult:
@@ -42,7 +44,8 @@ def grade(job: CodeJob, limits: Limits = Limits(), *, isolation: str = "auto") -
     if job.check is not None:
         if not job.entry_point:
             return RunResult("sandbox_error", 0, 1, "function-call tests need an entry_point")
-        return run_function(job.program, job.check, job.entry_point, limits, setup=job.setup, isolation=isolation)
+        return run_function(job.program, job.check, job.entry_point, limits, setup=job.setup, cases=job.cases,
+                            isolation=isolation)
     return run_stdio(job.program, job.tests, limits, isolation=isolation, float_tolerance=job.float_tolerance)
 
 
