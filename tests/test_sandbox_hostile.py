@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -438,3 +439,34 @@ def test_the_pid_counter_carries_nothing_to_the_next_program():
         last = int(run_stdio(fork, [StdioTest("", "x")], LIMITS).outcomes[0].stdout)
         nxt = int(run_stdio("import os\nprint(os.getpid())", [StdioTest("", "x")], LIMITS).outcomes[0].stdout)
         assert not 0 < nxt - last <= 16, (last, nxt)  # unscattered, the next program is last + 2
+
+
+# Processes that each stay under RLIMIT_AS but together take more than the sandbox's total.
+SPREAD_OUT = ("import os, time\nkids = []\nfor i in range(7):\n    pid = os.fork()\n    if pid == 0:\n"
+              "        b = b'x' * (180 * 2**20)\n        time.sleep(1.0)\n        os._exit(0)\n    kids.append(pid)\n"
+              "print('ok' if all(os.waitpid(p, 0)[1] == 0 for p in kids) else 'killed')\n")
+# The program's own process the largest when the total runs out: the OOM killer ends it.
+LARGEST_LAST = ("import os, time\nfor i in range(4):\n    if os.fork() == 0:\n        b = b'x' * (150 * 2**20)\n"
+                "        time.sleep(3.0)\n        os._exit(0)\ntime.sleep(0.8)\nb = b'y' * (450 * 2**20)\n"
+                "def f():\n    return 1\nprint('ok')\n")
+
+
+def test_processes_together_stay_within_the_sandboxs_memory():
+    """RLIMIT_AS bounds each process; the sandbox's memory cgroup bounds all of them
+    together (`Limits.total_memory_mb`). 7 processes of 180 MB run under a total of 4 GB,
+    not of 1 GB; a run the OOM killer ends is a `memory` failure, in both test styles."""
+    from k15rl.verifiers.memory_cgroup import MemoryCgroup
+
+    group, why = MemoryCgroup.create(64)
+    if group is None:
+        pytest.skip(f"no memory cgroup on this machine: {why}")
+    group.remove()
+    limits = Limits(cpu_s=4, wall_s=8)
+    assert run_stdio(SPREAD_OUT, [StdioTest("", "ok")], replace(limits, total_memory_mb=4096)).reason == "pass"
+    assert run_stdio(SPREAD_OUT, [StdioTest("", "ok")], limits).reason == "wrong_answer"  # a child was killed
+    big = replace(limits, memory_mb=512)
+    assert run_stdio(LARGEST_LAST, [StdioTest("", "ok")], big).reason == "memory"
+    assert run_function(LARGEST_LAST, "def check(c):\n    assert c() == 1\n", "f", big).reason == "memory"
+    assert run_stdio("print(1)", [StdioTest("", "1")], limits).reason == "pass"
+    shutdown()
+    assert not list(group.path.parent.glob(f"k15rl-sandbox-{os.getpid()}-*"))  # the cgroups went with them

@@ -47,6 +47,7 @@ from typing import Literal, Sequence
 # the supervisor compares outputs where it stops at a first failure, and the host where it
 # grades: one rule, written in the supervisor (standard library only)
 from k15rl.verifiers._sandbox_supervisor import normalize_output, outputs_match
+from k15rl.verifiers.memory_cgroup import MemoryCgroup
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,9 @@ UID_BASE = 61000
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-test limits. cpu_s is CPU time (all threads), wall_s wall-clock time."""
+    """Per-test limits. cpu_s is CPU time (all threads), wall_s wall-clock time;
+    total_memory_mb bounds all of a program's processes together (a memory cgroup per
+    sandbox, where the machine lets the trainer make one: `memory_cgroup.py`)."""
 
     cpu_s: float = 2.0
     wall_s: float = 4.0
@@ -78,6 +81,7 @@ class Limits:
     output_kb: int = 256  # stdout bytes kept; more is output_limit
     open_files: int = 64
     disk_mb: int = 32  # size of the private /tmp (namespace mode)
+    total_memory_mb: int = 1024  # all processes of a sandbox, its supervisor's included
 
 
 @dataclass(frozen=True)
@@ -233,7 +237,7 @@ class _Supervisor:
     it grades one job at a time."""
 
     def __init__(self, key: tuple):
-        self.key, self.slot, self.proc, self.workdir = key, _SLOTS.acquire(), None, None
+        self.key, self.slot, self.proc, self.workdir, self.cgroup = key, _SLOTS.acquire(), None, None, None
         try:
             self._start()
         except BaseException:
@@ -241,7 +245,7 @@ class _Supervisor:
             raise
 
     def _start(self) -> None:
-        python, packages, mode_iso, disk_mb = self.key
+        python, packages, mode_iso, disk_mb, total_memory_mb = self.key
         slot = self.slot
         ns = mode_iso == "namespaces"
         userns = namespace_support()[1] if ns else False
@@ -259,6 +263,12 @@ class _Supervisor:
         if ns:
             cmd = [shutil.which("unshare"), *(["--user", "--map-root-user"] if userns else []), "--net", "--pid",
                    "--ipc", "--uts", "--fork", "--mount", "--mount-proc", "--kill-child", *cmd]
+        self.cgroup, why = MemoryCgroup.create(total_memory_mb)
+        if self.cgroup is None:
+            _warn_once(f"sandbox: no memory cgroup ({why}); each process is still bounded by RLIMIT_AS, "
+                       "not all of a program's processes together")
+        else:  # the shell moves itself into the cgroup, then becomes the supervisor: all it starts stays in
+            cmd = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.cgroup.procs), *cmd]
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      start_new_session=True, close_fds=True, env=env, cwd="/")
@@ -293,12 +303,18 @@ class _Supervisor:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def oom_kills(self) -> int:
+        """Processes the OOM killer has ended in this sandbox's cgroup so far."""
+        return self.cgroup.oom_kills() if self.cgroup else 0
+
     def close(self) -> None:
         """End of input: the supervisor exits, the kernel ends its namespace's processes,
         and `unshare` returns once all are gone; killed if that takes over 5 s."""
         if self.proc is None:  # it never started
             if self.workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
+            if self.cgroup:
+                self.cgroup.remove()
             _SLOTS.release(self.slot)
             return
         try:
@@ -322,7 +338,14 @@ class _Supervisor:
         if self.workdir:  # without namespaces; rm removes trees of any depth (shutil.rmtree recurses per level)
             subprocess.run(["rm", "-rf", "--one-file-system", "--", self.workdir], stdin=subprocess.DEVNULL,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        if self.cgroup:
+            self.cgroup.remove()
         _SLOTS.release(self.slot)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    log.warning(message)
 
 
 class _SupervisorPool:
@@ -400,7 +423,7 @@ def _execute(program: str, mode: str, runs: list[dict], limits: Limits, *, isola
              extra: dict | None = None) -> tuple[list[dict], str, str | None]:
     """Grade one job on a pre-started supervisor. Returns (raw results, isolation, error)."""
     mode_iso = isolation_mode(isolation)
-    key = (python or sys._base_executable, tuple(packages), mode_iso, limits.disk_mb)
+    key = (python or sys._base_executable, tuple(packages), mode_iso, limits.disk_mb, limits.total_memory_mb)
     nonce = secrets.token_hex(16)
     job = {"nonce": nonce, "mode": mode, "program": program, "runs": runs, "limits": asdict(limits),
            "stop_at_first_failure": stop_at_first_failure, **(extra or {})}
@@ -411,7 +434,11 @@ def _execute(program: str, mode: str, runs: list[dict], limits: Limits, *, isola
         return [], mode_iso, f"could not start the sandbox: {e}"
     healthy = False
     try:
+        oom_kills = sup.oom_kills()
         res = sup.request(job, outer)
+        if sup.oom_kills() > oom_kills:  # the cgroup's OOM killer ended a process of this job: its SIGKILLs
+            for r in res.get("results", []):
+                r["oom_killed"] = r.get("returncode") == -signal.SIGKILL
         # a supervisor that reports an error (it could not clean up after a program) is
         # replaced: the next program must not start where this one left things
         healthy = res.get("nonce") == nonce and "error" not in res
@@ -436,7 +463,7 @@ def _classify(raw: dict, limits: Limits, judged: bool = False) -> Reason:
     over_cpu = rc == -signal.SIGXCPU or (rc == -signal.SIGKILL and raw["cpu_s"] >= int(limits.cpu_s + 0.999) - 0.05)
     if raw["timed_out"] or over_cpu:
         return "timeout"
-    if rc == MEMORY_EXIT:
+    if rc == MEMORY_EXIT or raw.get("oom_killed"):  # a MemoryError, or the sandbox's cgroup over its limit
         return "memory"
     if rc != 0 and not judged:
         return "runtime_error"
