@@ -240,3 +240,72 @@ def test_each_call_based_case_has_its_own_limits():
         assert r.reason == "timeout" and time.monotonic() - t0 < 4.0, (r.reason, r.detail)
     with pytest.raises(ValueError, match="cases"):
         job_from_spec("", {**spec, "cases": 0})
+
+
+def test_only_an_in_place_call_changes_the_tests_arguments():
+    """Arguments go back only after a call that returns None (list.sort's way), and only
+    those it changed: a program that empties its argument and returns [] does not pass
+    `candidate(xs) == sorted(xs)`; a large argument returned sorted is not sent back."""
+    check = "def check(candidate):\n    xs = [3, 1, 2]\n    assert candidate(xs) == sorted(xs)\n"
+    assert run_function("def f(xs):\n    xs.clear()\n    return []\n", check, "f", FAST).reason == "wrong_answer"
+    big = "def check(candidate):\n    xs = list(range(600000, 0, -1))\n    assert candidate(xs) == sorted(xs)\n"
+    assert run_function("def f(xs):\n    return sorted(xs)\n", big, "f", Limits(cpu_s=4, wall_s=8)).reason == "pass"
+    second = "def check(candidate):\n    x = []\n    candidate(x, [5])\n    assert x == [1]\n"
+    assert run_function("def f(a, b):\n    a.append(1)\n", second, "f", FAST).reason == "pass"
+
+
+def test_an_explicit_class_method_may_be_inherited_or_static():
+    check = "def check(candidate):\n    assert candidate([2, 7], 9) == [0, 1]\n"
+    inherited = "class Base:\n    def twoSum(self, nums, target):\n        return [0, 1]\nclass Solution(Base):\n    pass\n"
+    static = "class Solution:\n    @staticmethod\n    def twoSum(nums, target):\n        return [0, 1]\n"
+    for program in (inherited, static):
+        assert run_function(program, check, "Solution().twoSum", FAST).reason == "pass", program
+    assert run_function(static, check, "twoSum", FAST).reason == "pass"
+
+
+def test_entry_points_that_are_identifiers_load():
+    for good in (" f ", "éf", "Solution().twoSum"):
+        check_test_cases({"test": "def check(c):\n    assert c(1)\n", "entry_point": good}, {})
+    with pytest.raises(ValueError, match="entry_point"):
+        check_test_cases({"test": "def check(c):\n    assert c(1)\n", "entry_point": None}, {})
+
+
+def test_mbpp_asserts_with_multiline_strings_and_imported_helpers():
+    """An assert's multi-line string stays as written under check(); the entry point is
+    not a name the row's imports bind (isclose), but the function under test."""
+    from k15rl.verifiers.code import _from_test_cases
+
+    spec = _from_test_cases(["assert show() == '''a\nb'''"], {})
+    assert grade_response("```python\ndef show():\n    return 'a\\nb'\n```", spec, FAST).reason == "pass"
+    spec = _from_test_cases({"test_list": ["assert isclose(area(2), 12.56)"], "test_imports": ["from math import isclose"]}, {})
+    assert spec["entry_point"] == "area"
+    assert grade_response("```python\ndef area(r):\n    return 3.14 * r * r\n```", spec, FAST).reason == "pass"
+
+
+def test_apps_cases_that_are_not_json_are_refused():
+    with pytest.raises(ValueError, match="JSON"):
+        check_test_cases({"inputs": [[{1, 2}]], "outputs": [1], "fn_name": "f"}, {})
+
+
+def test_a_timeout_the_tests_catch_is_still_a_timeout():
+    """After a call times out, its late answer must not be read as the next call's: later
+    calls fail, and the verdict is the timeout even where the tests caught it."""
+    check = "def check(candidate):\n    try:\n        candidate(1)\n    except:\n        pass\n    assert candidate(2) == 4\n"
+    program = "import time\ndef f(n):\n    if n == 1:\n        time.sleep(2)\n        return 4\n    return 0\n"
+    assert run_function(program, check, "f", FAST, cases=3).reason == "timeout"
+
+
+def test_limits_leave_room_for_one_process():
+    with pytest.raises(ValueError, match="total_memory_mb"):
+        Limits(memory_mb=2048)
+    Limits(memory_mb=2048, total_memory_mb=4096)
+
+
+def test_the_namespace_probe_runs_once():
+    from k15rl.verifiers.sandbox import namespace_support
+
+    grade_response(f"```python\n{ADD_PROGRAM}```", ADD, FAST)
+    misses = namespace_support.cache_info().misses
+    for _ in range(3):
+        grade_response(f"```python\n{ADD_PROGRAM}```", ADD, FAST)
+    assert namespace_support.cache_info().misses == misses <= 1

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 from k15rl.data.readers import bad_text, read_text_file
 from k15rl.errors import UserError
-from k15rl.verifiers.sandbox import Limits, TestOutcome, normalize_output, run_outputs
+from k15rl.verifiers.sandbox import FLOAT_TOLERANCE, Limits, TestOutcome, normalize_output, outputs_match, run_outputs
 
 
 @dataclass(frozen=True)
@@ -133,19 +133,25 @@ def select_cases(outputs: dict[str, list[TestOutcome]], inputs: Sequence[str], c
     >>> outs = {"a": [ok("1"), ok("5")], "b": [ok("1"), ok("6")], "c": [ok("2"), ok("7")]}
     >>> select_cases(outs, ["x", "y"], CodeTestsConfig(case_agreement=0.6, problem_pass=0.6))
     ([{'input': 'x', 'output': '1'}], ['c'])
+    >>> floats = {"a": [ok("0.3333333333")], "b": [ok("0.33333333")], "c": [ok("0.3")]}
+    >>> select_cases(floats, ["x"], CodeTestsConfig(case_agreement=0.6, problem_pass=0.6))
+    ([{'input': 'x', 'output': '0.3333333333'}], ['c'])
     """
     n = len(outputs)
     kept, kept_idx = [], []
     for i, inp in enumerate(inputs):
-        votes = Counter(normalize_output(o[i].stdout) for o in outputs.values() if o[i].reason == "pass")
-        if not votes:
+        printed = [o[i].stdout for o in outputs.values() if o[i].reason == "pass"]
+        if not printed:
             continue
-        out, count = votes.most_common(1)[0]
+        # the output most solutions agree with, as grading compares outputs (real numbers
+        # within FLOAT_TOLERANCE); among equals, the one printed most often
+        out, count = max(((c, sum(outputs_match(x, c, FLOAT_TOLERANCE) for x in printed))
+                          for c, _ in Counter(map(normalize_output, printed)).most_common()), key=lambda t: t[1])
         if count >= needed(cfg.case_agreement, n):
             kept.append({"input": inp, "output": out})
             kept_idx.append(i)
     failing = [name for name, o in outputs.items()
-               if any(o[i].reason != "pass" or normalize_output(o[i].stdout) != kept[j]["output"]
+               if any(o[i].reason != "pass" or not outputs_match(o[i].stdout, kept[j]["output"], FLOAT_TOLERANCE)
                       for j, i in enumerate(kept_idx))]
     return kept, failing
 

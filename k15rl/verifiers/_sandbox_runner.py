@@ -12,8 +12,9 @@ The new process drops privileges and takes its limits, then plays one of two rol
 - `candidate`: runs the program. In stdio mode the program reads stdin and prints; the
   supervisor and the host compare the output. In function mode the program's names
   are served over a pipe: the judge sends calls, the candidate answers with return
-  values encoded as plain data (`encode`), nothing else; list, dict and set arguments
-  go back as they are after the call, so that a change in place reaches the tests.
+  values encoded as plain data (`encode`), nothing else; after a call that returns
+  None, the list, dict and set arguments it changed go back too, so that a change in
+  place reaches the tests.
   Each call (and the program's own start) has its own CPU and wall limit
   (`call_limits`); the process's limits are the row's total.
 - `judge` (function mode): runs the test code's `check(candidate)` in a process of its
@@ -262,7 +263,7 @@ def _limit_next_call(cpu_s):
     """The next call's own CPU limit: the soft limit `cpu_s` above the CPU time used so
     far (SIGXCPU there); the hard limit, the row's total, stays."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
     want = int(ru.ru_utime + ru.ru_stime + cpu_s + 0.999)
     resource.setrlimit(resource.RLIMIT_CPU, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
 
@@ -334,7 +335,10 @@ def candidate(spec):
             _limit_next_call(call_cpu_s)
             fn = _callable(user, req["call"])
             args, kwargs = decode(req["args"]), decode(req["kwargs"])
-            out = {"value": encode(fn(*args, **kwargs)), "after": _changed_in_place(args, kwargs)}
+            value = fn(*args, **kwargs)
+            out = {"value": encode(value)}
+            if value is None:  # an in-place API (list.sort's way): the changed arguments go back
+                out["after"] = _changed_in_place(req, args, kwargs)
         except MemoryError:
             _write(2, b"MemoryError\n")
             _exit(MEMORY_EXIT)
@@ -342,7 +346,10 @@ def candidate(spec):
             _exit(1)
         except BaseException as e:
             out = {"raised": _builtin_base(_type(e)), "message": _error_text(e)}
-        send(5, out)
+        try:
+            send(5, out)
+        except ValueError as e:  # over the frame limit: the call fails, clearly
+            send(5, {"raised": "RuntimeError", "message": f"the answer is too large to send: {e}"})
     try:
         sys.stdout.flush()
     except BaseException:
@@ -351,12 +358,14 @@ def candidate(spec):
 
 
 def _methods(user, module_name):
-    """`Class().method` for each public method of each class the program defines
-    (LeetCode's `class Solution`), served from a fresh instance per call."""
+    """`Class().method` for each public method that a class of the program defines itself
+    (LeetCode's `class Solution`; static and class methods too), served from a fresh
+    instance per call."""
     out = []
     for cls_name, cls in list(user.items()):
         if isinstance(cls, type) and getattr(cls, "__module__", None) == module_name and not cls_name.startswith("_"):
-            out += [f"{cls_name}().{m}" for m, f in list(vars(cls).items()) if callable(f) and not m.startswith("_")]
+            out += [f"{cls_name}().{m}" for m, f in list(vars(cls).items())
+                    if (callable(f) or isinstance(f, (classmethod, staticmethod))) and not m.startswith("_")]
     return sorted(out)
 
 
@@ -369,18 +378,22 @@ def _callable(user, call):
     return user[call]
 
 
-def _changed_in_place(args, kwargs):
-    """The list, dict and set arguments as they are after the call (a program that sorts
-    its argument in place), for the judge to copy back into the tests' own objects:
-    [position or name, value]. One that no longer encodes (the program put an object
-    into it) is left out; the tests then see it unchanged."""
+def _changed_in_place(req, args, kwargs):
+    """The list, dict and set arguments the call changed (a program that sorts its
+    argument in place), as they are now, for the judge to copy back into the tests' own
+    objects: [position or name, value]. One that no longer encodes (the program put an
+    object into it) is left out; the tests then see it unchanged."""
+    before = dict(enumerate(req["args"]))  # as the judge sent them: positions, and names
+    before.update((name, v) for name, v in req["kwargs"]["d"])
     out = []
     for key, value in list(enumerate(args)) + list(kwargs.items()):
         if _type(value) in (list, dict, set):
             try:
-                out.append([key, encode(value)])
+                now = encode(value)
             except (TypeError, RecursionError):
-                pass
+                continue
+            if now != before.get(key):
+                out.append([key, now])
     return out
 
 
@@ -411,10 +424,17 @@ class _CallTimeout(BaseException):
     `except Exception` does not take it for the program's error)."""
 
 
+_timed_out = []  # the judge's first timeout: the channel is out of step from then on
+
+
 def _answer(fd, wall_s, what):
-    """The program's next message, if it comes within `wall_s`."""
-    if not select.select([fd], [], [], wall_s)[0]:
-        raise _CallTimeout(f"{what} took more than {wall_s:g} s")
+    """The program's next message, if it comes within `wall_s`. After one call timed out,
+    its late answer would read as the next call's: every later call fails, and the
+    verdict is that timeout even if the tests caught it."""
+    if not _timed_out and not select.select([fd], [], [], wall_s)[0]:
+        _timed_out.append(f"{what} took more than {wall_s:g} s")
+    if _timed_out:
+        raise _CallTimeout(_timed_out[0])
     return recv(fd)
 
 
@@ -453,7 +473,8 @@ def judge(spec):
     try:
         ready = _answer(5, wall_s, "the program's start")
         entry = call = job["entry_point"]
-        if call not in ready["ready"] and call not in ready["methods"]:
+        explicit = call.partition("().")[0] if "()." in call else None  # Solution().twoSum: resolved at the call
+        if call not in ready["ready"] and call not in ready["methods"] and explicit not in ready["ready"]:
             # a bare method name (`twoSum`) that one class of the program defines
             owners = [m for m in ready["methods"] if m.endswith(f"().{call}")]
             call = owners[0] if len(owners) == 1 else None
@@ -473,10 +494,10 @@ def judge(spec):
             verdict = "pass"
     except AssertionError as e:
         verdict = f"fail: {_error_text(e)}"
-    except _CallTimeout as e:
-        verdict = f"timeout: {e}"
     except BaseException as e:
         verdict = f"error: {_error_text(e)}"
+    if _timed_out:  # also where the tests caught it
+        verdict = f"timeout: {_timed_out[0]}"
     os.close(4)  # the program sees end-of-file and exits
     _write(6, verdict.encode()[:4000])
     _exit(0)

@@ -29,6 +29,7 @@ leftovers are killed by session and (as root) by uid: weaker, see docs/code_rewa
 import ctypes
 import functools
 import json
+import math
 import os
 import re
 import secrets
@@ -489,21 +490,46 @@ def normalize_output(text):
 
 # A real number as judges' checkers read one: a decimal point or an exponent (an integer
 # stays an integer: "3.0" is not "3"); and any number a program may print in its place.
-_REAL = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+|\d+(?=[eE]))(?:[eE][+-]?\d+)?")
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_REAL = re.compile(r"[+-]?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+(?=[eE]))(?:[eE][+-]?[0-9]+)?")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _slack(want, tolerance):
+    """How far a printed number may be from the real number written `want`: `tolerance`,
+    absolute or relative, but the relative part no more than half a unit in the last
+    digit `want` prints (500000 is not 500000.5, though within 1e-6 of it relatively).
+    None for a number past the float range (compared as written)."""
+    value = float(want)
+    if not math.isfinite(value):
+        return None
+    mantissa, _, exponent = want.lower().partition("e")
+    exponent = exponent.lstrip("+")
+    exp = int(exponent or 0) if len(exponent) <= 7 else (-10**6 if exponent.startswith("-") else 10**6)
+    half_unit = 0.5 * 10.0 ** max(-300, min(300, exp - len(mantissa.partition(".")[2])))
+    return min(tolerance * max(1.0, abs(value)), max(half_unit, tolerance))
+
+
+def _close(got, want, tolerance):
+    slack = _slack(want, tolerance) if _REAL.fullmatch(want) and _NUMBER.fullmatch(got) else None
+    return slack is not None and abs(float(got) - float(want)) <= slack
 
 
 def outputs_match(got, expected, tolerance=0.0):
     """Whether a program's output matches the expected output: line by line, up to
     `normalize_output`. With `tolerance` > 0, a word of the expected output that is a real
-    number matches any number within it, absolute or relative (|got - want| <= tolerance
-    * max(1, |want|): the usual checker of real-valued answers, so 0.5 matches 0.500000);
-    every other word, and the spaces between words, must be equal.
+    number (a decimal point or an exponent) matches any number within `_slack` of it:
+    the usual checker of real-valued answers (absolute or relative error up to
+    `tolerance`), so 0.5 matches 0.500000. Every other word (integers too), and the
+    spaces between words, must be equal.
 
     >>> outputs_match("0.5 3\\n", "0.5000001 3", 1e-6), outputs_match("0.5 3", "0.5001 3", 1e-6)
     (True, False)
-    >>> outputs_match("3.0", "3", 1e-6), outputs_match("0.5", "0.500000")
-    (False, False)
+    >>> outputs_match("3.0", "3", 1e-6), outputs_match("0.5", "0.500000"), outputs_match("500000", "500000.5", 1e-6)
+    (False, False, False)
+    >>> outputs_match("0.33333333", "0.3333333333", 1e-6), outputs_match("1.50000001e10", "1.5e10", 1e-6)
+    (True, True)
+    >>> outputs_match("0", "1e400", 1e-6), outputs_match("1e400", "1e400", 1e-6)
+    (False, True)
     """
     got, expected = normalize_output(got), normalize_output(expected)
     if got == expected or tolerance <= 0:
@@ -516,8 +542,7 @@ def outputs_match(got, expected, tolerance=0.0):
         if len(gw) != len(ww):
             return False
         for a, b in zip(gw, ww):
-            if a != b and not (_REAL.fullmatch(b) and _NUMBER.fullmatch(a)
-                               and abs(float(a) - float(b)) <= tolerance * max(1.0, abs(float(b)))):
+            if a != b and not _close(a, b, tolerance):
                 return False
     return True
 
@@ -545,7 +570,7 @@ def main():
                 r = sup.run_one(job, item.get("stdin", "").encode("utf-8", "surrogatepass"))
                 out["results"].append(r)
                 if "error" in r or (job["stop_at_first_failure"]
-                                    and not _ran_ok(r, item.get("expected"), job.get("float_tolerance", 0.0))):
+                                    and not _ran_ok(r, item.get("expected"), job["float_tolerance"])):
                     break
         except Exception as e:
             out["error"] = f"{type(e).__name__}: {e}"

@@ -83,9 +83,6 @@ def extract_program(response: str, entry_point: str | None = None) -> str | None
     return code[-1] if code else None
 
 
-_ENTRY_POINT = re.compile(r"[A-Za-z_]\w*(?:\(\)\.[A-Za-z_]\w*)?")  # f, or Solution().f
-
-
 def _defines(program: str, name: str) -> bool:
     """Whether `program` has a `def name(` line (of the method, for `Class().method`)."""
     name = name.rpartition(".")[2]
@@ -122,16 +119,28 @@ def _with_imports(program: str, imports: str) -> str:
     return "".join(lines[:at]) + imports + "".join(lines[at:])
 
 
+def entry_point_of(spec: Mapping[str, Any]) -> str:
+    """The spec's entry point: a function name, or `Class().method`. Raises ValueError,
+    naming it, for anything else.
+
+    >>> entry_point_of({"entry_point": " Solution().twoSum "})
+    'Solution().twoSum'
+    """
+    entry = spec.get("entry_point")
+    name, dot, method = entry.strip().partition("().") if isinstance(entry, str) else ("", "", "")
+    if not name.isidentifier() or (dot and not method.isidentifier()):
+        raise ValueError(f"function-call tests need an entry_point, a function name or Class().method "
+                         f"(got {entry!r:.80})")
+    return entry.strip()
+
+
 def job_from_spec(program: str, spec: Mapping[str, Any]) -> CodeJob:
     """A `CodeJob` from a test spec ({"tests": [...]} or {"check", "entry_point", "prefix"}).
 
     Raises ValueError for a spec without tests, naming what is missing or malformed.
     """
     if spec.get("check") is not None:
-        entry = spec.get("entry_point")
-        if not isinstance(entry, str) or not _ENTRY_POINT.fullmatch(entry):
-            raise ValueError(f"function-call tests need an entry_point, a function name or Class().method "
-                             f"(got {entry!r:.80})")
+        entry = entry_point_of(spec)
         prefix = spec.get("prefix") or ""
         if not _defines(program, entry):
             program = prefix + program  # a completion of the given function header
@@ -185,7 +194,11 @@ def _from_test_cases(cases: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
             if cases.get("fn_name"):  # APPS wraps a return value in a list, and reads a tuple as a list
                 # the cases travel as one JSON string: a literal of their values, compiled
                 # as source, takes far more memory (5 cases of 100,000 integers: MemoryError)
-                check = (f"import json\nCASES = json.loads({json.dumps(list(zip(ins, outs)))!r})\n\n"
+                try:
+                    cases_json = json.dumps(list(zip(ins, outs)))
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"test_cases: call-based cases must be JSON data ({e})") from None
+                check = (f"import json\nCASES = json.loads({cases_json!r})\n\n"
                          "def check(candidate):\n    for args, want in CASES:\n"
                          "        got = candidate(*args)\n        if isinstance(got, tuple):\n"
                          "            got = list(got)\n        assert got == want or [got] == want\n")
@@ -204,8 +217,6 @@ def _asserts_spec(asserts: list[str], meta: Mapping[str, Any]) -> dict[str, Any]
     name: they become the body of `check(candidate)` (after the row's test imports and
     set-up code); the entry point is the row's, else the function the first assert calls."""
     import ast
-    import builtins
-    import textwrap
 
     lines = [a.strip() for a in asserts if a.strip()]
     if not lines or not all(a.startswith("assert") for a in lines):
@@ -214,19 +225,24 @@ def _asserts_spec(asserts: list[str], meta: Mapping[str, Any]) -> dict[str, Any]
     setup = meta.get("test_setup_code") or ""
     if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports) or not isinstance(setup, str):
         raise ValueError("test_cases: 'test_imports' must be a list of strings and 'test_setup_code' a string")
+    header = "".join(i + "\n" for i in imports) + setup + "\n"
+    try:
+        body = ast.parse("\n".join(lines)).body
+    except SyntaxError as e:
+        raise ValueError(f"the tests do not parse: {e}") from None
+    # each statement written back on one line (string literals escaped), so that indenting
+    # it under check() changes nothing inside a multi-line string
+    asserts = [ast.unparse(node) for node in body]
     entry = meta.get("entry_point")
-    if not entry:
-        try:
-            calls = [n.func.id for n in ast.walk(ast.parse(lines[0])) if isinstance(n, ast.Call)
-                     and isinstance(n.func, ast.Name) and not hasattr(builtins, n.func.id)]
-        except SyntaxError as e:
-            raise ValueError(f"the tests do not parse: {e}") from None
+    if not entry:  # the first function the first assert calls that neither the imports nor the set-up define
+        free = _free_names(header + asserts[0])
+        calls = [n.func.id for n in ast.walk(body[0])
+                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in free]
         if not calls:
             raise ValueError(f"cannot tell which function {lines[0][:60]!r} tests: give the row an entry_point")
         entry = calls[0]
-    check = "".join(i + "\n" for i in imports) + setup + "\n\ndef check(candidate):\n"
-    check += "".join(textwrap.indent(a, "    ") + "\n" for a in lines)
-    return {"check": check, "entry_point": entry, "prefix": meta.get("prefix"), "cases": len(lines)}
+    check = header + "\n\ndef check(candidate):\n" + "".join(f"    {a}\n" for a in asserts)
+    return {"check": check, "entry_point": entry, "prefix": meta.get("prefix"), "cases": len(asserts)}
 
 
 def check_test_cases(cases: Any, meta: Mapping[str, Any]) -> None:
@@ -244,7 +260,7 @@ def check_test_cases(cases: Any, meta: Mapping[str, Any]) -> None:
     job_from_spec("", spec)
     generated = isinstance(cases, Mapping) and bool(cases.get("fn_name"))  # our own check: no helpers
     if spec.get("check") is not None and not spec.get("prefix") and not generated:
-        free = sorted(_free_names(str(spec["check"])) - {"candidate", str(spec.get("entry_point"))})
+        free = sorted(_free_names(str(spec["check"])) - {"candidate", entry_point_of(spec)})
         if free:
             raise ValueError(f"the tests use {', '.join(free[:5])}, defined by neither them nor a prefix: add its "
                              "import, or the problem's code as test_cases' \"prefix\" (else the graded program defines it)")
@@ -305,7 +321,7 @@ def grade_response(response: str, spec: Mapping[str, Any], limits: Limits = Limi
                    isolation: str = "auto") -> RunResult:
     """Extract the program of `response` and run it against `spec`'s tests."""
     entry = spec.get("entry_point") if spec.get("check") is not None else None
-    program = extract_program(response, entry if isinstance(entry, str) and entry else None)
+    program = extract_program(response, entry.strip() if isinstance(entry, str) and entry.strip() else None)
     if program is None:
         return RunResult("runtime_error", 0, 1, "no ```python block in the response")
     return grade(job_from_spec(program, spec), limits, isolation=isolation)

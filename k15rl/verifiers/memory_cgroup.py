@@ -8,12 +8,13 @@ supervisor, and so everything it starts, in a cgroup of its own under the traine
 `Limits.total_memory_mb` as its limit and no swap; the kernel's OOM killer then acts
 inside it, and its `oom_kill` counter tells the host which runs it ended.
 
-Written here, with plain file writes, because the libraries for it (cgroupspy, systemd's
-D-Bus API) either know only cgroup v1 or need a systemd that containers often lack.
-Works with cgroup v1's memory hierarchy, and with v2 where the trainer's cgroup may
-enable the memory controller for its children (a delegated subtree); elsewhere (a
-non-root caller, no cgroupfs) `create` returns None with the reason, and the sandbox
-runs without one.
+Written here, with a few file writes, because the Python libraries for cgroups know
+only v1 (cgroupspy) or need systemd's D-Bus API, which containers often lack.
+Works with cgroup v1's memory hierarchy. On v2 it needs the memory controller enabled
+for the children of the trainer's cgroup, which v2 refuses while that cgroup holds
+processes (the trainer's own), so in practice only from the root cgroup. Elsewhere (a
+non-root caller, no cgroupfs, v2 in a container) `create` returns None with the reason,
+and the sandbox runs without one.
 """
 
 from __future__ import annotations
@@ -86,6 +87,13 @@ class MemoryCgroup:
     def procs(self) -> Path:
         """Writing a pid here moves that process (its children follow from then on)."""
         return self.path / "cgroup.procs"
+
+    def holds(self, pid: int) -> bool:
+        """Whether process `pid` is in this cgroup."""
+        try:
+            return str(pid) in self.procs.read_text().split()
+        except OSError:
+            return False
 
     def oom_kills(self) -> int:
         """Processes the kernel's OOM killer has ended in this cgroup so far."""

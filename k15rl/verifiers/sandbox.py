@@ -83,6 +83,11 @@ class Limits:
     disk_mb: int = 32  # size of the private /tmp (namespace mode)
     total_memory_mb: int = 1024  # all processes of a sandbox, its supervisor's included
 
+    def __post_init__(self):
+        if self.total_memory_mb < self.memory_mb + 128:
+            raise ValueError(f"Limits: total_memory_mb ({self.total_memory_mb}) must leave room for one process "
+                             f"of memory_mb ({self.memory_mb}) and the sandbox's own 128 MB")
+
 
 @dataclass(frozen=True)
 class StdioTest:
@@ -123,6 +128,7 @@ class RunResult:
         return asdict(self)
 
 
+@functools.lru_cache(maxsize=None)
 def namespace_support() -> tuple[bool, bool, str]:
     """(usable, needs a user namespace, why not): can this process start a sandbox in
     fresh PID/mount/network namespaces? Tried once per process with `unshare`."""
@@ -154,7 +160,7 @@ def isolation_mode(isolation: str = "auto") -> str:
         return "namespaces"
     if isolation == "namespaces":
         raise RuntimeError(f"sandbox isolation=namespaces is unavailable here: {why}")
-    log.warning("sandbox: namespaces unavailable (%s); falling back to process isolation (weaker)", why)
+    _warn_once("sandbox: namespaces unavailable; falling back to process isolation (weaker)", why)
     return "process"
 
 
@@ -264,11 +270,8 @@ class _Supervisor:
             cmd = [shutil.which("unshare"), *(["--user", "--map-root-user"] if userns else []), "--net", "--pid",
                    "--ipc", "--uts", "--fork", "--mount", "--mount-proc", "--kill-child", *cmd]
         self.cgroup, why = MemoryCgroup.create(total_memory_mb)
-        if self.cgroup is None:
-            _warn_once(f"sandbox: no memory cgroup ({why}); each process is still bounded by RLIMIT_AS, "
-                       "not all of a program's processes together")
-        else:  # the shell moves itself into the cgroup, then becomes the supervisor: all it starts stays in
-            cmd = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.cgroup.procs), *cmd]
+        if self.cgroup is not None:  # the shell moves itself into the cgroup, then becomes the supervisor
+            cmd = ["/bin/sh", "-c", 'echo $$ > "$0" 2>/dev/null; exec "$@"', str(self.cgroup.procs), *cmd]
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      start_new_session=True, close_fds=True, env=env, cwd="/")
@@ -278,6 +281,13 @@ class _Supervisor:
         ready = self._read_line(30.0)
         if not ready.get("ready"):
             raise RuntimeError(f"the sandbox did not start: {ready.get('error')}")
+        if self.cgroup is not None and not self.cgroup.holds(self.proc.pid):
+            why = f"could not move the sandbox into {self.cgroup.path}"
+            self.cgroup.remove()
+            self.cgroup = None
+        if self.cgroup is None:
+            _warn_once("sandbox: no memory cgroup; each process is still bounded by RLIMIT_AS, not all of a "
+                       "program's processes together", why)
 
     def _read_line(self, timeout: float) -> dict:
         """One JSON line from the supervisor, within `timeout` seconds."""
@@ -343,9 +353,15 @@ class _Supervisor:
         _SLOTS.release(self.slot)
 
 
-@functools.lru_cache(maxsize=None)
-def _warn_once(message: str) -> None:
-    log.warning(message)
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str, reason: str) -> None:
+    """Log `message` the first time only, with that time's reason (which may name a
+    supervisor's own folder, so it is not part of what counts as the same warning)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning("%s (%s)", message, reason)
 
 
 class _SupervisorPool:
