@@ -187,7 +187,7 @@ def test_mbpp_assert_lines():
     assert grade_response(wrong, spec, FAST).reason == "wrong_answer"
     with pytest.raises(ValueError, match="math"):  # the row's imports left out: refused at load, naming what
         check_test_cases(MBPP_ASSERTS, {})
-    with pytest.raises(ValueError, match="assert lines"):
+    with pytest.raises(ValueError, match="assert statements"):
         check_test_cases(["print(1)"], {})
     with pytest.raises(ValueError, match="entry_point"):
         check_test_cases(["assert len('ab') == 2"], {})
@@ -301,11 +301,51 @@ def test_limits_leave_room_for_one_process():
     Limits(memory_mb=2048, total_memory_mb=4096)
 
 
-def test_the_namespace_probe_runs_once():
-    from k15rl.verifiers.sandbox import namespace_support
+def test_the_namespace_probe_runs_once(monkeypatch):
+    """A definite answer of the namespace probe is kept: later jobs do not start `unshare`
+    again (a probe that timed out is tried again instead, not kept as a lasting no)."""
+    from k15rl.verifiers import sandbox
 
     grade_response(f"```python\n{ADD_PROGRAM}```", ADD, FAST)
-    misses = namespace_support.cache_info().misses
+    assert sandbox._NAMESPACES  # this machine answers for sure
+    monkeypatch.setattr(sandbox.subprocess, "run", lambda *a, **k: pytest.fail("probed again"))
     for _ in range(3):
-        grade_response(f"```python\n{ADD_PROGRAM}```", ADD, FAST)
-    assert namespace_support.cache_info().misses == misses <= 1
+        assert grade_response(f"```python\n{ADD_PROGRAM}```", ADD, FAST).reason == "pass"
+
+
+def test_the_tests_not_the_program_decide_which_arguments_change():
+    """A program writes its own answers: one that returns a value and adds changed
+    arguments to its answer anyway (a forged frame) still cannot change the tests' list."""
+    check = "def check(candidate):\n    xs = [3, 1, 2]\n    assert candidate(xs) == sorted(xs)\n"
+    forged = ("import json, os, struct\ndef f(xs):\n    d = json.dumps({'value': [], 'after': [[0, []]]}).encode()\n"
+              "    os.write(5, struct.pack('>I', len(d)) + d)\n    os._exit(0)\n")
+    assert run_function(forged, check, "f", FAST).reason != "pass"
+
+
+def test_function_jobs_keep_their_supervisor():
+    """A function-call job leaves its supervisor healthy for the next job (it used to be
+    replaced after every job, at the cost of new namespaces)."""
+    from k15rl.verifiers.sandbox import supervisor_pids
+
+    check = "def check(candidate):\n    assert candidate(2, 3) == 5\n"
+    assert run_function("def add(a, b):\n    return a + b\n", check, "add", FAST).reason == "pass"
+    before = supervisor_pids()
+    for _ in range(3):
+        assert run_function("def add(a, b):\n    return a + b\n", check, "add", FAST).reason == "pass"
+    assert supervisor_pids() == before
+
+
+def test_mbpp_rows_refuse_what_is_not_an_assert_and_read_star_imports():
+    from k15rl.verifiers.code import _from_test_cases
+
+    for bad in (["assertx = 3"], ["assert f(1) == 1; x = 2"], ["print(1)"]):
+        with pytest.raises(ValueError, match="assert statements"):
+            check_test_cases(bad, {})
+    star = {"test_imports": ["from math import *"]}
+    assert _from_test_cases({"test_list": ["assert f(1) == 1"], **star}, {})["entry_point"] == "f"
+    with pytest.raises(ValueError, match="entry_point"):  # isclose or f: not known without importing math
+        _from_test_cases({"test_list": ["assert isclose(f(1), 1.0)"], **star}, {})
+    with pytest.raises(ValueError, match="JSON"):
+        check_test_cases({"inputs": [[{1: 2}]], "outputs": [1], "fn_name": "f"}, {})
+    with pytest.raises(ValueError, match="entry_point"):
+        check_test_cases({"test": "def check(c):\n    assert c(1)\n", "entry_point": "class"}, {})

@@ -369,13 +369,17 @@ def _methods(user, module_name):
     return sorted(out)
 
 
+def _class_method(call):
+    """(class, method) of a call named `Class().method`, else None."""
+    cls_name, dot, method = call.partition("().")
+    return (cls_name, method) if dot else None
+
+
 def _callable(user, call):
     """What a call named `call` runs: a function of the program, or `Class().method`: the
     method of a new instance, as LeetCode's judge makes one per test case."""
-    cls_name, dot, method = call.partition("().")
-    if dot:
-        return getattr(user[cls_name](), method)
-    return user[call]
+    pair = _class_method(call)
+    return getattr(user[pair[0]](), pair[1]) if pair else user[call]
 
 
 def _changed_in_place(req, args, kwargs):
@@ -445,15 +449,20 @@ class _Remote:
         self.name, self.fds, self.wall_s = name, fds, wall_s
 
     def __call__(self, *args, **kwargs):
+        if _timed_out:  # the channel is out of step: not even a request goes out
+            raise _CallTimeout(_timed_out[0])
         send(self.fds[0], {"call": self.name, "args": encode(list(args)), "kwargs": encode(kwargs)})
         answer = _answer(self.fds[1], self.wall_s, f"the call {self.name}()")
         if "value" in answer:
-            for key, value in answer.get("after", []):  # arguments the program changed in place
+            value = decode(answer["value"])
+            # changed arguments count only with a None result: the program writes its own
+            # answers, so the rule is kept here, not where they are written
+            for key, after in answer.get("after", []) if value is None else []:
                 if _type(key) is int and 0 <= key < len(args):
-                    _copy_back(args[key], decode(value))
+                    _copy_back(args[key], decode(after))
                 elif _type(key) is str and key in kwargs:
-                    _copy_back(kwargs[key], decode(value))
-            return decode(answer["value"])
+                    _copy_back(kwargs[key], decode(after))
+            return value
         exc = getattr(builtins, str(answer.get("raised")), None)
         if (not (isinstance(exc, type) and issubclass(exc, Exception))
                 or issubclass(exc, (AssertionError, StopIteration, StopAsyncIteration))):
@@ -473,8 +482,8 @@ def judge(spec):
     try:
         ready = _answer(5, wall_s, "the program's start")
         entry = call = job["entry_point"]
-        explicit = call.partition("().")[0] if "()." in call else None  # Solution().twoSum: resolved at the call
-        if call not in ready["ready"] and call not in ready["methods"] and explicit not in ready["ready"]:
+        explicit = _class_method(call)  # Solution().twoSum of a class it has: resolved at the call
+        if call not in ready["ready"] and call not in ready["methods"] and not (explicit and explicit[0] in ready["ready"]):
             # a bare method name (`twoSum`) that one class of the program defines
             owners = [m for m in ready["methods"] if m.endswith(f"().{call}")]
             call = owners[0] if len(owners) == 1 else None

@@ -497,19 +497,23 @@ _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 def _slack(want, tolerance):
     """How far a printed number may be from the real number written `want`: `tolerance`,
     absolute or relative, but the relative part no more than half a unit in the last
-    digit `want` prints (500000 is not 500000.5, though within 1e-6 of it relatively).
-    None for a number past the float range (compared as written)."""
+    digit `want` prints or 64 units in the last place of a double there, whichever is
+    more (500000 is not 500000.5, though within 1e-6 of it relatively; a float error of
+    a few ulps always passes). None for a number past the float range (compared as
+    written)."""
     value = float(want)
     if not math.isfinite(value):
         return None
     mantissa, _, exponent = want.lower().partition("e")
     exponent = exponent.lstrip("+")
+    # an exponent of more digits than this is past any double's range; int() of a long one is slow
     exp = int(exponent or 0) if len(exponent) <= 7 else (-10**6 if exponent.startswith("-") else 10**6)
     half_unit = 0.5 * 10.0 ** max(-300, min(300, exp - len(mantissa.partition(".")[2])))
-    return min(tolerance * max(1.0, abs(value)), max(half_unit, tolerance))
+    return min(tolerance * max(1.0, abs(value)), max(half_unit, 64 * math.ulp(value), tolerance))
 
 
 def _close(got, want, tolerance):
+    """Whether the word `got` is a number within `_slack` of the real number `want`."""
     slack = _slack(want, tolerance) if _REAL.fullmatch(want) and _NUMBER.fullmatch(got) else None
     return slack is not None and abs(float(got) - float(want)) <= slack
 
@@ -519,8 +523,9 @@ def outputs_match(got, expected, tolerance=0.0):
     `normalize_output`. With `tolerance` > 0, a word of the expected output that is a real
     number (a decimal point or an exponent) matches any number within `_slack` of it:
     the usual checker of real-valued answers (absolute or relative error up to
-    `tolerance`), so 0.5 matches 0.500000. Every other word (integers too), and the
-    spaces between words, must be equal.
+    `tolerance`), the relative part capped near the expected value's printed precision,
+    so 0.5 matches 0.500000. Every other word (integers too), and the spaces between
+    words, must be equal.
 
     >>> outputs_match("0.5 3\\n", "0.5000001 3", 1e-6), outputs_match("0.5 3", "0.5001 3", 1e-6)
     (True, False)
@@ -530,6 +535,8 @@ def outputs_match(got, expected, tolerance=0.0):
     (True, True)
     >>> outputs_match("0", "1e400", 1e-6), outputs_match("1e400", "1e400", 1e-6)
     (False, True)
+    >>> outputs_match("1000000000.000002", "1000000000.000000", 1e-6)  # a few ulps
+    True
     """
     got, expected = normalize_output(got), normalize_output(expected)
     if got == expected or tolerance <= 0:
@@ -547,9 +554,11 @@ def outputs_match(got, expected, tolerance=0.0):
     return True
 
 
-def _ran_ok(r, expected, tolerance):
+def _ran_ok(r, item, job):
+    """Whether a run passed as far as the supervisor can tell (exit status, limits, and
+    the output where the run has an expected one)."""
     ok = r.get("returncode") == 0 and not r.get("timed_out") and not r.get("output_exceeded")
-    return ok and (expected is None or outputs_match(r["stdout"], expected, tolerance))
+    return ok and ("expected" not in item or outputs_match(r["stdout"], item["expected"], job["float_tolerance"]))
 
 
 def main():
@@ -570,7 +579,7 @@ def main():
                 r = sup.run_one(job, item.get("stdin", "").encode("utf-8", "surrogatepass"))
                 out["results"].append(r)
                 if "error" in r or (job["stop_at_first_failure"]
-                                    and not _ran_ok(r, item.get("expected"), job["float_tolerance"])):
+                                    and not _ran_ok(r, item, job)):
                     break
         except Exception as e:
             out["error"] = f"{type(e).__name__}: {e}"

@@ -126,9 +126,11 @@ def entry_point_of(spec: Mapping[str, Any]) -> str:
     >>> entry_point_of({"entry_point": " Solution().twoSum "})
     'Solution().twoSum'
     """
+    import keyword
+
     entry = spec.get("entry_point")
     name, dot, method = entry.strip().partition("().") if isinstance(entry, str) else ("", "", "")
-    if not name.isidentifier() or (dot and not method.isidentifier()):
+    if any(not n.isidentifier() or keyword.iskeyword(n) for n in ([name, method] if dot else [name])):
         raise ValueError(f"function-call tests need an entry_point, a function name or Class().method "
                          f"(got {entry!r:.80})")
     return entry.strip()
@@ -194,10 +196,10 @@ def _from_test_cases(cases: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
             if cases.get("fn_name"):  # APPS wraps a return value in a list, and reads a tuple as a list
                 # the cases travel as one JSON string: a literal of their values, compiled
                 # as source, takes far more memory (5 cases of 100,000 integers: MemoryError)
-                try:
-                    cases_json = json.dumps(list(zip(ins, outs)))
-                except (TypeError, ValueError) as e:
-                    raise ValueError(f"test_cases: call-based cases must be JSON data ({e})") from None
+                cases_json = json.dumps(list(zip(ins, outs)), allow_nan=False) if _is_json(ins + outs) else None
+                if cases_json is None:
+                    raise ValueError("test_cases: call-based inputs and outputs must be JSON data (no sets, bytes, "
+                                     "NaN or non-string keys): they reach the tests as JSON")
                 check = (f"import json\nCASES = json.loads({cases_json!r})\n\n"
                          "def check(candidate):\n    for args, want in CASES:\n"
                          "        got = candidate(*args)\n        if isinstance(got, tuple):\n"
@@ -212,15 +214,30 @@ def _from_test_cases(cases: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
     raise ValueError(f"test_cases of an unknown shape: {str(cases)[:80]!r}")
 
 
+def _is_json(value: Any, depth: int = 0) -> bool:
+    """Whether `value` survives a JSON round trip as it is (lists for tuples aside)."""
+    if depth > 100:
+        return False
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return value == value and abs(value) != float("inf")
+    if isinstance(value, (list, tuple)):
+        return all(_is_json(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_json(v, depth + 1) for k, v in value.items())
+    return False
+
+
 def _asserts_spec(asserts: list[str], meta: Mapping[str, Any]) -> dict[str, Any]:
     """Function-call tests from MBPP's top-level `assert` lines, which call the function by
     name: they become the body of `check(candidate)` (after the row's test imports and
-    set-up code); the entry point is the row's, else the function the first assert calls."""
+    set-up code), one case each; the entry point is the row's, else the first function
+    the first assert calls that neither the imports nor the set-up define."""
     import ast
+    import builtins
 
     lines = [a.strip() for a in asserts if a.strip()]
-    if not lines or not all(a.startswith("assert") for a in lines):
-        raise ValueError("test_cases: a list of strings must be assert lines (MBPP's test_list)")
     imports = meta.get("test_imports") or []
     setup = meta.get("test_setup_code") or ""
     if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports) or not isinstance(setup, str):
@@ -230,14 +247,19 @@ def _asserts_spec(asserts: list[str], meta: Mapping[str, Any]) -> dict[str, Any]
         body = ast.parse("\n".join(lines)).body
     except SyntaxError as e:
         raise ValueError(f"the tests do not parse: {e}") from None
+    if not body or not all(isinstance(node, ast.Assert) for node in body):
+        raise ValueError("test_cases: a list of strings must be assert statements (MBPP's test_list)")
     # each statement written back on one line (string literals escaped), so that indenting
     # it under check() changes nothing inside a multi-line string
     asserts = [ast.unparse(node) for node in body]
     entry = meta.get("entry_point")
     if not entry:  # the first function the first assert calls that neither the imports nor the set-up define
-        free = _free_names(header + asserts[0])
-        calls = [n.func.id for n in ast.walk(body[0])
-                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in free]
+        free = _free_names(header + asserts[0])  # none where a star import binds names not known here
+        called = [n.func.id for n in ast.walk(body[0]) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+        calls = [c for c in called if c in free]
+        if not calls and "*" in header:  # after a star import, only a call that cannot be anything else
+            calls = [c for c in dict.fromkeys(called) if not hasattr(builtins, c)]
+            calls = calls if len(calls) == 1 else []
         if not calls:
             raise ValueError(f"cannot tell which function {lines[0][:60]!r} tests: give the row an entry_point")
         entry = calls[0]
@@ -320,8 +342,7 @@ def spec_of(prompt: Prompt) -> Mapping[str, Any]:
 def grade_response(response: str, spec: Mapping[str, Any], limits: Limits = Limits(), *,
                    isolation: str = "auto") -> RunResult:
     """Extract the program of `response` and run it against `spec`'s tests."""
-    entry = spec.get("entry_point") if spec.get("check") is not None else None
-    program = extract_program(response, entry.strip() if isinstance(entry, str) and entry.strip() else None)
+    program = extract_program(response, entry_point_of(spec) if spec.get("check") is not None else None)
     if program is None:
         return RunResult("runtime_error", 0, 1, "no ```python block in the response")
     return grade(job_from_spec(program, spec), limits, isolation=isolation)

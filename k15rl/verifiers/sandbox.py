@@ -128,23 +128,30 @@ class RunResult:
         return asdict(self)
 
 
-@functools.lru_cache(maxsize=None)
+_NAMESPACES: list[tuple[bool, bool, str]] = []  # the probe's answer, once it had a definite one
+
+
 def namespace_support() -> tuple[bool, bool, str]:
     """(usable, needs a user namespace, why not): can this process start a sandbox in
-    fresh PID/mount/network namespaces? Tried once per process with `unshare`."""
+    fresh PID/mount/network namespaces? Tried with `unshare` until it answers for sure
+    (it worked, or `unshare` refused); a probe that timed out or could not start (a
+    loaded machine) is tried again next time, not taken as a lasting no."""
+    if _NAMESPACES:
+        return _NAMESPACES[0]
     exe = shutil.which("unshare")
-    if exe is None:
-        return False, False, "util-linux unshare not found"
     userns = os.geteuid() != 0
+    if exe is None:
+        _NAMESPACES.append((False, userns, "util-linux unshare not found"))
+        return _NAMESPACES[0]
     cmd = [exe, *(["--user", "--map-root-user"] if userns else []), "--net", "--pid", "--fork", "--mount",
            "--mount-proc", "--kill-child", "true"]
     try:
         r = subprocess.run(cmd, capture_output=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, userns, str(e)
-    if r.returncode != 0:
-        return False, userns, r.stderr.decode(errors="replace").strip()[:200]
-    return True, userns, ""
+    _NAMESPACES.append((r.returncode == 0, userns, r.stderr.decode(errors="replace").strip()[:200]
+                        if r.returncode else ""))
+    return _NAMESPACES[0]
 
 
 def isolation_mode(isolation: str = "auto") -> str:
