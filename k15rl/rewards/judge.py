@@ -14,8 +14,9 @@ the object) is a failure, which scores 0 and is counted.
 The response is the policy's, so it is hostile: it may address the judge or write a
 verdict of its own. It goes between `<response-ID>` and `</response-ID>` lines, ID a hash
 of the response itself, so it cannot write the closing line (it would have to contain
-its own hash), and the judge is told that nothing inside grades it. A verdict the judge merely quotes from the response does not end its output,
-or ends an output cut at the token limit, so it does not count.
+its own hash); its own `<response...>` tags are defused; and the judge is told that
+nothing inside grades it. A verdict the judge merely quotes from the response does not
+end its output, or ends an output cut at the token limit, so it does not count.
 """
 
 from __future__ import annotations

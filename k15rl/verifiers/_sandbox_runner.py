@@ -483,7 +483,8 @@ def judge(spec):
         ready = _answer(5, wall_s, "the program's start")
         entry = call = job["entry_point"]
         explicit = _class_method(call)  # Solution().twoSum of a class it has: resolved at the call
-        if call not in ready["ready"] and call not in ready["methods"] and not (explicit and explicit[0] in ready["ready"]):
+        served = call in ready["ready"] or call in ready["methods"] or (explicit and explicit[0] in ready["ready"])
+        if not served:
             # a bare method name (`twoSum`) that one class of the program defines
             owners = [m for m in ready["methods"] if m.endswith(f"().{call}")]
             call = owners[0] if len(owners) == 1 else None

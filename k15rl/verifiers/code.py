@@ -285,7 +285,8 @@ def check_test_cases(cases: Any, meta: Mapping[str, Any]) -> None:
         free = sorted(_free_names(str(spec["check"])) - {"candidate", entry_point_of(spec)})
         if free:
             raise ValueError(f"the tests use {', '.join(free[:5])}, defined by neither them nor a prefix: add its "
-                             "import, or the problem's code as test_cases' \"prefix\" (else the graded program defines it)")
+                             "import, or the problem's code as test_cases' \"prefix\" "
+                             "(else the graded program defines it)")
 
 
 def _free_names(code: str) -> set[str]:
