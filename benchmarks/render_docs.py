@@ -392,7 +392,7 @@ def render_soak(r: dict) -> str:
     return "\n".join([
         f"{r['iterations']} iterations in {r['duration_min']:.1f} min (torch threads {r['threads'] or 'all'}, "
         f"evaluations every 10 iterations and a checkpoint every 5 included; exit code {r['exit_code']}):", "",
-        table(["minute", *shown], [["RSS (MB)", *[f"{per[m]:.0f}" for m in shown]]]), "",
+        table(["minute", *map(str, shown)], [["RSS (MB)", *[f"{per[m]:.0f}" for m in shown]]]), "",
         f"Resident memory: start {r['rss_mb_start']:.0f} MB, middle {r['rss_mb_middle']:.0f}, end "
         f"{r['rss_mb_end']:.0f}, max {r['rss_mb_max']:.0f}"
         + (f", mean after the first minute {mean:.0f}" if mean else "")
