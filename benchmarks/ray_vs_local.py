@@ -68,10 +68,12 @@ def main() -> None:
     ap.add_argument("--rollout-workers", type=int, default=2)
     ap.add_argument("--trainer-workers", type=int, default=1, help=">1 adds an FSDP2 arm")
     ap.add_argument("--overlap", action="store_true", help="adds Ray with rollout.overlap (and one process with it)")
-    ap.add_argument("--plot", default="docs/ray_vs_local.png")
+    ap.add_argument("--plot", default=None,
+                    help="default: docs/ray_vs_local.png, or docs/ray_vs_local_overlap.png with --overlap")
     ap.add_argument("--results-name", default=None,
                     help="benchmarks/results/NAME.json (default: ray_vs_local, or ray_vs_local_overlap with --overlap)")
     args = ap.parse_args()
+    args.plot = args.plot or ("docs/ray_vs_local_overlap.png" if args.overlap else "docs/ray_vs_local.png")
     common = (args.iterations, args.eval_every, args.test_per_level)
     ray = ["distributed.backend=ray", f"distributed.rollout_workers={args.rollout_workers}",
            "distributed.cpus_per_worker=1"]
