@@ -45,8 +45,9 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 # the supervisor compares outputs where it stops at a first failure, and the host where it
-# grades: one rule, written in the supervisor (standard library only)
-from k15rl.verifiers._sandbox_supervisor import normalize_output, outputs_match
+# grades: one rule, written in the supervisor (standard library only); normalize_output is
+# this module's too for its callers (k15rl codetests)
+from k15rl.verifiers._sandbox_supervisor import normalize_output, outputs_match  # noqa: F401
 from k15rl.verifiers.memory_cgroup import MemoryCgroup
 
 log = logging.getLogger(__name__)
