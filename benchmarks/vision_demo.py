@@ -24,7 +24,8 @@ from results import write_result
 from stats import t_interval
 
 # The kinds of visual data of report §2.3.5 that the built-in tasks stand for.
-KINDS = {"vis_count": "synthetic: counting shapes", "vis_bars": "synthetic: chart reading",
+KINDS = {"vis_count": "synthetic: counting shapes", "vis_where": "synthetic: spatial relations",
+         "vis_pattern": "synthetic: geometric patterns", "vis_bars": "synthetic: chart reading",
          "vis_text": "text-rendered: arithmetic", "vis_sort": "text-rendered: letter sorting"}
 
 

@@ -45,7 +45,10 @@ def test_builtin_vlm_is_an_ordinary_hf_folder(vlm_dir):
 
 
 def test_visual_tasks_render_deterministically_and_split_by_scene():
-    for name in ("vis_count", "vis_bars", "vis_text", "vis_sort"):
+    from k15rl.tasks.visual import VISUAL_TASKS
+
+    assert set(VISUAL_TASKS) == {"vis_count", "vis_where", "vis_pattern", "vis_bars", "vis_text", "vis_sort"}
+    for name in VISUAL_TASKS:
         task = get_task(name)
         a = make_prompts(task, "train", 5, task.levels, seed=0)
         b = make_prompts(task, "train", 5, task.levels, seed=0)
@@ -109,6 +112,73 @@ def test_vis_count_answer_matches_the_pixels():
                 centre = img.getpixel((c * step + step // 2, r * step + step // 2 + step // 8))
                 found += centre == COLOURS[target]
         assert found == int(p.answer), p.meta["items"]
+
+
+def _cell_colour(img, side, cell):
+    """The colour at the middle of a grid cell, a little below centre (inside every shape)."""
+    step = 96 // side
+    r, c = divmod(cell, side)
+    return img.getpixel((c * step + step // 2, r * step + step // 2 + step // 8))
+
+
+def test_vis_where_answer_is_the_named_shapes_neighbour_in_the_pixels():
+    from k15rl.tasks.visual import COLOURS, VisWhereTask
+
+    # cells of a 3x3 grid: 0 1 2 / 3 4 5 / 6 7 8
+    assert [VisWhereTask.neighbour(3, 4, r) for r in ("left of", "right of", "above", "below")] == [3, 5, 1, 7]
+    assert [VisWhereTask.neighbour(3, c, r) for c, r in ((3, "left of"), (5, "right of"), (1, "above"), (7, "below"))] \
+        == [None, None, None, None]
+    assert VisWhereTask.neighbour(4, 1, "below") == 5
+    task = get_task("vis_where")
+    seen = set()
+    for p in make_prompts(task, "train", 15, task.levels, seed=0):
+        img, side = open_image(p.images[0]), p.meta["side"]
+        at = {cell: (colour, kind) for cell, colour, kind in p.meta["items"]}
+        assert len(set(at.values())) == len(at)  # distinct shapes: "the red circle" names one
+        colour, kind = at[p.meta["cell"]]
+        assert f"directly {p.meta['relation']} the {colour} {kind}?" in p.question
+        r, c = divmod(p.meta["cell"], side)
+        dr, dc = {"left of": (0, -1), "right of": (0, 1), "above": (-1, 0), "below": (1, 0)}[p.meta["relation"]]
+        nb = (r + dr) * side + (c + dc)
+        assert 0 <= r + dr < side and 0 <= c + dc < side and p.answer == " ".join(at[nb])
+        assert _cell_colour(img, side, p.meta["cell"]) == COLOURS[colour]
+        assert _cell_colour(img, side, nb) == COLOURS[at[nb][0]]
+        seen.add(p.meta["relation"])
+    assert seen == {"left of", "right of", "above", "below"}
+    assert task.verify("row 1: ...\nanswer: The Yellow Circle.", "yellow circle")
+    assert not task.verify("answer: yellow square", "yellow circle")
+    assert not task.verify("answer: circle yellow", "yellow circle")
+    assert not task.verify("yellow circle", "yellow circle")  # no final answer line
+
+
+def test_vis_pattern_answer_is_the_only_one_the_visible_cells_allow():
+    """For every period q whose run of different shapes fits the visible cells, the "?" cell
+    gets the same shape: the answer. The "?" cell shows a black "?" and no shape colour."""
+    import numpy as np
+
+    from k15rl.tasks.visual import COLOURS
+
+    task = get_task("vis_pattern")
+    for p in make_prompts(task, "train", 40, task.levels, seed=0):
+        side, missing = p.meta["side"], p.meta["missing"]
+        unit = [tuple(u) for u in p.meta["unit"]]
+        seq = [None if i == missing else unit[i % len(unit)] for i in range(side * side)]
+        answers = set()
+        for q in range(1, side * side):
+            phases: dict[int, tuple] = {}
+            if any(phases.setdefault(i % q, x) != x for i, x in enumerate(seq) if x is not None):
+                continue
+            if len(set(phases.values())) == len(phases):  # a run of different shapes
+                answers.add(" ".join(phases.get(missing % q, ("unknown",))))
+        assert answers == {p.answer}, (seq, answers)
+        img, step = open_image(p.images[0]), 96 // side
+        r, c = divmod(missing, side)
+        block = np.asarray(img)[r * step:(r + 1) * step, c * step:(c + 1) * step].reshape(-1, 3)  # [step*step, 3]
+        assert (block.max(axis=1) < 64).any()  # the black "?"
+        assert not any((block == rgb).all(axis=1).any() for rgb in COLOURS.values())
+        for cell in set(range(side * side)) - {missing}:
+            assert _cell_colour(img, side, cell) == COLOURS[seq[cell][0]]
+    assert task.verify("answer: red circle", "red circle") and not task.verify("answer: red", "red circle")
 
 
 @pytest.mark.parametrize("groups", [1, 3])
@@ -380,16 +450,16 @@ def test_demo_command_runs_the_vision_preset(vlm_dir, tmp_path, capsys):
                  "algorithm.minibatches=1"])
     out = capsys.readouterr().out
     assert code == 0
-    assert all(t in out for t in ("vis_bars", "vis_count", "vis_text", "vis_sort")) and "demo: test accuracy" in out
-    assert json.loads((tmp_path / "v" / "summary.json").read_text())["test_per_task_after"].keys() == \
-        {"vis_bars", "vis_count", "vis_text", "vis_sort"}
+    tasks = {"vis_bars", "vis_count", "vis_where", "vis_pattern", "vis_text", "vis_sort"}
+    assert all(t in out for t in tasks) and "demo: test accuracy" in out
+    assert json.loads((tmp_path / "v" / "summary.json").read_text())["test_per_task_after"].keys() == tasks
 
 
 def test_vision_preset_trains_on_prompts_the_warm_up_did_not_see():
     """The vision preset's RL train prompts leave out every scene the built-in VLM's warm-up
     fitted for 12 epochs (data.exclude_warmup=auto): before, with the warm-up's data seed,
-    5,111 of 7,500 showed a warm-up image, and 535 with another seed (the small levels have
-    few distinct scenes)."""
+    5,111 of the four-task preset's 7,500 showed a warm-up image, and 535 with another seed
+    (the small levels have few distinct scenes)."""
     from k15rl.config import load_config
     from k15rl.data import build_prompts
     from k15rl.models.builtin import BUILTIN_SPECS
@@ -399,7 +469,7 @@ def test_vision_preset_trains_on_prompts_the_warm_up_did_not_see():
     spec = BUILTIN_SPECS[cfg.model.path]
     seen = {(m[-1]["images"][0], m[-1]["content"]) for m, _ in warmup_examples(spec)}  # image and question
     train, _ = build_prompts(cfg, log=lambda s: None)
-    assert len(train) >= 0.99 * 20 * cfg.data.train_per_level  # 4 tasks x 5 levels
+    assert len(train) >= 0.99 * len(cfg.data.tasks) * 5 * cfg.data.train_per_level  # 6 tasks x 5 levels
     assert not any((p.images[0], p.question) in seen for p in train)
     # a few small scenes come back with another colour asked (another problem)
     assert sum(p.images[0] in {img for img, _ in seen} for p in train) < 0.02 * len(train)

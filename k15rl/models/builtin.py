@@ -71,7 +71,7 @@ BUILTIN_SPECS: dict[str, BuiltinSpec] = {
     # The built-in VLM: a CLIP tower (2 layers, 64 wide) on 96x96 images, 64 image tokens
     # each, and a language model the size of the default one; the built-in visual tasks.
     "builtin-vision": BuiltinSpec(
-        tasks=["vis_count", "vis_bars", "vis_text", "vis_sort"],
+        tasks=["vis_count", "vis_where", "vis_pattern", "vis_bars", "vis_text", "vis_sort"],
         levels=[1, 2, 3, 4, 5],
         sft_per_level=[400, 400, 400, 300, 200],
         max_positions=512,

@@ -4,6 +4,10 @@ The report's visual RL data comes in three kinds; the built-in tasks cover the t
 can be generated:
 
     vis_count   synthetic visual reasoning: count the shapes of one colour on a grid
+    vis_where   synthetic visual reasoning (spatial relations): which shape is directly
+                left of, right of, above or below a named one
+    vis_pattern synthetic visual reasoning (geometric patterns): shapes repeat in reading
+                order; which one belongs in the cell marked "?"
     vis_bars    synthetic chart analysis: which labelled bar is tallest
     vis_text    text-rendered: an `arith` question drawn into the image, the text prompt
                 only says "answer the question in the image", so the same problem can be
@@ -51,6 +55,47 @@ def _shape(draw, kind: str, box: tuple[int, int, int, int], fill) -> None:
         draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=fill)
 
 
+def _grid_png(side: int, items, mark: int | None = None) -> bytes:
+    """PNG of a side x side grid holding `items` [(cell, colour, shape)], cells numbered in
+    reading order; cell `mark`, if given, holds a "?" in a grey frame."""
+    from PIL import ImageFont
+
+    img, draw = _canvas()
+    step = SIZE // side
+    pad = step // 6
+    for cell, colour, kind in items:
+        r, c = divmod(cell, side)
+        _shape(draw, kind, (c * step + pad, r * step + pad, (c + 1) * step - pad, (r + 1) * step - pad),
+               COLOURS[colour])
+    if mark is not None:
+        r, c = divmod(mark, side)
+        draw.rectangle((c * step + pad, r * step + pad, (c + 1) * step - pad, (r + 1) * step - pad), outline=(120, 120, 120))
+        font = ImageFont.load_default_imagefont()  # 6x11 px bitmap: no font files needed
+        draw.text((c * step + step // 2 - 3, r * step + step // 2 - 6), "?", fill="black", font=font)
+    return to_png(img)
+
+
+def _scene(items) -> str:
+    return ";".join(f"{cell}:{colour}:{kind}" for cell, colour, kind in items)
+
+
+# Every (colour, shape) pair: the objects of a `vis_where` or `vis_pattern` scene are
+# distinct pairs, so "the red circle" names one object.
+OBJECTS = tuple((colour, kind) for colour in sorted(COLOURS) for kind in SHAPES)
+
+
+def _same_object(response: str, answer: str) -> bool:
+    """The response's final answer names the object `answer` ("blue square"): case,
+    surrounding punctuation and a leading article aside."""
+    got = extract_answer(response)
+    if got is None:
+        return False
+    words = got.lower().strip().strip(".!").split()
+    if words and words[0] in ("a", "an", "the"):
+        words = words[1:]
+    return " ".join(words) == answer
+
+
 # level -> (grid side, most shapes, colours in play)
 COUNT_LEVELS: dict[int, tuple[int, int, int]] = {1: (2, 3, 2), 2: (3, 5, 2), 3: (3, 7, 3), 4: (4, 9, 4), 5: (4, 12, 4)}
 
@@ -73,17 +118,9 @@ class VisCountTask:
         cells = rng.sample(range(side * side), rng.randint(2, most))
         items = sorted((c, rng.choice(colours), rng.choice(SHAPES)) for c in cells)  # (cell, colour, shape)
         target = rng.choice(colours)
-        img, draw = _canvas()
-        step = SIZE // side
-        for cell, colour, kind in items:
-            r, c = divmod(cell, side)
-            pad = step // 6
-            _shape(draw, kind, (c * step + pad, r * step + pad, (c + 1) * step - pad, (r + 1) * step - pad),
-                   COLOURS[colour])
         answer = sum(colour == target for _, colour, _ in items)
-        scene = ";".join(f"{cell}:{colour}:{kind}" for cell, colour, kind in items)
         return Problem(f"How many {target} shapes are in the image?", str(answer), level,
-                       meta={"image": to_png(img), "split_key": f"vis_count/{side}/{scene}/{target}",
+                       meta={"image": _grid_png(side, items), "split_key": f"vis_count/{side}/{_scene(items)}/{target}",
                              "items": [list(x) for x in items], "side": side, "target": target})
 
     def verify(self, response: str, answer: str) -> bool:
@@ -154,6 +191,128 @@ class VisBarsTask:
                 best = i
             out.append(f"bar {LETTERS[i]}: about {h // 4}. tallest so far: {LETTERS[best]}")
         out.append(f"answer: {LETTERS[best]}")
+        return "\n".join(out)
+
+
+# direction -> (row step, column step); "left of" the object is the cell just before it
+RELATIONS: dict[str, tuple[int, int]] = {"left of": (0, -1), "right of": (0, 1), "above": (-1, 0), "below": (1, 0)}
+# level -> (grid side, shapes, the relations asked)
+WHERE_LEVELS: dict[int, tuple[int, int, tuple[str, ...]]] = {
+    1: (2, 3, ("left of", "right of")), 2: (3, 4, ("left of", "right of")), 3: (3, 5, tuple(RELATIONS)),
+    4: (4, 8, tuple(RELATIONS)), 5: (4, 12, tuple(RELATIONS))}
+
+
+class VisWhereTask:
+    """Spatial relations (report §2.3.5, synthetic visual reasoning): which shape is
+    directly left of, right of, above or below a named one, on a grid of distinct shapes.
+    Answer: its colour and shape ("green triangle").
+
+    >>> t = VisWhereTask()
+    >>> p = t.generate(random.Random(0), 4)
+    >>> t.verify(t.warmup_trace(p, random.Random(0)), p.answer)
+    True
+    >>> t.verify("answer: The " + p.answer.upper() + ".", p.answer)
+    True
+    """
+
+    name = "vis_where"
+    levels = tuple(WHERE_LEVELS)
+
+    def generate(self, rng: random.Random, level: int) -> Problem:
+        side, n, relations = WHERE_LEVELS[level]
+        while True:  # redraw the rare scene where no object has a neighbour in an asked direction
+            cells = rng.sample(range(side * side), n)
+            items = sorted((cell, *obj) for cell, obj in zip(cells, rng.sample(OBJECTS, n)))
+            at = {cell: (colour, kind) for cell, colour, kind in items}
+            asks = [(cell, rel) for cell in sorted(at) for rel in relations
+                    if (nb := self.neighbour(side, cell, rel)) is not None and nb in at]
+            if asks:
+                break
+        cell, rel = rng.choice(asks)
+        colour, kind = at[cell]
+        answer = " ".join(at[self.neighbour(side, cell, rel)])
+        return Problem(f"Which shape is directly {rel} the {colour} {kind}? Answer with its colour and shape.",
+                       answer, level,
+                       meta={"image": _grid_png(side, items),
+                             "split_key": f"vis_where/{side}/{_scene(items)}/{cell}/{rel}",
+                             "items": [list(x) for x in items], "side": side, "cell": cell, "relation": rel})
+
+    @staticmethod
+    def neighbour(side: int, cell: int, relation: str) -> int | None:
+        """The cell next to `cell` in `relation`'s direction, or None past the grid's edge."""
+        (r, c), (dr, dc) = divmod(cell, side), RELATIONS[relation]
+        return (r + dr) * side + c + dc if 0 <= r + dr < side and 0 <= c + dc < side else None
+
+    def verify(self, response: str, answer: str) -> bool:
+        return _same_object(response, answer)
+
+    def warmup_trace(self, problem: Problem, rng: random.Random) -> str:
+        """List every row cell by cell (numbered columns, empty ones too), locate the named
+        shape, step one cell in the asked direction, answer what is there."""
+        side, cell, rel = problem.meta["side"], problem.meta["cell"], problem.meta["relation"]
+        at = {c: f"{colour} {kind}" for c, colour, kind in problem.meta["items"]}
+        out = [f"plan: find the {at[cell]}, then look at the cell directly {rel} it."]
+        for row in range(side):
+            cells = ", ".join(f"{col + 1} {at.get(row * side + col, 'empty')}" for col in range(side))
+            out.append(f"row {row + 1}: {cells}")
+        r, c = divmod(cell, side)
+        nb = self.neighbour(side, cell, rel)
+        out.append(f"the {at[cell]}: row {r + 1}, column {c + 1}.")
+        out.append(f"directly {rel} it: row {nb // side + 1}, column {nb % side + 1}: {at[nb]}.")
+        out.append(f"answer: {at[nb]}")
+        return "\n".join(out)
+
+
+# level -> (grid side, length of the repeating part)
+PATTERN_LEVELS: dict[int, tuple[int, int]] = {1: (3, 2), 2: (3, 3), 3: (4, 3), 4: (4, 4), 5: (4, 5)}
+
+
+class VisPatternTask:
+    """Geometric patterns (report §2.3.5, synthetic visual reasoning): a run of distinct
+    shapes repeats in reading order across a grid; one cell shows "?". Answer: the shape
+    that belongs there ("red circle"). Every part of the run appears at least twice, so the
+    grid determines the answer.
+
+    >>> t = VisPatternTask()
+    >>> p = t.generate(random.Random(0), 5)
+    >>> t.verify(t.warmup_trace(p, random.Random(0)), p.answer)
+    True
+    """
+
+    name = "vis_pattern"
+    levels = tuple(PATTERN_LEVELS)
+
+    def generate(self, rng: random.Random, level: int) -> Problem:
+        side, period = PATTERN_LEVELS[level]
+        unit = rng.sample(OBJECTS, period)
+        missing = rng.randrange(side * side)
+        items = [(cell, *unit[cell % period]) for cell in range(side * side) if cell != missing]
+        return Problem("A run of different shapes repeats in reading order (row by row, left to right). "
+                       "Which shape belongs in the cell marked ?",
+                       " ".join(unit[missing % period]), level,
+                       meta={"image": _grid_png(side, items, mark=missing),
+                             "split_key": f"vis_pattern/{side}/{_scene(items)}/{missing}",
+                             "unit": [list(x) for x in unit], "side": side, "missing": missing})
+
+    def verify(self, response: str, answer: str) -> bool:
+        return _same_object(response, answer)
+
+    def warmup_trace(self, problem: Problem, rng: random.Random) -> str:
+        """Read the cells row by row, name the repeating run, then fill the "?" from its
+        neighbour: the part of the run after the shape before it (or, in the first cell,
+        before the shape after it). No position arithmetic."""
+        side, missing = problem.meta["side"], problem.meta["missing"]
+        unit = [f"{colour} {kind}" for colour, kind in problem.meta["unit"]]
+        seq = ["?" if i == missing else unit[i % len(unit)] for i in range(side * side)]
+        out = ["plan: read the cells row by row, find the part that repeats, fill the ?."]
+        out += [f"row {row + 1}: {', '.join(seq[row * side:(row + 1) * side])}" for row in range(side)]
+        out.append(f"repeats: {', '.join(unit)}.")
+        k = missing % len(unit)
+        if missing > 0:
+            out.append(f"before ?: {seq[missing - 1]}. next in the repeat: {unit[k]}.")
+        else:
+            out.append(f"after ?: {seq[1]}. before it in the repeat: {unit[k]}.")
+        out.append(f"answer: {unit[k]}")
         return "\n".join(out)
 
 
@@ -264,4 +423,5 @@ class VisSortTask(VisTextTask):
         self.text = SortTask()
 
 
-VISUAL_TASKS = {"vis_bars": VisBarsTask, "vis_count": VisCountTask, "vis_sort": VisSortTask, "vis_text": VisTextTask}
+VISUAL_TASKS = {"vis_bars": VisBarsTask, "vis_count": VisCountTask, "vis_pattern": VisPatternTask,
+                "vis_sort": VisSortTask, "vis_text": VisTextTask, "vis_where": VisWhereTask}
