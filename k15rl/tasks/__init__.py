@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from k15rl.tasks.arc import VisArcTask
 from k15rl.tasks.arith import ArithTask
 from k15rl.tasks.base import Problem, Task, TooFewProblems, make_prompts, problem_key, split_of
 from k15rl.tasks.code import CodeTask
@@ -17,7 +18,7 @@ from k15rl.tasks.visual import VISUAL_TASKS, VisBarsTask, VisCountTask, VisSortT
 
 TASKS: dict[str, Callable[[], Task]] = {"arith": ArithTask, "code": CodeTask, "countdown": CountdownTask, "hops": HopsTask,
                                          "long_add": LongAddTask, "sort": SortTask, "subset_sum": SubsetSumTask, **RG_TASKS,
-                                         **VISUAL_TASKS}
+                                         **VISUAL_TASKS, "vis_arc": VisArcTask}
 
 
 def get_task(name: str) -> Task:
@@ -27,4 +28,4 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["TASKS", "ArithTask", "CodeTask", "CountdownTask", "HopsTask", "LongAddTask", "ReasoningGymTask", "SortTask", "SubsetSumTask", "VISUAL_TASKS", "VisBarsTask", "VisCountTask", "VisSortTask", "VisTextTask", "Problem", "Task", "TooFewProblems", "get_task", "make_prompts", "problem_key", "split_of"]
+__all__ = ["TASKS", "ArithTask", "VisArcTask", "CodeTask", "CountdownTask", "HopsTask", "LongAddTask", "ReasoningGymTask", "SortTask", "SubsetSumTask", "VISUAL_TASKS", "VisBarsTask", "VisCountTask", "VisSortTask", "VisTextTask", "Problem", "Task", "TooFewProblems", "get_task", "make_prompts", "problem_key", "split_of"]

