@@ -19,11 +19,11 @@ def test_the_image_shows_every_example_grid_cell_in_its_colour():
         _, pairs, (test_in, test_out) = tasks[p.meta["arc_id"]]
         assert p.answer == grid_text(test_out)
         img = np.asarray(open_image(p.images[0]))  # [H, W, 3]
-        width, height = _layout_units(pairs, test_in)
+        width, height, in_w = _layout_units(pairs, test_in)
         cell = img.shape[1] // width
         assert img.shape[:2] == (height * cell, width * cell) and task.min_cell <= cell <= task.max_cell
         assert max(img.shape[:2]) <= task.max_side
-        in_w = max(len(g[0]) for g in [test_in, *(i for i, _ in pairs)])
+        assert in_w == max(len(g[0]) for g in [test_in, *(i for i, _ in pairs)])
         y = 1
         for grid_in, grid_out in [*pairs, (test_in, None)]:
             for g, x0 in ((grid_in, 1), (grid_out, in_w + 2)):
@@ -48,14 +48,17 @@ def test_levels_follow_the_answer_size_and_tasks_split_by_id():
     # a task left out does not fit: below min_cell pixels per cell within max_side
     fitting = {t[0] for v in task.by_level.values() for t in v}
     for task_id, pairs, (test_in, _) in _arc_tasks():
-        assert (task_id in fitting) == (task.max_side // max(_layout_units(pairs, test_in)) >= task.min_cell)
+        assert (task_id in fitting) == (task.max_side // max(_layout_units(pairs, test_in)[:2]) >= task.min_cell)
     ids = {}
     for split in ("train", "test"):
-        ps = make_prompts(task, split, 4, task.levels, seed=0)
+        ps = make_prompts(task, split, 2, task.levels, seed=0)  # level 5 has 4 test tasks
         ids[split] = {p.meta["arc_id"] for p in ps}
         assert len(ids[split]) == len(ps) and all(split_of(f"vis_arc/{i}") == split for i in ids[split])
     assert not ids["train"] & ids["test"]
-    assert len(VisArcTask(max_side=96).by_level[5]) == 0  # a 30x30 answer grid fits no 96-pixel image
+    small = VisArcTask(max_side=96)
+    assert len(small.by_level[5]) == 0  # a 30x30 answer grid fits no 96-pixel image
+    with pytest.raises(UserError, match=r"^vis_arc level 5: no ARC task fits 96x96 pixels at 4 or more per cell$"):
+        small.generate(random.Random(0), 5)
 
 
 def test_answer_is_the_grid_on_one_line():
@@ -64,6 +67,7 @@ def test_answer_is_the_grid_on_one_line():
     trace = task.warmup_trace(p, random.Random(0))
     assert trace.endswith(f"\nanswer: {p.answer}") and task.verify(trace, p.answer)
     assert task.verify("answer: 01 2 | 345.", "012|345")  # spaces and a full stop aside
+    assert task.verify("answer: `|012|345|`", "012|345")  # code backticks and outer bars
     assert not task.verify("answer: 012|344", "012|345")
     assert not task.verify("answer: 012345", "012|345")  # the rows matter
     assert grid_text([[7]]) == "7"

@@ -56,6 +56,9 @@ def test_visual_tasks_render_deterministically_and_split_by_scene():
         assert all(p.question.count(IMAGE_TOKEN) == len(p.images) == 1 for p in a)
         assert all(open_image(p.images[0]).size == (96, 96) for p in a)
         assert all(split_of(p.meta["split_key"]) == "train" for p in a)
+        # train and test never share an image (a scene's split is the scene's, whatever is asked)
+        test = make_prompts(task, "test", 20, task.levels, seed=0)
+        assert not {p.images[0] for p in make_prompts(task, "train", 60, task.levels, seed=0)} & {p.images[0] for p in test}
 
 
 @pytest.mark.parametrize("text_name,shot_name", [("arith", "vis_text"), ("sort", "vis_sort")])

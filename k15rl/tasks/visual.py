@@ -59,8 +59,6 @@ def _shape(draw, kind: str, box: tuple[int, int, int, int], fill) -> None:
 def _grid_png(side: int, items, mark: int | None = None) -> bytes:
     """PNG of a side x side grid holding `items` [(cell, colour, shape)], cells numbered in
     reading order; cell `mark`, if given, holds a "?" in a grey frame."""
-    from PIL import ImageFont
-
     img, draw = _canvas()
     step = SIZE // side
     pad = step // 6
@@ -70,10 +68,18 @@ def _grid_png(side: int, items, mark: int | None = None) -> bytes:
                COLOURS[colour])
     if mark is not None:
         r, c = divmod(mark, side)
-        draw.rectangle((c * step + pad, r * step + pad, (c + 1) * step - pad, (r + 1) * step - pad), outline=(120, 120, 120))
-        font = ImageFont.load_default_imagefont()  # 6x11 px bitmap: no font files needed
-        draw.text((c * step + step // 2 - 3, r * step + step // 2 - 6), "?", fill="black", font=font)
+        question_mark(draw, (c * step + pad, r * step + pad, (c + 1) * step - pad, (r + 1) * step - pad))
     return to_png(img)
+
+
+def question_mark(draw, box: tuple[int, int, int, int]) -> None:
+    """A grey frame over `box` (x0, y0, x1, y1, inclusive) with a black "?" in its middle."""
+    from PIL import ImageFont
+
+    x0, y0, x1, y1 = box
+    draw.rectangle(box, outline=(120, 120, 120))
+    font = ImageFont.load_default_imagefont()  # 6x11 px bitmap: no font files needed
+    draw.text(((x0 + x1) // 2 - 2, (y0 + y1) // 2 - 5), "?", fill="black", font=font)
 
 
 def _scene(items) -> str:
@@ -121,7 +127,7 @@ class VisCountTask:
         target = rng.choice(colours)
         answer = sum(colour == target for _, colour, _ in items)
         return Problem(f"How many {target} shapes are in the image?", str(answer), level,
-                       meta={"image": _grid_png(side, items), "split_key": f"vis_count/{side}/{_scene(items)}/{target}",
+                       meta={"image": _grid_png(side, items), "split_key": f"vis_count/{side}/{_scene(items)}",
                              "items": [list(x) for x in items], "side": side, "target": target})
 
     def verify(self, response: str, answer: str) -> bool:
@@ -235,7 +241,7 @@ class VisWhereTask:
         return Problem(f"Which shape is directly {rel} the {colour} {kind}? Answer with its colour and shape.",
                        answer, level,
                        meta={"image": _grid_png(side, items),
-                             "split_key": f"vis_where/{side}/{_scene(items)}/{cell}/{rel}",
+                             "split_key": f"vis_where/{side}/{_scene(items)}",
                              "items": [list(x) for x in items], "side": side, "cell": cell, "relation": rel})
 
     @staticmethod
@@ -265,7 +271,8 @@ class VisWhereTask:
 
 
 # level -> (grid side, length of the repeating part)
-PATTERN_LEVELS: dict[int, tuple[int, int]] = {1: (3, 2), 2: (3, 3), 3: (4, 3), 4: (4, 4), 5: (4, 5)}
+# (a run as long as the grid is wide repeats down the columns: the easiest of each size)
+PATTERN_LEVELS: dict[int, tuple[int, int]] = {1: (3, 3), 2: (3, 2), 3: (4, 4), 4: (4, 3), 5: (4, 5)}
 
 
 class VisPatternTask:
@@ -288,8 +295,8 @@ class VisPatternTask:
         unit = rng.sample(OBJECTS, period)
         missing = rng.randrange(side * side)
         items = [(cell, *unit[cell % period]) for cell in range(side * side) if cell != missing]
-        return Problem("A run of different shapes repeats in reading order (row by row, left to right). "
-                       "Which shape belongs in the cell marked ?",
+        return Problem("A run of shapes, no two alike, repeats in reading order (row by row, left to right). "
+                       "Which shape belongs in the cell marked ? Answer with its colour and shape.",
                        " ".join(unit[missing % period]), level,
                        meta={"image": _grid_png(side, items, mark=missing),
                              "split_key": f"vis_pattern/{side}/{_scene(items)}/{missing}",
