@@ -43,6 +43,9 @@ KERNEL_OBJECTS = (
     f"         ({_NR.get('add_key')}, b'user', b'k15', b'secret', 6, -4)]\n"
     "for nr, *args in calls:\n    made += nr is not None and libc.syscall(nr, *args) >= 0\nprint(made)\n")
 
+# machine-wide files of /proc that a sandboxed program does not see (`subset=pid`)
+MACHINE_PROC = ("cmdline", "loadavg", "stat", "vmstat", "meminfo", "pressure", "uptime", "interrupts", "diskstats")
+
 # (id, style, program, expected reason, expected stdout for stdio programs)
 # In stdio programs, the expected output is what the program would print if the attack
 # worked: an attack that succeeds passes the test and gets reward 1.
@@ -255,13 +258,23 @@ HOST_ATTACKS = [
     ("deep_directory_tree", "stdio",
      "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\nprint('x')\n", "pass", "x"),
     ("host_name", "stdio", "import socket\nprint(socket.gethostname())\n", "wrong_answer", socket.gethostname()),
+    # the machine's own files in /proc (the kernel's command line, load, the count of forks
+    # every program moves): what the host shows is what the attack would print
+    ("machine_wide_proc", "stdio",
+     f"import os\nprint([n for n in {MACHINE_PROC!r} if os.path.exists('/proc/' + n)])\n", "wrong_answer",
+     str([n for n in MACHINE_PROC if os.path.exists("/proc/" + n)])),
+    # what programs do need of /proc stays: their own process folder, CPU count, descriptors
+    ("own_proc_still_there", "stdio",
+     "import os, multiprocessing\nprint(os.cpu_count() == multiprocessing.cpu_count() == len(os.sched_getaffinity(0)) > 0,"
+     " os.getpid() == int(os.readlink('/proc/self')), sorted(os.listdir('/proc/self/fd'))[:3],"
+     " open('/proc/self/status').read().startswith('Name:'))\n", "pass", "True True ['0', '1', '2'] True"),
     ("leave_file_for_next_run", "stdio",
      "import os\nopen('/tmp/k15-left', 'w').write('x')\nopen('/dev/shm/k15-left', 'w').write('x')\nprint('x')\n",
      "pass", "x"),
 ]
 HOSTILE += VERDICT_ATTACKS + HOST_ATTACKS
 NEEDS_NAMESPACES = {"unmount_hidden_dir", "read_project_file", "delete_project_file", "socket_outside",
-                    "socket_localhost", "fill_dev_shm", "host_name"} | {h[0] for h in HOST_ATTACKS}
+                    "socket_localhost", "fill_dev_shm", "host_name", "machine_wide_proc"} | {h[0] for h in HOST_ATTACKS}
 
 
 def _processes() -> list[tuple[int, int, str, str, bool]]:

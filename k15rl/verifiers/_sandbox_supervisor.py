@@ -27,7 +27,6 @@ leftovers are killed by session and (as root) by uid: weaker, see docs/code_rewa
 """
 
 import ctypes
-import functools
 import json
 import math
 import os
@@ -97,10 +96,27 @@ def _under(path, root):
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+def _mount_proc(target):
+    """This PID namespace's /proc at `target`, with its process folders alone where the
+    kernel allows (`subset=pid`, Linux 5.8): the machine-wide files (/proc/stat with its
+    count of forks, loadavg, vmstat, pressure, meminfo, the kernel's command line, ...) are
+    then not there to read, or to carry anything from one grading to the next. Else (an
+    older kernel, or a user namespace where a fresh procfs would reveal what the container
+    masks) the namespace's /proc as `unshare` mounted it. Returns whether the subset is in
+    place. The supervisor keeps what it needs of /proc/sys open from before (`_scatter_pids`)."""
+    try:
+        _mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "subset=pid")
+        return True
+    except OSError:
+        _mount("/proc", target, None, MS_BIND | MS_REC)
+        return False
+
+
 def build_root(cfg):
     """The whole filesystem a program sees (namespace mode); ends inside it. Also the
     host's name, which the UTS namespace starts with, is replaced."""
     socket.sethostname("sandbox")
+    _open_ns_last_pid()  # before /proc/sys leaves the programs' view, and the supervisor's
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     os.makedirs(NEW_ROOT, exist_ok=True)
     _mount("tmpfs", NEW_ROOT, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
@@ -134,7 +150,7 @@ def build_root(cfg):
     _mount("tmpfs", r("/dev/shm"), "tmpfs", flags, options.format(disk_mb=cfg["disk_mb"]))
     _mount(None, r("/dev"), None, MS_REMOUNT | MS_RDONLY | MS_NOSUID, "size=64k,mode=755")
     os.makedirs(r("/proc"))
-    _mount("/proc", r("/proc"), None, MS_BIND | MS_REC)  # this PID namespace's /proc
+    _mount_proc(r("/proc"))
     os.makedirs(r("/tmp"))
     flags, options = SCRATCH["/tmp"]
     _mount("tmpfs", r("/tmp"), "tmpfs", flags, options.format(disk_mb=cfg["disk_mb"]))
@@ -245,23 +261,31 @@ def _reap(keep):
             return
 
 
-@functools.lru_cache(maxsize=1)
-def _pid_max():
-    """The kernel's largest PID, read once (it is fixed for the supervisor's life)."""
-    with open("/proc/sys/kernel/pid_max") as f:
-        return int(f.read())
+_NS_LAST_PID = {}  # "fd": this PID namespace's ns_last_pid, open for writing; "top": the kernel's pid_max
+
+
+def _open_ns_last_pid():
+    """Open ns_last_pid and read pid_max once, while /proc/sys is in view (the sandbox's
+    /proc holds process folders alone). A kernel without ns_last_pid
+    (CONFIG_CHECKPOINT_RESTORE) leaves the PID counter unscattered: docs/code_rewards.md."""
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            _NS_LAST_PID["top"] = int(f.read())
+        _NS_LAST_PID["fd"] = os.open("/proc/sys/kernel/ns_last_pid", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        _NS_LAST_PID.clear()
 
 
 def _scatter_pids():
     """Set this PID namespace's next PID at random before each program starts: otherwise a
     program could leave a number in the PID counter (by forking until it reads back what
     it wants) for the next one to read from its own PID, a channel between gradings."""
-    try:
-        top = _pid_max()
-        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-            f.write(str(300 + secrets.randbelow(top - 301)))  # 300: the lowest PID the kernel reuses
-    except OSError:  # a kernel without ns_last_pid (CONFIG_CHECKPOINT_RESTORE): docs/code_rewards.md
-        pass
+    if "fd" in _NS_LAST_PID:
+        pid = 300 + secrets.randbelow(_NS_LAST_PID["top"] - 301)  # 300: the lowest PID the kernel reuses
+        try:
+            os.pwrite(_NS_LAST_PID["fd"], str(pid).encode(), 0)
+        except OSError:  # as before the fd: a counter the kernel will not set stays as it is
+            pass
 
 
 def _fresh_scratch(cfg):
