@@ -415,6 +415,19 @@ def test_hostile_program(name, style, program, reason, expected, listener, host_
     assert ok.reason == "pass", ok
 
 
+def test_a_program_sees_no_process_but_its_own():
+    """As root the program runs under a uid of its own, and the sandbox's /proc hides other
+    uids' processes (hidepid=invisible): not the supervisor (PID 1, whose CPU times move
+    with every grading), not the zygote, not the judge of a function-call test."""
+    if os.geteuid() != 0 or not namespace_support()[0]:
+        pytest.skip("needs root and namespaces: without a uid of its own a program sees its sandbox's processes")
+    program = ("import os\ndef add(a, b):\n    return a + b\n"
+               "seen = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+               "assert seen == [str(os.getpid())] and not os.path.exists('/proc/1/stat'), seen\n")
+    result = run_function(program, CHECK_ADD, "add", LIMITS)
+    assert result.reason == "pass", result
+
+
 def test_daemon_gone_later_too():
     """A setsid daemon must not come back or linger a second after the run."""
     prog = HOSTILE[[h[0] for h in HOSTILE].index("daemon_outlives_run")][2]

@@ -100,12 +100,14 @@ def _mount_proc(target):
     """This PID namespace's /proc at `target`, with its process folders alone where the
     kernel allows (`subset=pid`, Linux 5.8): the machine-wide files (/proc/stat with its
     count of forks, loadavg, vmstat, pressure, meminfo, the kernel's command line, ...) are
-    then not there to read, or to carry anything from one grading to the next. Else (an
+    then not there to read, or to carry anything from one grading to the next; and a
+    process sees no other uid's processes (`hidepid=invisible`: as root, a program sees
+    neither the supervisor nor the judge). Else (an
     older kernel, or a user namespace where a fresh procfs would reveal what the container
     masks) the namespace's /proc as `unshare` mounted it. Returns whether the subset is in
     place. The supervisor keeps what it needs of /proc/sys open from before (`_scatter_pids`)."""
     try:
-        _mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "subset=pid")
+        _mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "subset=pid,hidepid=invisible")
         return True
     except OSError:
         _mount("/proc", target, None, MS_BIND | MS_REC)
