@@ -274,7 +274,7 @@ HOST_ATTACKS = [
 ]
 HOSTILE += VERDICT_ATTACKS + HOST_ATTACKS
 NEEDS_NAMESPACES = {"unmount_hidden_dir", "read_project_file", "delete_project_file", "socket_outside",
-                    "socket_localhost", "fill_dev_shm", "host_name", "machine_wide_proc"} | {h[0] for h in HOST_ATTACKS}
+                    "socket_localhost", "fill_dev_shm", "host_name"} | {h[0] for h in HOST_ATTACKS}
 
 
 def _processes() -> list[tuple[int, int, str, str, bool]]:
@@ -315,6 +315,20 @@ def _sandbox_processes() -> list[str]:
         elif mine and "/.k15/runner.py" in cmd:
             runners.setdefault(ns, []).append(f"{pid} {cmd[:80]}")
     return left + [p for ps in runners.values() if len(ps) > 1 for p in ps]
+
+
+def _release() -> tuple[int, ...]:
+    """The running kernel's version, (major, minor)."""
+    import platform
+
+    return tuple(int(x) for x in platform.release().split("-")[0].split(".")[:2])
+
+
+def _glibc() -> tuple[int, ...]:
+    import platform
+
+    lib, version = platform.libc_ver()
+    return tuple(int(x) for x in version.split(".")[:2]) if lib == "glibc" else (0, 0)
 
 
 def _workdirs() -> set[str]:
@@ -381,6 +395,10 @@ def host_things(tmp_path):
 def test_hostile_program(name, style, program, reason, expected, listener, host_things, monkeypatch):
     if name in NEEDS_NAMESPACES and not namespace_support()[0]:
         pytest.fail(f"{name} needs namespaces, unavailable here: {namespace_support()[2]}")
+    if name == "machine_wide_proc" and _release() < (5, 8):
+        pytest.skip("a /proc of process folders alone (subset=pid) needs Linux 5.8")
+    if name == "own_proc_still_there" and _glibc() < (2, 34):
+        pytest.skip("glibc before 2.34 counts CPUs from /sys or /proc/stat, which the sandbox has not")
     monkeypatch.setenv("K15RL_TEST_SECRET", SECRET)
     port, hits = listener
     passwd = hashlib.sha256(Path("/etc/passwd").read_bytes()).hexdigest()
@@ -416,11 +434,13 @@ def test_hostile_program(name, style, program, reason, expected, listener, host_
 
 
 def test_a_program_sees_no_process_but_its_own():
-    """As root the program runs under a uid of its own, and the sandbox's /proc hides other
-    uids' processes (hidepid=invisible): not the supervisor (PID 1, whose CPU times move
-    with every grading), not the zygote, not the judge of a function-call test."""
-    if os.geteuid() != 0 or not namespace_support()[0]:
-        pytest.skip("needs root and namespaces: without a uid of its own a program sees its sandbox's processes")
+    """The sandbox's /proc hides the processes a program may not read by ptrace's rules
+    (hidepid=2): as root they run under other uids, in a user namespace they are
+    undumpable or hold more capabilities; either way the program sees neither the
+    supervisor (PID 1, whose CPU times move with every grading), nor the zygote, nor the
+    judge of a function-call test."""
+    if not namespace_support()[0]:
+        pytest.skip(f"needs namespaces: {namespace_support()[2]}")
     program = ("import os\ndef add(a, b):\n    return a + b\n"
                "seen = [p for p in os.listdir('/proc') if p.isdigit()]\n"
                "assert seen == [str(os.getpid())] and not os.path.exists('/proc/1/stat'), seen\n")

@@ -96,29 +96,54 @@ def _under(path, root):
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+# The /proc a program sees, first that the kernel mounts: its process folders alone
+# (`subset=pid`, Linux 5.8) and none it may not read by ptrace's rules (`hidepid=2`: another
+# uid's, an undumpable one's, one with more capabilities; Linux 3.3); else `hidepid=2` alone.
+PROC_MOUNTS = (("subset", "subset=pid,hidepid=2"), ("hidepid", "hidepid=2"))
+_PROC_FD = []  # namespace mode: the supervisor's own, whole view of this PID namespace's /proc
+
+
 def _mount_proc(target):
-    """This PID namespace's /proc at `target`, with its process folders alone where the
-    kernel allows (`subset=pid`, Linux 5.8): the machine-wide files (/proc/stat with its
-    count of forks, loadavg, vmstat, pressure, meminfo, the kernel's command line, ...) are
-    then not there to read, or to carry anything from one grading to the next; and a
-    process sees no other uid's processes (`hidepid=invisible`: as root, a program sees
-    neither the supervisor nor the judge). Else (an
-    older kernel, or a user namespace where a fresh procfs would reveal what the container
-    masks) the namespace's /proc as `unshare` mounted it. Returns whether the subset is in
-    place. The supervisor keeps what it needs of /proc/sys open from before (`_scatter_pids`)."""
-    try:
-        _mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "subset=pid,hidepid=invisible")
-        return True
-    except OSError:
-        _mount("/proc", target, None, MS_BIND | MS_REC)
-        return False
+    """A fresh procfs of this PID namespace at `target` (PROC_MOUNTS): without the
+    machine-wide files (/proc/stat with its count of forks, loadavg, vmstat, pressure,
+    meminfo, the kernel's command line, ...) there is nothing there to read, or to carry
+    from one grading to the next; with hidepid a program sees neither the supervisor nor
+    the zygote nor the judge. Where the kernel mounts neither (before Linux 3.3, or a
+    security module refusing), the namespace's /proc as `unshare` mounted it. Returns which:
+    "subset", "hidepid" or "bind" (the host warns when it is not "subset"). The supervisor
+    keeps the whole /proc it needs open from before (`_PROC_FD`, `_open_ns_last_pid`)."""
+    for name, options in PROC_MOUNTS:
+        try:
+            _mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, options)
+            return name
+        except OSError:
+            pass
+    _mount("/proc", target, None, MS_BIND | MS_REC)
+    return "bind"
+
+
+def _proc_names():
+    """The entries of this PID namespace's /proc, as the supervisor sees it: whole, from
+    the folder it opened before `pivot_root` (namespace mode), whatever hidepid hides."""
+    return os.listdir(_PROC_FD[0] if _PROC_FD else "/proc")
+
+
+def _proc_read(rel):
+    """The text of /proc/`rel` (e.g. "123/stat"), as `_proc_names` sees /proc."""
+    if not _PROC_FD:
+        with open("/proc/" + rel) as f:
+            return f.read()
+    with open(rel, opener=lambda path, flags: os.open(path, flags, dir_fd=_PROC_FD[0])) as f:
+        return f.read()
 
 
 def build_root(cfg):
     """The whole filesystem a program sees (namespace mode); ends inside it. Also the
-    host's name, which the UTS namespace starts with, is replaced."""
+    host's name, which the UTS namespace starts with, is replaced. Returns which /proc the
+    programs see (`_mount_proc`)."""
     socket.sethostname("sandbox")
     _open_ns_last_pid()  # before /proc/sys leaves the programs' view, and the supervisor's
+    _PROC_FD.append(os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))  # the whole of it, for the supervisor
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     os.makedirs(NEW_ROOT, exist_ok=True)
     _mount("tmpfs", NEW_ROOT, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
@@ -152,7 +177,7 @@ def build_root(cfg):
     _mount("tmpfs", r("/dev/shm"), "tmpfs", flags, options.format(disk_mb=cfg["disk_mb"]))
     _mount(None, r("/dev"), None, MS_REMOUNT | MS_RDONLY | MS_NOSUID, "size=64k,mode=755")
     os.makedirs(r("/proc"))
-    _mount_proc(r("/proc"))
+    proc = _mount_proc(r("/proc"))
     os.makedirs(r("/tmp"))
     flags, options = SCRATCH["/tmp"]
     _mount("tmpfs", r("/tmp"), "tmpfs", flags, options.format(disk_mb=cfg["disk_mb"]))
@@ -166,6 +191,7 @@ def build_root(cfg):
     _check(_libc.umount2(b"/.k15/old", MNT_DETACH), "umount the host's tree")
     os.rmdir("/.k15/old")
     _mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    return proc
 
 
 class Zygote:
@@ -190,8 +216,7 @@ class Zygote:
 
     def healthy(self):
         try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
+            state = _proc_read(f"{self.proc.pid}/stat").rsplit(")", 1)[1].split()[0]
         except OSError:
             return False
         return state in ("S", "R")
@@ -221,7 +246,7 @@ def kill_leftovers(cfg, keep, pgid):
     if cfg["namespaces"]:  # every process of this PID namespace but `keep`
         for _ in range(1000):
             found = False
-            for name in os.listdir("/proc"):
+            for name in _proc_names():
                 if name.isdigit() and int(name) not in keep:
                     found = True
                     try:
@@ -327,8 +352,9 @@ class Supervisor:
         self.cfg = cfg
         _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
         _oom_first()
+        self.proc_view = None  # which /proc the programs see (namespace mode)
         if cfg["namespaces"]:
-            build_root(cfg)
+            self.proc_view = build_root(cfg)
             self.base, runner = "/tmp", "/.k15/runner.py"
         else:
             _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -591,7 +617,7 @@ def main():
     stdin, stdout = sys.stdin.buffer, sys.stdout
     try:
         sup = Supervisor(json.loads(stdin.readline()))
-        stdout.write(json.dumps({"ready": True}) + "\n")
+        stdout.write(json.dumps({"ready": True, "proc": sup.proc_view}) + "\n")
     except Exception as e:  # report, never hang: the host maps this to sandbox_error
         stdout.write(json.dumps({"ready": False, "error": f"{type(e).__name__}: {e}"}) + "\n")
         stdout.flush()

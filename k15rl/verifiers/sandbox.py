@@ -289,6 +289,9 @@ class _Supervisor:
         ready = self._read_line(30.0)
         if not ready.get("ready"):
             raise RuntimeError(f"the sandbox did not start: {ready.get('error')}")
+        if ns and ready.get("proc") != "subset":
+            _warn_once("sandbox: the kernel would not mount a /proc of process folders alone (subset=pid, Linux 5.8); "
+                       "programs can read the machine-wide files of /proc", f"/proc: {ready.get('proc')}")
         if self.cgroup is not None and not self.cgroup.holds(self.proc.pid):
             why = f"could not move the sandbox into {self.cgroup.path}"
             self.cgroup.remove()
