@@ -152,7 +152,9 @@ HOSTILE = [
 # if it stole something; a stdin/stdout program prints what it found, and the expected
 # output is what it would find if the host were visible. Stdin carries the host paths.
 _STOLE = "\ndef add(a, b):\n    return a + b if STOLEN else -1\n"
-_OTHERS = "import os\nOTHERS = [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()]\n"
+# the processes it sees, and PIDs 1 and 2 (the supervisor and the zygote in a namespace),
+# which hidepid hides: the defences behind it (other uids, undumpable) are tried too
+_OTHERS = ("import os\nOTHERS = sorted({1, 2} | {int(p) for p in os.listdir('/proc') if p.isdigit()} - {os.getpid()})\n")
 VERDICT_ATTACKS = [
     ("override_exec_compile", "function",
      "import builtins\nbuiltins.exec = lambda *a, **k: None\nbuiltins.compile = lambda *a, **k: None\n"
