@@ -320,9 +320,6 @@ class TrainConfig:
              self.rollout.keep_kv, "needs algorithm.recompute_old_logprobs=true: a continuation attends to a "
              "prefix encoded by the previous policy, so the engine's log-probs are not pi_i's"),
             (self.rollout.repeat_ngram >= 0, "rollout.repeat_ngram", self.rollout.repeat_ngram, "must be >= 0"),
-            (not self.rollout.repeat_ngram or "vis_arc" not in (self.data.tasks or ()), "rollout.repeat_ngram",
-             self.rollout.repeat_ngram, "must be 0 with task vis_arc: a right answer (a grid of equal rows) repeats "
-             "by design, and repeat detection would stop it"),
             (self.rollout.repeat_times >= 2, "rollout.repeat_times", self.rollout.repeat_times, "must be >= 2"),
             (self.rollout.repeat_min_tokens >= 1, "rollout.repeat_min_tokens", self.rollout.repeat_min_tokens,
              "must be >= 1"),

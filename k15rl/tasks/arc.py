@@ -93,6 +93,7 @@ class VisArcTask:
 
     name = "vis_arc"
     levels = tuple(ARC_LEVELS)
+    repeats_by_design = True  # grids of equal rows: trained with rollout.repeat_ngram=0 (check_names)
 
     def __init__(self, max_side: int = 448, min_cell: int = 4, max_cell: int = 16):
         self.max_side, self.min_cell, self.max_cell = max_side, min_cell, max_cell
