@@ -196,13 +196,20 @@ def test_builtin_long_spec_is_wired(monkeypatch, tmp_path):
     assert resolve.resolve_model_path("builtin") == tmp_path and asked[-1] == BuiltinSpec()
 
 
-def test_a_new_trace_format_names_a_new_builtin_model(monkeypatch):
-    """The built-in model's cache name follows the task's trace format: a model warmed up
-    on the old traces is never reused for the new ones; other tasks' names do not move."""
+def test_a_new_trace_or_question_names_a_new_builtin_model(monkeypatch):
+    """The built-in model's cache name follows its tasks' warm-up data (`warmup_digest`): a
+    model warmed up on old traces or questions is never reused for new ones; other
+    models' names do not move, and the name is stable from one call to the next."""
     from k15rl.models.builtin import BUILTIN_SPECS, spec_hash
 
     long, default = BUILTIN_SPECS["builtin-long"], BUILTIN_SPECS["builtin"]
     now = spec_hash(long), spec_hash(default)
-    monkeypatch.setattr(SubsetSumTask, "trace_format", 3)
-    assert spec_hash(long) != now[0]
-    assert spec_hash(default) == now[1]
+    assert (spec_hash(long), spec_hash(default)) == now
+    trace = SubsetSumTask.warmup_trace
+    monkeypatch.setattr(SubsetSumTask, "warmup_trace", lambda self, p, rng: trace(self, p, rng).replace("go on", "go"))
+    assert spec_hash(long) != now[0] and spec_hash(default) == now[1]
+    monkeypatch.undo()
+    generate = SubsetSumTask.generate
+    monkeypatch.setattr(SubsetSumTask, "generate", lambda self, rng, level: (
+        lambda p: type(p)(p.question.replace("Pick", "Choose"), p.answer, p.level, p.meta))(generate(self, rng, level)))
+    assert spec_hash(long) != now[0] and spec_hash(default) == now[1]

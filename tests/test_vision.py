@@ -500,3 +500,21 @@ def test_vllm_prompt_has_one_placeholder_per_image_and_clip_names_vllm_reads():
     assert _vllm_name("model.language_model.layers.0.mlp.up_proj.weight", True) == \
         "model.language_model.layers.0.mlp.up_proj.weight"
     assert _vllm_name("model.visual.blocks.0.attn.qkv.weight", False) == "model.visual.blocks.0.attn.qkv.weight"
+
+
+def test_the_builtin_vlms_cache_name_follows_its_images(monkeypatch):
+    """A change to how a visual task draws its images (the text and traces unchanged)
+    names a new built-in VLM: the cached one was warmed up on the old images."""
+    from k15rl.models.builtin import BUILTIN_SPECS, spec_hash
+    from k15rl.tasks.visual import VisSortTask
+
+    spec = BUILTIN_SPECS["builtin-vision"]
+    before = spec_hash(spec)
+    generate = VisSortTask.generate
+
+    def louder(self, rng, level):  # the same problem, one more byte in its PNG
+        p = generate(self, rng, level)
+        return Problem(p.question, p.answer, p.level, {**p.meta, "image": p.meta["image"] + b"\0"})
+
+    monkeypatch.setattr(VisSortTask, "generate", louder)
+    assert spec_hash(spec) != before

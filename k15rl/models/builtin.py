@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -87,18 +88,34 @@ def cache_root() -> Path:
     return Path(os.environ.get("K15RL_CACHE", Path.home() / ".cache" / "k15rl"))
 
 
-def spec_hash(spec: BuiltinSpec) -> str:
-    """The cache name's hash: the spec's fields, and the warm-up trace format of each task
-    that changed its format (a task's `trace_format` above 1), so that a cached model is
-    never one warmed up on traces its task no longer writes."""
-    from k15rl.tasks import get_task
+# Train problems per task and level whose warm-up examples enter the cache name.
+WARMUP_SAMPLE = 4
 
-    fields = asdict(spec)
-    if fields["vision"] is None:  # text models keep the names they had before `vision` existed
-        del fields["vision"]
-    formats = {t: f for t in spec.tasks if (f := getattr(get_task(t), "trace_format", 1)) != 1}
-    if formats:  # models of unchanged tasks keep their names
-        fields["trace_formats"] = formats
+
+def warmup_digest(spec: BuiltinSpec) -> str:
+    """A fingerprint of the data the warm-up of `spec` trains on: the first `WARMUP_SAMPLE`
+    train problems of each task and level (the warm-up's first, `warmup_prompts`), with
+    their messages, images, answers and warm-up traces. A change to how a task draws,
+    splits, words, renders or traces its problems changes it; drawing the whole warm-up
+    set instead would cost seconds at every lookup (10,200 rendered images for the VLM)."""
+    from k15rl.tasks import Problem, get_task, make_prompts
+
+    h = hashlib.sha256()
+    for name in spec.tasks:
+        task = get_task(name)
+        for level in (lv for lv in spec.levels if lv in task.levels):
+            for p in make_prompts(task, "train", WARMUP_SAMPLE, (level,), seed=spec.seed):
+                trace = task.warmup_trace(Problem(p.question, p.answer, p.level, p.meta), random.Random(spec.seed))
+                h.update(json.dumps([p.messages, p.answer, trace]).encode())
+                for image in p.images:  # PNG bytes for the built-in visual tasks
+                    h.update(hashlib.sha256(image if isinstance(image, bytes) else str(image).encode()).digest())
+    return h.hexdigest()
+
+
+def spec_hash(spec: BuiltinSpec) -> str:
+    """The cache name's hash: the spec's fields and `warmup_digest`, so that a cached model
+    is never one warmed up on problems or traces its tasks no longer make."""
+    fields = {**asdict(spec), "warmup": warmup_digest(spec)}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 

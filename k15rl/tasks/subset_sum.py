@@ -202,10 +202,9 @@ class SubsetSumTask:
 
     name = "subset_sum"
     levels = tuple(SUBSET_SUM_LEVELS)
-    # 2: lines carry their path and compare with the target ("12+7: 12+7=19 < 20, go on");
-    # 1 wrote the remainder ("12+7=19, need 1"), a subtraction the built-in model got wrong
-    # on most failed level-3 answers. Part of the built-in model's cache name (spec_hash).
-    trace_format = 2
+    # Lines carry their path and compare with the target ("12+7: 12+7=19 < 20, go on"); an
+    # earlier format wrote the remainder ("12+7=19, need 1"), a subtraction the built-in
+    # model got wrong on most failed level-3 answers (docs/long_cot.md).
 
     def __init__(self, overthink_prob: float = 0.8, max_research_frac: float = 1.5, max_extra_checks: int = 2):
         if not 0 <= overthink_prob <= 1 or max_research_frac < 0 or max_extra_checks < 0:

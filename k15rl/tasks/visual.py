@@ -346,7 +346,6 @@ class VisTextTask:
 
     name = "vis_text"
     levels = (1, 2, 3, 4, 5)
-    trace_format = 2  # the images: 2 = one character per patch-sized cell (the traces are the same)
     CELL = 12  # px, the built-in VLM's patch size
     CHARS_PER_LINE = LINES = SIZE // CELL  # a square image: as many lines as characters per line
 
@@ -414,7 +413,6 @@ class VisSortTask(VisTextTask):
 
     name = "vis_sort"
     levels = (1, 2, 3, 4, 5)
-    trace_format = 2  # 2: letters drawn side by side (1: with the question's spaces between them)
 
     @classmethod
     def drawn(cls, question: str) -> str:
