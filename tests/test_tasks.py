@@ -9,8 +9,9 @@ from k15rl.tasks import TASKS, Problem, get_task, make_prompts, split_of
 
 
 def key(p):
-    """What a prompt's split follows: its question, or a visual task's scene (split_key)."""
-    return p.meta.get("split_key", p.question)
+    """What a prompt's split follows: its question, a visual task's scene (split_key), or
+    the group of scenes held out together (split_group: vis_pattern's run)."""
+    return p.meta.get("split_group", p.meta.get("split_key", p.question))
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))

@@ -15,7 +15,7 @@ from k15rl.models.vision import IMAGE_TOKEN, open_image, prompt_image_mask, to_p
 from k15rl.rollout.collect import rollout
 from k15rl.rollout.engine import HFEngine, SamplingParams
 from k15rl.rollout.replay import Member, ReplayBuffer
-from k15rl.tasks import Problem, get_task, make_prompts, split_of
+from k15rl.tasks import Problem, get_task, make_prompts, split_group, split_of
 from k15rl.trainer.logprobs import token_logprobs
 from k15rl.trainer.update import LogprobPasses, make_train_batch
 
@@ -55,10 +55,24 @@ def test_visual_tasks_render_deterministically_and_split_by_scene():
         assert [p.images for p in a] == [p.images for p in b]  # the same PNG bytes
         assert all(p.question.count(IMAGE_TOKEN) == len(p.images) == 1 for p in a)
         assert all(open_image(p.images[0]).size == (96, 96) for p in a)
-        assert all(split_of(p.meta["split_key"]) == "train" for p in a)
+        assert all(split_of(split_group(p)) == "train" for p in a)
         # train and test never share an image (a scene's split is the scene's, whatever is asked)
         test = make_prompts(task, "test", 20, task.levels, seed=0)
         assert not {p.images[0] for p in make_prompts(task, "train", 60, task.levels, seed=0)} & {p.images[0] for p in test}
+
+
+def test_vis_pattern_holds_out_whole_runs():
+    """A run in the test split is never trained on with its "?" elsewhere; the split key
+    still tells those problems apart, so a level has more problems than runs."""
+    task = get_task("vis_pattern")
+    for level in task.levels:
+        train = make_prompts(task, "train", 150, (level,), seed=0)
+        test = make_prompts(task, "test", 30, (level,), seed=0)
+        runs = {split: {tuple(map(tuple, p.meta["unit"])) for p in ps} for split, ps in (("train", train), ("test", test))}
+        assert not runs["train"] & runs["test"]
+        assert all(split_group(p) == "vis_pattern/" + ",".join(" ".join(x) for x in p.meta["unit"]) for p in train)
+        if level == 2:  # 132 runs of 2 shapes: several cells of one run held out together
+            assert len(runs["test"]) < len(test)
 
 
 @pytest.mark.parametrize("text_name,shot_name", [("arith", "vis_text"), ("sort", "vis_sort")])

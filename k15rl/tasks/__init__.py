@@ -6,7 +6,7 @@ from typing import Callable
 
 from k15rl.tasks.arc import VisArcTask
 from k15rl.tasks.arith import ArithTask
-from k15rl.tasks.base import Problem, Task, TooFewProblems, make_prompts, problem_key, split_of
+from k15rl.tasks.base import Problem, Task, TooFewProblems, make_prompts, problem_key, split_group, split_of
 from k15rl.tasks.code import CodeTask
 from k15rl.tasks.countdown import CountdownTask
 from k15rl.tasks.hops import HopsTask
@@ -29,4 +29,4 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["TASKS", "ArithTask", "VisArcTask", "CodeTask", "CountdownTask", "HopsTask", "LongAddTask", "ReasoningGymTask", "SortTask", "SubsetSumTask", "VISUAL_TASKS", "VisBarsTask", "VisCountTask", "VisPatternTask", "VisSortTask", "VisTextTask", "VisWhereTask", "Problem", "Task", "TooFewProblems", "get_task", "make_prompts", "problem_key", "split_of"]
+__all__ = ["TASKS", "ArithTask", "VisArcTask", "CodeTask", "CountdownTask", "HopsTask", "LongAddTask", "ReasoningGymTask", "SortTask", "SubsetSumTask", "VISUAL_TASKS", "VisBarsTask", "VisCountTask", "VisPatternTask", "VisSortTask", "VisTextTask", "VisWhereTask", "Problem", "Task", "TooFewProblems", "get_task", "make_prompts", "problem_key", "split_group", "split_of"]

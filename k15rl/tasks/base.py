@@ -56,9 +56,16 @@ def split_of(question: str) -> str:
 
 
 def problem_key(item: Prompt | Problem) -> str:
-    """What tells a built-in task's problems apart, and decides their split: the scene of
-    a visual problem (`meta["split_key"]`), else the question."""
+    """What tells a built-in task's problems apart: the scene of a visual problem
+    (`meta["split_key"]`), else the question."""
     return item.meta.get("split_key", item.question)
+
+
+def split_group(item: Prompt | Problem) -> str:
+    """What decides a problem's split: `meta["split_group"]` where distinct problems share
+    what a held-out problem must not have been trained on (`vis_pattern`: one repeating run
+    with the "?" in different cells), else its `problem_key`."""
+    return item.meta.get("split_group", problem_key(item))
 
 
 class TooFewProblems(ValueError):
@@ -77,8 +84,8 @@ def make_prompts(
     """`n_per_level` distinct problems of each level from one split, deterministic by seed,
     none of whose keys (`problem_key`) is in `exclude`.
 
-    A problem's split is that of its `meta["split_key"]` when it has one (visual tasks),
-    else of its question. A problem with `meta["image"]` (PNG bytes) becomes a prompt with
+    A problem's split is that of its `split_group`: `meta["split_group"]`, else
+    `meta["split_key"]` (visual tasks), else its question. A problem with `meta["image"]` (PNG bytes) becomes a prompt with
     an `<image>` placeholder and `meta["images"]`.
 
     Raises TooFewProblems (a ValueError) if a level has fewer distinct problems in the
@@ -108,7 +115,7 @@ def make_prompts(
                 )
             p = task.generate(rng, level)
             key = problem_key(p)  # visual tasks: the scene, not the question
-            if key in seen or split_of(key) != split:
+            if key in seen or split_of(split_group(p)) != split:
                 continue
             if key in exclude:
                 excluded.add(key)

@@ -300,6 +300,8 @@ class VisPatternTask:
                        " ".join(unit[missing % period]), level,
                        meta={"image": _grid_png(side, items, mark=missing),
                              "split_key": f"vis_pattern/{side}/{_scene(items)}/{missing}",
+                             # one run is in one split, wherever its "?" is
+                             "split_group": "vis_pattern/" + ",".join(" ".join(x) for x in unit),
                              "unit": [list(x) for x in unit], "side": side, "missing": missing})
 
     def verify(self, response: str, answer: str) -> bool:
