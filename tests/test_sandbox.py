@@ -139,6 +139,65 @@ def _world_usable_python() -> str | None:
     return None
 
 
+# Run by an ordinary user: the sandbox's own checks, printed as JSON (stdlib only).
+AS_A_USER = """
+import json, os, sys
+from k15rl.verifiers.sandbox import Limits, StdioTest, run_function, run_stdio
+FAST = Limits(cpu_s=1, wall_s=1.5)
+oom = "print(open('/proc/self/oom_score_adj').read().strip())"
+out = {"uid": os.getuid()}
+for iso in ("auto", "process"):
+    r = run_stdio(oom, [StdioTest("", "1000")], FAST, isolation=iso)
+    out[iso] = {"isolation": r.isolation, "oom": r.reason,
+                "add": run_stdio("print(sum(map(int, input().split())))", [StdioTest("1 2", "3")], FAST,
+                                 isolation=iso).reason,
+                "loop": run_stdio("while True: pass", [StdioTest("", "")], FAST, isolation=iso).reason,
+                "call": run_function("def f(a):\\n    a.sort()\\n", "def check(c):\\n    x = [2, 1]\\n    c(x)\\n"
+                                     "    assert x == [1, 2]\\n", "f", FAST, isolation=iso).reason}
+r = run_stdio("import os\\nprint(sorted(os.listdir('/proc')), os.path.exists(%r))" % os.getcwd(),
+              [StdioTest("", "")], FAST)
+out["auto"]["sees"] = r.outcomes[0].stdout.strip()
+print(json.dumps(out))
+"""
+
+
+def test_an_ordinary_user_gets_the_same_sandbox(tmp_path_factory):
+    """Run by a user who is not root (as most are): namespace mode through a user
+    namespace where the kernel allows one, else process mode; programs are the OOM
+    killer's first choice either way (a supervisor that made itself undumpable first
+    could no longer raise its own score), limits and in-place calls hold, and the
+    program sees no process but its own and no host folder."""
+    py = _world_usable_python()
+    if os.getuid() != 0 or py is None:
+        pytest.skip("needs root to become another user, and an interpreter that user may run")
+    import ast
+    import shutil
+    import subprocess
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="k15-user-"))  # world-readable: the user imports k15rl from here
+    try:
+        src = Path(__file__).resolve().parents[1] / "k15rl"
+        shutil.copytree(src, root / "k15rl", ignore=shutil.ignore_patterns("__pycache__"))
+        for p in [root, *root.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        r = subprocess.run([py, "-c", AS_A_USER], cwd=root, user=65534, group=65534, extra_groups=[],
+                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root), "HOME": str(root)},
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["uid"] == 65534
+    for iso in ("auto", "process"):
+        assert out[iso]["isolation"] in (("namespaces", "process") if iso == "auto" else ("process",))
+        assert (out[iso]["oom"], out[iso]["add"], out[iso]["loop"], out[iso]["call"]) == \
+            ("pass", "pass", "timeout", "pass"), (iso, out[iso])
+    if out["auto"]["isolation"] == "namespaces":  # a user namespace: its own /proc, no host folder
+        procs, host = out["auto"]["sees"].rsplit(" ", 1)
+        assert host == "False" and len([x for x in ast.literal_eval(procs) if x.isdigit()]) == 1, out["auto"]["sees"]
+
+
 def test_process_isolation_fallback():
     """Without namespaces: limits, network audit hook and uid cleanup still hold."""
     py = _world_usable_python()

@@ -350,8 +350,10 @@ def _oom_first():
 class Supervisor:
     def __init__(self, cfg):
         self.cfg = cfg
-        _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+        # first: a process that is not dumpable has its /proc files owned by root, so a
+        # supervisor run by an ordinary user could no longer write its own score
         _oom_first()
+        _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
         self.proc_view = None  # which /proc the programs see (namespace mode)
         if cfg["namespaces"]:
             self.proc_view = build_root(cfg)
