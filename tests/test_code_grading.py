@@ -142,6 +142,18 @@ def test_arguments_changed_in_place_reach_the_tests():
     assert run_function(hidden, check, "sort_in_place", FAST).reason == "wrong_answer"
 
 
+def test_lists_changed_inside_a_tuple_argument_reach_the_tests():
+    """A tuple cannot change, but the lists, dicts and sets in it can (a tuple of rows
+    filled in place); they are copied back into the tests' own objects."""
+    check = ("def check(candidate):\n    rows = ([], [5], {'n': 0})\n    first = rows[0]\n    assert candidate(rows) is None\n"
+             "    assert rows == ([1], [5, 2], {'n': 3}) and rows[0] is first\n"
+             "    grid = [([1], 'x'), ([2], 'y')]\n    candidate(grid[0])\n    assert grid[0][0] == [1, 1]\n")
+    prog = "def fill(rows):\n    rows[0].append(1)\n    if len(rows) > 2:\n        rows[1].append(2)\n        rows[2]['n'] = 3\n"
+    assert run_function(prog, check, "fill", FAST).reason == "pass"
+    nothing = "def fill(rows):\n    return None\n"
+    assert run_function(nothing, check, "fill", FAST).reason == "wrong_answer"
+
+
 LEETCODE = ("class Solution:\n    def __init__(self):\n        self.seen = {}\n\n"
             "    def twoSum(self, nums, target):\n        for i, x in enumerate(nums):\n"
             "            if target - x in self.seen:\n                return [self.seen[target - x], i]\n"

@@ -384,14 +384,14 @@ def _callable(user, call):
 
 def _changed_in_place(req, args, kwargs):
     """The list, dict and set arguments the call changed (a program that sorts its
-    argument in place), as they are now, for the judge to copy back into the tests' own
-    objects: [position or name, value]. One that no longer encodes (the program put an
+    argument in place), and the tuples whose lists, dicts or sets it changed, as they are
+    now, for the judge to copy back into the tests' own objects: [position or name, value]. One that no longer encodes (the program put an
     object into it) is left out; the tests then see it unchanged."""
     before = dict(enumerate(req["args"]))  # as the judge sent them: positions, and names
     before.update((name, v) for name, v in req["kwargs"]["d"])
     out = []
     for key, value in list(enumerate(args)) + list(kwargs.items()):
-        if _type(value) in (list, dict, set):
+        if _type(value) in (list, dict, set, tuple):
             try:
                 now = encode(value)
             except (TypeError, RecursionError):
@@ -403,7 +403,8 @@ def _changed_in_place(req, args, kwargs):
 
 def _copy_back(target, value, depth=0):
     """Make the tests' object `target` equal to `value`, in place; lists, dicts and sets
-    inside it are changed in place too, so the tests' references to them see the change.
+    inside it (tuples' too) are changed in place too, so the tests' references to them see
+    the change.
     False (nothing done) where the two are not containers of the same kind."""
     if depth > 100:
         return False
@@ -418,6 +419,10 @@ def _copy_back(target, value, depth=0):
     elif isinstance(target, set) and _type(value) is set:
         target.clear()
         target.update(value)
+    elif isinstance(target, tuple) and _type(value) is tuple and len(target) == len(value):
+        # a tuple cannot change, but the lists, dicts and sets in it can; an element that
+        # differs otherwise (the caller then replaces the whole tuple, where it can)
+        return all([t == v or _copy_back(t, v, depth + 1) for t, v in zip(target, value)])
     else:
         return False
     return True
