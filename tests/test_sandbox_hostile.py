@@ -518,3 +518,37 @@ def test_processes_together_stay_within_the_sandboxs_memory():
     assert run_stdio("print(1)", [StdioTest("", "1")], limits).reason == "pass"
     shutdown()
     assert not list(group.path.parent.glob(f"k15rl-sandbox-{os.getpid()}-*"))  # the cgroups went with them
+
+
+@pytest.mark.parametrize("refused,view", [(1, "hidepid"), (2, "bind")])
+def test_an_older_kernels_proc_is_reported_and_still_runs(refused, view, tmp_path, monkeypatch, caplog):
+    """Where the kernel refuses a /proc of process folders alone (before Linux 5.8), the
+    supervisor falls back to hidepid alone, then to the namespace's /proc as mounted;
+    the host warns once, naming which, and programs still run and are graded. Simulated
+    with a supervisor whose first mount options the kernel refuses."""
+    if not namespace_support()[0]:
+        pytest.skip(f"needs namespaces: {namespace_support()[2]}")
+    import logging
+
+    from k15rl.verifiers import sandbox
+
+    source = sandbox._SUPERVISOR.read_text()
+    mounts = 'PROC_MOUNTS = (("subset", "subset=pid,hidepid=2"), ("hidepid", "hidepid=2"))'
+    assert mounts in source
+    bogus = mounts.replace("subset=pid,", "subset=bogus,", 1)
+    if refused == 2:
+        bogus = bogus.replace('"hidepid=2"))', '"hidepid=bogus"))')
+    (tmp_path / "_sandbox_supervisor.py").write_text(source.replace(mounts, bogus))
+    shutdown()  # no supervisor started with the real options is reused
+    monkeypatch.setattr(sandbox, "_SUPERVISOR", tmp_path / "_sandbox_supervisor.py")
+    monkeypatch.setattr(sandbox, "_WARNED", set())
+    try:
+        with caplog.at_level(logging.WARNING, logger=sandbox.log.name):
+            program = "import os\nprint(os.path.exists('/proc/stat'), os.path.exists('/proc/1'))"
+            r = run_stdio(program, [StdioTest("", f"True {view == 'bind'}")], LIMITS)
+            assert r.reason == "pass", r  # machine-wide files back; other processes hidden by hidepid
+            assert run_stdio("print(2)", [StdioTest("", "2")], LIMITS).reason == "pass"
+    finally:
+        shutdown()
+    warned = [m for m in caplog.messages if "subset=pid" in m]
+    assert len(warned) == 1 and warned[0].endswith(f"(/proc: {view})"), caplog.messages
