@@ -91,6 +91,8 @@ def test_vis_arc_is_refused_with_repeat_detection_on():
     with pytest.raises(UserError, match=r"^config key rollout\.repeat_ngram: must be 0 with task vis_arc "
                                         r"\(data\.tasks\): .* \(got 20\)$"):
         check_names(load_config(None, ["data.tasks=[sort, vis_arc]"]))
+    with pytest.raises(UserError, match=r"^config key rollout\.repeat_ngram: must be 0 with task vis_arc \(data\.verifier\)"):
+        check_names(load_config(None, ["data.verifier=vis_arc"]))
     cfg = load_config(None, ["data.tasks=[vis_arc]", "rollout.repeat_ngram=0"])
     assert check_names(cfg) is cfg
     check_names(load_config(None, ["data.tasks=[sort, vis_count]"]))  # other tasks keep the detector

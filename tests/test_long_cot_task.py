@@ -209,6 +209,13 @@ def test_a_new_trace_or_question_names_a_new_builtin_model(monkeypatch):
     monkeypatch.setattr(SubsetSumTask, "warmup_trace", lambda self, p, rng: trace(self, p, rng).replace("go on", "go"))
     assert spec_hash(long) != now[0] and spec_hash(default) == now[1]
     monkeypatch.undo()
+    # a random branch of the trace (overthinking: an extra check after the answer)
+    import k15rl.tasks.subset_sum as subset_sum
+
+    extra = subset_sum._extra_check
+    monkeypatch.setattr(subset_sum, "_extra_check", lambda *a: extra(*a).upper())
+    assert spec_hash(long) != now[0]
+    monkeypatch.undo()
     generate = SubsetSumTask.generate
     monkeypatch.setattr(SubsetSumTask, "generate", lambda self, rng, level: (
         lambda p: type(p)(p.question.replace("Pick", "Choose"), p.answer, p.level, p.meta))(generate(self, rng, level)))

@@ -526,9 +526,25 @@ def test_the_builtin_vlms_cache_name_follows_its_images(monkeypatch):
     before = spec_hash(spec)
     generate = VisSortTask.generate
 
-    def louder(self, rng, level):  # the same problem, one more byte in its PNG
+    def redder(self, rng, level):  # the same problem, one pixel changed
         p = generate(self, rng, level)
-        return Problem(p.question, p.answer, p.level, {**p.meta, "image": p.meta["image"] + b"\0"})
+        img = open_image(p.meta["image"])
+        img.putpixel((0, 0), (255, 0, 0))
+        return Problem(p.question, p.answer, p.level, {**p.meta, "image": to_png(img)})
 
-    monkeypatch.setattr(VisSortTask, "generate", louder)
+    def squeezed(self, rng, level):  # the same pixels, compressed harder: not a new model
+        p = generate(self, rng, level)
+        return Problem(p.question, p.answer, p.level, {**p.meta, "image": _png(open_image(p.meta["image"]), 9)})
+
+    sample = generate(VisSortTask(), random.Random(0), 1).meta["image"]
+    assert _png(open_image(sample), 9) != sample
+    monkeypatch.setattr(VisSortTask, "generate", squeezed)
+    assert spec_hash(spec) == before
+    monkeypatch.setattr(VisSortTask, "generate", redder)
     assert spec_hash(spec) != before
+
+
+def _png(img, level):
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=level)
+    return buf.getvalue()

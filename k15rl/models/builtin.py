@@ -12,6 +12,7 @@ runs reuse it.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -88,16 +89,23 @@ def cache_root() -> Path:
     return Path(os.environ.get("K15RL_CACHE", Path.home() / ".cache" / "k15rl"))
 
 
-# Train problems per task and level whose warm-up examples enter the cache name.
+# Train problems per task and level whose warm-up examples enter the cache name, and the
+# seeds each one's trace is written with.
 WARMUP_SAMPLE = 4
+TRACE_SEEDS = 4
 
 
 def warmup_digest(spec: BuiltinSpec) -> str:
     """A fingerprint of the data the warm-up of `spec` trains on: the first `WARMUP_SAMPLE`
     train problems of each task and level (the warm-up's first, `warmup_prompts`), with
-    their messages, images, answers and warm-up traces. A change to how a task draws,
-    splits, words, renders or traces its problems changes it; drawing the whole warm-up
-    set instead would cost seconds at every lookup (10,200 rendered images for the VLM)."""
+    their messages, pixels and answers, and each one's warm-up trace under `TRACE_SEEDS`
+    seeds, so that a trace's random branches (overthinking, a mistake redone: most
+    traces take one) are written too. A change to how a task draws, splits, words,
+    renders or traces its problems changes it. Not the whole warm-up set: drawing it
+    costs seconds at every lookup (10,200 rendered images for the VLM), and its traces
+    share one random stream, so no sample of them can be written alone."""
+    from PIL import Image
+
     from k15rl.tasks import Problem, get_task, make_prompts
 
     h = hashlib.sha256()
@@ -105,10 +113,13 @@ def warmup_digest(spec: BuiltinSpec) -> str:
         task = get_task(name)
         for level in (lv for lv in spec.levels if lv in task.levels):
             for p in make_prompts(task, "train", WARMUP_SAMPLE, (level,), seed=spec.seed):
-                trace = task.warmup_trace(Problem(p.question, p.answer, p.level, p.meta), random.Random(spec.seed))
-                h.update(json.dumps([p.messages, p.answer, trace]).encode())
-                for image in p.images:  # PNG bytes for the built-in visual tasks
-                    h.update(hashlib.sha256(image if isinstance(image, bytes) else str(image).encode()).digest())
+                problem = Problem(p.question, p.answer, p.level, p.meta)
+                traces = [task.warmup_trace(problem, random.Random(f"{spec.seed}/{i}")) for i in range(TRACE_SEEDS)]
+                h.update(json.dumps([p.messages, p.answer, traces]).encode())
+                for image in p.images:  # the pixels the model sees, not the PNG bytes (zlib's choice)
+                    with Image.open(io.BytesIO(image)) as img:
+                        rgb = img.convert("RGB")
+                        h.update(json.dumps(rgb.size).encode() + rgb.tobytes())
     return h.hexdigest()
 
 

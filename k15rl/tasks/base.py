@@ -85,8 +85,9 @@ def make_prompts(
     none of whose keys (`problem_key`) is in `exclude`.
 
     A problem's split is that of its `split_group`: `meta["split_group"]`, else
-    `meta["split_key"]` (visual tasks), else its question. A problem with `meta["image"]` (PNG bytes) becomes a prompt with
-    an `<image>` placeholder and `meta["images"]`.
+    `meta["split_key"]` (visual tasks), else its question. A problem with
+    `meta["image"]` (PNG bytes) becomes a prompt with an `<image>` placeholder and
+    `meta["images"]`.
 
     Raises TooFewProblems (a ValueError) if a level has fewer distinct problems in the
     split than asked.

@@ -385,8 +385,9 @@ def _callable(user, call):
 def _changed_in_place(req, args, kwargs):
     """The list, dict and set arguments the call changed (a program that sorts its
     argument in place), and the tuples whose lists, dicts or sets it changed, as they are
-    now, for the judge to copy back into the tests' own objects: [position or name, value]. One that no longer encodes (the program put an
-    object into it) is left out; the tests then see it unchanged."""
+    now, for the judge to copy back into the tests' own objects: [position or name,
+    value]. One that no longer encodes (the program put an object into it) is left out;
+    the tests then see it unchanged."""
     before = dict(enumerate(req["args"]))  # as the judge sent them: positions, and names
     before.update((name, v) for name, v in req["kwargs"]["d"])
     out = []
