@@ -560,3 +560,22 @@ def test_mbpp_rows_load_with_their_test_imports(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Write square(x).", "test_list": asserts}])
     with pytest.raises(UserError, match=r"bad\.jsonl.*line 1.*test_list.*math"):
         load_file(bad, data_cfg(), lambda s: None)
+
+
+def test_an_old_builtin_folder_is_warned_about_not_silently_kept(tmp_path):
+    """A built-in model folder whose name no current spec makes (built by an older version,
+    whose tasks drew other problems): its warm-up problems are unknown, so nothing is
+    left out, and the run says so instead of keeping them silently."""
+    from k15rl.data import build_prompts
+    from k15rl.models.builtin import SPEC_FILE
+
+    old = tmp_path / "builtin-000000000000"
+    old.mkdir()
+    (old / SPEC_FILE).write_text("{}")
+    said = []
+    base = ["data.tasks=[sort]", "data.train_per_level=5", "data.test_per_level=2"]
+    build_prompts(load_config(None, [f"model.path={old}", *base]), said.append)
+    assert [s for s in said if "would not build" in s and str(old) in s and "data.exclude_warmup" in s]
+    said.clear()
+    build_prompts(load_config(None, [f"model.path={tmp_path}", *base]), said.append)  # not a built-in folder
+    assert not [s for s in said if "would not build" in s]

@@ -296,7 +296,7 @@ def build_prompts(cfg: TrainConfig, log: Log = print, train_dataset: Any = None,
     """Train and held-out test prompts of a run: `build_prompt_sets(cfg.data, ...)`, the
     train prompts without the warm-up prompts of the built-in model `data.exclude_warmup`
     names (`warmup_keys`)."""
-    exclude = warmup_keys(cfg, other_data=train_dataset is not None)
+    exclude = warmup_keys(cfg, other_data=train_dataset is not None, log=log)
     if exclude:
         log(f"data: the built-in tasks' train prompts leave out the {len(exclude)} prompts of the built-in "
             "model's warm-up (data.exclude_warmup)")
@@ -304,13 +304,15 @@ def build_prompts(cfg: TrainConfig, log: Log = print, train_dataset: Any = None,
     return sets.train, sets.test
 
 
-def warmup_keys(cfg: TrainConfig, other_data: bool = False) -> frozenset[str]:
+def warmup_keys(cfg: TrainConfig, other_data: bool = False, log: Log = print) -> frozenset[str]:
     """Keys (`problem_key`) of the prompts the warm-up of the built-in model that
     `data.exclude_warmup` names fitted (report §2.2): "auto" = model.path's if it is a
     built-in model, "none" = nothing, else a `BUILTIN_SPECS` name. Empty when no task of
     that model is among the run's built-in tasks (`builtin_task_names`; `other_data`:
-    in-memory rows are given, so an unset data.tasks means none)."""
-    from k15rl.models.builtin import BUILTIN_SPECS, builtin_name
+    in-memory rows are given, so an unset data.tasks means none), and, with a warning,
+    when model.path is a built-in model folder whose name no current spec makes (built
+    by an older version, whose tasks drew other problems)."""
+    from k15rl.models.builtin import BUILTIN_SPECS, SPEC_FILE, builtin_name
 
     choice = cfg.data.exclude_warmup
     if choice == "none":
@@ -319,6 +321,10 @@ def warmup_keys(cfg: TrainConfig, other_data: bool = False) -> frozenset[str]:
         raise UserError(f"config key data.exclude_warmup: {choice!r} is not auto, none or a built-in model "
                         f"({', '.join(sorted(BUILTIN_SPECS))})")
     name = builtin_name(cfg.model.path) if choice == "auto" else choice
+    if name is None and (Path(cfg.model.path).expanduser() / SPEC_FILE).is_file():
+        log(f"data: {cfg.model.path} is a built-in model that this version would not build (its tasks drew "
+            "other problems then): its warm-up problems are not known and not left out of the train prompts "
+            "(data.exclude_warmup=auto)")
     if name is None or not set(BUILTIN_SPECS[name].tasks) & set(builtin_task_names(cfg.data, other_data)):
         return frozenset()
     return _warmup_keys(name)

@@ -22,6 +22,7 @@ from pathlib import Path
 from k15rl.models.vision import VisionSpec
 from k15rl.types import Prompt
 
+SPEC_FILE = "k15rl_builtin.json"  # a built-in model folder's spec, written by its build
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 # Jinja chat template of the built-in tokenizer: role tags, no whitespace added.
 CHAT_TEMPLATE = (

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from k15rl.models.builtin import BuiltinSpec, build_model, build_tokenizer, builtin_dir, warmup_prompts
+from k15rl.models.builtin import SPEC_FILE, BuiltinSpec, build_model, build_tokenizer, builtin_dir, warmup_prompts
 from k15rl.models.vision import IMAGE_TOKEN, VisionTokenizer, build_processor, build_vlm
 from k15rl.tasks import Problem, get_task
 from k15rl.trainer.sft import SFTConfig, sft_train
@@ -65,7 +65,7 @@ def ensure_builtin(spec: BuiltinSpec | None = None, *, log: Callable[[str], None
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / "k15rl_builtin.json").write_text(json.dumps(asdict(spec), indent=2))
+    (tmp / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2))
     try:
         os.rename(tmp, final)
     except OSError:  # another process finished first: keep theirs
