@@ -405,8 +405,7 @@ def _changed_in_place(req, args, kwargs):
 def _copy_back(target, value, depth=0):
     """Make the tests' object `target` equal to `value`, in place; lists, dicts and sets
     inside it (tuples' too) are changed in place too, so the tests' references to them see
-    the change.
-    False (nothing done) where the two are not containers of the same kind."""
+    the change. False (nothing done) where the two are not containers of the same kind."""
     if depth > 100:
         return False
     if isinstance(target, list) and _type(value) is list:
