@@ -534,17 +534,17 @@ def test_the_builtin_vlms_cache_name_follows_its_images(monkeypatch):
 
     def squeezed(self, rng, level):  # the same pixels, compressed harder: not a new model
         p = generate(self, rng, level)
-        return Problem(p.question, p.answer, p.level, {**p.meta, "image": _png(open_image(p.meta["image"]), 9)})
+        return Problem(p.question, p.answer, p.level, {**p.meta, "image": _png_compressed(open_image(p.meta["image"]), 9)})
 
     sample = generate(VisSortTask(), random.Random(0), 1).meta["image"]
-    assert _png(open_image(sample), 9) != sample
+    assert _png_compressed(open_image(sample), 9) != sample
     monkeypatch.setattr(VisSortTask, "generate", squeezed)
     assert spec_hash(spec) == before
     monkeypatch.setattr(VisSortTask, "generate", redder)
     assert spec_hash(spec) != before
 
 
-def _png(img, level):
+def _png_compressed(img, level):
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=level)
     return buf.getvalue()
