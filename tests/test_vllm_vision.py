@@ -121,15 +121,21 @@ def test_sampled_logprobs_equal_trainer_logprobs_with_images(vlm, engine):
 
 
 def test_images_change_the_output_and_continuations_keep_them(vlm, engine):
-    """The image reaches vLLM's model (another image, other log-probs), and a continued
-    segment (partial rollouts) gets the same tokens as one uninterrupted generation."""
+    """The image reaches vLLM's model (another image: the log-probs transformers gives with
+    that image, and not those of the first, by more than the engines' tolerance), and a
+    continued segment (partial rollouts) gets the same tokens as one uninterrupted
+    generation. (How much an image moves this barely trained model's log-probs depends on
+    its weights, so the test compares with transformers rather than with a fixed size.)"""
     tok = load_tokenizer(vlm)
     p, q = _prompts(1)[:2]
     ids = encode_prompt(tok, p.messages, p.images)
     greedy = SamplingParams(max_new_tokens=16, temperature=0.0, stop_token_ids=[])
     (whole,) = engine.generate([GenerationRequest(ids, images=p.images)], greedy)
     (other,) = engine.generate([GenerationRequest(ids, images=q.images)], greedy)
-    assert max(abs(x - y) for x, y in zip(whole.logprobs, other.logprobs)) > 1e-3
+    (other_hf,) = HFEngine(load_model(vlm), tok).generate([GenerationRequest(ids, images=q.images)], greedy)
+    assert other.token_ids == other_hf.token_ids
+    assert max(abs(x - y) for x, y in zip(other.logprobs, other_hf.logprobs)) < LOGPROB_TOL
+    assert max(abs(x - y) for x, y in zip(whole.logprobs, other.logprobs)) > 4 * LOGPROB_TOL
     (first,) = engine.generate([GenerationRequest(ids, images=p.images, max_new_tokens=6)], greedy)
     (rest,) = engine.generate([GenerationRequest(ids, first.token_ids, images=p.images)],
                               replace(greedy, max_new_tokens=10))
