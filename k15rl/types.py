@@ -64,6 +64,9 @@ class GenerationRequest:
     # so that the next call's request with the same id and context skips the prefill
     # (rollout.keep_kv; engines that cannot ignore it).
     keep_kv: bool = False
+    # False: the repeat detector does not watch this request; its task's right answers
+    # repeat an n-gram by design (`repeats_by_design`: ARC grids of equal rows).
+    repeat_check: bool = True
 
 
 @dataclass

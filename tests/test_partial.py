@@ -161,6 +161,45 @@ def test_engine_stops_on_repeat_where_the_reference_first_fires(policy):
             assert s.finish_reason == "repeat" and s.token_ids == f.token_ids[:first]
 
 
+def test_a_request_without_repeat_check_runs_past_its_repeats(policy):
+    """`repeat_check=False` (a task whose right answers repeat by design): the detector
+    does not stop that request, while the others of the same call are stopped as before."""
+    model, tok = policy
+    prompts = [_ids(tok, q) for q in QUESTIONS]
+    params = SamplingParams(max_new_tokens=120, temperature=0, repeat_ngram=8, repeat_times=3, repeat_min_tokens=6)
+    watched = HFEngine(model, tok).generate([GenerationRequest(p) for p in prompts], params)
+    mixed = HFEngine(model, tok).generate([GenerationRequest(p, repeat_check=i % 2 == 0) for i, p in enumerate(prompts)],
+                                          params)
+    free = HFEngine(model, tok).generate([GenerationRequest(p) for p in prompts],
+                                         SamplingParams(max_new_tokens=120, temperature=0))
+    assert any(w.finish_reason == "repeat" for i, w in enumerate(watched) if i % 2)  # one unwatched would have been cut
+    for i, (m, w, f) in enumerate(zip(mixed, watched, free)):
+        expect = w if i % 2 == 0 else f
+        assert (m.token_ids, m.finish_reason) == (expect.token_ids, expect.finish_reason), i
+
+
+class _Recorder:
+    """An engine that records its requests and answers each with one stop token."""
+
+    def __init__(self):
+        self.requests: list[GenerationRequest] = []
+
+    def generate(self, requests, params, **kw):
+        self.requests += list(requests)
+        return [Segment([0], [0.0], "stop") for _ in requests]
+
+
+def test_prompts_of_tasks_that_repeat_by_design_are_not_watched(policy):
+    _, tok = policy
+    prompts = [Prompt("a", (("user", "grid?"),), "00|00", "vis_arc"), Prompt("s", (("user", "Sort: b a"),), "a b", "sort")]
+    assert TASKS["vis_arc"].repeats_by_design and not getattr(TASKS["sort"], "repeats_by_design", False)
+    engine = _Recorder()
+    rollout(engine, tok, prompts, 2, SamplingParams(max_new_tokens=4, repeat_ngram=20))
+    partial_rollout(engine, tok, ReplayBuffer(), prompts, 2, SamplingParams(max_new_tokens=4, repeat_ngram=20),
+                    version=0, segment_tokens=2, max_tokens=4, first_group=0)
+    assert [r.repeat_check for r in engine.requests] == [False, False, True, True] * 2
+
+
 def test_repeat_penalty_in_score():
     p = Prompt("x", (("user", "q"),), "1", "integer")
     from k15rl.types import Trajectory

@@ -240,6 +240,21 @@ def test_stop_strings_and_repeats_match_hf_engine(setup, prompts, monkeypatch, k
             assert n == params.max_new_tokens
 
 
+def test_requests_without_repeat_check_match_hf_engine(setup, prompts):
+    """A request with repeat_check=False (a task whose answers repeat by design) is not
+    stopped on a repeat, in the early-stop processor and in the cut after; the others of
+    the same call are, as in HFEngine."""
+    _, tok, model, engine = setup
+    params = _params(tok, model, max_new_tokens=64, repeat_ngram=4, repeat_times=3, repeat_min_tokens=6)
+    reqs = [GenerationRequest(p, repeat_check=i % 2 == 0) for i, p in enumerate(prompts[:8])]
+    a, b = engine.generate(reqs, params), HFEngine(model, tok).generate(reqs, params)
+    watched = HFEngine(model, tok).generate([GenerationRequest(p) for p in prompts[:8]], params)
+    for x, y in zip(a, b):
+        assert (x.token_ids, x.finish_reason) == (y.token_ids, y.finish_reason)
+    assert any(w.finish_reason == "repeat" for w in watched[1::2])  # an unwatched one would have been cut
+    assert all(x.finish_reason != "repeat" for x in a[1::2]) and any(x.finish_reason == "repeat" for x in a[::2])
+
+
 def test_sampled_cut_points_are_exact(setup, prompts):
     """At temperature 1 (tokens differ from HFEngine's), HFEngine's checks applied to
     each returned segment fire exactly at its last token, with the same reason."""

@@ -16,6 +16,7 @@ from typing import Sequence
 from k15rl.models.loading import encode_prompt
 from k15rl.rollout.engine import RolloutEngine, SamplingParams
 from k15rl.rollout.replay import Member, ReplayBuffer
+from k15rl.tasks import repeats_by_design
 from k15rl.types import GenerationRequest, Outcome, Prompt, Segment, Trajectory
 
 OUTCOMES: tuple[Outcome, ...] = ("stop", "cut", "repeat", "max_len")
@@ -35,7 +36,8 @@ def rollout(
     `response_ids` (the policy learns to stop) with its log-prob.
     """
     prompt_ids = [encode_prompt(tokenizer, p.messages, p.images) for p in prompts]
-    requests = [GenerationRequest(prompt_ids[i], id=f"g{first_group + i}m{j}", images=prompts[i].images)
+    requests = [GenerationRequest(prompt_ids[i], id=f"g{first_group + i}m{j}", images=prompts[i].images,
+                                  repeat_check=not repeats_by_design(prompts[i].task))
                 for i in range(len(prompts)) for j in range(k)]
     segments = engine.generate(requests, params)
     return [
@@ -98,7 +100,7 @@ def partial_rollout(
     budgets = [min(segment, max_tokens - len(m.response_ids)) for m in active]
     requests = [
         GenerationRequest(m.prompt_ids, m.response_ids, max_new_tokens=b, id=f"g{m.group}m{m.index}",
-                          images=m.prompt.images,
+                          images=m.prompt.images, repeat_check=not repeats_by_design(m.prompt.task),
                           keep_kv=keep_kv and (len(m.response_ids) + b < max_tokens or bool(token_budget)))
         for m, b in zip(active, budgets)
     ]

@@ -436,7 +436,7 @@ class HFEngine:
             if row.tokens[-1] in stop_ids or (max_stop and self._hit_stop_string(row.tokens, params.stop_strings,
                                                                                     max_stop)):
                 reason = "stop"
-            elif repeated[j]:
+            elif repeated[j] and requests[row.index].repeat_check:
                 reason = "repeat"
             elif len(row.tokens) >= row.budget or spent_all:
                 reason = "length"

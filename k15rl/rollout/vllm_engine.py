@@ -134,8 +134,10 @@ def truncate(
     budgets: Sequence[int],
     params: SamplingParams,
     tokenizer,
+    repeat_checks: Sequence[bool] | None = None,
 ) -> list[tuple[int, str | None]]:
-    """Where HFEngine would have stopped each row, given the tokens it sampled.
+    """Where HFEngine would have stopped each row, given the tokens it sampled
+    (`repeat_checks`: per row, whether the repeat detector watches it; default all).
 
     Returns, per row, (number of tokens kept, finish reason or None if no check fired
     within the tokens). At every token, in order: a stop token id or stop string ->
@@ -169,7 +171,7 @@ def truncate(
             reason = None
             if toks[j] in stop_ids or (hit and hit(list(toks[: j + 1]), params.stop_strings, max_stop)):
                 reason = "stop"
-            elif repeated is not None and repeated[i]:
+            elif repeated is not None and repeated[i] and (repeat_checks is None or repeat_checks[i]):
                 reason = "repeat"
             elif j + 1 >= budgets[i]:
                 reason = "length"
@@ -547,7 +549,7 @@ class VLLMEngine:
             extra = None
             if (watch or token_budget) and params.stop_token_ids:
                 extra = {_WATCH_KEY: {
-                    "force": params.stop_token_ids[0], "ngram": params.repeat_ngram, "times": params.repeat_times,
+                    "force": params.stop_token_ids[0], "ngram": params.repeat_ngram if r.repeat_check else 0, "times": params.repeat_times,
                     "min_tokens": params.repeat_min_tokens, "prefix_len": len(r.prefix_ids),
                     "stop_strings": list(params.stop_strings), "budget": key, "rid": i,
                 }}
@@ -585,7 +587,8 @@ class VLLMEngine:
                 ids, lp = ids[:-1], lp[:-1]
             tokens.append(ids)
             logprobs.append(lp)
-        cuts = truncate(tokens, [r.prefix_ids for r in requests], budgets, params, self.tokenizer)
+        cuts = truncate(tokens, [r.prefix_ids for r in requests], budgets, params, self.tokenizer,
+                        [r.repeat_check for r in requests])
         segments = []
         for ids, lps, (keep, reason) in zip(tokens, logprobs, cuts):
             if call_budget is not None and not ids:

@@ -22,6 +22,12 @@ TASKS: dict[str, Callable[[], Task]] = {"arith": ArithTask, "code": CodeTask, "c
                                          **VISUAL_TASKS, "vis_arc": VisArcTask}
 
 
+def repeats_by_design(name: str) -> bool:
+    """Whether task `name`'s right answers repeat an n-gram by design (a grid of equal rows),
+    so that the repeat detector must not stop its samples as loops (report §2.6.2)."""
+    return bool(getattr(TASKS.get(name), "repeats_by_design", False))
+
+
 def get_task(name: str) -> Task:
     """The built-in task family called `name`."""
     if name not in TASKS:
@@ -29,4 +35,4 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["TASKS", "ArithTask", "VisArcTask", "CodeTask", "CountdownTask", "HopsTask", "LongAddTask", "ReasoningGymTask", "SortTask", "SubsetSumTask", "VISUAL_TASKS", "VisBarsTask", "VisCountTask", "VisPatternTask", "VisSortTask", "VisTextTask", "VisWhereTask", "Problem", "Task", "TooFewProblems", "get_task", "make_prompts", "problem_key", "split_group", "split_of"]
+__all__ = ["TASKS", "ArithTask", "VisArcTask", "CodeTask", "CountdownTask", "HopsTask", "LongAddTask", "ReasoningGymTask", "SortTask", "SubsetSumTask", "VISUAL_TASKS", "VisBarsTask", "VisCountTask", "VisPatternTask", "VisSortTask", "VisTextTask", "VisWhereTask", "Problem", "Task", "TooFewProblems", "get_task", "make_prompts", "problem_key", "repeats_by_design", "split_group", "split_of"]

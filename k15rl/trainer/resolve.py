@@ -21,21 +21,13 @@ from k15rl.trainer.warmup import ensure_builtin
 def check_names(cfg: TrainConfig) -> TrainConfig:
     """The names of a config that registries resolve, checked against them: the built-in
     tasks (data.tasks), the default verifier (data.verifier) and the reward of each data
-    source (reward.sources). A task whose right answers repeat by design
-    (`repeats_by_design`), in data.tasks or as data.verifier, needs repeat detection off.
-    Raises UserError naming the key; returns `cfg`."""
+    source (reward.sources). Raises UserError naming the key; returns `cfg`."""
     for name in cfg.data.tasks or []:
         if name not in TASKS:
             raise UserError(f"config key data.tasks: unknown task {name!r} (built-in: {', '.join(sorted(TASKS))})")
     if cfg.data.verifier not in verifier_names():
         raise UserError(f"config key data.verifier: must be one of {sorted(VERIFIERS)} or a task name "
                         f"({', '.join(sorted(TASKS))}) (got {cfg.data.verifier!r})")
-    for key, names in (("data.tasks", cfg.data.tasks or []), ("data.verifier", [cfg.data.verifier])):
-        for name in names:
-            if cfg.rollout.repeat_ngram and getattr(TASKS.get(name), "repeats_by_design", False):
-                raise UserError(f"config key rollout.repeat_ngram: must be 0 with task {name} ({key}): its right "
-                                f"answers repeat an n-gram by design, and repeat detection would stop them as loops "
-                                f"(got {cfg.rollout.repeat_ngram})")
     check_reward_config(cfg.reward)
     return cfg
 
