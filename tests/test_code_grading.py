@@ -222,6 +222,24 @@ def test_real_numbers_in_stdio_outputs_match_within_a_tolerance():
         job_from_spec("", {**third, "float_tolerance": "1e-6"})
 
 
+def test_a_row_that_accepts_any_letter_case_says_so():
+    """Case counts unless the row's test cases say `ignore_case` (judges' "print YES or NO,
+    in any case"); then only the case is free: numbers within the tolerance, words equal."""
+    from k15rl.verifiers.code import _from_test_cases
+
+    cases = {"inputs": ["4\n", "3\n"], "outputs": ["YES\n2.50\n", "NO\n2.00\n"]}
+    even = "```python\nn = int(input())\nprint({!r} if n % 2 == 0 else {!r})\nprint(n / 2 + 0.5)\n```"
+    assert grade_response(even.format("Yes", "No"), _from_test_cases(cases, {}), FAST).reason == "wrong_answer"
+    spec = _from_test_cases({**cases, "ignore_case": True}, {})
+    assert spec["ignore_case"] is True
+    assert grade_response(even.format("Yes", "no"), spec, FAST).reason == "pass"
+    assert grade_response(even.format("YES", "NO"), spec, FAST).reason == "pass"
+    assert grade_response(even.format("Yes", "Yes"), spec, FAST).reason == "wrong_answer"
+    assert grade_response(even.format("Yes!", "No"), spec, FAST).reason == "wrong_answer"
+    with pytest.raises(ValueError, match=r"^ignore_case must be true or false \(got 'yes'\)$"):
+        job_from_spec("", {**_from_test_cases(cases, {}), "ignore_case": "yes"})
+
+
 def test_apps_call_based_cases_of_100k_integers():
     """The cases of a call-based row travel as one JSON string, not as a literal compiled
     as source (5 cases of 100,000 integers gave the tests' process a MemoryError)."""

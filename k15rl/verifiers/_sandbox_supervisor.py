@@ -572,9 +572,10 @@ def _close(got, want, tolerance):
     return slack is not None and abs(float(got) - float(want)) <= slack
 
 
-def outputs_match(got, expected, tolerance=0.0):
+def outputs_match(got, expected, tolerance=0.0, ignore_case=False):
     """Whether a program's output matches the expected output: line by line, up to
-    `normalize_output`. With `tolerance` > 0, a word of the expected output that is a real
+    `normalize_output`, and with `ignore_case` up to letter case (problems that accept
+    "YES", "Yes" or "yes"). With `tolerance` > 0, a word of the expected output that is a real
     number (a decimal point or an exponent) matches any number within `_slack` of it:
     the usual checker of real-valued answers (absolute or relative error up to
     `tolerance`), the relative part capped near the expected value's printed precision,
@@ -591,8 +592,12 @@ def outputs_match(got, expected, tolerance=0.0):
     (False, True)
     >>> outputs_match("1000000000.000002", "1000000000.000000", 1e-6)  # a few ulps
     True
+    >>> outputs_match("Yes\\n2.5E-1", "YES\\n0.25", 1e-6), outputs_match("Yes", "YES", 1e-6, ignore_case=True)
+    (False, True)
     """
     got, expected = normalize_output(got), normalize_output(expected)
+    if ignore_case:
+        got, expected = got.casefold(), expected.casefold()
     if got == expected or tolerance <= 0:
         return got == expected
     got_lines, want_lines = got.split("\n"), expected.split("\n")
@@ -612,7 +617,8 @@ def _ran_ok(r, item, job):
     """Whether a run passed as far as the supervisor can tell (exit status, limits, and
     the output where the run has an expected one)."""
     ok = r.get("returncode") == 0 and not r.get("timed_out") and not r.get("output_exceeded")
-    return ok and ("expected" not in item or outputs_match(r["stdout"], item["expected"], job["float_tolerance"]))
+    return ok and ("expected" not in item or outputs_match(r["stdout"], item["expected"], job["float_tolerance"],
+                                                                   job.get("ignore_case", False)))
 
 
 def main():

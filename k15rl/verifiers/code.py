@@ -167,13 +167,16 @@ def job_from_spec(program: str, spec: Mapping[str, Any]) -> CodeJob:
     tolerance = spec.get("float_tolerance", FLOAT_TOLERANCE)
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
         raise ValueError(f"float_tolerance must be a number in [0, 1) (got {tolerance!r:.40})")
-    return CodeJob(program, tests=tuple(cases), float_tolerance=float(tolerance))
+    ignore_case = spec.get("ignore_case", False)
+    if not isinstance(ignore_case, bool):
+        raise ValueError(f"ignore_case must be true or false (got {ignore_case!r:.40})")
+    return CodeJob(program, tests=tuple(cases), float_tolerance=float(tolerance), ignore_case=ignore_case)
 
 
 def _from_test_cases(cases: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
     """A spec from a data row's `test_cases` field in its common shapes: a list of
     {"input", "output"}; {"inputs": [...], "outputs": [...]} (APPS/TACO, with "fn_name"
-    for call-based problems; "float_tolerance" for stdio ones); {"check"/"test": code,
+    for call-based problems; "float_tolerance" and "ignore_case" for stdio ones); {"check"/"test": code,
     "entry_point": name}; MBPP's assert lines, as a list or as {"test_list": [...],
     "test_setup_code", "test_imports"}."""
     if isinstance(cases, list) and cases and all(isinstance(c, str) for c in cases):
@@ -206,8 +209,7 @@ def _from_test_cases(cases: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
                          "            got = list(got)\n        assert got == want or [got] == want\n")
                 return {"check": check, "entry_point": cases["fn_name"], "cases": len(ins)}
             spec: dict[str, Any] = {"tests": [{"input": _text(i), "output": _text(o)} for i, o in zip(ins, outs)]}
-            if "float_tolerance" in cases:
-                spec["float_tolerance"] = cases["float_tolerance"]
+            spec.update({k: cases[k] for k in ("float_tolerance", "ignore_case") if k in cases})
             return spec
     if isinstance(cases, str) and "def check" in cases:
         return {"check": cases, "entry_point": meta.get("entry_point"), "prefix": meta.get("prefix")}

@@ -499,17 +499,17 @@ def _classify(raw: dict, limits: Limits, judged: bool = False) -> Reason:
 
 def run_stdio(program: str, tests: Sequence[StdioTest], limits: Limits = Limits(), *, isolation: str = "auto",
               stop_at_first_failure: bool = True, python: str | None = None,
-              float_tolerance: float = FLOAT_TOLERANCE) -> RunResult:
+              float_tolerance: float = FLOAT_TOLERANCE, ignore_case: bool = False) -> RunResult:
     """Run `program` once per test with the test's input on stdin; pass if every
     output matches (`outputs_match`: up to trailing spaces and blank lines at the ends,
-    real numbers within `float_tolerance`)."""
+    real numbers within `float_tolerance`, and letter case with `ignore_case`)."""
     t0 = time.monotonic()
     if not tests:
         return RunResult("sandbox_error", 0, 0, "no test cases")
     runs = [{"stdin": t.input, "expected": t.output} for t in tests]
     raw, iso, error = _execute(program, "stdio", runs, limits, isolation=isolation,
                                stop_at_first_failure=stop_at_first_failure, python=python,
-                               extra={"float_tolerance": float_tolerance})
+                               extra={"float_tolerance": float_tolerance, "ignore_case": ignore_case})
     outcomes = []
     passed = 0
     first: tuple[Reason, str] | None = None
@@ -518,7 +518,7 @@ def run_stdio(program: str, tests: Sequence[StdioTest], limits: Limits = Limits(
             error = r["error"]
             break
         reason = _classify(r, limits)
-        if reason == "pass" and not outputs_match(r["stdout"], t.output, float_tolerance):
+        if reason == "pass" and not outputs_match(r["stdout"], t.output, float_tolerance, ignore_case):
             reason = "wrong_answer"
         outcomes.append(TestOutcome(reason, r["stdout"], r["stderr"], r["wall_s"], r["returncode"]))
         if reason == "pass":

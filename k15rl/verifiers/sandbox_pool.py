@@ -27,7 +27,8 @@ class CodeJob:
     """A program with stdin/stdout `tests`, or with function-call test code `check`
     calling `entry_point` (HumanEval style); `setup` is trusted code (the problem's
     header and helpers) that the tests' process runs first. `float_tolerance`: how far a
-    printed real number may be from the expected one (stdio tests; 0: exactly). `cases`:
+    printed real number may be from the expected one (stdio tests; 0: exactly);
+    `ignore_case`: whether letter case counts in stdio outputs ("YES" for "Yes"). `cases`:
     how many test cases `check` runs, each with the limits of one (`run_function`)."""
 
     program: str
@@ -36,6 +37,7 @@ class CodeJob:
     entry_point: str | None = None
     setup: str | None = None
     float_tolerance: float = FLOAT_TOLERANCE
+    ignore_case: bool = False
     cases: int = 1
 
 
@@ -46,7 +48,8 @@ def grade(job: CodeJob, limits: Limits = Limits(), *, isolation: str = "auto") -
             return RunResult("sandbox_error", 0, 1, "function-call tests need an entry_point")
         return run_function(job.program, job.check, job.entry_point, limits, setup=job.setup, cases=job.cases,
                             isolation=isolation)
-    return run_stdio(job.program, job.tests, limits, isolation=isolation, float_tolerance=job.float_tolerance)
+    return run_stdio(job.program, job.tests, limits, isolation=isolation, float_tolerance=job.float_tolerance,
+                     ignore_case=job.ignore_case)
 
 
 class SandboxPool:
