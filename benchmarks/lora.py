@@ -1,4 +1,4 @@
-"""LoRA against full fine-tuning on SmolLM2-135M-Instruct (issue 17): peak memory and
+"""LoRA against full fine-tuning on SmolLM2-135M-Instruct: peak memory and
 test-accuracy gain of the same RL run, side by side.
 
 Each arm is one `k15rl train --config smollm2` run (k15rl/configs/smollm2.yaml, the run
@@ -14,7 +14,7 @@ everything else, the seed included, is the preset's.
     python benchmarks/lora.py --memory-only          # 2 iterations, no evaluation: peak memory only,
                                                      # OUT/report.json (no results file: no gain measured)
 
-Goal (issue 17): LoRA at most 0.7x the full fine-tune's peak memory, still gaining at
+Goal: LoRA at most 0.7x the full fine-tune's peak memory, still gaining at
 least 5 points. SmolLM2 is converted first (docs/hf_models.md: `k15rl convert-gguf`).
 """
 

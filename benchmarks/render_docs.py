@@ -116,8 +116,8 @@ def short_provenance(r: dict, name: str) -> str:
 
 # ---------------------------------------------------------------- one renderer per results file
 
-GOAL_ENGINE = 3.0   # issue: continuous batching >= 3x model.generate in fixed batches
-GOAL_PARTIAL = 2.0  # issue: partial rollouts >= 2x whole rollouts per trajectory
+GOAL_ENGINE = 3.0   # goal: continuous batching >= 3x model.generate in fixed batches
+GOAL_PARTIAL = 2.0  # goal: partial rollouts >= 2x whole rollouts per trajectory
 
 
 def where_met(workloads: list[str]) -> str:

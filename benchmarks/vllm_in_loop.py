@@ -1,4 +1,4 @@
-"""vLLM in the training loop against vLLM alone, on the same prompts (issue 17, item 4).
+"""vLLM in the training loop against vLLM alone, on the same prompts.
 
 Arm `loop`: `k15rl train --config smollm2 rollout.engine=vllm` for a few iterations
 (no evaluation), in a child process. Every call the loop makes to the engine's
