@@ -104,7 +104,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
           f"mean tokens {result['mean_tokens']:.1f}, n={result['n']}")
     for level, r in result["per_level"].items():
         print(f"  level {level}: accuracy {r['accuracy']:.4f}, mean tokens {r['mean_tokens']:.1f}, n={r['n']}")
-    Path(args.output).write_text(json.dumps(result, indent=2))
+    from k15rl.trainer.checkpoint import write_json_atomic
+
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)  # check_output_path allows a new folder
+    write_json_atomic(Path(args.output), result)
     if args.responses:
         from k15rl.data import write_jsonl
         from k15rl.trainer.evaluate import response_rows

@@ -91,10 +91,11 @@ def test_overrides_may_follow_flags(tmp_path, capsys):
 
 
 def test_eval_writes_every_response_it_scored(tmp_path, capsys, tiny_model_dir):
-    """k15rl eval --responses: one row per sample, whose rewards give the printed accuracy."""
+    """k15rl eval --responses: one row per sample, whose rewards give the printed accuracy;
+    both files in folders that do not exist yet."""
     import json
 
-    out, responses = tmp_path / "e.json", tmp_path / "r" / "responses.jsonl"
+    out, responses = tmp_path / "new" / "e.json", tmp_path / "r" / "responses.jsonl"
     code = main(["eval", "--model", str(tiny_model_dir), "--output", str(out), "--responses", str(responses),
                  "data.test_per_level=1", "data.test_levels=[1,2]", "eval.samples_per_prompt=3",
                  "rollout.max_new_tokens=8", "threads=1"])
