@@ -417,3 +417,22 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path, capsys, tiny_model_dir, 
     assert (ck / "latest").read_text().strip() == "iter_000002"
     state = json.loads((ck / "iter_000002" / "state.json").read_text())
     assert state["iteration"] == 2
+
+
+def test_a_data_file_that_cannot_be_read_is_one_line(tmp_path, capsys, monkeypatch):
+    """An OSError while reading a data file (no permission: root reads anything, so the
+    open is made to fail) is one line naming the file, exit 2, nothing written."""
+    from k15rl.data import readers
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "q", "answer": "1"}) + "\n")
+
+    def no_permission(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(readers, "_open_text", no_permission)
+    out = tmp_path / "out"
+    code = main(["curate", "--data", str(rows), "--out", str(out)])
+    err = [x for x in capsys.readouterr().err.strip().splitlines() if x.startswith("k15rl:")]
+    assert code == 2 and err == [f"k15rl: error: data file {rows}: cannot be read (Permission denied)"], err
+    assert not out.exists()

@@ -113,6 +113,8 @@ def read_rows(path: str | Path) -> Iterator[RawRow]:
         raise not_utf8(path, e) from None
     except GZIP_ERRORS as e:
         raise not_gzip(path, e) from None
+    except OSError as e:  # no permission, an I/O error, a file removed while read
+        raise UserError(f"data file {path}: cannot be read ({e.strerror or e})") from None
 
 
 # What a model's text may not hold: lone UTF-16 surrogates (JSON "\\ud800": not encodable
