@@ -236,7 +236,8 @@ class HFEngine:
     same tokens on every device up to the logits' numerics.
     """
 
-    def __init__(self, model, tokenizer, max_batch: int = 64, prefill_tokens: int = RolloutConfig.prefill_tokens,
+    def __init__(self, model, tokenizer, max_batch: int = RolloutConfig.max_batch,
+                 prefill_tokens: int = RolloutConfig.prefill_tokens,
                  attention_groups: int = RolloutConfig.attention_groups):
         self.model = model
         self.tokenizer = tokenizer
