@@ -207,9 +207,6 @@ def check_model_folder(path: str | Path, key: str = "model.path") -> Path:
     return p
 
 
-check_model_path = check_model_folder  # the earlier name
-
-
 def model_positions(model_config) -> int | None:
     """The model's context length (max_position_embeddings; a VLM's is its text_config's)."""
     n = getattr(model_config, "max_position_embeddings", None)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from concurrent.futures import Future
 from typing import Sequence
 
 import torch
@@ -87,21 +86,9 @@ def score(
     return stats
 
 
-def score_async(trajectories: Sequence[Trajectory], **kw) -> "Future[ScoreStats]":
-    """`score` in a background thread: the caller goes on (e.g. while code is graded in
-    the sandbox) and collects the stats, with the trajectories filled in, from the future."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    executor = ThreadPoolExecutor(1, thread_name_prefix="score")
-    fut = executor.submit(score, trajectories, **kw)
-    executor.shutdown(wait=False)
-    return fut
-
-
 __all__ = [
     "VERIFIERS",
     "RewardRouter",
-    "score_async",
     "ScoreStats",
     "length_reward",
     "length_weight",

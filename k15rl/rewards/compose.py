@@ -293,9 +293,9 @@ def check_reward_config(reward_cfg: Any) -> None:
     from k15rl.models.builtin import BUILTIN_SPECS
 
     if "judge" in specs and reward_cfg.judge_model not in BUILTIN_SPECS:
-        from k15rl.models.loading import check_model_path
+        from k15rl.models.loading import check_model_folder
 
-        check_model_path(reward_cfg.judge_model, "reward.judge_model")
+        check_model_folder(reward_cfg.judge_model, "reward.judge_model")
     if reward_cfg.workers < 1:
         raise UserError(f"config key reward.workers: must be >= 1 (got {reward_cfg.workers})")
     if reward_cfg.timeout_s < 0:
