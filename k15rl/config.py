@@ -138,9 +138,9 @@ class RolloutConfig:
     # that uses them up is cut, kept in the replay buffer and continued next iteration. 0 = off.
     segment_tokens: int = 0
     continue_first: bool = True  # cut trajectories take their rows first; new prompts fill the rest
-    # Built-in engine: the iteration's output-token budget (report §2.6.2). All unfinished
-    # trajectories (cut, or new and not started: prompts_per_iteration x k of them with
-    # continue_first) go to the engine at once, more than its max_batch slots, so a freed
+    # The iteration's output-token budget (report §2.6.2; the hf and vllm engines, Ray
+    # workers). All unfinished trajectories (cut, or new and not started:
+    # prompts_per_iteration x k of them with continue_first) go to the engine at once, more than its max_batch slots, so a freed
     # slot takes the next at once; when the iteration has sampled this many tokens, those in
     # flight are cut and the rest wait in the replay buffer. 0 = off (the iteration ends
     # when its last trajectory stops or uses its segment_tokens).

@@ -104,7 +104,7 @@ def partial_rollout(
                           keep_kv=keep_kv and (len(m.response_ids) + b < max_tokens or bool(token_budget)))
         for m, b in zip(active, budgets)
     ]
-    budget = {"token_budget": token_budget} if token_budget else {}  # only engines that take one get it
+    budget = {"token_budget": token_budget} if token_budget else {}  # only when set (RolloutEngine)
     segments = engine.generate(requests, replace(params, max_new_tokens=segment), **budget)
     outcomes: Counter = Counter()
     not_started = 0

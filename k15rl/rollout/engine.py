@@ -49,7 +49,13 @@ class SamplingParams:
 
 
 class RolloutEngine(Protocol):
-    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Segment]: ...
+    """What the loop asks of an engine (HFEngine, VLLMEngine, the Ray workers' EnginePool).
+    `token_budget` (rollout.iteration_tokens; 0: none) is passed only when set, so an engine
+    without one serves the rest. HFEngine's `generate` also takes `more`, a source to pull
+    requests from as slots free up (the Ray workers use it where the engine has it)."""
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams,
+                 token_budget: int = 0) -> list[Segment]: ...
 
     def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None: ...
 
