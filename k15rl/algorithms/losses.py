@@ -72,16 +72,16 @@ def k15_loss(
         log_ratio = seq - seq_old  # [N]
         pg = -(adv * seq)  # [N]
         l2 = 0.5 * tau * log_ratio**2  # [N]
-        loss = (pg + l2).mean()
-        pg_m, l2_m = pg.mean(), l2.mean()
+        loss = (pg + l2).mean()  # []
+        pg_m, l2_m = pg.mean(), l2.mean()  # [], []
     elif normalization == "token":
         log_ratio = (logprobs - old) * mask  # [N, T]
         pg_t = -(adv[:, None] * logprobs) * mask  # [N, T]
         l2_t = 0.5 * tau * log_ratio**2  # [N, T]
-        n_tok = mask.sum().clamp(min=1)
-        pg_m, l2_m = pg_t.sum() / n_tok, l2_t.sum() / n_tok
-        loss = pg_m + l2_m
-        log_ratio = log_ratio.sum(-1)
+        n_tok = mask.sum().clamp(min=1)  # []
+        pg_m, l2_m = pg_t.sum() / n_tok, l2_t.sum() / n_tok  # [], []
+        loss = pg_m + l2_m  # []
+        log_ratio = log_ratio.sum(-1)  # [N, T] -> [N]: the sequence's, as in the metric of "sequence"
     else:
         raise ValueError(f"normalization must be 'sequence' or 'token', got {normalization!r}")
     metrics = {
@@ -111,9 +111,9 @@ def grpo_loss(
     ratio = torch.exp(logprobs - old_logprobs.detach())  # [N, T]
     a = adv[:, None].to(logprobs.dtype)  # [N, 1]
     obj = torch.minimum(ratio * a, ratio.clamp(1 - clip_eps, 1 + clip_eps) * a)  # [N, T]
-    n_tok = mask.sum().clamp(min=1)
-    loss = -(obj * mask).sum() / n_tok
-    clipped = ((ratio - 1).abs() > clip_eps).to(mask.dtype)
+    n_tok = mask.sum().clamp(min=1)  # []
+    loss = -(obj * mask).sum() / n_tok  # []
+    clipped = ((ratio - 1).abs() > clip_eps).to(mask.dtype)  # [N, T]
     return loss, {
         "loss/policy": float(loss.detach()),
         "loss/clip_frac": float((clipped * mask).sum() / n_tok),
@@ -134,8 +134,8 @@ def rest_loss(
     log-likelihood, token mean, over samples with reward > threshold. The report's
     §2.3.2 ablation: it ignores negative samples, unlike the mirror-descent loss."""
     keep = (rewards > threshold).to(logprobs.dtype)[:, None] * mask.to(logprobs.dtype)  # [N, T]
-    n_tok = keep.sum()
-    loss = -(logprobs * keep).sum() / n_tok.clamp(min=1)
+    n_tok = keep.sum()  # []
+    loss = -(logprobs * keep).sum() / n_tok.clamp(min=1)  # []
     return loss, {"loss/policy": float(loss.detach()), "loss/kept_frac": float((rewards > threshold).float().mean())}
 
 

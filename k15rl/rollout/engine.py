@@ -80,12 +80,12 @@ def sample_token(
         tok = logits.argmax(-1)  # [B]
         return tok, torch.log_softmax(logits, -1).gather(1, tok[:, None]).squeeze(1)
     logp = torch.log_softmax(logits / temperature, -1)  # [B, V]
-    probs = logp.exp()
+    probs = logp.exp()  # [B, V]
     if top_p < 1.0:
         sorted_p, order = probs.sort(-1, descending=True)  # [B, V]
-        outside = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set with mass >= top_p
-        sorted_p = sorted_p.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter(1, order, sorted_p)
+        outside = sorted_p.cumsum(-1) - sorted_p > top_p  # [B, V] keep the smallest set with mass >= top_p
+        sorted_p = sorted_p.masked_fill(outside, 0.0)  # [B, V]
+        probs = torch.zeros_like(probs).scatter(1, order, sorted_p)  # [B, V] back in vocabulary order
     tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # [B]
     return tok, logp.gather(1, tok[:, None]).squeeze(1)
 
@@ -115,8 +115,8 @@ class RepeatDetector:
 
     def _state(self, prefixes: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.n
-        hist = torch.full((len(prefixes), n), -1, dtype=torch.long)
-        runs = torch.zeros((len(prefixes), n), dtype=torch.long)
+        hist = torch.full((len(prefixes), n), -1, dtype=torch.long)  # [B, n]
+        runs = torch.zeros((len(prefixes), n), dtype=torch.long)  # [B, n]
         for i, prefix in enumerate(prefixes):
             h, r = [-1] * n, [0] * n
             for t in prefix:  # the same recurrence as `step`, in plain Python, once per row
@@ -140,8 +140,8 @@ class RepeatDetector:
     def step(self, tok: torch.Tensor) -> torch.Tensor:
         """Feed one new token per row (tok [B]); returns which rows now repeat ([B] bool)."""
         same = self.hist.flip(1) == tok[:, None]  # [B, n] column p-1: token p positions back
-        self.runs = (self.runs + 1) * same
-        self.hist = torch.cat([self.hist[:, 1:], tok[:, None]], 1)
+        self.runs = (self.runs + 1) * same  # [B, n]
+        self.hist = torch.cat([self.hist[:, 1:], tok[:, None]], 1)  # [B, n]
         return (self.runs + self.periods >= self.need).any(1)
 
     def select(self, keep: torch.Tensor) -> None:
