@@ -39,16 +39,16 @@ from k15rl.rollout.engine import SamplingParams
 from k15rl.rollout.factory import context_length
 from k15rl.rollout.replay import ReplayBuffer
 from k15rl.sampling import Sampler, make_sampler
-from k15rl.trainer.checkpoint import (OPTIMIZER, JsonlLog, latest_checkpoint, read_jsonl, rng_state, set_rng_state,
+from k15rl.trainer.checkpoint import (CHECKPOINTS, OPTIMIZER, JsonlLog, latest_checkpoint, read_jsonl, rng_state, set_rng_state,
                                      truncate_jsonl)
 from k15rl.trainer.evaluate import eval_sampling_params
-from k15rl.trainer.loggers import RowLog, TeeLog, check_installed, open_sinks
+from k15rl.trainer.loggers import LOGGER_FILES, RowLog, TeeLog, check_installed, open_sinks
 from k15rl.trainer.resolve import check_names, resolve_model_path, router_from_config
 from k15rl.trainer.update import update_plan
 from k15rl.types import Prompt, Trajectory
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "summary.json", "final", "checkpoints", "curves.png",
-             "tensorboard", "wandb", "wandb_id", "eval_responses")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "summary.json", "final", CHECKPOINTS, "curves.png",
+             *LOGGER_FILES, "eval_responses")
 
 
 RESPONSES_NAME = re.compile(r"iter(\d+)_T(.+)\.jsonl")  # iter<N>_T<temperature>.jsonl
