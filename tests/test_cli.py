@@ -114,3 +114,36 @@ def test_eval_responses_path_that_cannot_be_written_is_refused_first(tmp_path, c
                      "--responses", str(tmp_path)], capsys)
     assert code == 2 and len(err) == 1 and f"--responses {tmp_path}: is a folder" in err[0]
     assert not (tmp_path / "e.json").exists()
+
+
+def test_flag_defaults_are_the_settings_defaults():
+    """The parser keeps torch out of `k15rl --help`, so the fine-tuning and data commands'
+    flag defaults are written beside their settings' dataclasses: they must be equal."""
+    import inspect
+
+    from k15rl.cli import build_parser
+    from k15rl.data.curate import easy_to_hack
+    from k15rl.data.difficulty import SampleSettings
+    from k15rl.long2short.dpo import DPOConfig
+    from k15rl.rewards.codetests import CodeTestsConfig
+    from k15rl.trainer.sft import SFTConfig
+
+    parse = build_parser().parse_args
+    sft = parse(["sft", "--model", "m", "--data", "d", "--out", "o"])
+    assert (sft.epochs, sft.lr, sft.batch_size, sft.max_length) == (
+        SFTConfig.epochs, SFTConfig.lr, SFTConfig.batch_size, SFTConfig.max_length)
+    dpo = parse(["dpo", "--model", "m", "--data", "d", "--out", "o"])
+    assert (dpo.beta, dpo.lr, dpo.epochs, dpo.batch_size, dpo.sft_weight, dpo.seed) == (
+        DPOConfig.beta, DPOConfig.lr, DPOConfig.epochs, DPOConfig.batch_size, DPOConfig.sft_weight, DPOConfig.seed)
+    code = parse(["codetests", "--problems", "p", "--out", "o"])
+    assert (code.cases, code.case_agreement, code.problem_pass, code.workers, code.seed) == (
+        CodeTestsConfig.cases, CodeTestsConfig.case_agreement, CodeTestsConfig.problem_pass,
+        CodeTestsConfig.workers, CodeTestsConfig.seed)
+    diff = parse(["difficulty", "--model", "m", "--data", "d", "--out", "o"])
+    assert (diff.samples, diff.temperature, diff.batch) == (
+        SampleSettings.samples, SampleSettings.temperature, SampleSettings.prompts_per_batch)
+    cur = parse(["curate", "--data", "d", "--out", "o"])
+    hack = inspect.signature(easy_to_hack).parameters
+    assert (cur.attempts, cur.max_new_tokens, cur.temperature, cur.batch) == (
+        hack["attempts"].default, hack["max_new_tokens"].default, hack["temperature"].default,
+        hack["prompts_per_batch"].default)
