@@ -166,3 +166,22 @@ def test_state_round_trip_through_a_checkpoint(name, tmp_path, tiny_model_dir):
         assert b.weights() == a.weights()
     for _ in range(4):
         assert [p.id for p in a.sample(5)] == [p.id for p in b.sample(5)]
+
+
+def test_settings_of_another_sampler_are_said_to_be_ignored(tmp_path, capsys, tiny_model_dir):
+    """sampler.prior is the prioritized sampler's: a run with the uniform one says it
+    ignores it (as the Ray settings of a local run), and keeps quiet about defaults."""
+    from conftest import tiny_run_args
+
+    from k15rl.cli import main
+    from k15rl.sampling import sampler_options
+
+    assert sampler_options("uniform") == set() and "prior" in sampler_options("prioritized")
+    assert main(tiny_run_args(tmp_path / "a", tiny_model_dir, 1, "sampler.prior=0.9", "eval.every=0")) == 0
+    out = capsys.readouterr()
+    said = [x for x in (out.out + out.err).splitlines() if "are ignored" in x]
+    assert said == ["sampler.name=uniform: sampler.prior=0.9 apply to other samplers and are ignored"], said
+    assert main(tiny_run_args(tmp_path / "b", tiny_model_dir, 1, "sampler.name=prioritized", "sampler.prior=0.9",
+                              "eval.every=0")) == 0
+    out = capsys.readouterr()
+    assert not [x for x in (out.out + out.err).splitlines() if "are ignored" in x]

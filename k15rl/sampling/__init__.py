@@ -223,10 +223,15 @@ class CurriculumSampler:
 SAMPLERS = {"uniform": UniformSampler, "prioritized": PrioritizedSampler, "curriculum": CurriculumSampler}
 
 
-def make_sampler(name: str, prompts: Sequence[Prompt], seed: int, **options: Any) -> Sampler:
-    """The sampler called `name`; `options` are its keyword settings (those it takes)."""
+def sampler_options(name: str) -> set[str]:
+    """The keyword settings the sampler called `name` takes."""
     import inspect
 
-    cls = SAMPLERS[name]
-    accepted = inspect.signature(cls).parameters
-    return cls(prompts, seed=seed, **{k: v for k, v in options.items() if k in accepted})
+    return set(inspect.signature(SAMPLERS[name]).parameters) - {"prompts", "seed"}
+
+
+def make_sampler(name: str, prompts: Sequence[Prompt], seed: int, **options: Any) -> Sampler:
+    """The sampler called `name`; `options` are its keyword settings (those it takes:
+    `sampler_options`; the caller says which others it was given)."""
+    taken = sampler_options(name)
+    return SAMPLERS[name](prompts, seed=seed, **{k: v for k, v in options.items() if k in taken})

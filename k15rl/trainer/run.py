@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import yaml
 
-from k15rl.config import TrainConfig, to_dict
+from k15rl.config import SamplerConfig, TrainConfig, to_dict
 from k15rl.data import build_prompts, fit_context, prompt_token_limit
 from k15rl.distributed.placement import Workers, start_workers
 from k15rl.errors import UserError
@@ -38,7 +38,7 @@ from k15rl.rollout.collect import OUTCOMES, PartialRolloutResult
 from k15rl.rollout.engine import SamplingParams
 from k15rl.rollout.factory import context_length
 from k15rl.rollout.replay import ReplayBuffer
-from k15rl.sampling import Sampler, make_sampler
+from k15rl.sampling import Sampler, make_sampler, sampler_options
 from k15rl.trainer.checkpoint import (CHECKPOINTS, OPTIMIZER, JsonlLog, latest_checkpoint, read_jsonl, rng_state, set_rng_state,
                                      truncate_jsonl)
 from k15rl.trainer.evaluate import eval_sampling_params
@@ -238,6 +238,9 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     test_prompts, _ = fit_context(test_prompts, tokenizer, limit, "test", log)
     try:
         options = {k: v for k, v in to_dict(cfg.sampler).items() if k != "name"}
+        defaults, taken = to_dict(SamplerConfig()), sampler_options(cfg.sampler.name)
+        if ignored := [f"sampler.{k}={v}" for k, v in options.items() if k not in taken and v != defaults[k]]:
+            log(f"sampler.name={cfg.sampler.name}: {', '.join(ignored)} apply to other samplers and are ignored")
         sampler = make_sampler(cfg.sampler.name, train_prompts, cfg.seed, **options)
     except ValueError as e:
         raise UserError(f"config key sampler: {e}") from None
