@@ -43,6 +43,21 @@ KERNEL_OBJECTS = (
     f"         ({_NR.get('add_key')}, b'user', b'k15', b'secret', 6, -4)]\n"
     "for nr, *args in calls:\n    made += nr is not None and libc.syscall(nr, *args) >= 0\nprint(made)\n")
 
+# Reading which pages of a host file are cached without caching them (a channel between
+# gradings: a program counts cached pages, and caches one more) and io_uring, whose
+# operations (socket, connect, read with RWF_NOWAIT) pass no system call a filter sees.
+# Prints which of them worked.
+CACHE_AND_URING = (
+    "import ctypes, os, sys\nlibc = ctypes.CDLL(None, use_errno=True)\nworked = []\n"
+    "fd = os.open(sys.executable, os.O_RDONLY)\n"
+    "try:\n    os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)\n    worked.append('preadv2')\n"
+    "except BlockingIOError:\n    worked.append('preadv2')\nexcept OSError:\n    pass\n"
+    f"params = ctypes.create_string_buffer(120)\nring = libc.syscall({_NR.get('io_uring_setup')}, 1, params)\n"
+    "if ring >= 0:\n    worked.append('io_uring')\n"
+    f"stat = ctypes.create_string_buffer(64)\nrange_ = (ctypes.c_uint64 * 2)(0, 4096)\n"
+    f"if libc.syscall({_NR.get('cachestat')}, fd, range_, stat, 0) == 0:\n    worked.append('cachestat')\n"
+    "print(' '.join(worked) or 'none')\n")
+
 # machine-wide files of /proc that a sandboxed program does not see (`subset=pid`)
 MACHINE_PROC = ("cmdline", "loadavg", "stat", "vmstat", "meminfo", "pressure", "uptime", "interrupts", "diskstats")
 
@@ -477,6 +492,20 @@ def test_no_kernel_object_outlives_a_program():
     """Every one of KERNEL_OBJECTS' calls fails in the sandbox (seccomp, EPERM)."""
     r = run_stdio(KERNEL_OBJECTS, [StdioTest("", "0")], LIMITS)
     assert r.reason == "pass", r
+
+
+@pytest.mark.skipif(not _NR, reason="the seccomp filter covers x86_64 and aarch64")
+def test_no_page_cache_probe_and_no_io_uring():
+    """preadv2 (RWF_NOWAIT: an exact read of whether a page is cached), cachestat and
+    io_uring fail in the sandbox; outside it, the same program's calls work (preadv2 and
+    io_uring on this kernel), so the program tests what it says."""
+    import subprocess
+    import sys
+
+    host = subprocess.run([sys.executable, "-c", CACHE_AND_URING], capture_output=True, text=True, timeout=30)
+    assert "preadv2" in host.stdout, host
+    r = run_stdio(CACHE_AND_URING, [StdioTest("", "none")], LIMITS)
+    assert r.reason == "pass", (r, r.outcomes[0].stdout if r.outcomes else None)
 
 
 def test_the_pid_counter_carries_nothing_to_the_next_program():

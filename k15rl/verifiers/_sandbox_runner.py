@@ -58,8 +58,12 @@ getattr(sys, "set_int_max_str_digits", lambda n: None)(0)  # a big-int return va
 #   descriptors in flight outlives every process, with whatever they hold); `socketpair`
 #   stays (asyncio's event loop needs it) but can no longer pass descriptors;
 # - memfd_create/memfd_secret (memory outside RLIMIT_AS and the size-limited /tmp);
-# - posix_fadvise and mincore (setting and reading which pages of the host's /usr are
-#   cached: a channel between gradings).
+# - posix_fadvise, mincore, cachestat and preadv2/pwritev2 (setting, or reading without
+#   changing, which pages of the host's /usr are cached: a channel between gradings, and
+#   an exact one with preadv2's RWF_NOWAIT, which fails on a page not cached; Python's own
+#   I/O never calls them);
+# - io_uring (setup, enter, register): its operations are not system calls, so they would
+#   open sockets and read with RWF_NOWAIT past every other entry of this list.
 # (audit arch, x32 bit or None, {syscall: number})
 SECCOMP = {
     "x86_64": (0xC000003E, 0x40000000, {
@@ -67,13 +71,17 @@ SECCOMP = {
         "semop": 65, "semctl": 66, "shmdt": 67, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71,
         "semtimedop": 220, "fadvise64": 221, "mq_open": 240, "mq_unlink": 241, "mq_timedsend": 242,
         "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245, "add_key": 248, "request_key": 249,
-        "keyctl": 250, "sendmmsg": 307, "memfd_create": 319, "memfd_secret": 447}),
+        "keyctl": 250, "sendmmsg": 307, "memfd_create": 319, "preadv2": 327, "pwritev2": 328,
+        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "memfd_secret": 447,
+        "cachestat": 451}),
     "aarch64": (0xC00000B7, None, {
         "mq_open": 180, "mq_unlink": 181, "mq_timedsend": 182, "mq_timedreceive": 183, "mq_notify": 184,
         "mq_getsetattr": 185, "msgget": 186, "msgctl": 187, "msgrcv": 188, "msgsnd": 189, "semget": 190,
         "semctl": 191, "semtimedop": 192, "semop": 193, "shmget": 194, "shmctl": 195, "shmat": 196, "shmdt": 197,
         "socket": 198, "sendmsg": 211, "add_key": 217, "request_key": 218, "keyctl": 219, "fadvise64": 223,
-        "mincore": 232, "sendmmsg": 269, "memfd_create": 279, "memfd_secret": 447}),
+        "mincore": 232, "sendmmsg": 269, "memfd_create": 279, "preadv2": 286, "pwritev2": 287,
+        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "memfd_secret": 447,
+        "cachestat": 451}),
 }.get(os.uname().machine)
 
 
