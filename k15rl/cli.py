@@ -352,9 +352,11 @@ def _cmd_curate(args: argparse.Namespace) -> int:
         engine, tok, stops, model = _load_engine(args.model, cfg)
         kept, too_long = fit_context(kept, tok, prompt_token_limit(cfg, model.config), "curate")
         counts["too_long"] = too_long
+        from k15rl.trainer.resolve import router_from_config
+
         hacked = easy_to_hack(engine, tok, kept, attempts=args.attempts, max_new_tokens=args.max_new_tokens,
                               temperature=args.temperature, seed=cfg.seed, prompts_per_batch=args.batch,
-                              stop_token_ids=stops)
+                              stop_token_ids=stops, rewards=router_from_config(cfg.reward))
         counts["easy_to_hack"] = sum(hacked)
         dropped += [(p, ["easy_to_hack"]) for p, h in zip(kept, hacked) if h]
         kept = [p for p, h in zip(kept, hacked) if not h]
@@ -393,9 +395,12 @@ def _cmd_difficulty(args: argparse.Namespace) -> int:
     max_new = args.max_new_tokens or cfg.rollout.max_new_tokens
     cfg.rollout.max_new_tokens = max_new
     prompts, _ = fit_context(prompts, tok, prompt_token_limit(cfg, model.config), "difficulty")
+    from k15rl.trainer.resolve import router_from_config
+
     settings = SampleSettings(samples=args.samples, temperature=args.temperature, top_p=cfg.rollout.top_p,
-                              max_new_tokens=max_new, prompts_per_batch=args.batch, seed=cfg.seed)
-    rates = pass_rates(engine, tok, prompts, settings, stops)
+                              max_new_tokens=max_new, prompts_per_batch=args.batch, seed=cfg.seed,
+                              stop_strings=tuple(cfg.rollout.stop_strings))
+    rates = pass_rates(engine, tok, prompts, settings, stops, rewards=router_from_config(cfg.reward))
     rated = [dataclasses.replace(p, meta={**p.meta, "pass_rate": r}) for p, r in zip(prompts, rates)]
     print(f"difficulty: {len(rated)} prompts, {args.samples} samples each at temperature {args.temperature:g}; "
           f"mean pass rate {sum(rates) / len(rates):.3f}")

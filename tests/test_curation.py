@@ -159,6 +159,20 @@ def test_pass_rates_are_correct_answers_over_samples(tok):
     assert {p.temperature for p in engine.params} == {1.2} and len(engine.seen) == 50
 
 
+def test_pass_rates_and_easy_to_hack_use_the_runs_reward_and_stop_strings(tok):
+    """With a reward router (the run's reward.* settings) the router decides what is right,
+    not the prompt's verifier; rollout.stop_strings reach the engine."""
+    from k15rl.rewards.compose import RewardRouter
+
+    prompts = [_p(i, f"what is {i}{i}+0", f"{i}{i}") for i in range(1, 4)]
+    engine = ScriptedEngine(tok, {f"{i}{i}+0": (right, f"{i}{i}") for i, right in zip(range(1, 4), [0, 3, 10])})
+    wrong_is_right = RewardRouter(default=lambda text, prompt: float("nope" in text))
+    settings = SampleSettings(samples=10, prompts_per_batch=3, stop_strings=("\nUser:",))
+    assert pass_rates(engine, tok, prompts, settings, rewards=wrong_is_right) == [1.0, 0.7, 0.0]
+    assert {tuple(p.stop_strings) for p in engine.params} == {("\nUser:",)}
+    assert easy_to_hack(engine, tok, prompts, attempts=4, rewards=wrong_is_right) == [True, True, False]
+
+
 def test_histogram_bins():
     assert histogram([0.0, 0.0, 0.1, 0.3, 0.5, 0.9, 1.0], bins=2) == [
         ("0", 2), ("(0, 0.5)", 2), ("[0.5, 1)", 2), ("1", 1)]
@@ -207,7 +221,7 @@ def test_difficulty_drop_solved(tmp_path, monkeypatch, capsys, tiny_model_dir):
     import k15rl.data.difficulty as difficulty
     from k15rl.cli import main
 
-    monkeypatch.setattr(difficulty, "pass_rates", lambda engine, tok, prompts, settings, stops:
+    monkeypatch.setattr(difficulty, "pass_rates", lambda engine, tok, prompts, settings, stops, rewards=None:
                         [1.0 if i % 3 == 0 else 0.5 for i in range(len(prompts))])
     rated = tmp_path / "rated.jsonl"
     assert main(["difficulty", "--model", str(tiny_model_dir), "--data", str(EXAMPLES / "trl_chat.jsonl"),

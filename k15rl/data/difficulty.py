@@ -16,7 +16,8 @@ from k15rl.types import Prompt
 @dataclass
 class SampleSettings:
     """How the model is asked: `samples` answers per prompt, `prompts_per_batch`
-    prompts per call to the engine (a progress-bar step)."""
+    prompts per call to the engine (a progress-bar step); `stop_strings` end an answer as
+    in training (rollout.stop_strings)."""
 
     samples: int = 10
     temperature: float = 1.0
@@ -24,11 +25,13 @@ class SampleSettings:
     max_new_tokens: int = 256
     prompts_per_batch: int = 32
     seed: int = 0
+    stop_strings: tuple[str, ...] = ()
 
 
 def correct_counts(engine, tokenizer, prompts: Sequence[Prompt], settings: SampleSettings,
-                   stop_token_ids: Sequence[int] = (), desc: str = "sampling") -> list[int]:
-    """How many of `settings.samples` sampled answers to each prompt its verifier accepts."""
+                   stop_token_ids: Sequence[int] = (), desc: str = "sampling", rewards=None) -> list[int]:
+    """How many of `settings.samples` sampled answers to each prompt are right: by its
+    verifier, or by `rewards` (a RewardRouter: the training run's reward.* settings)."""
     from tqdm import tqdm
 
     from k15rl.rewards import score
@@ -42,9 +45,9 @@ def correct_counts(engine, tokenizer, prompts: Sequence[Prompt], settings: Sampl
         chunk = list(prompts[start : start + step])
         params = SamplingParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                                 top_p=settings.top_p, stop_token_ids=list(stop_token_ids),
-                                seed=settings.seed * 1_000_003 + start)
+                                stop_strings=list(settings.stop_strings), seed=settings.seed * 1_000_003 + start)
         trajs = rollout(engine, tokenizer, chunk, settings.samples, params)
-        score(trajs)
+        score(trajs, rewards=rewards)
         per_prompt = Counter(t.group for t in trajs if t.correct)
         counts += [per_prompt.get(i, 0) for i in range(len(chunk))]
         bar.update(len(chunk))
@@ -53,9 +56,10 @@ def correct_counts(engine, tokenizer, prompts: Sequence[Prompt], settings: Sampl
 
 
 def pass_rates(engine, tokenizer, prompts: Sequence[Prompt], settings: SampleSettings,
-               stop_token_ids: Sequence[int] = ()) -> list[float]:
-    """Pass rate of each prompt: correct answers / `settings.samples` (report §2.3.4)."""
-    counts = correct_counts(engine, tokenizer, prompts, settings, stop_token_ids, desc="difficulty")
+               stop_token_ids: Sequence[int] = (), rewards=None) -> list[float]:
+    """Pass rate of each prompt: correct answers / `settings.samples` (report §2.3.4);
+    `rewards` as in `correct_counts`."""
+    counts = correct_counts(engine, tokenizer, prompts, settings, stop_token_ids, desc="difficulty", rewards=rewards)
     return [c / settings.samples for c in counts]
 
 
