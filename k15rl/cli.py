@@ -65,8 +65,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    import dataclasses
-
     from k15rl.config import load_config
     from k15rl.data import build_prompts, fit_context, prompt_token_limit
     from k15rl.models.loading import load_model, load_tokenizer, on_device, stop_token_ids
@@ -89,10 +87,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                         "for data files without a test file, data.test_fraction)")
     tok = load_tokenizer(path, cfg.model.chat_template)
     model = on_device(load_model(path, cfg.model.dtype), cfg.distributed.device)
-    # as in training, prompts must leave room for the response (here eval.max_new_tokens)
-    budget = dataclasses.replace(cfg, rollout=dataclasses.replace(
-        cfg.rollout, max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens))
-    test, _ = fit_context(test, tok, prompt_token_limit(budget, model.config), "test")
+    # as in training, prompts must leave room for the response (eval.max_new_tokens where set)
+    test, _ = fit_context(test, tok, prompt_token_limit(cfg, model.config, evaluation=True), "test")
     params = eval_sampling_params(cfg, stop_token_ids(tok, model), seed=cfg.seed)
     from k15rl.trainer.resolve import router_from_config
 

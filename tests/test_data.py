@@ -579,3 +579,31 @@ def test_an_old_builtin_folder_is_warned_about_not_silently_kept(tmp_path):
     said.clear()
     build_prompts(load_config(None, [f"model.path={tmp_path}", *base]), said.append)  # not a built-in folder
     assert not [s for s in said if "would not build" in s]
+
+
+def test_evaluated_prompts_leave_room_for_the_evaluations_responses():
+    """Test prompts are evaluated with eval.max_new_tokens where set: their limit leaves
+    room for those, train prompts for rollout.max_new_tokens; an evaluation budget that
+    leaves no room names its key."""
+    from types import SimpleNamespace
+
+    from k15rl.config import load_config
+    from k15rl.data import prompt_token_limit
+    from k15rl.errors import UserError
+
+    model = SimpleNamespace(max_position_embeddings=1024)
+    cfg = load_config(None, ["rollout.max_new_tokens=200", "eval.max_new_tokens=600"])
+    assert prompt_token_limit(cfg, model) == 824 and prompt_token_limit(cfg, model, evaluation=True) == 424
+    from k15rl.rollout.factory import context_length
+
+    assert context_length(cfg, model, 824) == 1024  # the engine never holds more than the model's context
+    capped = load_config(None, ["rollout.max_new_tokens=200", "eval.max_new_tokens=600", "data.max_prompt_tokens=300"])
+    assert context_length(capped, model, prompt_token_limit(capped, model)) == 900
+    same = load_config(None, ["rollout.max_new_tokens=200"])  # eval.max_new_tokens unset: the rollout's
+    assert prompt_token_limit(same, model, evaluation=True) == 824
+    with pytest.raises(UserError, match=r"^config key eval\.max_new_tokens: 1024 leaves no room"):
+        prompt_token_limit(load_config(None, ["eval.max_new_tokens=1024"]), model, evaluation=True)
+    with pytest.raises(UserError, match=r"^config key data\.max_prompt_tokens: 500 prompt tokens plus "
+                                        r"eval\.max_new_tokens=600 exceed"):
+        prompt_token_limit(load_config(None, ["data.max_prompt_tokens=500", "eval.max_new_tokens=600"]), model,
+                           evaluation=True)

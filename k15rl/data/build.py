@@ -339,21 +339,24 @@ def _warmup_keys(name: str) -> frozenset[str]:
     return frozenset(problem_key(p) for p in warmup_prompts(BUILTIN_SPECS[name]))
 
 
-def prompt_token_limit(cfg: TrainConfig, model_config) -> int | None:
+def prompt_token_limit(cfg: TrainConfig, model_config, evaluation: bool = False) -> int | None:
     """The most prompt tokens a run allows: data.max_prompt_tokens if set, else the
-    model's context (max_position_embeddings) minus rollout.max_new_tokens; None if the
-    model states no context length."""
+    model's context (max_position_embeddings) minus the response's budget; None if the
+    model states no context length. The budget is rollout.max_new_tokens, or for prompts
+    that are evaluated (`evaluation`) eval.max_new_tokens where set."""
     ctx = model_positions(model_config)
+    key, new = "rollout.max_new_tokens", cfg.rollout.max_new_tokens
+    if evaluation and cfg.eval.max_new_tokens:
+        key, new = "eval.max_new_tokens", cfg.eval.max_new_tokens
     if cfg.data.max_prompt_tokens:
-        if ctx is not None and cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens > ctx:
+        if ctx is not None and cfg.data.max_prompt_tokens + new > ctx:
             raise UserError(f"config key data.max_prompt_tokens: {cfg.data.max_prompt_tokens} prompt tokens plus "
-                            f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} exceed the model's context of "
-                            f"{ctx} positions")
+                            f"{key}={new} exceed the model's context of {ctx} positions")
         return cfg.data.max_prompt_tokens
-    if ctx is not None and ctx - cfg.rollout.max_new_tokens < 1:
-        raise UserError(f"config key rollout.max_new_tokens: {cfg.rollout.max_new_tokens} leaves no room for a "
-                        f"prompt in the model's context of {ctx} positions")
-    return None if ctx is None else ctx - cfg.rollout.max_new_tokens
+    if ctx is not None and ctx - new < 1:
+        raise UserError(f"config key {key}: {new} leaves no room for a prompt in the model's context of {ctx} "
+                        "positions")
+    return None if ctx is None else ctx - new
 
 
 def fit_context(prompts: Sequence[Prompt], tokenizer, limit: int | None, name: str = "train",

@@ -125,6 +125,7 @@ def evaluate_models(models: Sequence[tuple[str, str]], prompts, cfg, samples_per
                     log=print) -> list[ModelResult]:
     """Evaluate each (label, folder) on `prompts` with `cfg`'s evaluation settings (a
     TrainConfig: eval.temperature, eval.max_new_tokens or rollout.max_new_tokens, seed)."""
+    from k15rl.data import fit_context, prompt_token_limit
     from k15rl.models.loading import load_model, load_tokenizer, on_device, stop_token_ids
     from k15rl.rollout.engine import HFEngine
     from k15rl.trainer.evaluate import eval_sampling_params, evaluate
@@ -137,7 +138,8 @@ def evaluate_models(models: Sequence[tuple[str, str]], prompts, cfg, samples_per
         tok = load_tokenizer(path, cfg.model.chat_template)
         model = on_device(load_model(path, cfg.model.dtype), cfg.distributed.device)
         params = eval_sampling_params(cfg, stop_token_ids(tok, model), seed=cfg.seed)
-        _, trajs = evaluate(HFEngine.from_config(model, tok, cfg.rollout), tok, prompts, params, samples_per_prompt,
+        fitting, _ = fit_context(prompts, tok, prompt_token_limit(cfg, model.config, evaluation=True), label, log)
+        _, trajs = evaluate(HFEngine.from_config(model, tok, cfg.rollout), tok, fitting, params, samples_per_prompt,
                             rewards=router_from_config(cfg.reward), max_batch=cfg.eval.max_batch)
         r = model_result(label, str(path), trajs)
         log(f"{label}: accuracy {100 * r.accuracy:.1f}% +/- {100 * r.accuracy_ci95:.1f}, mean tokens "

@@ -12,11 +12,14 @@ from k15rl.rollout.engine import HFEngine, RolloutEngine, SamplingParams
 
 def context_length(cfg, model_config, prompt_limit: int | None) -> int:
     """Longest prompt + response a run's engine must hold: the prompt limit plus
-    rollout.max_new_tokens (and eval.max_new_tokens), or the model's context."""
+    rollout.max_new_tokens (and eval.max_new_tokens), at most the model's context (test
+    prompts that leave room for a longer evaluation budget are that much shorter:
+    `prompt_token_limit`), or the model's context."""
     new = max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
+    positions = model_positions(model_config)
     if prompt_limit is not None:
-        return prompt_limit + new
-    return model_positions(model_config) or 2048
+        return min(prompt_limit + new, positions) if positions else prompt_limit + new
+    return positions or 2048
 
 
 def sampling_params(r: RolloutConfig, stop_token_ids: list[int], seed: int) -> SamplingParams:

@@ -233,9 +233,11 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                    if checkpoint and cfg.model.lora.rank else None)
     tokenizer = load_tokenizer(path, cfg.model.chat_template)
     model = load_model(path, cfg.model.dtype)
-    limit = prompt_token_limit(cfg, model.config)  # prompts must leave room for the response
+    # prompts must leave room for the response (a test prompt for the evaluation's)
+    limit = prompt_token_limit(cfg, model.config)
     train_prompts, _ = fit_context(train_prompts, tokenizer, limit, "train", log)
-    test_prompts, _ = fit_context(test_prompts, tokenizer, limit, "test", log)
+    test_prompts, _ = fit_context(test_prompts, tokenizer, prompt_token_limit(cfg, model.config, evaluation=True),
+                                  "test", log)
     try:
         options = {k: v for k, v in to_dict(cfg.sampler).items() if k != "name"}
         defaults, taken = to_dict(SamplerConfig()), sampler_options(cfg.sampler.name)
