@@ -213,8 +213,9 @@ def test_loop_on_ray_with_fsdp_trainers_colocated(cluster, tmp_path, tiny_model_
     assert metrics[0]["rollout/frac_cut"] > 0 and any(m["rollout/continued"] > 0 for m in metrics)
     acc = [m["reward/accuracy"] for m in metrics if "reward/accuracy" in m]  # groups finish every 2nd iteration
     # one-process run of this config: 0.03 -> 0.57; on Ray the workers' pull order varies the
-    # samples, and the last two iterations were seen from 0.20 to 0.39 (from 0.03)
-    assert sum(acc[-2:]) / 2 > sum(acc[:2]) / 2 + 0.1, acc
+    # samples: the last iteration was seen from 0.23 to 0.59 (from 0.02-0.06), the one before
+    # it from 0.02 (a dip at lr 0.03) to 0.43, so the mean of the last two is not a stable test
+    assert acc[-1] > sum(acc[:2]) / 2 + 0.1, acc
     state = json.loads((out / "checkpoints" / "iter_000010" / "state.json").read_text())
     assert "replay_buffer" in state and state["iteration"] == 10
     final = load_file(out / "final" / "model.safetensors")
