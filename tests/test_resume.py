@@ -193,3 +193,32 @@ def test_lr_schedule_runs_and_resumes_exactly(tmp_path, tiny_model_dir, crash_th
     a, b = load_file(ref / "final" / "model.safetensors"), load_file(run / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [m["train/lr"] for m in _metrics(run)] == lrs
+
+
+def test_a_time_budget_stop_keeps_the_rollout_done_ahead(tmp_path, tiny_model_dir):
+    """rollout.overlap rolls out iteration i+1 while iteration i trains. A run that runs out
+    of time there checkpoints that rollout's groups in the buffer (put back, not trained
+    on), and the resumed run trains on them first: it ends exactly as an uninterrupted
+    run, with no group id spent on groups never trained on."""
+    def cfg(out, *extra):
+        return _cfg(out, tiny_model_dir, "iterations=4", "rollout.overlap=true", "rollout.segment_tokens=0",
+                    "eval.every=0", "checkpoint_every=0", *extra)
+
+    ref = tmp_path / "ref"
+    train(cfg(ref), log=lambda s: None)
+    run = tmp_path / "run"
+    said = []
+    train(cfg(run, "time_budget_minutes=1e-6"), log=said.append)  # out of time after iteration 1
+    state = json.loads((latest_checkpoint(run) / "state.json").read_text())
+    assert state["iteration"] == 1 and len(state["replay_buffer"]["groups"]) == 4  # iteration 2's, put back
+    assert state["next_group"] == 8
+    train(cfg(run), resume=True, log=lambda s: None)
+    a, b = load_file(ref / "final" / "model.safetensors"), load_file(run / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = _metrics(ref), _metrics(run)
+    assert [m["iteration"] for m in mb] == [1, 2, 3, 4]
+    for x, y in zip(ma, mb):  # the same trajectories, rewards and updates (iteration 2 generated nothing)
+        assert (x["rollout/trained"], x["reward/mean"], x["loss/policy"]) == (
+            y["rollout/trained"], y["reward/mean"], y["loss/policy"])
+    ends = [json.loads((out / "final" / "state.json").read_text())["next_group"] for out in (ref, run)]
+    assert ends == [16, 16]  # 4 iterations x 4 prompts: no group id spent on a rollout that was lost

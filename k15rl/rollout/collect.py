@@ -57,6 +57,25 @@ class PartialRolloutResult:
     continued: int = 0  # cut trajectories resumed from the buffer this iteration
     not_started: int = 0  # trajectories the token budget left unstarted (they wait in the buffer)
     next_group: int = 0  # first free group id
+    groups: list[list[Member]] = field(default_factory=list)  # the completed groups themselves (`put_back`)
+
+
+def put_back(buffer: ReplayBuffer, result: PartialRolloutResult) -> None:
+    """Return a rollout's completed groups to the buffer, not trained on: a run that stops
+    with a rollout done ahead (rollout.overlap, out of time) checkpoints them, and the
+    resumed run trains on them first (`release_complete`) instead of losing them."""
+    for group in result.groups:
+        buffer.add_group(group)
+
+
+def release_complete(tokenizer, buffer: ReplayBuffer, next_group: int) -> PartialRolloutResult | None:
+    """The buffer's completed groups as a rollout's result, generating nothing; None if it
+    holds none. Only a resumed run's buffer does (`put_back`)."""
+    groups = buffer.pop_complete()
+    if not groups:
+        return None
+    return PartialRolloutResult([_trajectory(tokenizer, m) for g in groups for m in g], next_group=next_group,
+                                groups=groups)
 
 
 def partial_rollout(
@@ -118,7 +137,8 @@ def partial_rollout(
         out = _outcome(seg, len(m.response_ids), max_tokens)
         m.outcome = None if out == "cut" else out
         outcomes[out] += 1
-    trajectories = [_trajectory(tokenizer, m) for group in buffer.pop_complete() for m in group]
+    complete = buffer.pop_complete()
+    trajectories = [_trajectory(tokenizer, m) for group in complete for m in group]
     return PartialRolloutResult(
         trajectories=trajectories,
         outcomes=outcomes,
@@ -126,6 +146,7 @@ def partial_rollout(
         continued=resumed,
         not_started=not_started,
         next_group=first_group + len(prompts),
+        groups=complete,
     )
 
 

@@ -19,7 +19,7 @@ from k15rl.config import TrainConfig
 from k15rl.data import write_jsonl
 from k15rl.errors import Interrupted, UserError, WorkerFailure
 from k15rl.rewards import length_weight, score
-from k15rl.rollout.collect import PartialRolloutResult, partial_rollout
+from k15rl.rollout.collect import PartialRolloutResult, partial_rollout, put_back, release_complete
 from k15rl.rollout.engine import SamplingParams
 from k15rl.rollout.factory import sampling_params
 from k15rl.trainer.card import run_card
@@ -115,7 +115,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False, lo
                                 len=f"{row.get('rollout/len_mean', float('nan')):.0f}")
                 if out_of_time and pending is not None:
                     step(it + 1, "rollout")
-                    pending()  # let the rollout running ahead finish; its trajectories stay in the buffer
+                    # the rollout running ahead finishes; its groups go back to the buffer, so the
+                    # checkpoint keeps them and a resumed run trains on them first
+                    put_back(run.buffer, pending())
                     pending = None
                 # 7. evaluate on held-out prompts
                 if run.test_prompts and (evaluate_now or out_of_time):
@@ -170,6 +172,9 @@ def start_rollout(run: Run, it: int) -> Callable[[], PartialRolloutResult]:
     tokens (§2.6.2). Runs now, or in the background while the trainer updates
     (rollout.overlap); returns a function that gives its result."""
     r, progress = run.cfg.rollout, run.progress
+    ahead = release_complete(run.tokenizer, run.buffer, progress.next_group)  # put back at a time-budget stop
+    if ahead is not None:  # its prompts were sampled then: this iteration trains on it
+        return lambda: ahead
     n_new = r.prompts_per_iteration
     if r.continue_first:  # cut trajectories take their rows first; new prompts fill the rest
         n_new = max(0, (r.prompts_per_iteration * r.k - run.buffer.num_unfinished()) // r.k)
