@@ -171,9 +171,12 @@ class RewardConfig:
     # per data source ("source=reward": a verifier or task name, code_tests, judge, or module:function;
     # rewards/compose.py); sources not listed use their task's verifier
     sources: list[str] = field(default_factory=list)
-    timeout_s: float = 60.0  # per reward call; 0 = none. A timeout or an exception scores 0 and is counted
-    # a call still running this long after it started never returns: the run stops with one line naming
-    # the source and the iteration (exit code 3; resume from the last checkpoint). 0 = never
+    # per reward call (a batched one, the judge: per response of its batch); 0 = none. A timeout
+    # or an exception scores 0 and is counted
+    timeout_s: float = 60.0
+    # a call still running this long (per response, as timeout_s) after it started never returns: the
+    # run stops with one line naming the source and the iteration (exit code 3; resume from the last
+    # checkpoint). 0 = never
     stuck_timeout_s: float = 600.0
     workers: int = 2  # reward calls in parallel (code runs in sandbox processes)
     judge_model: str | None = None  # model folder or "builtin" for the 'judge' reward

@@ -71,6 +71,37 @@ def test_batched_functions_get_one_call():
     assert [o.value for o in outcomes] == [1.0, 0.0, 1.0]
 
 
+class SlowBatch:
+    """A batched reward that takes `per_item` seconds a response, after a `prepare` (a
+    model load) of `load` seconds."""
+
+    batched = True
+
+    def __init__(self, per_item: float, load: float):
+        self.per_item, self.load, self.prepared = per_item, load, 0
+
+    def prepare(self):
+        if not self.prepared:
+            time.sleep(self.load)
+        self.prepared += 1
+
+    def __call__(self, texts, prompts):
+        time.sleep(self.per_item * len(texts))
+        return [1.0] * len(texts)
+
+
+def test_a_batched_rewards_limits_are_per_response_and_its_load_is_not_timed():
+    """The judge scores a whole batch in one call and loads its model on first use: with a
+    limit of 0.5 s a response, a batch of 4 at 0.3 s each (1.2 s) after a 1 s load passes;
+    the same function at 0.7 s a response times out."""
+    router = RewardRouter(timeout_s=0.5, default=SlowBatch(0.3, 1.0))
+    outcomes, stats = router.score(["a"] * 4, [_prompt(i, "j") for i in range(4)])
+    assert [o.status for o in outcomes] == ["ok"] * 4 and stats.timeouts == 0
+    router = RewardRouter(timeout_s=0.5, default=SlowBatch(0.7, 0.0))
+    outcomes, stats = router.score(["a"] * 2, [_prompt(i, "j") for i in range(2)])
+    assert [o.status for o in outcomes] == ["timeout"] * 2 and "within 1 s" in outcomes[0].message
+
+
 def test_out_of_range_values_are_errors():
     router = RewardRouter({"x": f"{__name__}:too_big"})
     outcomes, stats = router.score(["abc"], [_prompt(0, "x")])

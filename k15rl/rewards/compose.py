@@ -131,8 +131,9 @@ class _Call:
     """One reward call on its own daemon thread (a call that never returns cannot keep
     the process from exiting); `done` is set when it returns or raises."""
 
-    def __init__(self, call: Callable[[], Any], source: str, wake: threading.Event):
+    def __init__(self, call: Callable[[], Any], source: str, wake: threading.Event, items: int = 1):
         self.call, self.source, self.wake = call, source, wake
+        self.items = items  # responses it scores: a batched reward's limits are per response
         self.done = threading.Event()
         self.value: Any = None
         self.error: BaseException | None = None
@@ -151,7 +152,9 @@ class _Call:
 
 class RewardRouter:
     """Picks each prompt's reward function by source and runs them, `workers` at a time,
-    each call within `timeout_s` seconds (None: no limit).
+    each call within `timeout_s` seconds (None: no limit). A batched reward (the judge)
+    scores a source's whole batch in one call: its limits are per response it scores, and
+    its `prepare` (the judge's model load) runs before its clock starts.
 
     A call past `timeout_s` scores 0 and gives its slot to the next call; it keeps its
     (daemon) thread until it returns, because Python cannot stop a thread. One still
@@ -209,22 +212,23 @@ class RewardRouter:
                 jobs.append(([i], lambda fn=fn, i=i: fn(texts[i], prompts[i])))
         for idxs in batched.values():
             fn = fns[idxs[0]]
+            getattr(fn, "prepare", lambda: None)()  # e.g. the judge loads its model, outside the time limit
             jobs.append((idxs, lambda fn=fn, idxs=idxs: fn([texts[i] for i in idxs], [prompts[i] for i in idxs])))
         wake = threading.Event()
         waiting, live = list(range(len(jobs)))[::-1], {}  # job -> its running _Call
         while waiting or live:
             while waiting and len(live) < self.workers:  # the clock of a call starts when it does
                 j = waiting.pop()
-                live[j] = _Call(jobs[j][1], source_of(prompts[jobs[j][0][0]]), wake)
+                live[j] = _Call(jobs[j][1], source_of(prompts[jobs[j][0][0]]), wake, len(jobs[j][0]))
             wake.clear()
             now = time.monotonic()
             for j, call in list(live.items()):
                 if call.done.is_set():
                     result = (call.value, "ok", "") if call.error is None else \
                         (None, "error", f"{type(call.error).__name__}: {call.error}")
-                elif self.timeout_s is not None and now >= call.started + self.timeout_s:
+                elif self.timeout_s is not None and now >= call.started + self.timeout_s * call.items:
                     self._abandoned.append(call)
-                    result = (None, "timeout", f"no result within {self.timeout_s:g} s")
+                    result = (None, "timeout", f"no result within {self.timeout_s * call.items:g} s")
                 else:
                     continue
                 del live[j]
@@ -249,9 +253,10 @@ class RewardRouter:
 
     def _next_deadline(self, live, now: float) -> float | None:
         """Seconds until the next call reaches its time limit or its stuck limit."""
-        limits = [c.started + self.timeout_s for c in live if self.timeout_s is not None]
+        limits = [c.started + self.timeout_s * c.items for c in live if self.timeout_s is not None]
         if self.stuck_timeout_s is not None:
-            limits += [c.started + self.stuck_timeout_s for c in [*live, *self._abandoned] if not c.done.is_set()]
+            limits += [c.started + self.stuck_timeout_s * c.items for c in [*live, *self._abandoned]
+                       if not c.done.is_set()]
         return max(min(limits) - now, 0.001) if limits else None
 
     def _check_stuck(self, calls, now: float) -> None:
@@ -259,9 +264,10 @@ class RewardRouter:
         if self.stuck_timeout_s is None:
             return
         for c in calls:
-            if not c.done.is_set() and now >= c.started + self.stuck_timeout_s:
+            if not c.done.is_set() and now >= c.started + self.stuck_timeout_s * c.items:
                 raise WorkerTimeout(f"reward function for source {c.source!r}",
-                                    f"did not return within {self.stuck_timeout_s:g} s (reward.stuck_timeout_s)")
+                                    f"did not return within {self.stuck_timeout_s * c.items:g} s "
+                                    f"(reward.stuck_timeout_s x {c.items} responses)")
 
     def _check_value(self, v: Any, status: str, msg: str, prompt: Prompt, stats: RewardStats) -> RewardOutcome:
         if status == "ok":

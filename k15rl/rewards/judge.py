@@ -181,8 +181,12 @@ class LazyJudge:
         self._judge: Judge | None = None
         self._lock = threading.Lock()
 
-    def __call__(self, texts: Sequence[str], prompts: Sequence[Prompt]) -> list[float]:
+    def prepare(self) -> None:
+        """Load the model (first use), before the router starts a call's clock."""
         with self._lock:
             if self._judge is None:
                 self._judge = load_judge(self.model_dir)
+
+    def __call__(self, texts: Sequence[str], prompts: Sequence[Prompt]) -> list[float]:
+        self.prepare()
         return self._judge(texts, prompts)
