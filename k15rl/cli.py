@@ -569,15 +569,18 @@ def _cmd_dpo(args: argparse.Namespace) -> int:
 
     for key, v, ok in (("--epochs", args.epochs, args.epochs >= 1), ("--batch-size", args.batch_size, args.batch_size >= 1),
                        ("--lr", args.lr, args.lr > 0), ("--beta", args.beta, args.beta > 0),
-                       ("--sft-weight", args.sft_weight, args.sft_weight >= 0)):
+                       ("--sft-weight", args.sft_weight, args.sft_weight >= 0),
+                       ("--max-length", args.max_length, args.max_length >= 2)):
         if not ok:
             raise UserError(f"{key}: out of range (got {v})")
     cache = check_output_path(args.ref_cache or f"{args.data}.ref_logps.pt", "--ref-cache", folder=False)
     pairs = load_pairs_jsonl(args.data)
     path, out, model, tok = _finetune_start(args)
     cfg = DPOConfig(beta=args.beta, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
-                    sft_weight=args.sft_weight, autocast_bf16=args.bf16, seed=args.seed)
+                    sft_weight=args.sft_weight, autocast_bf16=args.bf16, seed=args.seed, max_length=args.max_length)
     rows = encode_pairs(tok, pairs, cfg.max_length)
+    if not rows:
+        raise UserError(f"--max-length {cfg.max_length}: no pair of {args.data} fits; give a larger one")
     ref = cached_reference_logps(model, rows, tok.pad_token_id, cache,
                                  key=f"{model_fingerprint(path)}:{pairs_fingerprint(rows)}", tokenizer=tok)
     history = dpo_train(model, tok, rows, ref, cfg)
@@ -680,6 +683,8 @@ def _finetune_commands(sub) -> None:
     o.add_argument("--lr", type=_finite, default=1e-5)
     o.add_argument("--epochs", type=int, default=1)
     o.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")
+    o.add_argument("--max-length", type=int, default=1024,
+                   help="prompt + the longer response, in tokens; longer pairs are left out (and said so)")
     o.add_argument("--ref-cache", help="file caching the reference log-probs (default: DATA.ref_logps.pt)")
     o.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     o.add_argument("--threads", type=int, default=0)

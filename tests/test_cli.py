@@ -133,8 +133,9 @@ def test_flag_defaults_are_the_settings_defaults():
     assert (sft.epochs, sft.lr, sft.batch_size, sft.max_length) == (
         SFTConfig.epochs, SFTConfig.lr, SFTConfig.batch_size, SFTConfig.max_length)
     dpo = parse(["dpo", "--model", "m", "--data", "d", "--out", "o"])
-    assert (dpo.beta, dpo.lr, dpo.epochs, dpo.batch_size, dpo.sft_weight, dpo.seed) == (
-        DPOConfig.beta, DPOConfig.lr, DPOConfig.epochs, DPOConfig.batch_size, DPOConfig.sft_weight, DPOConfig.seed)
+    assert (dpo.beta, dpo.lr, dpo.epochs, dpo.batch_size, dpo.sft_weight, dpo.seed, dpo.max_length) == (
+        DPOConfig.beta, DPOConfig.lr, DPOConfig.epochs, DPOConfig.batch_size, DPOConfig.sft_weight, DPOConfig.seed,
+        DPOConfig.max_length)
     code = parse(["codetests", "--problems", "p", "--out", "o"])
     assert (code.cases, code.case_agreement, code.problem_pass, code.workers, code.seed) == (
         CodeTestsConfig.cases, CodeTestsConfig.case_agreement, CodeTestsConfig.problem_pass,

@@ -229,6 +229,28 @@ def _pairs(n=8):
     return out
 
 
+def test_dpo_pairs_that_do_not_fit_are_left_out_whole(tiny_model_dir):
+    """A pair over max_length with its longer response is left out, and said so, not cut
+    to the same room (which would drop both responses' ends and their difference in
+    length); the pairs that fit keep every token, EOS included."""
+    from k15rl.models.loading import encode_prompt, encode_response, load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    pairs = _pairs(3)
+    pairs[2] = PairExample(pairs[2].messages, pairs[2].chosen, pairs[2].rejected + "\ncheck again: a d. answer: a d")
+    sizes = [len(encode_prompt(tok, [(m["role"], m["content"]) for m in p.messages])) + len(encode_response(tok, p.rejected))
+             for p in pairs]
+    said = []
+    rows = encode_pairs(tok, pairs, sizes[0], log=said.append)  # each pair's longer response: the rejected one
+    assert len(rows) == sum(s <= sizes[0] for s in sizes) >= 1
+    assert all(r.chosen == encode_response(tok, p.chosen) and r.rejected == encode_response(tok, p.rejected)
+               for r, p in zip(rows, pairs))
+    assert rows[0].rejected[-1] == encode_response(tok, pairs[0].rejected)[-1]  # its end (EOS) kept
+    assert len(rows) == 2 and said == [f"dpo: 1 of 3 pairs left out: over {sizes[0]} tokens with their longer "
+                                       f"response (the longest {sizes[2]}; --max-length)"]
+    assert encode_pairs(tok, pairs, min(sizes) - 1, log=said.append) == []
+
+
 def test_dpo_training_prefers_chosen_and_caches_reference(tmp_path, tiny_model_dir, monkeypatch):
     import k15rl.long2short.dpo as dpo
     from k15rl.models.loading import load_model, load_tokenizer

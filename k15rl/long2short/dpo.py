@@ -180,16 +180,27 @@ class Encoded(NamedTuple):
     images: tuple[bytes, ...] = ()
 
 
-def encode_pairs(tokenizer, pairs: Sequence[PairExample], max_length: int) -> list[Encoded]:
+def encode_pairs(tokenizer, pairs: Sequence[PairExample], max_length: int,
+                 log: Callable[[str], None] = print) -> list[Encoded]:
+    """The pairs as token ids. A pair whose prompt with its chosen or its rejected response
+    is over `max_length` tokens is left out, and their number logged: cutting both to the
+    same room would cut off their ends (EOS included) and, for long2short's pairs, the very
+    difference in length the preference is about."""
     from k15rl.models.loading import encode_prompt, encode_response
 
-    out = []
+    out, longest = [], 0
     for ex in pairs:
         images = tuple(png for m in ex.messages for png in m.get("images", ()))
         p = encode_prompt(tokenizer, [(m["role"], m["content"]) for m in ex.messages], images)
-        room = max(max_length - len(p), 1)
-        out.append(Encoded(p, encode_response(tokenizer, ex.chosen)[:room],
-                           encode_response(tokenizer, ex.rejected)[:room], images))
+        chosen, rejected = encode_response(tokenizer, ex.chosen), encode_response(tokenizer, ex.rejected)
+        n = len(p) + max(len(chosen), len(rejected))
+        if n > max_length:
+            longest = max(longest, n)
+            continue
+        out.append(Encoded(p, chosen, rejected, images))
+    if len(out) < len(pairs):
+        log(f"dpo: {len(pairs) - len(out)} of {len(pairs)} pairs left out: over {max_length} tokens with their "
+            f"longer response (the longest {longest}; --max-length)")
     return out
 
 
