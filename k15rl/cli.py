@@ -582,7 +582,8 @@ def _cmd_dpo(args: argparse.Namespace) -> int:
     if not rows:
         raise UserError(f"--max-length {cfg.max_length}: no pair of {args.data} fits; give a larger one")
     ref = cached_reference_logps(model, rows, tok.pad_token_id, cache,
-                                 key=f"{model_fingerprint(path)}:{pairs_fingerprint(rows)}", tokenizer=tok)
+                                 key=f"{model_fingerprint(path)}:{pairs_fingerprint(rows)}", tokenizer=tok,
+                                 bf16=cfg.autocast_bf16)
     history = dpo_train(model, tok, rows, ref, cfg)
     save_hf(model, tok, out, {"dpo": _flags(args) | {"last": history[-1]}}, card=model_card(
         base_model=args.model, kind="dpo", recipe={"loss": "dpo", "beta": args.beta, "sft_weight": args.sft_weight,

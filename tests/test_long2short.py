@@ -251,6 +251,24 @@ def test_dpo_pairs_that_do_not_fit_are_left_out_whole(tiny_model_dir):
     assert encode_pairs(tok, pairs, min(sizes) - 1, log=said.append) == []
 
 
+def test_dpo_in_bf16_starts_at_log_2(tmp_path, tiny_model_dir):
+    """With --bf16 the reference log-probs are computed under the same autocast as the
+    policy's, so the first step's loss is log 2 (the policy is the reference); an fp32
+    cache is not taken for them."""
+    from k15rl.models.loading import load_model, load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    rows = encode_pairs(tok, _pairs(), 512)
+    cache = tmp_path / "ref.pt"
+    fp32 = cached_reference_logps(load_model(tiny_model_dir), rows, tok.pad_token_id, cache, key="k")
+    model = load_model(tiny_model_dir)
+    said = []
+    ref = cached_reference_logps(model, rows, tok.pad_token_id, cache, key="k", bf16=True, log=said.append)
+    assert not said and not torch.equal(ref, fp32)  # computed again, not read from the fp32 cache
+    hist = dpo_train(model, tok, rows, ref, DPOConfig(beta=0.5, lr=3e-3, epochs=1, batch_size=4, autocast_bf16=True))
+    assert hist[0]["dpo/loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+
 def test_dpo_training_prefers_chosen_and_caches_reference(tmp_path, tiny_model_dir, monkeypatch):
     import k15rl.long2short.dpo as dpo
     from k15rl.models.loading import load_model, load_tokenizer

@@ -252,9 +252,15 @@ def pairs_fingerprint(rows: Sequence[Encoded]) -> str:
 
 
 def cached_reference_logps(model, rows: Sequence[Encoded], pad_id: int, cache: Path | None, key: str,
-                           log: Callable[[str], None] = print, tokenizer=None) -> torch.Tensor:
+                           log: Callable[[str], None] = print, tokenizer=None, bf16: bool = False) -> torch.Tensor:
     """Reference log-probs [P, 2], read from `cache` when it holds them for `key` (the
-    reference model's and the pairs' fingerprints), else computed once and written there."""
+    reference model's and the pairs' fingerprints), else computed once and written there.
+    `bf16`: under the bf16 autocast the policy trains with (DPOConfig.autocast_bf16), so the
+    policy's log-probs equal the reference's at the first step; it is part of the key."""
+    from k15rl.models.loading import model_device
+    from k15rl.trainer.finetune import autocast
+
+    key = f"{key}:{'bf16' if bf16 else 'fp32'}"
     if cache is not None and cache.is_file():
         try:
             saved = torch.load(cache, weights_only=True)
@@ -266,7 +272,8 @@ def cached_reference_logps(model, rows: Sequence[Encoded], pad_id: int, cache: P
         if saved.get("key") == key and saved["logps"].shape == (len(rows), 2):
             log(f"reference log-probs of {len(rows)} pairs read from {cache}")
             return saved["logps"]
-    logps = reference_logps(model, rows, pad_id, tokenizer=tokenizer)
+    with autocast(bf16, model_device(model)):
+        logps = reference_logps(model, rows, pad_id, tokenizer=tokenizer).float()
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.tmp")
