@@ -317,18 +317,26 @@ def test_dpo_cli(tmp_path, tiny_model_dir, capsys):
 
 # ---- the report ----
 
-def _traj(n, ok, level=1):
-    return Trajectory(_prompt(level=level), 0, [1], [5] * n, [0.0] * n, "stop", correct=ok)
+def _traj(n, ok, level=1, group=0):
+    return Trajectory(_prompt(level=level), group, [1], [5] * n, [0.0] * n, "stop", correct=ok)
 
 
 def test_model_result_intervals_hand_computed():
-    r = model_result("m", "p", [_traj(2, True), _traj(4, False), _traj(6, True, level=2)])
+    r = model_result("m", "p", [_traj(2, True, group=0), _traj(4, False, group=1), _traj(6, True, level=2, group=2)])
     assert r.accuracy == pytest.approx(2 / 3) and r.mean_tokens == 4.0
     assert r.mean_tokens_ci95 == pytest.approx(1.96 * 2 / math.sqrt(3))  # sample sd of 2, 4, 6 is 2
     assert r.accuracy_ci95 == pytest.approx(1.96 * math.sqrt(2 / 9 / 3))
     assert r.per_level["1"]["mean_tokens"] == 3.0
     table = markdown_table([r, model_result("half", "q", [_traj(2, True)])])
     assert "| half | 100.0 +/- 0.0 | +33.3 | 2.0 +/- 0.0 | -50.0% | 500.0 |" in table
+    # two samples of each of 2 prompts: the prompt is the unit (means 3 and 7 tokens, 1 and 0.5
+    # right), not the 4 samples, whose interval would be narrower
+    r = model_result("m", "p", [_traj(2, True, group=0), _traj(4, True, group=0), _traj(6, True, group=1),
+                                _traj(8, False, group=1)])
+    assert r.mean_tokens == 5.0 and r.mean_tokens_ci95 == pytest.approx(1.96 * math.sqrt(8 / 2))
+    assert r.accuracy_ci95 == pytest.approx(1.96 * math.sqrt(0.125 / 2))
+    with pytest.raises(UserError, match="no prompt to evaluate m"):
+        model_result("m", "p", [])
 
 
 def test_report_on_two_tiny_models(tmp_path, tiny_model_dir, capsys):

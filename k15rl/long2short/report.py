@@ -8,11 +8,11 @@ model (the reference, e.g. the long-CoT model).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from k15rl.errors import UserError
 from k15rl.types import Trajectory
 
 REPORT_FILES = ("report.md", "report.json", "token_efficiency.png")  # what write_report writes into its folder
@@ -33,17 +33,17 @@ class ModelResult:
 
 
 def model_result(label: str, path: str, trajectories: Sequence[Trajectory]) -> ModelResult:
-    """Accuracy and mean tokens of scored trajectories (trainer.evaluate.summarize), plus the
-    interval of the mean tokens: 1.96 * sample standard deviation / sqrt(n)."""
-    from k15rl.trainer.evaluate import summarize
+    """Accuracy and mean tokens of scored trajectories (trainer.evaluate.summarize), with
+    their 95% intervals over prompts (`ci95_over_prompts`)."""
+    from k15rl.trainer.evaluate import ci95_over_prompts, summarize
 
+    if not trajectories:
+        raise UserError(f"long2short report: no prompt to evaluate {label} ({path}) on (none fits its context?)")
     s = summarize(trajectories)
-    lens = [t.num_tokens for t in trajectories]
-    n = len(lens)
-    mean = sum(lens) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in lens) / (n - 1)) if n > 1 else 0.0
-    return ModelResult(label, str(path), s["accuracy"], s["accuracy_ci95"], mean, 1.96 * sd / math.sqrt(n), n,
-                       s["per_level"])
+    n = len(trajectories)
+    mean = sum(t.num_tokens for t in trajectories) / n
+    return ModelResult(label, str(path), s["accuracy"], s["accuracy_ci95"], mean,
+                       ci95_over_prompts(trajectories, lambda t: t.num_tokens), n, s["per_level"])
 
 
 def markdown_table(results: Sequence[ModelResult]) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
-from typing import Sequence
+from typing import Callable, Sequence
 
 from k15rl.rewards import score
 from k15rl.rollout.collect import rollout
@@ -37,10 +37,41 @@ def _sample_index(trajectories: Sequence[Trajectory]) -> list[int]:
     return out
 
 
+def ci95_over_prompts(trajectories: Sequence[Trajectory], value: Callable[[Trajectory], float]) -> float:
+    """Half-width of a 95% normal-approximation interval of the mean of `value`, with the
+    prompt as the unit: the samples of one prompt are not independent, so with several per
+    prompt the spread is that of the prompts' means, over the number of prompts (samples
+    alone would give too narrow an interval). One sample per prompt: the usual
+    sd / sqrt(n) of the samples (for a 0/1 value, the binomial one).
+
+    >>> from k15rl.types import Prompt, Trajectory
+    >>> p = Prompt("p", (("user", "q"),), "1", "integer")
+    >>> ts = [Trajectory(p, g, [1], [1], [0.0], "stop", correct=c) for g, c in [(0, 1), (0, 1), (1, 0), (1, 0)]]
+    >>> round(ci95_over_prompts(ts, lambda t: t.correct), 3)  # 2 prompts of means 1 and 0: sd 0.707
+    0.98
+    """
+    by_prompt: dict[int, list[float]] = defaultdict(list)
+    for t in trajectories:
+        by_prompt[t.group].append(float(value(t)))
+    if all(len(v) == 1 for v in by_prompt.values()):
+        xs = [v[0] for v in by_prompt.values()]
+        if set(xs) <= {0.0, 1.0}:  # binomial, floored so that 0% and 100% keep a width
+            p = sum(xs) / len(xs)
+            return 1.96 * math.sqrt(max(p * (1 - p), 1e-12) / len(xs))
+    else:
+        xs = [sum(v) / len(v) for v in by_prompt.values()]
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mean = sum(xs) / n
+    return 1.96 * math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1) / n)
+
+
 def summarize(trajectories: Sequence[Trajectory]) -> dict:
-    """Accuracy (with a 95% normal-approximation half-width) and mean response tokens (of all
-    responses, and of the right ones), overall, per difficulty level, and per task (data
-    source) when there are several (a mixed text and vision run, report §2.3.5)."""
+    """Accuracy (with a 95% normal-approximation half-width over prompts:
+    `ci95_over_prompts`) and mean response tokens (of all responses, and of the right
+    ones), overall, per difficulty level, and per task (data source) when there are several
+    (a mixed text and vision run, report §2.3.5)."""
 
     def block(ts: Sequence[Trajectory]) -> dict:
         n = len(ts)
@@ -48,7 +79,7 @@ def summarize(trajectories: Sequence[Trajectory]) -> dict:
         right = [t.num_tokens for t in ts if t.correct]
         return {
             "accuracy": acc,
-            "accuracy_ci95": 1.96 * math.sqrt(max(acc * (1 - acc), 1e-12) / n),
+            "accuracy_ci95": ci95_over_prompts(ts, lambda t: t.correct),
             "mean_tokens": sum(t.num_tokens for t in ts) / n,
             # of the right answers alone (None if there is none): what a length penalty shortens
             "mean_tokens_correct": sum(right) / len(right) if right else None,
