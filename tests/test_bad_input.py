@@ -250,6 +250,8 @@ CASES = [
      "--out /proc/tests.jsonl"),
     ("convert-gguf --out is a file", ["convert-gguf", "--gguf", "{in}/bad.gguf", "--out", "{in}/afile"],
      "--out {in}/afile: is a file"),
+    ("convert-gguf --out holds a model", ["convert-gguf", "--gguf", "{in}/bad.gguf", "--out", "{model}"],
+     "output folder {model} already holds a model: pass --overwrite"),
     ("export-data --out under /proc", ["export-data", "--task", "arith", "--out", "/proc/rows.jsonl"],
      "--out /proc/rows.jsonl"),
     ("export-data --out read-only", ["export-data", "--task", "arith", "--out", "{ro}/rows.jsonl"],
