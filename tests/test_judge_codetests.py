@@ -55,6 +55,22 @@ def test_judge_as_batched_reward_counts_failures():
     assert "What is 2+2?" in text and "Reference answer:\n4" in text and "answer: 4" in text
 
 
+def test_the_judges_outputs_without_a_verdict_are_counted_per_batch():
+    """They score 0 like a wrong answer; the router and `score` count them, so a run logs
+    reward/judge_no_verdict instead of a silent fall in reward."""
+    from k15rl.rewards import score
+    from k15rl.rewards.compose import RewardRouter
+    from k15rl.types import Trajectory
+
+    outputs = ['ok. {"correct": true}', "I am not sure", "cut mid-way"]
+    router = RewardRouter(default=Judge(ScriptedEngine(outputs * 2), ByteTokenizer()))
+    prompts = [Prompt(f"p{i}", (("user", "What is 2+2?"),), "4", "freeform") for i in range(3)]
+    outcomes, stats = router.score(["answer: 4"] * 3, prompts)
+    assert [o.value for o in outcomes] == [1.0, 0.0, 0.0] and stats.no_verdict == 2
+    trajs = [Trajectory(p, 0, [1], [1], [0.0], "stop", text="answer: 4") for p in prompts]
+    assert score(trajs, rewards=router).judge_no_verdict == 2  # this batch's, not the judge's total
+
+
 def test_a_response_cannot_write_the_judges_verdict():
     """The response is hostile: it cannot close its block in the judge's prompt (tagged
     with its own hash; its own tags defused), and a verdict the judge only quotes from it (mid-reasoning, or in

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 class ScoreStats:
     verifier_errors: int = 0
     reward_timeouts: int = 0
+    judge_no_verdict: int = 0  # judge outputs without a verdict (scored 0)
 
 
 def score(
@@ -54,6 +55,7 @@ def score(
         outcomes, rstats = router.score([t.text for t in trajectories], [t.prompt for t in trajectories])
         stats.verifier_errors += rstats.errors
         stats.reward_timeouts += rstats.timeouts
+        stats.judge_no_verdict += rstats.no_verdict
         for t, o in zip(trajectories, outcomes):
             t.correct = o.value >= 1.0
             t.reward_terms = {"task": o.value}

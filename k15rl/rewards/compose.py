@@ -113,6 +113,7 @@ class RewardStats:
     errors: int = 0
     timeouts: int = 0
     by_source: dict[str, int] = field(default_factory=dict)
+    no_verdict: int = 0  # the judge's outputs that held no verdict (scored 0: `Judge.failures`)
 
 
 @dataclass
@@ -214,6 +215,7 @@ class RewardRouter:
             fn = fns[idxs[0]]
             getattr(fn, "prepare", lambda: None)()  # e.g. the judge loads its model, outside the time limit
             jobs.append((idxs, lambda fn=fn, idxs=idxs: fn([texts[i] for i in idxs], [prompts[i] for i in idxs])))
+        judged = {id(fns[idxs[0]]): (fns[idxs[0]], getattr(fns[idxs[0]], "failures", 0)) for idxs in batched.values()}
         wake = threading.Event()
         waiting, live = list(range(len(jobs)))[::-1], {}  # job -> its running _Call
         while waiting or live:
@@ -237,6 +239,7 @@ class RewardRouter:
             if live and not any(c.done.is_set() for c in live.values()):
                 wake.wait(self._next_deadline(live.values(), now))
         self._check_stuck(self._abandoned, time.monotonic())
+        stats.no_verdict = sum(getattr(fn, "failures", 0) - before for fn, before in judged.values())
         return [o for o in outcomes if o is not None], stats
 
     def _record(self, idxs: list[int], fns: list[RewardFn], prompts: Sequence[Prompt], result: tuple[Any, str, str],

@@ -181,6 +181,11 @@ class LazyJudge:
         self._judge: Judge | None = None
         self._lock = threading.Lock()
 
+    @property
+    def failures(self) -> int:
+        """The judge's outputs without a valid verdict so far (`Judge.failures`)."""
+        return self._judge.failures if self._judge is not None else 0
+
     def prepare(self) -> None:
         """Load the model (first use), before the router starts a call's clock."""
         with self._lock:

@@ -97,6 +97,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False, lo
                     "reward/length_weight": w,
                     "reward/verifier_errors": scores.verifier_errors,
                     "reward/timeouts": scores.reward_timeouts,
+                    "reward/judge_no_verdict": scores.judge_no_verdict,
                     "time/rollout": t1 - t0,
                     "time/reward": t2 - t1,
                     "time/train": t3 - t2,
