@@ -147,7 +147,15 @@ def test_the_judge_gets_a_resolved_folder(tiny_model_dir, tmp_path):
     is not a model is refused when the config's names are checked, before a run touches anything."""
     cfg = load_config(None, ["reward.sources=[free=judge]", f"reward.judge_model={tiny_model_dir}"])
     router = router_from_config(cfg.reward)
-    assert router._fns["free"].model_dir == str(tiny_model_dir)
+    assert router._fns["free"].model_dir == str(tiny_model_dir) and router._fns["free"].device == "cpu"
+    # the judge loads on distributed.device; one this machine lacks is refused by name when it loads
+    judge = router_from_config(cfg.reward, device="cuda:7")._fns["free"]
+    assert judge.device == "cuda:7" and judge.failures == 0
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match=r"distributed\.device"):
+            judge.prepare()
     from k15rl.trainer.resolve import check_names
 
     with pytest.raises(UserError, match="reward.judge_model: .* is not a Hugging Face model folder"):

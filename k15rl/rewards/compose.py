@@ -60,10 +60,11 @@ def _from_verifier(name: str) -> RewardFn:
     return reward
 
 
-def resolve_reward(spec: str, *, judge_model: str | None = None, key: str = "reward.sources") -> RewardFn:
+def resolve_reward(spec: str, *, judge_model: str | None = None, key: str = "reward.sources",
+                   judge_device: str = "cpu") -> RewardFn:
     """The reward function a config names. Raises UserError naming `key` and `spec`.
-    `judge_model` is the judge's model folder, resolved by the caller; it is loaded only
-    when the judge is first called."""
+    `judge_model` is the judge's model folder, resolved by the caller; it is loaded, on
+    `judge_device` (distributed.device), only when the judge is first called."""
     if spec in PROMPT_REWARDS:
         return PROMPT_REWARDS[spec]
     if spec == "judge":
@@ -71,7 +72,7 @@ def resolve_reward(spec: str, *, judge_model: str | None = None, key: str = "rew
             raise UserError(f"config key {key}: 'judge' needs reward.judge_model (a model folder or a built-in model's name: 'builtin', ...)")
         from k15rl.rewards.judge import judge_reward
 
-        return judge_reward(judge_model)
+        return judge_reward(judge_model, device=judge_device)
     if ":" in spec:
         module, _, name = spec.partition(":")
         try:
@@ -166,7 +167,7 @@ class RewardRouter:
     """
 
     def __init__(self, sources: dict[str, str] | None = None, *, timeout_s: float | None = 60.0, workers: int = 2,
-                 judge_model: str | None = None, default: RewardFn | None = None,
+                 judge_model: str | None = None, default: RewardFn | None = None, judge_device: str = "cpu",
                  stuck_timeout_s: float | None = 600.0):
         if workers < 1:
             raise UserError(f"config key reward.workers: must be >= 1 (got {workers})")
@@ -179,7 +180,7 @@ class RewardRouter:
         self.workers = workers
         self.judge_model = judge_model
         self.sources = dict(sources or {})
-        self._fns: dict[str, RewardFn] = {src: resolve_reward(spec, judge_model=judge_model)
+        self._fns: dict[str, RewardFn] = {src: resolve_reward(spec, judge_model=judge_model, judge_device=judge_device)
                                           for src, spec in self.sources.items()}
         self.default = default  # a source without an entry: this function (a Python caller's), else its task's
         self._lock = threading.Lock()

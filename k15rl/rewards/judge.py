@@ -156,28 +156,29 @@ class Judge:
 
 
 def load_judge(model_dir: str | Path, *, max_new_tokens: int = 256, max_batch: int = 16,
-               dtype: str = "float32") -> Judge:
-    """A `Judge` on the HF engine from a model folder. The caller resolves names such as
-    "builtin" to folders (`resolve_model_path` in the trainer's resolve.py)."""
-    from k15rl.models.loading import load_model, load_tokenizer, stop_token_ids
+               dtype: str = "float32", device: str = "cpu") -> Judge:
+    """A `Judge` on the HF engine from a model folder, on `device` (distributed.device).
+    The caller resolves names such as "builtin" to folders (`resolve_model_path` in the
+    trainer's resolve.py)."""
+    from k15rl.models.loading import load_model, load_tokenizer, on_device, stop_token_ids
     from k15rl.rollout.engine import HFEngine
 
     tok = load_tokenizer(model_dir)
-    lm = load_model(model_dir, dtype)
+    lm = on_device(load_model(model_dir, dtype), device)
     return Judge(HFEngine(lm, tok, max_batch), tok, max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids(tok, lm))
 
 
-def judge_reward(model_dir: str | Path) -> "LazyJudge":
+def judge_reward(model_dir: str | Path, device: str = "cpu") -> "LazyJudge":
     """The batched reward function of `reward.sources: x=judge`, on the model folder
-    `model_dir`; the model loads on first use."""
-    return LazyJudge(model_dir)
+    `model_dir`; the model loads on first use, on `device`."""
+    return LazyJudge(model_dir, device)
 
 
 class LazyJudge:
     batched = True
 
-    def __init__(self, model_dir: str | Path):
-        self.model_dir = model_dir
+    def __init__(self, model_dir: str | Path, device: str = "cpu"):
+        self.model_dir, self.device = model_dir, device
         self._judge: Judge | None = None
         self._lock = threading.Lock()
 
@@ -190,7 +191,7 @@ class LazyJudge:
         """Load the model (first use), before the router starts a call's clock."""
         with self._lock:
             if self._judge is None:
-                self._judge = load_judge(self.model_dir)
+                self._judge = load_judge(self.model_dir, device=self.device)
 
     def __call__(self, texts: Sequence[str], prompts: Sequence[Prompt]) -> list[float]:
         self.prepare()
