@@ -269,9 +269,10 @@ class RewardRouter:
             return
         for c in calls:
             if not c.done.is_set() and now >= c.started + self.stuck_timeout_s * c.items:
+                per = f" x {c.items} responses" if c.items > 1 else ""
                 raise WorkerTimeout(f"reward function for source {c.source!r}",
                                     f"did not return within {self.stuck_timeout_s * c.items:g} s "
-                                    f"(reward.stuck_timeout_s x {c.items} responses)")
+                                    f"(reward.stuck_timeout_s{per})")
 
     def _check_value(self, v: Any, status: str, msg: str, prompt: Prompt, stats: RewardStats) -> RewardOutcome:
         if status == "ok":
