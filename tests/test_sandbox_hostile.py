@@ -46,12 +46,18 @@ KERNEL_OBJECTS = (
 # Reading which pages of a host file are cached without caching them (a channel between
 # gradings: a program counts cached pages, and caches one more) and io_uring, whose
 # operations (socket, connect, read with RWF_NOWAIT) pass no system call a filter sees.
-# Prints which of them worked.
+# Prints which of them worked, after `plain`: os.preadv and os.pwritev without RWF_NOWAIT
+# (CPython makes them as preadv2/pwritev2 too), which an ordinary program may use.
 CACHE_AND_URING = (
     "import ctypes, os, sys\nlibc = ctypes.CDLL(None, use_errno=True)\nworked = []\n"
-    "fd = os.open(sys.executable, os.O_RDONLY)\n"
+    "fd = os.open(sys.executable, os.O_RDONLY)\nbuf = bytearray(4)\n"
+    "w = os.open('scratch', os.O_RDWR | os.O_CREAT)\n"
+    "if os.preadv(fd, [buf], 0) == 4 and os.pwritev(w, [b'abcd'], 0) == 4 and os.pwritev(w, [b'e'], 1, 0) == 1:\n"
+    "    worked.append('plain')\n"
     "try:\n    os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)\n    worked.append('preadv2')\n"
     "except BlockingIOError:\n    worked.append('preadv2')\nexcept OSError:\n    pass\n"
+    "try:\n    os.pwritev(w, [b'x'], 0, os.RWF_NOWAIT)\n    worked.append('pwritev2')\n"
+    "except BlockingIOError:\n    worked.append('pwritev2')\nexcept OSError:\n    pass\n"
     f"params = ctypes.create_string_buffer(120)\nring = libc.syscall({_NR.get('io_uring_setup')}, 1, params)\n"
     "if ring >= 0:\n    worked.append('io_uring')\n"
     f"stat = ctypes.create_string_buffer(64)\nrange_ = (ctypes.c_uint64 * 2)(0, 4096)\n"
@@ -495,16 +501,18 @@ def test_no_kernel_object_outlives_a_program():
 
 
 @pytest.mark.skipif(not _NR, reason="the seccomp filter covers x86_64 and aarch64")
-def test_no_page_cache_probe_and_no_io_uring():
-    """preadv2 (RWF_NOWAIT: an exact read of whether a page is cached), cachestat and
-    io_uring fail in the sandbox; outside it, the same program's calls work (preadv2 and
-    io_uring on this kernel), so the program tests what it says."""
+def test_no_page_cache_probe_and_no_io_uring(tmp_path):
+    """preadv2 and pwritev2 with RWF_NOWAIT (an exact read of whether a page is cached),
+    cachestat and io_uring fail in the sandbox, while os.preadv and os.pwritev without the
+    flag work; outside it, every call works (preadv2 and io_uring on this kernel), so the
+    program tests what it says."""
     import subprocess
     import sys
 
-    host = subprocess.run([sys.executable, "-c", CACHE_AND_URING], capture_output=True, text=True, timeout=30)
-    assert "preadv2" in host.stdout, host
-    r = run_stdio(CACHE_AND_URING, [StdioTest("", "none")], LIMITS)
+    host = subprocess.run([sys.executable, "-c", CACHE_AND_URING], capture_output=True, text=True, timeout=30,
+                          cwd=tmp_path)
+    assert host.stdout.startswith("plain preadv2"), host  # pwritev2 with RWF_NOWAIT: where the file system takes it
+    r = run_stdio(CACHE_AND_URING, [StdioTest("", "plain")], LIMITS)
     assert r.reason == "pass", (r, r.outcomes[0].stdout if r.outcomes else None)
 
 

@@ -58,29 +58,31 @@ getattr(sys, "set_int_max_str_digits", lambda n: None)(0)  # a big-int return va
 #   descriptors in flight outlives every process, with whatever they hold); `socketpair`
 #   stays (asyncio's event loop needs it) but can no longer pass descriptors;
 # - memfd_create/memfd_secret (memory outside RLIMIT_AS and the size-limited /tmp);
-# - posix_fadvise, mincore, cachestat and preadv2/pwritev2 (setting, or reading without
-#   changing, which pages of the host's /usr are cached: a channel between gradings, and
-#   an exact one with preadv2's RWF_NOWAIT, which fails on a page not cached; Python's own
-#   I/O never calls them);
+# - posix_fadvise, mincore, cachestat, and preadv2/pwritev2 with RWF_NOWAIT (setting, or
+#   reading without changing, which pages of the host's /usr are cached: a channel between
+#   gradings, an exact one with RWF_NOWAIT, which fails on a page not cached; os.preadv
+#   and os.pwritev without it, which CPython makes as preadv2/pwritev2, still work);
 # - io_uring (setup, enter, register): its operations are not system calls, so they would
 #   open sockets and read with RWF_NOWAIT past every other entry of this list.
-# (audit arch, x32 bit or None, {syscall: number})
+# (audit arch, x32 bit or None, {syscall: number}); a number with NOWAIT_ONLY is denied only
+# when its flags argument (the 6th: preadv2 and pwritev2) holds RWF_NOWAIT
+NOWAIT_ONLY, RWF_NOWAIT, FLAGS_ARG = 1 << 16, 0x8, 16 + 5 * 8  # seccomp_data.args[5], low word
 SECCOMP = {
     "x86_64": (0xC000003E, 0x40000000, {
         "mincore": 27, "shmget": 29, "shmat": 30, "shmctl": 31, "socket": 41, "sendmsg": 46, "semget": 64,
         "semop": 65, "semctl": 66, "shmdt": 67, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71,
         "semtimedop": 220, "fadvise64": 221, "mq_open": 240, "mq_unlink": 241, "mq_timedsend": 242,
         "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245, "add_key": 248, "request_key": 249,
-        "keyctl": 250, "sendmmsg": 307, "memfd_create": 319, "preadv2": 327, "pwritev2": 328,
-        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "memfd_secret": 447,
+        "keyctl": 250, "sendmmsg": 307, "memfd_create": 319, "preadv2": 327 | NOWAIT_ONLY,
+        "pwritev2": 328 | NOWAIT_ONLY, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "memfd_secret": 447,
         "cachestat": 451}),
     "aarch64": (0xC00000B7, None, {
         "mq_open": 180, "mq_unlink": 181, "mq_timedsend": 182, "mq_timedreceive": 183, "mq_notify": 184,
         "mq_getsetattr": 185, "msgget": 186, "msgctl": 187, "msgrcv": 188, "msgsnd": 189, "semget": 190,
         "semctl": 191, "semtimedop": 192, "semop": 193, "shmget": 194, "shmctl": 195, "shmat": 196, "shmdt": 197,
         "socket": 198, "sendmsg": 211, "add_key": 217, "request_key": 218, "keyctl": 219, "fadvise64": 223,
-        "mincore": 232, "sendmmsg": 269, "memfd_create": 279, "preadv2": 286, "pwritev2": 287,
-        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "memfd_secret": 447,
+        "mincore": 232, "sendmmsg": 269, "memfd_create": 279, "preadv2": 286 | NOWAIT_ONLY,
+        "pwritev2": 287 | NOWAIT_ONLY, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "memfd_secret": 447,
         "cachestat": 451}),
 }.get(os.uname().machine)
 
@@ -195,14 +197,19 @@ def deny_persistent_ipc():
     if SECCOMP is None:  # another architecture: no filter (docs/code_rewards.md)
         return
     arch, x32, calls = SECCOMP
-    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE/JSET|K, BPF_RET|K
     allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
-    nrs = sorted(calls.values())
+    nrs = sorted(nr for nr in calls.values() if not nr & NOWAIT_ONLY)
+    flagged = sorted(nr & ~NOWAIT_ONLY for nr in calls.values() if nr & NOWAIT_ONLY)
     prog = [(ld, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, deny), (ld, 0, 0, 0)]  # seccomp_data: nr at 0, arch at 4
     checks = ([(jge, 0, 0, x32)] if x32 else []) + [(jeq, 0, 0, nr) for nr in nrs]
+    c, f = len(checks), len(flagged)
     for i, (code, _, _, k) in enumerate(checks):  # a match jumps over the rest and the allow, to the deny
-        prog.append((code, len(checks) - i, 0, k))
+        prog.append((code, c + f - i, 0, k))
+    for j, nr in enumerate(flagged):  # a match jumps over the rest, the allow and the deny, to the flag check
+        prog.append((jeq, f + 1 - j, 0, nr))
     prog += [(ret, 0, 0, allow), (ret, 0, 0, deny)]
+    prog += [(ld, 0, 0, FLAGS_ARG), (jset, 1, 0, RWF_NOWAIT), (ret, 0, 0, allow), (ret, 0, 0, deny)]
 
     class Filter(ctypes.Structure):
         _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
