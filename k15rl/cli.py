@@ -94,7 +94,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     result, trajectories = evaluate(HFEngine.from_config(model, tok, cfg.rollout), tok, test, params,
                                     cfg.eval.samples_per_prompt,
-                                    rewards=router_from_config(cfg.reward, device=cfg.distributed.device),
+                                    rewards=router_from_config(cfg.reward),
                                     max_batch=cfg.eval.max_batch)
     result = {"model": str(path), "temperature": cfg.eval.temperature, **result}
     print(f"accuracy {result['accuracy']:.4f} (+/- {result['accuracy_ci95']:.4f}), "
@@ -354,7 +354,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
         hacked = easy_to_hack(engine, tok, kept, attempts=args.attempts, max_new_tokens=args.max_new_tokens,
                               temperature=args.temperature, seed=cfg.seed, prompts_per_batch=args.batch,
                               stop_token_ids=stops,
-                              rewards=router_from_config(cfg.reward, device=cfg.distributed.device))
+                              rewards=router_from_config(cfg.reward))
         counts["easy_to_hack"] = sum(hacked)
         dropped += [(p, ["easy_to_hack"]) for p, h in zip(kept, hacked) if h]
         kept = [p for p, h in zip(kept, hacked) if not h]
@@ -399,7 +399,7 @@ def _cmd_difficulty(args: argparse.Namespace) -> int:
                               max_new_tokens=max_new, prompts_per_batch=args.batch, seed=cfg.seed,
                               stop_strings=tuple(cfg.rollout.stop_strings))
     rates = pass_rates(engine, tok, prompts, settings, stops,
-                       rewards=router_from_config(cfg.reward, device=cfg.distributed.device))
+                       rewards=router_from_config(cfg.reward))
     rated = [dataclasses.replace(p, meta={**p.meta, "pass_rate": r}) for p, r in zip(prompts, rates)]
     print(f"difficulty: {len(rated)} prompts, {args.samples} samples each at temperature {args.temperature:g}; "
           f"mean pass rate {sum(rates) / len(rates):.3f}")
@@ -484,7 +484,7 @@ def _l2s_sample(args: argparse.Namespace):
     # every sample runs to its end (no repeat detection), as in evaluation
     params = replace(sampling_params(cfg.rollout, stops, cfg.seed), temperature=args.temperature, repeat_ngram=0)
     return sample_groups(engine, tok, prompts, args.n, params,
-                         rewards=router_from_config(cfg.reward, device=cfg.distributed.device))
+                         rewards=router_from_config(cfg.reward))
 
 
 def _cmd_l2s_shortest(args: argparse.Namespace) -> int:

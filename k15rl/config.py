@@ -180,6 +180,9 @@ class RewardConfig:
     stuck_timeout_s: float = 600.0
     workers: int = 2  # reward calls in parallel (code runs in sandbox processes)
     judge_model: str | None = None  # model folder or "builtin" for the 'judge' reward
+    # where the judge runs (in the process that scores: the master with Ray), apart from the
+    # policy's distributed.device: a float32 judge beside the engine and trainer may not fit
+    judge_device: str = "cpu"
 
 
 @dataclass

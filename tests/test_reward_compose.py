@@ -73,9 +73,10 @@ def test_batched_functions_get_one_call():
 
 class SlowBatch:
     """A batched reward that takes `per_item` seconds a response, after a `prepare` (a
-    model load) of `load` seconds."""
+    model load) of `load` seconds, one response at a time (`parallel`)."""
 
     batched = True
+    parallel = 1
 
     def __init__(self, per_item: float, load: float):
         self.per_item, self.load, self.prepared = per_item, load, 0
@@ -91,15 +92,20 @@ class SlowBatch:
 
 
 def test_a_batched_rewards_limits_are_per_response_and_its_load_is_not_timed():
-    """The judge scores a whole batch in one call and loads its model on first use: with a
-    limit of 0.5 s a response, a batch of 4 at 0.3 s each (1.2 s) after a 1 s load passes;
-    the same function at 0.7 s a response times out."""
+    """The judge scores a whole batch in one call, `parallel` responses at a time, and loads
+    its model on first use: with a limit of 0.5 s a round, a batch of 4 one at a time at
+    0.3 s each (1.2 s) after a 1 s load passes; the same function at 0.7 s a response
+    times out; scoring all 4 at once (one round), 1.2 s is over the limit."""
     router = RewardRouter(timeout_s=0.5, default=SlowBatch(0.3, 1.0))
     outcomes, stats = router.score(["a"] * 4, [_prompt(i, "j") for i in range(4)])
     assert [o.status for o in outcomes] == ["ok"] * 4 and stats.timeouts == 0
     router = RewardRouter(timeout_s=0.5, default=SlowBatch(0.7, 0.0))
     outcomes, stats = router.score(["a"] * 2, [_prompt(i, "j") for i in range(2)])
     assert [o.status for o in outcomes] == ["timeout"] * 2 and "within 1 s" in outcomes[0].message
+    wide = SlowBatch(0.3, 0.0)
+    wide.parallel = 4
+    outcomes, _ = RewardRouter(timeout_s=0.5, default=wide).score(["a"] * 4, [_prompt(i, "j") for i in range(4)])
+    assert [o.status for o in outcomes] == ["timeout"] * 4 and "within 0.5 s" in outcomes[0].message
 
 
 def test_out_of_range_values_are_errors():
@@ -148,15 +154,20 @@ def test_the_judge_gets_a_resolved_folder(tiny_model_dir, tmp_path):
     cfg = load_config(None, ["reward.sources=[free=judge]", f"reward.judge_model={tiny_model_dir}"])
     router = router_from_config(cfg.reward)
     assert router._fns["free"].model_dir == str(tiny_model_dir) and router._fns["free"].device == "cpu"
-    # the judge loads on distributed.device; one this machine lacks is refused by name when it loads
-    judge = router_from_config(cfg.reward, device="cuda:7")._fns["free"]
+    # the judge loads on reward.judge_device; one this machine lacks is refused with the config's names
+    on = load_config(None, ["reward.sources=[free=judge]", f"reward.judge_model={tiny_model_dir}",
+                            "reward.judge_device=cuda:7"])
+    judge = router_from_config(on.reward)._fns["free"]
     assert judge.device == "cuda:7" and judge.failures == 0
     import torch
 
-    if not torch.cuda.is_available():
-        with pytest.raises(UserError, match=r"distributed\.device"):
-            judge.prepare()
     from k15rl.trainer.resolve import check_names
+
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match=r"^config key reward\.judge_device=cuda:7: no CUDA device"):
+            check_names(on)
+        with pytest.raises(UserError, match=r"^config key reward\.judge_device=cuda:7: no CUDA device"):
+            judge.prepare()
 
     with pytest.raises(UserError, match="reward.judge_model: .* is not a Hugging Face model folder"):
         check_names(load_config(None, ["reward.sources=[free=judge]", f"reward.judge_model={tmp_path / 'none'}"]))

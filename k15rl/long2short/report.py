@@ -140,7 +140,7 @@ def evaluate_models(models: Sequence[tuple[str, str]], prompts, cfg, samples_per
         params = eval_sampling_params(cfg, stop_token_ids(tok, model), seed=cfg.seed)
         fitting, _ = fit_context(prompts, tok, prompt_token_limit(cfg, model.config, evaluation=True), label, log)
         _, trajs = evaluate(HFEngine.from_config(model, tok, cfg.rollout), tok, fitting, params, samples_per_prompt,
-                            rewards=router_from_config(cfg.reward, device=cfg.distributed.device),
+                            rewards=router_from_config(cfg.reward),
                             max_batch=cfg.eval.max_batch)
         r = model_result(label, str(path), trajs)
         log(f"{label}: accuracy {100 * r.accuracy:.1f}% +/- {100 * r.accuracy_ci95:.1f}, mean tokens "

@@ -81,11 +81,9 @@ def check_finite(model, path: str | Path) -> None:
         raise UserError(f"{path}: weight {bad} holds inf or nan values (a diverged or damaged model)")
 
 
-def on_device(model, device: str, key: str = "distributed.device"):
-    """`model` moved to `device` ("cpu", "cuda", "cuda:1"): the one place a model is put
-    on the configured device (distributed.device, which training uses too; sft/dpo
-    --device). Everything the model then computes follows its parameters
-    (`model_device`). A device this machine lacks is a one-line UserError naming `key`."""
+def check_device(device: str, key: str = "distributed.device") -> str:
+    """The kind of `device` ("cpu" or "cuda"); a device this machine lacks, or one that is
+    neither, is a one-line UserError naming `key`."""
     import torch
 
     try:
@@ -96,7 +94,15 @@ def on_device(model, device: str, key: str = "distributed.device"):
         raise UserError(f"{key}={device}: no CUDA device is available here (torch.cuda.is_available() is False)")
     if kind not in ("cpu", "cuda"):
         raise UserError(f"{key}: unsupported device {device!r} (cpu or cuda)")
-    return model if kind == "cpu" else model.to(device)
+    return kind
+
+
+def on_device(model, device: str, key: str = "distributed.device"):
+    """`model` moved to `device` ("cpu", "cuda", "cuda:1"): the one place a model is put
+    on the configured device (distributed.device, which training uses too; sft/dpo
+    --device). Everything the model then computes follows its parameters
+    (`model_device`). A device this machine lacks is a one-line UserError naming `key`."""
+    return model if check_device(device, key) == "cpu" else model.to(device)
 
 
 def model_device(model):

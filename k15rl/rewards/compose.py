@@ -64,7 +64,7 @@ def resolve_reward(spec: str, *, judge_model: str | None = None, key: str = "rew
                    judge_device: str = "cpu") -> RewardFn:
     """The reward function a config names. Raises UserError naming `key` and `spec`.
     `judge_model` is the judge's model folder, resolved by the caller; it is loaded, on
-    `judge_device` (distributed.device), only when the judge is first called."""
+    `judge_device` (reward.judge_device), only when the judge is first called."""
     if spec in PROMPT_REWARDS:
         return PROMPT_REWARDS[spec]
     if spec == "judge":
@@ -135,7 +135,7 @@ class _Call:
 
     def __init__(self, call: Callable[[], Any], source: str, wake: threading.Event, items: int = 1):
         self.call, self.source, self.wake = call, source, wake
-        self.items = items  # responses it scores: a batched reward's limits are per response
+        self.items = items  # rounds of responses it scores: its limits are per round (a batched reward's)
         self.done = threading.Event()
         self.value: Any = None
         self.error: BaseException | None = None
@@ -155,8 +155,9 @@ class _Call:
 class RewardRouter:
     """Picks each prompt's reward function by source and runs them, `workers` at a time,
     each call within `timeout_s` seconds (None: no limit). A batched reward (the judge)
-    scores a source's whole batch in one call: its limits are per response it scores, and
-    its `prepare` (the judge's model load) runs before its clock starts.
+    scores a source's whole batch in one call: with `parallel` (responses it scores at
+    once) its limits are per round of that many, and its `prepare` (the judge's model load)
+    runs before its clock starts.
 
     A call past `timeout_s` scores 0 and gives its slot to the next call; it keeps its
     (daemon) thread until it returns, because Python cannot stop a thread. One still
@@ -217,12 +218,16 @@ class RewardRouter:
             getattr(fn, "prepare", lambda: None)()  # e.g. the judge loads its model, outside the time limit
             jobs.append((idxs, lambda fn=fn, idxs=idxs: fn([texts[i] for i in idxs], [prompts[i] for i in idxs])))
         judged = {id(fns[idxs[0]]): (fns[idxs[0]], getattr(fns[idxs[0]], "failures", 0)) for idxs in batched.values()}
+        # a batched reward that scores `parallel` responses at once (the judge: its engine's
+        # slots) takes ceil(n / parallel) rounds for n: its limits are per round; one without
+        # `parallel` scores its batch in one round
+        rounds = [-(-len(idxs) // max(1, getattr(fns[idxs[0]], "parallel", len(idxs)))) for idxs, _ in jobs]
         wake = threading.Event()
         waiting, live = list(range(len(jobs)))[::-1], {}  # job -> its running _Call
         while waiting or live:
             while waiting and len(live) < self.workers:  # the clock of a call starts when it does
                 j = waiting.pop()
-                live[j] = _Call(jobs[j][1], source_of(prompts[jobs[j][0][0]]), wake, len(jobs[j][0]))
+                live[j] = _Call(jobs[j][1], source_of(prompts[jobs[j][0][0]]), wake, rounds[j])
             wake.clear()
             now = time.monotonic()
             for j, call in list(live.items()):
@@ -269,7 +274,7 @@ class RewardRouter:
             return
         for c in calls:
             if not c.done.is_set() and now >= c.started + self.stuck_timeout_s * c.items:
-                per = f" x {c.items} responses" if c.items > 1 else ""
+                per = f" x {c.items} rounds of its batch" if c.items > 1 else ""
                 raise WorkerTimeout(f"reward function for source {c.source!r}",
                                     f"did not return within {self.stuck_timeout_s * c.items:g} s "
                                     f"(reward.stuck_timeout_s{per})")
@@ -307,6 +312,10 @@ def check_reward_config(reward_cfg: Any) -> None:
         from k15rl.models.loading import check_model_folder
 
         check_model_folder(reward_cfg.judge_model, "reward.judge_model")
+    if "judge" in specs:  # a device this machine lacks: refused now, not at the first reward step
+        from k15rl.models.loading import check_device
+
+        check_device(reward_cfg.judge_device, "config key reward.judge_device")
     if reward_cfg.workers < 1:
         raise UserError(f"config key reward.workers: must be >= 1 (got {reward_cfg.workers})")
     if reward_cfg.timeout_s < 0:

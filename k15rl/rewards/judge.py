@@ -128,6 +128,7 @@ class Judge:
         self.params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
                                      stop_token_ids=list(stop_token_ids))
         self.failures = 0  # outputs without a valid verdict, since creation
+        self.parallel = getattr(engine, "max_batch", 1)  # responses scored at once (RewardRouter's rounds)
         self._lock = threading.Lock()  # one generate at a time on the engine
 
     def judge(self, items: Sequence[tuple[str, str, str]]) -> list[Verdict]:
@@ -157,14 +158,14 @@ class Judge:
 
 def load_judge(model_dir: str | Path, *, max_new_tokens: int = 256, max_batch: int = 16,
                dtype: str = "float32", device: str = "cpu") -> Judge:
-    """A `Judge` on the HF engine from a model folder, on `device` (distributed.device).
+    """A `Judge` on the HF engine from a model folder, on `device` (reward.judge_device).
     The caller resolves names such as "builtin" to folders (`resolve_model_path` in the
     trainer's resolve.py)."""
     from k15rl.models.loading import load_model, load_tokenizer, on_device, stop_token_ids
     from k15rl.rollout.engine import HFEngine
 
     tok = load_tokenizer(model_dir)
-    lm = on_device(load_model(model_dir, dtype), device)
+    lm = on_device(load_model(model_dir, dtype), device, "config key reward.judge_device")
     return Judge(HFEngine(lm, tok, max_batch), tok, max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids(tok, lm))
 
 
@@ -176,6 +177,7 @@ def judge_reward(model_dir: str | Path, device: str = "cpu") -> "LazyJudge":
 
 class LazyJudge:
     batched = True
+    parallel = 16  # responses scored at once (load_judge's max_batch): the router's limits are per round
 
     def __init__(self, model_dir: str | Path, device: str = "cpu"):
         self.model_dir, self.device = model_dir, device

@@ -42,16 +42,16 @@ def resolve_model_path(path: str, key: str = "model.path", log: Callable[[str], 
 
 
 def router_from_config(reward_cfg: Any, log: Callable[[str], None] = print,
-                       default: RewardFn | None = None, device: str = "cpu") -> RewardRouter:
+                       default: RewardFn | None = None) -> RewardRouter:
     """The router a `RewardConfig` describes (reward.sources, timeout_s, workers,
     judge_model; `default`: the reward of sources without an entry, instead of their task's
     verifier). When a source uses the judge, `reward.judge_model` is resolved here
-    ("builtin": built on first use) and the judge gets its folder, and runs on `device`
-    (distributed.device)."""
+    ("builtin": built on first use) and the judge gets its folder, and runs on
+    reward.judge_device."""
     sources = parse_sources(reward_cfg.sources)
     judge = reward_cfg.judge_model
     if judge and "judge" in sources.values():
         judge = str(resolve_model_path(judge, "reward.judge_model", log))
     timeout = reward_cfg.timeout_s if reward_cfg.timeout_s > 0 else None
     return RewardRouter(sources, timeout_s=timeout, workers=reward_cfg.workers, judge_model=judge, default=default,
-                        stuck_timeout_s=reward_cfg.stuck_timeout_s or None, judge_device=device)
+                        stuck_timeout_s=reward_cfg.stuck_timeout_s or None, judge_device=reward_cfg.judge_device)

@@ -265,7 +265,7 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         sinks = stack.enter_context(open_sinks(cfg, out, resumed_at=state["iteration"] if state else None))
         run = Run(
             cfg, out, tokenizer, train_prompts, test_prompts, sampler, ReplayBuffer(),
-            router_from_config(cfg.reward, log, reward_fn, device=cfg.distributed.device),
+            router_from_config(cfg.reward, log, reward_fn),
             workers, stops, eval_sampling_params(cfg, stops, seed=cfg.seed + 10**6),
             stack.enter_context(TeeLog(JsonlLog(out / "metrics.jsonl"), sinks, "metrics")),
             stack.enter_context(TeeLog(JsonlLog(out / "eval.jsonl"), sinks, "eval")),
