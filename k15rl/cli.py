@@ -353,8 +353,8 @@ def _cmd_curate(args: argparse.Namespace) -> int:
 
         hacked = easy_to_hack(engine, tok, kept, attempts=args.attempts, max_new_tokens=args.max_new_tokens,
                               temperature=args.temperature, seed=cfg.seed, prompts_per_batch=args.batch,
-                              stop_token_ids=stops,
-                              rewards=router_from_config(cfg.reward))
+                              stop_token_ids=stops, rewards=router_from_config(cfg.reward),
+                              stop_strings=cfg.rollout.stop_strings)
         counts["easy_to_hack"] = sum(hacked)
         dropped += [(p, ["easy_to_hack"]) for p, h in zip(kept, hacked) if h]
         kept = [p for p, h in zip(kept, hacked) if not h]
@@ -571,12 +571,11 @@ def _cmd_dpo(args: argparse.Namespace) -> int:
     from k15rl.trainer.card import model_card
     from k15rl.trainer.checkpoint import save_hf
 
-    for key, v, ok in (("--epochs", args.epochs, args.epochs >= 1), ("--batch-size", args.batch_size, args.batch_size >= 1),
-                       ("--lr", args.lr, args.lr > 0), ("--beta", args.beta, args.beta > 0),
-                       ("--sft-weight", args.sft_weight, args.sft_weight >= 0),
-                       ("--max-length", args.max_length, args.max_length >= 2)):
-        if not ok:
-            raise UserError(f"{key}: out of range (got {v})")
+    _check_flags(("--epochs", args.epochs, args.epochs >= 1, ">= 1"),
+                 ("--batch-size", args.batch_size, args.batch_size >= 1, ">= 1"),
+                 ("--lr", args.lr, args.lr > 0, "> 0"), ("--beta", args.beta, args.beta > 0, "> 0"),
+                 ("--sft-weight", args.sft_weight, args.sft_weight >= 0, ">= 0"),
+                 ("--max-length", args.max_length, args.max_length >= 2, ">= 2"))
     cache = check_output_path(args.ref_cache or f"{args.data}.ref_logps.pt", "--ref-cache", folder=False)
     pairs = load_pairs_jsonl(args.data)
     path, out, model, tok = _finetune_start(args)

@@ -170,7 +170,10 @@ def test_pass_rates_and_easy_to_hack_use_the_runs_reward_and_stop_strings(tok):
     settings = SampleSettings(samples=10, prompts_per_batch=3, stop_strings=("\nUser:",))
     assert pass_rates(engine, tok, prompts, settings, rewards=wrong_is_right) == [1.0, 0.7, 0.0]
     assert {tuple(p.stop_strings) for p in engine.params} == {("\nUser:",)}
-    assert easy_to_hack(engine, tok, prompts, attempts=4, rewards=wrong_is_right) == [True, True, False]
+    engine.params.clear()
+    assert easy_to_hack(engine, tok, prompts, attempts=4, rewards=wrong_is_right,
+                        stop_strings=["\nUser:"]) == [True, True, False]
+    assert {tuple(p.stop_strings) for p in engine.params} == {("\nUser:",)}
 
 
 def test_histogram_bins():

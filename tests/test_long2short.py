@@ -312,7 +312,7 @@ def test_dpo_cli(tmp_path, tiny_model_dir, capsys):
     assert main(args) == 2 and "already holds a model" in capsys.readouterr().err
     assert main(["dpo", "--model", str(tiny_model_dir), "--data", str(f), "--out", str(tmp_path / "o2"),
                  "--beta", "0"]) == 2
-    assert "--beta: out of range" in capsys.readouterr().err
+    assert "--beta must be > 0 (got 0.0)" in capsys.readouterr().err
 
 
 # ---- the report ----
@@ -335,6 +335,9 @@ def test_model_result_intervals_hand_computed():
                                 _traj(8, False, group=1)])
     assert r.mean_tokens == 5.0 and r.mean_tokens_ci95 == pytest.approx(1.96 * math.sqrt(8 / 2))
     assert r.accuracy_ci95 == pytest.approx(1.96 * math.sqrt(0.125 / 2))
+    # one prompt: no spread of prompts to take, so the samples' own (binomial) interval
+    one = model_result("m", "p", [_traj(2, ok, group=0) for ok in (True, True, False, False)])
+    assert one.accuracy_ci95 == pytest.approx(1.96 * math.sqrt(0.25 / 4))
     with pytest.raises(UserError, match="no prompt to evaluate m"):
         model_result("m", "p", [])
 

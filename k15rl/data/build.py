@@ -382,6 +382,7 @@ def fit_context(prompts: Sequence[Prompt], tokenizer, limit: int | None, name: s
         log(f"data: {dropped} {name} prompts longer than {limit} tokens removed (longest: {longest[0]} tokens, "
             f"{longest[1]})")
     if not kept:
-        raise UserError(f"every {name} prompt is longer than {limit} tokens (the model's context minus "
-                        "rollout.max_new_tokens, or data.max_prompt_tokens)")
+        raise UserError(f"every {name} prompt is longer than {limit} tokens (the model's context minus the "
+                        "response's budget, rollout.max_new_tokens or for evaluated prompts eval.max_new_tokens; or "
+                        "data.max_prompt_tokens)")
     return kept, dropped

@@ -121,14 +121,14 @@ def direct_prompt(p: Prompt, instruction: str = DIRECT_INSTRUCTION) -> Prompt:
 def easy_to_hack(engine, tokenizer, prompts: Sequence[Prompt], *, attempts: int = 8, max_new_tokens: int = 32,
                  temperature: float = 1.0, seed: int = 0, prompts_per_batch: int = 32,
                  stop_token_ids: Sequence[int] = (), instruction: str = DIRECT_INSTRUCTION,
-                 rewards=None) -> list[bool]:
+                 rewards=None, stop_strings: Sequence[str] = ()) -> list[bool]:
     """For each prompt, whether any of `attempts` direct answers (no chain of thought,
     at most `max_new_tokens` tokens) is correct (report §2.1), by its verifier or by
     `rewards` (a RewardRouter: the training run's reward.* settings)."""
     from k15rl.data.difficulty import SampleSettings, correct_counts
 
     settings = SampleSettings(samples=attempts, temperature=temperature, max_new_tokens=max_new_tokens,
-                              prompts_per_batch=prompts_per_batch, seed=seed)
+                              prompts_per_batch=prompts_per_batch, seed=seed, stop_strings=tuple(stop_strings))
     direct = [direct_prompt(p, instruction) for p in prompts]
     counts = correct_counts(engine, tokenizer, direct, settings, stop_token_ids, desc="easy-to-hack", rewards=rewards)
     return [c > 0 for c in counts]

@@ -161,7 +161,7 @@ class DPOConfig:
     epochs: int = 1
     batch_size: int = 8  # pairs per optimizer step
     warmup_frac: float = 0.1  # linear warm-up of the learning rate, then constant
-    max_length: int = 1024  # prompt + response tokens; longer responses are truncated
+    max_length: int = 1024  # prompt + the longer response, in tokens; longer pairs are left out (encode_pairs)
     grad_clip: float = 1.0
     # weight of the chosen responses' per-token negative log-likelihood added to the DPO loss
     # (0: plain DPO). Plain DPO can lower the chosen log-probs along with the rejected ones;

@@ -124,7 +124,8 @@ def write_report(results: Sequence[ModelResult], out: Path, settings: dict) -> d
 def evaluate_models(models: Sequence[tuple[str, str]], prompts, cfg, samples_per_prompt: int = 1,
                     log=print) -> list[ModelResult]:
     """Evaluate each (label, folder) on `prompts` with `cfg`'s evaluation settings (a
-    TrainConfig: eval.temperature, eval.max_new_tokens or rollout.max_new_tokens, seed)."""
+    TrainConfig: eval.temperature, eval.max_new_tokens or rollout.max_new_tokens, seed):
+    all of them on the prompts that fit every model's context."""
     from k15rl.data import fit_context, prompt_token_limit
     from k15rl.models.loading import load_model, load_tokenizer, on_device, stop_token_ids
     from k15rl.rollout.engine import HFEngine
@@ -133,12 +134,19 @@ def evaluate_models(models: Sequence[tuple[str, str]], prompts, cfg, samples_per
 
     from tqdm import tqdm
 
+    from transformers import AutoConfig
+
+    # every model on the same prompts: those that fit each one's context (with the response's budget)
+    fitting = list(prompts)
+    for label, path in models:
+        tok = load_tokenizer(path, cfg.model.chat_template)
+        limit = prompt_token_limit(cfg, AutoConfig.from_pretrained(path), evaluation=True)
+        fitting, _ = fit_context(fitting, tok, limit, label, log)
     results = []
     for label, path in tqdm(models, desc="report", unit="model", dynamic_ncols=True):
         tok = load_tokenizer(path, cfg.model.chat_template)
         model = on_device(load_model(path, cfg.model.dtype), cfg.distributed.device)
         params = eval_sampling_params(cfg, stop_token_ids(tok, model), seed=cfg.seed)
-        fitting, _ = fit_context(prompts, tok, prompt_token_limit(cfg, model.config, evaluation=True), label, log)
         _, trajs = evaluate(HFEngine.from_config(model, tok, cfg.rollout), tok, fitting, params, samples_per_prompt,
                             rewards=router_from_config(cfg.reward),
                             max_batch=cfg.eval.max_batch)

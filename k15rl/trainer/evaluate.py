@@ -41,8 +41,8 @@ def ci95_over_prompts(trajectories: Sequence[Trajectory], value: Callable[[Traje
     """Half-width of a 95% normal-approximation interval of the mean of `value`, with the
     prompt as the unit: the samples of one prompt are not independent, so with several per
     prompt the spread is that of the prompts' means, over the number of prompts (samples
-    alone would give too narrow an interval). One sample per prompt: the usual
-    sd / sqrt(n) of the samples (for a 0/1 value, the binomial one).
+    alone would give too narrow an interval). One sample per prompt, or a single prompt:
+    the usual sd / sqrt(n) of the samples (for a 0/1 value, the binomial one).
 
     >>> from k15rl.types import Prompt, Trajectory
     >>> p = Prompt("p", (("user", "q"),), "1", "integer")
@@ -53,8 +53,8 @@ def ci95_over_prompts(trajectories: Sequence[Trajectory], value: Callable[[Traje
     by_prompt: dict[int, list[float]] = defaultdict(list)
     for t in trajectories:
         by_prompt[t.group].append(float(value(t)))
-    if all(len(v) == 1 for v in by_prompt.values()):
-        xs = [v[0] for v in by_prompt.values()]
+    if len(by_prompt) < 2 or all(len(v) == 1 for v in by_prompt.values()):
+        xs = [x for v in by_prompt.values() for x in v]
         if set(xs) <= {0.0, 1.0}:  # binomial, floored so that 0% and 100% keep a width
             p = sum(xs) / len(xs)
             return 1.96 * math.sqrt(max(p * (1 - p), 1e-12) / len(xs))

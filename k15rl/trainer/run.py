@@ -236,8 +236,9 @@ def open_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     # prompts must leave room for the response (a test prompt for the evaluation's)
     limit = prompt_token_limit(cfg, model.config)
     train_prompts, _ = fit_context(train_prompts, tokenizer, limit, "train", log)
-    test_prompts, _ = fit_context(test_prompts, tokenizer, prompt_token_limit(cfg, model.config, evaluation=True),
-                                  "test", log)
+    if test_prompts:  # the evaluation's budget counts only where there is an evaluation
+        test_prompts, _ = fit_context(test_prompts, tokenizer, prompt_token_limit(cfg, model.config, evaluation=True),
+                                      "test", log)
     try:
         options = {k: v for k, v in to_dict(cfg.sampler).items() if k != "name"}
         defaults, taken = to_dict(SamplerConfig()), sampler_options(cfg.sampler.name)
