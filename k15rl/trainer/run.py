@@ -39,8 +39,8 @@ from k15rl.rollout.engine import SamplingParams
 from k15rl.rollout.factory import context_length
 from k15rl.rollout.replay import ReplayBuffer
 from k15rl.sampling import Sampler, make_sampler, sampler_options
-from k15rl.trainer.checkpoint import (CHECKPOINTS, OPTIMIZER, JsonlLog, latest_checkpoint, read_jsonl, rng_state, set_rng_state,
-                                     truncate_jsonl)
+from k15rl.trainer.checkpoint import (CHECKPOINTS, OPTIMIZER, JsonlLog, latest_checkpoint, read_jsonl, rng_state,
+                                     set_rng_state, truncate_jsonl)
 from k15rl.trainer.evaluate import eval_sampling_params
 from k15rl.trainer.loggers import LOGGER_FILES, RowLog, TeeLog, check_installed, open_sinks
 from k15rl.trainer.resolve import check_names, resolve_model_path, router_from_config
