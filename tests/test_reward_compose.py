@@ -154,6 +154,9 @@ def test_the_judge_gets_a_resolved_folder(tiny_model_dir, tmp_path):
     cfg = load_config(None, ["reward.sources=[free=judge]", f"reward.judge_model={tiny_model_dir}"])
     router = router_from_config(cfg.reward)
     assert router._fns["free"].model_dir == str(tiny_model_dir) and router._fns["free"].device == "cpu"
+    assert router._fns["free"].parallel == 1  # not loaded yet
+    router._fns["free"].prepare()
+    assert router._fns["free"].parallel == 16  # its engine's slots: the router's rounds
     # the judge loads on reward.judge_device; one this machine lacks is refused with the config's names
     on = load_config(None, ["reward.sources=[free=judge]", f"reward.judge_model={tiny_model_dir}",
                             "reward.judge_device=cuda:7"])

@@ -177,12 +177,17 @@ def judge_reward(model_dir: str | Path, device: str = "cpu") -> "LazyJudge":
 
 class LazyJudge:
     batched = True
-    parallel = 16  # responses scored at once (load_judge's max_batch): the router's limits are per round
 
     def __init__(self, model_dir: str | Path, device: str = "cpu"):
         self.model_dir, self.device = model_dir, device
         self._judge: Judge | None = None
         self._lock = threading.Lock()
+
+    @property
+    def parallel(self) -> int:
+        """Responses scored at once (the loaded judge's; the router's limits are per round
+        of that many, counted after `prepare`)."""
+        return self._judge.parallel if self._judge is not None else 1
 
     @property
     def failures(self) -> int:
