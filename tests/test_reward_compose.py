@@ -161,7 +161,7 @@ def test_the_judge_gets_a_resolved_folder(tiny_model_dir, tmp_path):
     on = load_config(None, ["reward.sources=[free=judge]", f"reward.judge_model={tiny_model_dir}",
                             "reward.judge_device=cuda:7"])
     judge = router_from_config(on.reward)._fns["free"]
-    assert judge.device == "cuda:7" and judge.failures == 0
+    assert judge.device == "cuda:7"
     import torch
 
     from k15rl.trainer.resolve import check_names

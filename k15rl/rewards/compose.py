@@ -114,7 +114,7 @@ class RewardStats:
     errors: int = 0
     timeouts: int = 0
     by_source: dict[str, int] = field(default_factory=dict)
-    no_verdict: int = 0  # the judge's outputs that held no verdict (scored 0: `Judge.failures`)
+    no_verdict: int = 0  # the judge's outputs that held no verdict (scored 0: `JudgeScores.no_verdict`)
 
 
 @dataclass
@@ -217,7 +217,6 @@ class RewardRouter:
             fn = fns[idxs[0]]
             getattr(fn, "prepare", lambda: None)()  # e.g. the judge loads its model, outside the time limit
             jobs.append((idxs, lambda fn=fn, idxs=idxs: fn([texts[i] for i in idxs], [prompts[i] for i in idxs])))
-        judged = {id(fns[idxs[0]]): (fns[idxs[0]], getattr(fns[idxs[0]], "failures", 0)) for idxs in batched.values()}
         # a batched reward that scores `parallel` responses at once (the judge: its engine's
         # slots) takes ceil(n / parallel) rounds for n: its limits are per round; one without
         # `parallel` scores its batch in one round
@@ -245,7 +244,6 @@ class RewardRouter:
             if live and not any(c.done.is_set() for c in live.values()):
                 wake.wait(self._next_deadline(live.values(), now))
         self._check_stuck(self._abandoned, time.monotonic())
-        stats.no_verdict = sum(getattr(fn, "failures", 0) - before for fn, before in judged.values())
         return [o for o in outcomes if o is not None], stats
 
     def _record(self, idxs: list[int], fns: list[RewardFn], prompts: Sequence[Prompt], result: tuple[Any, str, str],
@@ -255,6 +253,8 @@ class RewardRouter:
             if status == "ok" and (not isinstance(values, (list, tuple)) or len(values) != len(idxs)):
                 values, status, msg = None, "error", f"batched reward returned {type(values).__name__}"
             vals = list(values) if status == "ok" else [0.0] * len(idxs)
+            if status == "ok":  # the judge's scores of this call say how many held no verdict
+                stats.no_verdict += getattr(values, "no_verdict", 0)
         else:
             vals = [values if status == "ok" else 0.0]
         for i, v in zip(idxs, vals):

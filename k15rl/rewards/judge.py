@@ -110,6 +110,16 @@ class Verdict:
     text: str  # the judge's reasoning and verdict
 
 
+class JudgeScores(list):
+    """A call's rewards, and how many of its outputs held no verdict (scored 0): the router
+    counts them for the call whose scores it keeps (`RewardStats.no_verdict`), not for one
+    that timed out and finished later."""
+
+    def __init__(self, scores: Sequence[float], no_verdict: int = 0):
+        super().__init__(scores)
+        self.no_verdict = no_verdict
+
+
 class Judge:
     """A judge model behind any `RolloutEngine` (the HF engine, or vLLM).
 
@@ -150,10 +160,11 @@ class Judge:
             out.append(v)
         return out
 
-    def __call__(self, texts: Sequence[str], prompts: Sequence[Prompt]) -> list[float]:
+    def __call__(self, texts: Sequence[str], prompts: Sequence[Prompt]) -> "JudgeScores":
         """Reward 1.0 for a "correct" verdict; 0.0 for "incorrect" and for no verdict."""
         verdicts = self.judge([(p.question, p.answer, t) for t, p in zip(texts, prompts)])
-        return [1.0 if v.correct else 0.0 for v in verdicts]
+        return JudgeScores([1.0 if v.correct else 0.0 for v in verdicts],
+                           no_verdict=sum(v.correct is None for v in verdicts))
 
 
 def load_judge(model_dir: str | Path, *, max_new_tokens: int = 256, max_batch: int = 16,
@@ -188,11 +199,6 @@ class LazyJudge:
         """Responses scored at once (the loaded judge's; the router's limits are per round
         of that many, counted after `prepare`)."""
         return self._judge.parallel if self._judge is not None else 1
-
-    @property
-    def failures(self) -> int:
-        """The judge's outputs without a valid verdict so far (`Judge.failures`)."""
-        return self._judge.failures if self._judge is not None else 0
 
     def prepare(self) -> None:
         """Load the model (first use), before the router starts a call's clock."""
