@@ -138,13 +138,13 @@ def evaluate_models(models: Sequence[tuple[str, str]], prompts, cfg, samples_per
 
     # every model on the same prompts: those that fit each one's context (with the response's budget)
     fitting = list(prompts)
+    tokenizers = {path: load_tokenizer(path, cfg.model.chat_template) for _, path in models}
     for label, path in models:
-        tok = load_tokenizer(path, cfg.model.chat_template)
         limit = prompt_token_limit(cfg, AutoConfig.from_pretrained(path), evaluation=True)
-        fitting, _ = fit_context(fitting, tok, limit, label, log)
+        fitting, _ = fit_context(fitting, tokenizers[path], limit, label, log)
     results = []
     for label, path in tqdm(models, desc="report", unit="model", dynamic_ncols=True):
-        tok = load_tokenizer(path, cfg.model.chat_template)
+        tok = tokenizers[path]
         model = on_device(load_model(path, cfg.model.dtype), cfg.distributed.device)
         params = eval_sampling_params(cfg, stop_token_ids(tok, model), seed=cfg.seed)
         _, trajs = evaluate(HFEngine.from_config(model, tok, cfg.rollout), tok, fitting, params, samples_per_prompt,

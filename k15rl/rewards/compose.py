@@ -133,9 +133,9 @@ class _Call:
     """One reward call on its own daemon thread (a call that never returns cannot keep
     the process from exiting); `done` is set when it returns or raises."""
 
-    def __init__(self, call: Callable[[], Any], source: str, wake: threading.Event, items: int = 1):
+    def __init__(self, call: Callable[[], Any], source: str, wake: threading.Event, rounds: int = 1):
         self.call, self.source, self.wake = call, source, wake
-        self.items = items  # rounds of responses it scores: its limits are per round (a batched reward's)
+        self.rounds = rounds  # rounds of responses it scores: its limits are per round (a batched reward's)
         self.done = threading.Event()
         self.value: Any = None
         self.error: BaseException | None = None
@@ -233,9 +233,9 @@ class RewardRouter:
                 if call.done.is_set():
                     result = (call.value, "ok", "") if call.error is None else \
                         (None, "error", f"{type(call.error).__name__}: {call.error}")
-                elif self.timeout_s is not None and now >= call.started + self.timeout_s * call.items:
+                elif self.timeout_s is not None and now >= call.started + self.timeout_s * call.rounds:
                     self._abandoned.append(call)
-                    result = (None, "timeout", f"no result within {self.timeout_s * call.items:g} s")
+                    result = (None, "timeout", f"no result within {self.timeout_s * call.rounds:g} s")
                 else:
                     continue
                 del live[j]
@@ -262,9 +262,9 @@ class RewardRouter:
 
     def _next_deadline(self, live, now: float) -> float | None:
         """Seconds until the next call reaches its time limit or its stuck limit."""
-        limits = [c.started + self.timeout_s * c.items for c in live if self.timeout_s is not None]
+        limits = [c.started + self.timeout_s * c.rounds for c in live if self.timeout_s is not None]
         if self.stuck_timeout_s is not None:
-            limits += [c.started + self.stuck_timeout_s * c.items for c in [*live, *self._abandoned]
+            limits += [c.started + self.stuck_timeout_s * c.rounds for c in [*live, *self._abandoned]
                        if not c.done.is_set()]
         return max(min(limits) - now, 0.001) if limits else None
 
@@ -273,10 +273,10 @@ class RewardRouter:
         if self.stuck_timeout_s is None:
             return
         for c in calls:
-            if not c.done.is_set() and now >= c.started + self.stuck_timeout_s * c.items:
-                per = f" x {c.items} rounds of its batch" if c.items > 1 else ""
+            if not c.done.is_set() and now >= c.started + self.stuck_timeout_s * c.rounds:
+                per = f" x {c.rounds} rounds of its batch" if c.rounds > 1 else ""
                 raise WorkerTimeout(f"reward function for source {c.source!r}",
-                                    f"did not return within {self.stuck_timeout_s * c.items:g} s "
+                                    f"did not return within {self.stuck_timeout_s * c.rounds:g} s "
                                     f"(reward.stuck_timeout_s{per})")
 
     def _check_value(self, v: Any, status: str, msg: str, prompt: Prompt, stats: RewardStats) -> RewardOutcome:

@@ -71,11 +71,14 @@ def put_back(buffer: ReplayBuffer, result: PartialRolloutResult) -> None:
 def release_complete(tokenizer, buffer: ReplayBuffer, next_group: int) -> PartialRolloutResult | None:
     """The buffer's completed groups as a rollout's result, generating nothing; None if it
     holds none. Only a resumed run's buffer does (`put_back`)."""
+    groups, trajectories = _pop_complete(tokenizer, buffer)
+    return PartialRolloutResult(trajectories, next_group=next_group, groups=groups) if groups else None
+
+
+def _pop_complete(tokenizer, buffer: ReplayBuffer) -> tuple[list[list[Member]], list[Trajectory]]:
+    """The buffer's completed groups, removed from it, and their members as trajectories."""
     groups = buffer.pop_complete()
-    if not groups:
-        return None
-    return PartialRolloutResult([_trajectory(tokenizer, m) for g in groups for m in g], next_group=next_group,
-                                groups=groups)
+    return groups, [_trajectory(tokenizer, m) for group in groups for m in group]
 
 
 def partial_rollout(
@@ -137,8 +140,7 @@ def partial_rollout(
         out = _outcome(seg, len(m.response_ids), max_tokens)
         m.outcome = None if out == "cut" else out
         outcomes[out] += 1
-    complete = buffer.pop_complete()
-    trajectories = [_trajectory(tokenizer, m) for group in complete for m in group]
+    complete, trajectories = _pop_complete(tokenizer, buffer)
     return PartialRolloutResult(
         trajectories=trajectories,
         outcomes=outcomes,

@@ -549,7 +549,8 @@ class VLLMEngine:
             extra = None
             if (watch or token_budget) and params.stop_token_ids:
                 extra = {_WATCH_KEY: {
-                    "force": params.stop_token_ids[0], "ngram": params.repeat_ngram if r.repeat_check else 0, "times": params.repeat_times,
+                    "force": params.stop_token_ids[0], "ngram": params.repeat_ngram if r.repeat_check else 0,
+                    "times": params.repeat_times,
                     "min_tokens": params.repeat_min_tokens, "prefix_len": len(r.prefix_ids),
                     "stop_strings": list(params.stop_strings), "budget": key, "rid": i,
                 }}
